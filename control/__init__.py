@@ -1,0 +1,1 @@
+"""The control plane: store, sources, controllers, translators, config stream."""

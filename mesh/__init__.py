@@ -1,0 +1,1 @@
+"""mesh: a service mesh and networking data plane."""

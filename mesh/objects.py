@@ -1,0 +1,703 @@
+"""Cluster objects: a trimmed, typed model of the Kubernetes kinds the mesh reads.
+
+Every model is frozen and validates on construction. Field names are snake_case in Python
+and camelCase on the wire (as in the Kubernetes API), and each model applies the defaults the
+API server would (protocol TCP, targetPort = port, namespace ``default``, ...), so the rest of
+the code never has to guess. Unknown fields are ignored, as a client of a newer server must.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _label(value: str) -> str:
+    if len(value) > 63 or not DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label (lower case alphanumerics and '-', "
+            "starting and ending with an alphanumeric, at most 63 characters)"
+        )
+    return value
+
+
+def _subdomain(value: str) -> str:
+    if len(value) > 253 or not DNS1123_SUBDOMAIN.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 subdomain (lower case alphanumerics, '-' and '.', "
+            "at most 253 characters)"
+        )
+    return value
+
+
+def _port_name(value: str) -> str:
+    if len(value) > 15 or not IANA_SVC_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid port name (at most 15 lower case alphanumerics and '-', "
+            "with at least one letter)"
+        )
+    return value
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+Label = Annotated[str, AfterValidator(_label)]
+Subdomain = Annotated[str, AfterValidator(_subdomain)]
+PortName = Annotated[str, AfterValidator(_port_name)]
+IP = Annotated[str, AfterValidator(_ip)]
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
+Protocol = Literal["TCP", "UDP", "SCTP"]
+
+
+class Model(BaseModel):
+    """Base of every cluster model: frozen, camelCase aliases, unknown fields ignored."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        strict=False,
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The object as the API would return it (camelCase, no unset optional fields)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class OwnerReference(Model):
+    kind: str
+    name: str
+    api_version: str = ""
+    uid: str = ""
+
+
+class ObjectMeta(Model):
+    name: Subdomain
+    namespace: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    resource_version: str = ""
+    uid: str = ""
+    generation: int = 0
+    deletion_timestamp: str | None = None
+    owner_references: tuple[OwnerReference, ...] = ()
+
+
+class ObjectReference(Model):
+    kind: str = ""
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+
+
+class KubeObject(Model):
+    """Any object with apiVersion, kind and metadata."""
+
+    KIND: ClassVar[str] = ""
+    API_VERSIONS: ClassVar[tuple[str, ...]] = ()
+    NAMESPACED: ClassVar[bool] = True
+
+    api_version: str = ""
+    kind: str = ""
+    metadata: ObjectMeta
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            data.setdefault("apiVersion", cls.API_VERSIONS[0] if cls.API_VERSIONS else "")
+            data.setdefault("kind", cls.KIND)
+            meta = data.get("metadata")
+            if isinstance(meta, dict) and cls.NAMESPACED and not meta.get("namespace"):
+                data["metadata"] = {**meta, "namespace": "default"}
+        return data
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(kind, namespace, name): the identity of an object in the store."""
+        return (self.KIND, self.metadata.namespace, self.metadata.name)
+
+    def with_resource_version(self, version: str) -> KubeObject:
+        meta = self.metadata.model_copy(update={"resource_version": version})
+        return self.model_copy(update={"metadata": meta})
+
+
+# --- Namespace ---------------------------------------------------------------------------
+
+
+class Namespace(KubeObject):
+    KIND = "Namespace"
+    API_VERSIONS = ("v1",)
+    NAMESPACED = False
+
+    @model_validator(mode="after")
+    def _name_is_label(self) -> Namespace:
+        _label(self.metadata.name)
+        return self
+
+
+# --- Service -----------------------------------------------------------------------------
+
+
+class ServicePort(Model):
+    name: PortName | None = None
+    protocol: Protocol = "TCP"
+    port: PortNumber
+    target_port: PortNumber | PortName | None = None
+    node_port: PortNumber | None = None
+    app_protocol: str | None = None
+
+    @model_validator(mode="after")
+    def _target_defaults_to_port(self) -> ServicePort:
+        if self.target_port is None:
+            object.__setattr__(self, "target_port", self.port)
+        return self
+
+
+class ClientIPConfig(Model):
+    timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = 10800
+
+
+class SessionAffinityConfig(Model):
+    client_ip: ClientIPConfig = Field(default_factory=ClientIPConfig, alias="clientIP")
+
+
+class LoadBalancerIngress(Model):
+    ip: IP | None = None
+    hostname: str | None = None
+
+
+class LoadBalancerStatus(Model):
+    ingress: tuple[LoadBalancerIngress, ...] = ()
+
+
+class ServiceStatus(Model):
+    load_balancer: LoadBalancerStatus = Field(default_factory=LoadBalancerStatus)
+
+
+ServiceType = Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"]
+
+
+class ServiceSpec(Model):
+    type: ServiceType = "ClusterIP"
+    cluster_ip: str | None = Field(default=None, alias="clusterIP")
+    cluster_ips: tuple[str, ...] = Field(default=(), alias="clusterIPs")
+    ip_families: tuple[Literal["IPv4", "IPv6"], ...] = ()
+    ip_family_policy: Literal["SingleStack", "PreferDualStack", "RequireDualStack"] | None = None
+    ports: tuple[ServicePort, ...] = ()
+    selector: dict[str, str] | None = None
+    session_affinity: Literal["None", "ClientIP"] = "None"
+    session_affinity_config: SessionAffinityConfig | None = None
+    publish_not_ready_addresses: bool = False
+    internal_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
+    external_traffic_policy: Literal["Cluster", "Local"] | None = None
+    external_name: str | None = None
+    external_ips: tuple[IP, ...] = Field(default=(), alias="externalIPs")
+    load_balancer_ip: IP | None = Field(default=None, alias="loadBalancerIP")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServiceSpec:
+        ips = list(self.cluster_ips)
+        if self.cluster_ip and not ips:
+            ips = [self.cluster_ip]
+        if self.cluster_ip and ips and ips[0] != self.cluster_ip:
+            raise ValueError("clusterIP must equal clusterIPs[0]")
+        if ips and ips[0] == "None":
+            if len(ips) > 1:
+                raise ValueError("clusterIPs: 'None' must be the only value")
+            if self.type != "ClusterIP":
+                raise ValueError("clusterIP: None (headless) requires type ClusterIP")
+        else:
+            for i, ip in enumerate(ips):
+                try:
+                    ips[i] = _ip(ip)
+                except ValueError as exc:
+                    raise ValueError(f"clusterIPs[{i}]: {exc}") from None
+            if len(ips) > 2 or (
+                len(ips) == 2
+                and ipaddress.ip_address(ips[0]).version == ipaddress.ip_address(ips[1]).version
+            ):
+                raise ValueError("clusterIPs: at most one address per IP family")
+        families = self.ip_families or tuple(
+            "IPv6" if ":" in ip else "IPv4" for ip in ips if ip != "None"
+        )
+        if self.type == "ExternalName":
+            if not self.external_name:
+                raise ValueError("externalName is required for type ExternalName")
+            _subdomain(self.external_name.rstrip(".").lower())
+        else:
+            if not self.ports and not (ips and ips[0] == "None"):
+                raise ValueError("ports: at least one port is required")
+        names = [p.name for p in self.ports]
+        if len(self.ports) > 1 and any(n is None for n in names):
+            raise ValueError("ports: every port must have a name when there is more than one")
+        seen: set[str] = set()
+        for n in names:
+            if n is not None and n in seen:
+                raise ValueError(f"ports: duplicate port name {n!r}")
+            if n is not None:
+                seen.add(n)
+        for p in self.ports:
+            if p.node_port is not None and self.type not in ("NodePort", "LoadBalancer"):
+                raise ValueError("nodePort may only be set for type NodePort or LoadBalancer")
+        object.__setattr__(self, "cluster_ips", tuple(ips))
+        object.__setattr__(self, "cluster_ip", ips[0] if ips else None)
+        object.__setattr__(self, "ip_families", tuple(families))
+        if self.session_affinity == "ClientIP" and self.session_affinity_config is None:
+            object.__setattr__(self, "session_affinity_config", SessionAffinityConfig())
+        if self.external_traffic_policy is None and self.type in ("NodePort", "LoadBalancer"):
+            object.__setattr__(self, "external_traffic_policy", "Cluster")
+        return self
+
+    @property
+    def headless(self) -> bool:
+        return self.cluster_ip == "None"
+
+
+class Service(KubeObject):
+    KIND = "Service"
+    API_VERSIONS = ("v1",)
+
+    spec: ServiceSpec = Field(default_factory=ServiceSpec)
+    status: ServiceStatus = Field(default_factory=ServiceStatus)
+
+    @model_validator(mode="after")
+    def _name_is_label(self) -> Service:
+        # Service names become DNS labels: RFC 1035 label (must start with a letter).
+        name = self.metadata.name
+        _label(name)
+        if not name[0].isalpha():
+            raise ValueError(f"metadata.name: {name!r} must start with a letter (RFC 1035 label)")
+        return self
+
+
+# --- EndpointSlice and Endpoints -----------------------------------------------------------
+
+
+class EndpointConditions(Model):
+    ready: bool | None = None
+    serving: bool | None = None
+    terminating: bool | None = None
+
+
+class Endpoint(Model):
+    addresses: tuple[str, ...] = Field(min_length=1, max_length=100)
+    conditions: EndpointConditions = Field(default_factory=EndpointConditions)
+    hostname: Label | None = None
+    node_name: str | None = None
+    zone: str | None = None
+    target_ref: ObjectReference | None = None
+
+    @property
+    def ready(self) -> bool:
+        # An unset ready condition means ready (discovery.k8s.io/v1 semantics).
+        return self.conditions.ready is not False
+
+    @property
+    def serving(self) -> bool:
+        c = self.conditions
+        return c.serving if c.serving is not None else self.ready
+
+    @property
+    def terminating(self) -> bool:
+        return bool(self.conditions.terminating)
+
+
+class EndpointPort(Model):
+    name: str | None = None
+    protocol: Protocol = "TCP"
+    port: PortNumber | None = None
+    app_protocol: str | None = None
+
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+
+
+class EndpointSlice(KubeObject):
+    KIND = "EndpointSlice"
+    API_VERSIONS = ("discovery.k8s.io/v1",)
+
+    address_type: Literal["IPv4", "IPv6", "FQDN"]
+    endpoints: tuple[Endpoint, ...] = ()
+    ports: tuple[EndpointPort, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_addresses(self) -> EndpointSlice:
+        if self.address_type == "FQDN":
+            return self
+        want = 4 if self.address_type == "IPv4" else 6
+        for i, ep in enumerate(self.endpoints):
+            for j, addr in enumerate(ep.addresses):
+                try:
+                    ip = ipaddress.ip_address(addr)
+                except ValueError:
+                    raise ValueError(
+                        f"endpoints[{i}].addresses[{j}]: {addr!r} is not an IP address"
+                    ) from None
+                if ip.version != want:
+                    raise ValueError(
+                        f"endpoints[{i}].addresses[{j}]: {addr!r} is not an {self.address_type} address"
+                    )
+        return self
+
+    @property
+    def service_name(self) -> str | None:
+        return self.metadata.labels.get(SERVICE_NAME_LABEL)
+
+
+class EndpointAddress(Model):
+    ip: IP
+    hostname: Label | None = None
+    node_name: str | None = None
+    target_ref: ObjectReference | None = None
+
+
+class EndpointsPort(Model):
+    name: str | None = None
+    port: PortNumber
+    protocol: Protocol = "TCP"
+    app_protocol: str | None = None
+
+
+class EndpointSubset(Model):
+    addresses: tuple[EndpointAddress, ...] = ()
+    not_ready_addresses: tuple[EndpointAddress, ...] = ()
+    ports: tuple[EndpointsPort, ...] = ()
+
+
+class Endpoints(KubeObject):
+    """Legacy core/v1 Endpoints; converted to EndpointSlices by the store's consumers."""
+
+    KIND = "Endpoints"
+    API_VERSIONS = ("v1",)
+
+    subsets: tuple[EndpointSubset, ...] = ()
+
+
+# --- Pod ---------------------------------------------------------------------------------
+
+
+class ContainerPort(Model):
+    name: PortName | None = None
+    container_port: PortNumber
+    protocol: Protocol = "TCP"
+
+
+class Container(Model):
+    name: Label
+    image: str = ""
+    ports: tuple[ContainerPort, ...] = ()
+
+
+class PodSpec(Model):
+    hostname: Label | None = None
+    subdomain: Label | None = None
+    service_account_name: str = "default"
+    node_name: str | None = None
+    containers: tuple[Container, ...] = ()
+    host_network: bool = False
+
+
+class PodCondition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+
+
+class PodIP(Model):
+    ip: IP
+
+
+class PodStatus(Model):
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"] = "Pending"
+    pod_ip: IP | None = Field(default=None, alias="podIP")
+    pod_ips: tuple[PodIP, ...] = Field(default=(), alias="podIPs")
+    conditions: tuple[PodCondition, ...] = ()
+
+    @model_validator(mode="after")
+    def _ips(self) -> PodStatus:
+        if self.pod_ip and not self.pod_ips:
+            object.__setattr__(self, "pod_ips", (PodIP(ip=self.pod_ip),))
+        elif self.pod_ips and not self.pod_ip:
+            object.__setattr__(self, "pod_ip", self.pod_ips[0].ip)
+        elif self.pod_ip and self.pod_ips and self.pod_ips[0].ip != self.pod_ip:
+            raise ValueError("podIP must equal podIPs[0].ip")
+        return self
+
+
+class Pod(KubeObject):
+    KIND = "Pod"
+    API_VERSIONS = ("v1",)
+
+    spec: PodSpec = Field(default_factory=PodSpec)
+    status: PodStatus = Field(default_factory=PodStatus)
+
+    @property
+    def ready(self) -> bool:
+        """Running with condition Ready=True (or no conditions reported at all: a manifest
+        written by hand for the embedded default rarely carries status conditions)."""
+        if self.status.phase != "Running":
+            return False
+        for cond in self.status.conditions:
+            if cond.type == "Ready":
+                return cond.status == "True"
+        return True
+
+    @property
+    def terminating(self) -> bool:
+        return self.metadata.deletion_timestamp is not None
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        return tuple(p.ip for p in self.status.pod_ips)
+
+    def container_port(self, name: str, protocol: str) -> int | None:
+        """Resolve a named port (a Service targetPort) through this pod's containers."""
+        for c in self.spec.containers:
+            for p in c.ports:
+                if p.name == name and p.protocol == protocol:
+                    return p.container_port
+        return None
+
+
+# --- Ingress, IngressClass -----------------------------------------------------------------
+
+
+class ServiceBackendPort(Model):
+    name: str | None = None
+    number: PortNumber | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ServiceBackendPort:
+        if (self.name is None) == (self.number is None):
+            raise ValueError("exactly one of port.name and port.number must be set")
+        return self
+
+
+class IngressServiceBackend(Model):
+    name: Label
+    port: ServiceBackendPort
+
+
+class IngressBackend(Model):
+    service: IngressServiceBackend | None = None
+    resource: ObjectReference | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> IngressBackend:
+        if (self.service is None) == (self.resource is None):
+            raise ValueError("exactly one of backend.service and backend.resource must be set")
+        return self
+
+
+class HTTPIngressPath(Model):
+    path: str | None = None
+    path_type: Literal["Exact", "Prefix", "ImplementationSpecific"]
+    backend: IngressBackend
+
+    @model_validator(mode="after")
+    def _path(self) -> HTTPIngressPath:
+        if self.path_type in ("Exact", "Prefix") and not (self.path or "").startswith("/"):
+            raise ValueError(f"path must be an absolute path for pathType {self.path_type}")
+        return self
+
+
+class HTTPIngressRuleValue(Model):
+    paths: tuple[HTTPIngressPath, ...] = Field(min_length=1)
+
+
+class IngressRule(Model):
+    host: str | None = None
+    http: HTTPIngressRuleValue | None = None
+
+
+class IngressTLS(Model):
+    hosts: tuple[str, ...] = ()
+    secret_name: str | None = None
+
+
+class IngressSpec(Model):
+    ingress_class_name: str | None = None
+    default_backend: IngressBackend | None = None
+    tls: tuple[IngressTLS, ...] = ()
+    rules: tuple[IngressRule, ...] = ()
+
+
+class Ingress(KubeObject):
+    KIND = "Ingress"
+    API_VERSIONS = ("networking.k8s.io/v1",)
+
+    spec: IngressSpec = Field(default_factory=IngressSpec)
+
+
+class IngressClassSpec(Model):
+    controller: str = ""
+
+
+class IngressClass(KubeObject):
+    KIND = "IngressClass"
+    API_VERSIONS = ("networking.k8s.io/v1",)
+    NAMESPACED = False
+
+    spec: IngressClassSpec = Field(default_factory=IngressClassSpec)
+
+
+# --- Gateway API HTTPRoute -----------------------------------------------------------------
+
+
+class ParentReference(Model):
+    group: str = "gateway.networking.k8s.io"
+    kind: str = "Gateway"
+    namespace: str | None = None
+    name: str
+    section_name: str | None = None
+    port: PortNumber | None = None
+
+
+class HTTPPathMatch(Model):
+    type: Literal["Exact", "PathPrefix", "RegularExpression"] = "PathPrefix"
+    value: str = "/"
+
+
+class HTTPHeaderMatch(Model):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    name: str
+    value: str
+
+
+class HTTPQueryParamMatch(Model):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    name: str
+    value: str
+
+
+class HTTPRouteMatch(Model):
+    path: HTTPPathMatch = Field(default_factory=HTTPPathMatch)
+    headers: tuple[HTTPHeaderMatch, ...] = ()
+    query_params: tuple[HTTPQueryParamMatch, ...] = ()
+    method: str | None = None
+
+
+class HTTPBackendRef(Model):
+    group: str = ""
+    kind: str = "Service"
+    name: str
+    namespace: str | None = None
+    port: PortNumber | None = None
+    weight: Annotated[int, Field(ge=0, le=1000000)] = 1
+
+
+class HTTPRouteFilter(Model):
+    type: str
+    request_header_modifier: dict[str, Any] | None = None
+    response_header_modifier: dict[str, Any] | None = None
+    request_redirect: dict[str, Any] | None = None
+    url_rewrite: dict[str, Any] | None = None
+    request_mirror: dict[str, Any] | None = None
+
+
+class HTTPRouteTimeouts(Model):
+    request: str | None = None
+    backend_request: str | None = None
+
+
+class HTTPRouteRule(Model):
+    matches: tuple[HTTPRouteMatch, ...] = (HTTPRouteMatch(),)
+    filters: tuple[HTTPRouteFilter, ...] = ()
+    backend_refs: tuple[HTTPBackendRef, ...] = ()
+    timeouts: HTTPRouteTimeouts | None = None
+
+
+class HTTPRouteSpec(Model):
+    parent_refs: tuple[ParentReference, ...] = ()
+    hostnames: tuple[str, ...] = ()
+    rules: tuple[HTTPRouteRule, ...] = (HTTPRouteRule(),)
+
+
+class HTTPRoute(KubeObject):
+    KIND = "HTTPRoute"
+    API_VERSIONS = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
+
+    spec: HTTPRouteSpec = Field(default_factory=HTTPRouteSpec)
+
+
+# --- Secret --------------------------------------------------------------------------------
+
+
+class Secret(KubeObject):
+    KIND = "Secret"
+    API_VERSIONS = ("v1",)
+
+    type: str = "Opaque"
+    data: dict[str, str] = Field(default_factory=dict)
+    string_data: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _tls(self) -> Secret:
+        import base64
+        import binascii
+
+        for key, value in self.data.items():
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError(f"data.{key}: not valid base64") from None
+        if self.type == "kubernetes.io/tls":
+            for key in ("tls.crt", "tls.key"):
+                if key not in self.data and key not in self.string_data:
+                    raise ValueError(f"data: {key!r} is required for type kubernetes.io/tls")
+        return self
+
+    def value(self, key: str) -> bytes | None:
+        import base64
+
+        if key in self.string_data:
+            return self.string_data[key].encode()
+        if key in self.data:
+            return base64.b64decode(self.data[key])
+        return None
+
+
+KINDS: dict[str, type[KubeObject]] = {
+    cls.KIND: cls
+    for cls in (
+        Namespace,
+        Service,
+        EndpointSlice,
+        Endpoints,
+        Pod,
+        Ingress,
+        IngressClass,
+        HTTPRoute,
+        Secret,
+    )
+}
