@@ -10,6 +10,7 @@ Reads take an immutable :class:`Snapshot`; it is built once per revision and sha
 
 from __future__ import annotations
 
+import builtins
 import collections
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -131,7 +132,7 @@ class Store:
             self._snapshot = Snapshot(self._revision, MappingProxyType(frozen))
         return self._snapshot
 
-    def events_since(self, revision: int, kind: str | None = None) -> list[WatchEvent]:
+    def events_since(self, revision: int, kind: str | None = None) -> builtins.list[WatchEvent]:
         """Events after ``revision``; raises Gone if some of them are no longer kept."""
         if revision < self._compacted:
             raise Gone(revision, self._compacted)

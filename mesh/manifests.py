@@ -20,7 +20,7 @@ from mesh.objects import KINDS, KubeObject
 log = logging.getLogger("mesh.manifests")
 
 try:  # the C loader is ten times faster; fall back where libyaml is missing
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader
+    _Loader: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on the PyYAML build
     _Loader = yaml.SafeLoader
 
