@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import collections
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -23,6 +23,14 @@ from mesh.objects import KubeObject
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 Key = tuple[str, str, str]  # (kind, namespace, name)
+
+# Admission: (new object, stored object or None) -> the object to store. It may fill in
+# fields the server owns (a Service's clusterIP) or raise Rejected, as the API server would.
+Admit = Callable[[KubeObject, KubeObject | None], KubeObject]
+
+
+class Rejected(ValueError):
+    """A write refused by admission (HTTP 422); the stored object is left as it was."""
 
 
 class Gone(Exception):
@@ -65,7 +73,10 @@ def _same(a: KubeObject, b: KubeObject) -> bool:
 
 
 class Store:
-    def __init__(self, history: int = 10_000) -> None:
+    def __init__(self, history: int = 10_000, *, admit: Admit | None = None) -> None:
+        if history < 1:
+            raise ValueError("history must keep at least one event")
+        self.admit = admit
         self._objects: dict[str, dict[tuple[str, str], KubeObject]] = {}
         self._events: collections.deque[WatchEvent] = collections.deque(maxlen=history)
         self._revision = 0
@@ -80,10 +91,14 @@ class Store:
     # --- writes ----------------------------------------------------------------------
 
     def apply(self, obj: KubeObject) -> KubeObject:
-        """Create or replace an object; returns the stored copy with its resourceVersion."""
+        """Create or replace an object; returns the stored copy with its resourceVersion.
+
+        Raises :class:`Rejected` when admission refuses the object."""
         kind, ns, name = obj.key
         objs = self._objects.setdefault(kind, {})
         old = objs.get((ns, name))
+        if self.admit is not None:
+            obj = self.admit(obj, old)
         if old is not None and _same(old, obj):
             return old
         stored = obj.with_resource_version(str(self._revision + 1))

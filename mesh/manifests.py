@@ -7,7 +7,9 @@ object and the field, and every other object of the file still loads.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +22,28 @@ from mesh.objects import KINDS, KubeObject
 log = logging.getLogger("mesh.manifests")
 
 try:  # the C loader is ten times faster; fall back where libyaml is missing
-    _Loader: Any = yaml.CSafeLoader
+    _Base: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on the PyYAML build
-    _Loader = yaml.SafeLoader
+    _Base = yaml.SafeLoader
+
+
+class _Loader(_Base):  # type: ignore[misc]
+    """Safe loader that keeps timestamps as text: the API carries them as RFC 3339 strings
+    (``deletionTimestamp``), and a ``datetime`` would fail the string fields."""
+
+
+_Loader.add_constructor(
+    "tag:yaml.org,2002:timestamp",
+    lambda loader, node: loader.construct_scalar(node),
+)
+
+# A validator message that starts with the field it is about ("ports: at least one ...").
+_FIELD_PREFIX = re.compile(
+    r"^([A-Za-z][A-Za-z0-9]*(?:\[\d+\])*(?:\.[A-Za-z][A-Za-z0-9]*(?:\[\d+\])*)*): (.+)$", re.S
+)
+# Pydantic error types that only say "wrong type"; a union reports one per member, and the
+# member whose own validator failed says more.
+_TYPE_ERRORS = {"int_parsing", "int_type", "string_type", "bool_type", "dict_type", "list_type"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +54,8 @@ class ManifestError:
     object: str  # "Kind/namespace/name" as far as it could be read
     field: str  # dotted path of the offending field, "" when the document itself is bad
     message: str
+    # (kind, namespace, name) when the object could be identified, else None
+    key: tuple[str, str, str] | None = None
 
     def __str__(self) -> str:
         where = f"{self.source}: {self.object}"
@@ -58,6 +81,16 @@ def _describe(doc: dict[str, Any]) -> str:
     if cls is not None and cls.NAMESPACED:
         return f"{kind}/{ns or 'default'}/{name}"
     return f"{kind}/{name}"
+
+
+def _key(doc: dict[str, Any]) -> tuple[str, str, str] | None:
+    kind = doc.get("kind")
+    meta = doc.get("metadata")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None or not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        return None
+    ns = (meta.get("namespace") or "default") if cls.NAMESPACED else ""
+    return (cls.KIND, str(ns), meta["name"])
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -95,24 +128,36 @@ def parse_object(doc: Any, source: str = "<input>") -> KubeObject | ManifestErro
             _describe(doc),
             "apiVersion",
             f"{api_version!r} is not supported for {kind} (expected one of {', '.join(cls.API_VERSIONS)})",
+            _key(doc),
         )
     if not isinstance(doc.get("metadata"), dict):
         return ManifestError(source, _describe(doc), "metadata", "missing or not an object")
     try:
         return cls.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        msg = first["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        return ManifestError(source, _describe(doc), _field_path(tuple(first["loc"])), msg)
+        field, msg = _first_error(exc)
+        return ManifestError(source, _describe(doc), field, msg, _key(doc))
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str]:
+    """The most telling error of a validation failure, as (field path, message)."""
+    errors = exc.errors(include_url=False)
+    first = next((e for e in errors if e["type"] not in _TYPE_ERRORS), errors[0])
+    field = _field_path(tuple(first["loc"]))
+    msg = first["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    match = _FIELD_PREFIX.match(msg)
+    if match:  # "ports: at least one port is required" raised at spec -> field spec.ports
+        inner, msg = match.groups()
+        field = f"{field}.{inner}" if field else inner
+        field = field.replace(".[", "[")
+    return field, msg
 
 
 def _documents(text: str, source: str) -> Iterator[Any]:
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
-        import json
-
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -129,12 +174,24 @@ def _documents(text: str, source: str) -> Iterator[Any]:
 
 
 def _flatten(doc: Any) -> Iterator[Any]:
-    if isinstance(doc, dict) and isinstance(doc.get("kind"), str) and doc["kind"].endswith("List"):
-        items = doc.get("items")
-        if isinstance(items, list):
-            for item in items:
-                yield from _flatten(item)
+    """Expand ``kind: List`` and typed lists (``ServiceList``); items of a typed list may
+    leave out their kind, as the API's list responses do."""
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if isinstance(kind, str) and kind.endswith("List") and "items" in doc:
+        items = doc.get("items") or []
+        if not isinstance(items, list):
+            yield ManifestError("", kind, "items", "must be a list")
             return
+        item_kind = kind[: -len("List")]
+        for item in items:
+            if isinstance(item, dict) and item_kind and "kind" not in item:
+                item = {"kind": item_kind, **item}
+                if "apiVersion" in doc:
+                    item.setdefault("apiVersion", doc["apiVersion"])
+            yield from _flatten(item)
+        return
+    if kind == "List":  # a List without items holds nothing
+        return
     yield doc
 
 
@@ -154,6 +211,9 @@ def load_text(text: str, source: str = "<input>") -> LoadResult:
         if doc is None:
             continue
         for item in _flatten(doc):
+            if isinstance(item, ManifestError):
+                result.errors.append(ManifestError(source, item.object, item.field, item.message))
+                continue
             parsed = parse_object(item, source)
             if parsed is None:
                 kind = item.get("kind") if isinstance(item, dict) else "?"

@@ -131,6 +131,9 @@ class KubeObject(Model):
             meta = data.get("metadata")
             if isinstance(meta, dict) and cls.NAMESPACED and not meta.get("namespace"):
                 data["metadata"] = {**meta, "namespace": "default"}
+            elif isinstance(meta, dict) and not cls.NAMESPACED and meta.get("namespace"):
+                # The API server ignores metadata.namespace on cluster-scoped objects.
+                data["metadata"] = {**meta, "namespace": ""}
         return data
 
     @property
@@ -161,7 +164,10 @@ class Namespace(KubeObject):
 
     @model_validator(mode="after")
     def _name_is_label(self) -> Namespace:
-        _label(self.metadata.name)
+        try:
+            _label(self.metadata.name)
+        except ValueError as exc:
+            raise ValueError(f"metadata.name: {exc}") from None
         return self
 
 
@@ -230,7 +236,7 @@ class ServiceSpec(Model):
         if self.cluster_ip and not ips:
             ips = [self.cluster_ip]
         if self.cluster_ip and ips and ips[0] != self.cluster_ip:
-            raise ValueError("clusterIP must equal clusterIPs[0]")
+            raise ValueError("clusterIP: must equal clusterIPs[0]")
         if ips and ips[0] == "None":
             if len(ips) > 1:
                 raise ValueError("clusterIPs: 'None' must be the only value")
@@ -252,8 +258,13 @@ class ServiceSpec(Model):
         )
         if self.type == "ExternalName":
             if not self.external_name:
-                raise ValueError("externalName is required for type ExternalName")
-            _subdomain(self.external_name.rstrip(".").lower())
+                raise ValueError("externalName: required for type ExternalName")
+            if ips:
+                raise ValueError("clusterIP: may not be set for type ExternalName")
+            try:
+                _subdomain(self.external_name.rstrip(".").lower())
+            except ValueError as exc:
+                raise ValueError(f"externalName: {exc}") from None
         else:
             if not self.ports and not (ips and ips[0] == "None"):
                 raise ValueError("ports: at least one port is required")
@@ -266,9 +277,15 @@ class ServiceSpec(Model):
                 raise ValueError(f"ports: duplicate port name {n!r}")
             if n is not None:
                 seen.add(n)
-        for p in self.ports:
+        seen_ports: set[tuple[int, str]] = set()
+        for i, p in enumerate(self.ports):
             if p.node_port is not None and self.type not in ("NodePort", "LoadBalancer"):
-                raise ValueError("nodePort may only be set for type NodePort or LoadBalancer")
+                raise ValueError(
+                    f"ports[{i}].nodePort: may only be set for type NodePort or LoadBalancer"
+                )
+            if (p.port, p.protocol) in seen_ports:
+                raise ValueError(f"ports[{i}]: duplicate port {p.port}/{p.protocol}")
+            seen_ports.add((p.port, p.protocol))
         object.__setattr__(self, "cluster_ips", tuple(ips))
         object.__setattr__(self, "cluster_ip", ips[0] if ips else None)
         object.__setattr__(self, "ip_families", tuple(families))
@@ -294,7 +311,10 @@ class Service(KubeObject):
     def _name_is_label(self) -> Service:
         # Service names become DNS labels: RFC 1035 label (must start with a letter).
         name = self.metadata.name
-        _label(name)
+        try:
+            _label(name)
+        except ValueError as exc:
+            raise ValueError(f"metadata.name: {exc}") from None
         if not name[0].isalpha():
             raise ValueError(f"metadata.name: {name!r} must start with a letter (RFC 1035 label)")
         return self
