@@ -49,4 +49,8 @@ class DnsConfig(ComponentConfig):
     ttl: int = 5
     pod_mode: Literal["disabled", "insecure", "verified"] = "insecure"
     services: tuple[DnsService, ...] = ()
-    pods: tuple[DnsPod, ...] = ()
+    pods: tuple[DnsPod, ...] = ()  # filled in verified pod mode only
+    # Namespaces that exist: ``<ns>.svc.<zone>`` and ``<ns>.pod.<zone>`` answer NODATA rather
+    # than NXDOMAIN for them, and insecure pod names resolve only inside them. The namespaces
+    # of ``services`` and ``pods`` always count as existing.
+    namespaces: tuple[str, ...] = ()

@@ -1,0 +1,1 @@
+"""Translators: pure functions from a store snapshot to one component's config."""

@@ -1,0 +1,145 @@
+"""From query bytes to what the server does: reply now, forward upstream, or drop.
+
+Pure: no sockets, no clock. The server holds one Responder per config (swapped on apply);
+before the first config it has no index and answers SERVFAIL for the cluster zone, as
+CoreDNS does until its caches have synced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dnslib import CLASS, QTYPE, RR, DNSRecord
+from mesh.dns import names
+from mesh.dns.answer import resolve
+from mesh.dns.packet import (
+    BADVERS,
+    REFUSED,
+    SERVFAIL,
+    TCP_LIMIT,
+    TYPE_OPT,
+    Malformed,
+    Query,
+    encode_reply,
+    parse_query,
+    qtype_label,
+    rcode_label,
+)
+from mesh.dns.zone import ZoneIndex
+
+CLASS_IN: int = CLASS.IN
+ZONE_TRANSFERS = frozenset((int(QTYPE.AXFR), int(QTYPE.IXFR)))
+DEFAULT_MAX_UDP = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    wire: bytes
+    label: tuple[str, str]  # (qtype, rcode) for the query counter
+    # The same query bytes (after the ID) always get these bytes while this config is live:
+    # safe for the wire cache.
+    cacheable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    query: Query
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    reason: str
+
+
+Outcome = Reply | Forward | Drop
+
+
+class Responder:
+    __slots__ = ("index", "max_udp", "zone")
+
+    def __init__(
+        self,
+        index: ZoneIndex | None,
+        *,
+        zone: str = "cluster.local",
+        max_udp: int = DEFAULT_MAX_UDP,
+    ) -> None:
+        self.index = index
+        self.zone = index.zone if index is not None else names.absolute(zone)
+        self.max_udp = max_udp
+
+    def handle(self, data: bytes, *, tcp: bool = False) -> Outcome:
+        parsed = parse_query(data)
+        if isinstance(parsed, Malformed):
+            if parsed.wire is None:
+                return Drop(parsed.reason)
+            return Reply(parsed.wire, ("other", rcode_label(parsed.rcode)))
+        return self.respond(parsed, tcp=tcp)
+
+    def limit(self, query: Query, tcp: bool) -> int:
+        return TCP_LIMIT if tcp else min(query.payload, self.max_udp)
+
+    def respond(self, query: Query, *, tcp: bool) -> Outcome:
+        if query.edns_version > 0:
+            return self._reply(query, BADVERS, tcp)
+        key = query.key
+        if key is None:
+            key = str(query.qname).lower()
+            if not key.endswith("."):
+                key += "."
+            owned = names.in_zone(key, self.zone)
+            if not owned:
+                return Forward(query)
+            # a label no cluster name has (a dot or a non-ASCII byte inside): no such name
+            key = "\x00." + self.zone
+        if query.qclass != CLASS_IN or query.qtype in ZONE_TRANSFERS:
+            return self._reply(query, REFUSED, tcp)
+        index = self.index
+        if index is None:
+            if names.in_zone(key, self.zone):
+                return self._reply(query, SERVFAIL, tcp)
+            return Forward(query)
+        if not index.owns(key):
+            return Forward(query)
+        ans = resolve(index, query.qname, key, query.qtype)
+        wire = encode_reply(
+            query,
+            ans.rcode,
+            answer=ans.answer,
+            authority=ans.authority,
+            additional=ans.additional,
+            authoritative=ans.authoritative,
+            limit=self.limit(query, tcp),
+            advertise=self.max_udp,
+        )
+        return Reply(wire, (qtype_label(query.qtype), rcode_label(ans.rcode)), cacheable=True)
+
+    def _reply(self, query: Query, rcode: int, tcp: bool) -> Reply:
+        wire = encode_reply(query, rcode, limit=self.limit(query, tcp), advertise=self.max_udp)
+        return Reply(wire, (qtype_label(query.qtype), rcode_label(rcode)))
+
+    def failure(self, query: Query, rcode: int = SERVFAIL, *, tcp: bool) -> Reply:
+        """A reply with no data: SERVFAIL when no upstream answered, REFUSED when none exists."""
+        return self._reply(query, rcode, tcp)
+
+    def relay(self, query: Query, upstream: DNSRecord, age: int, *, tcp: bool) -> Reply:
+        """An upstream's answer re-addressed to ``query``, its TTLs lowered by ``age`` seconds
+        spent in the cache, its OPT replaced by ours."""
+        rcode = upstream.header.rcode
+        wire = encode_reply(
+            query,
+            rcode,
+            answer=_aged(upstream.rr, age),
+            authority=_aged(upstream.auth, age),
+            additional=_aged((rr for rr in upstream.ar if rr.rtype != TYPE_OPT), age),
+            limit=self.limit(query, tcp),
+            advertise=self.max_udp,
+        )
+        return Reply(wire, (qtype_label(query.qtype), rcode_label(rcode)))
+
+
+def _aged(records: object, age: int) -> list[RR]:
+    out = []
+    for rr in records:  # type: ignore[attr-defined]
+        out.append(RR(rr.rname, rr.rtype, rr.rclass, max(0, rr.ttl - age), rr.rdata))
+    return out
