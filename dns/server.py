@@ -1,0 +1,336 @@
+"""The cluster DNS server: UDP and TCP on one address, a thin trio shell around the core.
+
+The UDP loop is the hot path. It waits for the socket to become readable, then drains it
+with plain non-blocking ``recvfrom`` calls, answering wire-cache hits inline (a dict lookup
+and a ``sendto``) with no trio machinery per packet; after ``batch`` packets it yields to
+other tasks. A miss goes through the pure Responder synchronously (cluster names) or spawns
+a forwarding task (other names). Config swaps replace the responder and the wire cache in one
+assignment, so the next packet already sees the new config.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from mesh.dns import resolvconf
+from mesh.dns.forward_cache import ForwardCache
+from mesh.dns.metrics import DnsMetrics
+from mesh.dns.packet import REFUSED, SERVFAIL, header_reply
+from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
+from mesh.dns.upstream import Forwarder
+from mesh.dns.wire_cache import WireCache
+from mesh.dns.zone import ZoneIndex
+from prometheus_client import CollectorRegistry
+
+from mesh.component import ConfigRejected
+from mesh.config.dns import DnsConfig
+
+log = logging.getLogger("mesh.dns.server")
+
+BIND_ATTEMPTS = 20  # port 0: find a port free for both UDP and TCP
+RECV_SIZE = 4096  # a query is far smaller; a longer datagram is cut here
+
+
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """Everything that changes with a config, swapped as one object."""
+
+    config: DnsConfig | None
+    responder: Responder
+    cache: WireCache
+
+
+class DnsServer:
+    name = "dns"
+
+    def __init__(
+        self,
+        listen: tuple[str, int] = ("127.0.0.1", 5353),
+        upstreams: Sequence[tuple[str, int]] | None = None,
+        *,
+        zone: str = "cluster.local",
+        resolv_conf: str = "/etc/resolv.conf",
+        max_udp_payload: int = DEFAULT_MAX_UDP,
+        wire_cache_size: int = 65536,
+        forward_cache_size: int = 10_000,
+        forward_timeout: float = 2.0,
+        max_forwards: int = 1024,
+        tcp_idle_timeout: float = 10.0,
+        max_tcp_connections: int = 256,
+        max_tcp_queries: int = 10_000,
+        batch: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.listen = listen
+        self.port = listen[1]
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.metrics = DnsMetrics()
+        self.registry.register(self.metrics)
+        self._explicit_upstreams = None if upstreams is None else list(upstreams)
+        self._resolv_conf = resolv_conf
+        self._max_udp = max_udp_payload
+        self._wire_cache_size = wire_cache_size
+        self._forward_timeout = forward_timeout
+        self._max_forwards = max_forwards
+        self._tcp_idle = tcp_idle_timeout
+        self._max_tcp = max_tcp_connections
+        self._max_tcp_queries = max_tcp_queries
+        self._batch = batch
+        self._clock = clock
+        self._forward_cache = ForwardCache(forward_cache_size)
+        self._forwarder = Forwarder([], metrics=self.metrics, cache=self._forward_cache)
+        self._live = _Live(None, Responder(None, zone=zone, max_udp=max_udp_payload), WireCache(0))
+        self._forwards = 0
+        self._tcp_connections = 0
+        self._nursery: trio.Nursery | None = None
+
+    # --- Component ---------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._live.config is not None
+
+    @property
+    def upstreams(self) -> list[tuple[str, int]]:
+        return list(self._forwarder.upstreams)
+
+    def apply(self, config: DnsConfig) -> None:
+        try:
+            index = ZoneIndex.build(config)
+        except Exception as exc:
+            raise ConfigRejected(f"dns config {config.version}: {exc}") from exc
+        self._live = _Live(
+            config, Responder(index, max_udp=self._max_udp), WireCache(self._wire_cache_size)
+        )
+        self.metrics.config_version = config.version
+        self.metrics.config_applies += 1
+        log.info(
+            "config applied",
+            extra={
+                "version": config.version,
+                "names": len(index),
+                "services": len(config.services),
+            },
+        )
+
+    def config_json(self) -> Any:
+        config = self._live.config
+        return None if config is None else config.model_dump(mode="json")
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        udp, tcp = self._bind()
+        with udp, tcp:
+            self.port = udp.getsockname()[1]
+            self._forwarder = Forwarder(
+                self._resolve_upstreams(),
+                metrics=self.metrics,
+                cache=self._forward_cache,
+                timeout=self._forward_timeout,
+                clock=self._clock,
+            )
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp))
+            log.info(
+                "listening",
+                extra={"address": f"{self.listen[0]}:{self.port}", "upstreams": self.upstreams},
+            )
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._serve_udp, udp)
+                nursery.start_soon(trio.serve_listeners, self._serve_tcp_connection, [listener])
+                task_status.started(self.port)
+
+    # --- sockets -------------------------------------------------------------------------
+
+    def _bind(self) -> tuple[socket.socket, socket.socket]:
+        host, port = self.listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for _ in range(BIND_ATTEMPTS):
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            udp.setblocking(False)
+            udp.bind((host, port))
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind((host, udp.getsockname()[1]))
+            except OSError as exc:
+                udp.close()
+                tcp.close()
+                if port != 0 or exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            tcp.listen(128)
+            return udp, tcp
+        raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {host}")
+
+    def _resolve_upstreams(self) -> list[tuple[str, int]]:
+        if self._explicit_upstreams is not None:
+            return self._explicit_upstreams
+        try:
+            text = Path(self._resolv_conf).read_text()
+        except OSError as exc:
+            log.warning("no resolv.conf; not forwarding", extra={"error": str(exc)})
+            return []
+        return resolvconf.upstreams(text, (self.listen[0], self.port))
+
+    # --- UDP -----------------------------------------------------------------------------
+
+    async def _serve_udp(self, sock: socket.socket) -> None:
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        metrics = self.metrics
+        queries = metrics.queries
+        latency = metrics.latency["cache"]
+        batch = self._batch
+        perf = time.perf_counter
+        while True:
+            live = self._live
+            get = live.cache.entries.get
+            n = hits = 0
+            start = perf()
+            while n < batch:
+                try:
+                    data, addr = recvfrom(RECV_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError:  # e.g. an ICMP error queued on the socket
+                    n += 1
+                    continue
+                n += 1
+                hit = get(data[2:])
+                if hit is not None:
+                    try:
+                        sendto(data[:2] + hit[0], addr)
+                    except OSError:
+                        metrics.dropped["send"] += 1
+                    queries[hit[1]] += 1
+                    hits += 1
+                else:
+                    self._udp_miss(sock, data, addr, live)
+            if hits:
+                latency.observe((perf() - start) / n, hits)
+                metrics.cache_hits["wire"] += hits
+            if n >= batch:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.wait_readable(sock)
+
+    def _udp_miss(self, sock: socket.socket, data: bytes, addr: Any, live: _Live) -> None:
+        start = time.perf_counter()
+        self.metrics.cache_misses["wire"] += 1
+        outcome = self._handle(live.responder, data, tcp=False)
+        if isinstance(outcome, Reply):
+            self._send(sock, outcome.wire, addr)
+            self.metrics.queries[outcome.label] += 1
+            self.metrics.latency["cluster"].observe(time.perf_counter() - start)
+            if outcome.cacheable:
+                live.cache.put(data[2:], outcome.wire[2:], outcome.label)
+        elif isinstance(outcome, Forward):
+            if self._forwards >= self._max_forwards or self._nursery is None:
+                reply = live.responder.failure(outcome.query, SERVFAIL, tcp=False)
+                self._send(sock, reply.wire, addr)
+                self.metrics.queries[reply.label] += 1
+                self.metrics.forward_errors["overload"] += 1
+                return
+            self._forwards += 1
+            self._nursery.start_soon(self._forward_udp, sock, outcome, addr)
+        else:
+            self.metrics.dropped[outcome.reason] += 1
+
+    def _handle(self, responder: Responder, data: bytes, *, tcp: bool) -> Reply | Forward | Drop:
+        try:
+            return responder.handle(data, tcp=tcp)
+        except Exception:  # a bug must cost one query, never the server
+            log.exception("query failed")
+            if len(data) < 12 or data[2] & 0x80:
+                return Drop("error")
+            return Reply(header_reply(data, SERVFAIL), ("other", "SERVFAIL"))
+
+    def _send(self, sock: socket.socket, wire: bytes, addr: Any) -> None:
+        try:
+            sock.sendto(wire, addr)
+        except OSError:
+            self.metrics.dropped["send"] += 1
+
+    async def _forward_udp(self, sock: socket.socket, fwd: Forward, addr: Any) -> None:
+        try:
+            reply = await self._forward(fwd, tcp=False)
+            self._send(sock, reply.wire, addr)
+        finally:
+            self._forwards -= 1
+
+    async def _forward(self, fwd: Forward, *, tcp: bool) -> Reply:
+        start = time.perf_counter()
+        query = fwd.query
+        responder = self._live.responder
+        if not self._forwarder.upstreams:
+            reply = responder.failure(query, REFUSED, tcp=tcp)
+        else:
+            result = await self._forwarder.resolve(query)
+            if result is None:
+                reply = responder.failure(query, SERVFAIL, tcp=tcp)
+            else:
+                reply = responder.relay(query, result[0], result[1], tcp=tcp)
+        self.metrics.queries[reply.label] += 1
+        self.metrics.latency["forward"].observe(time.perf_counter() - start)
+        return reply
+
+    # --- TCP (RFC 7766: length-prefixed messages, several per connection) ---------------
+
+    async def _serve_tcp_connection(self, stream: trio.SocketStream) -> None:
+        if self._tcp_connections >= self._max_tcp:
+            self.metrics.dropped["tcp_connections"] += 1
+            await stream.aclose()
+            return
+        self._tcp_connections += 1
+        try:
+            async with stream:
+                for _ in range(self._max_tcp_queries):
+                    data = await self._read_message(stream)
+                    if data is None:
+                        return
+                    reply = await self._answer_tcp(data)
+                    if reply is None:
+                        return  # not a query (or no header): close, there is nothing to say
+                    await stream.send_all(len(reply).to_bytes(2, "big") + reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._tcp_connections -= 1
+
+    async def _read_message(self, stream: trio.SocketStream) -> bytes | None:
+        """The next length-prefixed message, or None at EOF or after the idle timeout."""
+        buf = bytearray()
+        with trio.move_on_after(self._tcp_idle):
+            while len(buf) < 2:
+                chunk = await stream.receive_some(2 - len(buf))
+                if not chunk:
+                    return None
+                buf += chunk
+            size = int.from_bytes(buf[:2], "big")
+            while len(buf) < 2 + size:
+                chunk = await stream.receive_some(2 + size - len(buf))
+                if not chunk:
+                    return None
+                buf += chunk
+            return bytes(buf[2:])
+        return None
+
+    async def _answer_tcp(self, data: bytes) -> bytes | None:
+        start = time.perf_counter()
+        outcome = self._handle(self._live.responder, data, tcp=True)
+        if isinstance(outcome, Reply):
+            self.metrics.queries[outcome.label] += 1
+            self.metrics.latency["cluster"].observe(time.perf_counter() - start)
+            return outcome.wire
+        if isinstance(outcome, Forward):
+            return (await self._forward(outcome, tcp=True)).wire
+        self.metrics.dropped[outcome.reason] += 1
+        return None
