@@ -27,6 +27,7 @@ VIP = "127.10.0.1"
 EXTERNAL_IP = "127.20.0.1"
 LB_IP = "127.30.0.1"
 NODE_PORT = 30080
+PORT = 10080  # the Service port (high: userspace mode binds it without privilege)
 CLIENT_A = "127.0.0.11"
 CLIENT_B = "127.0.0.12"
 
@@ -67,7 +68,7 @@ def config(
     *endpoints: ProxyEndpoint, protocol: Literal["TCP", "UDP"] = "TCP", **kw: Any
 ) -> ProxyConfig:
     kw.setdefault("cluster_ips", (VIP,))
-    kw.setdefault("ports", (ProxyPort(port=80, protocol=protocol),))
+    kw.setdefault("ports", (ProxyPort(port=PORT, protocol=protocol),))
     svc = ProxyService(namespace="default", name="web", endpoints=endpoints, **kw)
     return ProxyConfig(version=1, node_name=NODE_NAME, services=(svc,))
 
@@ -82,14 +83,17 @@ def same_client(*want: str, client: str = CLIENT_A) -> tuple[tuple[str, str], ..
 
 THREE = (ep(E1), ep(E2), ep(E3))
 LOCAL_REMOTE = (ep(E1, node="node-b"), ep(E2))  # E2 is on this node
-NODE_PORTS: dict[str, Any] = {"type": "NodePort", "ports": (ProxyPort(port=80, node_port=NODE_PORT),)}
+NODE_PORTS: dict[str, Any] = {
+    "type": "NodePort",
+    "ports": (ProxyPort(port=PORT, node_port=NODE_PORT),),
+}
 
 CASES: tuple[FlowCase, ...] = (
     FlowCase(
         "round robin in endpoint order",
         config(ep(E3), ep(E1), ep(E2)),
         VIP,
-        80,
+        PORT,
         "TCP",
         same_client(at(E1), at(E2), at(E3), at(E1), at(E2), at(E3)),
     ),
@@ -97,7 +101,7 @@ CASES: tuple[FlowCase, ...] = (
         "numeric address order",
         config(ep("127.0.1.10"), ep("127.0.1.9")),
         VIP,
-        80,
+        PORT,
         "TCP",
         same_client(at("127.0.1.9"), at("127.0.1.10"), at("127.0.1.9")),
     ),
@@ -105,7 +109,7 @@ CASES: tuple[FlowCase, ...] = (
         "client ip affinity",
         config(*THREE, session_affinity=True, affinity_timeout=300),
         VIP,
-        80,
+        PORT,
         "TCP",
         (
             (CLIENT_A, at(E1)),
@@ -119,7 +123,7 @@ CASES: tuple[FlowCase, ...] = (
         "udp round robin per client socket",
         config(ep(E1), ep(E2), protocol="UDP"),
         VIP,
-        80,
+        PORT,
         "UDP",
         same_client(at(E1), at(E2), at(E1)),
     ),
@@ -127,7 +131,7 @@ CASES: tuple[FlowCase, ...] = (
         "udp affinity",
         config(ep(E1), ep(E2), protocol="UDP", session_affinity=True),
         VIP,
-        80,
+        PORT,
         "UDP",
         ((CLIENT_A, at(E1)), (CLIENT_A, at(E1)), (CLIENT_B, at(E2))),
     ),
@@ -143,7 +147,7 @@ CASES: tuple[FlowCase, ...] = (
         "external ip",
         config(ep(E1), ep(E2), external_ips=(EXTERNAL_IP,)),
         EXTERNAL_IP,
-        80,
+        PORT,
         "TCP",
         same_client(at(E1), at(E2)),
     ),
@@ -151,7 +155,7 @@ CASES: tuple[FlowCase, ...] = (
         "load balancer ip",
         config(ep(E1), ep(E2), load_balancer_ips=(LB_IP,), type="LoadBalancer"),
         LB_IP,
-        80,
+        PORT,
         "TCP",
         same_client(at(E1), at(E2)),
     ),
@@ -159,7 +163,7 @@ CASES: tuple[FlowCase, ...] = (
         "internal traffic policy local",
         config(*LOCAL_REMOTE, internal_traffic_local=True),
         VIP,
-        80,
+        PORT,
         "TCP",
         same_client(at(E2), at(E2), at(E2)),
     ),
@@ -183,7 +187,7 @@ CASES: tuple[FlowCase, ...] = (
         "external local does not restrict the cluster ip",
         config(*LOCAL_REMOTE, external_traffic_local=True, **NODE_PORTS),
         VIP,
-        80,
+        PORT,
         "TCP",
         same_client(at(E1), at(E2)),
     ),
@@ -203,7 +207,7 @@ CASES: tuple[FlowCase, ...] = (
             ep(E3, ready=False, serving=True, terminating=True),
         ),
         VIP,
-        80,
+        PORT,
         "TCP",
         same_client(at(E1), at(E3), at(E1)),
     ),
@@ -212,10 +216,10 @@ CASES: tuple[FlowCase, ...] = (
         config(
             ep(E1, 28081, name="http"),
             ep(E2, 28082, name="http"),
-            ports=(ProxyPort(name="http", port=80),),
+            ports=(ProxyPort(name="http", port=PORT),),
         ),
         VIP,
-        80,
+        PORT,
         "TCP",
         same_client(at(E1, 28081), at(E2, 28082), at(E1, 28081)),
     ),
@@ -223,7 +227,7 @@ CASES: tuple[FlowCase, ...] = (
         "no endpoints rejects",
         config(),
         VIP,
-        80,
+        PORT,
         "TCP",
         same_client(REJECT, REJECT),
     ),
@@ -231,7 +235,7 @@ CASES: tuple[FlowCase, ...] = (
         "no ready endpoints rejects",
         config(ep(E1, ready=False, serving=False)),
         VIP,
-        80,
+        PORT,
         "TCP",
         same_client(REJECT),
     ),
@@ -239,7 +243,7 @@ CASES: tuple[FlowCase, ...] = (
         "udp no endpoints rejects",
         config(protocol="UDP"),
         VIP,
-        80,
+        PORT,
         "UDP",
         same_client(REJECT),
     ),
