@@ -83,6 +83,15 @@ async def udp_who(
             await sock.sendto(prefix + data, addr)
 
 
+async def eventually(predicate: Callable[[], bool], tries: int = 500) -> None:
+    """Wait (bounded: ``tries`` polls 20 ms apart) until ``predicate()`` holds."""
+    for _ in range(tries):
+        if predicate():
+            return
+        await trio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
 async def connect_from(client: str, dest: Addr) -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     await sock.bind((client, 0))

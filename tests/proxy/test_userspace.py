@@ -1,0 +1,326 @@
+"""The userspace proxy with real sockets on loopback: relay semantics, UDP sessions, config
+swaps, churn under load, rejects, bind errors, and a real client."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import random
+import socket
+from typing import Any, Literal
+
+import pytest
+import trio
+from mesh.proxy.userspace import UserspaceProxy
+
+from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from tests.conftest import require_tool
+from tests.proxy.servers import (
+    REJECT,
+    ask_tcp,
+    ask_udp,
+    connect_from,
+    eventually,
+    read_line,
+    tcp_sink,
+    tcp_who,
+    udp_who,
+)
+
+PORT = 10080
+CLIENT = "127.0.0.21"
+
+
+def service(
+    name: str, vip: str, *endpoints: str, protocol: Literal["TCP", "UDP"] = "TCP", **kw: Any
+) -> ProxyService:
+    eps = tuple(
+        ProxyEndpoint(address=a.split(":")[0], ports={"": int(a.split(":")[1])}) for a in endpoints
+    )
+    return ProxyService(
+        namespace="default",
+        name=name,
+        cluster_ips=(vip,),
+        ports=(ProxyPort(port=PORT, protocol=protocol),),
+        endpoints=eps,
+        **kw,
+    )
+
+
+def config(*services: ProxyService, version: int = 1) -> ProxyConfig:
+    return ProxyConfig(version=version, services=services)
+
+
+async def start(nursery: trio.Nursery, cfg: ProxyConfig, **kw: Any) -> UserspaceProxy:
+    proxy = UserspaceProxy(**kw)
+    proxy.apply(cfg)
+    await nursery.start(proxy.run)
+    assert proxy.ready
+    return proxy
+
+
+def sample(proxy: UserspaceProxy, name: str, **labels: str) -> float:
+    value = proxy.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def recv_all(sock: trio.socket.SocketType) -> bytes:
+    chunks = []
+    while chunk := await sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- TCP relay -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+async def test_half_close_both_ways(nursery: trio.Nursery, splice: bool) -> None:
+    got: list[bytes] = []
+    done = trio.Event()
+
+    async def banner_then_read(conn: trio.socket.SocketType) -> None:
+        with conn:
+            await conn.send(b"banner")
+            conn.shutdown(socket.SHUT_WR)  # the server is done talking, not listening
+            got.append(await recv_all(conn))
+            done.set()
+
+    async def read_then_reply(conn: trio.socket.SocketType) -> None:
+        with conn:
+            request = await recv_all(conn)  # until the client's EOF
+            await conn.send(b"reply to " + request)
+
+    await nursery.start(tcp_sink, "127.0.2.1", 28080, banner_then_read)
+    await nursery.start(tcp_sink, "127.0.2.2", 28080, read_then_reply)
+    cfg = config(
+        service("banner", "127.10.1.1", "127.0.2.1:28080"),
+        service("reply", "127.10.1.2", "127.0.2.2:28080"),
+    )
+    await start(nursery, cfg, splice=splice)
+
+    sock = await connect_from(CLIENT, ("127.10.1.1", PORT))
+    with sock:
+        assert await recv_all(sock) == b"banner"  # server's EOF reached the client
+        await sock.send(b"after the server's EOF")
+        sock.shutdown(socket.SHUT_WR)
+        with trio.fail_after(10):
+            await done.wait()
+    assert got == [b"after the server's EOF"]
+
+    sock = await connect_from(CLIENT, ("127.10.1.2", PORT))
+    with sock:
+        await sock.send(b"question")
+        sock.shutdown(socket.SHUT_WR)  # client's EOF reaches the server, the reply still comes
+        assert await recv_all(sock) == b"reply to question"
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+async def test_large_transfer_integrity(nursery: trio.Nursery, splice: bool) -> None:
+    await nursery.start(tcp_who, "127.0.2.3", 28080)
+    proxy = await start(
+        nursery, config(service("bulk", "127.10.1.3", "127.0.2.3:28080")), splice=splice
+    )
+    payload = random.Random(7).randbytes(24 * 1024 * 1024)
+    sock = await connect_from(CLIENT, ("127.10.1.3", PORT))
+    received = hashlib.sha256()
+    count = 0
+    with sock, trio.fail_after(60):
+        assert await read_line(sock) == b"127.0.2.3:28080\n"
+
+        async def send() -> None:
+            view = memoryview(payload)
+            while view:
+                view = view[await sock.send(view[: 1 << 20]) :]
+            sock.shutdown(socket.SHUT_WR)
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(send)
+            while chunk := await sock.recv(1 << 20):
+                received.update(chunk)
+                count += len(chunk)
+    assert count == len(payload)
+    assert received.digest() == hashlib.sha256(payload).digest()
+    assert sample(proxy, "mesh_proxy_bytes_total", direction="to_endpoint") == len(payload)
+
+
+async def test_no_endpoint_resets_at_once(nursery: trio.Nursery) -> None:
+    proxy = await start(nursery, config(service("empty", "127.10.1.4")))
+    sock = await connect_from(CLIENT, ("127.10.1.4", PORT))  # the listener accepts...
+    with sock, pytest.raises(OSError) as info, trio.fail_after(10):
+        await sock.recv(1)  # ...and resets: no FIN, no hanging
+    assert info.value.errno == errno.ECONNRESET
+    assert sample(proxy, "mesh_proxy_rejects_total", protocol="TCP") == 1
+
+
+async def test_connect_failure_tries_the_next_endpoint(nursery: trio.Nursery) -> None:
+    await nursery.start(tcp_who, "127.0.2.6", 28080)
+    dead = "127.0.2.5:28080"  # listed, nothing listening: connection refused
+    proxy = await start(nursery, config(service("s", "127.10.1.5", dead, "127.0.2.6:28080")))
+    answers = [await ask_tcp(CLIENT, ("127.10.1.5", PORT)) for _ in range(4)]
+    assert answers == ["127.0.2.6:28080"] * 4
+    assert sample(proxy, "mesh_proxy_endpoint_connect_errors_total") >= 2
+    only_dead = config(service("s", "127.10.1.5", dead), version=2)
+    proxy.apply(only_dead)
+    assert await ask_tcp(CLIENT, ("127.10.1.5", PORT)) == REJECT
+
+
+# --- UDP -------------------------------------------------------------------------------------
+
+
+async def test_udp_session_per_client_and_idle_timeout(nursery: trio.Nursery) -> None:
+    for ip in ("127.0.3.1", "127.0.3.2"):
+        await nursery.start(udp_who, ip, 28080)
+    svc = service("dns", "127.10.2.1", "127.0.3.1:28080", "127.0.3.2:28080", protocol="UDP")
+    proxy = await start(nursery, config(svc), udp_idle_timeout=0.2)
+    dest = ("127.10.2.1", PORT)
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind((CLIENT, 0))
+    with sock:
+        assert await ask_udp(CLIENT, dest, sock) == "127.0.3.1:28080"
+        assert await ask_udp(CLIENT, dest, sock) == "127.0.3.1:28080"  # same session
+        assert await ask_udp(CLIENT, dest) == "127.0.3.2:28080"  # another client port
+        assert sample(proxy, "mesh_proxy_connections_total", protocol="UDP") == 2
+        # both sessions end once idle
+        await eventually(
+            lambda: sample(proxy, "mesh_proxy_active_connections", protocol="UDP") == 0
+        )
+        assert await ask_udp(CLIENT, dest, sock) == "127.0.3.1:28080"  # a new session: next pick
+        assert sample(proxy, "mesh_proxy_connections_total", protocol="UDP") == 3
+
+
+# --- config swaps ----------------------------------------------------------------------------
+
+
+async def test_config_swap_keeps_established_connections(nursery: trio.Nursery) -> None:
+    for ip in ("127.0.4.1", "127.0.4.2"):
+        await nursery.start(tcp_who, ip, 28080)
+    a = service("a", "127.10.3.1", "127.0.4.1:28080")
+    b = service("b", "127.10.3.2", "127.0.4.2:28080")
+    proxy = await start(nursery, config(a))
+    sock = await connect_from(CLIENT, ("127.10.3.1", PORT))
+    with sock:
+        assert await read_line(sock) == b"127.0.4.1:28080\n"
+        for version, cfg in enumerate(
+            [
+                config(b, version=2),  # a's listener goes away
+                config(
+                    service("a", "127.10.3.1", "127.0.4.2:28080"), b, version=3
+                ),  # a is back, elsewhere
+            ],
+            start=2,
+        ):
+            proxy.apply(cfg)
+            assert sample(proxy, "mesh_proxy_config_version") == version
+            await sock.send(b"still there\n")
+            assert await read_line(sock) == b"still there\n"  # untouched, same endpoint
+            if version == 2:
+                assert await ask_tcp(CLIENT, ("127.10.3.1", PORT)) == REJECT  # refused
+            else:
+                assert await ask_tcp(CLIENT, ("127.10.3.1", PORT)) == "127.0.4.2:28080"
+            assert await ask_tcp(CLIENT, ("127.10.3.2", PORT)) == "127.0.4.2:28080"
+    assert [f"{ip}:{port}" for _, ip, port, _ in proxy.listening()] == [
+        "127.10.3.1:10080",
+        "127.10.3.2:10080",
+    ]
+
+
+async def test_endpoint_churn_under_load(nursery: trio.Nursery) -> None:
+    stable = ["127.0.5.1:28080", "127.0.5.2:28080"]
+    flapping = "127.0.5.3:28080"
+    dead = "127.0.5.4:28080"  # comes and goes in the config, never listens
+    for ep in [*stable, flapping]:
+        ip, port = ep.split(":")
+        await nursery.start(tcp_who, ip, int(port))
+    vip = ("127.10.4.1", PORT)
+    proxy = await start(nursery, config(service("churn", vip[0], *stable, flapping)))
+    results: list[str] = []
+
+    async def client(n: int) -> None:
+        for _ in range(40):
+            sock = await connect_from(f"127.0.0.{30 + n}", vip)
+            with sock:
+                who = (await read_line(sock)).decode().strip()
+                await sock.send(b"ping\n")
+                assert await read_line(sock) == b"ping\n"
+            results.append(who)
+
+    async def churn() -> None:
+        shapes = [[*stable], [*stable, flapping], [*stable, dead], [*stable, flapping, dead]]
+        for version in range(2, 60):
+            proxy.apply(config(service("churn", vip[0], *shapes[version % 4]), version=version))
+            await trio.sleep(0.002)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as load:
+            for n in range(6):
+                load.start_soon(client, n)
+            load.start_soon(churn)
+    assert len(results) == 240  # every connection succeeded
+    assert set(results) <= {*stable, flapping}
+    assert set(stable) <= set(results)
+    assert sample(proxy, "mesh_proxy_rejects_total", protocol="TCP") == 0
+
+
+# --- errors and the admin view ---------------------------------------------------------------
+
+
+async def test_bind_errors_are_reported_and_isolated(nursery: trio.Nursery) -> None:
+    await nursery.start(tcp_who, "127.0.6.1", 28080)
+    squatter = socket.socket()
+    squatter.bind(("127.10.5.2", PORT))
+    squatter.listen()
+    with squatter:
+        cfg = config(
+            service("good", "127.10.5.1", "127.0.6.1:28080"),
+            service("taken", "127.10.5.2", "127.0.6.1:28080"),
+            service("foreign", "192.0.2.10", "127.0.6.1:28080"),  # not a local address
+        )
+        proxy = await start(nursery, cfg)
+        assert await ask_tcp(CLIENT, ("127.10.5.1", PORT)) == "127.0.6.1:28080"
+        assert sample(proxy, "mesh_proxy_sync_errors_total") == 1
+        errors = proxy.config_json()["bind_errors"]
+        assert set(errors) == {"127.10.5.2:10080/TCP", "192.0.2.10:10080/TCP"}
+
+
+async def test_admin_view(nursery: trio.Nursery) -> None:
+    import json
+
+    proxy = UserspaceProxy()
+    readiness = [proxy.ready]
+    proxy.apply(config(service("web", "127.10.6.1", "127.0.7.1:28080"), version=7))
+    readiness.append(proxy.ready)  # configured, not listening yet
+    await nursery.start(proxy.run)
+    readiness.append(proxy.ready)
+    assert readiness == [False, False, True]
+    view = json.loads(json.dumps(proxy.config_json()))
+    assert view["config"]["version"] == 7
+    assert view["listeners"] == ["127.10.6.1:10080/TCP"]
+    assert view["table"]["backends"][0]["endpoints"] == ["127.0.7.1:28080"]
+
+
+async def test_curl_through_a_virtual_ip(nursery: trio.Nursery) -> None:
+    require_tool("curl")
+
+    async def http(conn: trio.socket.SocketType) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = await conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            body = b"hello from 127.0.8.1\n"
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            await conn.send(head.encode() + body)
+
+    await nursery.start(tcp_sink, "127.0.8.1", 28080, http)
+    await start(nursery, config(service("web", "127.10.7.1", "127.0.8.1:28080")))
+    result = await trio.run_process(
+        ["curl", "-sS", "--max-time", "10", f"http://127.10.7.1:{PORT}/"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello from 127.0.8.1\n"
