@@ -1,0 +1,406 @@
+"""Render a ProxyConfig as one nftables table, structured as kube-proxy's nftables mode.
+
+Theory of operation. Everything lives in one table of our own (``ip mesh-proxy`` by default)
+so nothing else on the host is touched. Packets meet it at five hooks::
+
+    nat-prerouting / nat-output (dstnat)  -> services
+    services:  ip daddr . l4proto . dport        vmap @service-ips        (ClusterIP, external IP, LB IP)
+               fib daddr local, l4proto . dport  vmap @service-nodeports  (NodePort)
+    filter-input / -forward / -output (dstnat - 10), new flows -> endpoints-check
+    endpoints-check: the same keys vmap @no-endpoint-services / @no-endpoint-nodeports
+                     -> goto reject-chain (TCP reset, ICMP port unreachable) or drop
+    nat-postrouting (srcnat) -> masquerading: masquerade what carries the masquerade mark
+
+Each Service port gets a chain ``service-HASH-ns/name/proto/port`` (``local-`` for a Local
+internal traffic policy) that picks an endpoint round robin with ``numgen inc mod N vmap``
+after checking the per-endpoint affinity sets (ClientIP session affinity); external traffic
+(NodePort, external and LB IPs) enters through ``external-HASH-...``, which marks it for
+masquerade (policy Cluster) or keeps the client address (policy Local). Each endpoint gets
+``endpoint-HASH-ns/name/proto/port__ip/port``: it marks hairpin traffic (a pod reaching
+itself through the Service) for masquerade, refreshes the affinity entry and DNATs. Chain
+names are a hash of the identity followed by the identity, so they are stable across syncs
+and readable in ``nft list``. Endpoint eligibility (ready, serving-terminating fallback,
+node-local for policy Local) and order are the service table's, so both proxy modes agree.
+
+Only IPv4 is rendered (the table is of family ``ip``); IPv6 addresses are skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mesh.proxy.table import eligible, endpoint_order
+
+from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+
+DSTNAT = -100
+SRCNAT = 100
+FILTER = DSTNAT - 10  # filter before DNAT, so the rules see Service addresses
+
+MARK_MASQ_CHAIN = "mark-for-masquerade"
+MASQUERADING_CHAIN = "masquerading"
+SERVICES_CHAIN = "services"
+ENDPOINTS_CHECK_CHAIN = "endpoints-check"
+REJECT_CHAIN = "reject-chain"
+SERVICE_IPS_MAP = "service-ips"
+SERVICE_NODEPORTS_MAP = "service-nodeports"
+NO_ENDPOINT_SERVICES_MAP = "no-endpoint-services"
+NO_ENDPOINT_NODEPORTS_MAP = "no-endpoint-nodeports"
+NODEPORT_IPS_SET = "nodeport-ips"
+DISPATCH_CHAIN = "endpoint-dispatch"
+DISPATCH_MAP = "endpoint-dispatch"
+MAPS = (
+    SERVICE_IPS_MAP,
+    SERVICE_NODEPORTS_MAP,
+    NO_ENDPOINT_SERVICES_MAP,
+    NO_ENDPOINT_NODEPORTS_MAP,
+    DISPATCH_MAP,
+)
+_IP_KEY = "ipv4_addr . inet_proto . inet_service : verdict"
+_PORT_KEY = "inet_proto . inet_service : verdict"
+MAP_TYPES = {
+    SERVICE_IPS_MAP: _IP_KEY,
+    SERVICE_NODEPORTS_MAP: _PORT_KEY,
+    NO_ENDPOINT_SERVICES_MAP: _IP_KEY,
+    NO_ENDPOINT_NODEPORTS_MAP: _PORT_KEY,
+    DISPATCH_MAP: "mark : verdict",
+}
+# Above this many load-balanced Service ports, "auto" dispatch switches from one anonymous
+# vmap per Service to the shared map: the kernel's cost of adding anonymous sets and of
+# checking jump loops through verdict maps grows with the number of sets in the table, so
+# N per-Service vmaps cost O(N^2) at commit (about 90 s for 10,000 Services on Linux 6.x).
+SHARED_DISPATCH_ABOVE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    table: str = "mesh-proxy"
+    masquerade_mark: int = 0x4000
+    # Traffic to a ClusterIP from outside this CIDR is masqueraded (kube-proxy's local
+    # traffic detector); None: never.
+    pod_cidr: str | None = None
+    # Addresses that accept NodePort traffic; empty: every local address but 127.0.0.0/8.
+    node_port_addresses: tuple[str, ...] = ()
+    # Round robin: "inline" renders kube-proxy's ``numgen inc mod N vmap { 0 : goto ... }``
+    # in each Service chain; "shared" stores ``numgen inc mod N offset BASE`` in the
+    # connection's ct mark and looks it up in one shared verdict map (same order, one set
+    # for the whole table); "auto" picks inline up to SHARED_DISPATCH_ABOVE Service ports.
+    dispatch: Literal["auto", "inline", "shared"] = "auto"
+
+
+@dataclass(slots=True)
+class Ruleset:
+    """The rendered table plus what the syncer needs to know about it."""
+
+    table: str
+    body: str  # "table ip NAME { ... }"
+    marker: str  # comment on the services dispatch rule: a digest of the body
+    chains: frozenset[str] = frozenset()  # service-/local-/external-/endpoint- chains
+    affinity_sets: dict[str, int] = field(default_factory=dict)  # name -> timeout seconds
+    rules: int = 0
+    elements: int = 0
+    service_ports: int = 0
+    endpoints: int = 0
+
+
+def _hashed(prefix: str, identity: str) -> str:
+    # The identity keeps names unique; the hash prefix keeps similar ones visually apart.
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:8].upper()
+    name = f"{prefix}{digest}-{identity}"
+    return name if len(name) <= 250 else name[:247] + "..."
+
+
+def port_identity(svc: ProxyService, port: ProxyPort) -> str:
+    return f"{svc.namespace}/{svc.name}/{port.protocol.lower()}/{port.name}"
+
+
+def service_chain(svc: ProxyService, port: ProxyPort, local: bool = False) -> str:
+    return _hashed("local-" if local else "service-", port_identity(svc, port))
+
+
+def external_chain(svc: ProxyService, port: ProxyPort) -> str:
+    return _hashed("external-", port_identity(svc, port))
+
+
+def endpoint_chain(svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
+    return _hashed("endpoint-", f"{port_identity(svc, port)}__{ip}/{target}")
+
+
+def affinity_set(svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
+    return _hashed("affinity-", f"{port_identity(svc, port)}__{ip}/{target}")
+
+
+def _v4(addresses: Iterable[str]) -> list[str]:
+    return [a for a in addresses if ":" not in a]
+
+
+@functools.lru_cache(maxsize=65536)
+def _order(ep: tuple[str, int]) -> tuple[int, int, int]:
+    return endpoint_order(ep)
+
+
+def _targets(eps: Iterable[ProxyEndpoint], port: ProxyPort) -> list[tuple[str, int]]:
+    """Usable (ip, port) pairs in the service table's round-robin order."""
+    pairs = {(ep.address, ep.ports[port.name]) for ep in eps if ":" not in ep.address}
+    return sorted(pairs, key=_order)
+
+
+@dataclass(slots=True)
+class _Out:
+    chains: list[str] = field(default_factory=list)  # rendered chain blocks
+    names: set[str] = field(default_factory=set)
+    affinity: dict[str, int] = field(default_factory=dict)
+    elements: dict[str, list[str]] = field(default_factory=lambda: {m: [] for m in MAPS})
+    taken: set[tuple[str, str]] = field(default_factory=set)  # (map, key): first one wins
+    rules: int = 0
+    endpoints: int = 0
+    shared: bool = False  # round robin through the shared dispatch map
+    slot: int = 1  # next free dispatch slot (0 stays free: a ct mark of 0 means unset)
+    dispatch: list[str] = field(default_factory=list)
+    _ep_names: dict[tuple[int, str, int], str] = field(default_factory=dict)
+
+    def ep_chain(self, svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
+        key = (id(port), ip, target)
+        name = self._ep_names.get(key)
+        if name is None:
+            name = self._ep_names[key] = endpoint_chain(svc, port, ip, target)
+        return name
+
+    def chain(self, name: str, rules: list[str]) -> None:
+        self.names.add(name)
+        self.rules += len(rules)
+        self.chains.append(f"\tchain {name} {{\n\t\t" + "\n\t\t".join(rules) + "\n\t}\n")
+
+    def element(self, map_name: str, key: str, verdict: str) -> None:
+        if (map_name, key) in self.taken:
+            return  # two Services claim one address: the first (by namespace/name) wins
+        self.taken.add((map_name, key))
+        self.elements[map_name].append(f"{key} : {verdict}")
+
+
+def render(config: ProxyConfig, options: RenderOptions | None = None) -> Ruleset:
+    """The whole table for ``config`` (pure; the same input gives the same text)."""
+    opts = options or RenderOptions()
+    services = sorted(config.services, key=lambda s: (s.namespace, s.name))
+    ports = sum(len(s.ports) for s in services)
+    shared = opts.dispatch == "shared" or (
+        opts.dispatch == "auto" and ports > SHARED_DISPATCH_ABOVE
+    )
+    out = _Out(shared=shared)
+    for svc in services:
+        for port in svc.ports:
+            _render_port(out, config.node_name, svc, port, opts)
+    out.elements[DISPATCH_MAP] = out.dispatch
+    body_parts = [_preamble(opts)]
+    for name in MAPS:
+        elems = out.elements[name]
+        body = f"\tmap {name} {{\n\t\ttype {MAP_TYPES[name]}\n"
+        if elems:
+            body += "\t\telements = { " + ",\n\t\t\t".join(elems) + " }\n"
+        body_parts.append(body + "\t}\n")
+    for name, timeout in out.affinity.items():
+        body_parts.append(
+            f"\tset {name} {{\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n"
+            f"\t\ttimeout {timeout}s\n\t}}\n"
+        )
+    body_parts.extend(out.chains)
+    inner = "".join(body_parts)
+    marker = hashlib.sha256(inner.encode()).hexdigest()[:16]
+    dispatch = _dispatch(opts, marker)
+    text = f"table ip {opts.table} {{\n{inner}{dispatch}}}\n"
+    return Ruleset(
+        table=opts.table,
+        body=text,
+        marker=marker,
+        chains=frozenset(out.names),
+        affinity_sets=out.affinity,
+        rules=out.rules + _FIXED_RULES,
+        elements=sum(len(v) for v in out.elements.values()),
+        service_ports=ports,
+        endpoints=out.endpoints,
+    )
+
+
+_FIXED_RULES = 17  # rules in the preamble and the dispatch chains
+
+
+def _preamble(opts: RenderOptions) -> str:
+    mark = f"{opts.masquerade_mark:#x}"
+    parts = []
+    for name, kind, hook, prio, target in (
+        ("filter-input", "filter", "input", FILTER, f"ct state new jump {ENDPOINTS_CHECK_CHAIN}"),
+        (
+            "filter-forward",
+            "filter",
+            "forward",
+            FILTER,
+            f"ct state new jump {ENDPOINTS_CHECK_CHAIN}",
+        ),
+        ("filter-output", "filter", "output", FILTER, f"ct state new jump {ENDPOINTS_CHECK_CHAIN}"),
+        ("nat-prerouting", "nat", "prerouting", DSTNAT, f"jump {SERVICES_CHAIN}"),
+        ("nat-output", "nat", "output", DSTNAT, f"jump {SERVICES_CHAIN}"),
+        ("nat-postrouting", "nat", "postrouting", SRCNAT, f"jump {MASQUERADING_CHAIN}"),
+    ):
+        parts.append(
+            f"\tchain {name} {{\n\t\ttype {kind} hook {hook} priority {prio}; policy accept;\n"
+            f"\t\t{target}\n\t}}\n"
+        )
+    parts.append(f"\tchain {MARK_MASQ_CHAIN} {{\n\t\tmeta mark set meta mark or {mark}\n\t}}\n")
+    parts.append(
+        f"\tchain {MASQUERADING_CHAIN} {{\n\t\tmeta mark and {mark} == 0 return\n"
+        f"\t\tmeta mark set meta mark xor {mark}\n\t\tmasquerade fully-random\n\t}}\n"
+    )
+    parts.append(
+        f"\tchain {REJECT_CHAIN} {{\n\t\tmeta l4proto tcp reject with tcp reset\n\t\treject\n\t}}\n"
+    )
+    if opts.node_port_addresses:
+        addrs = ", ".join(_v4(opts.node_port_addresses))
+        parts.append(
+            f"\tset {NODEPORT_IPS_SET} {{\n\t\ttype ipv4_addr\n\t\telements = {{ {addrs} }}\n\t}}\n"
+        )
+    return "".join(parts)
+
+
+def _node_match(opts: RenderOptions) -> str:
+    if opts.node_port_addresses:
+        return f"ip daddr @{NODEPORT_IPS_SET}"
+    return "fib daddr type local ip daddr != 127.0.0.0/8"
+
+
+def _dispatch(opts: RenderOptions, marker: str) -> str:
+    node = _node_match(opts)
+    return (
+        f"\tchain {DISPATCH_CHAIN} {{\n\t\tct mark vmap @{DISPATCH_MAP}\n\t}}\n"
+        f"\tchain {ENDPOINTS_CHECK_CHAIN} {{\n"
+        f"\t\tip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}\n"
+        f"\t\t{node} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS_MAP}\n\t}}\n"
+        f"\tchain {SERVICES_CHAIN} {{\n"
+        f'\t\tip daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP} comment "sync {marker}"\n'
+        f"\t\t{node} meta l4proto . th dport vmap @{SERVICE_NODEPORTS_MAP}\n\t}}\n"
+    )
+
+
+def _render_port(
+    out: _Out, node_name: str, svc: ProxyService, port: ProxyPort, opts: RenderOptions
+) -> None:
+    proto = port.protocol.lower()
+    serving = [ep for ep in svc.endpoints if port.name in ep.ports]
+    local_eps = [ep for ep in serving if node_name and ep.node_name == node_name]
+    cluster = _targets(eligible(serving), port)
+    local = _targets(eligible(local_eps), port)
+    internal = local if svc.internal_traffic_local else cluster
+    external = local if svc.external_traffic_local else cluster
+    has_any = bool(cluster)
+    chains = {
+        "cluster": service_chain(svc, port),
+        "local": service_chain(svc, port, local=True),
+        "external": external_chain(svc, port),
+    }
+    internal_chain = chains["local" if svc.internal_traffic_local else "cluster"]
+    cluster_ips = _v4(svc.cluster_ips)
+    external_ips = _v4(svc.external_ips) + _v4(svc.load_balancer_ips)
+    node_port = port.node_port if svc.type != "ClusterIP" else None
+    accessible = bool(external_ips) or node_port is not None
+    no_ep = f"goto {REJECT_CHAIN}" if not has_any else "drop"
+    for ip in cluster_ips:
+        key = f"{ip} . {proto} . {port.port}"
+        if internal:
+            out.element(SERVICE_IPS_MAP, key, f"goto {internal_chain}")
+        else:
+            out.element(NO_ENDPOINT_SERVICES_MAP, key, no_ep)
+    for ip in external_ips:
+        key = f"{ip} . {proto} . {port.port}"
+        if has_any:
+            out.element(SERVICE_IPS_MAP, key, f"goto {chains['external']}")
+        if not external:
+            out.element(NO_ENDPOINT_SERVICES_MAP, key, no_ep)
+    if node_port is not None:
+        key = f"{proto} . {node_port}"
+        if has_any:
+            out.element(SERVICE_NODEPORTS_MAP, key, f"goto {chains['external']}")
+        if not external:
+            out.element(NO_ENDPOINT_NODEPORTS_MAP, key, no_ep)
+    if not has_any:
+        return
+    timeout = svc.affinity_timeout if svc.session_affinity else None
+    used_cluster = bool(cluster) and (not svc.internal_traffic_local or accessible)
+    used_local = bool(local) and (svc.internal_traffic_local or svc.external_traffic_local)
+    if accessible:
+        out.chain(chains["external"], _external_rules(svc, chains, bool(external), opts))
+    for kind, targets, used in (("cluster", cluster, used_cluster), ("local", local, used_local)):
+        if not used:
+            continue
+        rules: list[str] = []
+        if chains[kind] == internal_chain and opts.pod_cidr:
+            rules.extend(
+                f"ip daddr {ip} {proto} dport {port.port} ip saddr != {opts.pod_cidr} "
+                f"jump {MARK_MASQ_CHAIN}"
+                for ip in cluster_ips
+            )
+        rules.extend(_balance(out, svc, port, targets, timeout is not None))
+        out.chain(chains[kind], rules)
+    reachable = set(cluster if used_cluster else ()) | set(local if used_local else ())
+    for ip, target in sorted(reachable, key=_order):
+        out.endpoints += 1
+        rules = [f"ip saddr {ip} jump {MARK_MASQ_CHAIN}"]
+        if timeout is not None:
+            aff = affinity_set(svc, port, ip, target)
+            out.affinity[aff] = timeout
+            rules.append(f"update @{aff} {{ ip saddr }}")
+        rules.append(f"meta l4proto {proto} dnat to {ip}:{target}")
+        out.chain(out.ep_chain(svc, port, ip, target), rules)
+
+
+def _external_rules(
+    svc: ProxyService, chains: dict[str, str], has_external: bool, opts: RenderOptions
+) -> list[str]:
+    if not svc.external_traffic_local:
+        # Endpoints may be anywhere: masquerade so replies come back through this node.
+        return [f"jump {MARK_MASQ_CHAIN}", f"goto {chains['cluster']}"]
+    rules = []
+    if opts.pod_cidr:
+        # Pods reaching an external address act as if they went out and came back in.
+        rules.append(f'ip saddr {opts.pod_cidr} goto {chains["cluster"]} comment "pod traffic"')
+    rules.append(f'fib saddr type local jump {MARK_MASQ_CHAIN} comment "node traffic"')
+    rules.append(f"fib saddr type local goto {chains['cluster']}")
+    if has_external:
+        rules.append(f"goto {chains['local']}")
+    return rules
+
+
+def _balance(
+    out: _Out, svc: ProxyService, port: ProxyPort, targets: list[tuple[str, int]], affinity: bool
+) -> list[str]:
+    chains = [out.ep_chain(svc, port, ip, t) for ip, t in targets]
+    rules: list[str] = []
+    if affinity:
+        rules.extend(
+            f"ip saddr @{affinity_set(svc, port, ip, t)} goto {chain}"
+            for (ip, t), chain in zip(targets, chains, strict=True)
+        )
+    if len(chains) == 1:
+        rules.append(f"goto {chains[0]}")
+    elif out.shared:
+        base = out.slot
+        out.slot += len(chains)
+        out.dispatch.extend(f"{base + i} : goto {c}" for i, c in enumerate(chains))
+        rules.append(
+            f"ct mark set numgen inc mod {len(chains)} offset {base} goto {DISPATCH_CHAIN}"
+        )
+    else:
+        arms = ", ".join(f"{i} : goto {c}" for i, c in enumerate(chains))
+        rules.append(f"numgen inc mod {len(chains)} vmap {{ {arms} }}")
+    return rules
+
+
+def parse_cidr(cidr: str) -> ipaddress.IPv4Network:
+    """A validated IPv4 CIDR (for options coming from flags)."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise ValueError(f"{cidr!r}: only IPv4 is supported")
+    return net
