@@ -168,11 +168,17 @@ class ControlPlane:
             raise KeyError(f"no translator for config kind {kind!r}")
         last: ComponentConfig | None = None
         while True:
+            # Re-checked after each yield: a newer one may have come while the consumer worked.
+            last = await self.next_config(kind, last)
+            yield last
+
+    async def next_config(self, kind: str, last: ComponentConfig | None) -> ComponentConfig:
+        """The current config of ``kind`` unless it is ``last``; else wait for a new one.
+        Safe to cancel (unlike an ``__anext__`` of :meth:`configs`)."""
+        while True:
             config = self._published.get(kind)
             if config is not None and config is not last:
-                last = config
-                yield config
-                continue  # a newer one may have been published while the consumer worked
+                return config
             await self._publish_event.wait()
 
     def translate(self, snap: Snapshot) -> list[str]:

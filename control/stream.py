@@ -1,0 +1,137 @@
+"""The config stream server: components ask the control plane for their config kind.
+
+Routes (HTTP/1.1, JSON):
+
+- ``GET /v1/config/{kind}``: the current config snapshot (503 until the first one).
+- ``GET /v1/watch/{kind}``: a chunked stream of newline-delimited snapshots, the current one
+  first, then one per new version. An empty line every ``heartbeat`` seconds lets clients
+  notice a dead connection (as a Kubernetes watch's bookmarks and keep-alives do).
+- ``GET /v1/objects/{Kind}?namespace=NS``: a Kubernetes ``List`` of stored objects in API
+  form; ``Kind`` also accepts ``kubectl`` names (``svc``, ``services``, ``pods``, ...).
+- ``GET /v1/errors``: manifest errors and warnings.
+- ``GET /healthz``: ``ok``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import trio
+from mesh.control.plane import ControlPlane
+
+from mesh.config.base import ComponentConfig
+from mesh.httpserve import (
+    HttpServer,
+    Request,
+    Response,
+    StreamingResponse,
+    json_response,
+    text,
+)
+from mesh.objects import KINDS
+
+DEFAULT_LISTEN = ("127.0.0.1", 7700)
+HEARTBEAT = 10.0
+
+# kubectl's names for the kinds the store holds: plural, singular and short names.
+_ALIASES = {
+    "svc": "Service",
+    "ep": "Endpoints",
+    "ns": "Namespace",
+    "po": "Pod",
+    "ing": "Ingress",
+    "endpointslices": "EndpointSlice",
+    "endpoints": "Endpoints",
+    "ingresses": "Ingress",
+    "ingressclasses": "IngressClass",
+}
+
+
+def resolve_kind(name: str) -> str | None:
+    """The Kind for a kubectl-style resource name, or None."""
+    lowered = name.lower()
+    if lowered in _ALIASES:
+        return _ALIASES[lowered]
+    for kind in KINDS:
+        if lowered in (kind.lower(), kind.lower() + "s"):
+            return kind
+    return None
+
+
+def object_list(plane: ControlPlane, kind: str, namespace: str | None) -> dict[str, Any]:
+    items, revision = plane.store.list(kind, namespace or None)
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "metadata": {"resourceVersion": str(revision)},
+        "items": [obj.to_dict() for obj in items],
+    }
+
+
+def encode(config: ComponentConfig) -> bytes:
+    return config.model_dump_json().encode() + b"\n"
+
+
+class ConfigServer:
+    def __init__(
+        self,
+        plane: ControlPlane,
+        listen: tuple[str, int] = DEFAULT_LISTEN,
+        *,
+        heartbeat: float = HEARTBEAT,
+    ) -> None:
+        self.plane = plane
+        self.heartbeat = heartbeat
+        self.http = HttpServer(listen, self.handle, name="control")
+
+    @property
+    def port(self) -> int:
+        return self.http.port
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.http.run(task_status=task_status)
+
+    async def handle(self, request: Request) -> Response | StreamingResponse:
+        parts = [p for p in request.path.split("/") if p]
+        match parts:
+            case ["healthz"]:
+                return text(200, "ok")
+            case ["v1", "config", kind]:
+                if kind not in self.plane.translators:
+                    return text(404, f"unknown config kind {kind!r}")
+                config = self.plane.current(kind)
+                if config is None:
+                    return text(503, f"no {kind} config yet")
+                return Response(200, encode(config), "application/json")
+            case ["v1", "watch", kind]:
+                if kind not in self.plane.translators:
+                    return text(404, f"unknown config kind {kind!r}")
+                return StreamingResponse(self.watch(kind))
+            case ["v1", "objects", name]:
+                resolved = resolve_kind(name)
+                if resolved is None:
+                    return text(404, f"unknown kind {name!r}")
+                return json_response(
+                    object_list(self.plane, resolved, request.query.get("namespace"))
+                )
+            case ["v1", "errors"]:
+                errors = [
+                    {"source": e.source, "object": e.object, "field": e.field, "message": e.message}
+                    for e in self.plane.errors
+                ]
+                return json_response({"errors": errors, "warnings": self.plane.warnings})
+        return text(404, "not found")
+
+    async def watch(self, kind: str) -> AsyncGenerator[bytes, None]:
+        """Snapshots of ``kind`` as they are published, with heartbeats in between."""
+        last: ComponentConfig | None = None
+        while True:
+            config: ComponentConfig | None = None
+            with trio.move_on_after(self.heartbeat):
+                config = await self.plane.next_config(kind, last)
+            if config is None:
+                yield b"\n"
+            else:
+                last = config
+                yield encode(config)

@@ -1,0 +1,201 @@
+"""The config-stream client: a component's view of the control plane.
+
+:func:`stream_configs` watches ``GET /v1/watch/{kind}`` and yields each new config snapshot.
+When the connection breaks (refused, reset, silent past ``idle_timeout`` although the server
+sends heartbeats, invalid data) it reconnects with bounded exponential backoff and full
+jitter, yielding nothing meanwhile: the component keeps running on its last good config.
+After a reconnect the server sends its current snapshot first, so the component catches up
+in one step; a snapshot equal to the last one yielded is not yielded again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import h11
+import pydantic
+import trio
+
+from mesh.config.base import ComponentConfig
+
+log = logging.getLogger("mesh.stream")
+
+C = TypeVar("C", bound=ComponentConfig)
+
+MAX_LINE = 64 << 20  # a config snapshot larger than this is refused
+RECEIVE_SIZE = 65536
+
+
+class StreamError(Exception):
+    """The stream broke or carried something unusable; reconnect."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial: float = 0.1
+    maximum: float = 5.0
+    factor: float = 2.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait before reconnect ``attempt`` (0-based): "full jitter", uniform in
+        [base/2, base], where base doubles up to ``maximum``."""
+        base = min(self.maximum, self.initial * self.factor ** min(attempt, 32))
+        return base / 2 + rng.random() * base / 2
+
+
+def parse_url(url: str) -> tuple[str, int, str]:
+    """(host, port, path prefix) of an ``http://host:port[/prefix]`` control URL."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"{url!r}: expected http://HOST:PORT")
+    return parts.hostname, parts.port or 80, parts.path.rstrip("/")
+
+
+class LineSplitter:
+    """Bytes in, complete lines out (without the newline)."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self._buffer = bytearray()
+        self.max_line = max_line
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        *lines, rest = self._buffer.split(b"\n")
+        self._buffer = bytearray(rest)
+        if len(self._buffer) > self.max_line:
+            raise StreamError(f"line longer than {self.max_line} bytes")
+        return [bytes(line) for line in lines]
+
+
+def decode(line: bytes, config_type: type[C]) -> C:
+    try:
+        return config_type.model_validate_json(line)
+    except pydantic.ValidationError as exc:
+        raise StreamError(
+            f"invalid config: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}"
+        ) from exc
+
+
+class _Connection:
+    """One HTTP/1.1 request and its response body, over h11."""
+
+    def __init__(self, stream: trio.SocketStream, idle_timeout: float) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.CLIENT)
+        self.idle_timeout = idle_timeout
+
+    async def request(self, host: str, port: int, target: str) -> int:
+        headers = [("host", f"{host}:{port}"), ("accept", "application/json")]
+        data = self.conn.send(h11.Request(method="GET", target=target, headers=headers)) or b""
+        data += self.conn.send(h11.EndOfMessage()) or b""
+        await self.stream.send_all(data)
+        event = await self.next_event()
+        if not isinstance(event, h11.Response):
+            raise StreamError("connection closed before a response")
+        return event.status_code
+
+    async def next_event(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            with trio.move_on_after(self.idle_timeout) as scope:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            if scope.cancelled_caught:
+                raise StreamError(f"no data for {self.idle_timeout} s")
+            self.conn.receive_data(data)
+
+    async def body_chunk(self) -> bytes | None:
+        """The next piece of the body, or None at its end."""
+        event = await self.next_event()
+        if isinstance(event, h11.Data):
+            return bytes(event.data)
+        return None
+
+
+async def _connect(host: str, port: int, connect_timeout: float) -> trio.SocketStream:
+    with trio.fail_after(connect_timeout):
+        return await trio.open_tcp_stream(host, port)
+
+
+_NETWORK_ERRORS = (
+    OSError,
+    trio.BrokenResourceError,
+    trio.TooSlowError,
+    h11.ProtocolError,
+    StreamError,
+)
+
+
+async def stream_configs(
+    url: str,
+    kind: str,
+    config_type: type[C],
+    *,
+    backoff: Backoff | None = None,
+    idle_timeout: float = 30.0,
+    connect_timeout: float = 5.0,
+    rng: random.Random | None = None,
+) -> AsyncGenerator[C, None]:
+    """Each new ``kind`` config from the control plane at ``url``, forever."""
+    host, port, prefix = parse_url(url)
+    target = f"{prefix}/v1/watch/{kind}"
+    backoff = backoff or Backoff()
+    rng = rng or random.Random()
+    attempt = 0
+    last: C | None = None
+    while True:  # one connection per round; ends only when the consumer stops
+        stream: trio.SocketStream | None = None
+        try:
+            stream = await _connect(host, port, connect_timeout)
+            conn = _Connection(stream, idle_timeout)
+            status = await conn.request(host, port, target)
+            if status != 200:
+                raise StreamError(f"HTTP {status} for {target}")
+            lines = LineSplitter()
+            while (chunk := await conn.body_chunk()) is not None:
+                for line in lines.feed(chunk):
+                    if not line.strip():
+                        continue  # heartbeat
+                    config = decode(line, config_type)
+                    attempt = 0
+                    if config != last:
+                        last = config
+                        yield config
+            raise StreamError("stream ended")
+        except _NETWORK_ERRORS as exc:
+            log.warning(
+                "config stream lost",
+                extra={"url": url, "kind": kind, "error": str(exc) or type(exc).__name__},
+            )
+        finally:
+            if stream is not None:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await stream.aclose()
+        await trio.sleep(backoff.delay(attempt, rng))
+        attempt += 1
+
+
+async def fetch_json(url: str, path: str) -> tuple[int, Any]:
+    """One ``GET`` of a JSON document from the control plane: (status, decoded body).
+    Raises OSError or StreamError; callers bound the whole call with ``trio.fail_after``."""
+    host, port, prefix = parse_url(url)
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        conn = _Connection(stream, 10.0)
+        status = await conn.request(host, port, prefix + path)
+        body = bytearray()
+        while (chunk := await conn.body_chunk()) is not None:
+            body += chunk
+            if len(body) > MAX_LINE:
+                raise StreamError("response too large")
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, body.decode("utf-8", "replace")
