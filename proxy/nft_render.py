@@ -106,6 +106,9 @@ class Ruleset:
     elements: int = 0
     service_ports: int = 0
     endpoints: int = 0
+    # UDP destinations -> endpoints, for stale conntrack cleanup: key (ip, port) for a
+    # Service address, ("", node port) for a NodePort.
+    udp: dict[tuple[str, int], frozenset[tuple[str, int]]] = field(default_factory=dict)
 
 
 def _hashed(prefix: str, identity: str) -> str:
@@ -157,6 +160,7 @@ class _Out:
     affinity: dict[str, int] = field(default_factory=dict)
     elements: dict[str, list[str]] = field(default_factory=lambda: {m: [] for m in MAPS})
     taken: set[tuple[str, str]] = field(default_factory=set)  # (map, key): first one wins
+    udp: dict[tuple[str, int], frozenset[tuple[str, int]]] = field(default_factory=dict)
     rules: int = 0
     endpoints: int = 0
     shared: bool = False  # round robin through the shared dispatch map
@@ -223,6 +227,7 @@ def render(config: ProxyConfig, options: RenderOptions | None = None) -> Ruleset
         elements=sum(len(v) for v in out.elements.values()),
         service_ports=ports,
         endpoints=out.endpoints,
+        udp=out.udp,
     )
 
 
@@ -307,6 +312,13 @@ def _render_port(
     node_port = port.node_port if svc.type != "ClusterIP" else None
     accessible = bool(external_ips) or node_port is not None
     no_ep = f"goto {REJECT_CHAIN}" if not has_any else "drop"
+    if proto == "udp":
+        for ip in cluster_ips:
+            out.udp.setdefault((ip, port.port), frozenset(internal))
+        for ip in external_ips:
+            out.udp.setdefault((ip, port.port), frozenset(external))
+        if node_port is not None:
+            out.udp.setdefault(("", node_port), frozenset(external))
     for ip in cluster_ips:
         key = f"{ip} . {proto} . {port.port}"
         if internal:

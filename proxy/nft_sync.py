@@ -1,0 +1,260 @@
+"""Keep the kernel's table equal to the rendered one: transactions, schedule, runners.
+
+Theory of operation (kube-proxy's sync loop, in pieces that can be tested alone):
+
+- :func:`transaction` turns a rendered :class:`Ruleset` into one ``nft -f`` script, applied
+  atomically by the kernel. The first sync, and any sync after a failure, replaces the table
+  (``add table; delete table; table {...}``). Later syncs flush every rule and map and
+  re-add everything, deleting the chains and affinity sets that went away: the affinity sets
+  that stay keep their entries, so clients keep their endpoints across syncs.
+- :class:`SyncScheduler` is the pure decision maker, with the time passed in: nothing before
+  the first config; a config change syncs at once unless the last sync was less than
+  ``min_interval`` ago (rate limit); a failed sync is retried with exponential backoff; with
+  nothing to do it probes for drift every ``probe_interval`` and resyncs every
+  ``resync_interval`` anyway.
+- :class:`Syncer` does one blocking step (render + apply + conntrack cleanup, or a probe)
+  through an :class:`NftRunner`: :class:`SubprocessNftRunner` runs ``nft`` (inside a network
+  namespace when given one), :class:`FakeNftRunner` keeps the text for tests.
+- The drift probe lists the table's dispatch chain and looks for the marker comment the
+  renderer puts on its first rule (a digest of the whole table): a deleted or flushed table,
+  or another ruleset written over ours, fails it and triggers a full sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mesh.proxy.conntrack import ConntrackCleaner, StaleEntry, UdpTargets, stale_entries
+from mesh.proxy.nft_render import MAP_TYPES, MAPS, SERVICES_CHAIN, RenderOptions, Ruleset, render
+
+from mesh.config.proxy import ProxyConfig
+
+log = logging.getLogger(__name__)
+
+_MARKER = re.compile(r'comment "sync ([0-9a-f]+)"')
+
+
+class NftError(Exception):
+    """nft refused a script or could not run; ``stderr`` says why."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+class NftRunner(Protocol):
+    def apply(self, script: str) -> None:
+        """Run ``script`` as one transaction (``nft -f -``); raise NftError on failure."""
+
+    def list_chain(self, table: str, chain: str) -> str | None:
+        """``nft list chain ip TABLE CHAIN``, or None when it does not exist."""
+
+
+class SubprocessNftRunner:
+    def __init__(self, netns: str | None = None, binary: str = "nft", timeout: float = 60.0):
+        self.netns = netns
+        self.binary = binary
+        self.timeout = timeout
+
+    def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        argv = [self.binary, *args]
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
+        try:
+            return subprocess.run(
+                argv, input=stdin, capture_output=True, text=True, timeout=self.timeout
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise NftError(f"cannot run nft: {exc}") from exc
+
+    def apply(self, script: str) -> None:
+        proc = self._run(["-f", "-"], stdin=script)
+        if proc.returncode != 0:
+            first = proc.stderr.strip().splitlines()[:1]
+            raise NftError(f"nft -f failed: {first[0] if first else proc.returncode}", proc.stderr)
+
+    def list_chain(self, table: str, chain: str) -> str | None:
+        proc = self._run(["list", "chain", "ip", table, chain])
+        if proc.returncode != 0:
+            if "No such file or directory" in proc.stderr:
+                return None
+            raise NftError(f"nft list failed: {proc.stderr.strip()}", proc.stderr)
+        return proc.stdout
+
+    def delete_table(self, table: str) -> None:
+        """Remove the table if present (cleanup; errors other than absence are raised)."""
+        proc = self._run(["delete", "table", "ip", table])
+        if proc.returncode != 0 and "No such file or directory" not in proc.stderr:
+            raise NftError(f"nft delete table failed: {proc.stderr.strip()}", proc.stderr)
+
+
+@dataclass
+class FakeNftRunner:
+    """Records scripts; ``fail`` makes the next applies raise; ``flush``/``delete`` drift."""
+
+    scripts: list[str] = field(default_factory=list)
+    fail: int = 0
+    marker: str | None = None  # the marker of the table "in the kernel", None: no table
+    listed: int = 0
+
+    def apply(self, script: str) -> None:
+        if self.fail > 0:
+            self.fail -= 1
+            raise NftError("nft -f failed: injected failure")
+        self.scripts.append(script)
+        found = _MARKER.findall(script)
+        self.marker = found[-1] if found else None
+
+    def list_chain(self, table: str, chain: str) -> str | None:
+        self.listed += 1
+        if self.marker is None:
+            return None
+        return f'table ip {table} {{\n\tchain {chain} {{\n\t\t... comment "sync {self.marker}"\n'
+
+    def flush(self) -> None:
+        self.marker = ""  # the table stays, its rules are gone
+
+    def delete(self) -> None:
+        self.marker = None
+
+
+def transaction(new: Ruleset, previous: Ruleset | None) -> str:
+    """One atomic nft script that makes the table equal to ``new``."""
+    t = f"ip {new.table}"
+    if previous is None:
+        return f"add table {t}\ndelete table {t}\n{new.body}"
+    lines = [f"add table {t}", f"flush table {t}"]
+    for name in MAPS:
+        lines.append(f"add map {t} {name} {{ type {MAP_TYPES[name]}; }}")
+        lines.append(f"flush map {t} {name}")
+    for chain in sorted(previous.chains - new.chains):
+        lines.append(f"delete chain {t} {chain}")
+    for aff, timeout in sorted(previous.affinity_sets.items()):
+        if new.affinity_sets.get(aff) != timeout:
+            lines.append(f"delete set {t} {aff}")  # gone, or its timeout changed
+    lines.append(new.body)
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPolicy:
+    min_interval: float = 1.0  # at most one sync per this many seconds
+    retry_initial: float = 1.0
+    retry_max: float = 30.0
+    probe_interval: float = 10.0
+    resync_interval: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    kind: str  # "sync", "probe" or "wait"
+    at: float  # when (seconds, the caller's clock); math.inf: only a new config wakes us
+
+
+class SyncScheduler:
+    """When to sync, retry and probe. Pure: every method takes the current time."""
+
+    def __init__(self, policy: SyncPolicy | None = None) -> None:
+        self.policy = policy or SyncPolicy()
+        self.has_config = False
+        self.dirty = False
+        self.failures = 0
+        self.last_sync: float = -math.inf  # start of the last attempt
+        self.last_success: float = -math.inf
+        self.last_probe: float = -math.inf
+
+    def config_changed(self) -> None:
+        self.has_config = True
+        self.dirty = True
+
+    def next_step(self, now: float) -> Step:
+        p = self.policy
+        if not self.has_config:
+            return Step("wait", math.inf)
+        if self.failures:
+            backoff = min(p.retry_max, p.retry_initial * 2 ** (self.failures - 1))
+            return Step("sync", max(self.last_sync + backoff, self.last_sync + p.min_interval))
+        if self.dirty:
+            return Step("sync", max(now, self.last_sync + p.min_interval))
+        resync = self.last_success + p.resync_interval
+        probe = max(self.last_probe, self.last_success) + p.probe_interval
+        return Step("sync", resync) if resync <= probe else Step("probe", probe)
+
+    def sync_started(self, now: float) -> None:
+        self.last_sync = now
+        self.dirty = False
+
+    def sync_done(self, now: float, ok: bool) -> None:
+        if ok:
+            self.failures = 0
+            self.last_success = now
+        else:
+            self.failures += 1
+
+    def probe_done(self, now: float, ok: bool) -> None:
+        self.last_probe = now
+        if not ok:
+            self.dirty = True
+
+
+@dataclass(slots=True)
+class SyncResult:
+    ok: bool
+    seconds: float
+    ruleset: Ruleset | None
+    error: str = ""
+    stale: list[StaleEntry] = field(default_factory=list)
+
+
+class Syncer:
+    """One blocking sync or probe at a time; remembers what the kernel holds."""
+
+    def __init__(
+        self,
+        runner: NftRunner,
+        options: RenderOptions | None = None,
+        conntrack: ConntrackCleaner | None = None,
+    ) -> None:
+        self.runner = runner
+        self.options = options or RenderOptions()
+        self.conntrack = conntrack
+        self.applied: Ruleset | None = None  # None: unknown, the next sync replaces the table
+        self.udp: UdpTargets | None = None  # UDP targets of the last successful sync
+
+    def sync(self, config: ProxyConfig) -> SyncResult:
+        start = time.perf_counter()
+        ruleset: Ruleset | None = None
+        try:
+            ruleset = render(config, self.options)
+            self.runner.apply(transaction(ruleset, self.applied))
+        except (NftError, ValueError) as exc:
+            self.applied = None
+            log.warning("nftables sync failed", extra={"error": str(exc)})
+            return SyncResult(False, time.perf_counter() - start, ruleset, str(exc))
+        stale = stale_entries(self.udp, ruleset.udp)
+        self.applied = ruleset
+        self.udp = ruleset.udp
+        if stale and self.conntrack is not None:
+            self.conntrack.delete(stale)
+        return SyncResult(True, time.perf_counter() - start, ruleset, stale=stale)
+
+    def probe(self) -> bool:
+        """True when the kernel still holds the table we applied last."""
+        if self.applied is None:
+            return False
+        try:
+            listing = self.runner.list_chain(self.applied.table, SERVICES_CHAIN)
+        except NftError as exc:
+            log.warning("nftables probe failed", extra={"error": str(exc)})
+            return False
+        ok = listing is not None and f'comment "sync {self.applied.marker}"' in listing
+        if not ok:
+            log.warning("nftables table drifted; resyncing", extra={"table": self.applied.table})
+            self.applied = None
+        return ok

@@ -1,0 +1,236 @@
+"""The nftables reconciler against a fake nft: transactions, rate limit, retry, drift repair."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+import trio.testing
+from mesh.proxy.conntrack import StaleEntry, stale_entries
+from mesh.proxy.nft_render import render
+from mesh.proxy.nft_sync import FakeNftRunner, Step, Syncer, SyncPolicy, SyncScheduler, transaction
+from mesh.proxy.nftables import NftablesProxy
+
+from mesh.component import Component
+from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+
+POLICY = SyncPolicy(
+    min_interval=1.0, retry_initial=1.0, retry_max=8.0, probe_interval=5.0, resync_interval=60.0
+)
+
+
+def cfg(
+    version: int, *addresses: str, protocol: str = "TCP", affinity: bool = False
+) -> ProxyConfig:
+    eps = tuple(ProxyEndpoint(address=a, ports={"": 8080}) for a in addresses)
+    svc = ProxyService(
+        namespace="default",
+        name="web",
+        cluster_ips=("198.19.0.10",),
+        ports=(ProxyPort(port=80, protocol=protocol),),  # type: ignore[arg-type]
+        endpoints=eps,
+        session_affinity=affinity,
+    )
+    return ProxyConfig(version=version, services=(svc,))
+
+
+# --- the pure scheduler ----------------------------------------------------------------
+
+
+def test_nothing_before_the_first_config() -> None:
+    s = SyncScheduler(POLICY)
+    assert s.next_step(0.0) == Step("wait", math.inf)
+    assert s.next_step(1000.0) == Step("wait", math.inf)
+    s.config_changed()
+    assert s.next_step(1000.0) == Step("sync", 1000.0)
+
+
+def test_rate_limit_and_probe_and_resync() -> None:
+    s = SyncScheduler(POLICY)
+    s.config_changed()
+    s.sync_started(10.0)
+    s.sync_done(10.2, ok=True)
+    s.config_changed()
+    assert s.next_step(10.3) == Step("sync", 11.0)  # at most one sync per second
+    s.sync_started(11.0)
+    s.sync_done(11.1, ok=True)
+    assert s.next_step(11.2) == Step("probe", 16.1)
+    s.probe_done(16.1, ok=True)
+    assert s.next_step(16.2) == Step("probe", 21.1)
+    s.probe_done(21.1, ok=False)  # drift: sync at once
+    assert s.next_step(21.2) == Step("sync", 21.2)
+
+
+def test_periodic_resync_wins_over_probe() -> None:
+    s = SyncScheduler(SyncPolicy(probe_interval=50.0, resync_interval=30.0))
+    s.config_changed()
+    s.sync_started(0.0)
+    s.sync_done(0.0, ok=True)
+    assert s.next_step(1.0) == Step("sync", 30.0)
+
+
+def test_retry_backoff_is_exponential_and_capped() -> None:
+    s = SyncScheduler(POLICY)
+    s.config_changed()
+    at = 0.0
+    waits = []
+    for _ in range(6):
+        s.sync_started(at)
+        s.sync_done(at, ok=False)
+        step = s.next_step(at)
+        assert step.kind == "sync"
+        waits.append(step.at - at)
+        at = step.at
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    s.sync_started(at)
+    s.sync_done(at, ok=True)
+    assert s.failures == 0
+
+
+# --- transactions ----------------------------------------------------------------------
+
+
+def test_first_sync_replaces_the_table_later_ones_update_it() -> None:
+    one = render(cfg(1, "198.18.0.2", "198.18.0.3", affinity=True))
+    two = render(cfg(2, "198.18.0.2", affinity=True))
+    first = transaction(one, None)
+    assert first.startswith("add table ip mesh-proxy\ndelete table ip mesh-proxy\ntable ip")
+    update = transaction(two, one)
+    lines = update.splitlines()
+    assert lines[:2] == ["add table ip mesh-proxy", "flush table ip mesh-proxy"]
+    assert "flush map ip mesh-proxy service-ips" in lines
+    gone = sorted(one.chains - two.chains)
+    assert len(gone) == 1 and gone[0].startswith("endpoint-")
+    assert f"delete chain ip mesh-proxy {gone[0]}" in lines
+    stale_sets = set(one.affinity_sets) - set(two.affinity_sets)
+    assert [ln for ln in lines if ln.startswith("delete set")] == [
+        f"delete set ip mesh-proxy {s}" for s in sorted(stale_sets)
+    ]
+    # The surviving affinity set is declared again, not deleted: its entries stay.
+    assert not any(s in ln for s in two.affinity_sets for ln in lines if ln.startswith("delete"))
+
+
+def test_stale_udp_entries() -> None:
+    old = render(cfg(1, "198.18.0.2", "198.18.0.3", protocol="UDP")).udp
+    new = render(cfg(2, "198.18.0.3", protocol="UDP")).udp
+    assert stale_entries(None, new) == []
+    assert stale_entries(old, new) == [StaleEntry("198.19.0.10", 80, ("198.18.0.2", 8080))]
+    empty = render(cfg(3, protocol="UDP")).udp
+    assert stale_entries(empty, new) == [StaleEntry("198.19.0.10", 80, None)]
+    assert StaleEntry("198.19.0.10", 80, ("198.18.0.2", 8080)).conntrack_args() == [
+        "-D",
+        "-p",
+        "udp",
+        "--orig-dst",
+        "198.19.0.10",
+        "--orig-port-dst",
+        "80",
+        "--reply-src",
+        "198.18.0.2",
+        "--reply-port-src",
+        "8080",
+    ]
+    assert render(cfg(1, "198.18.0.2")).udp == {}  # TCP needs no cleanup
+
+
+def test_syncer_falls_back_to_replace_after_a_failure() -> None:
+    fake = FakeNftRunner()
+    syncer = Syncer(fake)
+    assert syncer.sync(cfg(1, "198.18.0.2")).ok
+    fake.fail = 1
+    result = syncer.sync(cfg(2, "198.18.0.3"))
+    assert not result.ok and "injected" in result.error
+    assert syncer.sync(cfg(2, "198.18.0.3")).ok
+    assert "delete table" in fake.scripts[-1]
+    assert syncer.sync(cfg(3, "198.18.0.4")).ok
+    assert "flush table" in fake.scripts[-1]
+    assert syncer.probe()
+    fake.flush()
+    assert not syncer.probe()
+    assert syncer.applied is None  # the next sync rewrites the whole table
+
+
+# --- the trio shell, in virtual time ---------------------------------------------------
+
+
+def test_is_a_component() -> None:
+    assert isinstance(NftablesProxy(runner=FakeNftRunner(), conntrack=False), Component)
+
+
+async def _started(fake: FakeNftRunner, nursery: trio.Nursery) -> NftablesProxy:
+    proxy = NftablesProxy(runner=fake, policy=POLICY, conntrack=False, threaded=False)
+    await nursery.start(proxy.run)
+    return proxy
+
+
+async def test_no_sync_before_first_config(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    fake = FakeNftRunner()
+    proxy = await _started(fake, nursery)
+    await trio.sleep(3600)
+    assert fake.scripts == [] and fake.listed == 0 and not proxy.ready
+    proxy.apply(cfg(7, "198.18.0.2"))
+    await trio.sleep(0.1)
+    assert len(fake.scripts) == 1 and proxy.ready
+    assert proxy.registry.get_sample_value("mesh_proxy_config_version") == 7
+    assert proxy.config_json()["synced_version"] == 7
+
+
+async def test_changes_are_rate_limited_and_coalesced(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    fake = FakeNftRunner()
+    proxy = await _started(fake, nursery)
+    proxy.apply(cfg(1, "198.18.0.2"))
+    await trio.sleep(0.01)
+    start = trio.current_time()
+    for v in range(2, 12):  # ten changes in 0.5 s
+        proxy.apply(cfg(v, "198.18.0.2", f"198.18.1.{v}"))
+        await trio.sleep(0.05)
+    assert len(fake.scripts) == 1
+    await trio.sleep(start + 1.0 - trio.current_time() + 0.01)
+    assert len(fake.scripts) == 2  # one sync for all ten, a second after the first
+    assert "198.18.1.11" in fake.scripts[-1]
+    assert proxy.registry.get_sample_value("mesh_proxy_syncs_total") == 2
+
+
+async def test_failed_sync_is_retried(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    fake = FakeNftRunner(fail=3)
+    proxy = await _started(fake, nursery)
+    proxy.apply(cfg(1, "198.18.0.2"))
+    await trio.sleep(0.01)
+    assert not proxy.ready and fake.scripts == []
+    await trio.sleep(1.0 + 2.0 + 4.0)  # backoff 1, 2, 4
+    assert proxy.ready and len(fake.scripts) == 1
+    assert proxy.registry.get_sample_value("mesh_proxy_sync_errors_total") == 3
+
+
+async def test_drift_is_repaired(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    fake = FakeNftRunner()
+    proxy = await _started(fake, nursery)
+    proxy.apply(cfg(1, "198.18.0.2"))
+    await trio.sleep(0.01)
+    fake.delete()  # someone deleted the table
+    await trio.sleep(POLICY.probe_interval + 0.5)
+    assert len(fake.scripts) == 2 and fake.marker
+    assert fake.scripts[-1].startswith("add table ip mesh-proxy\ndelete table")
+    fake.flush()  # someone flushed it
+    await trio.sleep(POLICY.probe_interval + 0.5)
+    assert len(fake.scripts) == 3
+    assert proxy.registry.get_sample_value("mesh_proxy_drift_repairs_total") == 2
+
+
+async def test_periodic_resync(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    fake = FakeNftRunner()
+    proxy = await _started(fake, nursery)
+    proxy.apply(cfg(1, "198.18.0.2"))
+    await trio.sleep(POLICY.resync_interval + 0.5)
+    assert len(fake.scripts) == 2
+    assert fake.listed >= 10  # probes in between
