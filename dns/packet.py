@@ -151,11 +151,10 @@ def encode_reply(
     if opt is not None:
         extra.append(opt)
     msg = DNSRecord(header, [query.question], list(answer), auth=list(authority), ar=extra)
-    wire: bytes = msg.pack()
+    wire = bytes(msg.pack())  # dnslib packs into a bytearray
     if len(wire) <= limit:
         return wire
     header.tc = 1
     short = DNSRecord(header, [query.question], [], auth=[], ar=[opt] if opt is not None else [])
     # Header, one question (at most 259 bytes) and an OPT always fit in 512 bytes.
-    truncated: bytes = short.pack()
-    return truncated
+    return bytes(short.pack())

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
-from control.store import Snapshot
+from mesh.control.store import Snapshot
+
 from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPod, DnsPort, DnsService
 from mesh.objects import (
     Endpoints,
