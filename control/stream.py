@@ -31,7 +31,7 @@ from mesh.httpserve import (
 )
 from mesh.objects import KINDS
 
-DEFAULT_LISTEN = ("127.0.0.1", 7700)
+DEFAULT_LISTEN = ("127.0.0.1", 15010)
 HEARTBEAT = 10.0
 
 # kubectl's names for the kinds the store holds: plural, singular and short names.

@@ -23,7 +23,7 @@ from mesh.httpserve import HttpServer, Request, Response, StreamingResponse, jso
 if TYPE_CHECKING:
     from mesh.control.plane import ControlPlane
 
-DEFAULT_ADMIN_LISTEN = ("127.0.0.1", 9901)
+DEFAULT_ADMIN_LISTEN = ("127.0.0.1", 15000)
 
 
 class AdminServer:

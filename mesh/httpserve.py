@@ -122,6 +122,8 @@ class HttpServer:
             await self._send_error(conn, stream, exc.error_status_hint, str(exc))
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:  # a bug in one connection must not take the server down
+            log.exception("connection failed", extra={"server": self.name})
         finally:
             self._active -= 1
             with trio.CancelScope(shield=True), trio.move_on_after(1):

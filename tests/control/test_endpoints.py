@@ -263,3 +263,24 @@ def test_plan_applies_new_deletes_stale_and_leaves_user_slices() -> None:
     store.apply(pod("a", "10.0.0.1", status=NOT_READY))
     again = plan(store.snapshot())
     assert len(again.apply) == 1 and again.delete == []
+
+
+@pytest.mark.parametrize("module", ["endpoints.py", "ipam.py"])
+def test_cores_do_not_import_trio(module: str) -> None:
+    import ast
+    from pathlib import Path
+
+    import mesh.control
+
+    tree = ast.parse((Path(mesh.control.__file__).parent / module).read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    }
+    assert "trio" not in imported
