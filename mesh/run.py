@@ -1,0 +1,174 @@
+"""Process wiring for the serving commands: build components, start them, run until stopped.
+
+SIGINT and SIGTERM cancel the whole nursery, so every component closes its sockets (and the
+nftables mode removes its ruleset) before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from mesh.addresses import Address
+from mesh.component import Component
+
+log = logging.getLogger("mesh.run")
+
+Announce = Callable[[str, Address], None]
+
+
+async def _until_signal(cancel: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("stopping", extra={"signal": signal.Signals(signum).name})
+            cancel.cancel()
+            return
+
+
+def _run(main: Callable[[trio.Nursery], Awaitable[None]]) -> None:
+    async def top() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_until_signal, nursery.cancel_scope)
+            await main(nursery)
+
+    trio.run(top)
+
+
+def make_proxy(mode: str, *, node_ip: str = "127.0.0.1") -> Component[Any]:
+    if mode == "nftables":
+        from mesh.proxy.nftables import NftablesProxy
+
+        return NftablesProxy()
+    from mesh.proxy.userspace import UserspaceProxy
+
+    return UserspaceProxy(node_ip=node_ip)
+
+
+def _plane(
+    manifest_dir: Path, service_cidr: str, node_name: str, zone: str, ttl: int, pod_mode: str
+) -> Any:
+    from mesh.control.plane import ControlPlane
+
+    return ControlPlane(
+        manifest_dir,
+        service_cidr=service_cidr,
+        node_name=node_name,
+        dns_zone=zone,
+        dns_ttl=ttl,
+        dns_pod_mode=pod_mode,  # type: ignore[arg-type]
+    )
+
+
+def _report_manifest_errors(plane: Any) -> None:
+    for err in plane.errors:
+        log.error("invalid object", extra={"error": str(err)})
+
+
+def run_up(
+    *,
+    manifest_dir: Path,
+    control_listen: Address,
+    dns_listen: Address,
+    admin_listen: Address,
+    service_cidr: str,
+    node_name: str,
+    with_proxy: bool,
+    zone: str,
+    ttl: int,
+    pod_mode: str,
+    upstreams: Sequence[Address] | None,
+    announce: Announce,
+) -> None:
+    from mesh.admin import AdminServer
+    from mesh.control.stream import ConfigServer
+    from mesh.dns.server import DnsServer
+    from mesh.feed import feed_from_plane
+
+    plane = _plane(manifest_dir, service_cidr, node_name, zone, ttl, pod_mode)
+    dns = DnsServer(dns_listen, upstreams, zone=zone)
+    components: list[Component[Any]] = [dns]
+    if with_proxy:
+        components.append(make_proxy("userspace"))
+    control = ConfigServer(plane, control_listen)
+    admin = AdminServer(admin_listen, components, plane=plane)
+
+    async def main(nursery: trio.Nursery) -> None:
+        await nursery.start(plane.run)
+        _report_manifest_errors(plane)
+        await nursery.start(control.run)
+        announce("control", (control_listen[0], control.port))
+        for component in components:
+            await nursery.start(component.run)
+            await nursery.start(feed_from_plane, plane, component)
+        announce("dns", (dns_listen[0], dns.port))
+        await nursery.start(admin.run)
+        announce("admin", (admin_listen[0], admin.port))
+
+    _run(main)
+
+
+def run_control(
+    *,
+    manifest_dir: Path,
+    control_listen: Address,
+    admin_listen: Address,
+    service_cidr: str,
+    node_name: str,
+    zone: str,
+    ttl: int,
+    pod_mode: str,
+    announce: Announce,
+) -> None:
+    from mesh.admin import AdminServer
+    from mesh.control.stream import ConfigServer
+
+    plane = _plane(manifest_dir, service_cidr, node_name, zone, ttl, pod_mode)
+    control = ConfigServer(plane, control_listen)
+    admin = AdminServer(admin_listen, [], plane=plane)
+
+    async def main(nursery: trio.Nursery) -> None:
+        await nursery.start(plane.run)
+        _report_manifest_errors(plane)
+        await nursery.start(control.run)
+        announce("control", (control_listen[0], control.port))
+        await nursery.start(admin.run)
+        announce("admin", (admin_listen[0], admin.port))
+
+    _run(main)
+
+
+def run_component(
+    component: Component[Any],
+    control_url: str | None,
+    config_file: Path | None,
+    admin_listen: Address,
+    announce: Announce,
+    listen: tuple[str, Address] | None,
+) -> None:
+    """Run one data-plane component fed by a control plane URL or a config file."""
+    from mesh.admin import AdminServer
+    from mesh.feed import feed_from_control, feed_from_file
+
+    admin = AdminServer(admin_listen, [component])
+
+    async def main(nursery: trio.Nursery) -> None:
+        await nursery.start(component.run)
+        if listen is not None:
+            what, address = listen
+            announce(what, (address[0], getattr(component, "port", address[1])))
+        await nursery.start(admin.run)
+        announce("admin", (admin_listen[0], admin.port))
+        # The feed starts last and is not awaited for its first config: a component fed by a
+        # control plane that is down serves (SERVFAIL for DNS, nothing for the proxy) until
+        # the plane is back, and /ready tells the difference.
+        if control_url is not None:
+            nursery.start_soon(feed_from_control, control_url, component)
+        elif config_file is not None:
+            nursery.start_soon(feed_from_file, config_file, component)
+
+    _run(main)
