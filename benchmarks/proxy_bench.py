@@ -2,7 +2,7 @@
 
 One run measures, for each path to the backend:
 
-- bulk throughput: iperf3 (one TCP stream, ``-t`` seconds) through the path;
+- bulk throughput: iperf3 (one TCP stream, ``--seconds``, the median of ``--repeat`` runs);
 - request rate: wrk against a small static response from nginx, over keep-alive connections
   and with a new connection per request (``Connection: close``).
 
@@ -11,7 +11,7 @@ the backends (nginx, iperf3 server) and the load generators on the other (``--ba
 Everything listens on 127.0.0.0/8. Each program gets a config and a pid file in a temporary
 directory and is stopped by its PID at the end.
 
-    python benchmarks/proxy_bench.py [--seconds 5] [--proxy-cpu 0] [--backend-cpu 1]
+    python benchmarks/proxy_bench.py [--seconds 5] [--repeat 3] [--proxy-cpu 0] [--backend-cpu 1]
 """
 
 from __future__ import annotations
@@ -254,6 +254,7 @@ def main() -> None:
     ap.add_argument("--proxy-cpu", type=int, default=0)
     ap.add_argument("--backend-cpu", type=int, default=1)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=3, help="iperf3 runs per path (median)")
     args = ap.parse_args()
     for tool in ("taskset", "iperf3", "wrk", "nginx", "haproxy"):
         if shutil.which(tool) is None:
@@ -264,7 +265,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp, servers(args, Path(tmp)):
         for name, host in TARGETS.items():
             row = results[name] = {}
-            row["bulk_gbps"] = iperf(args.backend_cpu, host, args.seconds)
+            runs = sorted(iperf(args.backend_cpu, host, args.seconds) for _ in range(args.repeat))
+            row["bulk_gbps"] = runs[len(runs) // 2]  # the median: loopback figures are noisy
             row["rps_keepalive"] = wrk(
                 args.backend_cpu, host, args.seconds, False, args.connections
             )

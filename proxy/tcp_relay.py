@@ -7,6 +7,9 @@ direction, and the pipe is the only buffer: nothing more is read until the recei
 taken what is in it (backpressure). Where splice is missing or refused (EINVAL: a socket
 type it does not support) a direction falls back to ``recv_into`` / ``send``.
 
+Short exchanges are copied through a buffer first (no pipe to set up); a direction that fills
+the buffer in one read is bulk and moves to splice for the rest of the connection.
+
 When one side sends EOF, the other side's write half is shut down (``SHUT_WR``) and the
 opposite direction carries on: HTTP/1.0-style "send request, shutdown, read reply" works. An
 error on either side (reset, broken pipe) aborts the whole connection with a reset on both
@@ -66,13 +69,7 @@ async def relay(
     async def pump(src: trio.socket.SocketType, dst: trio.socket.SocketType, d: Direction) -> None:
         nonlocal failed
         try:
-            if splice:
-                try:
-                    await _splice(src, dst, d, on_bytes)
-                except _SpliceRefused:
-                    await _copy(src, dst, d, on_bytes)
-            else:
-                await _copy(src, dst, d, on_bytes)
+            await _pump(src.fileno(), dst.fileno(), d, on_bytes, splice)
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
         except OSError:
@@ -85,14 +82,45 @@ async def relay(
     return not failed
 
 
-async def _splice(
-    src: trio.socket.SocketType, dst: trio.socket.SocketType, d: Direction, on_bytes: OnBytes
-) -> None:
+async def _pump(sfd: int, dfd: int, d: Direction, on_bytes: OnBytes, splice: bool) -> None:
+    """Copy sfd -> dfd until EOF. Reads and writes are tried first and waited for only on
+    EAGAIN, so a busy flow costs syscalls, not event-loop round trips. Small exchanges
+    (requests, replies) are copied through one buffer; once a read fills the buffer the flow
+    is bulk and switches to splice, which needs a pipe (as HAProxy's splice-auto does)."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    rounds = 0
+    while True:
+        try:
+            n = os.readv(sfd, [buf])
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sfd)
+            continue
+        if n == 0:
+            return
+        on_bytes(d, n)
+        sent = 0
+        while sent < n:
+            try:
+                sent += os.write(dfd, view[sent:n])
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(dfd)
+        if n == CHUNK and splice:
+            try:
+                await _splice(sfd, dfd, d, on_bytes)
+                return
+            except _SpliceRefused:
+                splice = False
+        rounds += 1
+        if rounds % _YIELD_EVERY == 0:
+            await trio.lowlevel.checkpoint()
+
+
+async def _splice(sfd: int, dfd: int, d: Direction, on_bytes: OnBytes) -> None:
     r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         with contextlib.suppress(OSError):
             fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
-        sfd, dfd = src.fileno(), dst.fileno()
         buffered = 0
         moved = False
         rounds = 0
@@ -123,18 +151,3 @@ async def _splice(
     finally:
         os.close(r)
         os.close(w)
-
-
-async def _copy(
-    src: trio.socket.SocketType, dst: trio.socket.SocketType, d: Direction, on_bytes: OnBytes
-) -> None:
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    while True:
-        n = await src.recv_into(buf)
-        if n == 0:
-            return
-        on_bytes(d, n)
-        sent = 0
-        while sent < n:
-            sent += await dst.send(view[sent:n])
