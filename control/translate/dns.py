@@ -17,9 +17,7 @@ The rules (Kubernetes DNS specification, schema 1.1.0):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
-
-from mesh.control.store import Snapshot
+from typing import TYPE_CHECKING, Literal
 
 from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPod, DnsPort, DnsService
 from mesh.objects import (
@@ -30,6 +28,9 @@ from mesh.objects import (
     Pod,
     Service,
 )
+
+if TYPE_CHECKING:  # the store module runs on trio; the translator only reads a snapshot
+    from mesh.control.store import Snapshot
 
 PodMode = Literal["disabled", "insecure", "verified"]
 

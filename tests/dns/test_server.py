@@ -38,7 +38,7 @@ def with_web(ip: str, version: int) -> DnsConfig:
 
 async def test_servfail_for_the_zone_until_the_first_config() -> None:
     async with running(None) as server:
-        assert not server.ready
+        assert [server.ready] == [False]
         assert server.config_json() is None
         for transport in ("udp", "tcp"):
             reply = await ask(server, q("web.shop.svc.cluster.local."), transport)

@@ -1,0 +1,165 @@
+"""Forwarding names outside the cluster to upstream servers (a fake one on loopback)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+import trio
+from mesh.dns.server import DnsServer
+
+from tests.dns.cases import CLUSTER
+from tests.dns.fake_upstream import BIG_TXT, FakeUpstream
+from tests.dns.serving import HOST, ask, ask_udp, running
+
+
+def q(name: str, qtype: str = "A", **kw: object) -> dns.message.QueryMessage:
+    return dns.message.make_query(name, dns.rdatatype.from_text(qtype), **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.run)
+        yield fake
+        nursery.cancel_scope.cancel()
+
+
+def dead_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_positive_answer_is_relayed_and_cached(
+    upstream: FakeUpstream, transport: str
+) -> None:
+    async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
+        first = await ask(server, q("example.com."), transport)
+        assert first.rcode() == dns.rcode.NOERROR
+        assert [r.to_text() for r in first.answer[0]] == ["192.0.2.1"]
+        assert first.flags & dns.flags.RA and not first.flags & dns.flags.AA
+        second = await ask(server, q("Example.COM."), transport)
+        assert [r.to_text() for r in second.answer[0]] == ["192.0.2.1"]
+        assert second.answer[0].ttl <= 300
+        assert second.question[0].name.to_text() == "Example.COM."
+        assert upstream.asked("example.com.") == ["udp"]  # the second came from the cache
+        value = server.registry.get_sample_value
+        assert value("mesh_dns_cache_hits_total", {"cache": "forward"}) == 1
+        assert value("mesh_dns_cache_misses_total", {"cache": "forward"}) == 1
+
+
+async def test_negative_answer_is_relayed_and_cached(upstream: FakeUpstream) -> None:
+    async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
+        for _ in range(2):
+            reply = await ask_udp(server, q("missing.example."))
+            assert reply.rcode() == dns.rcode.NXDOMAIN
+            assert reply.authority[0].rdtype == dns.rdatatype.SOA
+            assert reply.authority[0].ttl <= 3600
+        assert upstream.asked("missing.example.") == ["udp"]
+
+
+async def test_truncated_upstream_answer_is_fetched_over_tcp(upstream: FakeUpstream) -> None:
+    async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
+        reply = await ask_udp(server, q("big.example.", "TXT", use_edns=0, payload=4096))
+        assert not reply.flags & dns.flags.TC
+        assert len(reply.answer[0]) == BIG_TXT
+        assert upstream.asked("big.example.") == ["udp", "tcp"]
+        # a client without EDNS gets TC over UDP and the whole answer over TCP (from the cache)
+        plain, used_tcp = await trio.to_thread.run_sync(
+            lambda: dns.query.udp_with_fallback(
+                q("big.example.", "TXT"), HOST, port=server.port, timeout=5
+            )
+        )
+        assert used_tcp and len(plain.answer[0]) == BIG_TXT
+        assert upstream.asked("big.example.") == ["udp", "tcp"]
+
+
+async def test_upstream_timeout_is_servfail(upstream: FakeUpstream) -> None:
+    upstreams = [(upstream.host, upstream.port)]
+    async with running(CLUSTER, upstreams=upstreams, forward_timeout=0.2) as server:
+        for transport in ("udp", "tcp"):
+            reply = await ask(server, q("slow.example."), transport)
+            assert reply.rcode() == dns.rcode.SERVFAIL
+        assert (
+            server.registry.get_sample_value("mesh_dns_forward_errors_total", {"reason": "timeout"})
+            == 2
+        )
+        # the server is not stuck: the next name is answered
+        assert (await ask_udp(server, q("example.com."))).rcode() == dns.rcode.NOERROR
+
+
+async def test_next_upstream_after_a_dead_one(upstream: FakeUpstream) -> None:
+    upstreams = [(HOST, dead_port()), (upstream.host, upstream.port)]
+    async with running(CLUSTER, upstreams=upstreams, forward_timeout=2.0) as server:
+        reply = await ask_udp(server, q("example.com."))
+        assert [r.to_text() for r in reply.answer[0]] == ["192.0.2.1"]
+        assert (
+            server.registry.get_sample_value("mesh_dns_forward_errors_total", {"reason": "network"})
+            == 1
+        )
+
+
+async def test_upstream_servfail_is_relayed_and_not_cached(upstream: FakeUpstream) -> None:
+    async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
+        for _ in range(2):
+            assert (await ask_udp(server, q("fail.example."))).rcode() == dns.rcode.SERVFAIL
+        assert upstream.asked("fail.example.") == ["udp", "udp"]
+
+
+async def test_no_upstream_is_refused() -> None:
+    async with running(CLUSTER, upstreams=[]) as server:
+        assert (await ask_udp(server, q("example.com."))).rcode() == dns.rcode.REFUSED
+
+
+async def test_cluster_names_and_cluster_reverse_names_stay_local(upstream: FakeUpstream) -> None:
+    async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
+        for name, qtype in [
+            ("web.shop.svc.cluster.local.", "A"),
+            ("gone.shop.svc.cluster.local.", "A"),
+            ("ext.shop.svc.cluster.local.", "A"),  # the CNAME target is not chased upstream
+            ("5.0.10.127.in-addr.arpa.", "PTR"),
+        ]:
+            reply = await ask_udp(server, q(name, qtype))
+            assert reply.flags & dns.flags.AA
+        assert upstream.seen == []
+        # a reverse name the cluster does not own is forwarded
+        reply = await ask_udp(server, q("1.2.0.192.in-addr.arpa.", "PTR"))
+        assert [r.to_text() for r in reply.answer[0]] == ["host.example."]
+        assert upstream.asked("1.2.0.192.in-addr.arpa.") == ["udp"]
+
+
+async def test_many_forwards_at_once(upstream: FakeUpstream) -> None:
+    async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
+        results: dict[str, int] = {}
+
+        async def one(i: int) -> None:
+            reply = await ask_udp(server, q(f"n{i}.example."))
+            results[f"n{i}"] = reply.rcode()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(one, i)
+        assert sorted(results.values()) == [dns.rcode.NXDOMAIN] * 20
+
+
+async def test_upstreams_from_resolv_conf(tmp_path: Path, upstream: FakeUpstream) -> None:
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(
+        "# comment\nsearch svc.cluster.local\nnameserver 127.0.0.77\nnameserver bogus\n"
+    )
+    server = DnsServer((HOST, 0), None, resolv_conf=str(conf))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        assert server.upstreams == [("127.0.0.77", 53)]
+        nursery.cancel_scope.cancel()
