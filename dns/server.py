@@ -270,14 +270,19 @@ class DnsServer:
         start = time.perf_counter()
         query = fwd.query
         responder = self._live.responder
-        if not self._forwarder.upstreams:
-            reply = responder.failure(query, REFUSED, tcp=tcp)
-        else:
-            result = await self._forwarder.resolve(query)
-            if result is None:
-                reply = responder.failure(query, SERVFAIL, tcp=tcp)
+        try:
+            if not self._forwarder.upstreams:
+                reply = responder.failure(query, REFUSED, tcp=tcp)
             else:
-                reply = responder.relay(query, result[0], result[1], tcp=tcp)
+                result = await self._forwarder.resolve(query)
+                if result is None:
+                    reply = responder.failure(query, SERVFAIL, tcp=tcp)
+                else:
+                    reply = responder.relay(query, result[0], result[1], tcp=tcp)
+        except Exception:  # a bug (or an upstream answer we cannot re-encode): one SERVFAIL
+            log.exception("forwarding failed")
+            self.metrics.forward_errors["internal"] += 1
+            reply = responder.failure(query, SERVFAIL, tcp=tcp)
         self.metrics.queries[reply.label] += 1
         self.metrics.latency["forward"].observe(time.perf_counter() - start)
         return reply
