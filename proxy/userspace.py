@@ -75,7 +75,11 @@ class UserspaceProxy:
         self._bind_errors: dict[ListenKey, str] = {}
         self._listen_nursery: trio.Nursery | None = None
         self._conn_nursery: trio.Nursery | None = None
+        # labelled children looked up once: per-connection label lookups take a lock each
         self._bytes = {d: self.metrics.bytes.labels(d) for d in ("to_endpoint", "to_client")}
+        self._tcp_connections = self.metrics.connections.labels("TCP")
+        self._tcp_active = self.metrics.active.labels("TCP")
+        self._tcp_rejects = self.metrics.rejects.labels("TCP")
 
     # --- Component ---------------------------------------------------------------------
 
@@ -226,8 +230,8 @@ class UserspaceProxy:
     # --- TCP connections ---------------------------------------------------------------
 
     async def _handle(self, conn: trio.socket.SocketType, client_ip: str, key: ListenKey) -> None:
-        self.metrics.connections.labels("TCP").inc()
-        self.metrics.active.labels("TCP").inc()
+        self._tcp_connections.inc()
+        self._tcp_active.inc()
         upstream: trio.socket.SocketType | None = None
         clean = False
         try:
@@ -235,14 +239,14 @@ class UserspaceProxy:
             if backend is not None:
                 upstream = await self._connect(backend, client_ip)
             if upstream is None:
-                self.metrics.rejects.labels("TCP").inc()
+                self._tcp_rejects.inc()
                 return
             set_nodelay(conn)
             clean = await relay(conn, upstream, self._count, splice=self.splice)
         except Exception:  # one broken flow must never take the proxy down
             log.exception("connection failed", extra={"address": _fmt(key)})
         finally:
-            self.metrics.active.labels("TCP").dec()
+            self._tcp_active.dec()
             if clean:
                 conn.close()
                 if upstream is not None:
