@@ -3,10 +3,13 @@ swaps, churn under load, rejects, bind errors, and a real client."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import random
 import socket
+import sys
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -45,6 +48,13 @@ def service(
         endpoints=eps,
         **kw,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def config(*services: ProxyService, version: int = 1) -> ProxyConfig:
@@ -324,3 +334,32 @@ async def test_curl_through_a_virtual_ip(nursery: trio.Nursery) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"hello from 127.0.8.1\n"
+
+
+async def test_standalone_runner_serves_admin(tmp_path: Path) -> None:
+    cfg = config(service("web", "127.10.8.1", "127.0.9.1:28080"), version=5)
+    path = tmp_path / "proxy.json"
+    path.write_text(cfg.model_dump_json())
+    admin = ("127.0.0.1", free_port())
+    cmd = [sys.executable, "-m", "mesh.proxy", "--config", str(path)]
+    cmd += ["--admin-listen", f"{admin[0]}:{admin[1]}", "--log-level", "warning"]
+    proc = await trio.lowlevel.open_process(cmd)
+    try:
+
+        async def get(path: str) -> bytes:
+            sock = await connect_from("127.0.0.1", admin)
+            with sock:
+                await sock.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                return await recv_all(sock)
+
+        for _ in range(200):  # bounded: until the admin port answers
+            with contextlib.suppress(OSError):
+                ready = await get("/ready")
+                break
+            await trio.sleep(0.05)
+        assert ready.startswith(b"HTTP/1.1 200")
+        assert b"mesh_proxy_config_version 5.0" in await get("/metrics")
+        assert b'"127.10.8.1:10080/TCP"' in await get("/config")
+    finally:
+        proc.terminate()
+        await proc.wait()
