@@ -8,6 +8,9 @@ CPU core one after the other, with dnsperf pinned to another core. For each serv
   (utime + stime of the server from /proc/PID/stat, before and after);
 - a latency run at a fixed rate (``-Q``) with per-query output: p50 and p99 latency.
 
+The servers alternate round by round and the summary takes medians, since a shared machine
+makes single runs noisy; CPU time per query is the steadier comparison.
+
 Usage: python benchmarks/dns_bench.py [--services 300] [--seconds 10] [--rate 20000]
 """
 
@@ -21,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -258,10 +262,11 @@ def main() -> int:
     for name, rs in runs.items():
         for r in rs:
             report(name, r)
-    qps = {name: sum(r.qps for r in rs) / len(rs) for name, rs in runs.items()}
-    cpu = {name: sum(r.cpu_per_query for r in rs) / len(rs) for name, rs in runs.items()}
+    # Medians: a shared machine adds noise to single runs.
+    qps = {name: statistics.median(r.qps for r in rs) for name, rs in runs.items()}
+    cpu = {name: statistics.median(r.cpu_per_query for r in rs) for name, rs in runs.items()}
     print(
-        f"mean q/s: mesh-dns {qps['mesh-dns']:,.0f}, dnsmasq {qps['dnsmasq']:,.0f}; "
+        f"median q/s: mesh-dns {qps['mesh-dns']:,.0f}, dnsmasq {qps['dnsmasq']:,.0f}; "
         f"ratio (mesh-dns / dnsmasq): {qps['mesh-dns'] / qps['dnsmasq']:.2f}x queries/s, "
         f"{cpu['mesh-dns'] / cpu['dnsmasq']:.2f}x CPU per query"
     )
@@ -272,7 +277,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--services", type=int, default=300)
     p.add_argument("--seconds", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--latency-seconds", type=int, default=3)
     p.add_argument("--rate", type=int, default=20000, help="q/s of the latency run")
     p.add_argument("--outstanding", type=int, default=100)
