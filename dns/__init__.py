@@ -1,1 +1,10 @@
-"""Cluster DNS per the Kubernetes DNS specification."""
+"""Cluster DNS per the Kubernetes DNS specification (schema 1.1.0).
+
+Theory of operation. A DnsConfig (translated from the store) is built once into a
+:class:`~mesh.dns.zone.ZoneIndex`, a dict from lower-cased owner name to record sets. A query
+goes bytes -> :mod:`~mesh.dns.packet` (parse, blame bad input) -> :mod:`~mesh.dns.responder`
+(cluster name? answer from :mod:`~mesh.dns.answer`; other name? forward) -> bytes. All of that
+is pure. :mod:`~mesh.dns.server` is the trio shell: a UDP loop that answers repeated questions
+straight from :mod:`~mesh.dns.wire_cache`, TCP connections, and forwarding tasks
+(:mod:`~mesh.dns.upstream`, cached by :mod:`~mesh.dns.forward_cache`).
+"""
