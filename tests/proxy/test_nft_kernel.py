@@ -1,0 +1,189 @@
+"""The nftables mode on a real kernel: the packet-flow table through a cluster in a box.
+
+One box (node namespace, bridge, pod namespaces) per module; each case replaces the table
+with its config, starts who-servers in the endpoint pods and asks from the client pods.
+Service addresses move from the loopback ones of the shared table to the box's CIDRs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mesh.proxy import cluster_box
+from mesh.proxy.cluster_box import ClusterBox
+from mesh.proxy.conntrack import ConntrackCleaner
+from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer
+
+from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from tests.conftest import require_root, require_tool
+from tests.proxy import flows
+from tests.proxy.netns_tools import REJECT, ask, nft, start_who, stop, unique_prefix
+
+ADDRESSES = {
+    flows.VIP: "198.19.0.1",
+    flows.EXTERNAL_IP: "198.19.1.1",
+    flows.LB_IP: "198.19.2.1",
+    flows.CLIENT_A: "198.18.0.11",
+    flows.CLIENT_B: "198.18.0.12",
+}
+
+
+def _box_address(ip: str) -> str:
+    if ip in ADDRESSES:
+        return ADDRESSES[ip]
+    a, b, c, d = ip.split(".")
+    assert a == "127" and b == "0", ip
+    return f"198.18.{c}.{d}"
+
+
+def _remap(case: flows.FlowCase) -> flows.FlowCase:
+    ips = {c for c, _ in case.flows} | {ip for ip, _ in case.endpoints()}
+    return flows.remap(case, {**ADDRESSES, **{ip: _box_address(ip) for ip in ips}})
+
+
+CASES = [_remap(c) for c in flows.CASES]
+POD_IPS = sorted(
+    {ip for c in CASES for ip, _ in c.endpoints()} | {c for case in CASES for c, _ in case.flows}
+)
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterBox]:
+    require_root()
+    require_tool("nft", "ip", "conntrack")
+    state = tmp_path_factory.mktemp("box") / "state"
+    b = cluster_box.up(unique_prefix(), state_dir=state)
+    try:
+        for ip in POD_IPS:
+            b.add_pod("default", "pod-" + ip.replace(".", "-"), ip)
+        yield b
+    finally:
+        cluster_box.down(state)
+
+
+def _pod(ip: str) -> str:
+    return "default/pod-" + ip.replace(".", "-")
+
+
+def _syncer(box: ClusterBox, dispatch: str, pod_cidr: str | None = None) -> Syncer:
+    opts = box.render_options(pod_cidr=pod_cidr, dispatch=dispatch)
+    return Syncer(SubprocessNftRunner(box.node), opts, ConntrackCleaner(box.node))
+
+
+@pytest.mark.parametrize("dispatch", ["inline", "shared"])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_flow_table(box: ClusterBox, case: flows.FlowCase, dispatch: str) -> None:
+    # Clients stand outside the cluster here (no pod CIDR for the local-traffic detector),
+    # so traffic policy Local applies to them as the shared table expects.
+    result = _syncer(box, dispatch).sync(case.config)
+    assert result.ok, result.error
+    by_ip: dict[str, list[int]] = {}
+    for ip, port in sorted(case.endpoints()):
+        by_ip.setdefault(ip, []).append(port)
+    servers = [start_who(box, _pod(ip), ip, ports) for ip, ports in by_ip.items()]
+    try:
+        dest = box.node_ip if case.dest == flows.NODE else case.dest
+        got = tuple(ask(box, _pod(c), dest, case.port, case.protocol) for c, _ in case.flows)
+    finally:
+        stop(servers)
+    assert got == case.expected
+
+
+def _web(*eps: str, protocol: str = "TCP") -> ProxyConfig:
+    svc = ProxyService(
+        namespace="default",
+        name="web",
+        cluster_ips=("198.19.0.1",),
+        ports=(ProxyPort(port=80, protocol=protocol),),
+        endpoints=tuple(ProxyEndpoint(address=a, ports={"": 8080}) for a in eps),
+    )
+    return ProxyConfig(version=1, services=(svc,))
+
+
+def test_hairpin_is_masqueraded(box: ClusterBox) -> None:
+    """A pod reaching itself through its Service: the reply must come back via the node."""
+    me = "198.18.1.1"
+    assert _syncer(box, "inline", str(box.pod_net)).sync(_web(me)).ok
+    server = start_who(box, _pod(me), me, [8080])
+    try:
+        assert ask(box, _pod(me), "198.19.0.1", 80, "TCP") == f"{me}:8080"
+    finally:
+        stop([server])
+
+
+def test_updates_keep_affinity_and_reject_after_endpoints_go(box: ClusterBox) -> None:
+    syncer = _syncer(box, "inline")
+    cfg = _web("198.18.1.1", "198.18.1.2")
+    sticky = cfg.model_copy(
+        update={"services": (cfg.services[0].model_copy(update={"session_affinity": True}),)}
+    )
+    assert syncer.sync(sticky).ok
+    servers = [start_who(box, _pod(ip), ip, [8080]) for ip in ("198.18.1.1", "198.18.1.2")]
+    try:
+        client = _pod("198.18.0.11")
+        first = ask(box, client, "198.19.0.1", 80, "TCP")
+        assert syncer.sync(sticky.model_copy(update={"version": 2})).ok  # an update sync
+        assert ask(box, client, "198.19.0.1", 80, "TCP") == first  # affinity survived
+        assert syncer.sync(_web()).ok
+        assert ask(box, client, "198.19.0.1", 80, "TCP") == REJECT
+    finally:
+        stop(servers)
+
+
+def test_stale_udp_conntrack_entries_are_removed(box: ClusterBox) -> None:
+    syncer = _syncer(box, "inline")
+    a, b = "198.18.1.1", "198.18.1.2"
+    assert syncer.sync(_web(a, b, protocol="UDP")).ok
+    servers = [start_who(box, _pod(ip), ip, [8080]) for ip in (a, b)]
+    try:
+        client = _pod("198.18.0.11")
+        for _ in range(2):
+            ask(box, client, "198.19.0.1", 80, "UDP")
+        listing = subprocess.run(
+            box.node_argv(
+                [
+                    "conntrack",
+                    "-L",
+                    "-p",
+                    "udp",
+                    "--orig-dst",
+                    "198.19.0.1",
+                    "--orig-port-dst",
+                    "80",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        assert f"src={a}" in listing and f"src={b}" in listing
+        result = syncer.sync(_web(b, protocol="UDP"))
+        assert result.ok and len(result.stale) == 1
+        listing = subprocess.run(
+            box.node_argv(
+                [
+                    "conntrack",
+                    "-L",
+                    "-p",
+                    "udp",
+                    "--orig-dst",
+                    "198.19.0.1",
+                    "--orig-port-dst",
+                    "80",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        assert f"src={a}" not in listing and f"src={b}" in listing
+    finally:
+        stop(servers)
+
+
+def test_only_our_table(box: ClusterBox, tmp_path: Path) -> None:
+    out = nft(box, "list", "tables")
+    assert out.split() in (["table", "ip", "mesh-proxy"], [])
