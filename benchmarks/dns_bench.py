@@ -235,9 +235,9 @@ def main() -> int:
             port = free_port(OURS_ADDR)
             servers["mesh-dns"] = (
                 subprocess.Popen(
-                    ["taskset", "-c", opts.server_core, sys.executable, "-m", "mesh.dns",
-                     "--config", str(d / "config.json"), "--listen", f"{OURS_ADDR}:{port}",
-                     "--no-forward", "--reload-interval", "0", "--log-level", "warning"],
+                    ["taskset", "-c", opts.server_core, sys.executable, "-m", "mesh.cli", "dns",
+                     "--config", str(d / "config.json"), "--dns-listen", f"{OURS_ADDR}:{port}",
+                     "--admin-listen", f"{OURS_ADDR}:0", "--no-forward", "--log-level", "warning"],
                     stdout=subprocess.DEVNULL,
                 ),
                 OURS_ADDR,

@@ -79,6 +79,11 @@ def _dns_options(f: Any) -> Any:
 
 
 def _upstream_option(f: Any) -> Any:
+    f = click.option(
+        "--no-forward",
+        is_flag=True,
+        help="Answer REFUSED for names outside the cluster instead of forwarding them.",
+    )(f)
     return click.option(
         "--upstream",
         "upstreams",
@@ -86,6 +91,15 @@ def _upstream_option(f: Any) -> Any:
         type=ADDRESS,
         help="Upstream DNS server for non-cluster names (repeatable); default: /etc/resolv.conf.",
     )(f)
+
+
+def _upstreams(upstreams: Sequence[Address], no_forward: bool) -> list[Address] | None:
+    """None lets the DNS server read /etc/resolv.conf; an empty list forwards nothing."""
+    if no_forward:
+        if upstreams:
+            raise click.UsageError("--no-forward and --upstream exclude each other")
+        return []
+    return list(upstreams) or None
 
 
 def _setup_logs(level: str, fmt: str) -> None:
@@ -154,6 +168,7 @@ def up(
     ttl: int,
     pod_mode: str,
     upstreams: Sequence[Address],
+    no_forward: bool,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -172,7 +187,7 @@ def up(
         zone=zone,
         ttl=ttl,
         pod_mode=pod_mode,
-        upstreams=list(upstreams) or None,
+        upstreams=_upstreams(upstreams, no_forward),
         announce=_announce,
     )
 
@@ -258,6 +273,7 @@ def dns(
     admin_listen: Address,
     zone: str,
     upstreams: Sequence[Address],
+    no_forward: bool,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -268,7 +284,7 @@ def dns(
     _setup_logs(log_level, log_format)
     from mesh.dns.server import DnsServer
 
-    server = DnsServer(dns_listen, list(upstreams) or None, zone=zone)
+    server = DnsServer(dns_listen, _upstreams(upstreams, no_forward), zone=zone)
     run_component(server, control_url, config_file, admin_listen, _announce, ("dns", dns_listen))
 
 
