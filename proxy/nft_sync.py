@@ -3,10 +3,11 @@
 Theory of operation (kube-proxy's sync loop, in pieces that can be tested alone):
 
 - :func:`transaction` turns a rendered :class:`Ruleset` into one ``nft -f`` script, applied
-  atomically by the kernel. The first sync, and any sync after a failure, replaces the table
-  (``add table; delete table; table {...}``). Later syncs flush every rule and map and
-  re-add everything, deleting the chains and affinity sets that went away: the affinity sets
-  that stay keep their entries, so clients keep their endpoints across syncs.
+  atomically by the kernel. A sync replaces the table (``add table; delete table; table
+  {...}``), except when ClientIP affinity is in use and the previous sync succeeded: then it
+  flushes every rule and map and re-adds everything, deleting the chains and affinity sets
+  that went away, so the affinity sets that stay keep their entries (clients keep their
+  endpoints across syncs).
 - :class:`SyncScheduler` is the pure decision maker, with the time passed in: nothing before
   the first config; a config change syncs at once unless the last sync was less than
   ``min_interval`` ago (rate limit); a failed sync is retried with exponential backoff; with
@@ -127,7 +128,9 @@ class FakeNftRunner:
 def transaction(new: Ruleset, previous: Ruleset | None) -> str:
     """One atomic nft script that makes the table equal to ``new``."""
     t = f"ip {new.table}"
-    if previous is None:
+    if previous is None or not (previous.affinity_sets and new.affinity_sets):
+        # Replacing is cheaper for nft (no listing of what the kernel holds); updating in
+        # place only pays off when there are affinity entries to keep.
         return f"add table {t}\ndelete table {t}\n{new.body}"
     lines = [f"add table {t}", f"flush table {t}"]
     for name in MAPS:

@@ -143,7 +143,10 @@ def test_syncer_falls_back_to_replace_after_a_failure() -> None:
     assert syncer.sync(cfg(2, "198.18.0.3")).ok
     assert "delete table" in fake.scripts[-1]
     assert syncer.sync(cfg(3, "198.18.0.4")).ok
-    assert "flush table" in fake.scripts[-1]
+    assert "delete table" in fake.scripts[-1]  # no affinity to keep: replace
+    assert syncer.sync(cfg(4, "198.18.0.4", affinity=True)).ok
+    assert syncer.sync(cfg(5, "198.18.0.5", affinity=True)).ok
+    assert "flush table" in fake.scripts[-1]  # affinity entries to keep: update in place
     assert syncer.probe()
     fake.flush()
     assert not syncer.probe()
