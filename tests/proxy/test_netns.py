@@ -73,14 +73,17 @@ def test_down_cleans_up_after_a_crash(tmp_path: Path) -> None:
         " stderr=subprocess.DEVNULL)\n"
         "os._exit(3)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True)
-    assert proc.returncode == 3, proc.stderr
-    left = [n for n in _netns_names() if n.startswith(prefix)]
-    assert len(left) == 3
-    removed = cluster_box.down(state)
-    assert sorted(removed) == sorted(left)
-    assert not [n for n in _netns_names() if n.startswith(prefix)]
-    assert cluster_box.down(state) == []  # idempotent
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True)
+        assert proc.returncode == 3, proc.stderr
+        left = [n for n in _netns_names() if n.startswith(prefix)]
+        assert len(left) == 3
+        removed = cluster_box.down(state)
+        assert sorted(removed) == sorted(left)
+        assert not [n for n in _netns_names() if n.startswith(prefix)]
+        assert cluster_box.down(state) == []  # idempotent
+    finally:
+        cluster_box.down(state)
 
 
 def test_bad_pod_addresses(tmp_path: Path) -> None:
