@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from mesh.component import ConfigRejected
 from mesh.config.dns import DnsConfig
+from mesh.netns import inside
 
 log = logging.getLogger("mesh.dns.server")
 
@@ -67,6 +68,7 @@ class DnsServer:
         max_tcp_connections: int = 256,
         max_tcp_queries: int = 10_000,
         batch: int = 64,
+        netns: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listen = listen
@@ -84,6 +86,7 @@ class DnsServer:
         self._max_tcp = max_tcp_connections
         self._max_tcp_queries = max_tcp_queries
         self._batch = batch
+        self._netns = netns  # bind inside this network namespace (the cluster in a box)
         self._clock = clock
         self._forward_cache = ForwardCache(forward_cache_size)
         self._forwarder = Forwarder([], metrics=self.metrics, cache=self._forward_cache)
@@ -150,6 +153,10 @@ class DnsServer:
     # --- sockets -------------------------------------------------------------------------
 
     def _bind(self) -> tuple[socket.socket, socket.socket]:
+        with inside(self._netns):
+            return self._bind_here()
+
+    def _bind_here(self) -> tuple[socket.socket, socket.socket]:
         host, port = self.listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for _ in range(BIND_ATTEMPTS):

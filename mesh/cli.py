@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,9 @@ DEFAULT_ADMIN = "127.0.0.1:15000"
 DEFAULT_ADMIN_DNS = "127.0.0.1:15053"
 DEFAULT_ADMIN_PROXY = "127.0.0.1:15080"
 DEFAULT_SERVICE_CIDR = "127.10.0.0/16"
+DEFAULT_NETNS_SERVICE_CIDR = "198.19.0.0/16"
+DEFAULT_POD_CIDR = "198.18.0.0/16"
+STATE_ROOT = Path("/run/mesh/netns")
 
 log = logging.getLogger("mesh.cli")
 
@@ -102,6 +106,16 @@ def _upstreams(upstreams: Sequence[Address], no_forward: bool) -> list[Address] 
     return list(upstreams) or None
 
 
+def _box_option(f: Any) -> Any:
+    return click.option(
+        "--box",
+        default="mesh",
+        show_default=True,
+        help="Name of the cluster in a box (--netns): prefixes its namespaces; what it makes "
+        "is recorded under /run/mesh/netns/NAME so mesh down can remove it after a crash.",
+    )(f)
+
+
 def _setup_logs(level: str, fmt: str) -> None:
     meshlog.setup(level, json_format=fmt == "json")
 
@@ -136,9 +150,9 @@ def main() -> None:
 @click.option("--admin-listen", default=DEFAULT_ADMIN, show_default=True, type=ADDRESS)
 @click.option(
     "--service-cidr",
-    default=DEFAULT_SERVICE_CIDR,
-    show_default=True,
-    help="Range ClusterIPs are allocated from.",
+    default=None,
+    help=f"Range ClusterIPs are allocated from [default: {DEFAULT_SERVICE_CIDR}; "
+    f"with --netns {DEFAULT_NETNS_SERVICE_CIDR}].",
 )
 @click.option(
     "--node-name",
@@ -151,8 +165,18 @@ def main() -> None:
     "with_proxy",
     default=True,
     show_default=True,
-    help="Run the node proxy (userspace mode).",
+    help="Run the node proxy (userspace mode; nftables mode with --netns).",
 )
+@click.option(
+    "--netns",
+    is_flag=True,
+    help="The cluster in a box (root): a network namespace per pod, DNS on the node, "
+    "the node proxy in nftables mode.",
+)
+@click.option(
+    "--pod-cidr", default=DEFAULT_POD_CIDR, show_default=True, help="Pod addresses (--netns)."
+)
+@_box_option
 @_dns_options
 @_upstream_option
 @_log_options
@@ -161,9 +185,12 @@ def up(
     control_listen: Address,
     dns_listen: Address,
     admin_listen: Address,
-    service_cidr: str,
+    service_cidr: str | None,
     node_name: str,
     with_proxy: bool,
+    netns: bool,
+    pod_cidr: str,
+    box: str,
     zone: str,
     ttl: int,
     pod_mode: str,
@@ -173,15 +200,34 @@ def up(
     log_format: str,
 ) -> None:
     """Run the control plane and every component in one process (the embedded default)."""
-    from mesh.run import run_up
+    from mesh.run import run_up, run_up_netns
 
     _setup_logs(log_level, log_format)
+    if netns:
+        if os.geteuid() != 0:
+            raise click.UsageError("--netns needs root (it creates network namespaces)")
+        run_up_netns(
+            manifest_dir=manifest_dir,
+            control_listen=control_listen,
+            admin_listen=admin_listen,
+            pod_cidr=pod_cidr,
+            service_cidr=service_cidr or DEFAULT_NETNS_SERVICE_CIDR,
+            box=box,
+            state_dir=STATE_ROOT / box,
+            node_name=node_name,
+            zone=zone,
+            ttl=ttl,
+            pod_mode=pod_mode,
+            upstreams=_upstreams(upstreams, no_forward),
+            announce=_announce,
+        )
+        return
     run_up(
         manifest_dir=manifest_dir,
         control_listen=control_listen,
         dns_listen=dns_listen,
         admin_listen=admin_listen,
-        service_cidr=service_cidr,
+        service_cidr=service_cidr or DEFAULT_SERVICE_CIDR,
         node_name=node_name,
         with_proxy=with_proxy,
         zone=zone,
@@ -317,6 +363,36 @@ def proxy(
     _setup_logs(log_level, log_format)
     component = make_proxy(mode, node_ip=node_ip)
     run_component(component, control_url, config_file, admin_listen, _announce, None)
+
+
+# --- the cluster in a box ------------------------------------------------------------------
+
+
+@main.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("pod")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@_box_option
+def exec_(pod: str, argv: tuple[str, ...], box: str) -> None:
+    """Run a command inside a pod of the cluster in a box: mesh exec shop/web-1 -- dig web."""
+    from mesh.proxy.cluster_box import exec_argv
+
+    try:
+        full = exec_argv(STATE_ROOT / box, pod, list(argv))
+    except KeyError:
+        raise click.ClickException(
+            f"no pod {pod!r} in a running box (is mesh up --netns running?)"
+        ) from None
+    os.execvp(full[0], full)
+
+
+@main.command()
+@_box_option
+def down(box: str) -> None:
+    """Remove every namespace, link and ruleset a cluster in a box made (also after a crash)."""
+    from mesh.proxy.cluster_box import down as remove_box
+
+    removed = remove_box(STATE_ROOT / box)
+    click.echo(f"removed {len(removed)} namespaces" if removed else "nothing to remove")
 
 
 # --- inspection commands -------------------------------------------------------------------

@@ -112,6 +112,71 @@ def run_up(
     _run(main)
 
 
+def run_up_netns(
+    *,
+    manifest_dir: Path,
+    control_listen: Address,
+    admin_listen: Address,
+    pod_cidr: str,
+    service_cidr: str,
+    box: str,
+    state_dir: Path,
+    node_name: str,
+    zone: str,
+    ttl: int,
+    pod_mode: str,
+    upstreams: Sequence[Address] | None,
+    announce: Announce,
+) -> None:
+    """The cluster in a box (root): pods in namespaces, DNS on the node, nftables proxy."""
+    from mesh.admin import AdminServer
+    from mesh.boxnode import BoxNode, dns_objects
+    from mesh.control.stream import ConfigServer
+    from mesh.dns.server import DnsServer
+    from mesh.feed import feed_from_plane
+    from mesh.proxy.cluster_box import ClusterBox, down
+
+    removed = down(state_dir)  # a box left by a crashed run
+    if removed:
+        log.info("removed a stale box", extra={"namespaces": removed})
+    cluster = ClusterBox(
+        box,
+        pod_cidr=pod_cidr,
+        service_cidr=service_cidr,
+        state_dir=state_dir,
+        cluster_domain=zone,
+    )
+    plane = _plane(manifest_dir, service_cidr, node_name, zone, ttl, pod_mode)
+    dns = DnsServer((cluster.node_ip, 53), upstreams, zone=zone, netns=cluster.node)
+    proxy = cluster.proxy()
+    components: list[Component[Any]] = [dns, proxy]
+    control = ConfigServer(plane, control_listen)
+    admin = AdminServer(admin_listen, components, plane=plane)
+    node = BoxNode(plane, cluster)
+
+    async def main(nursery: trio.Nursery) -> None:
+        await trio.to_thread.run_sync(cluster.build)
+        await nursery.start(plane.run)
+        _report_manifest_errors(plane)
+        for obj in dns_objects(cluster.dns_ip, cluster.node_ip):
+            plane.apply(obj)
+        await nursery.start(node.run)
+        await nursery.start(control.run)
+        announce("control", (control_listen[0], control.port))
+        for component in components:
+            await nursery.start(component.run)
+            await nursery.start(feed_from_plane, plane, component)
+        announce("dns", (cluster.dns_ip, 53))
+        await nursery.start(admin.run)
+        announce("admin", (admin_listen[0], admin.port))
+
+    try:
+        _run(main)
+    finally:
+        removed = cluster.teardown()
+        log.info("box removed", extra={"namespaces": len(removed)})
+
+
 def run_control(
     *,
     manifest_dir: Path,

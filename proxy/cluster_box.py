@@ -163,6 +163,16 @@ class ClusterBox:
         self.state.save(data)
         return pod
 
+    def remove_pod(self, namespace: str, name: str) -> None:
+        """Remove a pod's namespace (its veth goes with it); idempotent."""
+        pod = self.pods.pop(f"{namespace}/{name}", None)
+        if pod is None:
+            return
+        netns.remove(pod.netns)
+        data = self.state.load()
+        data.get("pods", {}).pop(pod.key, None)
+        self.state.save(data)
+
     def _allocate(self) -> str:
         taken = {p.ip for p in self.pods.values()}
         for _ in range(self.pod_net.num_addresses):

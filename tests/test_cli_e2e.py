@@ -66,10 +66,21 @@ class Proc:
                 self.popen.wait(5)
 
 
+FIXED = """
+apiVersion: v1
+kind: Service
+metadata: {name: fixed, namespace: shop}
+spec:
+  clusterIP: 127.10.0.20
+  ports: [{name: http, port: 80}]
+"""
+
+
 @pytest.fixture
 def manifests(tmp_path: Path) -> Path:
     target = tmp_path / "manifests"
     shutil.copytree(EXAMPLES, target)
+    (target / "fixed.yaml").write_text(FIXED)
     return target
 
 
@@ -130,15 +141,15 @@ def http_get(url: str) -> tuple[int, bytes]:
 
 def test_up_answers_dns_and_follows_manifest_edits(up: Proc, manifests: Path) -> None:
     server = up.addresses["dns"]
-    assert addresses(query(server, "api.shop.svc.cluster.local")) == {"127.10.0.20"}
+    assert addresses(query(server, "fixed.shop.svc.cluster.local")) == {"127.10.0.20"}
     assert addresses(query(server, "db.data.svc.cluster.local", tcp=True)) == {
         "127.20.1.10",
         "127.20.1.11",
     }
     # A manifest edit shows in answers as soon as the new config is applied, not a TTL later.
-    text = (manifests / "shop.yaml").read_text().replace("127.10.0.20", "127.10.0.33")
-    (manifests / "shop.yaml").write_text(text)
-    wait_for(lambda: addresses(query(server, "api.shop.svc.cluster.local")) == {"127.10.0.33"})
+    text = (manifests / "fixed.yaml").read_text().replace("127.10.0.20", "127.10.0.33")
+    (manifests / "fixed.yaml").write_text(text)
+    wait_for(lambda: addresses(query(server, "fixed.shop.svc.cluster.local")) == {"127.10.0.33"})
     # Deleting the file deletes its objects.
     (manifests / "data.yaml").unlink()
     wait_for(lambda: query(server, "db.data.svc.cluster.local").rcode() == dns.rcode.NXDOMAIN)
@@ -177,7 +188,7 @@ def test_admin_endpoints_and_inspection_commands(up: Proc) -> None:
     status, body = http_get(f"{admin}/config/dns")
     assert status == 200
     names = {s["name"] for s in json.loads(body)["services"]}
-    assert {"web", "api", "payments", "db"} <= names
+    assert {"web", "api", "payments", "db", "fixed"} <= names
 
     get = subprocess.run(
         [*MESH, "get", "svc", "-n", "shop", "--control", up.url("control")],
@@ -188,7 +199,7 @@ def test_admin_endpoints_and_inspection_commands(up: Proc) -> None:
     ).stdout
     lines = get.splitlines()
     assert lines[0].split()[:3] == ["NAME", "TYPE", "CLUSTER-IP"]
-    assert {line.split()[0] for line in lines[1:]} == {"api", "payments", "web"}
+    assert {line.split()[0] for line in lines[1:]} == {"api", "fixed", "payments", "web"}
 
     dump = subprocess.run(
         [*MESH, "config", "dump", "dns", "--admin", admin],
@@ -241,12 +252,14 @@ def test_standalone_dns_keeps_last_config_across_control_restart(
     )
     try:
         server = dns_proc.addresses["dns"]
-        wait_for(lambda: addresses(query(server, "api.shop.svc.cluster.local")) == {"127.10.0.20"})
+        wait_for(
+            lambda: addresses(query(server, "fixed.shop.svc.cluster.local")) == {"127.10.0.20"}
+        )
         control.stop()
         # The control plane is gone: answers continue from the last good config.
-        assert addresses(query(server, "api.shop.svc.cluster.local")) == {"127.10.0.20"}
-        text = (manifests / "shop.yaml").read_text().replace("127.10.0.20", "127.10.0.44")
-        (manifests / "shop.yaml").write_text(text)
+        assert addresses(query(server, "fixed.shop.svc.cluster.local")) == {"127.10.0.20"}
+        text = (manifests / "fixed.yaml").read_text().replace("127.10.0.20", "127.10.0.44")
+        (manifests / "fixed.yaml").write_text(text)
         control = Proc(
             [
                 "control",
@@ -261,7 +274,7 @@ def test_standalone_dns_keeps_last_config_across_control_restart(
         )
         # Back on the same port: the component catches up with the edit made meanwhile.
         wait_for(
-            lambda: addresses(query(server, "api.shop.svc.cluster.local")) == {"127.10.0.44"},
+            lambda: addresses(query(server, "fixed.shop.svc.cluster.local")) == {"127.10.0.44"},
             timeout=20,
         )
     finally:

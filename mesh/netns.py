@@ -1,0 +1,27 @@
+"""Opening sockets inside another network namespace.
+
+A socket belongs to the namespace it was created in, whatever the creating thread does later.
+So a process in the host's namespace can serve inside a namespace it made by switching the
+calling thread in (setns), creating and binding the socket, and switching back — with no
+await in between, so no other trio task runs while the thread is elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pyroute2 import netns as _netns
+
+
+@contextmanager
+def inside(name: str | None) -> Iterator[None]:
+    """Run the body with the calling thread in namespace ``name`` (None: stay where it is)."""
+    if name is None:
+        yield
+        return
+    _netns.pushns(name)
+    try:
+        yield
+    finally:
+        _netns.popns()

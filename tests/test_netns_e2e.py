@@ -1,0 +1,209 @@
+"""The cluster in a box end to end (root): ``mesh up --netns``, ``mesh exec``, ``mesh down``.
+
+Pods are network namespaces on a bridge in an isolated node namespace with no route out; the
+names resolve through the cluster DNS on the node (reached at the kube-dns ClusterIP through
+the nftables proxy), and Service traffic is balanced by the kernel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_root, require_tool
+
+MESH = [sys.executable, "-m", "mesh.cli"]
+
+MANIFESTS = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec:
+  clusterIP: None
+  selector: {app: db}
+  ports: [{name: pg, port: 5432}]
+"""
+
+
+def pod(name: str, app: str, hostname: str | None = None) -> str:
+    host = f"\n  hostname: {hostname}\n  subdomain: db" if hostname else ""
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}
+spec:{host}
+  containers:
+    - name: c
+      ports: [{{name: http, containerPort: 8080}}]
+status: {{phase: Running}}
+"""
+
+
+def namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def wait_for(check: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    assert callable(check)
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.2)
+
+
+class Box:
+    def __init__(self, name: str, manifests: Path) -> None:
+        self.name = name
+        self.popen = subprocess.Popen(
+            [
+                *MESH,
+                "up",
+                "--netns",
+                "--box",
+                name,
+                "-f",
+                str(manifests),
+                "--control-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--no-forward",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        seen: set[str] = set()
+        deadline = time.monotonic() + 60
+        assert self.popen.stdout is not None
+        while "admin" not in seen:
+            if time.monotonic() > deadline or self.popen.poll() is not None:
+                raise AssertionError("mesh up --netns did not start")
+            m = re.match(r"^(\w+)\s", self.popen.stdout.readline())
+            if m:
+                seen.add(m.group(1))
+
+    def exec(self, pod: str, *argv: str) -> str:
+        out = subprocess.run(
+            [*MESH, "exec", "--box", self.name, pod, "--", *argv],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return out.stdout.strip()
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        subprocess.run([*MESH, "down", "--box", self.name], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Iterator[tuple[Box, Path]]:
+    require_root()
+    require_tool("ip", "nft", "dig", "curl")
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "services.yaml").write_text(MANIFESTS)
+    for name, app, host in (
+        ("web-1", "web", None),
+        ("web-2", "web", None),
+        ("client", "client", None),
+        ("db-0", "db", "db-0"),
+    ):
+        (manifests / f"{name}.yaml").write_text(pod(name, app, host))
+    b = Box(f"t{secrets.token_hex(3)}", manifests)
+    try:
+        yield b, manifests
+    finally:
+        b.stop()
+
+
+def test_cluster_in_a_box(box: tuple[Box, Path], tmp_path: Path) -> None:
+    b, manifests = box
+    prefix = f"{b.name}-"
+    assert {f"{prefix}node", f"{prefix}shop-web-1", f"{prefix}shop-client"} <= namespaces()
+
+    # DNS through the pod's resolv.conf (search path, ndots:5) and the kube-dns ClusterIP.
+    wait_for(lambda: b.exec("client", "dig", "+search", "+short", "web").startswith("198.19."))
+    vip = b.exec("client", "dig", "+search", "+short", "web")
+    assert b.exec("client", "dig", "+search", "+short", "db-0.db").startswith("198.18.")
+
+    # Two web pods serve their own name; the kernel balances the VIP round robin.
+    servers = []
+    for name in ("web-1", "web-2"):
+        site = tmp_path / name
+        site.mkdir()
+        (site / "index.html").write_text(name)
+        servers.append(
+            subprocess.Popen(
+                [
+                    *MESH,
+                    "exec",
+                    "--box",
+                    b.name,
+                    name,
+                    "--",
+                    sys.executable,
+                    "-m",
+                    "http.server",
+                    "8080",
+                    "--directory",
+                    str(site),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        )
+    try:
+        wait_for(lambda: b.exec("client", "curl", "-s", "-m", "2", f"http://{vip}/") != "")
+        answers = [b.exec("client", "curl", "-s", "-m", "2", "http://web.shop/") for _ in range(6)]
+        assert set(answers) == {"web-1", "web-2"}
+        assert all(a != b_ for a, b_ in itertools.pairwise(answers))
+    finally:
+        for s in servers:
+            s.terminate()
+            s.wait(10)
+
+    # A pod deleted from the manifests loses its namespace.
+    (manifests / "web-2.yaml").unlink()
+    wait_for(lambda: f"{prefix}shop-web-2" not in namespaces())
+
+    b.stop()
+    assert not {n for n in namespaces() if n.startswith(prefix)}
+
+
+def test_down_after_a_crash(box: tuple[Box, Path]) -> None:
+    b, _ = box
+    prefix = f"{b.name}-"
+    b.popen.send_signal(signal.SIGKILL)  # no chance to clean up
+    b.popen.wait(10)
+    assert {n for n in namespaces() if n.startswith(prefix)}
+    out = subprocess.run(
+        [*MESH, "down", "--box", b.name], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.startswith("removed")
+    assert not {n for n in namespaces() if n.startswith(prefix)}
