@@ -158,25 +158,13 @@ def test_cluster_in_a_box(box: tuple[Box, Path], tmp_path: Path) -> None:
         site = tmp_path / name
         site.mkdir()
         (site / "index.html").write_text(name)
+        serve = [sys.executable, "-m", "http.server", "8080", "--directory", str(site)]
         servers.append(
             subprocess.Popen(
-                [
-                    *MESH,
-                    "exec",
-                    "--box",
-                    b.name,
-                    name,
-                    "--",
-                    sys.executable,
-                    "-m",
-                    "http.server",
-                    "8080",
-                    "--directory",
-                    str(site),
-                ],
+                [*MESH, "exec", "--box", b.name, name, "--", *serve],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
         )
     try:
         wait_for(lambda: b.exec("client", "curl", "-s", "-m", "2", f"http://{vip}/") != "")
