@@ -12,15 +12,24 @@ so nothing else on the host is touched. Packets meet it at five hooks::
     nat-postrouting (srcnat) -> masquerading: masquerade what carries the masquerade mark
 
 Each Service port gets a chain ``service-HASH-ns/name/proto/port`` (``local-`` for a Local
-internal traffic policy) that picks an endpoint round robin with ``numgen inc mod N vmap``
-after checking the per-endpoint affinity sets (ClientIP session affinity); external traffic
-(NodePort, external and LB IPs) enters through ``external-HASH-...``, which marks it for
-masquerade (policy Cluster) or keeps the client address (policy Local). Each endpoint gets
-``endpoint-HASH-ns/name/proto/port__ip/port``: it marks hairpin traffic (a pod reaching
-itself through the Service) for masquerade, refreshes the affinity entry and DNATs. Chain
-names are a hash of the identity followed by the identity, so they are stable across syncs
-and readable in ``nft list``. Endpoint eligibility (ready, serving-terminating fallback,
+internal traffic policy) that picks an endpoint round robin with ``numgen inc mod N`` and
+DNATs to it; external traffic (NodePort, external and LB IPs) enters through
+``external-HASH-...``, which marks it for masquerade (policy Cluster) or keeps the client
+address (policy Local). Hairpin traffic (a pod reaching itself through a Service) is marked
+for masquerade in postrouting, where it is the DNATed traffic whose source and destination
+are the same endpoint: ``ip saddr . ip daddr @endpoint-hairpin`` (elements ``ep . ep``).
+
+Without session affinity, the round robin DNATs straight from a map of slot -> endpoint
+address and port; with ClientIP affinity each endpoint gets a chain
+``endpoint-HASH-ns/name/proto/port__ip/port`` that refreshes its affinity set and DNATs, and
+the Service chain checks those sets before the round robin ``vmap`` picks one. Chain names
+are a hash of the identity followed by the identity, so they are stable across syncs and
+readable in ``nft list``. Endpoint eligibility (ready, serving-terminating fallback,
 node-local for policy Local) and order are the service table's, so both proxy modes agree.
+
+Why so few chains: nft's parse and the kernel's commit time grow with the number of chains
+and rules (about 40 us per chain), so per-endpoint chains are kept only where affinity
+needs them.
 
 Only IPv4 is rendered (the table is of family ``ip``); IPv6 addresses are skipped.
 """
@@ -54,12 +63,17 @@ NO_ENDPOINT_NODEPORTS_MAP = "no-endpoint-nodeports"
 NODEPORT_IPS_SET = "nodeport-ips"
 DISPATCH_CHAIN = "endpoint-dispatch"
 DISPATCH_MAP = "endpoint-dispatch"
+DNAT_CHAIN = "endpoint-dnat"
+DNAT_MAP = "endpoint-addrs"
+HAIRPIN_SET = "endpoint-hairpin"
+CLUSTER_IPS_SET = "cluster-ips"
 MAPS = (
     SERVICE_IPS_MAP,
     SERVICE_NODEPORTS_MAP,
     NO_ENDPOINT_SERVICES_MAP,
     NO_ENDPOINT_NODEPORTS_MAP,
     DISPATCH_MAP,
+    DNAT_MAP,
 )
 _IP_KEY = "ipv4_addr . inet_proto . inet_service : verdict"
 _PORT_KEY = "inet_proto . inet_service : verdict"
@@ -69,7 +83,10 @@ MAP_TYPES = {
     NO_ENDPOINT_SERVICES_MAP: _IP_KEY,
     NO_ENDPOINT_NODEPORTS_MAP: _PORT_KEY,
     DISPATCH_MAP: "mark : verdict",
+    DNAT_MAP: "mark : ipv4_addr . inet_service",
 }
+HAIRPIN_TYPE = "ipv4_addr . ipv4_addr"
+SETS = {HAIRPIN_SET: HAIRPIN_TYPE, CLUSTER_IPS_SET: "ipv4_addr . inet_proto . inet_service"}
 # Above this many load-balanced Service ports, "auto" dispatch switches from one anonymous
 # vmap per Service to the shared map: the kernel's cost of adding anonymous sets and of
 # checking jump loops through verdict maps grows with the number of sets in the table, so
@@ -86,10 +103,12 @@ class RenderOptions:
     pod_cidr: str | None = None
     # Addresses that accept NodePort traffic; empty: every local address but 127.0.0.0/8.
     node_port_addresses: tuple[str, ...] = ()
-    # Round robin: "inline" renders kube-proxy's ``numgen inc mod N vmap { 0 : goto ... }``
-    # in each Service chain; "shared" stores ``numgen inc mod N offset BASE`` in the
-    # connection's ct mark and looks it up in one shared verdict map (same order, one set
-    # for the whole table); "auto" picks inline up to SHARED_DISPATCH_ABOVE Service ports.
+    # Round robin: "inline" renders an anonymous map in each Service chain
+    # (``dnat to numgen inc mod N map { 0 : ip . port, ... }``, or kube-proxy's
+    # ``numgen inc mod N vmap { 0 : goto ... }`` with affinity); "shared" stores
+    # ``numgen inc mod N offset BASE`` in the connection's ct mark and looks it up in one
+    # shared map (same order, one set for the whole table); "auto" picks inline up to
+    # SHARED_DISPATCH_ABOVE Service ports.
     dispatch: Literal["auto", "inline", "shared"] = "auto"
 
 
@@ -143,6 +162,11 @@ def _v4(addresses: Iterable[str]) -> list[str]:
 
 
 @functools.lru_cache(maxsize=65536)
+def _ip_order(ip: str) -> tuple[int, int, int]:
+    return endpoint_order((ip, 0))
+
+
+@functools.lru_cache(maxsize=65536)
 def _order(ep: tuple[str, int]) -> tuple[int, int, int]:
     return endpoint_order(ep)
 
@@ -166,6 +190,9 @@ class _Out:
     shared: bool = False  # round robin through the shared dispatch map
     slot: int = 1  # next free dispatch slot (0 stays free: a ct mark of 0 means unset)
     dispatch: list[str] = field(default_factory=list)
+    addrs: list[str] = field(default_factory=list)  # DNAT_MAP elements
+    hairpin: set[str] = field(default_factory=set)  # endpoint addresses
+    cluster_keys: list[str] = field(default_factory=list)  # CLUSTER_IPS_SET elements
     _ep_names: dict[tuple[int, str, int], str] = field(default_factory=dict)
 
     def ep_chain(self, svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
@@ -180,11 +207,12 @@ class _Out:
         self.rules += len(rules)
         self.chains.append(f"\tchain {name} {{\n\t\t" + "\n\t\t".join(rules) + "\n\t}\n")
 
-    def element(self, map_name: str, key: str, verdict: str) -> None:
+    def element(self, map_name: str, key: str, verdict: str) -> bool:
         if (map_name, key) in self.taken:
-            return  # two Services claim one address: the first (by namespace/name) wins
+            return False  # two Services claim one address: the first (by namespace/name) wins
         self.taken.add((map_name, key))
         self.elements[map_name].append(f"{key} : {verdict}")
+        return True
 
 
 def render(config: ProxyConfig, options: RenderOptions | None = None) -> Ruleset:
@@ -200,10 +228,17 @@ def render(config: ProxyConfig, options: RenderOptions | None = None) -> Ruleset
         for port in svc.ports:
             _render_port(out, config.node_name, svc, port, opts)
     out.elements[DISPATCH_MAP] = out.dispatch
+    out.elements[DNAT_MAP] = out.addrs
     body_parts = [_preamble(opts)]
     for name in MAPS:
         elems = out.elements[name]
         body = f"\tmap {name} {{\n\t\ttype {MAP_TYPES[name]}\n"
+        if elems:
+            body += "\t\telements = { " + ",\n\t\t\t".join(elems) + " }\n"
+        body_parts.append(body + "\t}\n")
+    hairpin = [f"{ip} . {ip}" for ip in sorted(out.hairpin, key=_ip_order)]
+    for name, elems in ((HAIRPIN_SET, hairpin), (CLUSTER_IPS_SET, out.cluster_keys)):
+        body = f"\tset {name} {{\n\t\ttype {SETS[name]}\n"
         if elems:
             body += "\t\telements = { " + ",\n\t\t\t".join(elems) + " }\n"
         body_parts.append(body + "\t}\n")
@@ -216,6 +251,7 @@ def render(config: ProxyConfig, options: RenderOptions | None = None) -> Ruleset
     inner = "".join(body_parts)
     marker = hashlib.sha256(inner.encode()).hexdigest()[:16]
     dispatch = _dispatch(opts, marker)
+    rules = out.rules + _FIXED_RULES + (1 if opts.pod_cidr else 0)
     text = f"table ip {opts.table} {{\n{inner}{dispatch}}}\n"
     return Ruleset(
         table=opts.table,
@@ -223,15 +259,15 @@ def render(config: ProxyConfig, options: RenderOptions | None = None) -> Ruleset
         marker=marker,
         chains=frozenset(out.names),
         affinity_sets=out.affinity,
-        rules=out.rules + _FIXED_RULES,
-        elements=sum(len(v) for v in out.elements.values()),
+        rules=rules,
+        elements=sum(len(v) for v in out.elements.values()) + len(hairpin) + len(out.cluster_keys),
         service_ports=ports,
         endpoints=out.endpoints,
         udp=out.udp,
     )
 
 
-_FIXED_RULES = 17  # rules in the preamble and the dispatch chains
+_FIXED_RULES = 19  # rules in the preamble and the dispatch chains
 
 
 def _preamble(opts: RenderOptions) -> str:
@@ -257,7 +293,9 @@ def _preamble(opts: RenderOptions) -> str:
         )
     parts.append(f"\tchain {MARK_MASQ_CHAIN} {{\n\t\tmeta mark set meta mark or {mark}\n\t}}\n")
     parts.append(
-        f"\tchain {MASQUERADING_CHAIN} {{\n\t\tmeta mark and {mark} == 0 return\n"
+        f"\tchain {MASQUERADING_CHAIN} {{\n"
+        f"\t\tct status dnat ip saddr . ip daddr @{HAIRPIN_SET} jump {MARK_MASQ_CHAIN}\n"
+        f"\t\tmeta mark and {mark} == 0 return\n"
         f"\t\tmeta mark set meta mark xor {mark}\n\t\tmasquerade fully-random\n\t}}\n"
     )
     parts.append(
@@ -279,12 +317,22 @@ def _node_match(opts: RenderOptions) -> str:
 
 def _dispatch(opts: RenderOptions, marker: str) -> str:
     node = _node_match(opts)
+    # Traffic to a ClusterIP from outside the pod CIDR is masqueraded (kube-proxy's local
+    # traffic detector); the set holds the Service keys whose chains DNAT.
+    masq = (
+        f"\t\tip saddr != {opts.pod_cidr} ip daddr . meta l4proto . th dport @{CLUSTER_IPS_SET} "
+        f"jump {MARK_MASQ_CHAIN}\n"
+        if opts.pod_cidr
+        else ""
+    )
     return (
         f"\tchain {DISPATCH_CHAIN} {{\n\t\tct mark vmap @{DISPATCH_MAP}\n\t}}\n"
+        f"\tchain {DNAT_CHAIN} {{\n"
+        f"\t\tmeta l4proto {{ tcp, udp, sctp }} dnat to ct mark map @{DNAT_MAP}\n\t}}\n"
         f"\tchain {ENDPOINTS_CHECK_CHAIN} {{\n"
         f"\t\tip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}\n"
         f"\t\t{node} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS_MAP}\n\t}}\n"
-        f"\tchain {SERVICES_CHAIN} {{\n"
+        f"\tchain {SERVICES_CHAIN} {{\n{masq}"
         f'\t\tip daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP} comment "sync {marker}"\n'
         f"\t\t{node} meta l4proto . th dport vmap @{SERVICE_NODEPORTS_MAP}\n\t}}\n"
     )
@@ -322,7 +370,8 @@ def _render_port(
     for ip in cluster_ips:
         key = f"{ip} . {proto} . {port.port}"
         if internal:
-            out.element(SERVICE_IPS_MAP, key, f"goto {internal_chain}")
+            if out.element(SERVICE_IPS_MAP, key, f"goto {internal_chain}") and opts.pod_cidr:
+                out.cluster_keys.append(key)
         else:
             out.element(NO_ENDPOINT_SERVICES_MAP, key, no_ep)
     for ip in external_ips:
@@ -348,23 +397,20 @@ def _render_port(
         if not used:
             continue
         rules: list[str] = []
-        if chains[kind] == internal_chain and opts.pod_cidr:
-            rules.extend(
-                f"ip daddr {ip} {proto} dport {port.port} ip saddr != {opts.pod_cidr} "
-                f"jump {MARK_MASQ_CHAIN}"
-                for ip in cluster_ips
-            )
-        rules.extend(_balance(out, svc, port, targets, timeout is not None))
+        if timeout is None:
+            rules.extend(_balance_dnat(out, proto, targets))
+        else:
+            rules.extend(_balance(out, svc, port, targets))
         out.chain(chains[kind], rules)
     reachable = set(cluster if used_cluster else ()) | set(local if used_local else ())
+    out.endpoints += len(reachable)
+    out.hairpin.update(ip for ip, _ in reachable)
+    if timeout is None:
+        return
     for ip, target in sorted(reachable, key=_order):
-        out.endpoints += 1
-        rules = [f"ip saddr {ip} jump {MARK_MASQ_CHAIN}"]
-        if timeout is not None:
-            aff = affinity_set(svc, port, ip, target)
-            out.affinity[aff] = timeout
-            rules.append(f"update @{aff} {{ ip saddr }}")
-        rules.append(f"meta l4proto {proto} dnat to {ip}:{target}")
+        aff = affinity_set(svc, port, ip, target)
+        out.affinity[aff] = timeout
+        rules = [f"update @{aff} {{ ip saddr }}", f"meta l4proto {proto} dnat to {ip}:{target}"]
         out.chain(out.ep_chain(svc, port, ip, target), rules)
 
 
@@ -385,16 +431,30 @@ def _external_rules(
     return rules
 
 
+def _balance_dnat(out: _Out, proto: str, targets: list[tuple[str, int]]) -> list[str]:
+    """Round robin without affinity: DNAT from a map of slot -> endpoint, no chains."""
+    if len(targets) == 1:
+        ip, target = targets[0]
+        return [f"meta l4proto {proto} dnat to {ip}:{target}"]
+    n = len(targets)
+    if out.shared:
+        base = out.slot
+        out.slot += n
+        out.addrs.extend(f"{base + i} : {ip} . {t}" for i, (ip, t) in enumerate(targets))
+        return [f"ct mark set numgen inc mod {n} offset {base} goto {DNAT_CHAIN}"]
+    arms = ", ".join(f"{i} : {ip} . {t}" for i, (ip, t) in enumerate(targets))
+    return [f"meta l4proto {proto} dnat to numgen inc mod {n} map {{ {arms} }}"]
+
+
 def _balance(
-    out: _Out, svc: ProxyService, port: ProxyPort, targets: list[tuple[str, int]], affinity: bool
+    out: _Out, svc: ProxyService, port: ProxyPort, targets: list[tuple[str, int]]
 ) -> list[str]:
+    """Round robin with ClientIP affinity, through per-endpoint chains."""
     chains = [out.ep_chain(svc, port, ip, t) for ip, t in targets]
-    rules: list[str] = []
-    if affinity:
-        rules.extend(
-            f"ip saddr @{affinity_set(svc, port, ip, t)} goto {chain}"
-            for (ip, t), chain in zip(targets, chains, strict=True)
-        )
+    rules = [
+        f"ip saddr @{affinity_set(svc, port, ip, t)} goto {chain}"
+        for (ip, t), chain in zip(targets, chains, strict=True)
+    ]
     if len(chains) == 1:
         rules.append(f"goto {chains[0]}")
     elif out.shared:

@@ -17,7 +17,7 @@ Theory of operation (kube-proxy's sync loop, in pieces that can be tested alone)
   through an :class:`NftRunner`: :class:`SubprocessNftRunner` runs ``nft`` (inside a network
   namespace when given one), :class:`FakeNftRunner` keeps the text for tests.
 - The drift probe lists the table's dispatch chain and looks for the marker comment the
-  renderer puts on its first rule (a digest of the whole table): a deleted or flushed table,
+  renderer puts on its vmap rule (a digest of the whole table): a deleted or flushed table,
   or another ruleset written over ours, fails it and triggers a full sync.
 """
 
@@ -32,7 +32,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mesh.proxy.conntrack import ConntrackCleaner, StaleEntry, UdpTargets, stale_entries
-from mesh.proxy.nft_render import MAP_TYPES, MAPS, SERVICES_CHAIN, RenderOptions, Ruleset, render
+from mesh.proxy.nft_render import (
+    MAP_TYPES,
+    MAPS,
+    SERVICES_CHAIN,
+    SETS,
+    RenderOptions,
+    Ruleset,
+    render,
+)
 
 from mesh.config.proxy import ProxyConfig
 
@@ -136,6 +144,9 @@ def transaction(new: Ruleset, previous: Ruleset | None) -> str:
     for name in MAPS:
         lines.append(f"add map {t} {name} {{ type {MAP_TYPES[name]}; }}")
         lines.append(f"flush map {t} {name}")
+    for name, kind in SETS.items():
+        lines.append(f"add set {t} {name} {{ type {kind}; }}")
+        lines.append(f"flush set {t} {name}")
     for chain in sorted(previous.chains - new.chains):
         lines.append(f"delete chain {t} {chain}")
     for aff, timeout in sorted(previous.affinity_sets.items()):

@@ -110,7 +110,12 @@ def test_counts_and_targets() -> None:
     assert rs.endpoints == 5
     assert rs.udp == {("198.19.0.53", 53): frozenset({("198.18.0.4", 53)})}
     assert set(rs.affinity_sets.values()) == {30}
-    assert rs.rules == 36  # every rule line of the default rendering
+    assert rs.rules == 29  # every rule line of the default rendering
+    # Per-endpoint chains only where ClientIP affinity needs them (dns); hairpin pairs for all.
+    assert [c for c in rs.chains if c.startswith("endpoint-")] == [
+        nft_render.endpoint_chain(CONFIG.services[1], CONFIG.services[1].ports[0], "198.18.0.4", 53)
+    ]
+    assert rs.body.count(" . 198.18.0.") == 5
 
 
 def test_deterministic_names() -> None:
@@ -149,10 +154,10 @@ def test_auto_dispatch_switches_to_the_shared_map() -> None:
 
     small = render(many(nft_render.SHARED_DISPATCH_ABOVE)).body
     large = render(many(nft_render.SHARED_DISPATCH_ABOVE + 1)).body
-    assert "numgen inc mod 2 vmap {" in small and "offset" not in small
-    assert "vmap {" not in large.split("chain endpoint-dispatch")[0].split("chain ")[-1]
-    assert "ct mark set numgen inc mod 2 offset 1 goto endpoint-dispatch" in large
-    assert large.count("numgen inc mod 2 vmap {") == 0
+    assert "dnat to numgen inc mod 2 map {" in small and "offset" not in small
+    assert "ct mark set numgen inc mod 2 offset 1 goto endpoint-dnat" in large
+    assert "ct mark set numgen inc mod 2 offset 2001 goto endpoint-dnat" in large
+    assert "map {" not in large and "vmap {" not in large
 
 
 def test_duplicate_addresses_first_service_wins() -> None:
