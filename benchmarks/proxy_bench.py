@@ -11,7 +11,12 @@ the backends (nginx, iperf3 server) and the load generators on the other (``--ba
 Everything listens on 127.0.0.0/8. Each program gets a config and a pid file in a temporary
 directory and is stopped by its PID at the end.
 
-    python benchmarks/proxy_bench.py [--seconds 5] [--repeat 3] [--proxy-cpu 0] [--backend-cpu 1]
+With ``--rounds N`` every path is measured N times, the paths taking turns (so a burst of
+load elsewhere on the machine hits all of them alike), and each figure is the median.
+``--targets`` limits the run to some of the paths.
+
+    python benchmarks/proxy_bench.py [--seconds 5] [--repeat 3] [--rounds 1]
+        [--targets mesh-userspace,haproxy] [--proxy-cpu 0] [--backend-cpu 1]
 """
 
 from __future__ import annotations
@@ -248,6 +253,28 @@ def servers(args: argparse.Namespace, d: Path) -> Iterator[None]:
         procs.stop_all()
 
 
+def measure(args: argparse.Namespace, host: str) -> dict[str, float]:
+    runs = sorted(iperf(args.backend_cpu, host, args.seconds) for _ in range(args.repeat))
+    return {
+        "bulk_gbps": runs[len(runs) // 2],  # the median: loopback figures are noisy
+        "rps_keepalive": wrk(args.backend_cpu, host, args.seconds, False, args.connections),
+        "rps_new_conn": wrk(args.backend_cpu, host, args.seconds, True, args.connections),
+    }
+
+
+def medians(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {key: sorted(row[key] for row in rows)[len(rows) // 2] for key in rows[0]}
+
+
+def print_row(name: str, row: dict[str, float]) -> None:
+    print(
+        f"{name:15s} bulk {row['bulk_gbps']:7.2f} Gbit/s   "
+        f"keep-alive {row['rps_keepalive']:9.0f} req/s   "
+        f"new conn {row['rps_new_conn']:8.0f} req/s",
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=5)
@@ -255,28 +282,31 @@ def main() -> None:
     ap.add_argument("--backend-cpu", type=int, default=1)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3, help="iperf3 runs per path (median)")
+    ap.add_argument("--rounds", type=int, default=1, help="turns of every path (median)")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="comma-separated paths")
     args = ap.parse_args()
+    targets = {name: TARGETS[name] for name in args.targets.split(",")}
     for tool in ("taskset", "iperf3", "wrk", "nginx", "haproxy"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed")
     if not Path(NGINX_STREAM_MODULE).exists():
         sys.exit("the nginx stream module is not installed (libnginx-mod-stream)")
-    results: dict[str, dict[str, float]] = {}
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
     with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp, servers(args, Path(tmp)):
-        for name, host in TARGETS.items():
-            row = results[name] = {}
-            runs = sorted(iperf(args.backend_cpu, host, args.seconds) for _ in range(args.repeat))
-            row["bulk_gbps"] = runs[len(runs) // 2]  # the median: loopback figures are noisy
-            row["rps_keepalive"] = wrk(
-                args.backend_cpu, host, args.seconds, False, args.connections
-            )
-            row["rps_new_conn"] = wrk(args.backend_cpu, host, args.seconds, True, args.connections)
-            print(
-                f"{name:15s} bulk {row['bulk_gbps']:7.2f} Gbit/s   "
-                f"keep-alive {row['rps_keepalive']:9.0f} req/s   "
-                f"new conn {row['rps_new_conn']:8.0f} req/s",
-                flush=True,
-            )
+        for turn in range(args.rounds):
+            if args.rounds > 1:
+                print(f"round {turn + 1}/{args.rounds}", flush=True)
+            for name, host in targets.items():
+                rounds[name].append(measure(args, host))
+                print_row(name, rounds[name][-1])
+    results = {name: medians(rows) for name, rows in rounds.items()}
+    if args.rounds > 1:
+        print(f"\nmedians of {args.rounds} rounds:")
+        for name, row in results.items():
+            print_row(name, row)
+    if "mesh-userspace" not in results or "haproxy" not in results:
+        print(json.dumps(results))
+        return
     ours, ha = results["mesh-userspace"], results["haproxy"]
     print("\nours / haproxy (default tcp mode):")
     for key in ("bulk_gbps", "rps_keepalive", "rps_new_conn"):
