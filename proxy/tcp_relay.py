@@ -1,19 +1,26 @@
 """Moving bytes between two TCP sockets, both ways, with half-close and backpressure.
 
-On Linux each direction splices socket -> pipe -> socket (os.splice), so the payload never
-enters Python. Sockets and pipe are non-blocking: when the kernel answers EAGAIN the task
-parks in trio's ``wait_readable`` / ``wait_writable``, so a slow peer stalls only its own
-direction, and the pipe is the only buffer: nothing more is read until the receiver has
-taken what is in it (backpressure). Where splice is missing or refused (EINVAL: a socket
-type it does not support) a direction falls back to ``recv_into`` / ``send``.
+Theory of operation. A flow is two directions, each a loop in a trio task: the task that
+accepted and connected the flow runs client -> endpoint, and one more task (started in the
+proxy's connection nursery, no nursery of its own) runs endpoint -> client. Sockets are
+non-blocking and every read and write is tried first; only on EAGAIN does a direction park in
+``wait_readable`` / ``wait_writable``, so a busy flow costs syscalls, not event-loop round
+trips, and a slow peer stalls only its own direction. Nothing more is read until what was read
+has been written (backpressure).
 
-Short exchanges are copied through a buffer first (no pipe to set up); a direction that fills
-the buffer in one read is bulk and moves to splice for the rest of the connection.
+Short exchanges (requests, replies) are copied through one buffer shared by all flows: a
+direction only holds on to bytes across a wait when a write is partial, and then it keeps a
+copy of the rest. A read that fills the buffer marks the direction as bulk: it moves to
+splice, socket -> pipe -> socket, and the payload never enters Python again (as HAProxy's
+splice-auto does). Where splice is refused (EINVAL: a socket type it does not support) the
+direction stays on the buffer.
 
 When one side sends EOF, the other side's write half is shut down (``SHUT_WR``) and the
 opposite direction carries on: HTTP/1.0-style "send request, shutdown, read reply" works. An
-error on either side (reset, broken pipe) aborts the whole connection with a reset on both
-sides, so neither peer is left waiting.
+error on either side (reset, broken pipe) aborts the flow: the failing direction marks it
+failed and wakes the other one (``notify_closing``; each direction checks the mark after every
+wait). Whichever direction ends last closes both sockets, with a reset when the flow failed,
+so neither peer is left waiting and no file descriptor is closed under a task still using it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import socket
 import struct
@@ -28,126 +36,213 @@ from collections.abc import Callable
 
 import trio
 
-Direction = str  # "to_endpoint" | "to_client"
-OnBytes = Callable[[Direction, int], None]
+log = logging.getLogger("mesh.proxy.tcp")
 
+TO_ENDPOINT, TO_CLIENT = 0, 1  # directions, as indexes into the byte totals
 SPLICE = hasattr(os, "splice")
 PIPE_SIZE = 1 << 18  # bytes per splice round; F_SETPIPE_SZ allows up to 1 MiB unprivileged
-CHUNK = 1 << 16  # recv_into buffer of the fallback path
-_YIELD_EVERY = 16  # splice rounds without EAGAIN before a trio checkpoint (fairness)
+CHUNK = 1 << 16  # the copy buffer; a read that fills it makes a direction bulk
+_YIELD_EVERY = 16  # rounds without EAGAIN before a trio checkpoint (fairness)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class _SpliceRefused(Exception):
     """splice() does not work on this pair of file descriptors (nothing was moved yet)."""
 
 
-def set_nodelay(sock: trio.socket.SocketType) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+class _Aborted(Exception):
+    """The other direction failed; this one stops without touching the sockets."""
 
 
-def reset(sock: trio.socket.SocketType) -> None:
+def reset(sock: socket.socket) -> None:
     """Close with a TCP RST (SO_LINGER 0) instead of a FIN."""
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     sock.close()
 
 
-async def relay(
-    client: trio.socket.SocketType,
-    upstream: trio.socket.SocketType,
-    on_bytes: OnBytes,
-    *,
-    splice: bool = SPLICE,
-) -> bool:
-    """Relay until both directions reach EOF; True if it ended cleanly, False on an error
-    (the caller then resets both sockets). The sockets are not closed here."""
-    failed = False
+class _Flow:
+    """The shared fate of one flow's two directions."""
 
-    async def pump(src: trio.socket.SocketType, dst: trio.socket.SocketType, d: Direction) -> None:
-        nonlocal failed
-        try:
-            await _pump(src.fileno(), dst.fileno(), d, on_bytes, splice)
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            failed = True
-            nursery.cancel_scope.cancel()
+    __slots__ = ("client", "failed", "live", "on_closed", "upstream")
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pump, client, upstream, "to_endpoint")
-        nursery.start_soon(pump, upstream, client, "to_client")
-    return not failed
+    def __init__(
+        self, client: socket.socket, upstream: socket.socket, on_closed: Callable[[], None]
+    ) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.on_closed = on_closed
+        self.live = 2
+        self.failed = False
 
+    def abort(self) -> None:
+        if not self.failed:
+            self.failed = True
+            # wakes the other direction if it is parked on either socket
+            trio.lowlevel.notify_closing(self.client)
+            trio.lowlevel.notify_closing(self.upstream)
 
-async def _pump(sfd: int, dfd: int, d: Direction, on_bytes: OnBytes, splice: bool) -> None:
-    """Copy sfd -> dfd until EOF. Reads and writes are tried first and waited for only on
-    EAGAIN, so a busy flow costs syscalls, not event-loop round trips. Small exchanges
-    (requests, replies) are copied through one buffer; once a read fills the buffer the flow
-    is bulk and switches to splice, which needs a pipe (as HAProxy's splice-auto does)."""
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    rounds = 0
-    while True:
-        try:
-            n = os.readv(sfd, [buf])
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(sfd)
-            continue
-        if n == 0:
+    def direction_done(self) -> None:
+        self.live -= 1
+        if self.live:
             return
-        on_bytes(d, n)
-        sent = 0
-        while sent < n:
-            try:
-                sent += os.write(dfd, view[sent:n])
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(dfd)
-        if n == CHUNK and splice:
-            try:
-                await _splice(sfd, dfd, d, on_bytes)
-                return
-            except _SpliceRefused:
-                splice = False
-        rounds += 1
-        if rounds % _YIELD_EVERY == 0:
-            await trio.lowlevel.checkpoint()
+        if self.failed:
+            reset(self.client)
+            reset(self.upstream)
+        else:
+            self.client.close()
+            self.upstream.close()
+        self.on_closed()
 
 
-async def _splice(sfd: int, dfd: int, d: Direction, on_bytes: OnBytes) -> None:
-    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
-        buffered = 0
-        moved = False
+class Relay:
+    """Relays TCP flows. One per proxy: it owns the copy buffer all flows share and the byte
+    totals (``totals[TO_ENDPOINT]``, ``totals[TO_CLIENT]``), which it only ever adds to."""
+
+    def __init__(self, totals: list[int], *, splice: bool = SPLICE) -> None:
+        self.totals = totals
+        self.splice = splice
+        self._buf = bytearray(CHUNK)
+        self._view = memoryview(self._buf)
+
+    async def run(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        nursery: trio.Nursery,
+        on_closed: Callable[[], None],
+    ) -> None:
+        """Relay until both directions end; the sockets (non-blocking) belong to the relay
+        from here on and are closed when it ends, after which ``on_closed`` is called. Runs
+        client -> endpoint in the calling task and starts endpoint -> client in ``nursery``."""
+        flow = _Flow(client, upstream, on_closed)
+        # The endpoint has not been sent anything yet: that direction starts with a wait
+        # rather than a read that would almost surely fail with EAGAIN.
+        nursery.start_soon(self._direction, flow, upstream, client, TO_CLIENT, True)
+        await self._direction(flow, client, upstream, TO_ENDPOINT, False)
+
+    async def _direction(
+        self, flow: _Flow, src: socket.socket, dst: socket.socket, d: int, wait_first: bool
+    ) -> None:
+        try:
+            await self._copy(flow, src, dst, d, wait_first)
+            if not flow.failed:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+        except (_Aborted, trio.ClosedResourceError):
+            flow.abort()  # already failed: the other direction woke us
+        except OSError:
+            flow.abort()
+        except Exception:  # one broken flow must never take the proxy down
+            log.exception("relay failed")
+            flow.abort()
+        except BaseException:  # cancelled: the proxy is stopping
+            flow.abort()
+            raise
+        finally:
+            flow.direction_done()
+
+    async def _copy(
+        self, flow: _Flow, src: socket.socket, dst: socket.socket, d: int, wait_first: bool
+    ) -> None:
+        """Copy src -> dst until EOF, through the shared buffer; hand over to splice once a
+        read fills the buffer."""
+        buf, view, totals = self._buf, self._view, self.totals
+        sfd = src.fileno()
+        splice = self.splice
         rounds = 0
+        if wait_first:
+            await trio.lowlevel.wait_readable(sfd)
+            if flow.failed:
+                raise _Aborted
         while True:
-            if buffered == 0:
-                try:
-                    n = os.splice(sfd, w, PIPE_SIZE, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(sfd)
-                    continue
-                except OSError as exc:
-                    if exc.errno == errno.EINVAL and not moved:
-                        raise _SpliceRefused from exc
-                    raise
-                if n == 0:
-                    return  # EOF
-                moved = True
-                buffered = n
-                on_bytes(d, n)
             try:
-                buffered -= os.splice(r, dfd, buffered, flags=_SPLICE_FLAGS)
+                n = src.recv_into(buf)
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(dfd)
+                await trio.lowlevel.wait_readable(sfd)
+                if flow.failed:
+                    raise _Aborted from None
                 continue
+            if n == 0:
+                return
+            totals[d] += n
+            try:
+                sent = dst.send(view[:n])
+            except BlockingIOError:
+                sent = 0
+            if sent < n:  # the buffer is shared: keep a copy of the rest across the waits
+                await _send_all(flow, dst, bytes(view[sent:n]))
+            if n < CHUNK:
+                # A short read emptied the socket's queue: a second read would only fail
+                # with EAGAIN, so wait straight away (the data or EOF that arrives meanwhile
+                # makes the wait return at once).
+                await trio.lowlevel.wait_readable(sfd)
+                if flow.failed:
+                    raise _Aborted
+                continue
+            if splice:
+                try:
+                    await self._splice(flow, sfd, dst.fileno(), d)
+                    return
+                except _SpliceRefused:
+                    splice = False
             rounds += 1
             if rounds % _YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()
-    finally:
-        os.close(r)
-        os.close(w)
+                if flow.failed:
+                    raise _Aborted
+
+    async def _splice(self, flow: _Flow, sfd: int, dfd: int, d: int) -> None:
+        totals = self.totals
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+            buffered = 0
+            moved = False
+            rounds = 0
+            while True:
+                if buffered == 0:
+                    try:
+                        n = os.splice(sfd, w, PIPE_SIZE, flags=_SPLICE_FLAGS)
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(sfd)
+                        if flow.failed:
+                            raise _Aborted from None
+                        continue
+                    except OSError as exc:
+                        if exc.errno == errno.EINVAL and not moved:
+                            raise _SpliceRefused from exc
+                        raise
+                    if n == 0:
+                        return  # EOF
+                    moved = True
+                    buffered = n
+                    totals[d] += n
+                try:
+                    buffered -= os.splice(r, dfd, buffered, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(dfd)
+                    if flow.failed:
+                        raise _Aborted from None
+                    continue
+                rounds += 1
+                if rounds % _YIELD_EVERY == 0:
+                    await trio.lowlevel.checkpoint()
+                    if flow.failed:
+                        raise _Aborted
+        finally:
+            os.close(r)
+            os.close(w)
+
+
+async def _send_all(flow: _Flow, dst: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        await trio.lowlevel.wait_writable(dst)
+        if flow.failed:
+            raise _Aborted
+        with contextlib.suppress(BlockingIOError):
+            view = view[dst.send(view) :]

@@ -44,7 +44,7 @@ class UdpListener:
     ) -> None:
         self.sock = sock
         self._resolve = resolve  # the Backend for this address in the live table
-        self._metrics = metrics
+        self._flows = metrics.flows
         self._idle = idle_timeout
         self._sessions: dict[tuple[str, int], _Session] = {}
 
@@ -75,7 +75,7 @@ class UdpListener:
                 except OSError:
                     session.scope.cancel()  # the endpoint refused: end the session
                     continue
-                self._metrics.bytes.labels("to_endpoint").inc(len(data))
+                self._flows.bytes[0] += len(data)
 
     async def _open(self, client: tuple[str, int], nursery: trio.Nursery) -> _Session | None:
         backend = self._resolve()
@@ -83,7 +83,7 @@ class UdpListener:
         if backend is not None and len(self._sessions) < MAX_SESSIONS:
             picked = backend.pick(client[0], trio.current_time())
         if backend is None or picked is None:
-            self._metrics.rejects.labels("UDP").inc()
+            self._flows.rejects["UDP"] += 1
             return None
         family = socket.AF_INET6 if ":" in picked[0] else socket.AF_INET
         upstream = trio.socket.socket(family, socket.SOCK_DGRAM)
@@ -92,30 +92,29 @@ class UdpListener:
         except OSError as exc:
             upstream.close()
             log.warning("udp endpoint unusable", extra={"endpoint": picked, "error": str(exc)})
-            self._metrics.rejects.labels("UDP").inc()
+            self._flows.rejects["UDP"] += 1
             return None
-        svc = backend.service
-        self._metrics.picks.labels(svc.namespace, svc.name, f"{picked[0]}:{picked[1]}").inc()
-        self._metrics.connections.labels("UDP").inc()
+        self._flows.picked(backend.service.namespace, backend.service.name, picked)
+        self._flows.flows["UDP"] += 1
         session = _Session(upstream)
         self._sessions[client] = session
         nursery.start_soon(self._replies, client, session)
         return session
 
     async def _replies(self, client: tuple[str, int], session: _Session) -> None:
-        self._metrics.active.labels("UDP").inc()
+        self._flows.active["UDP"] += 1
         try:
             with session.scope:
                 while True:
                     data = await session.upstream.recv(MAX_DATAGRAM)
                     session.scope.deadline = trio.current_time() + self._idle
-                    self._metrics.bytes.labels("to_client").inc(len(data))
+                    self._flows.bytes[1] += len(data)
                     with contextlib.suppress(OSError, trio.ClosedResourceError):
                         await self.sock.sendto(data, client)
         except OSError:
             pass  # ECONNREFUSED: the endpoint is gone
         finally:
-            self._metrics.active.labels("UDP").dec()
+            self._flows.active["UDP"] -= 1
             if self._sessions.get(client) is session:
                 del self._sessions[client]
             session.upstream.close()

@@ -17,7 +17,10 @@ dropping the datagram (counted; ICMP needs privileges).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from typing import Any, Literal
 import trio
 from mesh.proxy.metrics import ProxyMetrics
 from mesh.proxy.table import Backend, ServiceTable
-from mesh.proxy.tcp_relay import SPLICE, relay, reset, set_nodelay
+from mesh.proxy.tcp_relay import SPLICE, Relay, reset
 from mesh.proxy.udp_relay import UdpListener
 
 from mesh.config.proxy import ProxyConfig
@@ -34,17 +37,19 @@ from mesh.config.proxy import ProxyConfig
 log = logging.getLogger("mesh.proxy")
 
 ListenKey = tuple[Literal["vip", "node"], str, int, str]  # kind, ip, port, protocol
+_ACCEPT_BURST = 64  # connections accepted per wakeup before other tasks get a turn
 
 
 @dataclass(eq=False)
 class _Listener:
     key: ListenKey
-    sock: trio.socket.SocketType
+    sock: socket.socket  # non-blocking
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     udp: UdpListener | None = None
 
     def close(self) -> None:
         self.scope.cancel()
+        trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
 
 
@@ -69,17 +74,14 @@ class UserspaceProxy:
         self.splice = splice
         self.metrics = ProxyMetrics()
         self.registry = self.metrics.registry
+        self._flows = self.metrics.flows
+        self._relay = Relay(self._flows.bytes, splice=splice)
         self._config: ProxyConfig | None = None
         self._table = ServiceTable.build(ProxyConfig())
         self._listeners: dict[ListenKey, _Listener] = {}
         self._bind_errors: dict[ListenKey, str] = {}
         self._listen_nursery: trio.Nursery | None = None
         self._conn_nursery: trio.Nursery | None = None
-        # labelled children looked up once: per-connection label lookups take a lock each
-        self._bytes = {d: self.metrics.bytes.labels(d) for d in ("to_endpoint", "to_client")}
-        self._tcp_connections = self.metrics.connections.labels("TCP")
-        self._tcp_active = self.metrics.active.labels("TCP")
-        self._tcp_rejects = self.metrics.rejects.labels("TCP")
 
     # --- Component ---------------------------------------------------------------------
 
@@ -184,16 +186,21 @@ class UserspaceProxy:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             raw.bind((ip, port))
             if proto == "TCP":
+                # accepted sockets inherit TCP_NODELAY from the listener (Linux)
+                with contextlib.suppress(OSError):
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 raw.listen(self.backlog)
             raw.setblocking(False)
         except OSError:
             raw.close()
             raise
-        sock = trio.socket.from_stdlib_socket(raw)
-        listener = _Listener(key, sock)
+        listener = _Listener(key, raw)
         if proto == "UDP":
             listener.udp = UdpListener(
-                sock, lambda: self._backend(key), self.metrics, self.udp_idle_timeout
+                trio.socket.from_stdlib_socket(raw),
+                lambda: self._backend(key),
+                self.metrics,
+                self.udp_idle_timeout,
             )
         log.info("listening", extra={"address": _fmt(key)})
         return listener
@@ -215,75 +222,96 @@ class UserspaceProxy:
                 pass  # closed by a reconcile
 
     async def _accept_loop(self, listener: _Listener) -> None:
+        """Accept until the backlog is drained, then wait; every connection gets a task."""
+        lsock, key = listener.sock, listener.key
+        assert self._conn_nursery is not None
+        spawn, handle = self._conn_nursery.start_soon, self._handle
+        burst = 0
         while True:
             try:
-                conn, addr = await listener.sock.accept()
+                conn, addr = lsock.accept()
+            except BlockingIOError:
+                burst = 0
+                await trio.lowlevel.wait_readable(lsock)
+                continue
             except OSError as exc:  # EMFILE and friends: back off, keep the listener
-                log.warning(
-                    "accept failed", extra={"address": _fmt(listener.key), "error": str(exc)}
-                )
+                if lsock.fileno() == -1:
+                    return  # closed by a reconcile
+                log.warning("accept failed", extra={"address": _fmt(key), "error": str(exc)})
                 await trio.sleep(0.1)
                 continue
-            assert self._conn_nursery is not None
-            self._conn_nursery.start_soon(self._handle, conn, addr[0], listener.key)
+            spawn(handle, conn, addr[0], key)
+            burst += 1
+            if burst == _ACCEPT_BURST:
+                burst = 0
+                await trio.lowlevel.checkpoint()
 
     # --- TCP connections ---------------------------------------------------------------
 
-    async def _handle(self, conn: trio.socket.SocketType, client_ip: str, key: ListenKey) -> None:
-        self._tcp_connections.inc()
-        self._tcp_active.inc()
-        upstream: trio.socket.SocketType | None = None
-        clean = False
+    async def _handle(self, conn: socket.socket, client_ip: str, key: ListenKey) -> None:
+        flows = self._flows
+        flows.flows["TCP"] += 1
+        flows.active["TCP"] += 1
+        upstream: socket.socket | None = None
         try:
+            conn.setblocking(False)
             backend = self._backend(key)
             if backend is not None:
                 upstream = await self._connect(backend, client_ip)
             if upstream is None:
-                self._tcp_rejects.inc()
-                return
-            set_nodelay(conn)
-            clean = await relay(conn, upstream, self._count, splice=self.splice)
+                flows.rejects["TCP"] += 1
         except Exception:  # one broken flow must never take the proxy down
             log.exception("connection failed", extra={"address": _fmt(key)})
         finally:
-            self._tcp_active.dec()
-            if clean:
-                conn.close()
-                if upstream is not None:
-                    upstream.close()
-            else:
-                reset(conn)
-                if upstream is not None:
-                    reset(upstream)
+            if upstream is None:
+                flows.active["TCP"] -= 1
+                reset(conn)  # refused at once, not left to time out
+        if upstream is not None:
+            assert self._conn_nursery is not None
+            await self._relay.run(conn, upstream, self._conn_nursery, self._tcp_closed)
 
-    async def _connect(self, backend: Backend, client_ip: str) -> trio.socket.SocketType | None:
-        tried: set[tuple[str, int]] = set()
+    def _tcp_closed(self) -> None:
+        self._flows.active["TCP"] -= 1
+
+    async def _connect(self, backend: Backend, client_ip: str) -> socket.socket | None:
+        tried: list[tuple[str, int]] = []
         for _ in range(min(self.connect_attempts, len(backend.endpoints))):
             picked = backend.pick(client_ip, trio.current_time(), exclude=tried)
             if picked is None:
                 break
-            tried.add(picked)
-            family = socket.AF_INET6 if ":" in picked[0] else socket.AF_INET
-            upstream = trio.socket.socket(family, socket.SOCK_STREAM)
+            tried.append(picked)
             try:
-                with trio.fail_after(self.connect_timeout):
-                    await upstream.connect(picked)
-            except (OSError, trio.TooSlowError) as exc:
-                upstream.close()
-                self.metrics.connect_errors.inc()
+                upstream = await self._open(picked)
+            except OSError as exc:
+                self._flows.connect_errors += 1
                 log.info(
                     "endpoint connect failed, trying the next",
                     extra={"service": str(backend.service), "endpoint": picked, "error": str(exc)},
                 )
                 continue
-            svc = backend.service
-            self.metrics.picks.labels(svc.namespace, svc.name, f"{picked[0]}:{picked[1]}").inc()
-            set_nodelay(upstream)
+            self._flows.picked(backend.service.namespace, backend.service.name, picked)
             return upstream
         return None
 
-    def _count(self, direction: str, n: int) -> None:
-        self._bytes[direction].inc(n)
+    async def _open(self, endpoint: tuple[str, int]) -> socket.socket:
+        """A non-blocking TCP connection to ``endpoint``; OSError (ETIMEDOUT after
+        ``connect_timeout``) when it cannot be made."""
+        family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(endpoint)
+            if err == errno.EINPROGRESS:
+                err = errno.ETIMEDOUT
+                with trio.move_on_after(self.connect_timeout):
+                    await trio.lowlevel.wait_writable(sock)
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
 
 def _fmt(key: ListenKey) -> str:

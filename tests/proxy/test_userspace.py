@@ -8,6 +8,7 @@ import errno
 import hashlib
 import random
 import socket
+import struct
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -173,6 +174,38 @@ async def test_connect_failure_tries_the_next_endpoint(nursery: trio.Nursery) ->
     only_dead = config(service("s", "127.10.1.5", dead), version=2)
     proxy.apply(only_dead)
     assert await ask_tcp(CLIENT, ("127.10.1.5", PORT)) == REJECT
+
+
+async def test_endpoint_reset_resets_the_client(nursery: trio.Nursery) -> None:
+    async def reset_after_hello(conn: trio.socket.SocketType) -> None:
+        await conn.send(b"hello\n")
+        await conn.recv(100)  # the client's ping
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    await nursery.start(tcp_sink, "127.0.2.7", 28080, reset_after_hello)
+    proxy = await start(nursery, config(service("rst", "127.10.1.7", "127.0.2.7:28080")))
+    sock = await connect_from(CLIENT, ("127.10.1.7", PORT))
+    with sock, trio.fail_after(10):
+        assert await read_line(sock) == b"hello\n"
+        await sock.send(b"ping\n")
+        with pytest.raises(OSError) as info:
+            await recv_all(sock)  # the endpoint's reset is passed on, not turned into EOF
+        assert info.value.errno == errno.ECONNRESET
+    await eventually(lambda: sample(proxy, "mesh_proxy_active_connections", protocol="TCP") == 0)
+    assert sample(proxy, "mesh_proxy_connections_total", protocol="TCP") == 1
+
+
+async def test_flows_are_counted_and_closed(nursery: trio.Nursery) -> None:
+    await nursery.start(tcp_who, "127.0.2.8", 28080)
+    proxy = await start(nursery, config(service("count", "127.10.1.8", "127.0.2.8:28080")))
+    for _ in range(5):
+        assert await ask_tcp(CLIENT, ("127.10.1.8", PORT)) == "127.0.2.8:28080"
+    await eventually(lambda: sample(proxy, "mesh_proxy_active_connections", protocol="TCP") == 0)
+    assert sample(proxy, "mesh_proxy_connections_total", protocol="TCP") == 5
+    labels = {"namespace": "default", "service": "count", "endpoint": "127.0.2.8:28080"}
+    assert sample(proxy, "mesh_proxy_endpoint_picks_total", **labels) == 5
+    assert sample(proxy, "mesh_proxy_bytes_total", direction="to_client") > 0
 
 
 # --- UDP -------------------------------------------------------------------------------------
