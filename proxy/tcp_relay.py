@@ -1,26 +1,26 @@
 """Moving bytes between two TCP sockets, both ways, with half-close and backpressure.
 
-Theory of operation. A flow is two directions, each a loop in a trio task: the task that
-accepted and connected the flow runs client -> endpoint, and one more task (started in the
-proxy's connection nursery, no nursery of its own) runs endpoint -> client. Sockets are
-non-blocking and every read and write is tried first; only on EAGAIN does a direction park in
-``wait_readable`` / ``wait_writable``, so a busy flow costs syscalls, not event-loop round
-trips, and a slow peer stalls only its own direction. Nothing more is read until what was read
-has been written (backpressure).
+Theory of operation. Every established flow is driven by one reactor: a trio task that owns
+an epoll instance (level-triggered), waits for it to become readable with trio's
+``wait_readable`` and then handles whatever is ready, flow by flow, without a task switch
+per event. A flow is two directions, client -> endpoint and endpoint -> client; each moves
+bytes until EAGAIN and the epoll interest of the two sockets says what each direction waits
+for: to read its source, or, when a write stopped short, to write its destination. While a
+direction has unwritten bytes it does not read (backpressure), so a slow peer stalls only its
+own direction.
 
-Short exchanges (requests, replies) are copied through one buffer shared by all flows: a
-direction only holds on to bytes across a wait when a write is partial, and then it keeps a
-copy of the rest. A read that fills the buffer marks the direction as bulk: it moves to
-splice, socket -> pipe -> socket, and the payload never enters Python again (as HAProxy's
-splice-auto does). Where splice is refused (EINVAL: a socket type it does not support) the
-direction stays on the buffer.
+Short exchanges (requests, replies) are copied through one buffer shared by all flows; a
+direction keeps a copy only of what a short write left over. A read that fills the buffer
+marks the direction as bulk: it moves to splice, socket -> pipe -> socket, and the payload
+never enters Python again (as HAProxy's splice-auto does). Where splice is refused (EINVAL: a
+socket type it does not support) the direction stays on the buffer. A read shorter than the
+buffer emptied the socket, so the direction stops there instead of reading into EAGAIN; level
+triggering reports the socket again if more came meanwhile.
 
 When one side sends EOF, the other side's write half is shut down (``SHUT_WR``) and the
-opposite direction carries on: HTTP/1.0-style "send request, shutdown, read reply" works. An
-error on either side (reset, broken pipe) aborts the flow: the failing direction marks it
-failed and wakes the other one (``notify_closing``; each direction checks the mark after every
-wait). Whichever direction ends last closes both sockets, with a reset when the flow failed,
-so neither peer is left waiting and no file descriptor is closed under a task still using it.
+opposite direction carries on: HTTP/1.0-style "send request, shutdown, read reply" works. When
+both directions are done the sockets are closed. An error on either side (reset, broken pipe)
+ends the flow with a reset on both sides, so neither peer is left waiting.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -42,18 +44,14 @@ TO_ENDPOINT, TO_CLIENT = 0, 1  # directions, as indexes into the byte totals
 SPLICE = hasattr(os, "splice")
 PIPE_SIZE = 1 << 18  # bytes per splice round; F_SETPIPE_SZ allows up to 1 MiB unprivileged
 CHUNK = 1 << 16  # the copy buffer; a read that fills it makes a direction bulk
-_YIELD_EVERY = 16  # rounds without EAGAIN before a trio checkpoint (fairness)
+_ROUNDS = 16  # reads per direction and event before the other flows get a turn (fairness)
+_MAX_EVENTS = 256  # epoll events per poll
+_POLLS = 8  # polls per reactor wakeup before other trio tasks get a turn (fairness)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _LINGER_RESET = struct.pack("ii", 1, 0)
-
-
-class _SpliceRefused(Exception):
-    """splice() does not work on this pair of file descriptors (nothing was moved yet)."""
-
-
-class _Aborted(Exception):
-    """The other direction failed; this one stops without touching the sockets."""
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_BROKEN = select.EPOLLERR | select.EPOLLHUP
 
 
 def reset(sock: socket.socket) -> None:
@@ -63,186 +61,234 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
-class _Flow:
-    """The shared fate of one flow's two directions."""
+class _Direction:
+    """One direction of a flow: what it has read and not yet written, and its pipe once bulk."""
 
-    __slots__ = ("client", "failed", "live", "on_closed", "upstream")
+    __slots__ = ("d", "done", "dst", "pending", "pipe", "piped", "sfd", "splice", "spliced", "src")
+
+    def __init__(self, src: socket.socket, dst: socket.socket, d: int, splice: bool) -> None:
+        self.src, self.dst, self.d = src, dst, d
+        self.sfd = src.fileno()
+        self.splice = splice
+        self.done = False
+        self.pending: memoryview | None = None  # bytes a short write left over
+        self.pipe: tuple[int, int] | None = None  # (read end, write end) once bulk
+        self.piped = 0  # bytes in the pipe
+        self.spliced = 0  # bytes moved by splice so far
+
+    @property
+    def blocked(self) -> bool:
+        return self.pending is not None or self.piped > 0
+
+    def close_pipe(self) -> None:
+        if self.pipe is not None:
+            os.close(self.pipe[0])
+            os.close(self.pipe[1])
+            self.pipe = None
+            self.piped = 0
+
+
+class _Flow:
+    __slots__ = ("cfd", "cmask", "down", "on_closed", "ufd", "umask", "up")
 
     def __init__(
-        self, client: socket.socket, upstream: socket.socket, on_closed: Callable[[], None]
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        on_closed: Callable[[], None],
+        splice: bool,
     ) -> None:
-        self.client = client
-        self.upstream = upstream
+        self.up = _Direction(client, upstream, TO_ENDPOINT, splice)
+        self.down = _Direction(upstream, client, TO_CLIENT, splice)
+        self.cfd, self.ufd = client.fileno(), upstream.fileno()
+        self.cmask = self.umask = _IN
         self.on_closed = on_closed
-        self.live = 2
-        self.failed = False
-
-    def abort(self) -> None:
-        if not self.failed:
-            self.failed = True
-            # wakes the other direction if it is parked on either socket
-            trio.lowlevel.notify_closing(self.client)
-            trio.lowlevel.notify_closing(self.upstream)
-
-    def direction_done(self) -> None:
-        self.live -= 1
-        if self.live:
-            return
-        if self.failed:
-            reset(self.client)
-            reset(self.upstream)
-        else:
-            self.client.close()
-            self.upstream.close()
-        self.on_closed()
 
 
 class Relay:
-    """Relays TCP flows. One per proxy: it owns the copy buffer all flows share and the byte
-    totals (``totals[TO_ENDPOINT]``, ``totals[TO_CLIENT]``), which it only ever adds to."""
+    """Relays TCP flows. One per proxy: it owns the reactor, the copy buffer all flows share
+    and the byte totals (``totals[TO_ENDPOINT]``, ``totals[TO_CLIENT]``), which it only ever
+    adds to. ``run`` must be running for ``add`` to be called."""
 
     def __init__(self, totals: list[int], *, splice: bool = SPLICE) -> None:
         self.totals = totals
         self.splice = splice
         self._buf = bytearray(CHUNK)
         self._view = memoryview(self._buf)
+        self._epoll: Any = None  # select.epoll while running
+        self._flows: dict[int, _Flow] = {}  # both file descriptors of every flow
 
-    async def run(
-        self,
-        client: socket.socket,
-        upstream: socket.socket,
-        nursery: trio.Nursery,
-        on_closed: Callable[[], None],
-    ) -> None:
-        """Relay until both directions end; the sockets (non-blocking) belong to the relay
-        from here on and are closed when it ends, after which ``on_closed`` is called. Runs
-        client -> endpoint in the calling task and starts endpoint -> client in ``nursery``."""
-        flow = _Flow(client, upstream, on_closed)
-        # The endpoint has not been sent anything yet: that direction starts with a wait
-        # rather than a read that would almost surely fail with EAGAIN.
-        nursery.start_soon(self._direction, flow, upstream, client, TO_CLIENT, True)
-        await self._direction(flow, client, upstream, TO_ENDPOINT, False)
+    @property
+    def flows(self) -> int:
+        return len(self._flows) // 2
 
-    async def _direction(
-        self, flow: _Flow, src: socket.socket, dst: socket.socket, d: int, wait_first: bool
-    ) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The reactor. When it stops (cancelled), the flows it holds are reset."""
+        self._epoll = ep = select.epoll()
         try:
-            await self._copy(flow, src, dst, d, wait_first)
-            if not flow.failed:
-                with contextlib.suppress(OSError):
-                    dst.shutdown(socket.SHUT_WR)
-        except (_Aborted, trio.ClosedResourceError):
-            flow.abort()  # already failed: the other direction woke us
+            task_status.started()
+            while True:
+                await trio.lowlevel.wait_readable(ep.fileno())
+                for _ in range(_POLLS):
+                    events = ep.poll(0, _MAX_EVENTS)
+                    for fd, mask in events:
+                        self._dispatch(fd, mask)
+                    if len(events) < _MAX_EVENTS:
+                        break
+        finally:
+            for flow in set(self._flows.values()):
+                self._finish(flow, failed=True)
+            trio.lowlevel.notify_closing(ep.fileno())
+            ep.close()
+            self._epoll = None
+
+    def add(
+        self, client: socket.socket, upstream: socket.socket, on_closed: Callable[[], None]
+    ) -> None:
+        """Relay between two connected non-blocking sockets; from here on they belong to the
+        relay, which closes them when the flow ends and then calls ``on_closed``."""
+        assert self._epoll is not None, "the relay is not running"
+        flow = _Flow(client, upstream, on_closed, self.splice)
+        self._flows[flow.cfd] = self._flows[flow.ufd] = flow
+        self._epoll.register(flow.cfd, _IN)
+        self._epoll.register(flow.ufd, _IN)
+        # The client has most likely sent its request already: relay it now rather than after
+        # a round through epoll. The endpoint has been sent nothing yet: it waits for epoll.
+        self._drive(flow, flow.up, None, 0)
+
+    def _dispatch(self, fd: int, mask: int) -> None:
+        flow = self._flows.get(fd)
+        if flow is None:
+            return  # ended earlier in this batch
+        if fd == flow.cfd:
+            self._drive(flow, flow.up, flow.down, mask)
+        else:
+            self._drive(flow, flow.down, flow.up, mask)
+
+    def _drive(self, flow: _Flow, reader: _Direction, writer: _Direction | None, mask: int) -> None:
+        """Progress after an event on one socket: ``reader`` reads from it, ``writer`` writes
+        to it. Then end the flow, or set what its sockets wait for."""
+        try:
+            if writer is not None and mask & (_OUT | _BROKEN):
+                self._step(writer)
+            if not mask or mask & (_IN | _BROKEN):
+                self._step(reader)
+            if mask & select.EPOLLERR:
+                # a reset or an error on the socket: pass it on to the other peer
+                raise ConnectionResetError(errno.ECONNRESET, "socket error")
         except OSError:
-            flow.abort()
+            self._finish(flow, failed=True)
+            return
         except Exception:  # one broken flow must never take the proxy down
             log.exception("relay failed")
-            flow.abort()
-        except BaseException:  # cancelled: the proxy is stopping
-            flow.abort()
-            raise
-        finally:
-            flow.direction_done()
+            self._finish(flow, failed=True)
+            return
+        up, down = flow.up, flow.down
+        if up.done and down.done:
+            self._finish(flow, failed=False)
+            return
+        cmask = (0 if up.done or up.blocked else _IN) | (_OUT if down.blocked else 0)
+        umask = (0 if down.done or down.blocked else _IN) | (_OUT if up.blocked else 0)
+        if cmask != flow.cmask:
+            self._interest(flow.cfd, flow.cmask, cmask)
+            flow.cmask = cmask
+        if umask != flow.umask:
+            self._interest(flow.ufd, flow.umask, umask)
+            flow.umask = umask
 
-    async def _copy(
-        self, flow: _Flow, src: socket.socket, dst: socket.socket, d: int, wait_first: bool
-    ) -> None:
-        """Copy src -> dst until EOF, through the shared buffer; hand over to splice once a
-        read fills the buffer."""
-        buf, view, totals = self._buf, self._view, self.totals
-        sfd = src.fileno()
-        splice = self.splice
-        rounds = 0
-        if wait_first:
-            await trio.lowlevel.wait_readable(sfd)
-            if flow.failed:
-                raise _Aborted
-        while True:
-            try:
-                n = src.recv_into(buf)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sfd)
-                if flow.failed:
-                    raise _Aborted from None
-                continue
-            if n == 0:
+    def _interest(self, fd: int, old: int, new: int) -> None:
+        # A socket shut down both ways reports EPOLLHUP whatever its mask: one the flow wants
+        # nothing from (yet) leaves the epoll set, or level triggering would spin on it.
+        if not new:
+            self._epoll.unregister(fd)
+        elif not old:
+            self._epoll.register(fd, new)
+        else:
+            self._epoll.modify(fd, new)
+
+    def _step(self, dr: _Direction) -> None:
+        """Move what can be moved now; return at EAGAIN (or after ``_ROUNDS`` reads: the
+        level-triggered epoll reports the socket again)."""
+        if dr.done:
+            return
+        for _ in range(_ROUNDS):
+            if dr.blocked and not self._flush(dr):
                 return
-            totals[d] += n
+            if dr.pipe is not None:
+                try:
+                    n = os.splice(dr.sfd, dr.pipe[1], PIPE_SIZE, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL or dr.spliced:
+                        raise
+                    dr.close_pipe()  # refused on this pair: stay on the buffer
+                    dr.splice = False
+                    continue
+                if n == 0:
+                    self._eof(dr)
+                    return
+                dr.piped = n
+                dr.spliced += n
+                self.totals[dr.d] += n
+                continue  # written by the flush above
             try:
-                sent = dst.send(view[:n])
+                n = dr.src.recv_into(self._buf)
+            except BlockingIOError:
+                return
+            if n == 0:
+                self._eof(dr)
+                return
+            self.totals[dr.d] += n
+            try:
+                sent = dr.dst.send(self._view[:n])
             except BlockingIOError:
                 sent = 0
-            if sent < n:  # the buffer is shared: keep a copy of the rest across the waits
-                await _send_all(flow, dst, bytes(view[sent:n]))
+            if sent < n:  # the buffer is shared: keep a copy of the rest
+                dr.pending = memoryview(bytes(self._view[sent:n]))
+                return
             if n < CHUNK:
-                # A short read emptied the socket's queue: a second read would only fail
-                # with EAGAIN, so wait straight away (the data or EOF that arrives meanwhile
-                # makes the wait return at once).
-                await trio.lowlevel.wait_readable(sfd)
-                if flow.failed:
-                    raise _Aborted
-                continue
-            if splice:
-                try:
-                    await self._splice(flow, sfd, dst.fileno(), d)
-                    return
-                except _SpliceRefused:
-                    splice = False
-            rounds += 1
-            if rounds % _YIELD_EVERY == 0:
-                await trio.lowlevel.checkpoint()
-                if flow.failed:
-                    raise _Aborted
+                return  # the socket is empty
+            if dr.splice:
+                r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                dr.pipe = (r, w)
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
 
-    async def _splice(self, flow: _Flow, sfd: int, dfd: int, d: int) -> None:
-        totals = self.totals
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
-            buffered = 0
-            moved = False
-            rounds = 0
-            while True:
-                if buffered == 0:
-                    try:
-                        n = os.splice(sfd, w, PIPE_SIZE, flags=_SPLICE_FLAGS)
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_readable(sfd)
-                        if flow.failed:
-                            raise _Aborted from None
+    def _flush(self, dr: _Direction) -> bool:
+        """Write what a direction holds; False while the destination is full."""
+        dfd = dr.dst.fileno()
+        for _ in range(_ROUNDS):
+            try:
+                if dr.pipe is not None and dr.piped:
+                    dr.piped -= os.splice(dr.pipe[0], dfd, dr.piped, flags=_SPLICE_FLAGS)
+                    if dr.piped:
                         continue
-                    except OSError as exc:
-                        if exc.errno == errno.EINVAL and not moved:
-                            raise _SpliceRefused from exc
-                        raise
-                    if n == 0:
-                        return  # EOF
-                    moved = True
-                    buffered = n
-                    totals[d] += n
-                try:
-                    buffered -= os.splice(r, dfd, buffered, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(dfd)
-                    if flow.failed:
-                        raise _Aborted from None
-                    continue
-                rounds += 1
-                if rounds % _YIELD_EVERY == 0:
-                    await trio.lowlevel.checkpoint()
-                    if flow.failed:
-                        raise _Aborted
-        finally:
-            os.close(r)
-            os.close(w)
+                elif dr.pending is not None:
+                    dr.pending = dr.pending[dr.dst.send(dr.pending) :]
+                    if dr.pending:
+                        continue
+                    dr.pending = None
+            except BlockingIOError:
+                return False
+            return True
+        return False
 
+    def _eof(self, dr: _Direction) -> None:
+        dr.done = True
+        dr.close_pipe()
+        with contextlib.suppress(OSError):
+            dr.dst.shutdown(socket.SHUT_WR)
 
-async def _send_all(flow: _Flow, dst: socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        await trio.lowlevel.wait_writable(dst)
-        if flow.failed:
-            raise _Aborted
-        with contextlib.suppress(BlockingIOError):
-            view = view[dst.send(view) :]
+    def _finish(self, flow: _Flow, *, failed: bool) -> None:
+        del self._flows[flow.cfd], self._flows[flow.ufd]
+        flow.up.close_pipe()
+        flow.down.close_pipe()
+        client, upstream = flow.down.dst, flow.up.dst
+        if failed:
+            reset(client)
+            reset(upstream)
+        else:
+            client.close()
+            upstream.close()
+        flow.on_closed()

@@ -124,6 +124,7 @@ class UserspaceProxy:
         try:
             async with trio.open_nursery() as conns:
                 self._conn_nursery = conns
+                await conns.start(self._relay.run)
                 async with trio.open_nursery() as listeners:
                     self._listen_nursery = listeners
                     if self._config is not None:
@@ -267,8 +268,7 @@ class UserspaceProxy:
                 flows.active["TCP"] -= 1
                 reset(conn)  # refused at once, not left to time out
         if upstream is not None:
-            assert self._conn_nursery is not None
-            await self._relay.run(conn, upstream, self._conn_nursery, self._tcp_closed)
+            self._relay.add(conn, upstream, self._tcp_closed)
 
     def _tcp_closed(self) -> None:
         self._flows.active["TCP"] -= 1
