@@ -128,6 +128,15 @@ class Ruleset:
     # UDP destinations -> endpoints, for stale conntrack cleanup: key (ip, port) for a
     # Service address, ("", node port) for a NodePort.
     udp: dict[tuple[str, int], frozenset[tuple[str, int]]] = field(default_factory=dict)
+    # The pieces of ``body``, for incremental syncs: the part that depends on the options
+    # only, the services chain (it carries the marker), every Service and endpoint chain
+    # block, the elements of each map and set (key -> value, "" in a set) and the dispatch
+    # slots of each chain (base, count).
+    static: str = ""
+    services_chain: str = ""
+    chain_blocks: dict[str, str] = field(default_factory=dict)
+    element_sets: dict[str, dict[str, str]] = field(default_factory=dict)
+    slots: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _hashed(prefix: str, identity: str) -> str:
@@ -179,20 +188,19 @@ def _targets(eps: Iterable[ProxyEndpoint], port: ProxyPort) -> list[tuple[str, i
 
 @dataclass(slots=True)
 class _Out:
-    chains: list[str] = field(default_factory=list)  # rendered chain blocks
-    names: set[str] = field(default_factory=set)
+    chains: dict[str, str] = field(default_factory=dict)  # name -> rendered chain block
     affinity: dict[str, int] = field(default_factory=dict)
-    elements: dict[str, list[str]] = field(default_factory=lambda: {m: [] for m in MAPS})
-    taken: set[tuple[str, str]] = field(default_factory=set)  # (map, key): first one wins
+    elements: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {m: {} for m in (*MAPS, *SETS)}
+    )
     udp: dict[tuple[str, int], frozenset[tuple[str, int]]] = field(default_factory=dict)
     rules: int = 0
     endpoints: int = 0
     shared: bool = False  # round robin through the shared dispatch map
     slot: int = 1  # next free dispatch slot (0 stays free: a ct mark of 0 means unset)
-    dispatch: list[str] = field(default_factory=list)
-    addrs: list[str] = field(default_factory=list)  # DNAT_MAP elements
+    slots: dict[str, tuple[int, int]] = field(default_factory=dict)
+    previous_slots: dict[str, tuple[int, int]] = field(default_factory=dict)
     hairpin: set[str] = field(default_factory=set)  # endpoint addresses
-    cluster_keys: list[str] = field(default_factory=list)  # CLUSTER_IPS_SET elements
     _ep_names: dict[tuple[int, str, int], str] = field(default_factory=dict)
 
     def ep_chain(self, svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
@@ -203,20 +211,35 @@ class _Out:
         return name
 
     def chain(self, name: str, rules: list[str]) -> None:
-        self.names.add(name)
         self.rules += len(rules)
-        self.chains.append(f"\tchain {name} {{\n\t\t" + "\n\t\t".join(rules) + "\n\t}\n")
+        self.chains[name] = f"\tchain {name} {{\n\t\t" + "\n\t\t".join(rules) + "\n\t}\n"
 
-    def element(self, map_name: str, key: str, verdict: str) -> bool:
-        if (map_name, key) in self.taken:
+    def element(self, map_name: str, key: str, value: str) -> bool:
+        elems = self.elements[map_name]
+        if key in elems:
             return False  # two Services claim one address: the first (by namespace/name) wins
-        self.taken.add((map_name, key))
-        self.elements[map_name].append(f"{key} : {verdict}")
+        elems[key] = value
         return True
 
+    def allocate(self, chain: str, n: int) -> int:
+        """The first of ``n`` dispatch slots for ``chain``: the previous sync's when it had
+        as many (so an incremental sync leaves other chains' slots and elements alone)."""
+        base, count = self.previous_slots.get(chain, (0, 0))
+        if count != n:
+            base = self.slot
+            self.slot += n
+        self.slots[chain] = (base, n)
+        return base
 
-def render(config: ProxyConfig, options: RenderOptions | None = None) -> Ruleset:
-    """The whole table for ``config`` (pure; the same input gives the same text)."""
+
+def render(
+    config: ProxyConfig, options: RenderOptions | None = None, previous: Ruleset | None = None
+) -> Ruleset:
+    """The whole table for ``config`` (pure; the same input gives the same text).
+
+    ``previous``, the ruleset in the kernel, only keeps the shared dispatch slots of chains
+    whose endpoint count did not change, so an incremental sync touches only what changed.
+    """
     opts = options or RenderOptions()
     services = sorted(config.services, key=lambda s: (s.namespace, s.name))
     ports = sum(len(s.ports) for s in services)
@@ -224,46 +247,58 @@ def render(config: ProxyConfig, options: RenderOptions | None = None) -> Ruleset
         opts.dispatch == "auto" and ports > SHARED_DISPATCH_ABOVE
     )
     out = _Out(shared=shared)
+    if previous is not None and shared:
+        out.previous_slots = previous.slots
+        out.slot = max((b + n for b, n in previous.slots.values()), default=1)
     for svc in services:
         for port in svc.ports:
             _render_port(out, config.node_name, svc, port, opts)
-    out.elements[DISPATCH_MAP] = out.dispatch
-    out.elements[DNAT_MAP] = out.addrs
-    body_parts = [_preamble(opts)]
-    for name in MAPS:
-        elems = out.elements[name]
-        body = f"\tmap {name} {{\n\t\ttype {MAP_TYPES[name]}\n"
+    for ip in sorted(out.hairpin, key=_ip_order):
+        out.elements[HAIRPIN_SET][f"{ip} . {ip}"] = ""
+    static = _preamble(opts)
+    body_parts = [static]
+    for name, elems in out.elements.items():
+        kind = "map" if name in MAP_TYPES else "set"
+        body = f"\t{kind} {name} {{\n\t\ttype {MAP_TYPES.get(name) or SETS[name]}\n"
         if elems:
-            body += "\t\telements = { " + ",\n\t\t\t".join(elems) + " }\n"
+            body += "\t\telements = { " + ",\n\t\t\t".join(element_items(elems)) + " }\n"
         body_parts.append(body + "\t}\n")
-    hairpin = [f"{ip} . {ip}" for ip in sorted(out.hairpin, key=_ip_order)]
-    for name, elems in ((HAIRPIN_SET, hairpin), (CLUSTER_IPS_SET, out.cluster_keys)):
-        body = f"\tset {name} {{\n\t\ttype {SETS[name]}\n"
-        if elems:
-            body += "\t\telements = { " + ",\n\t\t\t".join(elems) + " }\n"
-        body_parts.append(body + "\t}\n")
-    for name, timeout in out.affinity.items():
-        body_parts.append(
-            f"\tset {name} {{\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n"
-            f"\t\ttimeout {timeout}s\n\t}}\n"
-        )
-    body_parts.extend(out.chains)
+    body_parts.extend(affinity_decl(name, t) for name, t in out.affinity.items())
+    body_parts.extend(out.chains.values())
     inner = "".join(body_parts)
     marker = hashlib.sha256(inner.encode()).hexdigest()[:16]
-    dispatch = _dispatch(opts, marker)
+    dispatch = _dispatch(opts)
+    services_chain = _services(opts, marker)
     rules = out.rules + _FIXED_RULES + (1 if opts.pod_cidr else 0)
-    text = f"table ip {opts.table} {{\n{inner}{dispatch}}}\n"
+    text = f"table ip {opts.table} {{\n{inner}{dispatch}{services_chain}}}\n"
     return Ruleset(
         table=opts.table,
         body=text,
         marker=marker,
-        chains=frozenset(out.names),
+        chains=frozenset(out.chains),
         affinity_sets=out.affinity,
         rules=rules,
-        elements=sum(len(v) for v in out.elements.values()) + len(hairpin) + len(out.cluster_keys),
+        elements=sum(len(v) for v in out.elements.values()),
         service_ports=ports,
         endpoints=out.endpoints,
         udp=out.udp,
+        static=static + dispatch,
+        services_chain=services_chain,
+        chain_blocks=out.chains,
+        element_sets=out.elements,
+        slots=out.slots,
+    )
+
+
+def element_items(elems: dict[str, str]) -> list[str]:
+    """``key : value`` for a map, ``key`` for a set."""
+    return [f"{k} : {v}" if v else k for k, v in elems.items()]
+
+
+def affinity_decl(name: str, timeout: int) -> str:
+    return (
+        f"\tset {name} {{\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n"
+        f"\t\ttimeout {timeout}s\n\t}}\n"
     )
 
 
@@ -315,7 +350,19 @@ def _node_match(opts: RenderOptions) -> str:
     return "fib daddr type local ip daddr != 127.0.0.0/8"
 
 
-def _dispatch(opts: RenderOptions, marker: str) -> str:
+def _dispatch(opts: RenderOptions) -> str:
+    node = _node_match(opts)
+    return (
+        f"\tchain {DISPATCH_CHAIN} {{\n\t\tct mark vmap @{DISPATCH_MAP}\n\t}}\n"
+        f"\tchain {DNAT_CHAIN} {{\n"
+        f"\t\tmeta l4proto {{ tcp, udp, sctp }} dnat to ct mark map @{DNAT_MAP}\n\t}}\n"
+        f"\tchain {ENDPOINTS_CHECK_CHAIN} {{\n"
+        f"\t\tip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}\n"
+        f"\t\t{node} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS_MAP}\n\t}}\n"
+    )
+
+
+def _services(opts: RenderOptions, marker: str) -> str:
     node = _node_match(opts)
     # Traffic to a ClusterIP from outside the pod CIDR is masqueraded (kube-proxy's local
     # traffic detector); the set holds the Service keys whose chains DNAT.
@@ -326,12 +373,6 @@ def _dispatch(opts: RenderOptions, marker: str) -> str:
         else ""
     )
     return (
-        f"\tchain {DISPATCH_CHAIN} {{\n\t\tct mark vmap @{DISPATCH_MAP}\n\t}}\n"
-        f"\tchain {DNAT_CHAIN} {{\n"
-        f"\t\tmeta l4proto {{ tcp, udp, sctp }} dnat to ct mark map @{DNAT_MAP}\n\t}}\n"
-        f"\tchain {ENDPOINTS_CHECK_CHAIN} {{\n"
-        f"\t\tip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}\n"
-        f"\t\t{node} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS_MAP}\n\t}}\n"
         f"\tchain {SERVICES_CHAIN} {{\n{masq}"
         f'\t\tip daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP} comment "sync {marker}"\n'
         f"\t\t{node} meta l4proto . th dport vmap @{SERVICE_NODEPORTS_MAP}\n\t}}\n"
@@ -371,7 +412,7 @@ def _render_port(
         key = f"{ip} . {proto} . {port.port}"
         if internal:
             if out.element(SERVICE_IPS_MAP, key, f"goto {internal_chain}") and opts.pod_cidr:
-                out.cluster_keys.append(key)
+                out.element(CLUSTER_IPS_SET, key, "")
         else:
             out.element(NO_ENDPOINT_SERVICES_MAP, key, no_ep)
     for ip in external_ips:
@@ -398,9 +439,9 @@ def _render_port(
             continue
         rules: list[str] = []
         if timeout is None:
-            rules.extend(_balance_dnat(out, proto, targets))
+            rules.extend(_balance_dnat(out, chains[kind], proto, targets))
         else:
-            rules.extend(_balance(out, svc, port, targets))
+            rules.extend(_balance(out, chains[kind], svc, port, targets))
         out.chain(chains[kind], rules)
     reachable = set(cluster if used_cluster else ()) | set(local if used_local else ())
     out.endpoints += len(reachable)
@@ -431,23 +472,24 @@ def _external_rules(
     return rules
 
 
-def _balance_dnat(out: _Out, proto: str, targets: list[tuple[str, int]]) -> list[str]:
+def _balance_dnat(out: _Out, chain: str, proto: str, targets: list[tuple[str, int]]) -> list[str]:
     """Round robin without affinity: DNAT from a map of slot -> endpoint, no chains."""
     if len(targets) == 1:
         ip, target = targets[0]
         return [f"meta l4proto {proto} dnat to {ip}:{target}"]
     n = len(targets)
     if out.shared:
-        base = out.slot
-        out.slot += n
-        out.addrs.extend(f"{base + i} : {ip} . {t}" for i, (ip, t) in enumerate(targets))
+        base = out.allocate(chain, n)
+        addrs = out.elements[DNAT_MAP]
+        for i, (ip, t) in enumerate(targets):
+            addrs[str(base + i)] = f"{ip} . {t}"
         return [f"ct mark set numgen inc mod {n} offset {base} goto {DNAT_CHAIN}"]
     arms = ", ".join(f"{i} : {ip} . {t}" for i, (ip, t) in enumerate(targets))
     return [f"meta l4proto {proto} dnat to numgen inc mod {n} map {{ {arms} }}"]
 
 
 def _balance(
-    out: _Out, svc: ProxyService, port: ProxyPort, targets: list[tuple[str, int]]
+    out: _Out, chain: str, svc: ProxyService, port: ProxyPort, targets: list[tuple[str, int]]
 ) -> list[str]:
     """Round robin with ClientIP affinity, through per-endpoint chains."""
     chains = [out.ep_chain(svc, port, ip, t) for ip, t in targets]
@@ -458,9 +500,10 @@ def _balance(
     if len(chains) == 1:
         rules.append(f"goto {chains[0]}")
     elif out.shared:
-        base = out.slot
-        out.slot += len(chains)
-        out.dispatch.extend(f"{base + i} : goto {c}" for i, c in enumerate(chains))
+        base = out.allocate(chain, len(chains))
+        dispatch = out.elements[DISPATCH_MAP]
+        for i, c in enumerate(chains):
+            dispatch[str(base + i)] = f"goto {c}"
         rules.append(
             f"ct mark set numgen inc mod {len(chains)} offset {base} goto {DISPATCH_CHAIN}"
         )

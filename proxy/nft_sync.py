@@ -3,11 +3,14 @@
 Theory of operation (kube-proxy's sync loop, in pieces that can be tested alone):
 
 - :func:`transaction` turns a rendered :class:`Ruleset` into one ``nft -f`` script, applied
-  atomically by the kernel. A sync replaces the table (``add table; delete table; table
-  {...}``), except when ClientIP affinity is in use and the previous sync succeeded: then it
-  flushes every rule and map and re-adds everything, deleting the chains and affinity sets
-  that went away, so the affinity sets that stay keep their entries (clients keep their
-  endpoints across syncs).
+  atomically by the kernel. A full sync replaces the table (``add table; delete table;
+  table {...}``): the first one, after a failure or drift, and every ``full_sync_period``.
+  Otherwise the sync is incremental, as kube-proxy's: only the chains whose text changed
+  are flushed and rewritten, map and set elements are diffed (``delete element`` /
+  ``add element``), chains and affinity sets that went away are deleted last; affinity sets
+  that stay keep their entries (clients keep their endpoints across syncs). When an
+  affinity timeout changed, every rule and map is flushed and re-added instead (a set's
+  timeout cannot change in place), deleting the sets that went away or changed.
 - :class:`SyncScheduler` is the pure decision maker, with the time passed in: nothing before
   the first config; a config change syncs at once unless the last sync was less than
   ``min_interval`` ago (rate limit); a failed sync is retried with exponential backoff; with
@@ -28,6 +31,7 @@ import math
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,6 +43,8 @@ from mesh.proxy.nft_render import (
     SETS,
     RenderOptions,
     Ruleset,
+    affinity_decl,
+    element_items,
     render,
 )
 
@@ -134,12 +140,53 @@ class FakeNftRunner:
 
 
 def transaction(new: Ruleset, previous: Ruleset | None) -> str:
-    """One atomic nft script that makes the table equal to ``new``."""
+    """One atomic nft script that makes the table equal to ``new``, given that the kernel
+    holds ``previous`` (None: unknown, replace the table)."""
     t = f"ip {new.table}"
-    if previous is None or not (previous.affinity_sets and new.affinity_sets):
-        # Replacing is cheaper for nft (no listing of what the kernel holds); updating in
-        # place only pays off when there are affinity entries to keep.
+    if previous is None or (previous.table, previous.static) != (new.table, new.static):
         return f"add table {t}\ndelete table {t}\n{new.body}"
+    if any(new.affinity_sets.get(a, v) != v for a, v in previous.affinity_sets.items()):
+        return _rewrite(new, previous)
+    return _update(new, previous)
+
+
+def _update(new: Ruleset, previous: Ruleset) -> str:
+    """Only what changed: chains flushed and rewritten, elements deleted and added."""
+    t = f"ip {new.table}"
+    old = previous.chain_blocks
+    changed = [c for c, block in new.chain_blocks.items() if old.get(c, block) != block]
+    added = [c for c in new.chain_blocks if c not in old]
+    gone = sorted(old.keys() - new.chain_blocks.keys())
+    lines = [f"add table {t}"]
+    lines.extend(f"flush chain {t} {c}" for c in (*changed, *gone))
+    blocks = [affinity_decl(a, s) for a, s in new.affinity_sets.items()
+              if a not in previous.affinity_sets]  # fmt: skip
+    blocks.extend(new.chain_blocks[c] for c in (*changed, *added))
+    if new.services_chain != previous.services_chain:
+        lines.append(f"flush chain {t} {SERVICES_CHAIN}")
+        blocks.append(new.services_chain)
+    adds = []
+    for name, elems in new.element_sets.items():
+        was = previous.element_sets.get(name, {})
+        stale = [k for k, v in was.items() if elems.get(k) != v]
+        fresh = {k: v for k, v in elems.items() if was.get(k) != v}
+        if stale:
+            lines.append(f"delete element {t} {name} {{ {', '.join(stale)} }}")
+        if fresh:
+            adds.append(f"add element {t} {name} {{ {', '.join(element_items(fresh))} }}")
+    if blocks:
+        lines.append(f"table {t} {{\n" + "".join(blocks) + "}")
+    lines.extend(adds)
+    lines.extend(f"delete chain {t} {c}" for c in gone)
+    lines.extend(
+        f"delete set {t} {a}" for a in sorted(previous.affinity_sets.keys() - new.affinity_sets)
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _rewrite(new: Ruleset, previous: Ruleset) -> str:
+    """Every rule and element again, keeping the affinity sets whose timeout stays."""
+    t = f"ip {new.table}"
     lines = [f"add table {t}", f"flush table {t}"]
     for name in MAPS:
         lines.append(f"add map {t} {name} {{ type {MAP_TYPES[name]}; }}")
@@ -234,24 +281,37 @@ class Syncer:
         runner: NftRunner,
         options: RenderOptions | None = None,
         conntrack: ConntrackCleaner | None = None,
+        full_sync_period: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runner = runner
         self.options = options or RenderOptions()
         self.conntrack = conntrack
+        self.full_sync_period = full_sync_period  # replace the table at least this often
+        self.clock = clock
         self.applied: Ruleset | None = None  # None: unknown, the next sync replaces the table
         self.udp: UdpTargets | None = None  # UDP targets of the last successful sync
+        self.last_full = -math.inf
 
-    def sync(self, config: ProxyConfig) -> SyncResult:
+    def sync(self, config: ProxyConfig, full: bool = False) -> SyncResult:
+        """Render and apply ``config``: incrementally over the table applied last, or by
+        replacing the table when ``full``, when nothing is known to be applied, or when
+        the last full sync is ``full_sync_period`` old."""
         start = time.perf_counter()
         ruleset: Ruleset | None = None
+        now = self.clock()
+        if full or now - self.last_full >= self.full_sync_period:
+            self.applied = None
         try:
-            ruleset = render(config, self.options)
+            ruleset = render(config, self.options, self.applied)
             self.runner.apply(transaction(ruleset, self.applied))
         except (NftError, ValueError) as exc:
             self.applied = None
             log.warning("nftables sync failed", extra={"error": str(exc)})
             return SyncResult(False, time.perf_counter() - start, ruleset, str(exc))
         stale = stale_entries(self.udp, ruleset.udp)
+        if self.applied is None:
+            self.last_full = now
         self.applied = ruleset
         self.udp = ruleset.udp
         if stale and self.conntrack is not None:

@@ -7,7 +7,7 @@ import math
 import trio
 import trio.testing
 from mesh.proxy.conntrack import StaleEntry, stale_entries
-from mesh.proxy.nft_render import render
+from mesh.proxy.nft_render import RenderOptions, render
 from mesh.proxy.nft_sync import FakeNftRunner, Step, Syncer, SyncPolicy, SyncScheduler, transaction
 from mesh.proxy.nftables import NftablesProxy
 
@@ -97,17 +97,75 @@ def test_first_sync_replaces_the_table_later_ones_update_it() -> None:
     assert first.startswith("add table ip mesh-proxy\ndelete table ip mesh-proxy\ntable ip")
     update = transaction(two, one)
     lines = update.splitlines()
-    assert lines[:2] == ["add table ip mesh-proxy", "flush table ip mesh-proxy"]
-    assert "flush map ip mesh-proxy service-ips" in lines
+    t = "ip mesh-proxy"
     gone = sorted(one.chains - two.chains)
     assert len(gone) == 1 and gone[0].startswith("endpoint-")
-    assert f"delete chain ip mesh-proxy {gone[0]}" in lines
-    stale_sets = set(one.affinity_sets) - set(two.affinity_sets)
-    assert [ln for ln in lines if ln.startswith("delete set")] == [
-        f"delete set ip mesh-proxy {s}" for s in sorted(stale_sets)
+    service = next(c for c in two.chains if c.startswith("service-"))
+    # Only what changed: the service chain and the gone endpoint chain are flushed, the
+    # services chain gets its new marker, the hairpin pair of the gone endpoint is deleted.
+    assert lines[:4] == [
+        f"add table {t}",
+        f"flush chain {t} {service}",
+        f"flush chain {t} {gone[0]}",
+        f"flush chain {t} services",
     ]
-    # The surviving affinity set is declared again, not deleted: its entries stay.
-    assert not any(s in ln for s in two.affinity_sets for ln in lines if ln.startswith("delete"))
+    assert f"delete element {t} endpoint-hairpin {{ 198.18.0.3 . 198.18.0.3 }}" in lines
+    assert not any(ln.startswith("add element") for ln in lines)
+    assert lines[-2] == f"delete chain {t} {gone[0]}"
+    stale_sets = set(one.affinity_sets) - set(two.affinity_sets)
+    assert len(stale_sets) == 1 and lines[-1] == f"delete set {t} {stale_sets.pop()}"
+    # The surviving affinity set is neither deleted nor declared again: its entries stay.
+    assert not any(s in update for s in two.affinity_sets if not s.endswith("8080"))
+    assert "flush table" not in update and "delete table" not in update
+    assert transaction(two, two) == f"add table {t}\n"
+
+
+def test_a_changed_affinity_timeout_rewrites_the_table_in_place() -> None:
+    one = render(cfg(1, "198.18.0.2", "198.18.0.3", affinity=True))
+    svc = cfg(2, "198.18.0.2", affinity=True).services[0]
+    two = render(
+        ProxyConfig(version=2, services=(svc.model_copy(update={"affinity_timeout": 60}),))
+    )
+    lines = transaction(two, one).splitlines()
+    assert lines[:2] == ["add table ip mesh-proxy", "flush table ip mesh-proxy"]
+    assert "flush map ip mesh-proxy service-ips" in lines
+    assert sorted(ln for ln in lines if ln.startswith("delete set")) == sorted(
+        f"delete set ip mesh-proxy {s}" for s in one.affinity_sets
+    )
+
+
+def test_incremental_elements_are_diffed() -> None:
+    one = render(cfg(1, "198.18.0.2", "198.18.0.3"))
+    two = render(cfg(2, "198.18.0.2", "198.18.0.4"))
+    lines = transaction(two, one).splitlines()
+    t = "ip mesh-proxy"
+    assert f"delete element {t} endpoint-hairpin {{ 198.18.0.3 . 198.18.0.3 }}" in lines
+    assert f"add element {t} endpoint-hairpin {{ 198.18.0.4 . 198.18.0.4 }}" in lines
+    assert not any("element" in ln and "service-ips" in ln for ln in lines)  # key unchanged
+
+
+def test_shared_slots_stay_put_when_the_endpoint_count_does() -> None:
+    opts = RenderOptions(dispatch="shared")
+    a = ProxyService(
+        namespace="a",
+        name="a",
+        cluster_ips=("198.19.0.1",),
+        ports=(ProxyPort(port=80),),
+        endpoints=tuple(ProxyEndpoint(address=f"198.18.0.{i}", ports={"": 80}) for i in (2, 3)),
+    )
+    b = a.model_copy(update={"name": "b", "cluster_ips": ("198.19.0.2",)})
+    one = render(ProxyConfig(services=(a, b)), opts)
+    grown = a.model_copy(update={"endpoints": (*a.endpoints, a.endpoints[0].model_copy(
+        update={"address": "198.18.0.9"}))})  # fmt: skip
+    two = render(ProxyConfig(services=(grown, b)), opts, one)
+    b_chain = next(c for c in one.chains if "a/b/" in c)
+    a_chain = next(c for c in one.chains if "a/a/" in c)
+    assert one.slots == {a_chain: (1, 2), b_chain: (3, 2)}
+    assert two.slots == {a_chain: (5, 3), b_chain: (3, 2)}  # b keeps its slots
+    lines = transaction(two, one).splitlines()
+    assert not any(b_chain in ln for ln in lines)
+    assert "delete element ip mesh-proxy endpoint-addrs { 1, 2 }" in lines
+    assert render(ProxyConfig(services=(grown, b)), opts).slots[a_chain] == (1, 3)
 
 
 def test_stale_udp_entries() -> None:
@@ -133,6 +191,17 @@ def test_stale_udp_entries() -> None:
     assert render(cfg(1, "198.18.0.2")).udp == {}  # TCP needs no cleanup
 
 
+def test_full_sync_period() -> None:
+    now = [0.0]
+    fake = FakeNftRunner()
+    syncer = Syncer(fake, full_sync_period=100.0, clock=lambda: now[0])
+    for version, at in enumerate((0.0, 50.0, 99.0, 100.0, 150.0, 199.0, 200.0), start=1):
+        now[0] = at
+        assert syncer.sync(cfg(version, f"198.18.0.{version}")).ok
+    replaced = ["delete table" in script for script in fake.scripts]
+    assert replaced == [True, False, False, True, False, False, True]
+
+
 def test_syncer_falls_back_to_replace_after_a_failure() -> None:
     fake = FakeNftRunner()
     syncer = Syncer(fake)
@@ -143,10 +212,9 @@ def test_syncer_falls_back_to_replace_after_a_failure() -> None:
     assert syncer.sync(cfg(2, "198.18.0.3")).ok
     assert "delete table" in fake.scripts[-1]
     assert syncer.sync(cfg(3, "198.18.0.4")).ok
-    assert "delete table" in fake.scripts[-1]  # no affinity to keep: replace
-    assert syncer.sync(cfg(4, "198.18.0.4", affinity=True)).ok
-    assert syncer.sync(cfg(5, "198.18.0.5", affinity=True)).ok
-    assert "flush table" in fake.scripts[-1]  # affinity entries to keep: update in place
+    assert "delete table" not in fake.scripts[-1]  # the table is known: incremental
+    assert syncer.sync(cfg(4, "198.18.0.4"), full=True).ok
+    assert "delete table" in fake.scripts[-1]
     assert syncer.probe()
     fake.flush()
     assert not syncer.probe()
