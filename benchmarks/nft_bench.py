@@ -3,8 +3,10 @@
 Two measurements, both inside network namespaces this script creates and removes:
 
 - sync time: render a ProxyConfig of N Services (``--endpoints`` each) and apply it with one
-  ``nft -f`` transaction in the node namespace: the first sync (table replaced) and an update
-  sync (one endpoint changed), for each N in ``--services`` (default 1000 and 10000);
+  ``nft -f`` transaction in the node namespace: the first sync (table replaced), an update
+  sync (one endpoint changed: incremental, only its chain and elements are rewritten) and a
+  full resync (the table replaced again, as after an error and every hour), for each N in
+  ``--services`` (default 1000 and 10000);
 - throughput: iperf3 (one TCP stream, ``--seconds``, median of ``--repeat``) from a client pod
   to a backend pod, direct to the pod IP and through the Service's virtual IP (DNAT by our
   table), with the client and server pinned to different CPUs by taskset.
@@ -27,7 +29,7 @@ from pathlib import Path
 from mesh.proxy import cluster_box
 from mesh.proxy.cluster_box import BoxPod, ClusterBox
 from mesh.proxy.nft_render import RenderOptions, render
-from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer, transaction
+from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 
@@ -60,26 +62,27 @@ def many_services(n: int, endpoints: int, bump: int = 0) -> ProxyConfig:
 def bench_sync(box: ClusterBox, n: int, endpoints: int) -> dict[str, float]:
     opts = RenderOptions(pod_cidr=str(box.pod_net))
     runner = SubprocessNftRunner(box.node)
+    syncer = Syncer(runner, opts)
     config = many_services(n, endpoints)
+    bumped = many_services(n, endpoints, bump=1)
     t0 = time.perf_counter()
     ruleset = render(config, opts)
-    t1 = time.perf_counter()
-    runner.apply(transaction(ruleset, None))
-    t2 = time.perf_counter()
-    syncer = Syncer(runner, opts)
-    syncer.applied = ruleset
-    t3 = time.perf_counter()
-    result = syncer.sync(many_services(n, endpoints, bump=1))
-    t4 = time.perf_counter()
-    if not result.ok:
-        raise RuntimeError(result.error)
+    render_s = time.perf_counter() - t0
+    seconds = []
+    for cfg, full in ((config, True), (bumped, False), (config, True)):
+        t0 = time.perf_counter()
+        result = syncer.sync(cfg, full=full)
+        seconds.append(time.perf_counter() - t0)
+        if not result.ok:
+            raise RuntimeError(result.error)
     runner.apply(f"delete table ip {opts.table}\n")
     return {
         "services": n,
         "rules": ruleset.rules,
-        "render_s": round(t1 - t0, 3),
-        "first_sync_s": round(t2 - t0, 3),
-        "update_sync_s": round(t4 - t3, 3),
+        "render_s": round(render_s, 3),
+        "first_sync_s": round(seconds[0], 3),
+        "update_sync_s": round(seconds[1], 3),
+        "full_resync_s": round(seconds[2], 3),
     }
 
 
