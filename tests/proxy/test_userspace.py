@@ -208,6 +208,26 @@ async def test_flows_are_counted_and_closed(nursery: trio.Nursery) -> None:
     assert sample(proxy, "mesh_proxy_bytes_total", direction="to_client") > 0
 
 
+async def test_connect_timeout_tries_the_next_endpoint(nursery: trio.Nursery) -> None:
+    await nursery.start(tcp_who, "127.0.2.10", 28080)
+    full = socket.socket()  # never accepts: once its queue is full, SYNs go unanswered
+    full.bind(("127.0.2.9", 28080))
+    full.listen(0)
+    fillers = [socket.socket() for _ in range(3)]
+    with full, contextlib.ExitStack() as stack:
+        for filler in fillers:
+            stack.enter_context(filler)
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.2.9", 28080))
+        await trio.sleep(0.2)
+        cfg = config(service("slow", "127.10.1.9", "127.0.2.9:28080", "127.0.2.10:28080"))
+        proxy = await start(nursery, cfg, connect_timeout=0.3)
+        with trio.fail_after(10):
+            answers = [await ask_tcp(CLIENT, ("127.10.1.9", PORT)) for _ in range(2)]
+        assert answers == ["127.0.2.10:28080"] * 2
+        assert sample(proxy, "mesh_proxy_endpoint_connect_errors_total") >= 1
+
+
 # --- UDP -------------------------------------------------------------------------------------
 
 
