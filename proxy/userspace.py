@@ -8,8 +8,8 @@ when a connect fails, a bounded number of times) and relays (tcp_relay). UDP is 
 session (udp_relay).
 
 ``apply`` swaps the table and reconciles listeners: it binds the new addresses and closes the
-removed ones. Established connections live in their own nursery and are never touched by a
-config change; they finish on the endpoint they started with.
+removed ones. Established connections belong to the relay (tcp_relay), not to a listener, and
+are never touched by a config change; they finish on the endpoint they started with.
 
 A Service with no usable endpoint is refused at once: TCP with a reset (SO_LINGER 0), UDP by
 dropping the datagram (counted; ICMP needs privileges).
