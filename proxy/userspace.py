@@ -11,8 +11,9 @@ session (udp_relay).
 removed ones. Established connections belong to the relay (tcp_relay), not to a listener, and
 are never touched by a config change; they finish on the endpoint they started with.
 
-A Service with no usable endpoint is refused at once: TCP with a reset (SO_LINGER 0), UDP by
-dropping the datagram (counted; ICMP needs privileges).
+A Service with no usable endpoint is refused at once: TCP with a reset (SO_LINGER 0). A UDP
+port whose Service has no endpoint at all gets no socket, so the kernel itself answers each
+datagram with ICMP port unreachable (sending ICMP from userspace would need privileges).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import trio
+
+from mesh.config.proxy import ProxyConfig
 from mesh.proxy.metrics import ProxyMetrics
 from mesh.proxy.table import Backend, ServiceTable
 from mesh.proxy.tcp_relay import SPLICE, Relay, reset
 from mesh.proxy.udp_relay import UdpListener
-
-from mesh.config.proxy import ProxyConfig
 
 log = logging.getLogger("mesh.proxy")
 
@@ -141,12 +142,16 @@ class UserspaceProxy:
 
     def _desired(self) -> set[ListenKey]:
         want: set[ListenKey] = set()
-        for ip, port, proto in self._table.vips:
-            if proto in ("TCP", "UDP"):
+        for (ip, port, proto), backend in self._table.vips.items():
+            if proto == "TCP" or (proto == "UDP" and backend.endpoints):
                 want.add(("vip", ip, port, proto))
         taken = {(ip, port, proto) for _, ip, port, proto in want}
-        for port, proto in self._table.node_ports:
-            if proto in ("TCP", "UDP") and (self.node_ip, port, proto) not in taken:
+        for (port, proto), backend in self._table.node_ports.items():
+            if (proto == "TCP" or (proto == "UDP" and backend.endpoints)) and (
+                self.node_ip,
+                port,
+                proto,
+            ) not in taken:
                 want.add(("node", self.node_ip, port, proto))
         return want
 

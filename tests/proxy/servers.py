@@ -14,6 +14,7 @@ from collections.abc import Callable
 import trio
 
 REJECT = "reject"
+SILENT = "silent"  # no answer at all: what a reject must never be
 Addr = tuple[str, int]
 
 
@@ -127,21 +128,30 @@ async def ask_tcp(client: str, dest: Addr) -> str:
 
 
 async def ask_udp(client: str, dest: Addr, sock: trio.socket.SocketType | None = None) -> str:
-    """Which endpoint answers a datagram (sent from a fresh socket unless ``sock`` is given);
-    REJECT when nothing answers within a short wait. Replies must come from ``dest``."""
+    """Which endpoint answers a datagram (sent from a fresh socket connected to ``dest``
+    unless ``sock`` is given): its "ip:port"; REJECT when an ICMP port unreachable comes
+    back; SILENT when nothing answers within a short wait. A connected socket only accepts
+    replies from ``dest``, so an answer proves it came from the virtual address."""
     own = sock is None
     if sock is None:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         await sock.bind((client, 0))
+        await sock.connect(dest)
     try:
-        await sock.sendto(b"ping", dest)
-        with trio.move_on_after(1.0):
-            data, src = await sock.recvfrom(65535)
-            assert (src[0], src[1]) == dest, "the reply must come from the virtual address"
-            who, _, body = data.partition(b"|")
-            assert body == b"ping"
-            return who.decode()
-        return REJECT
+        try:
+            if own:
+                await sock.send(b"ping")
+            else:
+                await sock.sendto(b"ping", dest)
+            with trio.move_on_after(1.0):
+                data, src = await sock.recvfrom(65535)
+                assert (src[0], src[1]) == dest, "the reply must come from the virtual address"
+                who, _, body = data.partition(b"|")
+                assert body == b"ping"
+                return who.decode()
+        except ConnectionRefusedError:
+            return REJECT
+        return SILENT
     finally:
         if own:
             with contextlib.suppress(OSError):

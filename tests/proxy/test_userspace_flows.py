@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import trio
-from mesh.proxy.userspace import UserspaceProxy
 
 from mesh.component import Component
+from mesh.proxy.userspace import UserspaceProxy
 from tests.proxy.flows import CASES, NODE, FlowCase
 from tests.proxy.servers import ask_tcp, ask_udp, tcp_who, udp_who
 
@@ -27,7 +27,12 @@ async def test_flow_table(case: FlowCase, nursery: trio.Nursery) -> None:
     rejects = proxy.registry.get_sample_value(
         "mesh_proxy_rejects_total", {"protocol": case.protocol}
     )
-    assert rejects == case.expected.count("reject")
+    if case.protocol == "TCP":
+        assert rejects == case.expected.count("reject")
+    else:
+        # UDP to a Service without endpoints is refused by the kernel (no socket, so ICMP
+        # port unreachable), before the proxy sees it.
+        assert not rejects
 
 
 def test_is_a_component() -> None:
