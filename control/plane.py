@@ -24,13 +24,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from mesh.config.base import ComponentConfig
 from mesh.control import endpoints
 from mesh.control.ipam import DEFAULT_NODE_PORTS, DEFAULT_SERVICE_CIDR, ServiceAllocator
 from mesh.control.source_dir import DirSource
 from mesh.control.store import Gone, Snapshot, Store
-from prometheus_client import CollectorRegistry, Counter, Gauge
-
-from mesh.config.base import ComponentConfig
+from mesh.control.translate.dns import translate_dns
+from mesh.control.translate.proxy import translate_proxy
 from mesh.manifests import ManifestError
 from mesh.objects import KubeObject
 
@@ -47,23 +49,11 @@ def default_translators(
     dns_ttl: int = 5,
     dns_pod_mode: PodMode = "insecure",
 ) -> dict[str, Translator]:
-    """The translators for the built-in config kinds, those that can be imported."""
-    out: dict[str, Translator] = {}
-    try:
-        from mesh.control.translate.dns import translate_dns
-    except ImportError as exc:
-        log.warning("no dns translator", extra={"error": str(exc)})
-    else:
-        out["dns"] = functools.partial(
-            translate_dns, zone=dns_zone, ttl=dns_ttl, pod_mode=dns_pod_mode
-        )
-    try:
-        from mesh.control.translate.proxy import translate_proxy
-    except ImportError as exc:
-        log.warning("no proxy translator", extra={"error": str(exc)})
-    else:
-        out["proxy"] = functools.partial(translate_proxy, node_name=node_name)
-    return out
+    """The translators of the built-in config kinds."""
+    return {
+        "dns": functools.partial(translate_dns, zone=dns_zone, ttl=dns_ttl, pod_mode=dns_pod_mode),
+        "proxy": functools.partial(translate_proxy, node_name=node_name),
+    }
 
 
 def _same_content(a: ComponentConfig, b: ComponentConfig) -> bool:
