@@ -26,12 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 from mesh.proxy import cluster_box
 from mesh.proxy.cluster_box import BoxPod, ClusterBox
 from mesh.proxy.nft_render import RenderOptions, render
 from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer
-
-from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 
 IPERF_PORT = 15201
 VIP = "198.19.0.1"

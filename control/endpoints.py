@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mesh.control.store import Snapshot
-
 from mesh.objects import (
     MANAGED_BY_LABEL,
     SERVICE_NAME_LABEL,

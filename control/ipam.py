@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mesh.control.store import Key, Rejected
-
 from mesh.objects import KubeObject, Service
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

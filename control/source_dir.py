@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from mesh.control.store import Key, Rejected, Store
 
+from mesh.control.store import Key, Rejected, Store
 from mesh.manifests import LoadResult, ManifestError, load_text
 from mesh.objects import KubeObject
 

@@ -18,9 +18,9 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import trio
-from mesh.control.plane import ControlPlane
 
 from mesh.config.base import ComponentConfig
+from mesh.control.plane import ControlPlane
 from mesh.httpserve import (
     HttpServer,
     Request,

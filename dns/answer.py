@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dnslib import RCODE, RR, DNSLabel
+
 from mesh.dns import names
 from mesh.dns.records import TYPE_ANY, TYPE_CNAME, TYPE_SOA, Node, cname
 from mesh.dns.zone import ZoneIndex

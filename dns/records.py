@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from dnslib import AAAA, CNAME, PTR, QTYPE, SOA, SRV, TXT, A
+
 from mesh.dns import names
 
 RData = Any  # a dnslib rdata object (untyped library)

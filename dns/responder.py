@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dnslib import CLASS, QTYPE, RR, DNSRecord
+
 from mesh.dns import names
 from mesh.dns.answer import resolve
 from mesh.dns.packet import (

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from prometheus_client import CollectorRegistry
+
+from mesh.component import ConfigRejected
+from mesh.config.dns import DnsConfig
 from mesh.dns import resolvconf
 from mesh.dns.forward_cache import ForwardCache
 from mesh.dns.metrics import DnsMetrics
@@ -28,10 +32,6 @@ from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
 from mesh.dns.upstream import Forwarder
 from mesh.dns.wire_cache import WireCache
 from mesh.dns.zone import ZoneIndex
-from prometheus_client import CollectorRegistry
-
-from mesh.component import ConfigRejected
-from mesh.config.dns import DnsConfig
 from mesh.netns import inside
 
 log = logging.getLogger("mesh.dns.server")

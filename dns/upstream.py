@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 from dnslib import EDNS0, RCODE, DNSHeader, DNSQuestion, DNSRecord
+
 from mesh.dns.forward_cache import ForwardCache, Key
 from mesh.dns.metrics import DnsMetrics
 from mesh.dns.packet import Query

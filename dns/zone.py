@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from mesh.config.dns import DnsConfig, DnsService
 from mesh.dns import names
 from mesh.dns.records import (
     SCHEMA_VERSION,
@@ -31,8 +32,6 @@ from mesh.dns.records import (
     srv,
     txt,
 )
-
-from mesh.config.dns import DnsConfig, DnsService
 
 
 class ZoneIndex:

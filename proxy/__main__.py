@@ -18,11 +18,11 @@ from typing import Any
 import pydantic
 import trio
 import yaml
-from mesh.proxy.userspace import UserspaceProxy
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mesh import log as mesh_log
 from mesh.config.proxy import ProxyConfig
+from mesh.proxy.userspace import UserspaceProxy
 
 log = logging.getLogger("mesh.proxy")
 MAX_REQUEST = 16 * 1024

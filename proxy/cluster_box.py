@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 import trio
+
 from mesh.proxy import netns
 from mesh.proxy.nft_render import RenderOptions
 from mesh.proxy.nft_sync import SyncPolicy

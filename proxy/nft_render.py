@@ -43,9 +43,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mesh.proxy.table import eligible, endpoint_order
-
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from mesh.proxy.table import eligible, endpoint_order
 
 DSTNAT = -100
 SRCNAT = 100

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mesh.config.proxy import ProxyConfig
 from mesh.proxy.conntrack import ConntrackCleaner, StaleEntry, UdpTargets, stale_entries
 from mesh.proxy.nft_render import (
     MAP_TYPES,
@@ -47,8 +48,6 @@ from mesh.proxy.nft_render import (
     element_items,
     render,
 )
-
-from mesh.config.proxy import ProxyConfig
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import trio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from mesh.config.proxy import ProxyConfig
 from mesh.proxy.conntrack import ConntrackCleaner
 from mesh.proxy.nft_render import RenderOptions, Ruleset
 from mesh.proxy.nft_sync import (
@@ -25,9 +28,6 @@ from mesh.proxy.nft_sync import (
     SyncResult,
     SyncScheduler,
 )
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from mesh.config.proxy import ProxyConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

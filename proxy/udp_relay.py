@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
+
 from mesh.proxy.metrics import ProxyMetrics
 from mesh.proxy.table import Backend
 

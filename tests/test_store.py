@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from mesh.control.store import Gone, Rejected, Store, WatchEvent
 
+from mesh.control.store import Gone, Rejected, Store, WatchEvent
 from mesh.objects import KubeObject, Pod, Service
 
 

@@ -24,11 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mesh.control.store import Snapshot
-from mesh.proxy.table import endpoint_order
-
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from mesh.control.store import Snapshot
 from mesh.objects import Endpoints, EndpointSlice, Service
+from mesh.proxy.table import endpoint_order
 
 
 def translate_proxy(snapshot: Snapshot, *, node_name: str = "") -> ProxyConfig:

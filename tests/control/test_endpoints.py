@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from mesh.control.endpoints import CONTROLLER_NAME, desired_slices, plan
 from mesh.control.store import Snapshot, Store
-
 from mesh.objects import (
     MANAGED_BY_LABEL,
     SERVICE_NAME_LABEL,

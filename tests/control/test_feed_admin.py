@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 import trio
-from mesh.control.plane import ControlPlane
-from mesh.control.store import Snapshot
-from mesh.control.stream import ConfigServer
 from prometheus_client import CollectorRegistry, Counter
 
 from mesh.admin import AdminServer
 from mesh.component import Component, ConfigRejected
 from mesh.config.base import ComponentConfig
+from mesh.control.plane import ControlPlane
+from mesh.control.store import Snapshot
+from mesh.control.stream import ConfigServer
 from mesh.feed import feed_from_control, feed_from_file, feed_from_plane, load_config_file
 from mesh.objects import Service
 from mesh.stream_client import Backoff, fetch_json

@@ -6,9 +6,9 @@ import ipaddress
 from typing import Any
 
 import pytest
+
 from mesh.control.ipam import ServiceAllocator, parse_cidrs
 from mesh.control.store import Rejected, Store
-
 from mesh.objects import Pod, Service
 
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from mesh.control.plane import ControlPlane, default_translators
-from mesh.control.store import Snapshot
 
 from mesh.config.base import ComponentConfig
+from mesh.control.plane import ControlPlane, default_translators
+from mesh.control.store import Snapshot
 from mesh.objects import EndpointSlice, Pod, Service
 
 

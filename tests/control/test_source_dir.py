@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from mesh.control.ipam import ServiceAllocator
 from mesh.control.source_dir import DirSource, ManifestSet
 from mesh.control.store import Store
-
 from mesh.manifests import load_text
 from mesh.objects import EndpointSlice, Service
 

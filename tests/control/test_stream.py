@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+
+from mesh.config.base import ComponentConfig
 from mesh.control.plane import ControlPlane
 from mesh.control.store import Snapshot
 from mesh.control.stream import ConfigServer, resolve_kind
-
-from mesh.config.base import ComponentConfig
 from mesh.httpserve import HttpServer, Request, Response, StreamingResponse
 from mesh.objects import Service
 from mesh.stream_client import (

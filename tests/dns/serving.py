@@ -9,9 +9,9 @@ from typing import Any
 import dns.message
 import dns.query
 import trio
-from mesh.dns.server import DnsServer
 
 from mesh.config.dns import DnsConfig
+from mesh.dns.server import DnsServer
 
 HOST = "127.0.0.1"
 CLIENT_TIMEOUT = 5.0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dns.message
 import pytest
-from mesh.dns.responder import Reply, Responder
-from mesh.dns.zone import ZoneIndex
 
 from mesh.config.dns import DnsConfig
+from mesh.dns.responder import Reply, Responder
+from mesh.dns.zone import ZoneIndex
 from tests.dns.cases import TABLES, Case, check, query
 
 _RESPONDERS: dict[int, Responder] = {}

@@ -13,8 +13,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 import trio
-from mesh.dns.server import DnsServer
 
+from mesh.dns.server import DnsServer
 from tests.dns.cases import CLUSTER
 from tests.dns.fake_upstream import BIG_TXT, FakeUpstream
 from tests.dns.serving import HOST, ask, ask_udp, running

@@ -8,9 +8,9 @@ import dns.rcode
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from mesh.dns.responder import Drop, Forward, Reply, Responder
 from mesh.dns.zone import ZoneIndex
-
 from tests.dns.cases import CASES, CLUSTER, query
 from tests.dns.serving import HOST, running
 

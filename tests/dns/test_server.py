@@ -15,10 +15,10 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 import trio
-from mesh.dns.server import DnsServer
 
 from mesh.component import Component, ConfigRejected
 from mesh.config.dns import DnsConfig, DnsEndpoint, DnsService
+from mesh.dns.server import DnsServer
 from tests.dns.cases import CLUSTER
 from tests.dns.serving import HOST, ask, ask_tcp, ask_udp, running, tcp_exchange, udp_exchange
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from mesh.control.store import Store
-from mesh.control.translate.dns import PodMode, translate_dns
 
 from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPod, DnsPort, DnsService
+from mesh.control.store import Store
+from mesh.control.translate.dns import PodMode, translate_dns
 from mesh.manifests import load_text
 
 

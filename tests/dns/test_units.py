@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from dnslib import QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+
 from mesh.dns import names, resolvconf
 from mesh.dns.forward_cache import ForwardCache, cache_ttl
 from mesh.dns.packet import name_key

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from mesh.proxy.table import ServiceTable
 
+from mesh.proxy.table import ServiceTable
 from tests.proxy.flows import CASES, NODE, REJECT, FlowCase, remap
 
 NODE_IP = "127.9.0.1"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from mesh.proxy import cluster_box, netns
 from mesh.proxy.cluster_box import ClusterBox
-
 from tests.conftest import require_root, require_tool
 from tests.proxy.netns_tools import ask, start_who, stop, unique_prefix
 

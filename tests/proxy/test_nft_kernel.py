@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 from mesh.proxy import cluster_box
 from mesh.proxy.cluster_box import ClusterBox
 from mesh.proxy.conntrack import ConntrackCleaner
 from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer, transaction
-
-from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 from tests.conftest import require_root, require_tool
 from tests.proxy import flows
 from tests.proxy.netns_tools import REJECT, ask, nft, start_who, stop, unique_prefix

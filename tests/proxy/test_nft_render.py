@@ -11,10 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from mesh.proxy import nft_render
-from mesh.proxy.nft_render import RenderOptions, render
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from mesh.proxy import nft_render
+from mesh.proxy.nft_render import RenderOptions, render
 from tests.conftest import require_root, require_tool
 
 GOLDEN = Path(__file__).with_name("golden")

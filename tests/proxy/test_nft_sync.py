@@ -6,13 +6,13 @@ import math
 
 import trio
 import trio.testing
+
+from mesh.component import Component
+from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 from mesh.proxy.conntrack import StaleEntry, stale_entries
 from mesh.proxy.nft_render import RenderOptions, render
 from mesh.proxy.nft_sync import FakeNftRunner, Step, Syncer, SyncPolicy, SyncScheduler, transaction
 from mesh.proxy.nftables import NftablesProxy
-
-from mesh.component import Component
-from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 
 POLICY = SyncPolicy(
     min_interval=1.0, retry_initial=1.0, retry_max=8.0, probe_interval=5.0, resync_interval=60.0

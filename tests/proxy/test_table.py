@@ -8,9 +8,9 @@ from typing import Any
 
 import pydantic
 import pytest
-from mesh.proxy.table import Backend, Endpoint, ServicePortName, ServiceTable, eligible
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from mesh.proxy.table import Backend, Endpoint, ServicePortName, ServiceTable, eligible
 
 VIP = "127.10.0.1"
 NODE = "node-a"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from mesh.control.store import Store
-from mesh.control.translate.proxy import translate_proxy
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from mesh.control.store import Store
+from mesh.control.translate.proxy import translate_proxy
 from mesh.objects import KINDS, KubeObject
 
 

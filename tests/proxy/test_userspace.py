@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import pytest
 import trio
-from mesh.proxy.userspace import UserspaceProxy
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from mesh.proxy.userspace import UserspaceProxy
 from tests.conftest import require_tool
 from tests.proxy.servers import (
     REJECT,
