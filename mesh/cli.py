@@ -345,6 +345,13 @@ def dns(
     show_default=True,
     help="Address NodePorts are served on (userspace mode).",
 )
+@click.option(
+    "--udp-idle-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds before an idle UDP session is closed (userspace mode).",
+)
 @click.option("--admin-listen", default=DEFAULT_ADMIN_PROXY, show_default=True, type=ADDRESS)
 @_log_options
 def proxy(
@@ -352,6 +359,7 @@ def proxy(
     config_file: Path | None,
     mode: str,
     node_ip: str,
+    udp_idle_timeout: float,
     admin_listen: Address,
     log_level: str,
     log_format: str,
@@ -361,7 +369,7 @@ def proxy(
 
     _check_source(control_url, config_file)
     _setup_logs(log_level, log_format)
-    component = make_proxy(mode, node_ip=node_ip)
+    component = make_proxy(mode, node_ip=node_ip, udp_idle_timeout=udp_idle_timeout)
     run_component(component, control_url, config_file, admin_listen, _announce, None)
 
 

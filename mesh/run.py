@@ -39,14 +39,16 @@ def _run(main: Callable[[trio.Nursery], Awaitable[None]]) -> None:
     trio.run(top)
 
 
-def make_proxy(mode: str, *, node_ip: str = "127.0.0.1") -> Component[Any]:
+def make_proxy(
+    mode: str, *, node_ip: str = "127.0.0.1", udp_idle_timeout: float = 30.0
+) -> Component[Any]:
     if mode == "nftables":
         from mesh.proxy.nftables import NftablesProxy
 
         return NftablesProxy()
     from mesh.proxy.userspace import UserspaceProxy
 
-    return UserspaceProxy(node_ip=node_ip)
+    return UserspaceProxy(node_ip=node_ip, udp_idle_timeout=udp_idle_timeout)
 
 
 def _plane(

@@ -394,7 +394,7 @@ async def test_standalone_runner_serves_admin(tmp_path: Path) -> None:
     path = tmp_path / "proxy.json"
     path.write_text(cfg.model_dump_json())
     admin = ("127.0.0.1", free_port())
-    cmd = [sys.executable, "-m", "mesh.proxy", "--config", str(path)]
+    cmd = [sys.executable, "-m", "mesh.cli", "proxy", "--config", str(path)]
     cmd += ["--admin-listen", f"{admin[0]}:{admin[1]}", "--log-level", "warning"]
     proc = await trio.lowlevel.open_process(cmd)
     try:
@@ -402,7 +402,9 @@ async def test_standalone_runner_serves_admin(tmp_path: Path) -> None:
         async def get(path: str) -> bytes:
             sock = await connect_from("127.0.0.1", admin)
             with sock:
-                await sock.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                await sock.send(
+                    f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+                )
                 return await recv_all(sock)
 
         for _ in range(200):  # bounded: until the admin port answers
