@@ -61,6 +61,20 @@ def _log_options(f: Any) -> Any:
     return f
 
 
+def _manifest_options(f: Any) -> Any:
+    f = click.option("--control-listen", default=DEFAULT_CONTROL, show_default=True, type=ADDRESS)(
+        f
+    )
+    return click.option(
+        "-f",
+        "--filename",
+        "manifest_dir",
+        required=True,
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Directory of YAML/JSON manifests: the cluster.",
+    )(f)
+
+
 def _dns_options(f: Any) -> Any:
     f = click.option(
         "--zone", default="cluster.local", show_default=True, help="Cluster DNS zone."
@@ -137,15 +151,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "-f",
-    "--filename",
-    "manifest_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Directory of YAML/JSON manifests: the cluster.",
-)
-@click.option("--control-listen", default=DEFAULT_CONTROL, show_default=True, type=ADDRESS)
+@_manifest_options
 @click.option("--dns-listen", default=DEFAULT_DNS, show_default=True, type=ADDRESS)
 @click.option("--admin-listen", default=DEFAULT_ADMIN, show_default=True, type=ADDRESS)
 @click.option(
@@ -239,15 +245,7 @@ def up(
 
 
 @main.command()
-@click.option(
-    "-f",
-    "--filename",
-    "manifest_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Directory of YAML/JSON manifests: the cluster.",
-)
-@click.option("--control-listen", default=DEFAULT_CONTROL, show_default=True, type=ADDRESS)
+@_manifest_options
 @click.option("--admin-listen", default=DEFAULT_ADMIN, show_default=True, type=ADDRESS)
 @click.option("--service-cidr", default=DEFAULT_SERVICE_CIDR, show_default=True)
 @click.option("--node-name", default="node-1", show_default=True)

@@ -12,25 +12,12 @@ the service table, so both modes apply the same rules.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
 from mesh.config.base import ComponentConfig, Frozen
-
-Protocol = Literal["TCP", "UDP", "SCTP"]
-PortNumber = Annotated[int, Field(ge=1, le=65535)]
-
-
-def _ip(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address") from None
-
-
-IP = Annotated[str, AfterValidator(_ip)]
+from mesh.objects import IP, PortNumber, Protocol
 
 
 class ProxyEndpoint(Frozen):
