@@ -344,6 +344,12 @@ def dns(
     help="Address NodePorts are served on (userspace mode).",
 )
 @click.option(
+    "--cleanup",
+    is_flag=True,
+    help="nftables mode: remove the ruleset a previous run left and exit. (The ruleset "
+    "outlives the process on purpose, as kube-proxy's does, so a restart drops no traffic.)",
+)
+@click.option(
     "--udp-idle-timeout",
     default=30.0,
     show_default=True,
@@ -357,6 +363,7 @@ def proxy(
     config_file: Path | None,
     mode: str,
     node_ip: str,
+    cleanup: bool,
     udp_idle_timeout: float,
     admin_listen: Address,
     log_level: str,
@@ -365,6 +372,18 @@ def proxy(
     """Run the node proxy alone, in userspace (no privilege) or nftables (root) mode."""
     from mesh.run import make_proxy, run_component
 
+    if cleanup:
+        if mode != "nftables":
+            raise click.UsageError("--cleanup applies to --mode nftables")
+        from mesh.proxy.nft_render import RenderOptions
+        from mesh.proxy.nft_sync import NftError, SubprocessNftRunner
+
+        try:
+            SubprocessNftRunner().delete_table(RenderOptions().table)
+        except (NftError, OSError) as exc:
+            raise click.ClickException(f"cannot remove the ruleset: {exc}") from None
+        click.echo(f"removed table ip {RenderOptions().table}")
+        return
     _check_source(control_url, config_file)
     _setup_logs(log_level, log_format)
     component = make_proxy(mode, node_ip=node_ip, udp_idle_timeout=udp_idle_timeout)

@@ -1,7 +1,8 @@
 """Process wiring for the serving commands: build components, start them, run until stopped.
 
-SIGINT and SIGTERM cancel the whole nursery, so every component closes its sockets (and the
-nftables mode removes its ruleset) before the process exits.
+SIGINT and SIGTERM cancel the whole nursery, so every component closes its sockets before the
+process exits. The nftables ruleset of ``mesh proxy --mode nftables`` outlives the process, as
+kube-proxy's does (``--cleanup`` removes it); the cluster in a box removes its namespaces.
 """
 
 from __future__ import annotations
