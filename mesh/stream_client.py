@@ -66,8 +66,13 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
-        *lines, rest = self._buffer.split(b"\n")
-        self._buffer = bytearray(rest)
+        if b"\n" in data:
+            # Split only when this chunk ends a line: a multi-megabyte snapshot arrives in
+            # many chunks, and splitting the whole buffer on each would be quadratic.
+            *lines, rest = self._buffer.split(b"\n")
+            self._buffer = bytearray(rest)
+        else:
+            lines = []
         if len(self._buffer) > self.max_line:
             raise StreamError(f"line longer than {self.max_line} bytes")
         return [bytes(line) for line in lines]
