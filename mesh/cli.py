@@ -284,7 +284,7 @@ def _source_options(f: Any) -> Any:
     f = click.option(
         "--config",
         "config_file",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help="Run from this config file (JSON or YAML), re-read when it changes.",
     )(f)
     f = click.option(

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from mesh.addresses import Address
+from mesh.addresses import Address, format_address
 from mesh.component import Component
 
 log = logging.getLogger("mesh.run")
@@ -31,13 +31,61 @@ async def _until_signal(cancel: trio.CancelScope) -> None:
             return
 
 
+class StartupError(Exception):
+    """A server could not start (an address in use, not local, no permission)."""
+
+
+async def _start(
+    nursery: trio.Nursery,
+    what: str,
+    address: Address | None,
+    fn: Callable[..., Awaitable[Any]],
+    *args: Any,
+) -> Any:
+    """``nursery.start`` that turns an OS error while starting into one clear sentence."""
+    try:
+        return await nursery.start(fn, *args)
+    except* OSError as group:
+        exc = group.exceptions[0]
+        assert isinstance(exc, OSError)
+        where = f" on {format_address(address)}" if address is not None else ""
+        reason = exc.strerror or str(exc)
+        raise StartupError(f"cannot start the {what}{where}: {reason}") from None
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
 def _run(main: Callable[[trio.Nursery], Awaitable[None]]) -> None:
     async def top() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_until_signal, nursery.cancel_scope)
             await main(nursery)
 
-    trio.run(top)
+    try:
+        trio.run(top)
+    except BaseException as exc:
+        startup = _find(exc, StartupError)
+        if startup is None:
+            raise
+        log.error("cannot start", extra={"error": str(startup)})
+        raise SystemExit(f"mesh: {startup}") from None
+
+
+_TITLES = {"dns": "DNS server", "proxy": "node proxy"}
+
+
+def _listen_of(component: Component[Any]) -> Address | None:
+    listen = getattr(component, "listen", None)
+    return listen if isinstance(listen, tuple) else None
 
 
 def make_proxy(
@@ -101,15 +149,20 @@ def run_up(
     admin = AdminServer(admin_listen, components, plane=plane)
 
     async def main(nursery: trio.Nursery) -> None:
-        await nursery.start(plane.run)
+        await _start(nursery, "control plane", None, plane.run)
         _report_manifest_errors(plane)
-        await nursery.start(control.run)
+        await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
         for component in components:
-            await nursery.start(component.run)
+            await _start(
+                nursery,
+                _TITLES.get(component.name, component.name),
+                _listen_of(component),
+                component.run,
+            )
             await nursery.start(feed_from_plane, plane, component)
         announce("dns", (dns_listen[0], dns.port))
-        await nursery.start(admin.run)
+        await _start(nursery, "admin server", admin_listen, admin.run)
         announce("admin", (admin_listen[0], admin.port))
 
     _run(main)
@@ -159,18 +212,23 @@ def run_up_netns(
 
     async def main(nursery: trio.Nursery) -> None:
         await trio.to_thread.run_sync(cluster.build)
-        await nursery.start(plane.run)
+        await _start(nursery, "control plane", None, plane.run)
         _report_manifest_errors(plane)
         for obj in dns_objects(cluster.dns_ip, cluster.node_ip):
             plane.apply(obj)
-        await nursery.start(node.run)
-        await nursery.start(control.run)
+        await _start(nursery, "box node agent", None, node.run)
+        await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
         for component in components:
-            await nursery.start(component.run)
+            await _start(
+                nursery,
+                _TITLES.get(component.name, component.name),
+                _listen_of(component),
+                component.run,
+            )
             await nursery.start(feed_from_plane, plane, component)
         announce("dns", (cluster.dns_ip, 53))
-        await nursery.start(admin.run)
+        await _start(nursery, "admin server", admin_listen, admin.run)
         announce("admin", (admin_listen[0], admin.port))
 
     try:
@@ -200,11 +258,11 @@ def run_control(
     admin = AdminServer(admin_listen, [], plane=plane)
 
     async def main(nursery: trio.Nursery) -> None:
-        await nursery.start(plane.run)
+        await _start(nursery, "control plane", None, plane.run)
         _report_manifest_errors(plane)
-        await nursery.start(control.run)
+        await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
-        await nursery.start(admin.run)
+        await _start(nursery, "admin server", admin_listen, admin.run)
         announce("admin", (admin_listen[0], admin.port))
 
     _run(main)
@@ -225,11 +283,16 @@ def run_component(
     admin = AdminServer(admin_listen, [component])
 
     async def main(nursery: trio.Nursery) -> None:
-        await nursery.start(component.run)
+        await _start(
+            nursery,
+            _TITLES.get(component.name, component.name),
+            _listen_of(component),
+            component.run,
+        )
         if listen is not None:
             what, address = listen
             announce(what, (address[0], getattr(component, "port", address[1])))
-        await nursery.start(admin.run)
+        await _start(nursery, "admin server", admin_listen, admin.run)
         announce("admin", (admin_listen[0], admin.port))
         # The feed starts last and is not awaited for its first config: a component fed by a
         # control plane that is down serves (SERVFAIL for DNS, nothing for the proxy) until

@@ -328,3 +328,30 @@ def test_bad_manifest_is_reported_and_the_rest_serves(manifests: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_address_in_use_is_one_clear_error(up: Proc, manifests: Path) -> None:
+    host, port = up.addresses["dns"]
+    out = subprocess.run(
+        [*MESH, "dns", "--config", str(manifests / "shop.yaml"), "--dns-listen", f"{host}:{port}",
+         "--admin-listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == (
+        f"mesh: cannot start the DNS server on {host}:{port}: Address already in use"
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_config_file_is_a_usage_error(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [*MESH, "dns", "--config", str(tmp_path / "nope.json")],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert out.returncode == 2
+    assert "does not exist" in out.stderr
