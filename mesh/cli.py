@@ -56,7 +56,11 @@ def _log_options(f: Any) -> Any:
         type=click.Choice(["debug", "info", "warning", "error"]),
     )(f)
     f = click.option(
-        "--log-format", default="json", show_default=True, type=click.Choice(["json", "text"])
+        "--log-format",
+        default="auto",
+        show_default=True,
+        type=click.Choice(["auto", "json", "text"]),
+        help="auto: text on a terminal, JSON lines otherwise.",
     )(f)
     return f
 
@@ -131,6 +135,8 @@ def _box_option(f: Any) -> Any:
 
 
 def _setup_logs(level: str, fmt: str) -> None:
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
     meshlog.setup(level, json_format=fmt == "json")
 
 
