@@ -17,6 +17,11 @@ socket type it does not support) the direction stays on the buffer. A read short
 buffer emptied the socket, so the direction stops there instead of reading into EAGAIN; level
 triggering reports the socket again if more came meanwhile.
 
+Other sockets can share the reactor (``watch``): listening sockets and connects in progress.
+Their handlers run after the flows of the same poll have been handled, because a handler may
+create sockets: a new socket can reuse the number of one that a flow closed earlier in the
+batch, and a later event for that number must not reach it.
+
 When one side sends EOF, the other side's write half is shut down (``SHUT_WR``) and the
 opposite direction carries on: HTTP/1.0-style "send request, shutdown, read reply" works. When
 both directions are done the sockets are closed. An error on either side (reset, broken pipe)
@@ -50,6 +55,7 @@ _POLLS = 8  # polls per reactor wakeup before other trio tasks get a turn (fairn
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _LINGER_RESET = struct.pack("ii", 1, 0)
+Handler = Callable[[int, int], None]  # (fd, epoll mask), for a watched socket
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _BROKEN = select.EPOLLERR | select.EPOLLHUP
 
@@ -117,6 +123,7 @@ class Relay:
         self._view = memoryview(self._buf)
         self._epoll: Any = None  # select.epoll while running
         self._flows: dict[int, _Flow] = {}  # both file descriptors of every flow
+        self._watched: dict[int, Handler] = {}  # other sockets in the reactor (``watch``)
 
     @property
     def flows(self) -> int:
@@ -127,17 +134,30 @@ class Relay:
         self._epoll = ep = select.epoll()
         try:
             task_status.started()
+            flows, watched = self._flows, self._watched
+            later: list[tuple[Handler, int, int]] = []
             while True:
                 await trio.lowlevel.wait_readable(ep.fileno())
                 for _ in range(_POLLS):
                     events = ep.poll(0, _MAX_EVENTS)
                     for fd, mask in events:
-                        self._dispatch(fd, mask)
+                        flow = flows.get(fd)
+                        if flow is not None:
+                            self._dispatch(flow, fd, mask)
+                        elif (handler := watched.get(fd)) is not None:
+                            later.append((handler, fd, mask))
+                    for handler, fd, mask in later:
+                        try:
+                            handler(fd, mask)
+                        except Exception:  # a handler must never take the reactor down
+                            log.exception("socket handler failed")
+                    later.clear()
                     if len(events) < _MAX_EVENTS:
                         break
         finally:
             for flow in set(self._flows.values()):
                 self._finish(flow, failed=True)
+            self._watched.clear()
             trio.lowlevel.notify_closing(ep.fileno())
             ep.close()
             self._epoll = None
@@ -151,15 +171,28 @@ class Relay:
         flow = _Flow(client, upstream, on_closed, self.splice)
         self._flows[flow.cfd] = self._flows[flow.ufd] = flow
         self._epoll.register(flow.cfd, _IN)
-        self._epoll.register(flow.ufd, _IN)
+        if self._watched.pop(flow.ufd, None) is not None:  # watched while it connected
+            self._epoll.modify(flow.ufd, _IN)
+        else:
+            self._epoll.register(flow.ufd, _IN)
         # The client has most likely sent its request already: relay it now rather than after
         # a round through epoll. The endpoint has been sent nothing yet: it waits for epoll.
         self._drive(flow, flow.up, None, 0)
 
-    def _dispatch(self, fd: int, mask: int) -> None:
-        flow = self._flows.get(fd)
-        if flow is None:
-            return  # ended earlier in this batch
+    def watch(self, fd: int, mask: int, handler: Handler) -> None:
+        """Have the reactor call ``handler(fd, mask)`` when the socket ``fd`` is ready for
+        ``mask`` (level-triggered); ``add`` takes over a watched upstream socket."""
+        assert self._epoll is not None, "the relay is not running"
+        self._epoll.register(fd, mask)
+        self._watched[fd] = handler
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching ``fd`` (before closing it); a no-op once the reactor has stopped."""
+        if self._watched.pop(fd, None) is not None and self._epoll is not None:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+
+    def _dispatch(self, flow: _Flow, fd: int, mask: int) -> None:
         if fd == flow.cfd:
             self._drive(flow, flow.up, flow.down, mask)
         else:

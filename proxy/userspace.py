@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
+import select
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,14 +34,20 @@ import trio
 
 from mesh.config.proxy import ProxyConfig
 from mesh.proxy.metrics import ProxyMetrics
-from mesh.proxy.table import Backend, ServiceTable
-from mesh.proxy.tcp_relay import SPLICE, Relay, reset
+from mesh.proxy.table import Backend, Endpoint, ServiceTable
+from mesh.proxy.tcp_relay import SPLICE, Handler, Relay, reset
 from mesh.proxy.udp_relay import UdpListener
 
 log = logging.getLogger("mesh.proxy")
 
 ListenKey = tuple[Literal["vip", "node"], str, int, str]  # kind, ip, port, protocol
-_ACCEPT_BURST = 64  # connections accepted per wakeup before other tasks get a turn
+_ACCEPT_BURST = 64  # connections accepted per wakeup before other sockets get a turn
+_ACCEPT_BACKOFF = 0.1  # seconds a listener rests after accept failed (EMFILE and friends)
+_DEADLINE_TICK = 0.01  # seconds: connect timeouts fire at most this late
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+# a connect in progress: (upstream, client, client IP, backend, endpoints tried, the last one
+# being the one it connects to)
+_Attempt = tuple[socket.socket, socket.socket, str, Backend, tuple[Endpoint, ...]]
 
 
 @dataclass(eq=False)
@@ -46,11 +55,15 @@ class _Listener:
     key: ListenKey
     sock: socket.socket  # non-blocking
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    udp: UdpListener | None = None
+    udp: UdpListener | None = None  # UDP: its own task; TCP: watched by the relay
+    relay: Relay | None = None
 
     def close(self) -> None:
         self.scope.cancel()
-        trio.lowlevel.notify_closing(self.sock)
+        if self.relay is not None:
+            self.relay.unwatch(self.sock.fileno())
+        else:
+            trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
 
 
@@ -82,7 +95,11 @@ class UserspaceProxy:
         self._listeners: dict[ListenKey, _Listener] = {}
         self._bind_errors: dict[ListenKey, str] = {}
         self._listen_nursery: trio.Nursery | None = None
-        self._conn_nursery: trio.Nursery | None = None
+        self._connecting: dict[int, _Attempt] = {}  # by upstream file descriptor
+        self._deadlines: deque[tuple[float, int, _Attempt]] = deque()
+        self._deadline_lot = trio.lowlevel.ParkingLot()
+        self._on_connect: Handler = self._connected  # bound once, not per connection
+        self._on_closed = self._tcp_closed
 
     # --- Component ---------------------------------------------------------------------
 
@@ -124,8 +141,8 @@ class UserspaceProxy:
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as conns:
-                self._conn_nursery = conns
                 await conns.start(self._relay.run)
+                conns.start_soon(self._expire_connects)
                 async with trio.open_nursery() as listeners:
                     self._listen_nursery = listeners
                     if self._config is not None:
@@ -136,7 +153,8 @@ class UserspaceProxy:
             for listener in self._listeners.values():
                 listener.close()
             self._listeners.clear()
-            self._listen_nursery = self._conn_nursery = None
+            self._abort_connects()
+            self._listen_nursery = None
 
     # --- listeners ---------------------------------------------------------------------
 
@@ -175,8 +193,11 @@ class UserspaceProxy:
                 continue
             self._bind_errors.pop(key, None)
             self._listeners[key] = listener
-            assert self._listen_nursery is not None
-            self._listen_nursery.start_soon(self._serve, listener)
+            if listener.udp is not None:
+                assert self._listen_nursery is not None
+                self._listen_nursery.start_soon(self._serve, listener)
+            else:
+                self._watch_listener(listener)
         if failed:
             self.metrics.sync_errors.inc()
         for proto in ("TCP", "UDP"):
@@ -222,101 +243,171 @@ class UserspaceProxy:
             try:
                 if listener.udp is not None:
                     await listener.udp.serve()
-                else:
-                    await self._accept_loop(listener)
             except trio.ClosedResourceError:
                 pass  # closed by a reconcile
 
-    async def _accept_loop(self, listener: _Listener) -> None:
-        """Accept until the backlog is drained, then wait; every connection gets a task."""
+    # --- TCP connections ---------------------------------------------------------------
+    #
+    # Accepting, picking and connecting run in the relay's reactor, with no task per
+    # connection: a listening socket is watched for EPOLLIN, a connect in progress for
+    # EPOLLOUT (SO_ERROR then says how it went). An attempt is a tuple; its connect timeout
+    # is an entry in a deque that one task (``_expire_connects``) works through. Every
+    # attempt gets the same timeout, so the deque is in deadline order (were
+    # ``connect_timeout`` changed, an entry would at worst wait for the one before it).
+
+    def _accept(self, listener: _Listener, fd: int, mask: int) -> None:
+        """Accept what the backlog holds (a bounded burst: the listener stays readable and
+        level triggering reports it again)."""
         lsock, key = listener.sock, listener.key
-        assert self._conn_nursery is not None
-        spawn, handle = self._conn_nursery.start_soon, self._handle
-        burst = 0
-        while True:
+        flows = self._flows
+        for _ in range(_ACCEPT_BURST):
             try:
                 conn, addr = lsock.accept()
             except BlockingIOError:
-                burst = 0
-                await trio.lowlevel.wait_readable(lsock)
-                continue
+                return
             except OSError as exc:  # EMFILE and friends: back off, keep the listener
-                if lsock.fileno() == -1:
-                    return  # closed by a reconcile
                 log.warning("accept failed", extra={"address": _fmt(key), "error": str(exc)})
-                await trio.sleep(0.1)
+                self._relay.unwatch(lsock.fileno())
+                assert self._listen_nursery is not None
+                self._listen_nursery.start_soon(self._resume, listener)
+                return
+            flows.flows["TCP"] += 1
+            flows.active["TCP"] += 1
+            try:
+                conn.setblocking(False)
+                backend = self._backend(key)
+                if backend is None:
+                    self._reject(conn)
+                else:
+                    self._attempt(conn, addr[0], backend, ())
+            except Exception:  # one broken flow must never take the proxy down
+                log.exception("connection failed", extra={"address": _fmt(key)})
+                self._reject(conn)
+
+    def _watch_listener(self, listener: _Listener) -> None:
+        listener.relay = self._relay
+        self._relay.watch(listener.sock.fileno(), _IN, functools.partial(self._accept, listener))
+
+    async def _resume(self, listener: _Listener) -> None:
+        await trio.sleep(_ACCEPT_BACKOFF)
+        if self._listeners.get(listener.key) is listener:
+            self._watch_listener(listener)
+
+    def _attempt(
+        self, conn: socket.socket, client_ip: str, backend: Backend, tried: tuple[Endpoint, ...]
+    ) -> None:
+        """Connect to the next endpoint ``backend`` picks; reject when none is left."""
+        limit = min(self.connect_attempts, len(backend.endpoints))
+        while len(tried) < limit:  # bounded: ``tried`` grows by one per round
+            picked = backend.pick(client_ip, trio.current_time(), exclude=tried)
+            if picked is None:
+                break
+            tried += (picked,)
+            up = socket.socket(
+                socket.AF_INET6 if ":" in picked[0] else socket.AF_INET,
+                socket.SOCK_STREAM | socket.SOCK_NONBLOCK,
+            )
+            try:
+                up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                err = up.connect_ex(picked)
+                if err == errno.EINPROGRESS:
+                    attempt = (up, conn, client_ip, backend, tried)
+                    fd = up.fileno()
+                    self._connecting[fd] = attempt
+                    self._relay.watch(fd, _OUT, self._on_connect)
+                    if not self._deadlines:
+                        self._deadline_lot.unpark()
+                    self._deadlines.append(
+                        (trio.current_time() + self.connect_timeout, fd, attempt)
+                    )
+                    return
+            except BaseException:
+                up.close()
+                raise
+            if not err:
+                self._established(up, conn, backend, picked)
+                return
+            up.close()
+            self._connect_failed(backend, picked, err)
+        self._reject(conn)
+
+    def _connected(self, fd: int, mask: int) -> None:
+        attempt = self._connecting.pop(fd, None)
+        if attempt is None:
+            return
+        up, conn, client_ip, backend, tried = attempt
+        err = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if not err:
+            if not mask & _OUT:  # not connected yet after all: keep waiting
+                self._connecting[fd] = attempt
+                return
+            self._established(up, conn, backend, tried[-1])
+            return
+        self._relay.unwatch(fd)
+        up.close()
+        self._connect_failed(backend, tried[-1], err)
+        self._attempt(conn, client_ip, backend, tried)
+
+    async def _expire_connects(self) -> None:
+        """Time out connects still in progress at their deadline (checked at most every
+        ``_DEADLINE_TICK`` seconds, so a steady stream of connects costs few wakeups)."""
+        deadlines, connecting = self._deadlines, self._connecting
+        while True:
+            if not deadlines:
+                await self._deadline_lot.park()
                 continue
-            spawn(handle, conn, addr[0], key)
-            burst += 1
-            if burst == _ACCEPT_BURST:
-                burst = 0
-                await trio.lowlevel.checkpoint()
+            await trio.sleep_until(max(deadlines[0][0], trio.current_time() + _DEADLINE_TICK))
+            now = trio.current_time()
+            while deadlines and deadlines[0][0] <= now:
+                _, fd, attempt = deadlines.popleft()
+                if connecting.get(fd) is not attempt:
+                    continue  # connected or failed already
+                del connecting[fd]
+                up, conn, client_ip, backend, tried = attempt
+                self._relay.unwatch(fd)
+                up.close()
+                self._connect_failed(backend, tried[-1], errno.ETIMEDOUT)
+                try:
+                    self._attempt(conn, client_ip, backend, tried)
+                except Exception:  # one broken flow must never take the proxy down
+                    log.exception("connection failed")
+                    self._reject(conn)
 
-    # --- TCP connections ---------------------------------------------------------------
+    def _established(
+        self, up: socket.socket, conn: socket.socket, backend: Backend, picked: Endpoint
+    ) -> None:
+        service = backend.service
+        self._flows.picked(service.namespace, service.name, picked)
+        self._relay.add(conn, up, self._on_closed)
 
-    async def _handle(self, conn: socket.socket, client_ip: str, key: ListenKey) -> None:
+    def _connect_failed(self, backend: Backend, endpoint: Endpoint, err: int) -> None:
+        self._flows.connect_errors += 1
+        log.info(
+            "endpoint connect failed, trying the next",
+            extra={
+                "service": str(backend.service),
+                "endpoint": endpoint,
+                "error": os.strerror(err),
+            },
+        )
+
+    def _reject(self, conn: socket.socket) -> None:
         flows = self._flows
-        flows.flows["TCP"] += 1
-        flows.active["TCP"] += 1
-        upstream: socket.socket | None = None
-        try:
-            conn.setblocking(False)
-            backend = self._backend(key)
-            if backend is not None:
-                upstream = await self._connect(backend, client_ip)
-            if upstream is None:
-                flows.rejects["TCP"] += 1
-        except Exception:  # one broken flow must never take the proxy down
-            log.exception("connection failed", extra={"address": _fmt(key)})
-        finally:
-            if upstream is None:
-                flows.active["TCP"] -= 1
-                reset(conn)  # refused at once, not left to time out
-        if upstream is not None:
-            self._relay.add(conn, upstream, self._tcp_closed)
+        flows.rejects["TCP"] += 1
+        flows.active["TCP"] -= 1
+        reset(conn)  # refused at once, not left to time out
 
     def _tcp_closed(self) -> None:
         self._flows.active["TCP"] -= 1
 
-    async def _connect(self, backend: Backend, client_ip: str) -> socket.socket | None:
-        tried: list[tuple[str, int]] = []
-        for _ in range(min(self.connect_attempts, len(backend.endpoints))):
-            picked = backend.pick(client_ip, trio.current_time(), exclude=tried)
-            if picked is None:
-                break
-            tried.append(picked)
-            try:
-                upstream = await self._open(picked)
-            except OSError as exc:
-                self._flows.connect_errors += 1
-                log.info(
-                    "endpoint connect failed, trying the next",
-                    extra={"service": str(backend.service), "endpoint": picked, "error": str(exc)},
-                )
-                continue
-            self._flows.picked(backend.service.namespace, backend.service.name, picked)
-            return upstream
-        return None
-
-    async def _open(self, endpoint: tuple[str, int]) -> socket.socket:
-        """A non-blocking TCP connection to ``endpoint``; OSError (ETIMEDOUT after
-        ``connect_timeout``) when it cannot be made."""
-        family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = sock.connect_ex(endpoint)
-            if err == errno.EINPROGRESS:
-                err = errno.ETIMEDOUT
-                with trio.move_on_after(self.connect_timeout):
-                    await trio.lowlevel.wait_writable(sock)
-                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+    def _abort_connects(self) -> None:
+        """At shutdown: reset the clients whose connects are still in progress."""
+        for up, conn, *_ in self._connecting.values():
+            up.close()
+            self._flows.active["TCP"] -= 1
+            reset(conn)
+        self._connecting.clear()
+        self._deadlines.clear()
 
 
 def _fmt(key: ListenKey) -> str:

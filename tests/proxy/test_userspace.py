@@ -10,6 +10,7 @@ import random
 import socket
 import struct
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -157,9 +158,12 @@ async def test_large_transfer_integrity(nursery: trio.Nursery, splice: bool) -> 
 
 async def test_no_endpoint_resets_at_once(nursery: trio.Nursery) -> None:
     proxy = await start(nursery, config(service("empty", "127.10.1.4")))
-    sock = await connect_from(CLIENT, ("127.10.1.4", PORT))  # the listener accepts...
-    with sock, pytest.raises(OSError) as info, trio.fail_after(10):
-        await sock.recv(1)  # ...and resets: no FIN, no hanging
+    with pytest.raises(OSError) as info, trio.fail_after(10):
+        # the listener accepts and resets: no FIN, no hanging. The reset can come before the
+        # client has seen its connect complete, so it may surface there already.
+        sock = await connect_from(CLIENT, ("127.10.1.4", PORT))
+        with sock:
+            await sock.recv(1)
     assert info.value.errno == errno.ECONNRESET
     assert sample(proxy, "mesh_proxy_rejects_total", protocol="TCP") == 1
 
@@ -208,24 +212,54 @@ async def test_flows_are_counted_and_closed(nursery: trio.Nursery) -> None:
     assert sample(proxy, "mesh_proxy_bytes_total", direction="to_client") > 0
 
 
+@contextlib.asynccontextmanager
+async def unanswered(ip: str, port: int) -> AsyncIterator[None]:
+    """An endpoint whose connects never complete: a listener that never accepts, its queue
+    full, so further SYNs go unanswered."""
+    full = socket.socket()
+    full.bind((ip, port))
+    full.listen(0)
+    with full, contextlib.ExitStack() as stack:
+        for _ in range(3):
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex((ip, port))
+        await trio.sleep(0.2)
+        yield
+
+
 async def test_connect_timeout_tries_the_next_endpoint(nursery: trio.Nursery) -> None:
     await nursery.start(tcp_who, "127.0.2.10", 28080)
-    full = socket.socket()  # never accepts: once its queue is full, SYNs go unanswered
-    full.bind(("127.0.2.9", 28080))
-    full.listen(0)
-    fillers = [socket.socket() for _ in range(3)]
-    with full, contextlib.ExitStack() as stack:
-        for filler in fillers:
-            stack.enter_context(filler)
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.2.9", 28080))
-        await trio.sleep(0.2)
+    async with unanswered("127.0.2.9", 28080):
         cfg = config(service("slow", "127.10.1.9", "127.0.2.9:28080", "127.0.2.10:28080"))
         proxy = await start(nursery, cfg, connect_timeout=0.3)
         with trio.fail_after(10):
             answers = [await ask_tcp(CLIENT, ("127.10.1.9", PORT)) for _ in range(2)]
         assert answers == ["127.0.2.10:28080"] * 2
         assert sample(proxy, "mesh_proxy_endpoint_connect_errors_total") >= 1
+
+
+async def test_shutdown_resets_connects_in_progress(nursery: trio.Nursery) -> None:
+    async with unanswered("127.0.2.11", 28080):
+        proxy = UserspaceProxy(connect_timeout=30)
+        proxy.apply(config(service("stuck", "127.10.1.11", "127.0.2.11:28080")))
+        scope = trio.CancelScope()
+
+        async def run(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope:
+                await proxy.run(task_status=task_status)
+
+        await nursery.start(run)
+        sock = await connect_from(CLIENT, ("127.10.1.11", PORT))
+        with sock, trio.fail_after(10):
+            await eventually(
+                lambda: sample(proxy, "mesh_proxy_active_connections", protocol="TCP") == 1
+            )
+            scope.cancel()  # the proxy stops while its connect is in progress
+            with pytest.raises(OSError) as info:
+                await sock.recv(1)
+        assert info.value.errno == errno.ECONNRESET
+        assert sample(proxy, "mesh_proxy_active_connections", protocol="TCP") == 0
 
 
 # --- UDP -------------------------------------------------------------------------------------
