@@ -24,7 +24,11 @@ batch, and a later event for that number must not reach it.
 
 When one side sends EOF, the other side's write half is shut down (``SHUT_WR``) and the
 opposite direction carries on: HTTP/1.0-style "send request, shutdown, read reply" works. When
-both directions are done the sockets are closed. An error on either side (reset, broken pipe)
+both directions are done the sockets are closed (a close sends the FIN still owed, so the
+last EOF needs no shutdown of its own). When epoll says the peer has sent its FIN
+(EPOLLRDHUP) and a read empties the socket, the direction reads the EOF right away and sends
+the last bytes with MSG_MORE, so that they and the FIN leave in one segment, as a reply and
+the close that ends it usually do. An error on either side (reset, broken pipe)
 ends the flow with a reset on both sides, so neither peer is left waiting.
 """
 
@@ -56,7 +60,9 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _LINGER_RESET = struct.pack("ii", 1, 0)
 Handler = Callable[[int, int], None]  # (fd, epoll mask), for a watched socket
-_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
+_IN, _OUT, _RDHUP = select.EPOLLIN | select.EPOLLRDHUP, select.EPOLLOUT, select.EPOLLRDHUP
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_OPEN, _EOF, _SHUT = 0, 1, 2  # a direction's ``done``: reading; EOF read, FIN owed; FIN sent
 _BROKEN = select.EPOLLERR | select.EPOLLHUP
 
 
@@ -76,7 +82,7 @@ class _Direction:
         self.src, self.dst, self.d = src, dst, d
         self.sfd = src.fileno()
         self.splice = splice
-        self.done = False
+        self.done = _OPEN
         self.pending: memoryview | None = None  # bytes a short write left over
         self.pipe: tuple[int, int] | None = None  # (read end, write end) once bulk
         self.piped = 0  # bytes in the pipe
@@ -205,7 +211,7 @@ class Relay:
             if writer is not None and mask & (_OUT | _BROKEN):
                 self._step(writer)
             if not mask or mask & (_IN | _BROKEN):
-                self._step(reader)
+                self._step(reader, mask & _RDHUP)
             if mask & select.EPOLLERR:
                 # a reset or an error on the socket: pass it on to the other peer
                 raise ConnectionResetError(errno.ECONNRESET, "socket error")
@@ -218,8 +224,12 @@ class Relay:
             return
         up, down = flow.up, flow.down
         if up.done and down.done:
-            self._finish(flow, failed=False)
+            self._finish(flow, failed=False)  # the close sends the FIN still owed
             return
+        if up.done == _EOF:
+            self._shut(up)
+        if down.done == _EOF:
+            self._shut(down)
         cmask = (0 if up.done or up.blocked else _IN) | (_OUT if down.blocked else 0)
         umask = (0 if down.done or down.blocked else _IN) | (_OUT if up.blocked else 0)
         if cmask != flow.cmask:
@@ -239,9 +249,10 @@ class Relay:
         else:
             self._epoll.modify(fd, new)
 
-    def _step(self, dr: _Direction) -> None:
+    def _step(self, dr: _Direction, rdhup: int = 0) -> None:
         """Move what can be moved now; return at EAGAIN (or after ``_ROUNDS`` reads: the
-        level-triggered epoll reports the socket again)."""
+        level-triggered epoll reports the socket again). ``rdhup``: the source has sent its
+        FIN."""
         if dr.done:
             return
         for _ in range(_ROUNDS):
@@ -272,13 +283,25 @@ class Relay:
             if n == 0:
                 self._eof(dr)
                 return
+            last = False
+            if rdhup and n < CHUNK:  # the FIN is there: read it now, send it along (above)
+                try:
+                    more = dr.src.recv_into(self._view[n:])
+                except BlockingIOError:
+                    more = -1  # not the FIN yet after all
+                if more >= 0:
+                    last = not more
+                    n += more
             self.totals[dr.d] += n
             try:
-                sent = dr.dst.send(self._view[:n])
+                sent = dr.dst.send(self._view[:n], _MSG_MORE if last else 0)
             except BlockingIOError:
                 sent = 0
             if sent < n:  # the buffer is shared: keep a copy of the rest
                 dr.pending = memoryview(bytes(self._view[sent:n]))
+                return  # the EOF is read again once it is written
+            if last:
+                self._eof(dr)
                 return
             if n < CHUNK:
                 return  # the socket is empty
@@ -308,10 +331,15 @@ class Relay:
         return False
 
     def _eof(self, dr: _Direction) -> None:
-        dr.done = True
+        dr.done = _EOF  # the FIN is passed on by _drive, or by the close that ends the flow
         dr.close_pipe()
-        with contextlib.suppress(OSError):
+
+    def _shut(self, dr: _Direction) -> None:
+        dr.done = _SHUT
+        try:
             dr.dst.shutdown(socket.SHUT_WR)
+        except OSError:  # the destination is gone: its own event ends the flow
+            return
 
     def _finish(self, flow: _Flow, *, failed: bool) -> None:
         del self._flows[flow.cfd], self._flows[flow.ufd]

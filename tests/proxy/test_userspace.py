@@ -156,6 +156,31 @@ async def test_large_transfer_integrity(nursery: trio.Nursery, splice: bool) -> 
     assert sample(proxy, "mesh_proxy_bytes_total", direction="to_endpoint") == len(payload)
 
 
+@pytest.mark.parametrize("size", [100, 60_000, 3 * 65536 + 7])
+async def test_reply_then_close_reaches_a_slow_client_whole(
+    nursery: trio.Nursery, size: int
+) -> None:
+    """A reply and the FIN right behind it (sent together when the reply fits one read) get
+    to a client that is not reading yet: nothing lost, the EOF last."""
+    reply = random.Random(size).randbytes(size)
+
+    async def reply_and_close(conn: trio.socket.SocketType) -> None:
+        with conn:
+            await conn.recv(100)
+            await conn.send(reply)
+
+    await nursery.start(tcp_sink, "127.0.2.12", 28080, reply_and_close)
+    await start(nursery, config(service("slow", "127.10.1.12", "127.0.2.12:28080")))
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the proxy's send falls short
+    await sock.bind((CLIENT, 0))
+    await sock.connect(("127.10.1.12", PORT))
+    with sock, trio.fail_after(10):
+        await sock.send(b"request")
+        await trio.sleep(0.2)  # the reply and the FIN reach the proxy meanwhile
+        assert await recv_all(sock) == reply
+
+
 async def test_no_endpoint_resets_at_once(nursery: trio.Nursery) -> None:
     proxy = await start(nursery, config(service("empty", "127.10.1.4")))
     with pytest.raises(OSError) as info, trio.fail_after(10):
