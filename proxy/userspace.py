@@ -273,16 +273,12 @@ class UserspaceProxy:
                 return
             flows.flows["TCP"] += 1
             flows.active["TCP"] += 1
-            try:
-                conn.setblocking(False)
-                backend = self._backend(key)
-                if backend is None:
-                    self._reject(conn)
-                else:
-                    self._attempt(conn, addr[0], backend, ())
-            except Exception:  # one broken flow must never take the proxy down
-                log.exception("connection failed", extra={"address": _fmt(key)})
+            conn.setblocking(False)
+            backend = self._backend(key)
+            if backend is None:
                 self._reject(conn)
+            else:
+                self._attempt(conn, addr[0], backend, ())
 
     def _watch_listener(self, listener: _Listener) -> None:
         listener.relay = self._relay
@@ -297,45 +293,64 @@ class UserspaceProxy:
         self, conn: socket.socket, client_ip: str, backend: Backend, tried: tuple[Endpoint, ...]
     ) -> None:
         """Connect to the next endpoint ``backend`` picks; reject when none is left."""
-        limit = min(self.connect_attempts, len(backend.endpoints))
-        while len(tried) < limit:  # bounded: ``tried`` grows by one per round
-            picked = backend.pick(client_ip, trio.current_time(), exclude=tried)
-            if picked is None:
-                break
-            tried += (picked,)
-            up = socket.socket(
-                socket.AF_INET6 if ":" in picked[0] else socket.AF_INET,
-                socket.SOCK_STREAM | socket.SOCK_NONBLOCK,
-            )
-            try:
-                up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                err = up.connect_ex(picked)
-                if err == errno.EINPROGRESS:
-                    attempt = (up, conn, client_ip, backend, tried)
-                    fd = up.fileno()
-                    self._connecting[fd] = attempt
-                    self._relay.watch(fd, _OUT, self._on_connect)
-                    if not self._deadlines:
-                        self._deadline_lot.unpark()
-                    self._deadlines.append(
-                        (trio.current_time() + self.connect_timeout, fd, attempt)
-                    )
+        try:
+            limit = min(self.connect_attempts, len(backend.endpoints))
+            now = trio.current_time()
+            while len(tried) < limit:  # bounded: ``tried`` grows by one per round
+                picked = backend.pick(client_ip, now, exclude=tried)
+                if picked is None:
+                    break
+                tried += (picked,)
+                try:
+                    err = self._connect(conn, client_ip, backend, tried, now)
+                except OSError as exc:  # no socket to be had (EMFILE and friends)
+                    err = exc.errno or errno.EIO
+                if err == 0 or err == errno.EINPROGRESS:
                     return
-            except BaseException:
-                up.close()
-                raise
-            if not err:
-                self._established(up, conn, backend, picked)
-                return
-            up.close()
-            self._connect_failed(backend, picked, err)
+                self._connect_failed(backend, picked, err)
+        except Exception:  # one broken flow must never take the proxy down
+            log.exception("connection failed", extra={"service": str(backend.service)})
         self._reject(conn)
+
+    def _connect(
+        self,
+        conn: socket.socket,
+        client_ip: str,
+        backend: Backend,
+        tried: tuple[Endpoint, ...],
+        now: float,
+    ) -> int:
+        """Connect to ``tried[-1]``: 0 when connected at once (relayed from here on),
+        EINPROGRESS when under way (watched), else the error."""
+        endpoint = tried[-1]
+        family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
+        up = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = up.connect_ex(endpoint)
+            if err == errno.EINPROGRESS:
+                fd = up.fileno()
+                attempt = (up, conn, client_ip, backend, tried)
+                self._relay.watch(fd, _OUT, self._on_connect)
+                self._connecting[fd] = attempt
+                if not self._deadlines:
+                    self._deadline_lot.unpark()
+                self._deadlines.append((now + self.connect_timeout, fd, attempt))
+                return err
+        except BaseException:
+            up.close()
+            raise
+        if err:
+            up.close()
+        else:
+            self._established(up, conn, backend, endpoint)
+        return err
 
     def _connected(self, fd: int, mask: int) -> None:
         attempt = self._connecting.pop(fd, None)
         if attempt is None:
             return
-        up, conn, client_ip, backend, tried = attempt
+        up, conn, _, backend, tried = attempt
         err = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if not err:
             if not mask & _OUT:  # not connected yet after all: keep waiting
@@ -343,6 +358,10 @@ class UserspaceProxy:
                 return
             self._established(up, conn, backend, tried[-1])
             return
+        self._next_endpoint(fd, attempt, err)
+
+    def _next_endpoint(self, fd: int, attempt: _Attempt, err: int) -> None:
+        up, conn, client_ip, backend, tried = attempt
         self._relay.unwatch(fd)
         up.close()
         self._connect_failed(backend, tried[-1], err)
@@ -363,15 +382,7 @@ class UserspaceProxy:
                 if connecting.get(fd) is not attempt:
                     continue  # connected or failed already
                 del connecting[fd]
-                up, conn, client_ip, backend, tried = attempt
-                self._relay.unwatch(fd)
-                up.close()
-                self._connect_failed(backend, tried[-1], errno.ETIMEDOUT)
-                try:
-                    self._attempt(conn, client_ip, backend, tried)
-                except Exception:  # one broken flow must never take the proxy down
-                    log.exception("connection failed")
-                    self._reject(conn)
+                self._next_endpoint(fd, attempt, errno.ETIMEDOUT)
 
     def _established(
         self, up: socket.socket, conn: socket.socket, backend: Backend, picked: Endpoint

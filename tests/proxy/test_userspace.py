@@ -205,6 +205,15 @@ async def test_connect_failure_tries_the_next_endpoint(nursery: trio.Nursery) ->
     assert await ask_tcp(CLIENT, ("127.10.1.5", PORT)) == REJECT
 
 
+async def test_connect_attempts_are_bounded(nursery: trio.Nursery) -> None:
+    dead = [f"127.0.2.{i}:28080" for i in range(20, 24)]  # nothing listens: refused
+    proxy = await start(nursery, config(service("s", "127.10.1.6", *dead)), connect_attempts=2)
+    assert await ask_tcp(CLIENT, ("127.10.1.6", PORT)) == REJECT
+    assert sample(proxy, "mesh_proxy_endpoint_connect_errors_total") == 2
+    assert sample(proxy, "mesh_proxy_rejects_total", protocol="TCP") == 1
+    assert sample(proxy, "mesh_proxy_active_connections", protocol="TCP") == 0
+
+
 async def test_endpoint_reset_resets_the_client(nursery: trio.Nursery) -> None:
     async def reset_after_hello(conn: trio.socket.SocketType) -> None:
         await conn.send(b"hello\n")
