@@ -3,11 +3,14 @@
 Theory of operation. Every established flow is driven by one reactor: a trio task that owns
 an epoll instance (level-triggered), waits for it to become readable with trio's
 ``wait_readable`` and then handles whatever is ready, flow by flow, without a task switch
-per event. A flow is two directions, client -> endpoint and endpoint -> client; each moves
-bytes until EAGAIN and the epoll interest of the two sockets says what each direction waits
-for: to read its source, or, when a write stopped short, to write its destination. While a
-direction has unwritten bytes it does not read (backpressure), so a slow peer stalls only its
-own direction.
+per event; it polls again until a poll comes back empty (at most ``_POLLS`` times), as the
+peers keep sending while a batch is handled and a round through trio costs more than a poll.
+
+A flow is two directions, client -> endpoint and endpoint -> client; each moves bytes until
+EAGAIN and the epoll interest of the two sockets says what each direction waits for: to read
+its source, or, when a write stopped short, to write its destination. While a direction has
+unwritten bytes it does not read (backpressure), so a slow peer stalls only its own
+direction.
 
 Short exchanges (requests, replies) are copied through one buffer shared by all flows; a
 direction keeps a copy only of what a short write left over. A read that fills the buffer
@@ -158,7 +161,7 @@ class Relay:
                         except Exception:  # a handler must never take the reactor down
                             log.exception("socket handler failed")
                     later.clear()
-                    if len(events) < _MAX_EVENTS:
+                    if not events:
                         break
         finally:
             for flow in set(self._flows.values()):
