@@ -287,7 +287,7 @@ class Relay:
                 self._eof(dr)
                 return
             last = False
-            if rdhup and n < CHUNK:  # the FIN is there: read it now, send it along (above)
+            if rdhup and n < CHUNK:  # the FIN is there: read it now and send it with these
                 try:
                     more = dr.src.recv_into(self._view[n:])
                 except BlockingIOError:

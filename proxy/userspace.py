@@ -46,8 +46,8 @@ _ACCEPT_BACKOFF = 0.1  # seconds a listener rests after accept failed (EMFILE an
 _DEADLINE_TICK = 0.01  # seconds: connect timeouts fire at most this late
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 # a connect in progress: (upstream, client, client IP, backend, endpoints tried, the last one
-# being the one it connects to)
-_Attempt = tuple[socket.socket, socket.socket, str, Backend, tuple[Endpoint, ...]]
+# being the one it connects to, serial number)
+_Attempt = tuple[socket.socket, socket.socket, str, Backend, tuple[Endpoint, ...], int]
 
 
 @dataclass(eq=False)
@@ -96,7 +96,10 @@ class UserspaceProxy:
         self._bind_errors: dict[ListenKey, str] = {}
         self._listen_nursery: trio.Nursery | None = None
         self._connecting: dict[int, _Attempt] = {}  # by upstream file descriptor
-        self._deadlines: deque[tuple[float, int, _Attempt]] = deque()
+        # (deadline, fd, serial): no reference to the attempt, which is gone long before its
+        # deadline almost always
+        self._deadlines: deque[tuple[float, int, int]] = deque()
+        self._serial = 0
         self._deadline_lot = trio.lowlevel.ParkingLot()
         self._on_connect: Handler = self._connected  # bound once, not per connection
         self._on_closed = self._tcp_closed
@@ -330,12 +333,12 @@ class UserspaceProxy:
             err = up.connect_ex(endpoint)
             if err == errno.EINPROGRESS:
                 fd = up.fileno()
-                attempt = (up, conn, client_ip, backend, tried)
+                self._serial = serial = self._serial + 1
                 self._relay.watch(fd, _OUT, self._on_connect)
-                self._connecting[fd] = attempt
+                self._connecting[fd] = (up, conn, client_ip, backend, tried, serial)
                 if not self._deadlines:
                     self._deadline_lot.unpark()
-                self._deadlines.append((now + self.connect_timeout, fd, attempt))
+                self._deadlines.append((now + self.connect_timeout, fd, serial))
                 return err
         except BaseException:
             up.close()
@@ -350,7 +353,7 @@ class UserspaceProxy:
         attempt = self._connecting.pop(fd, None)
         if attempt is None:
             return
-        up, conn, _, backend, tried = attempt
+        up, conn, _, backend, tried, _ = attempt
         err = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if not err:
             if not mask & _OUT:  # not connected yet after all: keep waiting
@@ -361,7 +364,7 @@ class UserspaceProxy:
         self._next_endpoint(fd, attempt, err)
 
     def _next_endpoint(self, fd: int, attempt: _Attempt, err: int) -> None:
-        up, conn, client_ip, backend, tried = attempt
+        up, conn, client_ip, backend, tried, _ = attempt
         self._relay.unwatch(fd)
         up.close()
         self._connect_failed(backend, tried[-1], err)
@@ -378,8 +381,9 @@ class UserspaceProxy:
             await trio.sleep_until(max(deadlines[0][0], trio.current_time() + _DEADLINE_TICK))
             now = trio.current_time()
             while deadlines and deadlines[0][0] <= now:
-                _, fd, attempt = deadlines.popleft()
-                if connecting.get(fd) is not attempt:
+                _, fd, serial = deadlines.popleft()
+                attempt = connecting.get(fd)
+                if attempt is None or attempt[5] != serial:
                     continue  # connected or failed already
                 del connecting[fd]
                 self._next_endpoint(fd, attempt, errno.ETIMEDOUT)
