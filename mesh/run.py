@@ -83,6 +83,22 @@ def _run(main: Callable[[trio.Nursery], Awaitable[None]]) -> None:
 _TITLES = {"dns": "DNS server", "proxy": "node proxy"}
 
 
+async def _start_component(nursery: trio.Nursery, component: Component[Any]) -> None:
+    title = _TITLES.get(component.name, component.name)
+    await _start(nursery, title, _listen_of(component), component.run)
+
+
+async def _start_fed(
+    nursery: trio.Nursery, plane: Any, components: Sequence[Component[Any]]
+) -> None:
+    """Start each component, then feed it from the in-process control plane."""
+    from mesh.feed import feed_from_plane
+
+    for component in components:
+        await _start_component(nursery, component)
+        await nursery.start(feed_from_plane, plane, component)
+
+
 def _listen_of(component: Component[Any]) -> Address | None:
     listen = getattr(component, "listen", None)
     return listen if isinstance(listen, tuple) else None
@@ -138,7 +154,6 @@ def run_up(
     from mesh.admin import AdminServer
     from mesh.control.stream import ConfigServer
     from mesh.dns.server import DnsServer
-    from mesh.feed import feed_from_plane
 
     plane = _plane(manifest_dir, service_cidr, node_name, zone, ttl, pod_mode)
     dns = DnsServer(dns_listen, upstreams, zone=zone)
@@ -153,14 +168,7 @@ def run_up(
         _report_manifest_errors(plane)
         await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
-        for component in components:
-            await _start(
-                nursery,
-                _TITLES.get(component.name, component.name),
-                _listen_of(component),
-                component.run,
-            )
-            await nursery.start(feed_from_plane, plane, component)
+        await _start_fed(nursery, plane, components)
         announce("dns", (dns_listen[0], dns.port))
         await _start(nursery, "admin server", admin_listen, admin.run)
         announce("admin", (admin_listen[0], admin.port))
@@ -189,7 +197,6 @@ def run_up_netns(
     from mesh.boxnode import BoxNode, dns_objects
     from mesh.control.stream import ConfigServer
     from mesh.dns.server import DnsServer
-    from mesh.feed import feed_from_plane
     from mesh.proxy.cluster_box import ClusterBox, down
 
     removed = down(state_dir)  # a box left by a crashed run
@@ -219,14 +226,7 @@ def run_up_netns(
         await _start(nursery, "box node agent", None, node.run)
         await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
-        for component in components:
-            await _start(
-                nursery,
-                _TITLES.get(component.name, component.name),
-                _listen_of(component),
-                component.run,
-            )
-            await nursery.start(feed_from_plane, plane, component)
+        await _start_fed(nursery, plane, components)
         announce("dns", (cluster.dns_ip, 53))
         await _start(nursery, "admin server", admin_listen, admin.run)
         announce("admin", (admin_listen[0], admin.port))
@@ -283,12 +283,7 @@ def run_component(
     admin = AdminServer(admin_listen, [component])
 
     async def main(nursery: trio.Nursery) -> None:
-        await _start(
-            nursery,
-            _TITLES.get(component.name, component.name),
-            _listen_of(component),
-            component.run,
-        )
+        await _start_component(nursery, component)
         if listen is not None:
             what, address = listen
             announce(what, (address[0], getattr(component, "port", address[1])))
