@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.query
@@ -29,12 +30,12 @@ MESH = [sys.executable, "-m", "mesh.cli"]
 class Proc:
     """A started ``mesh`` process and the addresses it announced."""
 
-    def __init__(self, args: list[str], want: set[str]) -> None:
+    def __init__(self, args: list[str], want: set[str], stderr: Any = subprocess.DEVNULL) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.popen = subprocess.Popen(
             [*MESH, *args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
             text=True,
             env=env,
         )
@@ -282,52 +283,27 @@ def test_standalone_dns_keeps_last_config_across_control_restart(
         control.stop()
 
 
-def test_bad_manifest_is_reported_and_the_rest_serves(manifests: Path) -> None:
+def test_bad_manifest_is_reported_and_the_rest_serves(manifests: Path, tmp_path: Path) -> None:
     (manifests / "broken.yaml").write_text(
         "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: shop}\n"
         "spec: {ports: [{port: 70000}]}\n"
     )
-    proc = subprocess.Popen(
-        [
-            *MESH,
-            "up",
-            "-f",
-            str(manifests),
-            "--control-listen",
-            "127.0.0.1:0",
-            "--dns-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--no-proxy",
-            "--log-format",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stderr is not None
-        seen: dict[str, tuple[str, int]] = {}
-        deadline = time.monotonic() + 20
-        while "admin" not in seen and time.monotonic() < deadline:
-            m = re.match(r"^(\w+)\s+(\S+):(\d+)$", proc.stdout.readline().strip())
-            if m:
-                seen[m.group(1)] = (m.group(2), int(m.group(3)))
-        assert addresses(query(seen["dns"], "web.shop.svc.cluster.local"))
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=10)
-        errors = [json.loads(line) for line in err.splitlines() if '"invalid object"' in line]
-        assert errors, err
-        text = errors[0]["error"]
-        assert "broken.yaml" in text
-        assert "Service/shop/broken" in text
-        assert "spec.ports[0].port" in text
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+    args = ["up", "-f", str(manifests), "--no-proxy", "--log-format", "json"]
+    for flag in ("--control-listen", "--dns-listen", "--admin-listen"):
+        args += [flag, "127.0.0.1:0"]
+    with (tmp_path / "stderr").open("w") as log:
+        proc = Proc(args, {"dns", "admin"}, stderr=log)
+        try:
+            assert addresses(query(proc.addresses["dns"], "web.shop.svc.cluster.local"))
+        finally:
+            proc.stop()
+    err = (tmp_path / "stderr").read_text()
+    errors = [json.loads(line) for line in err.splitlines() if '"invalid object"' in line]
+    assert errors, err
+    text = errors[0]["error"]
+    assert "broken.yaml" in text
+    assert "Service/shop/broken" in text
+    assert "spec.ports[0].port" in text
 
 
 def test_address_in_use_is_one_clear_error(up: Proc, manifests: Path) -> None:
