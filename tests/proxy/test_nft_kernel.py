@@ -147,6 +147,13 @@ def test_updates_keep_affinity_and_reject_after_endpoints_go(box: ClusterBox) ->
         stop(servers)
 
 
+def _udp_flows_to_vip(box: ClusterBox) -> str:
+    """The node's conntrack entries of UDP flows to 198.19.0.1:80."""
+    argv = ["conntrack", "-L", "-p", "udp", "--orig-dst", "198.19.0.1", "--orig-port-dst", "80"]
+    out = subprocess.run(box.node_argv(argv), capture_output=True, text=True, timeout=10)
+    return out.stdout
+
+
 def test_stale_udp_conntrack_entries_are_removed(box: ClusterBox) -> None:
     syncer = _syncer(box, "inline")
     a, b = "198.18.1.1", "198.18.1.2"
@@ -156,43 +163,11 @@ def test_stale_udp_conntrack_entries_are_removed(box: ClusterBox) -> None:
         client = _pod("198.18.0.11")
         for _ in range(2):
             ask(box, client, "198.19.0.1", 80, "UDP")
-        listing = subprocess.run(
-            box.node_argv(
-                [
-                    "conntrack",
-                    "-L",
-                    "-p",
-                    "udp",
-                    "--orig-dst",
-                    "198.19.0.1",
-                    "--orig-port-dst",
-                    "80",
-                ]
-            ),
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
+        listing = _udp_flows_to_vip(box)
         assert f"src={a}" in listing and f"src={b}" in listing
         result = syncer.sync(_web(b, protocol="UDP"))
         assert result.ok and len(result.stale) == 1
-        listing = subprocess.run(
-            box.node_argv(
-                [
-                    "conntrack",
-                    "-L",
-                    "-p",
-                    "udp",
-                    "--orig-dst",
-                    "198.19.0.1",
-                    "--orig-port-dst",
-                    "80",
-                ]
-            ),
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
+        listing = _udp_flows_to_vip(box)
         assert f"src={a}" not in listing and f"src={b}" in listing
     finally:
         stop(servers)
