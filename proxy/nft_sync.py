@@ -33,11 +33,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from mesh.config.proxy import ProxyConfig
 from mesh.proxy.conntrack import ConntrackCleaner, StaleEntry, UdpTargets, stale_entries
 from mesh.proxy.nft_render import (
+    DISPATCH_MAP,
+    DNAT_MAP,
     MAP_TYPES,
     MAPS,
     SERVICES_CHAIN,
@@ -138,36 +140,102 @@ class FakeNftRunner:
         self.marker = None
 
 
-def transaction(new: Ruleset, previous: Ruleset | None) -> str:
+# Maps keyed by a dispatch slot, read by a later chain of the packet's traversal than the rule
+# that picked the slot. The kernel reads a chain's rules in the generation the packet started
+# in, but looks set elements up in the generation current at lookup time: a packet that ran a
+# Service's old chain during a commit could miss a slot that commit deleted, leave un-NATed,
+# and its conntrack entry would keep that connection broken. So what an update drops from
+# these maps, and the chains their verdicts point at, is deleted late, by the next sync (as
+# kube-proxy deletes stale objects late). Slots are not reused before the next full sync, so a
+# lingering one is never picked again.
+LATE_DELETE = frozenset({DISPATCH_MAP, DNAT_MAP})
+
+
+@dataclass(frozen=True, slots=True)
+class Lingering:
+    """What an update retired and left in the kernel for the next sync to delete."""
+
+    elements: dict[str, list[str]] = field(default_factory=dict)  # map -> slot keys
+    chains: tuple[str, ...] = ()
+    sets: tuple[str, ...] = ()  # affinity sets of retired endpoint chains
+
+    def __bool__(self) -> bool:
+        return bool(self.elements or self.chains or self.sets)
+
+
+def transaction(new: Ruleset, previous: Ruleset | None, lingering: Lingering | None = None) -> str:
     """One atomic nft script that makes the table equal to ``new``, given that the kernel
-    holds ``previous`` (None: unknown, replace the table)."""
+    holds ``previous`` (None: unknown, replace the table) plus what ``lingering`` names,
+    which this script deletes."""
     t = f"ip {new.table}"
-    if previous is None or (previous.table, previous.static) != (new.table, new.static):
+    kind = transaction_kind(new, previous)
+    if kind == "replace" or previous is None:
         return f"add table {t}\ndelete table {t}\n{new.body}"
-    if any(new.affinity_sets.get(a, v) != v for a, v in previous.affinity_sets.items()):
+    if kind == "rewrite":
         return _rewrite(new, previous)
-    return _update(new, previous)
+    return _update(new, previous, lingering or Lingering())
 
 
-def _update(new: Ruleset, previous: Ruleset) -> str:
-    """Only what changed: chains flushed and rewritten, elements deleted and added."""
+def transaction_kind(
+    new: Ruleset, previous: Ruleset | None
+) -> Literal["replace", "rewrite", "update"]:
+    """replace: a new table; rewrite: flush and refill it (an affinity timeout changed, and
+    the entries of the others must be kept); update: only what changed."""
+    if previous is None or (previous.table, previous.static) != (new.table, new.static):
+        return "replace"
+    if any(new.affinity_sets.get(a, v) != v for a, v in previous.affinity_sets.items()):
+        return "rewrite"
+    return "update"
+
+
+def retired(new: Ruleset, previous: Ruleset | None) -> Lingering:
+    """What an update from ``previous`` to ``new`` leaves in the kernel for later (nothing
+    after a replace or a rewrite, which remove everything ``new`` does not hold)."""
+    if previous is None or transaction_kind(new, previous) != "update":
+        return Lingering()
+    elements = {}
+    for name in sorted(LATE_DELETE):
+        keys = previous.element_sets.get(name, {}).keys() - new.element_sets.get(name, {}).keys()
+        if keys:
+            elements[name] = sorted(keys, key=_slot_order)
+    chains = tuple(sorted(previous.chain_blocks.keys() - new.chain_blocks.keys()))
+    sets = tuple(sorted(previous.affinity_sets.keys() - new.affinity_sets.keys()))
+    return Lingering(elements, chains, sets)
+
+
+def _slot_order(key: str) -> tuple[int, str]:
+    return (int(key), key) if key.isdigit() else (0, key)
+
+
+def _update(new: Ruleset, previous: Ruleset, lingering: Lingering) -> str:
+    """Only what changed: chains flushed and rewritten, elements deleted and added. Slots and
+    chains dropped now stay for the next sync; the ``lingering`` ones go now."""
     t = f"ip {new.table}"
     old = previous.chain_blocks
-    changed = [c for c, block in new.chain_blocks.items() if old.get(c, block) != block]
-    added = [c for c in new.chain_blocks if c not in old]
-    gone = sorted(old.keys() - new.chain_blocks.keys())
+    back = [c for c in lingering.chains if c in new.chain_blocks]  # retired, now wanted again
+    changed = [c for c, block in new.chain_blocks.items() if c in old and old[c] != block]
+    changed += back
+    added = [c for c in new.chain_blocks if c not in old and c not in back]
+    late = [c for c in lingering.chains if c not in new.chain_blocks]
     lines = [f"add table {t}"]
-    lines.extend(f"flush chain {t} {c}" for c in (*changed, *gone))
+    lines.extend(f"flush chain {t} {c}" for c in (*changed, *late))
     blocks = [affinity_decl(a, s) for a, s in new.affinity_sets.items()
-              if a not in previous.affinity_sets]  # fmt: skip
+              if a not in previous.affinity_sets and a not in lingering.sets]  # fmt: skip
     blocks.extend(new.chain_blocks[c] for c in (*changed, *added))
     if new.services_chain != previous.services_chain:
         lines.append(f"flush chain {t} {SERVICES_CHAIN}")
         blocks.append(new.services_chain)
+    for name, keys in lingering.elements.items():
+        gone = [k for k in keys if k not in new.element_sets.get(name, {})]
+        if gone:
+            lines.append(f"delete element {t} {name} {{ {', '.join(gone)} }}")
     adds = []
     for name, elems in new.element_sets.items():
         was = previous.element_sets.get(name, {})
-        stale = [k for k, v in was.items() if elems.get(k) != v]
+        if name in LATE_DELETE:  # changed values now, dropped keys later
+            stale = [k for k, v in was.items() if k in elems and elems[k] != v]
+        else:
+            stale = [k for k, v in was.items() if elems.get(k) != v]
         fresh = {k: v for k, v in elems.items() if was.get(k) != v}
         if stale:
             lines.append(f"delete element {t} {name} {{ {', '.join(stale)} }}")
@@ -176,10 +244,8 @@ def _update(new: Ruleset, previous: Ruleset) -> str:
     if blocks:
         lines.append(f"table {t} {{\n" + "".join(blocks) + "}")
     lines.extend(adds)
-    lines.extend(f"delete chain {t} {c}" for c in gone)
-    lines.extend(
-        f"delete set {t} {a}" for a in sorted(previous.affinity_sets.keys() - new.affinity_sets)
-    )
+    lines.extend(f"delete chain {t} {c}" for c in late)
+    lines.extend(f"delete set {t} {a}" for a in lingering.sets if a not in new.affinity_sets)
     return "\n".join(lines) + "\n"
 
 
@@ -289,6 +355,7 @@ class Syncer:
         self.full_sync_period = full_sync_period  # replace the table at least this often
         self.clock = clock
         self.applied: Ruleset | None = None  # None: unknown, the next sync replaces the table
+        self.lingering = Lingering()  # retired, still in the kernel (see LATE_DELETE)
         self.udp: UdpTargets | None = None  # UDP targets of the last successful sync
         self.last_full = -math.inf
 
@@ -303,11 +370,15 @@ class Syncer:
             self.applied = None
         try:
             ruleset = render(config, self.options, self.applied)
-            self.runner.apply(transaction(ruleset, self.applied))
+            self.runner.apply(transaction(ruleset, self.applied, self.lingering))
         except (NftError, ValueError) as exc:
             self.applied = None
+            self.lingering = Lingering()
             log.warning("nftables sync failed", extra={"error": str(exc)})
             return SyncResult(False, time.perf_counter() - start, ruleset, str(exc))
+        # A replaced table took everything lingering with it; an update deleted what lingered
+        # and left what it retired for the next sync.
+        self.lingering = retired(ruleset, self.applied)
         stale = stale_entries(self.udp, ruleset.udp)
         if self.applied is None:
             self.last_full = now

@@ -26,22 +26,32 @@ STAYING = ("198.18.1.1", "198.18.1.2", "198.18.1.3")
 CHURNING = "198.18.1.4"
 CLIENT = "198.18.0.11"
 
-# A bounded load: N sequential connections (each with a timeout), a tally of who answered.
+# A bounded load: N sequential connections (each with a timeout and its own source port),
+# a tally of who answered.
 LOAD = r"""
 import json, socket, sys, time
 dest, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-fails, seen, deadline = [], {}, time.monotonic() + 60
+fails, seen, deadline, stage = [], {}, time.monotonic() + 60, ""
 for i in range(count):
     if time.monotonic() > deadline:
         break
     try:
-        with socket.create_connection((dest, port), timeout=2) as s:
+        # A source port of its own per connection: a reused 4-tuple could meet the
+        # endpoint's TIME_WAIT socket of an earlier flow, which is not what this measures.
+        with socket.socket() as s:
+            # Long enough for TCP to recover a lost segment by retransmission (a SYN is
+            # resent after 1 s, then 3 s): a failure here is a flow that stays broken.
+            s.settimeout(5)
+            s.bind(("", 20000 + i))
+            stage = "connect"
+            s.connect((dest, port))
+            stage = "read"
             who = s.makefile().readline().strip()
         if not who:
             fails.append("empty")
         seen[who] = seen.get(who, 0) + 1
     except OSError as exc:
-        fails.append(repr(exc))
+        fails.append(f"{i} {stage}: {exc!r}")
     time.sleep(0.002)
 print(json.dumps({"fails": fails, "seen": seen}))
 """

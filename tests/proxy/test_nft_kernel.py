@@ -205,8 +205,8 @@ def _listing(box: ClusterBox) -> dict[str, Any]:
 
 @pytest.mark.parametrize("dispatch", ["inline", "shared"])
 def test_incremental_syncs_match_a_full_one(box: ClusterBox, dispatch: str) -> None:
-    """After each incremental sync the kernel holds exactly what replacing the table with
-    the same ruleset gives."""
+    """After each incremental sync, and the next one that deletes the slots it retired, the
+    kernel holds exactly what replacing the table with the same ruleset gives."""
     syncer = _syncer(box, dispatch, str(box.pod_net))
     assert syncer.sync(CASES[0].config, full=True).ok
     steps = [c.config for c in CASES[1:]] + [_web("198.18.1.1"), CASES[2].config, _web()]
@@ -214,6 +214,8 @@ def test_incremental_syncs_match_a_full_one(box: ClusterBox, dispatch: str) -> N
     for step, config in enumerate(steps):
         result = syncer.sync(config)
         assert result.ok, (step, result.error)
+        assert syncer.sync(config).ok  # deletes the retired slots
+        assert not syncer.lingering
         assert syncer.last_full == full_at and syncer.applied is not None  # incremental
         incremental = _listing(box)
         SubprocessNftRunner(box.node).apply(transaction(syncer.applied, None))

@@ -11,7 +11,15 @@ from mesh.component import Component
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 from mesh.proxy.conntrack import StaleEntry, stale_entries
 from mesh.proxy.nft_render import RenderOptions, render
-from mesh.proxy.nft_sync import FakeNftRunner, Step, Syncer, SyncPolicy, SyncScheduler, transaction
+from mesh.proxy.nft_sync import (
+    FakeNftRunner,
+    Step,
+    Syncer,
+    SyncPolicy,
+    SyncScheduler,
+    retired,
+    transaction,
+)
 from mesh.proxy.nftables import NftablesProxy
 
 POLICY = SyncPolicy(
@@ -101,22 +109,31 @@ def test_first_sync_replaces_the_table_later_ones_update_it() -> None:
     gone = sorted(one.chains - two.chains)
     assert len(gone) == 1 and gone[0].startswith("endpoint-")
     service = next(c for c in two.chains if c.startswith("service-"))
-    # Only what changed: the service chain and the gone endpoint chain are flushed, the
-    # services chain gets its new marker, the hairpin pair of the gone endpoint is deleted.
-    assert lines[:4] == [
+    # Only what changed: the service chain is flushed, the services chain gets its new
+    # marker, the hairpin pair of the gone endpoint is deleted. The gone endpoint chain and
+    # its affinity set stay untouched until the next sync (a packet of the old generation
+    # may still be on its way through them).
+    assert lines[:3] == [
         f"add table {t}",
         f"flush chain {t} {service}",
-        f"flush chain {t} {gone[0]}",
         f"flush chain {t} services",
     ]
     assert f"delete element {t} endpoint-hairpin {{ 198.18.0.3 . 198.18.0.3 }}" in lines
     assert not any(ln.startswith("add element") for ln in lines)
-    assert lines[-2] == f"delete chain {t} {gone[0]}"
+    assert gone[0] not in update
     stale_sets = set(one.affinity_sets) - set(two.affinity_sets)
-    assert len(stale_sets) == 1 and lines[-1] == f"delete set {t} {stale_sets.pop()}"
+    assert len(stale_sets) == 1 and not any(s in update for s in stale_sets)
     # The surviving affinity set is neither deleted nor declared again: its entries stay.
     assert not any(s in update for s in two.affinity_sets if not s.endswith("8080"))
     assert "flush table" not in update and "delete table" not in update
+    # The next sync deletes what this one retired: the chain, then its affinity set.
+    later = transaction(two, two, retired(two, one)).splitlines()
+    assert later == [
+        f"add table {t}",
+        f"flush chain {t} {gone[0]}",
+        f"delete chain {t} {gone[0]}",
+        f"delete set {t} {stale_sets.pop()}",
+    ]
     assert transaction(two, two) == f"add table {t}\n"
 
 
@@ -164,7 +181,11 @@ def test_shared_slots_stay_put_when_the_endpoint_count_does() -> None:
     assert two.slots == {a_chain: (5, 3), b_chain: (3, 2)}  # b keeps its slots
     lines = transaction(two, one).splitlines()
     assert not any(b_chain in ln for ln in lines)
-    assert "delete element ip mesh-proxy endpoint-addrs { 1, 2 }" in lines
+    # a's old slots are deleted late, by the next transaction (a packet that ran a's old
+    # chain during this commit may still look them up).
+    assert not any(ln.startswith("delete element ip mesh-proxy endpoint-addrs") for ln in lines)
+    later = transaction(two, two, retired(two, one)).splitlines()
+    assert "delete element ip mesh-proxy endpoint-addrs { 1, 2 }" in later
     assert render(ProxyConfig(services=(grown, b)), opts).slots[a_chain] == (1, 3)
 
 
@@ -309,3 +330,20 @@ async def test_periodic_resync(
     await trio.sleep(POLICY.resync_interval + 0.5)
     assert len(fake.scripts) == 2
     assert fake.listed >= 10  # probes in between
+
+
+def test_syncer_deletes_retired_slots_one_sync_late() -> None:
+    runner = FakeNftRunner()
+    syncer = Syncer(runner, RenderOptions(dispatch="shared"))
+    assert syncer.sync(cfg(1, "198.18.0.2", "198.18.0.3")).ok  # slots 1, 2
+    assert syncer.sync(cfg(2, "198.18.0.2", "198.18.0.3", "198.18.0.4")).ok  # slots 3-5
+    assert "delete element ip mesh-proxy endpoint-addrs" not in runner.scripts[-1]
+    assert syncer.lingering.elements == {"endpoint-addrs": ["1", "2"]}
+    assert syncer.sync(cfg(3, "198.18.0.2", "198.18.0.3")).ok  # slots 6, 7; 3-5 retire
+    assert "delete element ip mesh-proxy endpoint-addrs { 1, 2 }" in runner.scripts[-1]
+    assert syncer.lingering.elements == {"endpoint-addrs": ["3", "4", "5"]}
+    runner.fail = 1
+    assert not syncer.sync(cfg(4, "198.18.0.2")).ok
+    assert not syncer.lingering  # the next sync replaces the table, lingering slots too
+    assert syncer.sync(cfg(5, "198.18.0.2")).ok
+    assert runner.scripts[-1].startswith("add table ip mesh-proxy\ndelete table ip mesh-proxy")
