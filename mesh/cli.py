@@ -212,39 +212,38 @@ def up(
     log_format: str,
 ) -> None:
     """Run the control plane and every component in one process (the embedded default)."""
-    from mesh.run import run_up, run_up_netns
+    from mesh.run import PlaneOptions, run_up, run_up_netns
 
     _setup_logs(log_level, log_format)
     if netns:
         if os.geteuid() != 0:
             raise click.UsageError("--netns needs root (it creates network namespaces)")
         run_up_netns(
-            manifest_dir=manifest_dir,
+            options=PlaneOptions(
+                manifest_dir,
+                service_cidr or DEFAULT_NETNS_SERVICE_CIDR,
+                node_name,
+                zone,
+                ttl,
+                pod_mode,
+            ),
             control_listen=control_listen,
             admin_listen=admin_listen,
             pod_cidr=pod_cidr,
-            service_cidr=service_cidr or DEFAULT_NETNS_SERVICE_CIDR,
             box=box,
             state_dir=STATE_ROOT / box,
-            node_name=node_name,
-            zone=zone,
-            ttl=ttl,
-            pod_mode=pod_mode,
             upstreams=_upstreams(upstreams, no_forward),
             announce=_announce,
         )
         return
     run_up(
-        manifest_dir=manifest_dir,
+        options=PlaneOptions(
+            manifest_dir, service_cidr or DEFAULT_SERVICE_CIDR, node_name, zone, ttl, pod_mode
+        ),
         control_listen=control_listen,
         dns_listen=dns_listen,
         admin_listen=admin_listen,
-        service_cidr=service_cidr or DEFAULT_SERVICE_CIDR,
-        node_name=node_name,
         with_proxy=with_proxy,
-        zone=zone,
-        ttl=ttl,
-        pod_mode=pod_mode,
         upstreams=_upstreams(upstreams, no_forward),
         announce=_announce,
     )
@@ -270,18 +269,13 @@ def control(
     log_format: str,
 ) -> None:
     """Run the control plane alone, serving the config stream to components."""
-    from mesh.run import run_control
+    from mesh.run import PlaneOptions, run_control
 
     _setup_logs(log_level, log_format)
     run_control(
-        manifest_dir=manifest_dir,
+        options=PlaneOptions(manifest_dir, service_cidr, node_name, zone, ttl, pod_mode),
         control_listen=control_listen,
         admin_listen=admin_listen,
-        service_cidr=service_cidr,
-        node_name=node_name,
-        zone=zone,
-        ttl=ttl,
-        pod_mode=pod_mode,
         announce=_announce,
     )
 

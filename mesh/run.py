@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,19 +117,28 @@ def make_proxy(
     return UserspaceProxy(node_ip=node_ip, udp_idle_timeout=udp_idle_timeout)
 
 
-def _plane(
-    manifest_dir: Path, service_cidr: str, node_name: str, zone: str, ttl: int, pod_mode: str
-) -> Any:
-    from mesh.control.plane import ControlPlane
+@dataclass(frozen=True, slots=True)
+class PlaneOptions:
+    """What the control plane of ``mesh up`` and ``mesh control`` is built from."""
 
-    return ControlPlane(
-        manifest_dir,
-        service_cidr=service_cidr,
-        node_name=node_name,
-        dns_zone=zone,
-        dns_ttl=ttl,
-        dns_pod_mode=pod_mode,  # type: ignore[arg-type]
-    )
+    manifest_dir: Path
+    service_cidr: str
+    node_name: str
+    zone: str
+    ttl: int
+    pod_mode: str
+
+    def build(self) -> Any:
+        from mesh.control.plane import ControlPlane
+
+        return ControlPlane(
+            self.manifest_dir,
+            service_cidr=self.service_cidr,
+            node_name=self.node_name,
+            dns_zone=self.zone,
+            dns_ttl=self.ttl,
+            dns_pod_mode=self.pod_mode,  # type: ignore[arg-type]
+        )
 
 
 def _report_manifest_errors(plane: Any) -> None:
@@ -138,16 +148,11 @@ def _report_manifest_errors(plane: Any) -> None:
 
 def run_up(
     *,
-    manifest_dir: Path,
+    options: PlaneOptions,
     control_listen: Address,
     dns_listen: Address,
     admin_listen: Address,
-    service_cidr: str,
-    node_name: str,
     with_proxy: bool,
-    zone: str,
-    ttl: int,
-    pod_mode: str,
     upstreams: Sequence[Address] | None,
     announce: Announce,
 ) -> None:
@@ -155,8 +160,8 @@ def run_up(
     from mesh.control.stream import ConfigServer
     from mesh.dns.server import DnsServer
 
-    plane = _plane(manifest_dir, service_cidr, node_name, zone, ttl, pod_mode)
-    dns = DnsServer(dns_listen, upstreams, zone=zone)
+    plane = options.build()
+    dns = DnsServer(dns_listen, upstreams, zone=options.zone)
     components: list[Component[Any]] = [dns]
     if with_proxy:
         components.append(make_proxy("userspace"))
@@ -178,17 +183,12 @@ def run_up(
 
 def run_up_netns(
     *,
-    manifest_dir: Path,
+    options: PlaneOptions,
     control_listen: Address,
     admin_listen: Address,
     pod_cidr: str,
-    service_cidr: str,
     box: str,
     state_dir: Path,
-    node_name: str,
-    zone: str,
-    ttl: int,
-    pod_mode: str,
     upstreams: Sequence[Address] | None,
     announce: Announce,
 ) -> None:
@@ -205,12 +205,12 @@ def run_up_netns(
     cluster = ClusterBox(
         box,
         pod_cidr=pod_cidr,
-        service_cidr=service_cidr,
+        service_cidr=options.service_cidr,
         state_dir=state_dir,
-        cluster_domain=zone,
+        cluster_domain=options.zone,
     )
-    plane = _plane(manifest_dir, service_cidr, node_name, zone, ttl, pod_mode)
-    dns = DnsServer((cluster.node_ip, 53), upstreams, zone=zone, netns=cluster.node)
+    plane = options.build()
+    dns = DnsServer((cluster.node_ip, 53), upstreams, zone=options.zone, netns=cluster.node)
     proxy = cluster.proxy()
     components: list[Component[Any]] = [dns, proxy]
     control = ConfigServer(plane, control_listen)
@@ -240,20 +240,15 @@ def run_up_netns(
 
 def run_control(
     *,
-    manifest_dir: Path,
+    options: PlaneOptions,
     control_listen: Address,
     admin_listen: Address,
-    service_cidr: str,
-    node_name: str,
-    zone: str,
-    ttl: int,
-    pod_mode: str,
     announce: Announce,
 ) -> None:
     from mesh.admin import AdminServer
     from mesh.control.stream import ConfigServer
 
-    plane = _plane(manifest_dir, service_cidr, node_name, zone, ttl, pod_mode)
+    plane = options.build()
     control = ConfigServer(plane, control_listen)
     admin = AdminServer(admin_listen, [], plane=plane)
 
