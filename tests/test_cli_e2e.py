@@ -22,6 +22,7 @@ import dns.rcode
 import pytest
 
 from tests.conftest import require_tool
+from tests.polling import wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
 MESH = [sys.executable, "-m", "mesh.cli"]
@@ -119,17 +120,6 @@ def query(
 
 def addresses(msg: dns.message.Message) -> set[str]:
     return {rr.to_text() for rrset in msg.answer for rr in rrset}
-
-
-def wait_for(check: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        assert callable(check)
-        if check():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 def http_get(url: str) -> tuple[int, bytes]:

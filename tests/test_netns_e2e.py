@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root, require_tool
+from tests.polling import wait_for
 
 MESH = [sys.executable, "-m", "mesh.cli"]
 
@@ -58,15 +59,6 @@ status: {{phase: Running}}
 def namespaces() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
-
-
-def wait_for(check: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    assert callable(check)
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
 
 
 class Box:
@@ -148,7 +140,10 @@ def test_cluster_in_a_box(box: tuple[Box, Path], tmp_path: Path) -> None:
     assert {f"{prefix}node", f"{prefix}shop-web-1", f"{prefix}shop-client"} <= namespaces()
 
     # DNS through the pod's resolv.conf (search path, ndots:5) and the kube-dns ClusterIP.
-    wait_for(lambda: b.exec("client", "dig", "+search", "+short", "web").startswith("198.19."))
+    wait_for(
+        lambda: b.exec("client", "dig", "+search", "+short", "web").startswith("198.19."),
+        timeout=15.0,
+    )
     vip = b.exec("client", "dig", "+search", "+short", "web")
     assert b.exec("client", "dig", "+search", "+short", "db-0.db").startswith("198.18.")
 
@@ -167,7 +162,9 @@ def test_cluster_in_a_box(box: tuple[Box, Path], tmp_path: Path) -> None:
             )
         )
     try:
-        wait_for(lambda: b.exec("client", "curl", "-s", "-m", "2", f"http://{vip}/") != "")
+        wait_for(
+            lambda: b.exec("client", "curl", "-s", "-m", "2", f"http://{vip}/") != "", timeout=15.0
+        )
         answers = [b.exec("client", "curl", "-s", "-m", "2", "http://web.shop/") for _ in range(6)]
         assert set(answers) == {"web-1", "web-2"}
         assert all(a != b_ for a, b_ in itertools.pairwise(answers))
@@ -178,7 +175,7 @@ def test_cluster_in_a_box(box: tuple[Box, Path], tmp_path: Path) -> None:
 
     # A pod deleted from the manifests loses its namespace.
     (manifests / "web-2.yaml").unlink()
-    wait_for(lambda: f"{prefix}shop-web-2" not in namespaces())
+    wait_for(lambda: f"{prefix}shop-web-2" not in namespaces(), timeout=15.0)
 
     b.stop()
     assert not {n for n in namespaces() if n.startswith(prefix)}

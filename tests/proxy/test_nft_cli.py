@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyServic
 from mesh.proxy import cluster_box
 from mesh.proxy.cluster_box import ClusterBox
 from tests.conftest import require_root, require_tool
+from tests.polling import wait_for
 from tests.proxy.netns_tools import ask, nft, start_who, stop, unique_prefix
 
 MESH = [sys.executable, "-m", "mesh.cli"]
@@ -53,15 +53,6 @@ def config(version: int) -> ProxyConfig:
     )
 
 
-def wait_for(check: object, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    assert callable(check)
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
-
-
 def test_standalone_nftables_proxy(box: ClusterBox, tmp_path: Path) -> None:
     path = tmp_path / "proxy.json"
     path.write_text(config(3).model_dump_json())
@@ -70,7 +61,7 @@ def test_standalone_nftables_proxy(box: ClusterBox, tmp_path: Path) -> None:
     cmd += ["--admin-listen", "127.0.0.1:18080", "--log-level", "warning"]
     proc = subprocess.Popen(box.node_argv(cmd), stdout=subprocess.DEVNULL)
     try:
-        wait_for(lambda: ask(box, "client", VIP, 80, "TCP") == "198.18.0.50:8080")
+        wait_for(lambda: ask(box, "client", VIP, 80, "TCP") == "198.18.0.50:8080", timeout=15.0)
         ready = subprocess.run(
             box.node_argv(["curl", "-s", "http://127.0.0.1:18080/config/proxy"]),
             capture_output=True,
@@ -86,7 +77,8 @@ def test_standalone_nftables_proxy(box: ClusterBox, tmp_path: Path) -> None:
             lambda: (
                 "198.19.0.7 . tcp . 80 : goto reject-chain"
                 in nft(box, "list", "map", "ip", "mesh-proxy", "no-endpoint-services")
-            )
+            ),
+            timeout=15.0,
         )
         assert ask(box, "client", VIP, 80, "TCP") == "reject"
     finally:
