@@ -15,27 +15,11 @@ from prometheus_client import CollectorRegistry, Counter
 
 from mesh.admin import AdminServer
 from mesh.component import Component, ConfigRejected
-from mesh.config.base import ComponentConfig
 from mesh.control.plane import ControlPlane
-from mesh.control.store import Snapshot
 from mesh.control.stream import ConfigServer
 from mesh.feed import feed_from_control, feed_from_file, feed_from_plane, load_config_file
-from mesh.objects import Service
-from mesh.stream_client import Backoff, fetch_json
-
-FAST = Backoff(initial=0.02, maximum=0.1)
-
-
-class NamesConfig(ComponentConfig):
-    services: tuple[str, ...] = ()
-
-
-def names(snap: Snapshot) -> NamesConfig:
-    return NamesConfig(services=tuple(o.name for o in snap.list("Service")))
-
-
-def svc(name: str) -> Service:
-    return Service.model_validate({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}})
+from mesh.stream_client import fetch_json
+from tests.control.plane_fixtures import FAST, NamesConfig, names, svc
 
 
 class FakeComponent:

@@ -9,12 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 
-from mesh.config.base import ComponentConfig
 from mesh.control.plane import ControlPlane
-from mesh.control.store import Snapshot
 from mesh.control.stream import ConfigServer, resolve_kind
 from mesh.httpserve import HttpServer, Request, Response, StreamingResponse
-from mesh.objects import Service
 from mesh.stream_client import (
     Backoff,
     LineSplitter,
@@ -23,20 +20,7 @@ from mesh.stream_client import (
     parse_url,
     stream_configs,
 )
-
-FAST = Backoff(initial=0.02, maximum=0.1)
-
-
-class NamesConfig(ComponentConfig):
-    services: tuple[str, ...] = ()
-
-
-def names(snap: Snapshot) -> NamesConfig:
-    return NamesConfig(services=tuple(o.name for o in snap.list("Service")))
-
-
-def svc(name: str) -> Service:
-    return Service.model_validate({"metadata": {"name": name}, "spec": {"ports": [{"port": 80}]}})
+from tests.control.plane_fixtures import FAST, NamesConfig, names, svc
 
 
 async def raw_exchange(port: int, data: bytes) -> bytes:
