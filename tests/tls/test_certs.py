@@ -1,0 +1,156 @@
+"""The certificate store: validation with one-sentence reasons, SNI choice, rebuild reuse."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from mesh.objects import Secret
+from mesh.tls.certs import GENERATED, CertEntry, CertProblem, CertStore, entry_from_secret
+from tests.tls.pki import CA
+
+ca = CA()
+SHOP = ca.issue("shop.example.com")
+WILD = ca.issue("wild", ["*.example.com"])
+API = ca.issue("api.example.com", ["api.example.com", "api2.example.com"])
+OTHER = ca.issue("other.example.org")
+
+
+def entry(issued: object, *names: str, source: str = "Secret t/x") -> CertEntry:
+    return CertEntry(source, issued.cert_pem, issued.key_pem, names)  # type: ignore[attr-defined]
+
+
+def secret(type_: str = "kubernetes.io/tls", **data: bytes) -> Secret:
+    return Secret.model_validate(
+        {
+            "metadata": {"name": "tls", "namespace": "shop"},
+            "type": type_,
+            "data": {k.replace("_", "."): base64.b64encode(v).decode() for k, v in data.items()},
+        }
+    )
+
+
+def test_lookup_exact_then_wildcard_then_default() -> None:
+    store = CertStore.build([entry(SHOP, "shop.example.com"), entry(WILD), entry(API)])
+    assert store.problems == ()
+    assert store.lookup("shop.example.com").subject == "CN=shop.example.com"
+    assert store.lookup("SHOP.Example.com.").subject == "CN=shop.example.com"
+    assert store.lookup("cart.example.com").subject == "CN=wild"
+    assert store.lookup("api2.example.com").subject == "CN=api.example.com"
+    for unknown in ("a.b.example.com", "example.com", "other.org", "", None, "bad name"):
+        assert store.lookup(unknown) is store.default
+    assert store.default.source == GENERATED
+    assert store.default.subject == "CN=Mesh Gateway Default Certificate"
+
+
+def test_first_entry_wins_a_name_and_the_loser_is_told() -> None:
+    first = entry(SHOP, "shop.example.com", source="Secret a/first")
+    second = entry(WILD, "shop.example.com", source="Secret b/second")
+    store = CertStore.build([first, second])
+    assert store.lookup("shop.example.com").source == "Secret a/first"
+    assert [str(p) for p in store.problems] == [
+        "Secret b/second: host 'shop.example.com' is already served by Secret a/first; ignored here"
+    ]
+
+
+def key_pem(encrypted: bool = False) -> bytes:
+    enc = (
+        serialization.BestAvailableEncryption(b"pw") if encrypted else serialization.NoEncryption()
+    )
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc
+    )
+
+
+@pytest.mark.parametrize(
+    ("cert_pem", "key", "message"),
+    [
+        (b"not a certificate", SHOP.key_pem, "tls.crt holds no PEM certificate"),
+        (
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            SHOP.key_pem,
+            "tls.crt is not a valid PEM certificate",
+        ),
+        (SHOP.cert_pem, b"garbage", "tls.key is not a valid PEM private key"),
+        (SHOP.cert_pem, key_pem(encrypted=True), "tls.key is encrypted"),
+        (SHOP.cert_pem, key_pem(), "tls.key does not belong to the certificate in tls.crt"),
+    ],
+)
+def test_a_bad_entry_is_refused_with_a_reason(cert_pem: bytes, key: bytes, message: str) -> None:
+    bad = CertEntry("Secret shop/bad", cert_pem, key, ("bad.example.com",))
+    store = CertStore.build([bad, entry(SHOP)])
+    (problem,) = store.problems
+    assert problem.refused and problem.source == "Secret shop/bad"
+    assert problem.message.startswith(message)
+    assert "\n" not in problem.message
+    assert store.lookup("bad.example.com") is store.default
+    assert store.lookup("shop.example.com").subject == "CN=shop.example.com"
+
+
+def test_warnings_serve_the_certificate_anyway_or_fall_back() -> None:
+    expired = ca.issue("old.example.com", expired=True)
+    store = CertStore.build(
+        [entry(expired), entry(SHOP, "shop.example.com", "elsewhere.example.net", "not a host")]
+    )
+    messages = sorted(p.message for p in store.problems)
+    assert all(not p.refused for p in store.problems)
+    assert messages[0] == "'not a host' is not a valid host name"
+    assert messages[1] == "certificate does not cover host 'elsewhere.example.net'"
+    assert messages[2].startswith("certificate expired on ")
+    assert store.lookup("old.example.com").subject == "CN=old.example.com"
+    assert store.lookup("elsewhere.example.net") is store.default
+
+
+def test_names_default_to_the_certificate_names_and_cn_without_san() -> None:
+    legacy = ca.issue("legacy.example.com", [])
+    store = CertStore.build([entry(API), entry(legacy)])
+    assert store.lookup("api.example.com").subject == "CN=api.example.com"
+    assert store.lookup("legacy.example.com").subject == "CN=legacy.example.com"
+
+
+def test_rsa_and_configured_default() -> None:
+    rsa_cert = ca.issue("rsa.example.com", rsa_key=True)
+    store = CertStore.build([entry(rsa_cert)], default=entry(OTHER, source="default"))
+    assert store.lookup("rsa.example.com").subject == "CN=rsa.example.com"
+    assert store.lookup("nope.example.com").subject == "CN=other.example.org"
+
+
+def test_bad_default_falls_back_to_a_generated_one() -> None:
+    bad = CertEntry("Secret gw/default", b"x", b"y")
+    store = CertStore.build([], default=bad)
+    assert store.default.source == GENERATED
+    assert store.problems == (CertProblem("Secret gw/default", "tls.crt holds no PEM certificate"),)
+
+
+def test_rebuild_reuses_unchanged_contexts_and_the_generated_default() -> None:
+    one = CertStore.build([entry(SHOP), entry(WILD)])
+    rotated = ca.issue("shop.example.com")
+    two = CertStore.build([entry(rotated), entry(WILD)], previous=one)
+    assert two.default is one.default
+    assert two.lookup("x.example.com").context is one.lookup("x.example.com").context
+    assert two.lookup("shop.example.com").context is not one.lookup("shop.example.com").context
+    assert two.lookup("shop.example.com").sha256 != one.lookup("shop.example.com").sha256
+    # A bad entry keeps being reported on every rebuild while it is in the config.
+    bad = CertEntry("Secret x/bad", b"x", b"y")
+    three = CertStore.build([bad], previous=two)
+    four = CertStore.build([bad], previous=three)
+    assert len(three.problems) == len(four.problems) == 1
+
+
+def test_entry_from_secret() -> None:
+    ok = entry_from_secret(secret(tls_crt=SHOP.cert_pem, tls_key=SHOP.key_pem), ["a.example.com"])
+    assert ok == CertEntry("Secret shop/tls", SHOP.cert_pem, SHOP.key_pem, ("a.example.com",))
+    opaque = entry_from_secret(secret("Opaque", tls_crt=SHOP.cert_pem, tls_key=SHOP.key_pem))
+    assert opaque == CertProblem("Secret shop/tls", "has type 'Opaque', not kubernetes.io/tls")
+    empty = entry_from_secret(secret(tls_crt=b"", tls_key=SHOP.key_pem))
+    assert empty == CertProblem("Secret shop/tls", "needs both tls.crt and tls.key")
+
+
+def test_describe_has_no_key_material() -> None:
+    store = CertStore.build([entry(SHOP)])
+    text = repr(store.describe())
+    assert "PRIVATE" not in text and "shop.example.com" in text
+    assert [d["default"] for d in store.describe()] == [False, True]
