@@ -71,9 +71,6 @@ class TlsSession:
         else:
             self._in.write_eof()
         if not self.handshake_complete and not self._handshake():
-            if not data:
-                self.peer_closed = True
-                raise TlsError("the peer closed the connection during the TLS handshake")
             return b""
         return self._read()
 
@@ -82,6 +79,9 @@ class TlsSession:
             self._obj.do_handshake()
         except ssl.SSLWantReadError:
             return False
+        except ssl.SSLEOFError as exc:
+            self.peer_closed = True
+            raise TlsError("the peer closed the connection during the TLS handshake") from exc
         except ssl.SSLError as exc:
             raise TlsError(f"TLS handshake failed: {_reason(exc)}") from exc
         self.handshake_complete = True
@@ -110,8 +110,8 @@ class TlsSession:
                 break
             except ssl.SSLError as exc:
                 raise TlsError(f"bad TLS record from the peer: {_reason(exc)}") from exc
-            if not chunk:
-                self.peer_closed = True
+            if not chunk:  # CPython's way of reporting close_notify
+                self.peer_closed = self.clean_close = True
                 break
             chunks.append(chunk)
         return b"".join(chunks) if len(chunks) != 1 else chunks[0]
