@@ -78,9 +78,10 @@ class OtlpSpans:
     def record(self, hop: Hop, end: SpanEnd) -> None:
         ctx = hop.context
         state = TraceState.from_header([ctx.tracestate]) if ctx.tracestate else None
-        own = SpanContext(ctx.trace_id, ctx.span_id, False, _SAMPLED, state)
+        trace_id = int(ctx.trace_id, 16)
+        own = SpanContext(trace_id, int(ctx.span_id, 16), False, _SAMPLED, state)
         parent = (
-            SpanContext(ctx.trace_id, ctx.parent_id, True, _SAMPLED)
+            SpanContext(trace_id, int(ctx.parent_id, 16), True, _SAMPLED)
             if ctx.parent_id is not None
             else None
         )

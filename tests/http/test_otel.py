@@ -109,7 +109,7 @@ def test_sampled_hops_reach_the_collector_as_server_spans() -> None:
     assert resource["service.name"] == "gw-test"
     assert first.trace_id.hex() == TRACE
     assert first.parent_span_id.hex() == SPAN
-    assert first.span_id.hex() == joined.context.span_id_hex
+    assert first.span_id.hex() == joined.context.span_id
     # The upstream sees the exported span as its parent.
     assert (b"traceparent", f"00-{TRACE}-{first.span_id.hex()}-01".encode()) in joined.headers
     assert first.kind == Span.SPAN_KIND_SERVER
@@ -125,7 +125,7 @@ def test_sampled_hops_reach_the_collector_as_server_spans() -> None:
     }
     assert first.status.code == Status.STATUS_CODE_UNSET
     _, second = by_name["POST"]
-    assert second.parent_span_id == b"" and second.trace_id.hex() == fresh.context.trace_id_hex
+    assert second.parent_span_id == b"" and second.trace_id.hex() == fresh.context.trace_id
     assert second.status.code == Status.STATUS_CODE_ERROR
     assert attrs(second)["mesh.reason"] == "no-healthy-upstream"
 

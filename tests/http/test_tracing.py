@@ -4,6 +4,7 @@ tables written from the specifications, plus properties over arbitrary input."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -26,7 +27,8 @@ from mesh.http.tracing import (
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
-T, S = int(TRACE, 16), int(SPAN, 16)
+T, S = TRACE, SPAN
+T64 = "a3ce929d0e0e4736"
 
 
 @pytest.mark.parametrize(
@@ -61,14 +63,14 @@ def test_parse_traceparent(value: str, expected: Incoming | None) -> None:
     [
         (
             "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
-            Incoming(0x80F198EE56343BA864FE8B2A57D3EFF7, 0xE457B5A2E4D86BD1, True),
+            Incoming("80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1", True),
         ),
-        ("a3ce929d0e0e4736-00f067aa0ba902b7", Incoming(0xA3CE929D0E0E4736, S, None)),
+        (f"{T64}-{SPAN}", Incoming("0" * 16 + T64, S, None)),  # 64-bit trace ids widened
         (f"{TRACE}-{SPAN}-0", Incoming(T, S, False)),
         (f"{TRACE}-{SPAN}-d", Incoming(T, S, True, debug=True)),
-        ("0", Incoming(0, 0, False)),
-        ("1", Incoming(0, 0, True)),
-        ("d", Incoming(0, 0, True, debug=True)),
+        ("0", Incoming("", "", False)),
+        ("1", Incoming("", "", True)),
+        ("d", Incoming("", "", True, debug=True)),
         (f"{TRACE}-{SPAN}-2", None),
         (f"{TRACE.upper()}-{SPAN}-1", None),
         (f"{TRACE}-{SPAN}-1-{SPAN}-x", None),
@@ -98,7 +100,7 @@ def h(**headers: str) -> list[tuple[bytes, bytes]]:
         (h(x_b3_traceid=TRACE, x_b3_spanid=SPAN, x_b3_flags="1"), Incoming(T, S, True, True)),
         (h(x_b3_traceid=TRACE, x_b3_spanid=SPAN, x_b3_sampled="yes"), None),
         (h(x_b3_traceid=TRACE), None),
-        (h(x_b3_sampled="0"), Incoming(0, 0, False)),
+        (h(x_b3_sampled="0"), Incoming("", "", False)),
         # Precedence: a valid traceparent, then b3, then x-b3-*.
         (
             h(traceparent=f"00-{TRACE}-{SPAN}-01", b3=f"{'1' * 32}-{'2' * 16}-0"),
@@ -132,15 +134,19 @@ def test_extract(headers: list[tuple[bytes, bytes]], expected: Incoming | None) 
     assert extract(headers) == expected
 
 
-def counter(start: int = 0x1111) -> object:
+def counter(start: int = 0x1111) -> Callable[[int], str]:
+    """Ids 1111, 1112, ... padded to the width asked for."""
     numbers = itertools.count(start)
-    return lambda bits: next(numbers)
+    return lambda digits: f"{next(numbers):0{digits}x}"
+
+
+S1, T2 = "0000000000001111", "00000000000000000000000000001112"
 
 
 def test_propagate_joins_the_incoming_trace_with_a_child_span() -> None:
     headers = h(traceparent=f"00-{TRACE}-{SPAN}-01", tracestate="vendor=x", user_agent="curl")
-    ctx, out = propagate(headers, rand=counter(), formats=("w3c", "b3", "b3multi"))  # type: ignore[arg-type]
-    assert ctx == SpanContext(T, 0x1111, S, True, tracestate="vendor=x")
+    ctx, out = propagate(headers, new_id=counter(), formats=("w3c", "b3", "b3multi"))
+    assert ctx == SpanContext(T, S1, S, True, tracestate="vendor=x")
     assert out == (
         (b"traceparent", f"00-{TRACE}-0000000000001111-01".encode()),
         (b"tracestate", b"vendor=x"),
@@ -154,19 +160,19 @@ def test_propagate_joins_the_incoming_trace_with_a_child_span() -> None:
 
 
 def test_propagate_starts_a_trace_and_keeps_decisions() -> None:
-    ctx, out = propagate([], rand=counter(), formats=("w3c",))  # type: ignore[arg-type]
-    assert ctx == SpanContext(0x1112, 0x1111, None, True)
+    ctx, out = propagate([], new_id=counter(), formats=("w3c",))
+    assert ctx == SpanContext(T2, S1, None, True)
     assert out == ((b"traceparent", b"00-00000000000000000000000000001112-0000000000001111-01"),)
     never = ratio_sampler(0.0)
-    new, _ = propagate([], rand=counter(), sample=never)  # type: ignore[arg-type]
+    new, _ = propagate([], new_id=counter(), sample=never)
     assert not new.sampled
     # The caller's decision wins over the local ratio, either way.
-    kept, _ = propagate(h(b3=f"{TRACE}-{SPAN}-1"), rand=counter(), sample=never)  # type: ignore[arg-type]
+    kept, _ = propagate(h(b3=f"{TRACE}-{SPAN}-1"), new_id=counter(), sample=never)
     assert kept.sampled and kept.trace_id == T
-    denied, out = propagate(h(b3="0"), rand=counter(), formats=("b3multi",))  # type: ignore[arg-type]
+    denied, out = propagate(h(b3="0"), new_id=counter(), formats=("b3multi",))
     assert not denied.sampled and denied.parent_id is None
     assert out[-1] == (b"x-b3-sampled", b"0")
-    debug, out = propagate(h(b3="d"), rand=counter(), formats=("b3multi", "b3"))  # type: ignore[arg-type]
+    debug, out = propagate(h(b3="d"), new_id=counter(), formats=("b3multi", "b3"))
     assert debug.sampled and debug.debug
     assert (b"x-b3-flags", b"1") in out and all(n != b"x-b3-sampled" for n, _ in out)
     assert out[-1][1].endswith(b"-d")
@@ -174,8 +180,8 @@ def test_propagate_starts_a_trace_and_keeps_decisions() -> None:
 
 def test_ratio_sampler_uses_the_low_64_bits() -> None:
     half = ratio_sampler(0.5)
-    assert half((1 << 64) + (1 << 62)) and not half((1 << 63) + 1)
-    assert ratio_sampler(1.0)((1 << 64) - 1) and not ratio_sampler(0.0)(0)
+    assert half("f" * 16 + "3fffffffffffffff") and not half("0" * 16 + "8000000000000001")
+    assert ratio_sampler(1.0)("f" * 32) and not ratio_sampler(0.0)("0" * 31 + "1")
 
 
 class ListSink:
@@ -191,7 +197,7 @@ def test_tracer_off_does_nothing_and_on_records_sampled_hops() -> None:
     assert off.start(h(traceparent=f"00-{TRACE}-{SPAN}-01")) is None
     off.finish(None, SpanEnd("GET", "h", "/", 200))
     sink = ListSink()
-    on = Tracer(sink, rand=counter())  # type: ignore[arg-type]
+    on = Tracer(sink, new_id=counter())
     sampled = on.start(h(traceparent=f"00-{TRACE}-{SPAN}-01"))
     unsampled = on.start(h(traceparent=f"00-{TRACE}-{SPAN}-00"))
     assert sampled is not None and unsampled is not None
@@ -202,7 +208,8 @@ def test_tracer_off_does_nothing_and_on_records_sampled_hops() -> None:
 
 
 @given(st.integers(1, (1 << 128) - 1), st.integers(1, (1 << 64) - 1), st.booleans())
-def test_traceparent_round_trip(trace_id: int, span_id: int, sampled: bool) -> None:
+def test_traceparent_round_trip(trace: int, span: int, sampled: bool) -> None:
+    trace_id, span_id = f"{trace:032x}", f"{span:016x}"
     assert parse_traceparent(format_traceparent(trace_id, span_id, sampled)) == Incoming(
         trace_id, span_id, sampled
     )
@@ -211,4 +218,4 @@ def test_traceparent_round_trip(trace_id: int, span_id: int, sampled: bool) -> N
 @given(st.lists(st.tuples(st.sampled_from(sorted(TRACE_HEADERS)), st.binary(max_size=80))))
 def test_extract_never_raises(headers: list[tuple[bytes, bytes]]) -> None:
     found = extract(headers)
-    assert found is None or (found.trace_id == 0) == (found.span_id == 0)
+    assert found is None or (found.trace_id == "") == (found.span_id == "")
