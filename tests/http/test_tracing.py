@@ -219,3 +219,14 @@ def test_traceparent_round_trip(trace: int, span: int, sampled: bool) -> None:
 def test_extract_never_raises(headers: list[tuple[bytes, bytes]]) -> None:
     found = extract(headers)
     assert found is None or (found.trace_id == "") == (found.span_id == "")
+
+
+def test_the_off_path_builds_no_span_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mesh.http.tracing as tracing
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tracing is off: nothing may be built")
+
+    monkeypatch.setattr(tracing, "propagate", boom)
+    monkeypatch.setattr(tracing, "Hop", boom)
+    assert Tracer(None).start(h(traceparent=f"00-{TRACE}-{SPAN}-01")) is None

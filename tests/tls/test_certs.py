@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import itertools
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh.objects import Secret
 from mesh.tls.certs import GENERATED, CertEntry, CertProblem, CertStore, entry_from_secret
@@ -154,3 +157,39 @@ def test_describe_has_no_key_material() -> None:
     text = repr(store.describe())
     assert "PRIVATE" not in text and "shop.example.com" in text
     assert [d["default"] for d in store.describe()] == [False, True]
+
+
+# One certificate covering every name the property below may configure, so that the store
+# can be built per example without generating keys.
+_LABELS = ("a", "b", "c")
+_ALL = [".".join(p) for n in (1, 2, 3) for p in itertools.product(_LABELS, repeat=n)]
+EVERYTHING = ca.issue("everything", _ALL + ["*." + n for n in _ALL])
+_name = st.lists(st.sampled_from(_LABELS), min_size=1, max_size=4).map(".".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sets(st.sampled_from(_ALL), max_size=6),
+    st.sets(st.sampled_from(_ALL), max_size=6),
+    st.lists(_name, min_size=1, max_size=10),
+)
+def test_lookup_is_exact_then_one_label_wildcard_then_default(
+    exact: set[str], wild: set[str], queries: list[str]
+) -> None:
+    entries = [entry(EVERYTHING, n, source=f"exact {n}") for n in sorted(exact)]
+    entries += [entry(EVERYTHING, "*." + n, source=f"wild {n}") for n in sorted(wild)]
+    store = CertStore.build(entries, previous=_STORE[0])
+    _STORE[0] = store
+    for query in queries:
+        suffix = query.partition(".")[2]
+        if query in exact:
+            expected = f"exact {query}"
+        elif suffix in wild:
+            expected = f"wild {suffix}"
+        else:
+            expected = GENERATED
+        assert store.lookup(query).source == expected
+        assert store.lookup(query.upper() + ".").source == expected
+
+
+_STORE: list[CertStore | None] = [None]
