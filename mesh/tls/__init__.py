@@ -17,7 +17,7 @@ from mesh.tls.certs import (
     self_signed,
 )
 from mesh.tls.contexts import server_context, upstream_context
-from mesh.tls.session import TlsError, TlsSession
+from mesh.tls.session import TlsError, TlsSession, upstream_session
 from mesh.tls.terminator import TlsTerminator
 
 __all__ = [
@@ -32,4 +32,5 @@ __all__ = [
     "self_signed",
     "server_context",
     "upstream_context",
+    "upstream_session",
 ]

@@ -157,7 +157,7 @@ def _load(entry: CertEntry, now: datetime.datetime) -> tuple[LoadedCert | None, 
         problems.append(CertProblem(src, f"certificate expired on {not_after:%Y-%m-%d}", False))
     in_cert = [n for n in map(hostnames.normalize, _cert_names(leaf)) if n]
     served: list[str] = []
-    for raw in entry.names or tuple(in_cert):
+    for raw in entry.names or tuple(in_cert):  # in_cert holds only valid names
         name = hostnames.normalize(raw)
         if name is None:
             problems.append(CertProblem(src, f"{raw!r} is not a valid host name", False))

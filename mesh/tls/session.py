@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import ssl
 
+from mesh.tls.contexts import upstream_context
+
 _READ = 65536
 
 
@@ -162,3 +164,13 @@ class TlsSession:
 
 def _reason(exc: ssl.SSLError) -> str:
     return (exc.reason or exc.strerror or str(exc)).lower().replace("_", " ")
+
+
+def upstream_session(server_hostname: str | None, ca_pem: bytes | None = None) -> TlsSession:
+    """A client session for re-encryption to a backend (see :func:`upstream_context`).
+
+    ``server_hostname`` is the name the upstream expects: the Host sent upstream (the
+    ``upstream-vhost`` annotation, else the request's host) or BackendTLSPolicy's hostname. It
+    goes out as SNI and, when a CA is given, is what the certificate is verified against.
+    """
+    return TlsSession(upstream_context(ca_pem), server_side=False, server_hostname=server_hostname)

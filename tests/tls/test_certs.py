@@ -193,3 +193,10 @@ def test_lookup_is_exact_then_one_label_wildcard_then_default(
 
 
 _STORE: list[CertStore | None] = [None]
+
+
+def test_a_default_whose_cn_is_no_host_name_raises_no_warning() -> None:
+    odd = ca.issue("Our Fallback Certificate", [])
+    store = CertStore.build([], default=entry(odd, source="Secret gw/fallback"))
+    assert store.problems == ()
+    assert store.default.subject == "CN=Our Fallback Certificate"

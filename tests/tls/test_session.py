@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.tls import CertEntry, CertStore, TlsError, TlsSession, TlsTerminator, upstream_context
+from mesh.tls import (
+    CertEntry,
+    CertStore,
+    TlsError,
+    TlsSession,
+    TlsTerminator,
+    upstream_context,
+    upstream_session,
+)
 from tests.tls.pki import CA
 
 ca = CA()
@@ -42,6 +50,16 @@ def test_exchange_whole_and_byte_at_a_time(step: int | None) -> None:
     server.send(big)
     to_client, _ = pump(client, server, step)
     assert to_client == big
+
+
+def test_upstream_session_verifies_against_its_server_name() -> None:
+    good = upstream_session("shop.example.com", ca.pem)
+    server = TERM.session()
+    good.send(b"ping")
+    assert pump(good, server) == (b"", b"ping")
+    wrong = upstream_session("other.example.com", ca.pem)
+    with pytest.raises(TlsError, match="certificate verify failed"):
+        pump(wrong, TERM.session())
 
 
 def test_close_notify_is_a_clean_close() -> None:
