@@ -213,3 +213,23 @@ def test_sans_io_session_over_a_plain_socket_with_curl(
 _DER = __import__(
     "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
 ).Encoding.DER
+
+
+async def test_idn_and_malformed_sni_names() -> None:
+    require_tool("openssl")
+    idn = ca.issue("idn", ["xn--bcher-kva.example"])
+    term = TlsTerminator(CertStore.build([entry(idn, "bücher.example")]))
+    cases = {
+        "xn--bcher-kva.example": "CN = idn",
+        "XN--BCHER-KVA.EXAMPLE": "CN = idn",
+        "xn--a.example": "CN = Mesh Gateway Default Certificate",  # invalid punycode
+        "a" * 70 + ".example": "CN = Mesh Gateway Default Certificate",  # label too long
+        "a_b..example": "CN = Mesh Gateway Default Certificate",
+    }
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_echo, term)
+        seen = {name: await s_client(port, "-servername", name) for name in cases}
+        nursery.cancel_scope.cancel()
+    assert {name: (s["rc"], s["subject"]) for name, s in seen.items()} == {
+        name: ("0", subject) for name, subject in cases.items()
+    }
