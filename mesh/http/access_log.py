@@ -5,10 +5,11 @@ Contract for the gateway wiring:
 - ``log = AccessLog(sys.stdout.buffer)`` (any binary file, or a callable taking bytes), then
   ``log.start()``; ``log.close()`` at shutdown writes what is left and stops the writer.
 - Per finished request: ``log.log(AccessRecord(...))``. That is a deque append (thread safe,
-  no lock taken, no I/O, no formatting); a writer thread wakes every ``interval`` seconds or
-  when ``batch`` records wait, renders them and writes them with one ``write`` call. When the
-  sink cannot keep up and ``max_pending`` records wait, new ones are dropped and counted in
-  ``dropped`` (export it as a metric) rather than growing memory or blocking a request.
+  no lock taken, no I/O, no formatting); a writer thread (:class:`~mesh.http.batching.Batcher`)
+  wakes every ``interval`` seconds or when ``batch`` records wait, renders them and writes them
+  with one ``write`` call. When the sink cannot keep up and ``max_pending`` records wait, new
+  ones are dropped and counted in ``dropped`` (export it as a metric) rather than growing
+  memory or blocking a request.
 - Without ``start()`` nothing is written until ``flush()`` is called: tests and a reactor that
   prefers to flush on its own timer can do that.
 
@@ -29,12 +30,12 @@ sending the request head upstream to the end of the response head from it.
 
 from __future__ import annotations
 
-import collections
-import threading
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
 from typing import BinaryIO, NamedTuple
+
+from mesh.http.batching import Batcher
 
 
 class AccessRecord(NamedTuple):
@@ -99,21 +100,9 @@ def render(record: AccessRecord, clock: _Clock | None = None) -> str:
 
 
 class AccessLog:
-    __slots__ = (
-        "_batch",
-        "_clock",
-        "_interval",
-        "_lock",
-        "_max",
-        "_pending",
-        "_stop",
-        "_thread",
-        "_wake",
-        "_write",
-        "dropped",
-        "write_errors",
-        "written",
-    )
+    """See the module docstring; ``log`` is the hot-path call."""
+
+    __slots__ = ("_clock", "_queue", "_write", "log")
 
     def __init__(
         self,
@@ -133,62 +122,35 @@ class AccessLog:
                 file.flush()
 
             self._write = write
-        self._pending: collections.deque[AccessRecord] = collections.deque()
-        self._batch = batch
-        self._interval = interval
-        self._max = max_pending
-        self._clock = _Clock()
-        self._wake = threading.Event()
-        self._stop = False
-        self._lock = threading.Lock()  # one flusher at a time: the thread, or close()
-        self._thread: threading.Thread | None = None
-        self.dropped = 0
-        self.written = 0
-        self.write_errors = 0
+        self._clock = _Clock()  # used by the draining thread only
+        self._queue: Batcher[AccessRecord] = Batcher(
+            self._drain, batch=batch, interval=interval, max_pending=max_pending, name="access-log"
+        )
+        # The queue's own put, bound once: the hot path makes one call, not two.
+        self.log: Callable[[AccessRecord], None] = self._queue.put
 
-    def log(self, record: AccessRecord) -> None:
-        """Queue one record (the hot path: no I/O, no formatting)."""
-        pending = self._pending
-        n = len(pending)
-        if n >= self._max:
-            self.dropped += 1
-            return
-        pending.append(record)
-        if n + 1 == self._batch:
-            self._wake.set()
+    def _drain(self, records: list[AccessRecord]) -> None:
+        clock = self._clock
+        self._write("".join([render(r, clock) for r in records]).encode("ascii"))
 
-    def flush(self) -> None:
-        """Render and write everything queued now, in batches."""
-        with self._lock:
-            pending, clock = self._pending, self._clock
-            while pending:
-                lines = []
-                for _ in range(min(len(pending), self._batch)):
-                    lines.append(render(pending.popleft(), clock))
-                try:
-                    self._write("".join(lines).encode("ascii"))
-                except (OSError, ValueError):
-                    # A closed or broken sink loses these lines; the counter tells.
-                    self.write_errors += 1
-                    continue
-                self.written += len(lines)
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped
+
+    @property
+    def written(self) -> int:
+        return self._queue.drained
+
+    @property
+    def write_errors(self) -> int:
+        return self._queue.errors
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
-            self._thread.start()
+        self._queue.start()
 
-    def _run(self) -> None:
-        while not self._stop:
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            self.flush()
+    def flush(self) -> None:
+        self._queue.flush()
 
     def close(self) -> None:
         """Stop the writer thread and write what is still queued."""
-        self._stop = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
-        self.flush()
+        self._queue.close()

@@ -6,12 +6,13 @@ Contract for the gateway wiring:
   a tracing endpoint is configured; then ``Tracer(spans, ...)`` (see :mod:`mesh.http.tracing`).
   The endpoint is the collector's base URL, ``/v1/traces`` is appended unless already there
   (as ``OTEL_EXPORTER_OTLP_ENDPOINT`` works). No endpoint: no OtlpSpans, ``Tracer(None)``.
-- ``record`` runs on the hot path: it builds one ``ReadableSpan`` from data the hop already
-  holds (no SDK tracer, no span lifecycle, no context variables) and hands it to a
-  ``BatchSpanProcessor``, whose own thread does the encoding and the HTTP POSTs. A full queue
-  drops spans; it never blocks a request.
-- ``shutdown()`` flushes and stops the thread; it blocks up to the export timeout, so a trio
-  shell calls it through ``trio.to_thread.run_sync``.
+- ``record`` runs on the hot path: it queues the hop, its end and the clock
+  (:class:`~mesh.http.batching.Batcher`). The batch thread turns each into one
+  ``ReadableSpan`` (no SDK tracer, no span lifecycle, no context variables: the hop already
+  holds everything) and hands the batch to the exporter, which encodes and POSTs it. A full
+  queue drops spans (counted in ``dropped``); it never blocks a request.
+- ``shutdown()`` exports what is queued and stops the thread; it blocks up to the export
+  timeout, so a trio shell calls it through ``trio.to_thread.run_sync``.
 
 Environment proxy settings are ignored: traces go straight to the configured collector.
 """
@@ -24,10 +25,11 @@ import requests
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
+from mesh.http.batching import Batcher
 from mesh.http.tracing import Hop, SpanEnd
 
 _SCOPE = InstrumentationScope("mesh.http")
@@ -44,6 +46,8 @@ def traces_url(endpoint: str) -> str:
 class OtlpSpans:
     """A :class:`~mesh.http.tracing.SpanSink` that batches spans to an exporter."""
 
+    __slots__ = ("_exporter", "_queue", "_resource", "failed")
+
     def __init__(
         self,
         exporter: SpanExporter,
@@ -54,12 +58,16 @@ class OtlpSpans:
         delay_ms: float = 1000,
     ) -> None:
         self._resource = Resource.create({"service.name": service_name})
-        self._processor = BatchSpanProcessor(
-            exporter,
-            max_queue_size=max_queue,
-            schedule_delay_millis=delay_ms,
-            max_export_batch_size=batch,
+        self._exporter = exporter
+        self.failed = 0  # spans the exporter reported as not delivered
+        self._queue: Batcher[tuple[Hop, SpanEnd, int]] = Batcher(
+            self._export,
+            batch=batch,
+            interval=delay_ms / 1000,
+            max_pending=max_queue,
+            name="otlp-spans",
         )
+        self._queue.start()
 
     @classmethod
     def to_endpoint(
@@ -75,7 +83,23 @@ class OtlpSpans:
         exporter = OTLPSpanExporter(endpoint=traces_url(endpoint), timeout=timeout, session=session)
         return cls(exporter, service_name=service_name, delay_ms=delay_ms)
 
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped
+
+    @property
+    def exported(self) -> int:
+        return self._queue.drained - self.failed
+
     def record(self, hop: Hop, end: SpanEnd) -> None:
+        self._queue.put((hop, end, end.end_ns or time.time_ns()))
+
+    def _export(self, items: list[tuple[Hop, SpanEnd, int]]) -> None:
+        spans = [self._span(*item) for item in items]
+        if self._exporter.export(spans) is not SpanExportResult.SUCCESS:
+            self.failed += len(spans)
+
+    def _span(self, hop: Hop, end: SpanEnd, end_ns: int) -> ReadableSpan:
         ctx = hop.context
         state = TraceState.from_header([ctx.tracestate]) if ctx.tracestate else None
         trace_id = int(ctx.trace_id, 16)
@@ -99,7 +123,7 @@ class OtlpSpans:
             attributes["mesh.reason"] = end.reason
         if end.client:
             attributes["client.address"] = end.client
-        span = ReadableSpan(
+        return ReadableSpan(
             name=f"{end.method} {end.route}" if end.route else end.method,
             context=own,
             parent=parent,
@@ -109,13 +133,14 @@ class OtlpSpans:
             # OpenTelemetry's HTTP server convention: only 5xx marks the server span an error.
             status=_ERROR if end.status >= 500 else _UNSET,
             start_time=hop.start_ns,
-            end_time=end.end_ns or time.time_ns(),
+            end_time=end_ns,
             instrumentation_scope=_SCOPE,
         )
-        self._processor.on_end(span)
 
-    def force_flush(self, timeout_ms: int = 10000) -> bool:
-        return self._processor.force_flush(timeout_ms)
+    def force_flush(self) -> None:
+        """Export everything queued now, in the calling thread."""
+        self._queue.flush()
 
     def shutdown(self) -> None:
-        self._processor.shutdown()  # type: ignore[no-untyped-call]
+        self._queue.close()
+        self._exporter.shutdown()

@@ -100,7 +100,8 @@ def test_sampled_hops_reach_the_collector_as_server_spans() -> None:
         )
         tracer.finish(fresh, SpanEnd("POST", "x.test", "/", 503, reason="no-healthy-upstream"))
         tracer.finish(dropped, SpanEnd("GET", "x.test", "/", 200))
-        assert spans.force_flush(10_000)
+        spans.force_flush()
+        assert spans.exported == 2 and spans.dropped == 0
         spans.shutdown()
     got = spans_of(server)
     assert len(got) == 2
@@ -133,3 +134,17 @@ def test_sampled_hops_reach_the_collector_as_server_spans() -> None:
 def test_traces_url() -> None:
     assert traces_url("http://c:4318") == "http://c:4318/v1/traces"
     assert traces_url("http://c:4318/v1/traces/") == "http://c:4318/v1/traces"
+
+
+def test_a_collector_that_is_down_costs_spans_not_requests() -> None:
+    with collector() as server:
+        port = server.server_address[1]
+    # The port is closed now: every export is refused.
+    spans = OtlpSpans.to_endpoint(f"http://127.0.0.1:{port}", timeout=1.0)
+    tracer = Tracer(spans)
+    hop = tracer.start([])
+    assert hop is not None
+    tracer.finish(hop, SpanEnd("GET", "x.test", "/", 200))
+    spans.force_flush()
+    spans.shutdown()
+    assert spans.failed == 1 and spans.exported == 0
