@@ -185,7 +185,7 @@ def extract(headers: Headers) -> Incoming | None:
         single = parse_b3(b3)
         if single is not None:
             return single
-    return parse_b3_multi(found) if len(found) > traceparents + (b3 is not None) else None
+    return parse_b3_multi(found)
 
 
 def ratio_sampler(ratio: float) -> Callable[[str], bool]:
