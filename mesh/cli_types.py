@@ -1,0 +1,30 @@
+"""Click parameter types that validate where a flag is parsed: a bad value is a usage
+error naming the flag (exit status 2), never a traceback from deep inside a component."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from mesh.cidrs import format_cidrs, parse_cidrs
+
+
+class CidrsType(click.ParamType):  # type: ignore[type-arg]
+    """One range, or two of different families ("V4,V6" in either order); converts to the
+    canonical spelling (primary first), which every consumer parses again cheaply."""
+
+    name = "CIDR[,CIDR]"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return format_cidrs(parse_cidrs(str(value), self.what))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SERVICE_CIDRS = CidrsType("service")
+POD_CIDRS = CidrsType("pod")
