@@ -23,7 +23,9 @@ SELECTOR = {"app": "web"}
 
 def _svc(name: str = "web", **spec: Any) -> Service:
     spec.setdefault("ports", [{"port": 80}])
-    return Service.model_validate({"metadata": {"name": name, "namespace": "default"}, "spec": spec})
+    return Service.model_validate(
+        {"metadata": {"name": name, "namespace": "default"}, "spec": spec}
+    )
 
 
 def _store(ranges: list[str]) -> Store:
@@ -181,5 +183,5 @@ def test_each_family_allocated_from_its_own_range_without_collisions() -> None:
         out = _apply(store, name=f"s{i}", ipFamilyPolicy="RequireDualStack")
         seen.update(out.spec.cluster_ips)
     assert len(seen) == 12
-    with pytest.raises(Rejected, match="no free address left in service range 127.10.0.0/29"):
+    with pytest.raises(Rejected, match=r"no free address left in service range 127\.10\.0\.0/29"):
         store.apply(_svc("full", ipFamilyPolicy="RequireDualStack"))
