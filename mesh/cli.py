@@ -393,11 +393,13 @@ def proxy(
         from mesh.proxy.nft_render import RenderOptions
         from mesh.proxy.nft_sync import NftError, SubprocessNftRunner
 
-        try:
-            SubprocessNftRunner().delete_table(RenderOptions().table)
-        except (NftError, OSError) as exc:
-            raise click.ClickException(f"cannot remove the ruleset: {exc}") from None
-        click.echo(f"removed table ip {RenderOptions().table}")
+        table = RenderOptions().table
+        for family in ("ip", "ip6"):  # one table per address family, as kube-proxy
+            try:
+                SubprocessNftRunner().delete_table(table, family)
+            except (NftError, OSError) as exc:
+                raise click.ClickException(f"cannot remove the ruleset: {exc}") from None
+            click.echo(f"removed table {family} {table}")
         return
     _check_source(control_url, config_file)
     _setup_logs(log_level, log_format)

@@ -109,9 +109,11 @@ def make_proxy(
     mode: str, *, node_ip: str = "127.0.0.1", udp_idle_timeout: float = 30.0
 ) -> Component[Any]:
     if mode == "nftables":
+        from mesh.proxy.nft_render import RenderOptions
         from mesh.proxy.nftables import NftablesProxy
 
-        return NftablesProxy()
+        # Both address families, each in its own table (kube-proxy's dual-stack layout).
+        return NftablesProxy(options=[RenderOptions(family="ip"), RenderOptions(family="ip6")])
     from mesh.proxy.userspace import UserspaceProxy
 
     return UserspaceProxy(node_ip=node_ip, udp_idle_timeout=udp_idle_timeout)

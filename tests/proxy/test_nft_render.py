@@ -6,6 +6,7 @@ and review the diff.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 from pathlib import Path
@@ -168,12 +169,71 @@ def test_duplicate_addresses_first_service_wins() -> None:
     assert "a/one/tcp/http" not in body.split("198.19.0.1 . tcp . 80 :")[0][-10:]
 
 
-def test_ipv6_is_skipped() -> None:
-    svc = ProxyService(
-        namespace="d",
-        name="v6",
-        cluster_ips=("fd00::1",),
-        ports=(HTTP,),
-        endpoints=(ProxyEndpoint(address="fd00::2", ports={"http": 80}),),
+def _v6(ip: str) -> str:
+    """198.19.a.b -> fd00:19::a:b (and 198.18 -> fd00:18): the same layout in IPv6."""
+    _, net, c, d = ip.split(".")
+    return str(ipaddress.ip_address(f"fd00:{net}::{c}:{d}"))
+
+
+def _dual(config: ProxyConfig) -> ProxyConfig:
+    """Every Service and endpoint of ``config`` with an IPv6 twin of each address."""
+    services = []
+    for svc in config.services:
+        eps = [*svc.endpoints]
+        eps += [e.model_copy(update={"address": _v6(e.address)}) for e in svc.endpoints]
+        services.append(
+            svc.model_copy(
+                update={
+                    "cluster_ips": (*svc.cluster_ips, *map(_v6, svc.cluster_ips)),
+                    "external_ips": (*svc.external_ips, *map(_v6, svc.external_ips)),
+                    "endpoints": tuple(eps),
+                }
+            )
+        )
+    return config.model_copy(update={"services": tuple(services)})
+
+
+DUAL = _dual(CONFIG)
+V6_OPTIONS = RenderOptions(family="ip6", pod_cidr="fd00:18::/64", dispatch="inline")
+
+
+def test_golden_ip6() -> None:
+    text = render(DUAL, V6_OPTIONS).body
+    path = GOLDEN / "nft_ip6.nft"
+    if os.environ.get("MESH_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+    assert text.startswith("table ip6 mesh-proxy {")
+
+
+def test_golden_ip6_is_valid_nft() -> None:
+    require_root()
+    require_tool("nft", "unshare")
+    out = subprocess.run(
+        ["unshare", "--net", "nft", "-c", "-f", str(GOLDEN / "nft_ip6.nft")],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
-    assert "fd00" not in render(ProxyConfig(services=(svc,))).body
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("dispatch", ["inline", "shared"])
+def test_each_family_table_has_the_same_structure(dispatch: str) -> None:
+    """The ip table of a dual-stack config is the single-stack table; the ip6 table has the
+    same shape (chains, rules, elements) over the IPv6 addresses only."""
+    v4 = RenderOptions(pod_cidr="198.18.0.0/16", dispatch=dispatch)  # type: ignore[arg-type]
+    v6 = RenderOptions(family="ip6", pod_cidr="fd00:18::/64", dispatch=dispatch)  # type: ignore[arg-type]
+    ip = render(DUAL, v4)
+    assert ip.body == render(CONFIG, v4).body
+    ip6 = render(DUAL, v6)
+    assert "198.1" not in ip6.body and "fd00" not in ip.body
+    for attr in ("rules", "elements", "service_ports", "endpoints"):
+        assert getattr(ip6, attr) == getattr(ip, attr), attr
+    assert len(ip6.chains) == len(ip.chains)
+    assert {k: len(v) for k, v in ip6.element_sets.items()} == {
+        k: len(v) for k, v in ip.element_sets.items()
+    }
+    assert ip6.udp == {("fd00:19::53", 53): frozenset({("fd00:18::4", 53)})}
+    assert "ip6 saddr fd00:18::/64 goto" in ip6.body  # the local-traffic detector, per family
+    assert "ipv6_addr" in ip6.body and "ipv4_addr" not in ip6.body
