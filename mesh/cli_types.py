@@ -16,15 +16,20 @@ class CidrsType(click.ParamType):  # type: ignore[type-arg]
 
     name = "CIDR[,CIDR]"
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, need_ipv4: bool = False) -> None:
         self.what = what
+        self.need_ipv4 = need_ipv4
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
-            return format_cidrs(parse_cidrs(str(value), self.what))
+            ranges = parse_cidrs(str(value), self.what)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        if self.need_ipv4 and 4 not in ranges:
+            self.fail(f"{value}: an IPv4 {self.what} range is required (IPv6 may follow)")
+        return format_cidrs(ranges)
 
 
 SERVICE_CIDRS = CidrsType("service")
-POD_CIDRS = CidrsType("pod")
+# The box's node and DNS server live on IPv4; pods get an IPv6 address beside it.
+POD_CIDRS = CidrsType("pod", need_ipv4=True)

@@ -47,6 +47,19 @@ def test_bad_values_are_usage_errors(
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
+def test_pod_range_needs_ipv4() -> None:
+    proc = subprocess.run(
+        [*MESH, "up", "-f", ".", "--pod-cidr", "fd00:18::/64"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "Invalid value for '--pod-cidr'" in proc.stderr
+    assert "an IPv4 pod range is required" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("value", "canonical", "versions"),
     [
