@@ -166,7 +166,11 @@ def run_up(
     dns = DnsServer(dns_listen, upstreams, zone=options.zone)
     components: list[Component[Any]] = [dns]
     if with_proxy:
-        components.append(make_proxy("userspace"))
+        from mesh.cidrs import parse_cidrs
+        from mesh.proxy.userspace import UserspaceProxy
+
+        ranges = tuple(str(n) for n in parse_cidrs(options.service_cidr).values())
+        components.append(UserspaceProxy(local_ranges=ranges))
     control = ConfigServer(plane, control_listen)
     admin = AdminServer(admin_listen, components, plane=plane)
 

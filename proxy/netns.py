@@ -132,7 +132,9 @@ def sysctl(name: str, key: str, value: str) -> None:
 
 def add_bridge(name: str, ifname: str, address: str, prefixlen: int) -> None:
     with NetNS(name) as ns:
-        ns.link("add", ifname=ifname, kind="bridge")
+        # No multicast snooping: IPv6 neighbour discovery is multicast, and a snooping bridge
+        # may drop a solicitation sent before the pod's group membership report was seen.
+        ns.link("add", ifname=ifname, kind="bridge", br_mcast_snooping=0)
         idx = ns.link_lookup(ifname=ifname)[0]
         ns.addr("add", index=idx, address=address, prefixlen=prefixlen)
         ns.link("set", index=idx, state="up")
