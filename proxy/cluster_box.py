@@ -100,7 +100,10 @@ class ClusterBox:
         self.service_net = self.service_nets[0]  # the primary range
         self.node_ip = str(self.pod_net.network_address + 1)
         self.node_ip6 = str(self.pod_net6.network_address + 1) if self.pod_net6 else None
-        self.dns_ip = dns_ip or str(self.service_net.network_address + 10)
+        # The DNS server listens on the node's IPv4 address, so kube-dns takes its ClusterIP
+        # from the IPv4 service range even when IPv6 is primary.
+        dns_net = next((n for n in self.service_nets if n.version == 4), self.service_net)
+        self.dns_ip = dns_ip or str(dns_net.network_address + 10)
         self.domain = cluster_domain
         self.state = netns.StateFile(state_dir or DEFAULT_STATE_DIR / self.prefix)
         self.node = f"{self.prefix}-node"

@@ -125,7 +125,7 @@ def test_flow_table(box: ClusterBox, family: str, case: flows.FlowCase, dispatch
         by_ip.setdefault(ip, []).append(port)
     servers = [start_who(box, _pod(ip), ip, ports) for ip, ports in by_ip.items()]
     try:
-        node = box.node_ip6 if family == "ip6" else box.node_ip
+        node = (box.node_ip6 if family == "ip6" else box.node_ip) or "node address missing"
         dest = node if case.dest == flows.NODE else case.dest
         got = tuple(ask(box, _pod(c), dest, case.port, case.protocol) for c, _ in case.flows)
     finally:
@@ -133,11 +133,11 @@ def test_flow_table(box: ClusterBox, family: str, case: flows.FlowCase, dispatch
     assert got == case.expected
 
 
-def _web(*eps: str, protocol: str = "TCP") -> ProxyConfig:
+def _web(*eps: str, protocol: str = "TCP", vip: str = "198.19.0.1") -> ProxyConfig:
     svc = ProxyService(
         namespace="default",
         name="web",
-        cluster_ips=("198.19.0.1",),
+        cluster_ips=(vip,),
         ports=(ProxyPort(port=80, protocol=protocol),),
         endpoints=tuple(ProxyEndpoint(address=a, ports={"": 8080}) for a in eps),
     )
@@ -186,27 +186,31 @@ def test_updates_keep_affinity_and_reject_after_endpoints_go(box: ClusterBox) ->
         stop(servers)
 
 
-def _udp_flows_to_vip(box: ClusterBox) -> str:
-    """The node's conntrack entries of UDP flows to 198.19.0.1:80."""
-    argv = ["conntrack", "-L", "-p", "udp", "--orig-dst", "198.19.0.1", "--orig-port-dst", "80"]
+def _udp_flows_to_vip(box: ClusterBox, vip: str) -> str:
+    """The node's conntrack entries of UDP flows to vip:80."""
+    family = ["-f", "ipv6"] if ":" in vip else []
+    argv = ["conntrack", "-L", *family, "-p", "udp", "--orig-dst", vip, "--orig-port-dst", "80"]
     out = subprocess.run(box.node_argv(argv), capture_output=True, text=True, timeout=10)
     return out.stdout
 
 
-def test_stale_udp_conntrack_entries_are_removed(box: ClusterBox) -> None:
-    syncer = _syncer(box, "inline")
-    a, b = "198.18.1.1", "198.18.1.2"
-    assert syncer.sync(_web(a, b, protocol="UDP")).ok
+@pytest.mark.parametrize("family", ["ip", "ip6"])
+def test_stale_udp_conntrack_entries_are_removed(box: ClusterBox, family: str) -> None:
+    syncer = _syncer(box, "inline", family=family)
+    a, b, vip = "198.18.1.1", "198.18.1.2", "198.19.0.1"
+    if family == "ip6":
+        a, b, vip = _twin(a), _twin(b), ADDRESSES6[flows.VIP]
+    assert syncer.sync(_web(a, b, protocol="UDP", vip=vip)).ok
     servers = [start_who(box, _pod(ip), ip, [8080]) for ip in (a, b)]
     try:
         client = _pod("198.18.0.11")
         for _ in range(2):
-            ask(box, client, "198.19.0.1", 80, "UDP")
-        listing = _udp_flows_to_vip(box)
+            ask(box, client, vip, 80, "UDP")
+        listing = _udp_flows_to_vip(box, vip)
         assert f"src={a}" in listing and f"src={b}" in listing
-        result = syncer.sync(_web(b, protocol="UDP"))
+        result = syncer.sync(_web(b, protocol="UDP", vip=vip))
         assert result.ok and len(result.stale) == 1
-        listing = _udp_flows_to_vip(box)
+        listing = _udp_flows_to_vip(box, vip)
         assert f"src={a}" not in listing and f"src={b}" in listing
     finally:
         stop(servers)

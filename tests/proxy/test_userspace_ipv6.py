@@ -15,10 +15,11 @@ from typing import TypeVar
 
 import pytest
 import trio
+from pyroute2 import netns as pyroute_netns
 
 from mesh.proxy import netns
 from mesh.proxy.local_routes import LocalRoutes
-from mesh.proxy.userspace import UserspaceProxy
+from mesh.proxy.userspace import ListenKey, UserspaceProxy
 from tests.conftest import require_root, require_tool
 from tests.proxy import flows
 from tests.proxy.servers import ask_tcp, ask_udp, tcp_who, udp_who
@@ -64,7 +65,7 @@ def in_namespace(name: str, fn: Callable[[], T]) -> T:
 
     def target() -> None:
         try:
-            netns.netns.setns(name, flags=0)
+            pyroute_netns.setns(name, flags=0)
             out.append(fn())
         except BaseException as exc:  # handed to the test's thread
             errors.append(exc)
@@ -120,7 +121,7 @@ def test_without_privilege_ipv6_cluster_ips_are_not_bound(
 ) -> None:
     case = next(c for c in CASES if c.name == "round robin in endpoint order")
 
-    async def main() -> list[tuple[str, str, int, str]]:
+    async def main() -> list[ListenKey]:
         proxy = UserspaceProxy(node_ip="127.0.0.1", local_ranges=SERVICE_RANGES)
         proxy.local_routes.privileged = False
         proxy.apply(case.config)
