@@ -41,6 +41,21 @@ def _pod(name: str, ips: list[str], hostname: str | None = None) -> Pod:
     )
 
 
+def _slice(name: str, family: str, address: str) -> EndpointSlice:
+    return EndpointSlice.model_validate(
+        {
+            "metadata": {
+                "name": name,
+                "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": "ext"},
+            },
+            "addressType": family,
+            "endpoints": [{"addresses": [address]}],
+            "ports": [{"name": "http", "port": 80}],
+        }
+    )
+
+
 def _cluster() -> tuple[Store, DnsConfig]:
     alloc = ServiceAllocator(RANGES)
     store = Store(admit=alloc.admit)
@@ -53,6 +68,10 @@ def _cluster() -> tuple[Store, DnsConfig]:
         _svc("db4", clusterIP="None", selector={"app": "db"}),  # SingleStack: IPv4 only
         _pod("db-0", ["10.1.0.10", "fd00:1::10"], hostname="db-0"),
         _pod("db-1", ["10.1.0.11", "fd00:1::11"]),
+        # Headless without a selector: RequireDualStack by default, hand-written slices.
+        _svc("ext", clusterIP="None"),
+        _slice("ext-v4", "IPv4", "10.2.0.1"),
+        _slice("ext-v6", "IPv6", "fd00:2::1"),
     ]
     for obj in objects:
         store.apply(obj)
@@ -68,7 +87,17 @@ def test_slices_are_per_address_type() -> None:
         for o in store.snapshot().list("EndpointSlice")
         if isinstance(o, EndpointSlice)
     )
-    assert types == [("db", "IPv4"), ("db", "IPv6"), ("db4", "IPv4")]
+    assert types == [
+        ("db", "IPv4"),
+        ("db", "IPv6"),
+        ("db4", "IPv4"),
+        ("ext", "IPv4"),
+        ("ext", "IPv6"),
+    ]
+    ext = store.get("Service", "shop", "ext")
+    assert isinstance(ext, Service)
+    assert ext.spec.ip_family_policy == "RequireDualStack"
+    assert ext.spec.ip_families == ("IPv4", "IPv6")
 
 
 DB0 = "db-0.db.shop.svc.cluster.local."
@@ -103,6 +132,10 @@ CASES = [
     Case("headless-auto-name-v6", "fd00-1--11.db.shop.svc.cluster.local.", "AAAA",
          answer=("fd00-1--11.db.shop.svc.cluster.local. 5 IN AAAA fd00:1::11",)),
     Case("headless-ptr-v6", REV_DB0_6, "PTR", answer=(f"{REV_DB0_6} 5 IN PTR {DB0}",)),
+    Case("selectorless-headless-a", "ext.shop.svc.cluster.local.", "A",
+         answer=("ext.shop.svc.cluster.local. 5 IN A 10.2.0.1",)),
+    Case("selectorless-headless-aaaa", "ext.shop.svc.cluster.local.", "AAAA",
+         answer=("ext.shop.svc.cluster.local. 5 IN AAAA fd00:2::1",)),
     Case("headless-single-stack-aaaa-nodata", "db4.shop.svc.cluster.local.", "AAAA",
          authority=("cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. "
                     "{v} 7200 1800 86400 5",)),
