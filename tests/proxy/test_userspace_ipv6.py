@@ -5,7 +5,6 @@ addresses and says so once."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import secrets
 import subprocess
@@ -25,24 +24,10 @@ from tests.proxy import flows
 from tests.proxy.servers import ask_tcp, ask_udp, tcp_who, udp_who
 
 T = TypeVar("T")
-SERVICE_RANGES = ("fd00:10::/112", "fd00:20::/112", "fd00:30::/112")
-HOSTS = "fd00:0:1::/64"  # clients and endpoints (made local by the test, not the proxy)
+SERVICE_RANGES = flows.IPV6_SERVICE_RANGES
+HOSTS = flows.IPV6_HOSTS  # clients and endpoints (made local by the test, not the proxy)
 NODE_IP = "::1"
-ADDRESSES = {flows.VIP: "fd00:10::1", flows.EXTERNAL_IP: "fd00:20::1", flows.LB_IP: "fd00:30::1"}
-
-
-def _host(ip: str) -> str:
-    """127.0.c.d -> fd00:0:1::c:d"""
-    _, _, c, d = ip.split(".")
-    return str(ipaddress.ip_address(f"fd00:0:1::{c}:{d}"))
-
-
-def _remap(case: flows.FlowCase) -> flows.FlowCase:
-    ips = {c for c, _ in case.flows} | {ip for ip, _ in case.endpoints()}
-    return flows.remap(case, {**ADDRESSES, **{ip: _host(ip) for ip in ips}})
-
-
-CASES = [_remap(c) for c in flows.CASES]
+CASES = flows.CASES6
 
 
 @pytest.fixture(scope="module")
