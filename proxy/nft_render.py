@@ -45,64 +45,41 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
-from mesh.proxy.table import eligible, endpoint_order
-
-DSTNAT = -100
-SRCNAT = 100
-FILTER = DSTNAT - 10  # filter before DNAT, so the rules see Service addresses
-
-MARK_MASQ_CHAIN = "mark-for-masquerade"
-MASQUERADING_CHAIN = "masquerading"
-SERVICES_CHAIN = "services"
-ENDPOINTS_CHECK_CHAIN = "endpoints-check"
-REJECT_CHAIN = "reject-chain"
-SERVICE_IPS_MAP = "service-ips"
-SERVICE_NODEPORTS_MAP = "service-nodeports"
-NO_ENDPOINT_SERVICES_MAP = "no-endpoint-services"
-NO_ENDPOINT_NODEPORTS_MAP = "no-endpoint-nodeports"
-NODEPORT_IPS_SET = "nodeport-ips"
-DISPATCH_CHAIN = "endpoint-dispatch"
-DISPATCH_MAP = "endpoint-dispatch"
-DNAT_CHAIN = "endpoint-dnat"
-DNAT_MAP = "endpoint-addrs"
-HAIRPIN_SET = "endpoint-hairpin"
-CLUSTER_IPS_SET = "cluster-ips"
-MAPS = (
+from mesh.proxy.nft_names import (
+    ADDR_TYPE,
+    CLUSTER_IPS_SET,
+    DISPATCH_CHAIN,
+    DISPATCH_MAP,
+    DNAT_CHAIN,
+    DNAT_MAP,
+    DSTNAT,
+    ENDPOINTS_CHECK_CHAIN,
+    FILTER,
+    HAIRPIN_SET,
+    LOOPBACK,
+    MAP_TYPES,
+    MAPS,
+    MARK_MASQ_CHAIN,
+    MASQUERADING_CHAIN,
+    NO_ENDPOINT_NODEPORTS_MAP,
+    NO_ENDPOINT_SERVICES_MAP,
+    NODEPORT_IPS_SET,
+    REJECT_CHAIN,
     SERVICE_IPS_MAP,
     SERVICE_NODEPORTS_MAP,
-    NO_ENDPOINT_SERVICES_MAP,
-    NO_ENDPOINT_NODEPORTS_MAP,
-    DISPATCH_MAP,
-    DNAT_MAP,
+    SERVICES_CHAIN,
+    SETS,
+    SRCNAT,
+    Family,
+    affinity_set,
+    endpoint_chain,
+    external_chain,
+    map_types,
+    service_chain,
+    set_types,
 )
-_PORT_KEY = "inet_proto . inet_service : verdict"
-Family = Literal["ip", "ip6"]
-ADDR_TYPE: dict[str, str] = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
-VERSION: dict[str, int] = {"ip": 4, "ip6": 6}
-# Loopback destinations never take NodePort traffic (kube-proxy's default node port addresses).
-LOOPBACK: dict[str, str] = {"ip": "127.0.0.0/8", "ip6": "::1"}
+from mesh.proxy.table import eligible, endpoint_order
 
-
-def map_types(family: str) -> dict[str, str]:
-    addr = ADDR_TYPE[family]
-    ip_key = f"{addr} . inet_proto . inet_service : verdict"
-    return {
-        SERVICE_IPS_MAP: ip_key,
-        SERVICE_NODEPORTS_MAP: _PORT_KEY,
-        NO_ENDPOINT_SERVICES_MAP: ip_key,
-        NO_ENDPOINT_NODEPORTS_MAP: _PORT_KEY,
-        DISPATCH_MAP: "mark : verdict",
-        DNAT_MAP: f"mark : {addr} . inet_service",
-    }
-
-
-def set_types(family: str) -> dict[str, str]:
-    addr = ADDR_TYPE[family]
-    return {HAIRPIN_SET: f"{addr} . {addr}", CLUSTER_IPS_SET: f"{addr} . inet_proto . inet_service"}
-
-
-MAP_TYPES = map_types("ip")
-SETS = set_types("ip")
 # Above this many load-balanced Service ports, "auto" dispatch switches from one anonymous
 # vmap per Service to the shared map: the kernel's cost of adding anonymous sets and of
 # checking jump loops through verdict maps grows with the number of sets in the table, so
@@ -155,39 +132,6 @@ class Ruleset:
     element_sets: dict[str, dict[str, str]] = field(default_factory=dict)
     slots: dict[str, tuple[int, int]] = field(default_factory=dict)
     family: Family = "ip"
-
-
-def _hashed(prefix: str, identity: str) -> str:
-    # The identity keeps names unique; the hash prefix keeps similar ones visually apart.
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:8].upper()
-    name = f"{prefix}{digest}-{identity}"
-    return name if len(name) <= 250 else name[:247] + "..."
-
-
-def port_identity(svc: ProxyService, port: ProxyPort) -> str:
-    return f"{svc.namespace}/{svc.name}/{port.protocol.lower()}/{port.name}"
-
-
-def service_chain(svc: ProxyService, port: ProxyPort, local: bool = False) -> str:
-    return _hashed("local-" if local else "service-", port_identity(svc, port))
-
-
-def external_chain(svc: ProxyService, port: ProxyPort) -> str:
-    return _hashed("external-", port_identity(svc, port))
-
-
-def _name_ip(ip: str) -> str:
-    # nft names may not hold ":"; an IPv6 address is spelled with "." instead (readable,
-    # and unambiguous next to the IPv4 spelling since the family's table holds only one).
-    return ip.replace(":", ".")
-
-
-def endpoint_chain(svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
-    return _hashed("endpoint-", f"{port_identity(svc, port)}__{_name_ip(ip)}/{target}")
-
-
-def affinity_set(svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
-    return _hashed("affinity-", f"{port_identity(svc, port)}__{_name_ip(ip)}/{target}")
 
 
 def _of_family(addresses: Iterable[str], family: str) -> list[str]:

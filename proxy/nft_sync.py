@@ -37,20 +37,16 @@ from typing import Literal, Protocol
 
 from mesh.config.proxy import ProxyConfig
 from mesh.proxy.conntrack import ConntrackCleaner, StaleEntry, UdpTargets, stale_entries
-from mesh.proxy.nft_render import (
+from mesh.proxy.nft_names import (
     DISPATCH_MAP,
     DNAT_MAP,
     MAPS,
     SERVICES_CHAIN,
     VERSION,
-    RenderOptions,
-    Ruleset,
-    affinity_decl,
-    element_items,
     map_types,
-    render,
     set_types,
 )
+from mesh.proxy.nft_render import RenderOptions, Ruleset, affinity_decl, element_items, render
 
 log = logging.getLogger(__name__)
 

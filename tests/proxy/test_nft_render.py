@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
-from mesh.proxy import nft_render
+from mesh.proxy import nft_names, nft_render
 from mesh.proxy.nft_render import RenderOptions, render
 from tests.conftest import require_root, require_tool
 
@@ -114,7 +114,7 @@ def test_counts_and_targets() -> None:
     assert rs.rules == 29  # every rule line of the default rendering
     # Per-endpoint chains only where ClientIP affinity needs them (dns); hairpin pairs for all.
     assert [c for c in rs.chains if c.startswith("endpoint-")] == [
-        nft_render.endpoint_chain(CONFIG.services[1], CONFIG.services[1].ports[0], "198.18.0.4", 53)
+        nft_names.endpoint_chain(CONFIG.services[1], CONFIG.services[1].ports[0], "198.18.0.4", 53)
     ]
     assert rs.body.count(" . 198.18.0.") == 5
 
@@ -122,15 +122,15 @@ def test_counts_and_targets() -> None:
 def test_deterministic_names() -> None:
     port = ProxyPort(name="http", port=80)
     svc = ProxyService(namespace="default", name="web", ports=(port,))
-    name = nft_render.service_chain(svc, port)
-    assert name == nft_render.service_chain(svc, port)
+    name = nft_names.service_chain(svc, port)
+    assert name == nft_names.service_chain(svc, port)
     assert name.startswith("service-") and name.endswith("-default/web/tcp/http")
     assert len(name.split("-")[1]) == 8
-    ep_name = nft_render.endpoint_chain(svc, port, "198.18.0.2", 8080)
+    ep_name = nft_names.endpoint_chain(svc, port, "198.18.0.2", 8080)
     assert ep_name.endswith("-default/web/tcp/http__198.18.0.2/8080")
     long = "x" * 63
     big = ProxyService(namespace=long, name=long, ports=(ProxyPort(name="a" * 15, port=1),))
-    assert len(nft_render.endpoint_chain(big, big.ports[0], "198.18.0.2", 65535)) <= 250
+    assert len(nft_names.endpoint_chain(big, big.ports[0], "198.18.0.2", 65535)) <= 250
 
 
 def test_same_input_same_text() -> None:
