@@ -361,7 +361,10 @@ def _render_port(
     out: _Out, node_name: str, svc: ProxyService, port: ProxyPort, opts: RenderOptions
 ) -> None:
     proto = port.protocol.lower()
-    serving = [ep for ep in svc.endpoints if port.name in ep.ports]
+    # Each family's table sees only its endpoints, so eligibility (ready, else the serving
+    # terminating fallback) is decided per family, as kube-proxy's per-family proxiers do.
+    six = opts.family == "ip6"
+    serving = [ep for ep in svc.endpoints if port.name in ep.ports and (":" in ep.address) == six]
     local_eps = [ep for ep in serving if node_name and ep.node_name == node_name]
     cluster = _targets(eligible(serving), port, opts.family)
     local = _targets(eligible(local_eps), port, opts.family)

@@ -237,3 +237,20 @@ def test_each_family_table_has_the_same_structure(dispatch: str) -> None:
     assert ip6.udp == {("fd00:19::53", 53): frozenset({("fd00:18::4", 53)})}
     assert "ip6 saddr fd00:18::/64 goto" in ip6.body  # the local-traffic detector, per family
     assert "ipv6_addr" in ip6.body and "ipv4_addr" not in ip6.body
+
+
+def test_endpoint_fallback_is_decided_per_family() -> None:
+    """Ready IPv6 endpoints do not hide the IPv4 table's serving-terminating fallback."""
+    svc = ProxyService(
+        namespace="d",
+        name="web",
+        cluster_ips=("198.19.0.10", "fd00:19::10"),
+        ports=(HTTP,),
+        endpoints=(
+            ep("198.18.0.2", ready=False, serving=True, terminating=True),
+            ep("fd00:18::2"),
+        ),
+    )
+    config = ProxyConfig(services=(svc,))
+    assert "dnat to 198.18.0.2:8080" in render(config).body
+    assert "dnat to [fd00:18::2]:8080" in render(config, RenderOptions(family="ip6")).body
