@@ -61,10 +61,16 @@ def dns_objects(cluster_ip: str, node_ip: str, port: int = 53) -> list[Service |
     return [service, endpoints]
 
 
-def with_address(pod: Pod, ip: str) -> Pod:
-    """The pod as its kubelet reports it: running, at ``ip``."""
+def with_address(pod: Pod, ips: str | tuple[str, ...]) -> Pod:
+    """The pod as its kubelet reports it: running, at ``ips`` (one per family, primary
+    first, as ``status.podIPs``)."""
+    ips = (ips,) if isinstance(ips, str) else ips
     status = pod.status.model_copy(
-        update={"pod_ip": ip, "pod_ips": (PodIP(ip=ip),), "phase": "Running"}
+        update={
+            "pod_ip": ips[0],
+            "pod_ips": tuple(PodIP(ip=ip) for ip in ips),
+            "phase": "Running",
+        }
     )
     return pod.model_copy(update={"status": status})
 
@@ -84,7 +90,7 @@ class BoxNode:
             if isinstance(p, Pod) and not p.spec.host_network and not p.terminating
         }
 
-    def _place(self, wanted: dict[str, Pod]) -> list[tuple[Pod, str]]:
+    def _place(self, wanted: dict[str, Pod]) -> list[tuple[Pod, tuple[str, ...]]]:
         """Create and remove namespaces (blocking: runs in a worker thread). Returns the
         pods whose status must change."""
         for key in list(self.box.pods):
@@ -103,15 +109,15 @@ class BoxNode:
                     placed = self.box.add_pod(pod.metadata.namespace, pod.metadata.name, requested)
                 except ValueError:
                     placed = self.box.add_pod(pod.metadata.namespace, pod.metadata.name, None)
-                log.info("pod placed", extra={"pod": key, "ip": placed.ip})
-            if pod.status.pod_ip != placed.ip or pod.status.phase != "Running":
-                patches.append((pod, placed.ip))
+                log.info("pod placed", extra={"pod": key, "ips": list(placed.ips)})
+            if pod.ips != placed.ips or pod.status.phase != "Running":
+                patches.append((pod, placed.ips))
         return patches
 
     async def reconcile(self) -> None:
         patches = await trio.to_thread.run_sync(self._place, self._wanted())
-        for pod, ip in patches:
-            self.plane.apply(with_address(pod, ip))
+        for pod, ips in patches:
+            self.plane.apply(with_address(pod, ips))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         revision = self.plane.store.revision

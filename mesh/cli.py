@@ -19,6 +19,7 @@ import click
 
 from mesh import log as meshlog
 from mesh.addresses import Address, parse_address
+from mesh.cli_types import POD_CIDRS, SERVICE_CIDRS
 
 DEFAULT_CONTROL = "127.0.0.1:15010"
 DEFAULT_DNS = "127.0.0.1:10053"
@@ -163,7 +164,9 @@ def main() -> None:
 @click.option(
     "--service-cidr",
     default=None,
-    help=f"Range ClusterIPs are allocated from [default: {DEFAULT_SERVICE_CIDR}; "
+    type=SERVICE_CIDRS,
+    help="Range(s) ClusterIPs are allocated from: one, or an IPv4 and an IPv6 range "
+    f"comma-separated for dual-stack (the first is primary) [default: {DEFAULT_SERVICE_CIDR}; "
     f"with --netns {DEFAULT_NETNS_SERVICE_CIDR}].",
 )
 @click.option(
@@ -186,7 +189,12 @@ def main() -> None:
     "the node proxy in nftables mode.",
 )
 @click.option(
-    "--pod-cidr", default=DEFAULT_POD_CIDR, show_default=True, help="Pod addresses (--netns)."
+    "--pod-cidr",
+    default=DEFAULT_POD_CIDR,
+    show_default=True,
+    type=POD_CIDRS,
+    help="Pod addresses (--netns): one range, or an IPv4 and an IPv6 range comma-separated "
+    "(pods then get an address of each family).",
 )
 @_box_option
 @_dns_options
@@ -252,7 +260,14 @@ def up(
 @main.command()
 @_manifest_options
 @click.option("--admin-listen", default=DEFAULT_ADMIN, show_default=True, type=ADDRESS)
-@click.option("--service-cidr", default=DEFAULT_SERVICE_CIDR, show_default=True)
+@click.option(
+    "--service-cidr",
+    default=DEFAULT_SERVICE_CIDR,
+    show_default=True,
+    type=SERVICE_CIDRS,
+    help="Range(s) ClusterIPs are allocated from: one, or an IPv4 and an IPv6 range "
+    "comma-separated for dual-stack (the first is primary).",
+)
 @click.option("--node-name", default="node-1", show_default=True)
 @_dns_options
 @_log_options
@@ -378,11 +393,13 @@ def proxy(
         from mesh.proxy.nft_render import RenderOptions
         from mesh.proxy.nft_sync import NftError, SubprocessNftRunner
 
-        try:
-            SubprocessNftRunner().delete_table(RenderOptions().table)
-        except (NftError, OSError) as exc:
-            raise click.ClickException(f"cannot remove the ruleset: {exc}") from None
-        click.echo(f"removed table ip {RenderOptions().table}")
+        table = RenderOptions().table
+        for family in ("ip", "ip6"):  # one table per address family, as kube-proxy
+            try:
+                SubprocessNftRunner().delete_table(table, family)
+            except (NftError, OSError) as exc:
+                raise click.ClickException(f"cannot remove the ruleset: {exc}") from None
+            click.echo(f"removed table {family} {table}")
         return
     _check_source(control_url, config_file)
     _setup_logs(log_level, log_format)

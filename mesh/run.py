@@ -109,9 +109,11 @@ def make_proxy(
     mode: str, *, node_ip: str = "127.0.0.1", udp_idle_timeout: float = 30.0
 ) -> Component[Any]:
     if mode == "nftables":
+        from mesh.proxy.nft_render import RenderOptions
         from mesh.proxy.nftables import NftablesProxy
 
-        return NftablesProxy()
+        # Both address families, each in its own table (kube-proxy's dual-stack layout).
+        return NftablesProxy(options=[RenderOptions(family="ip"), RenderOptions(family="ip6")])
     from mesh.proxy.userspace import UserspaceProxy
 
     return UserspaceProxy(node_ip=node_ip, udp_idle_timeout=udp_idle_timeout)
@@ -164,7 +166,11 @@ def run_up(
     dns = DnsServer(dns_listen, upstreams, zone=options.zone)
     components: list[Component[Any]] = [dns]
     if with_proxy:
-        components.append(make_proxy("userspace"))
+        from mesh.cidrs import parse_cidrs
+        from mesh.proxy.userspace import UserspaceProxy
+
+        ranges = tuple(str(n) for n in parse_cidrs(options.service_cidr).values())
+        components.append(UserspaceProxy(local_ranges=ranges))
     control = ConfigServer(plane, control_listen)
     admin = AdminServer(admin_listen, components, plane=plane)
 

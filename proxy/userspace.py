@@ -11,6 +11,10 @@ session (udp_relay).
 removed ones. Established connections belong to the relay (tcp_relay), not to a listener, and
 are never touched by a config change; they finish on the endpoint they started with.
 
+IPv6 ClusterIPs need their service range to be local first (proxy/local_routes.py): given
+``local_ranges``, the proxy routes them to lo as root, and otherwise leaves their addresses
+unbound (said once at start; DNS still answers them).
+
 A Service with no usable endpoint is refused at once: TCP with a reset (SO_LINGER 0). A UDP
 port whose Service has no endpoint at all gets no socket, so the kernel itself answers each
 datagram with ICMP port unreachable (sending ICMP from userspace would need privileges).
@@ -33,6 +37,7 @@ from typing import Any, Literal
 import trio
 
 from mesh.config.proxy import ProxyConfig
+from mesh.proxy.local_routes import IP_FREEBIND, LocalRoutes
 from mesh.proxy.metrics import ProxyMetrics
 from mesh.proxy.table import Backend, Endpoint, ServiceTable
 from mesh.proxy.tcp_relay import SPLICE, Handler, Relay, reset
@@ -79,8 +84,10 @@ class UserspaceProxy:
         connect_attempts: int = 4,
         backlog: int = 1024,
         splice: bool = SPLICE,
+        local_ranges: tuple[str, ...] = (),
     ) -> None:
         self.node_ip = node_ip
+        self.local_routes = LocalRoutes(local_ranges)
         self.udp_idle_timeout = udp_idle_timeout
         self.connect_timeout = connect_timeout
         self.connect_attempts = connect_attempts
@@ -142,6 +149,7 @@ class UserspaceProxy:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        self.local_routes.install()  # one netlink round trip per range: fast enough inline
         try:
             async with trio.open_nursery() as conns:
                 await conns.start(self._relay.run)
@@ -158,12 +166,15 @@ class UserspaceProxy:
             self._listeners.clear()
             self._abort_connects()
             self._listen_nursery = None
+            self.local_routes.remove()
 
     # --- listeners ---------------------------------------------------------------------
 
     def _desired(self) -> set[ListenKey]:
         want: set[ListenKey] = set()
         for (ip, port, proto), backend in self._table.vips.items():
+            if self.local_routes.unroutable(ip):
+                continue  # said once at start: answered in DNS, not proxied
             if proto == "TCP" or (proto == "UDP" and backend.endpoints):
                 want.add(("vip", ip, port, proto))
         taken = {(ip, port, proto) for _, ip, port, proto in want}
@@ -214,6 +225,10 @@ class UserspaceProxy:
         raw = socket.socket(family, kind)
         try:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.local_routes.routes(ip):
+                # An IPv6 ClusterIP is local by route only, not assigned to lo (see
+                # local_routes): bind it as a free (not yet configured) address.
+                raw.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
             raw.bind((ip, port))
             if proto == "TCP":
                 # accepted sockets inherit TCP_NODELAY from the listener (Linux)

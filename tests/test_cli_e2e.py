@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,16 @@ MESH = [sys.executable, "-m", "mesh.cli"]
 class Proc:
     """A started ``mesh`` process and the addresses it announced."""
 
-    def __init__(self, args: list[str], want: set[str], stderr: Any = subprocess.DEVNULL) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        want: set[str],
+        stderr: Any = subprocess.DEVNULL,
+        prefix: Sequence[str] = (),
+    ) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.popen = subprocess.Popen(
-            [*MESH, *args],
+            [*prefix, *MESH, *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
