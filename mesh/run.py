@@ -7,9 +7,10 @@ kube-proxy's does (``--cleanup`` removes it); the cluster in a box removes its n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,20 @@ async def _until_signal(cancel: trio.CancelScope) -> None:
             log.info("stopping", extra={"signal": signal.Signals(signum).name})
             cancel.cancel()
             return
+
+
+@contextlib.contextmanager
+def _finish_teardown() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM from here to the end of the block except where trio listens
+    for them: a second signal during shutdown must not cut a teardown short (only SIGKILL
+    may leave state behind; ``mesh down`` clears it)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class StartupError(Exception):
@@ -77,16 +92,14 @@ def _run(main: Callable[[trio.Nursery], Awaitable[None]]) -> None:
         startup = _find(exc, StartupError)
         if startup is None:
             raise
-        log.error("cannot start", extra={"error": str(startup)})
+        # Said once, on stderr, as the last line (not also as a log record).
         raise SystemExit(f"mesh: {startup}") from None
 
 
-_TITLES = {"dns": "DNS server", "proxy": "node proxy"}
-
-
 async def _start_component(nursery: trio.Nursery, component: Component[Any]) -> None:
-    title = _TITLES.get(component.name, component.name)
-    await _start(nursery, title, _listen_of(component), component.run)
+    from mesh.registry import title
+
+    await _start(nursery, title(component.name), _listen_of(component), component.run)
 
 
 async def _start_fed(
@@ -217,12 +230,15 @@ def run_up_netns(
     admin = AdminServer(admin_listen, components, plane=plane)
     node = BoxNode(plane, cluster)
 
+    # System objects first: a manifest Service that pins the kube-dns address is then refused
+    # as any conflict is (reported, everything else runs), instead of the box failing.
+    for obj in dns_objects(cluster.dns_ip, cluster.node_ip):
+        plane.apply(obj)
+
     async def main(nursery: trio.Nursery) -> None:
         await trio.to_thread.run_sync(cluster.build)
         await _start(nursery, "control plane", None, plane.run)
         _report_manifest_errors(plane)
-        for obj in dns_objects(cluster.dns_ip, cluster.node_ip):
-            plane.apply(obj)
         await _start(nursery, "box node agent", None, node.run)
         await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
@@ -231,11 +247,12 @@ def run_up_netns(
         await _start(nursery, "admin server", admin_listen, admin.run)
         announce("admin", (admin_listen[0], admin.port))
 
-    try:
-        _run(main)
-    finally:
-        removed = cluster.teardown()
-        log.info("box removed", extra={"namespaces": len(removed)})
+    with _finish_teardown():
+        try:
+            _run(main)
+        finally:
+            removed = cluster.teardown()
+            log.info("box removed", extra={"namespaces": len(removed)})
 
 
 def run_control(

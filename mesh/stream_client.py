@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -52,9 +53,19 @@ class Backoff:
 def parse_url(url: str) -> tuple[str, int, str]:
     """(host, port, path prefix) of an ``http://host:port[/prefix]`` control URL."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http" or not parts.hostname:
+    if parts.scheme != "http" or not parts.hostname or not _HOST.fullmatch(parts.hostname):
         raise ValueError(f"{url!r}: expected http://HOST:PORT")
-    return parts.hostname, parts.port or 80, parts.path.rstrip("/")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of 0-65535
+        raise ValueError(f"{url!r}: the port is not a number in 1-65535") from None
+    if port == 0 or parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: expected http://HOST:PORT")
+    return parts.hostname, port or 80, parts.path.rstrip("/")
+
+
+# A DNS name or an IP address (IPv6 without its brackets): nothing with spaces or '@'.
+_HOST = re.compile(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+")
 
 
 class LineSplitter:
