@@ -252,9 +252,16 @@ def config() -> None:
     type=URL,
     help="Admin address of the process running the component (http://HOST:PORT or HOST:PORT).",
 )
-def config_dump(component: str, admin_url: str) -> None:
-    """Print the live config of COMPONENT (dns, proxy) as JSON, as its admin /config serves it."""
-    from mesh.inspect import fetch_json
+@click.option(
+    "--state",
+    is_flag=True,
+    help="Print the component's whole admin view (derived state, listeners, sync results) "
+    "instead of only its config.",
+)
+def config_dump(component: str, admin_url: str, state: bool) -> None:
+    """Print the live config of COMPONENT (dns, proxy) as JSON: the format mesh COMPONENT
+    --config reads, so mesh config dump dns > dns.json; mesh dns --config dns.json runs a copy."""
+    from mesh.inspect import WrongServer, fetch_json
 
     try:
         data = fetch_json(f"{admin_url.rstrip('/')}/config/{component}")
@@ -264,6 +271,15 @@ def config_dump(component: str, admin_url: str) -> None:
         ) from None
     except LookupError:
         raise click.ClickException(f"no component {component!r} runs behind {admin_url}") from None
+    except WrongServer:
+        raise click.ClickException(f"{admin_url} is not a mesh admin endpoint") from None
+    if not state:
+        # A component's view is its config, or its config under "config" beside derived
+        # state (mesh/component.py).
+        if isinstance(data, dict) and "config" in data and "version" not in data:
+            data = data["config"]
+        if data is None:
+            raise click.ClickException(f"{component} has no config yet")
     click.echo(json.dumps(data, indent=2))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -103,7 +103,7 @@ def get(
 ) -> None:
     """Show what the control plane holds: mesh get svc, mesh get pods -A -o wide,
     mesh get svc/web -o yaml, mesh get pods -l 'app in (web,api)' -w."""
-    from mesh.inspect import WrongServer, fetch_objects
+    from mesh.inspect import WrongServer
     from mesh.printing import CLUSTER_SCOPED, PLURAL, Table
     from mesh.selectors import parse_selector
 
@@ -120,7 +120,7 @@ def get(
         raise click.UsageError("-n and -A exclude each other")
     ns = None if all_namespaces or cluster_scoped else (namespace or "default")
     try:
-        items, version = fetch_objects(control_url, kind, ns)
+        items, version = _list(control_url, kind, ns)
     except WrongServer:
         raise click.ClickException(
             f"{control_url} is not a mesh control plane (give its --control-listen address)"
@@ -146,6 +146,24 @@ def get(
         sys.exit(1)
 
 
+def _list(control_url: str, kind: str, ns: str | None) -> tuple[list[Obj], str]:
+    """The objects of ``kind``; for Endpoints, also those the EndpointSlices of Services
+    without a legacy Endpoints object stand for (kubectl users look for both)."""
+    from mesh.inspect import fetch_objects
+    from mesh.printing import endpoints_from_slices
+
+    items, version = fetch_objects(control_url, kind, ns)
+    if kind != "Endpoints":
+        return items, version
+    slices, version = fetch_objects(control_url, "EndpointSlice", ns)
+    have = {(o["metadata"].get("namespace"), o["metadata"].get("name")) for o in items}
+    for ep in endpoints_from_slices(slices):
+        if (ep["metadata"]["namespace"], ep["metadata"]["name"]) not in have:
+            items.append(ep)
+    items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"].get("name", "")))
+    return items, version
+
+
 def _follow(
     control_url: str,
     kind: str,
@@ -159,8 +177,7 @@ def _follow(
     from mesh.inspect import WrongServer, watch_objects
 
     try:
-        for event in watch_objects(control_url, kind, ns, version):
-            obj = event["object"]
+        for obj in _changes(watch_objects, control_url, kind, ns, version):
             if not select([obj], names, sel):
                 continue
             table.now = time.time()
@@ -176,3 +193,33 @@ def _follow(
     except OSError as exc:
         raise click.ClickException(f"the watch on {control_url} ended: {exc}") from None
     raise click.ClickException(f"the control plane at {control_url} closed the watch")
+
+
+def _changes(
+    watch: Any, control_url: str, kind: str, ns: str | None, version: str
+) -> Iterator[Obj]:
+    """Changed objects from the watch. Endpoints follow the EndpointSlices (see _list): a
+    slice event prints its Service's merged Endpoints."""
+    from mesh.printing import endpoints_from_slices
+
+    if kind != "Endpoints":
+        for event in watch(control_url, kind, ns, version):
+            yield event["object"]
+        return
+    slices: dict[tuple[str, str], Obj] = {}
+    for event in watch(control_url, "EndpointSlice", ns, version):
+        es = event["object"]
+        meta = es["metadata"]
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event["type"] == "DELETED":
+            slices.pop(key, None)
+        else:
+            slices[key] = es
+        service = meta.get("labels", {}).get("kubernetes.io/service-name")
+        same = [
+            s
+            for s in slices.values()
+            if s["metadata"].get("namespace") == key[0]
+            and s["metadata"].get("labels", {}).get("kubernetes.io/service-name") == service
+        ]
+        yield from endpoints_from_slices(same or [{**es, "endpoints": [], "ports": []}])

@@ -46,8 +46,8 @@ class UrlType(click.ParamType):  # type: ignore[type-arg]
         text = str(value).strip()
         try:
             host, port, prefix = parse_url(text)
-        except ValueError:
-            self.fail(f"{text!r} is not http://HOST:PORT or HOST:PORT", param, ctx)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}{prefix}"
 

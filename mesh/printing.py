@@ -279,3 +279,45 @@ def table(kind: str, items: Sequence[Obj], all_namespaces: bool, *, now: float =
 def name_of(kind: str, obj: Obj) -> str:
     """``-o name``: ``service/web``."""
     return f"{RESOURCE.get(kind, kind.lower())}/{obj.get('metadata', {}).get('name', '')}"
+
+
+def endpoints_from_slices(slices: Sequence[Obj]) -> list[Obj]:
+    """The core/v1 Endpoints view of EndpointSlices (what the API server's mirroring keeps
+    for kubectl): one object per Service, ready addresses and not-ready ones apart."""
+    by_service: dict[tuple[str, str], Obj] = {}
+    for es in slices:
+        meta = es.get("metadata", {})
+        service = meta.get("labels", {}).get("kubernetes.io/service-name")
+        if not service:
+            continue
+        key = (meta.get("namespace", ""), service)
+        ep = by_service.setdefault(
+            key,
+            {
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {
+                    "name": service,
+                    "namespace": key[0],
+                    "creationTimestamp": meta.get("creationTimestamp"),
+                },
+                "subsets": [],
+            },
+        )
+        ready = [
+            {"ip": a}
+            for e in es.get("endpoints", [])
+            if e.get("conditions", {}).get("ready", True) is not False
+            for a in e.get("addresses", [])
+        ]
+        not_ready = [
+            {"ip": a}
+            for e in es.get("endpoints", [])
+            if e.get("conditions", {}).get("ready", True) is False
+            for a in e.get("addresses", [])
+        ]
+        subset: Obj = {"addresses": ready, "ports": es.get("ports", [])}
+        if not_ready:
+            subset["notReadyAddresses"] = not_ready
+        ep["subsets"].append(subset)
+    return [by_service[k] for k in sorted(by_service)]

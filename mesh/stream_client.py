@@ -54,13 +54,15 @@ def parse_url(url: str) -> tuple[str, int, str]:
     """(host, port, path prefix) of an ``http://host:port[/prefix]`` control URL."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme != "http" or not parts.hostname or not _HOST.fullmatch(parts.hostname):
-        raise ValueError(f"{url!r}: expected http://HOST:PORT")
+        raise ValueError(f"{url!r} is not http://HOST:PORT or HOST:PORT")
     try:
         port = parts.port
     except ValueError:  # not a number, or out of 0-65535
         raise ValueError(f"{url!r}: the port is not a number in 1-65535") from None
-    if port == 0 or parts.query or parts.fragment:
-        raise ValueError(f"{url!r}: expected http://HOST:PORT")
+    if port == 0:
+        raise ValueError(f"{url!r}: the port is not a number in 1-65535")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r} is not http://HOST:PORT or HOST:PORT")
     return parts.hostname, port or 80, parts.path.rstrip("/")
 
 

@@ -123,7 +123,7 @@ class UserspaceProxy:
             return None if self._listen_nursery is not None else "not started"
         key, err = sorted(self._bind_errors.items())[0]
         more = len(self._bind_errors) - 1
-        return f"cannot listen on {_fmt(key)}: {err}" + (f" (and {more} more)" if more else "")
+        return f"cannot listen on {_fmt(key)}: {err}" + (f", and {more} more" if more else "")
 
     @property
     def table(self) -> ServiceTable:
