@@ -71,7 +71,24 @@ def _dns_options(f: Any) -> Any:
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The built-in commands plus one per registered component (mesh/registry.py)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        own = super().list_commands(ctx)
+        return sorted({*own, *(r.name for r in registrations() if r.command is not None)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        for reg in registrations():
+            if reg.name == cmd_name:
+                return reg.command
+        return None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mesh")
 def main() -> None:
     """A service mesh and networking data plane: cluster DNS, node proxy and their control plane."""
@@ -284,9 +301,6 @@ def config_dump(component: str, admin_url: str, state: bool) -> None:
 
 
 main.add_command(get)
-for _registration in registrations():
-    if _registration.command is not None:
-        main.add_command(_registration.command)
 
 
 if __name__ == "__main__":  # pragma: no cover

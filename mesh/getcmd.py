@@ -141,6 +141,7 @@ def get(
         where = f" in {ns} namespace" if ns is not None else ""
         click.echo(f"No resources found{where}.", err=True)
     if watch:
+        sys.stdout.flush()
         _follow(control_url, kind, ns, version, names, sel, output, table)
     if missing:
         sys.exit(1)

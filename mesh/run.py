@@ -154,11 +154,6 @@ class PlaneOptions:
         )
 
 
-def _report_manifest_errors(plane: Any) -> None:
-    for err in plane.errors:
-        log.error("invalid object", extra={"error": str(err)})
-
-
 def run_up(
     *,
     options: PlaneOptions,
@@ -183,7 +178,6 @@ def run_up(
 
     async def main(nursery: trio.Nursery) -> None:
         await _start(nursery, "control plane", None, plane.run)
-        _report_manifest_errors(plane)
         await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
         await _start_fed(nursery, plane, components)
@@ -238,7 +232,6 @@ def run_up_netns(
     async def main(nursery: trio.Nursery) -> None:
         await trio.to_thread.run_sync(cluster.build)
         await _start(nursery, "control plane", None, plane.run)
-        _report_manifest_errors(plane)
         await _start(nursery, "box node agent", None, node.run)
         await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
@@ -271,7 +264,6 @@ def run_control(
 
     async def main(nursery: trio.Nursery) -> None:
         await _start(nursery, "control plane", None, plane.run)
-        _report_manifest_errors(plane)
         await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
         await _start(nursery, "admin server", admin_listen, admin.run)
