@@ -7,10 +7,9 @@ kube-proxy's does (``--cleanup`` removes it); the cluster in a box removes its n
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,18 +32,13 @@ async def _until_signal(cancel: trio.CancelScope) -> None:
             return
 
 
-@contextlib.contextmanager
-def _finish_teardown() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM from here to the end of the block except where trio listens
-    for them: a second signal during shutdown must not cut a teardown short (only SIGKILL
-    may leave state behind; ``mesh down`` clears it)."""
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+def _finish_teardown() -> None:
+    """Ignore SIGINT and SIGTERM from now on except while trio listens for them (trio
+    restores this on exit): a second signal during shutdown must not cut the box's teardown
+    short, nor one that lands after it (the process is about to exit anyway). Only SIGKILL
+    may leave state behind; ``mesh down`` clears it."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 class StartupError(Exception):
@@ -240,12 +234,12 @@ def run_up_netns(
         await _start(nursery, "admin server", admin_listen, admin.run)
         announce("admin", (admin_listen[0], admin.port))
 
-    with _finish_teardown():
-        try:
-            _run(main)
-        finally:
-            removed = cluster.teardown()
-            log.info("box removed", extra={"namespaces": len(removed)})
+    _finish_teardown()
+    try:
+        _run(main)
+    finally:
+        removed = cluster.teardown()
+        log.info("box removed", extra={"namespaces": len(removed)})
 
 
 def run_control(
