@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
-from mesh.httpserve import Request
+from mesh.httpserve import Request, Response
 from mesh.proxy.userspace import UserspaceProxy
 from tests.conftest import require_tool
 from tests.proxy.servers import (
@@ -437,17 +437,18 @@ async def test_a_listener_that_cannot_bind_makes_the_proxy_not_ready(
             "proxy (cannot listen on 127.10.5.12:10080/TCP: Address already in use)"
         ]
         response = await admin.handle(Request("GET", "/ready", "/ready"))
-        assert response.status == 503  # type: ignore[union-attr]
-        assert response.body == (  # type: ignore[union-attr]
+        assert isinstance(response, Response)
+        assert response.status == 503
+        assert response.body == (
             b"not ready: proxy (cannot listen on 127.10.5.12:10080/TCP: Address already in use)\n"
         )
     # The address is free again: the retry binds it and the proxy becomes ready.
     for _ in range(250):  # up to 5 s
-        if proxy.ready:
+        if proxy.not_ready_reason() is None:
             break
         await trio.sleep(0.02)
-    assert proxy.ready
     assert proxy.not_ready_reason() is None
+    assert proxy.ready
     assert proxy.listening()[-1] == ("vip", "127.10.5.12", PORT, "TCP")
 
 
