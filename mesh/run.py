@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,15 @@ async def _start(
         where = f" on {format_address(address)}" if address is not None else ""
         reason = exc.strerror or str(exc)
         raise StartupError(f"cannot start the {what}{where}: {reason}") from None
+
+
+def _reason(exc: Exception) -> str:
+    """One line for an OS or subprocess error (ip's own message when it has one)."""
+    if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
+        return str(exc.stderr).strip().splitlines()[-1]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -224,7 +234,10 @@ def run_up_netns(
         plane.apply(obj)
 
     async def main(nursery: trio.Nursery) -> None:
-        await trio.to_thread.run_sync(cluster.build)
+        try:
+            await trio.to_thread.run_sync(cluster.build)
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            raise StartupError(f"cannot build the box: {_reason(exc)}") from None
         await _start(nursery, "control plane", None, plane.run)
         await _start(nursery, "box node agent", None, node.run)
         await _start(nursery, "config stream server", control_listen, control.run)

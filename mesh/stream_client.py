@@ -168,12 +168,15 @@ async def stream_configs(
     rng = rng or random.Random()
     attempt = 0
     last: C | None = None
+    last_error = ""
     while True:  # one connection per round; ends only when the consumer stops
         stream: trio.SocketStream | None = None
         try:
             stream = await _connect(host, port, connect_timeout)
             conn = _Connection(stream, idle_timeout)
             status = await conn.request(host, port, target)
+            if status == 404:
+                raise StreamError(f"HTTP 404 for {target}: is {url} a mesh control plane?")
             if status != 200:
                 raise StreamError(f"HTTP {status} for {target}")
             lines = LineSplitter()
@@ -183,15 +186,20 @@ async def stream_configs(
                         continue  # heartbeat
                     config = decode(line, config_type)
                     attempt = 0
+                    last_error = ""
                     if config != last:
                         last = config
                         yield config
             raise StreamError("stream ended")
         except _NETWORK_ERRORS as exc:
-            log.warning(
+            error = str(exc) or type(exc).__name__
+            # Said once while it lasts: the same failure on every retry is not news.
+            log.log(
+                logging.DEBUG if error == last_error else logging.WARNING,
                 "config stream lost",
-                extra={"url": url, "kind": kind, "error": str(exc) or type(exc).__name__},
+                extra={"url": url, "kind": kind, "error": error},
             )
+            last_error = error
         finally:
             if stream is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
