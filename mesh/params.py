@@ -12,8 +12,7 @@ from typing import Any
 
 import click
 
-from mesh.addresses import parse_address
-from mesh.stream_client import parse_url
+from mesh.addresses import parse_address, parse_url
 
 # The box name prefixes every network namespace of the box ("NAME-node", "NAME-NS-POD") and
 # names its state directory, so it must be a path component and a netns name the kernel and

@@ -19,11 +19,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
+if TYPE_CHECKING:  # kept out of the import path of mesh get and mesh --version
+    import click
 
-from mesh.config.base import ComponentConfig
+    from mesh.config.base import ComponentConfig
 
 BUILTIN = "mesh.components"
 
@@ -38,7 +39,7 @@ class PlaneSettings:
     pod_mode: str = "insecure"
 
 
-Translator = Callable[[Any], ComponentConfig]  # Snapshot -> config
+Translator = Callable[[Any], "ComponentConfig"]  # Snapshot -> config
 
 
 @dataclass(frozen=True, slots=True)

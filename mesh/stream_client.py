@@ -13,17 +13,18 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import h11
 import pydantic
 import trio
 
+from mesh.addresses import parse_url
 from mesh.config.base import ComponentConfig
+
+__all__ = ["Backoff", "LineSplitter", "StreamError", "fetch_json", "parse_url", "stream_configs"]
 
 log = logging.getLogger("mesh.stream")
 
@@ -48,26 +49,6 @@ class Backoff:
         [base/2, base], where base doubles up to ``maximum``."""
         base = min(self.maximum, self.initial * self.factor ** min(attempt, 32))
         return base / 2 + rng.random() * base / 2
-
-
-def parse_url(url: str) -> tuple[str, int, str]:
-    """(host, port, path prefix) of an ``http://host:port[/prefix]`` control URL."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http" or not parts.hostname or not _HOST.fullmatch(parts.hostname):
-        raise ValueError(f"{url!r} is not http://HOST:PORT or HOST:PORT")
-    try:
-        port = parts.port
-    except ValueError:  # not a number, or out of 0-65535
-        raise ValueError(f"{url!r}: the port is not a number in 1-65535") from None
-    if port == 0:
-        raise ValueError(f"{url!r}: the port is not a number in 1-65535")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{url!r} is not http://HOST:PORT or HOST:PORT")
-    return parts.hostname, port or 80, parts.path.rstrip("/")
-
-
-# A DNS name or an IP address (IPv6 without its brackets): nothing with spaces or '@'.
-_HOST = re.compile(r"[A-Za-z0-9_.-]+|[0-9A-Fa-f:.]+")
 
 
 class LineSplitter:
