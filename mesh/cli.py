@@ -32,7 +32,7 @@ from mesh.cliopts import (
     upstreams_of,
 )
 from mesh.getcmd import get
-from mesh.params import ADDRESS, URL
+from mesh.params import ADDRESS, DNS_NAME, URL
 from mesh.registry import registrations
 
 
@@ -52,7 +52,11 @@ def _manifest_options(f: Any) -> Any:
 
 def _dns_options(f: Any) -> Any:
     f = click.option(
-        "--zone", default="cluster.local", show_default=True, help="Cluster DNS zone."
+        "--zone",
+        default="cluster.local",
+        show_default=True,
+        type=DNS_NAME,
+        help="Cluster DNS zone.",
     )(f)
     f = click.option(
         "--ttl",
@@ -111,6 +115,7 @@ def main() -> None:
     "--node-name",
     default="node-1",
     show_default=True,
+    type=DNS_NAME,
     help="This node's name (for traffic policy Local).",
 )
 @click.option(
@@ -194,7 +199,7 @@ def up(
 @_manifest_options
 @click.option("--admin-listen", default=DEFAULT_ADMIN, show_default=True, type=ADDRESS)
 @click.option("--service-cidr", default=DEFAULT_SERVICE_CIDR, show_default=True)
-@click.option("--node-name", default="node-1", show_default=True)
+@click.option("--node-name", default="node-1", show_default=True, type=DNS_NAME)
 @_dns_options
 @log_options
 def control(

@@ -29,7 +29,7 @@ from mesh.cliopts import (
 )
 from mesh.config.dns import DnsConfig
 from mesh.config.proxy import ProxyConfig
-from mesh.params import ADDRESS
+from mesh.params import ADDRESS, DNS_NAME
 from mesh.registry import PlaneSettings, Registration, Translator, register
 
 # --- dns ---------------------------------------------------------------------------------
@@ -54,6 +54,7 @@ def _dns_translator(settings: PlaneSettings) -> Translator:
     "--zone",
     default="cluster.local",
     show_default=True,
+    type=DNS_NAME,
     help="Cluster zone (answered SERVFAIL until the first config).",
 )
 @upstream_options

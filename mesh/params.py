@@ -66,6 +66,40 @@ class BoxNameType(click.ParamType):  # type: ignore[type-arg]
         return text
 
 
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _dns_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a DNS name of RFC 1123 labels, or None."""
+    if not name:
+        return "is empty"
+    if len(name) > 253:
+        return "is longer than 253 characters"
+    for label in name.split("."):
+        if not _LABEL.fullmatch(label):
+            return (
+                f"has the label {label!r}: labels are 1 to 63 lower-case letters, digits "
+                "and '-', starting and ending with a letter or digit"
+            )
+    return None
+
+
+class DnsNameType(click.ParamType):  # type: ignore[type-arg]
+    """A DNS name such as a cluster zone (``cluster.local``) or a node name; a trailing dot is
+    dropped and upper case folded, as DNS compares names."""
+
+    name = "NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        name = text.lower().removesuffix(".")
+        problem = _dns_name_problem(name)
+        if problem is not None:
+            self.fail(f"{text!r} {problem}", param, ctx)
+        return name
+
+
 ADDRESS = AddressType()
 URL = UrlType()
 BOX = BoxNameType()
+DNS_NAME = DnsNameType()

@@ -64,6 +64,10 @@ def _closed_port() -> str:
 
 BOX = "use 1 to 40 lower-case letters, digits and '-', starting with a letter or digit"
 NOT_URL = "is not http://HOST:PORT or HOST:PORT"
+LABEL = (
+    "labels are 1 to 63 lower-case letters, digits and '-', starting and ending with a "
+    "letter or digit"
+)
 
 # (arguments, exit status, the last line of stderr)
 CASES: list[tuple[list[str], int, str]] = [
@@ -109,6 +113,13 @@ CASES: list[tuple[list[str], int, str]] = [
     (["get", "svc/web", "pods"], 2,
      "Error: 'pods': write KIND/NAME for every argument once one has a '/'"),
     (["get", "svc", "-n", "shop", "-A"], 2, "Error: -n and -A exclude each other"),
+    (["up", "-f", DEMO, "--zone", "cluster..local"], 2,
+     f"Error: Invalid value for '--zone': 'cluster..local' has the label '': {LABEL}"),
+    (["dns", "--control", "127.0.0.1:1", "--zone", "my zone"], 2,
+     f"Error: Invalid value for '--zone': 'my zone' has the label 'my zone': {LABEL}"),
+    (["control", "-f", DEMO, "--zone", ""], 2, "Error: Invalid value for '--zone': '' is empty"),
+    (["up", "-f", DEMO, "--node-name", "node_1"], 2,
+     f"Error: Invalid value for '--node-name': 'node_1' has the label 'node_1': {LABEL}"),
     (["config", "dump", "dns", "--admin", "ftp://x:1"], 2,
      f"Error: Invalid value for '--admin': 'ftp://x:1' {NOT_URL}"),
 ]  # fmt: skip
