@@ -81,6 +81,7 @@ class BoxNode:
     def __init__(self, plane: Any, box: Any) -> None:
         self.plane = plane
         self.box = box
+        self._unplaced: dict[str, str] = {}  # pod -> why it has no namespace
 
     def _wanted(self) -> dict[str, Pod]:
         pods = self.plane.store.snapshot().list("Pod")
@@ -102,17 +103,34 @@ class BoxNode:
         for key, pod in wanted.items():
             placed = self.box.pods.get(key)
             if placed is None:
-                requested = pod.status.pod_ip
-                if requested and ipaddress.ip_address(requested) not in self.box.pod_net:
-                    requested = None  # an address from another mode (loopback): allocate
                 try:
-                    placed = self.box.add_pod(pod.metadata.namespace, pod.metadata.name, requested)
-                except ValueError:
-                    placed = self.box.add_pod(pod.metadata.namespace, pod.metadata.name, None)
+                    placed = self._add(pod)
+                except (OSError, ValueError) as exc:
+                    # This pod stays Pending (as kubelet leaves a pod it cannot network);
+                    # the others run. Said once per pod until it is placed or removed.
+                    if self._unplaced.get(key) != str(exc):
+                        log.error("cannot place pod", extra={"pod": key, "error": str(exc)})
+                    self._unplaced[key] = str(exc)
+                    continue
+                self._unplaced.pop(key, None)
                 log.info("pod placed", extra={"pod": key, "ips": list(placed.ips)})
             if pod.ips != placed.ips or pod.status.phase != "Running":
                 patches.append((pod, placed.ips))
+        for key in [k for k in self._unplaced if k not in wanted]:
+            del self._unplaced[key]
         return patches
+
+    def _add(self, pod: Pod) -> Any:
+        requested = pod.status.pod_ip
+        if requested and ipaddress.ip_address(requested) not in self.box.pod_net:
+            requested = None  # an address from another mode (loopback): allocate
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        if requested:
+            try:
+                return self.box.add_pod(ns, name, requested)
+            except ValueError:
+                pass  # taken: allocate another
+        return self.box.add_pod(ns, name, None)
 
     async def reconcile(self) -> None:
         patches = await trio.to_thread.run_sync(self._place, self._wanted())

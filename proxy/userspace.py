@@ -85,8 +85,10 @@ class UserspaceProxy:
         backlog: int = 1024,
         splice: bool = SPLICE,
         local_ranges: tuple[str, ...] = (),
+        bind_retry: float = 2.0,
     ) -> None:
         self.node_ip = node_ip
+        self.bind_retry = bind_retry
         self.local_routes = LocalRoutes(local_ranges)
         self.udp_idle_timeout = udp_idle_timeout
         self.connect_timeout = connect_timeout
@@ -115,7 +117,20 @@ class UserspaceProxy:
 
     @property
     def ready(self) -> bool:
-        return self._config is not None and self._listen_nursery is not None
+        """Configured, serving, and listening on every service address it should: a
+        listener that cannot bind makes the node not ready (the reason says which)."""
+        return (
+            self._config is not None and self._listen_nursery is not None and not self._bind_errors
+        )
+
+    def not_ready_reason(self) -> str | None:
+        if self._config is None:
+            return "no config yet"
+        if not self._bind_errors:
+            return None if self._listen_nursery is not None else "not started"
+        key, err = sorted(self._bind_errors.items())[0]
+        more = len(self._bind_errors) - 1
+        return f"cannot listen on {_fmt(key)}: {err}" + (f", and {more} more" if more else "")
 
     @property
     def table(self) -> ServiceTable:
@@ -154,6 +169,7 @@ class UserspaceProxy:
             async with trio.open_nursery() as conns:
                 await conns.start(self._relay.run)
                 conns.start_soon(self._expire_connects)
+                conns.start_soon(self._retry_binds)
                 async with trio.open_nursery() as listeners:
                     self._listen_nursery = listeners
                     if self._config is not None:
@@ -169,6 +185,14 @@ class UserspaceProxy:
             self.local_routes.remove()
 
     # --- listeners ---------------------------------------------------------------------
+
+    async def _retry_binds(self) -> None:
+        """An address another process held may free up: try failed binds again now and then
+        (each failure is logged again only when its reason changes)."""
+        while True:
+            await trio.sleep(self.bind_retry)
+            if self._bind_errors and self._listen_nursery is not None:
+                self._reconcile(retry=True)
 
     def _desired(self) -> set[ListenKey]:
         want: set[ListenKey] = set()
@@ -187,7 +211,7 @@ class UserspaceProxy:
                 want.add(("node", self.node_ip, port, proto))
         return want
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, retry: bool = False) -> None:
         want = self._desired()
         for key in sorted(set(self._listeners) - want):
             self._listeners.pop(key).close()
@@ -199,11 +223,13 @@ class UserspaceProxy:
                 listener = self._bind(key)
             except OSError as exc:
                 failed = True
-                self._bind_errors[key] = exc.strerror or str(exc)
-                log.error(
-                    "cannot listen on a service address",
-                    extra={"address": _fmt(key), "error": exc.strerror or str(exc)},
-                )
+                reason = exc.strerror or str(exc)
+                if self._bind_errors.get(key) != reason:
+                    log.error(
+                        "cannot listen on a service address; not ready",
+                        extra={"address": _fmt(key), "error": reason},
+                    )
+                self._bind_errors[key] = reason
                 continue
             self._bind_errors.pop(key, None)
             self._listeners[key] = listener
@@ -212,7 +238,7 @@ class UserspaceProxy:
                 self._listen_nursery.start_soon(self._serve, listener)
             else:
                 self._watch_listener(listener)
-        if failed:
+        if failed and not retry:
             self.metrics.sync_errors.inc()
         for proto in ("TCP", "UDP"):
             count = sum(1 for k in self._listeners if k[3] == proto)

@@ -294,12 +294,15 @@ def test_bad_manifest_is_reported_and_the_rest_serves(manifests: Path, tmp_path:
         finally:
             proc.stop()
     err = (tmp_path / "stderr").read_text()
-    errors = [json.loads(line) for line in err.splitlines() if '"invalid object"' in line]
-    assert errors, err
-    text = errors[0]["error"]
-    assert "broken.yaml" in text
-    assert "Service/shop/broken" in text
-    assert "spec.ports[0].port" in text
+    records = [json.loads(line) for line in err.splitlines()]
+    errors = [r for r in records if r["level"] == "error"]
+    assert len(errors) == 1, err  # reported once
+    assert errors[0]["msg"] == (
+        f"invalid manifest: {manifests / 'broken.yaml'}: Service/shop/broken: "
+        "spec.ports[0].port: Input should be less than or equal to 65535"
+    )
+    assert errors[0]["object"] == "Service/shop/broken"
+    assert errors[0]["field"] == "spec.ports[0].port"
 
 
 def test_address_in_use_is_one_clear_error(up: Proc, manifests: Path) -> None:
