@@ -1,11 +1,14 @@
 """The cluster DNS server: UDP and TCP on one address, a thin trio shell around the core.
 
 The UDP loop is the hot path. It waits for the socket to become readable, then drains it
-with plain non-blocking ``recvfrom`` calls, answering wire-cache hits inline (a dict lookup
-and a ``sendto``) with no trio machinery per packet; after ``batch`` packets it yields to
-other tasks. A miss goes through the pure Responder synchronously (cluster names) or spawns
-a forwarding task (other names). Config swaps replace the responder and the wire cache in one
-assignment, so the next packet already sees the new config.
+with plain non-blocking ``recvfrom`` calls, answering wire-cache hits (cluster names) and
+answer-cache hits (forwarded names) inline, a dict lookup and a ``sendto`` each, with no trio
+machinery per packet; after ``batch`` packets it yields to other tasks. A miss goes through
+the pure Responder synchronously (cluster names) or spawns a forwarding task (other names,
+and ExternalName targets outside the zone). Config swaps replace the responder and the wire
+cache in one assignment, so the next packet already sees the new config; forwarded answers
+do not depend on the config and stay (reverse names, whose owner a config can change, are
+never put in the answer cache).
 """
 
 from __future__ import annotations
@@ -20,16 +23,25 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from dnslib import DNSRecord
 from prometheus_client import CollectorRegistry
 
 from mesh.component import ConfigRejected
 from mesh.config.dns import DnsConfig
-from mesh.dns import resolvconf
-from mesh.dns.forward_cache import ForwardCache
+from mesh.dns import layout, names, resolvconf
+from mesh.dns.chase import chase
+from mesh.dns.forward_cache import ForwardCache, query_key
 from mesh.dns.metrics import DnsMetrics
-from mesh.dns.packet import REFUSED, SERVFAIL, header_reply
+from mesh.dns.packet import (
+    REFUSED,
+    SERVFAIL,
+    encode_reply,
+    header_reply,
+    qtype_label,
+    rcode_label,
+)
 from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
-from mesh.dns.upstream import Forwarder
+from mesh.dns.upstream import Answer, Forwarder
 from mesh.dns.wire_cache import WireCache
 from mesh.dns.zone import ZoneIndex
 from mesh.netns import inside
@@ -64,6 +76,10 @@ class DnsServer:
         forward_cache_size: int = 10_000,
         forward_timeout: float = 2.0,
         max_forwards: int = 1024,
+        upstream_policy: str = "random",
+        max_fails: int = 2,
+        health_check: float = 0.5,
+        serve_stale: float = 0.0,
         tcp_idle_timeout: float = 10.0,
         max_tcp_connections: int = 256,
         max_tcp_queries: int = 10_000,
@@ -88,8 +104,15 @@ class DnsServer:
         self._batch = batch
         self._netns = netns  # bind inside this network namespace (the cluster in a box)
         self._clock = clock
-        self._forward_cache = ForwardCache(forward_cache_size)
-        self._forwarder = Forwarder([], metrics=self.metrics, cache=self._forward_cache)
+        self._policy = upstream_policy
+        self._max_fails = max_fails
+        self._health_check = health_check
+        # upstream answers by question, and the replies built from them by client query
+        self._forward_cache = ForwardCache(forward_cache_size, serve_stale=serve_stale)
+        self._answers = ForwardCache(forward_cache_size)
+        self._forwarder = Forwarder(
+            [], metrics=self.metrics, cache=self._forward_cache, policy=upstream_policy
+        )
         self._live = _Live(None, Responder(None, zone=zone, max_udp=max_udp_payload), WireCache(0))
         self._forwards = 0
         self._tcp_connections = 0
@@ -110,6 +133,8 @@ class DnsServer:
             index = ZoneIndex.build(config)
         except Exception as exc:
             raise ConfigRejected(f"dns config {config.version}: {exc}") from exc
+        if index.zone != self._live.responder.zone:
+            self._answers.clear()  # names that were forwarded may now be the cluster's
         self._live = _Live(
             config, Responder(index, max_udp=self._max_udp), WireCache(self._wire_cache_size)
         )
@@ -137,6 +162,9 @@ class DnsServer:
                 metrics=self.metrics,
                 cache=self._forward_cache,
                 timeout=self._forward_timeout,
+                policy=self._policy,
+                max_fails=self._max_fails,
+                health_check=self._health_check,
                 clock=self._clock,
             )
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp))
@@ -146,6 +174,7 @@ class DnsServer:
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self._forwarder.run)
                 nursery.start_soon(self._serve_udp, udp)
                 nursery.start_soon(trio.serve_listeners, self._serve_tcp_connection, [listener])
                 task_status.started(self.port)
@@ -197,11 +226,14 @@ class DnsServer:
         latency = metrics.latency["cache"]
         batch = self._batch
         perf = time.perf_counter
+        clock = self._clock
+        answer = self._answers.answer
         while True:
             live = self._live
             get = live.cache.entries.get
-            n = hits = 0
+            n = hits = forwarded = 0
             start = perf()
+            now = clock()
             while n < batch:
                 try:
                     data, addr = recvfrom(RECV_SIZE)
@@ -219,11 +251,21 @@ class DnsServer:
                         metrics.dropped["send"] += 1
                     queries[hit[1]] += 1
                     hits += 1
+                    continue
+                fwd = answer(data, now)
+                if fwd is not None:
+                    try:
+                        sendto(fwd[0], addr)
+                    except OSError:
+                        metrics.dropped["send"] += 1
+                    queries[fwd[1]] += 1
+                    forwarded += 1
                 else:
                     self._udp_miss(sock, data, addr, live)
-            if hits:
-                latency.observe((perf() - start) / n, hits)
+            if hits or forwarded:
+                latency.observe((perf() - start) / n, hits + forwarded)
                 metrics.cache_hits["wire"] += hits
+                metrics.cache_hits["answer"] += forwarded
             if n >= batch:
                 await trio.lowlevel.checkpoint()
             else:
@@ -233,23 +275,31 @@ class DnsServer:
         start = time.perf_counter()
         self.metrics.cache_misses["wire"] += 1
         outcome = self._handle(live.responder, data, tcp=False)
-        if isinstance(outcome, Reply):
+        if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
+            self._spawn_forward(sock, data, addr, outcome, live)
+        elif isinstance(outcome, Reply):
             self._send(sock, outcome.wire, addr)
             self.metrics.queries[outcome.label] += 1
             self.metrics.latency["cluster"].observe(time.perf_counter() - start)
             if outcome.cacheable:
                 live.cache.put(data[2:], outcome.wire[2:], outcome.label)
         elif isinstance(outcome, Forward):
-            if self._forwards >= self._max_forwards or self._nursery is None:
-                reply = live.responder.failure(outcome.query, SERVFAIL, tcp=False)
-                self._send(sock, reply.wire, addr)
-                self.metrics.queries[reply.label] += 1
-                self.metrics.forward_errors["overload"] += 1
-                return
-            self._forwards += 1
-            self._nursery.start_soon(self._forward_udp, sock, outcome, addr)
+            self._spawn_forward(sock, data, addr, outcome, live)
         else:
             self.metrics.dropped[outcome.reason] += 1
+
+    def _spawn_forward(
+        self, sock: socket.socket, data: bytes, addr: Any, outcome: Forward | Reply, live: _Live
+    ) -> None:
+        if self._forwards >= self._max_forwards or self._nursery is None:
+            # the bound on queries in flight: SERVFAIL at once, counted
+            self._send(sock, header_reply(data, SERVFAIL), addr)
+            self.metrics.queries[("other", "SERVFAIL")] += 1
+            self.metrics.forward_errors["overload"] += 1
+            return
+        self._forwards += 1
+        self.metrics.forwards_in_flight = self._forwards
+        self._nursery.start_soon(self._forward_udp, sock, data, outcome, addr)
 
     def _handle(self, responder: Responder, data: bytes, *, tcp: bool) -> Reply | Forward | Drop:
         try:
@@ -266,14 +316,20 @@ class DnsServer:
         except OSError:
             self.metrics.dropped["send"] += 1
 
-    async def _forward_udp(self, sock: socket.socket, fwd: Forward, addr: Any) -> None:
+    async def _forward_udp(
+        self, sock: socket.socket, data: bytes, outcome: Forward | Reply, addr: Any
+    ) -> None:
         try:
-            reply = await self._forward(fwd, tcp=False)
+            if isinstance(outcome, Forward):
+                reply = await self._forward(outcome, data, tcp=False)
+            else:
+                reply = await self._chase(outcome, tcp=False)
             self._send(sock, reply.wire, addr)
         finally:
             self._forwards -= 1
+            self.metrics.forwards_in_flight = self._forwards
 
-    async def _forward(self, fwd: Forward, *, tcp: bool) -> Reply:
+    async def _forward(self, fwd: Forward, data: bytes, *, tcp: bool) -> Reply:
         start = time.perf_counter()
         query = fwd.query
         responder = self._live.responder
@@ -281,11 +337,7 @@ class DnsServer:
             if not self._forwarder.upstreams:
                 reply = responder.failure(query, REFUSED, tcp=tcp)
             else:
-                result = await self._forwarder.resolve(query)
-                if result is None:
-                    reply = responder.failure(query, SERVFAIL, tcp=tcp)
-                else:
-                    reply = responder.relay(query, result[0], result[1], tcp=tcp)
+                reply = await self._relay(fwd, data, tcp=tcp)
         except Exception:  # a bug (or an upstream answer we cannot re-encode): one SERVFAIL
             log.exception("forwarding failed")
             self.metrics.forward_errors["internal"] += 1
@@ -293,6 +345,66 @@ class DnsServer:
         self.metrics.queries[reply.label] += 1
         self.metrics.latency["forward"].observe(time.perf_counter() - start)
         return reply
+
+    async def _relay(self, fwd: Forward, data: bytes, *, tcp: bool) -> Reply:
+        """The upstream's answer copied into a reply to ``data`` (no decoding); over UDP the
+        reply goes into the answer cache for as long as the upstream's answer may be kept."""
+        query = fwd.query
+        responder = self._live.responder
+        qend = layout.skip_name(data, layout.HEADER, len(data)) + 4
+        cd = bool(data[3] & 0x10)
+        got = await self._forwarder.resolve(data[layout.HEADER : qend], cd)
+        if got is None:
+            return responder.failure(query, SERVFAIL, tcp=tcp)
+        limit = responder.limit(query, tcp)
+        relayed = layout.relay(
+            data, qend, got.wire, got.layout, edns=query.edns, limit=limit, advertise=self._max_udp
+        )
+        if relayed is None:  # a shape we do not copy (an OPT in the middle): decode, encode
+            return responder.relay(query, DNSRecord.parse(got.wire), 0, tcp=tcp)
+        wire, cut = relayed
+        label = (qtype_label(query.qtype), rcode_label(got.layout.rcode))
+        key = query_key(data)
+        if tcp:
+            return Reply(wire, label)
+        self.metrics.cache_misses["answer"] += 1
+        if got.remaining > 0 and key is not None and not _reverse(query.key):
+            ttls = tuple(t for t in got.ttls if t[0] < cut)
+            self._answers.put(
+                key, wire, ttls, qend, ttl=got.remaining, now=self._clock(), label=label
+            )
+        return Reply(wire, label)
+
+    async def _chase(self, reply: Reply, *, tcp: bool) -> Reply:
+        """Follow an ExternalName's target outside the zone through the upstream."""
+        start = time.perf_counter()
+        assert reply.chase is not None
+        query, first = reply.chase.query, reply.chase.answer
+        index = self._live.responder.index
+        try:
+            if index is None:
+                raise RuntimeError("a CNAME to follow without a zone index")
+            cd = bool(query.record.header.cd)
+            found = await chase(index, first, query.qtype, query.qclass, cd, self._ask)
+            wire = encode_reply(
+                query,
+                found.rcode,
+                answer=found.answer,
+                authority=found.authority,
+                limit=self._live.responder.limit(query, tcp),
+                advertise=self._max_udp,
+            )
+            out = Reply(wire, (qtype_label(query.qtype), rcode_label(found.rcode)))
+        except Exception:
+            log.exception("following a CNAME failed")
+            self.metrics.forward_errors["internal"] += 1
+            out = self._live.responder.failure(query, SERVFAIL, tcp=tcp)
+        self.metrics.queries[out.label] += 1
+        self.metrics.latency["forward"].observe(time.perf_counter() - start)
+        return out
+
+    async def _ask(self, question: bytes, cd: bool) -> Answer | None:
+        return await self._forwarder.resolve(question, cd)
 
     # --- TCP (RFC 7766: length-prefixed messages, several per connection) ---------------
 
@@ -338,11 +450,17 @@ class DnsServer:
     async def _answer_tcp(self, data: bytes) -> bytes | None:
         start = time.perf_counter()
         outcome = self._handle(self._live.responder, data, tcp=True)
+        if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
+            return (await self._chase(outcome, tcp=True)).wire
         if isinstance(outcome, Reply):
             self.metrics.queries[outcome.label] += 1
             self.metrics.latency["cluster"].observe(time.perf_counter() - start)
             return outcome.wire
         if isinstance(outcome, Forward):
-            return (await self._forward(outcome, tcp=True)).wire
+            return (await self._forward(outcome, data, tcp=True)).wire
         self.metrics.dropped[outcome.reason] += 1
         return None
+
+
+def _reverse(key: str | None) -> bool:
+    return key is None or names.is_reverse(key)
