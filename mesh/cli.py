@@ -27,6 +27,7 @@ from mesh.cliopts import (
     STATE_ROOT,
     announce,
     box_option,
+    forward_options,
     log_options,
     setup_logs,
     upstream_options,
@@ -187,6 +188,7 @@ def up(
             box=box,
             state_dir=STATE_ROOT / box,
             upstreams=upstreams_of(upstreams, no_forward),
+            dns_options=forward_options(),
             announce=announce,
         )
         return
@@ -199,6 +201,7 @@ def up(
         admin_listen=admin_listen,
         with_proxy=with_proxy,
         upstreams=upstreams_of(upstreams, no_forward),
+        dns_options=forward_options(),
         announce=announce,
     )
 

@@ -21,6 +21,7 @@ from mesh.cliopts import (
     DEFAULT_DNS,
     announce,
     check_source,
+    forward_options,
     log_options,
     setup_logs,
     source_options,
@@ -76,7 +77,9 @@ def dns_command(
 
     check_source(control_url, config_file)
     setup_logs(log_level, log_format)
-    server = DnsServer(dns_listen, upstreams_of(upstreams, no_forward), zone=zone)
+    server = DnsServer(
+        dns_listen, upstreams_of(upstreams, no_forward), zone=zone, **forward_options()
+    )
     run_component(server, control_url, config_file, admin_listen, announce, ("dns", dns_listen))
 
 

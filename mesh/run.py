@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,13 +169,14 @@ def run_up(
     with_proxy: bool,
     upstreams: Sequence[Address] | None,
     announce: Announce,
+    dns_options: Mapping[str, Any] | None = None,
 ) -> None:
     from mesh.admin import AdminServer
     from mesh.control.stream import ConfigServer
     from mesh.dns.server import DnsServer
 
     plane = options.build()
-    dns = DnsServer(dns_listen, upstreams, zone=options.zone)
+    dns = DnsServer(dns_listen, upstreams, zone=options.zone, **(dns_options or {}))
     components: list[Component[Any]] = [dns]
     if with_proxy:
         from mesh.cidrs import parse_cidrs
@@ -208,6 +209,7 @@ def run_up_netns(
     state_dir: Path,
     upstreams: Sequence[Address] | None,
     announce: Announce,
+    dns_options: Mapping[str, Any] | None = None,
 ) -> None:
     """The cluster in a box (root): pods in namespaces, DNS on the node, nftables proxy."""
     from mesh.admin import AdminServer
@@ -227,7 +229,13 @@ def run_up_netns(
         cluster_domain=options.zone,
     )
     plane = options.build()
-    dns = DnsServer((cluster.node_ip, 53), upstreams, zone=options.zone, netns=cluster.node)
+    dns = DnsServer(
+        (cluster.node_ip, 53),
+        upstreams,
+        zone=options.zone,
+        netns=cluster.node,
+        **(dns_options or {}),
+    )
     proxy = cluster.proxy()
     components: list[Component[Any]] = [dns, proxy]
     control = ConfigServer(plane, control_listen)
