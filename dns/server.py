@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 from dnslib import DNSRecord
@@ -293,8 +293,11 @@ class DnsServer:
     ) -> None:
         if self._forwards >= self._max_forwards or self._nursery is None:
             # the bound on queries in flight: SERVFAIL at once, counted
-            self._send(sock, header_reply(data, SERVFAIL), addr)
-            self.metrics.queries[("other", "SERVFAIL")] += 1
+            chased = outcome.chase if isinstance(outcome, Reply) else None
+            query = chased.query if chased is not None else cast(Forward, outcome).query
+            reply = live.responder.failure(query, SERVFAIL, tcp=False)
+            self._send(sock, reply.wire, addr)
+            self.metrics.queries[reply.label] += 1
             self.metrics.forward_errors["overload"] += 1
             return
         self._forwards += 1
