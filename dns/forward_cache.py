@@ -4,7 +4,9 @@ An entry is a whole DNS message as bytes plus the offset and original value of e
 field in it (found once by ``layout.scan``). A hit copies the client's ID and question (so its
 case is echoed) around the stored bytes; when whole seconds have passed since the entry was
 stored, the TTLs are rewritten with ``struct.pack_into`` on a copy, once per second of age,
-not per hit. No parse, no encode.
+not per hit. No parse, no encode. Answer-cache entries keep their question in lower case, so
+a client asking in lower case (most do) costs one lookup and one concatenation, as a
+wire-cache hit does; another case costs a second lookup and the question copied in.
 
 Two caches of this kind serve the forwarding path:
 
@@ -17,7 +19,8 @@ Two caches of this kind serve the forwarding path:
 How long: a positive answer for its smallest answer TTL, a negative one (NXDOMAIN, NODATA)
 for min(SOA TTL, SOA minimum) per RFC 2308, each capped; never errors, truncated answers or
 a negative answer without an SOA. Bounded in entries and bytes, the least recently used
-entry is evicted first. With ``serve_stale`` (RFC 8767) an expired entry is kept that many
+entry is evicted first (a hit refreshes an entry's place at most once a second: the LRU
+order is exact to the second, and the hot path does not pay for it on every packet). With ``serve_stale`` (RFC 8767) an expired entry is kept that many
 seconds more, for answering when every upstream fails.
 """
 
@@ -37,13 +40,20 @@ ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its message (objects, dict s
 _TTL = struct.Struct(">I")
 
 
-def query_key(data: bytes) -> bytes | None:
-    """The answer cache's key of a query: its bytes after the ID, the question's name
-    lower-cased; None when no name ends in the packet."""
+def lower_question(data: bytes) -> bytes | None:
+    """``data`` with the question's name lower-cased (RFC 4343: ASCII letters only; length
+    bytes are below 64 and never change); None when no name ends in the packet."""
     end = data.find(0, 12)
     if end < 0:
         return None
-    return data[2:12] + data[12:end].lower() + data[end:]
+    return data[:12] + data[12:end].lower() + data[end:]
+
+
+def query_key(data: bytes) -> bytes | None:
+    """The answer cache's key of a query: its bytes after the ID, the name lower-cased.
+    The reply stored under it must have its question lower-cased the same way."""
+    lowered = lower_question(data)
+    return None if lowered is None else lowered[2:]
 
 
 def with_ttls(wire: bytes, ttls: Ttls, age: int, *, fixed: int | None = None) -> bytearray:
@@ -64,12 +74,16 @@ class Entry:
     stored: float
     expires: float
     label: Label
-    # the hot path's memo: the message at ``age`` seconds, split around the question
+    # the hot path's memo: the message at ``age`` seconds (until ``refresh``), without its ID
     age: int = 0
+    refresh: float = field(init=False)
+    tail: bytes = field(init=False)  # everything after the ID
     head: bytes = field(init=False)  # bytes 2..12: flags and counts
     rest: bytes = field(init=False)  # everything after the question
 
     def __post_init__(self) -> None:
+        self.refresh = self.stored + 1
+        self.tail = self.wire[2:]
         self.head = self.wire[2:12]
         self.rest = self.wire[self.qend :]
 
@@ -77,9 +91,13 @@ class Entry:
     def size(self) -> int:
         return len(self.wire) + ENTRY_OVERHEAD
 
-    def at_age(self, age: int) -> None:
+    def at(self, now: float) -> None:
+        age = int(now - self.stored)
         self.age = age
-        self.rest = bytes(with_ttls(self.wire, self.ttls, age)[self.qend :])
+        self.refresh = self.stored + age + 1
+        aged = bytes(with_ttls(self.wire, self.ttls, age)) if self.ttls else self.wire
+        self.tail = aged[2:]
+        self.rest = aged[self.qend :]
 
     def message(self, now: float) -> bytes:
         """The whole message with its TTLs lowered for the time spent here."""
@@ -116,17 +134,25 @@ class ForwardCache:
 
     def answer(self, data: bytes, now: float) -> tuple[bytes, Label] | None:
         """The hot path: the reply to query ``data`` from a fresh entry, or None."""
-        end = data.find(0, 12)
-        if end < 0:
+        entries = self._entries
+        key = data[2:]
+        entry = entries.get(key)  # stored keys are lower case: a hit means the client's is
+        lower = entry is not None
+        if entry is None:
+            end = data.find(0, 12)
+            if end < 0:
+                return None
+            key = data[2:12] + data[12:end].lower() + data[end:]
+            entry = entries.get(key)
+            if entry is None:
+                return None
+        if now >= entry.expires:
             return None
-        key = data[2:12] + data[12:end].lower() + data[end:]
-        entry = self._entries.get(key)
-        if entry is None or now >= entry.expires:
-            return None
-        age = int(now - entry.stored)
-        if age != entry.age:
-            entry.at_age(age)
-        self._entries.move_to_end(key)
+        if now >= entry.refresh:
+            entry.at(now)
+            entries.move_to_end(key)
+        if lower:
+            return data[:2] + entry.tail, entry.label
         return data[:2] + entry.head + data[12 : entry.qend] + entry.rest, entry.label
 
     def get(self, key: bytes, now: float) -> Entry | None:

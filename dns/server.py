@@ -30,7 +30,7 @@ from mesh.component import ConfigRejected
 from mesh.config.dns import DnsConfig
 from mesh.dns import layout, names, resolvconf
 from mesh.dns.chase import chase
-from mesh.dns.forward_cache import ForwardCache, query_key
+from mesh.dns.forward_cache import ForwardCache, lower_question, query_key
 from mesh.dns.metrics import DnsMetrics
 from mesh.dns.packet import (
     REFUSED,
@@ -368,13 +368,14 @@ class DnsServer:
         wire, cut = relayed
         label = (qtype_label(query.qtype), rcode_label(got.layout.rcode))
         key = query_key(data)
+        stored = lower_question(wire)
         if tcp:
             return Reply(wire, label)
         self.metrics.cache_misses["answer"] += 1
-        if got.remaining > 0 and key is not None and not _reverse(query.key):
+        if got.remaining > 0 and key and stored and not _reverse(query.key):
             ttls = tuple(t for t in got.ttls if t[0] < cut)
             self._answers.put(
-                key, wire, ttls, qend, ttl=got.remaining, now=self._clock(), label=label
+                key, stored, ttls, qend, ttl=got.remaining, now=self._clock(), label=label
             )
         return Reply(wire, label)
 

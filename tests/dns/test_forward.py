@@ -304,7 +304,10 @@ async def test_answer_cache_ages_ttls_and_echoes_case(upstream: FakeUpstream) ->
     clock = FakeClock()
     upstreams = [(upstream.host, upstream.port)]
     async with running(CLUSTER, upstreams=upstreams, clock=clock) as server:
-        await ask_udp(server, q("www.example."))
+        await ask_udp(server, q("wWw.example."))
+        lower = await ask_udp(server, q("www.example."))  # the stored question is lower case
+        assert lower.question[0].name.to_text() == "www.example."
+        assert lower.answer[0].name.to_text() == "www.example."
         clock.now += 100.5
         reply = await ask_udp(server, q("WWW.Example."))
         assert reply.question[0].name.to_text() == "WWW.Example."
@@ -317,7 +320,7 @@ async def test_answer_cache_ages_ttls_and_echoes_case(upstream: FakeUpstream) ->
         await ask_udp(server, q("www.example."))
         assert upstream.asked("www.example.") == ["udp", "udp"]
         value = server.registry.get_sample_value
-        assert value("mesh_dns_cache_hits_total", {"cache": "answer"}) == 2
+        assert value("mesh_dns_cache_hits_total", {"cache": "answer"}) == 3
 
 
 class FakeClock:

@@ -192,6 +192,11 @@ def test_hot_path_answer_copies_id_and_case_and_ages_ttls() -> None:
     msg = dns.message.from_wire(hit[0])
     assert msg.id == ask.id and msg.question[0].name.to_text() == "EXAMPLE.com."
     assert msg.answer[0].ttl == 258
+    lower = dns.message.make_query("example.com.", "A", use_edns=False)
+    lower.flags = stored.flags
+    hit = cache.answer(lower.to_wire(), 43.0)
+    assert hit is not None and hit[0][:2] == lower.to_wire()[:2]
+    assert dns.message.from_wire(hit[0]).answer[0].ttl == 257
     assert cache.answer(ask.to_wire(), 300.0) is None  # expired
     other = dns.message.make_query("example.com.", "AAAA", use_edns=False)
     assert cache.answer(other.to_wire(), 1.0) is None
