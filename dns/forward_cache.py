@@ -132,10 +132,10 @@ class ForwardCache:
     def __contains__(self, key: bytes) -> bool:
         return key in self._entries
 
-    def answer(self, data: bytes, now: float) -> tuple[bytes, Label] | None:
-        """The hot path: the reply to query ``data`` from a fresh entry, or None."""
+    def answer(self, data: bytes, key: bytes, now: float) -> tuple[bytes, Label] | None:
+        """The hot path: the reply to query ``data`` (``key``: its bytes after the ID) from a
+        fresh entry, or None."""
         entries = self._entries
-        key = data[2:]
         entry = entries.get(key)  # stored keys are lower case: a hit means the client's is
         lower = entry is not None
         if entry is None:

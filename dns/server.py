@@ -243,7 +243,8 @@ class DnsServer:
                     n += 1
                     continue
                 n += 1
-                hit = get(data[2:])
+                tail = data[2:]
+                hit = get(tail)
                 if hit is not None:
                     try:
                         sendto(data[:2] + hit[0], addr)
@@ -252,7 +253,7 @@ class DnsServer:
                     queries[hit[1]] += 1
                     hits += 1
                     continue
-                fwd = answer(data, now)
+                fwd = answer(data, tail, now)
                 if fwd is not None:
                     try:
                         sendto(fwd[0], addr)

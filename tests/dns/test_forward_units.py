@@ -187,18 +187,20 @@ def test_hot_path_answer_copies_id_and_case_and_ages_ttls() -> None:
     cache.put(key, wire, layout.ttls, layout.qend, ttl=300, now=0.0, label=("A", "NOERROR"))
     ask = dns.message.make_query("EXAMPLE.com.", "A", use_edns=False)
     ask.flags = stored.flags
-    hit = cache.answer(ask.to_wire(), 42.7)
+    hit = cache.answer(ask.to_wire(), ask.to_wire()[2:], 42.7)
     assert hit is not None and hit[1] == ("A", "NOERROR")
     msg = dns.message.from_wire(hit[0])
     assert msg.id == ask.id and msg.question[0].name.to_text() == "EXAMPLE.com."
     assert msg.answer[0].ttl == 258
     lower = dns.message.make_query("example.com.", "A", use_edns=False)
     lower.flags = stored.flags
-    hit = cache.answer(lower.to_wire(), 43.0)
+    hit = cache.answer(lower.to_wire(), lower.to_wire()[2:], 43.0)
     assert hit is not None and hit[0][:2] == lower.to_wire()[:2]
     assert dns.message.from_wire(hit[0]).answer[0].ttl == 257
-    assert cache.answer(ask.to_wire(), 300.0) is None  # expired
+    assert cache.answer(ask.to_wire(), ask.to_wire()[2:], 300.0) is None  # expired
     other = dns.message.make_query("example.com.", "AAAA", use_edns=False)
-    assert cache.answer(other.to_wire(), 1.0) is None
-    assert cache.answer(b"\x01" * 30, 1.0) is None  # no name end: a miss, not an error
+    assert cache.answer(other.to_wire(), other.to_wire()[2:], 1.0) is None
+    assert (
+        cache.answer(b"\x01" * 30, b"\x01" * 30[2:], 1.0) is None
+    )  # no name end: a miss, not an error
     assert dns.rdatatype.A == msg.answer[0].rdtype
