@@ -3,8 +3,9 @@
 Pure. ``order()`` gives the upstreams to try for one query: the healthy ones in the policy's
 order (``random``, ``round_robin`` or ``sequential``), then the ones marked down, so a query
 still gets an answer when the health checks are wrong. An upstream is marked down after
-``max_fails`` consecutive failures (queries or health checks; 0 never marks one down) and up
-again by its first success; the health checker probes only the ones marked down.
+``max_fails`` consecutive failures (timeouts and network errors of queries or health checks;
+0 never marks one down) and up again by its first success; the health checker probes only the
+ones marked down. A SERVFAIL or REFUSED answer is no failure here: the upstream is alive.
 """
 
 from __future__ import annotations

@@ -215,7 +215,8 @@ class Forwarder:
                 self._failed(i, exc.reason, str(exc))
                 continue
             if layout.rcode in RETRY_RCODES:
-                self._failed(i, RCODE_REASONS[layout.rcode])
+                # the upstream is alive: its answer for this name is bad, not its health
+                self.metrics.forward_errors[RCODE_REASONS[layout.rcode]] += 1
                 fallback = fallback or Answer(data, layout, layout.ttls, 0)
                 continue
             if self.pool.succeeded(i):
