@@ -54,19 +54,55 @@ class Layout:
 
 
 def skip_name(data: bytes, pos: int, end: int) -> int:
-    """The offset after the name at ``pos``; -1 when it runs past ``end`` or is invalid."""
-    for _ in range(128):  # a name has at most 127 labels
+    """The offset after the name at ``pos``; -1 when it is invalid: running past ``end``, an
+    unknown label type, longer than 255 bytes, or a compression pointer that does not point
+    strictly backwards (each pointer is followed to check the name it completes; strictly
+    decreasing targets make that terminate, as resolvers require)."""
+    after = -1
+    limit = pos  # a pointer must point before this
+    length = 0
+    for _ in range(256):  # labels plus pointers of one name are fewer
         if pos >= end:
             return -1
         n = data[pos]
         if n == 0:
-            return pos + 1
+            return pos + 1 if after < 0 else after
         if n & 0xC0 == 0xC0:
-            return pos + 2 if pos + 2 <= end else -1
+            if pos + 2 > end:
+                return -1
+            if after < 0:
+                after = pos + 2
+            target = ((n & 0x3F) << 8) | data[pos + 1]
+            if target >= limit:
+                return -1
+            pos = limit = target
+            continue
         if n & 0xC0:  # 0x40 and 0x80: extended label types (RFC 6891 obsoleted them)
+            return -1
+        length += n + 1
+        if length > 254:
             return -1
         pos += 1 + n
     return -1
+
+
+# types whose rdata holds names: (fixed bytes before the first name, names, fixed after)
+_NAMED_RDATA = {2: (0, 1, 0), 5: (0, 1, 0), 12: (0, 1, 0), 39: (0, 1, 0), 15: (2, 1, 0)}
+_NAMED_RDATA |= {33: (6, 1, 0), TYPE_SOA: (0, 2, 20)}
+
+
+def _rdata_ok(data: bytes, rtype: int, start: int, stop: int) -> bool:
+    """Whether the names in the rdata of a known type are valid and fill it exactly."""
+    shape = _NAMED_RDATA.get(rtype)
+    if shape is None:
+        return True
+    before, count, after = shape
+    pos = start + before
+    for _ in range(count):
+        pos = skip_name(data, pos, stop)
+        if pos < 0:
+            return False
+    return pos + after == stop
 
 
 def scan(data: bytes) -> Layout | None:
@@ -96,7 +132,7 @@ def scan(data: bytes) -> Layout | None:
             rtype, _rclass, ttl, rdlength = _RR.unpack_from(data, pos)
             ttl_at = pos + 4
             pos += 10 + rdlength
-            if pos > end:
+            if pos > end or not _rdata_ok(data, rtype, pos - rdlength, pos):
                 return None
             if rtype == TYPE_OPT:
                 if section != 2 or opt is not None:

@@ -33,6 +33,7 @@ from mesh.dns.chase import chase
 from mesh.dns.forward_cache import ForwardCache, lower_question, query_key
 from mesh.dns.metrics import DnsMetrics
 from mesh.dns.packet import (
+    FORMERR,
     REFUSED,
     SERVFAIL,
     encode_reply,
@@ -356,6 +357,8 @@ class DnsServer:
         query = fwd.query
         responder = self._live.responder
         qend = layout.skip_name(data, layout.HEADER, len(data)) + 4
+        if qend < layout.HEADER + 5 or qend > len(data):  # a label type dnslib let through
+            return responder.failure(query, FORMERR, tcp=tcp)
         cd = bool(data[3] & 0x10)
         got = await self._forwarder.resolve(data[layout.HEADER : qend], cd)
         if got is None:

@@ -218,3 +218,35 @@ def test_opt_record_is_well_formed() -> None:
     wire = wire[:10] + b"\x00\x01" + wire[12:] + opt_record(1232)
     parsed = dns.message.from_wire(wire)
     assert parsed.edns == 0 and parsed.payload == 1232
+
+
+LONG_NAME = (b"\x3f" + b"a" * 63) * 4 + b"\x00"
+
+
+def _with_answer(rdata_type: int, rdata: bytes, owner: bytes = b"\xc0\x0c") -> bytes:
+    question = b"\x07example\x03com\x00\x00\x01\x00\x01"
+    header = b"\x00\x00\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00"
+    record = owner + struct.pack(">HHIH", rdata_type, 1, 60, len(rdata)) + rdata
+    return header + question + record
+
+
+@pytest.mark.parametrize(
+    ("wire", "valid"),
+    [
+        (_with_answer(1, bytes(4)), True),
+        (_with_answer(5, b"\x01x\xc0\x0c"), True),  # CNAME x.example.com.
+        (_with_answer(5, b"\x01x\xc0\x40"), False),  # a pointer forwards
+        (_with_answer(5, b"\x01x\xc0\x0c\x00"), False),  # rdata longer than the name
+        (_with_answer(5, b"\x41x\x00"), False),  # an unknown label type
+        (_with_answer(1, bytes(4), owner=b"\xc0\xff"), False),  # owner points past itself
+        (_with_answer(15, b"\x00\x0a\xc0\x0c"), True),  # MX
+        (_with_answer(15, b"\xc0\x0c"), False),  # MX without its preference
+        (_with_answer(6, b"\xc0\x0c\xc0\x0c" + bytes(20)), True),  # SOA
+        (_with_answer(6, b"\xc0\x0c\xc0\x0c" + bytes(19)), False),
+        (_with_answer(5, LONG_NAME), False),  # a name of 257 bytes
+    ],
+)
+def test_names_in_records_are_checked(wire: bytes, valid: bool) -> None:
+    assert (scan(wire) is not None) == valid
+    if valid:
+        dns.message.from_wire(wire)  # what we accept, a resolver library accepts
