@@ -23,26 +23,17 @@ from pathlib import Path
 from typing import Any, cast
 
 import trio
-from dnslib import DNSRecord
 from prometheus_client import CollectorRegistry
 
 from mesh.component import ConfigRejected
 from mesh.config.dns import DnsConfig
-from mesh.dns import layout, names, resolvconf
-from mesh.dns.chase import chase
-from mesh.dns.forward_cache import ForwardCache, lower_question, query_key
+from mesh.dns import resolvconf
+from mesh.dns.forward_cache import ForwardCache
+from mesh.dns.forwarding import ForwardPath
 from mesh.dns.metrics import DnsMetrics
-from mesh.dns.packet import (
-    FORMERR,
-    REFUSED,
-    SERVFAIL,
-    encode_reply,
-    header_reply,
-    qtype_label,
-    rcode_label,
-)
+from mesh.dns.packet import REFUSED, SERVFAIL, header_reply
 from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
-from mesh.dns.upstream import Answer, Forwarder
+from mesh.dns.upstream import Forwarder
 from mesh.dns.wire_cache import WireCache
 from mesh.dns.zone import ZoneIndex
 from mesh.netns import inside
@@ -114,6 +105,9 @@ class DnsServer:
         self._forwarder = Forwarder(
             [], metrics=self.metrics, cache=self._forward_cache, policy=upstream_policy
         )
+        self._path = ForwardPath(
+            self._forwarder, self._answers, self.metrics, max_udp=max_udp_payload, clock=clock
+        )
         self._live = _Live(None, Responder(None, zone=zone, max_udp=max_udp_payload), WireCache(0))
         self._forwards = 0
         self._tcp_connections = 0
@@ -175,6 +169,7 @@ class DnsServer:
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._path.forwarder = self._forwarder
                 await nursery.start(self._forwarder.run)
                 nursery.start_soon(self._serve_udp, udp)
                 nursery.start_soon(trio.serve_listeners, self._serve_tcp_connection, [listener])
@@ -342,7 +337,7 @@ class DnsServer:
             if not self._forwarder.upstreams:
                 reply = responder.failure(query, REFUSED, tcp=tcp)
             else:
-                reply = await self._relay(fwd, data, tcp=tcp)
+                reply = await self._path.relay(fwd, data, responder, tcp=tcp)
         except Exception:  # a bug (or an upstream answer we cannot re-encode): one SERVFAIL
             log.exception("forwarding failed")
             self.metrics.forward_errors["internal"] += 1
@@ -351,68 +346,20 @@ class DnsServer:
         self.metrics.latency["forward"].observe(time.perf_counter() - start)
         return reply
 
-    async def _relay(self, fwd: Forward, data: bytes, *, tcp: bool) -> Reply:
-        """The upstream's answer copied into a reply to ``data`` (no decoding); over UDP the
-        reply goes into the answer cache for as long as the upstream's answer may be kept."""
-        query = fwd.query
-        responder = self._live.responder
-        qend = layout.skip_name(data, layout.HEADER, len(data)) + 4
-        if qend < layout.HEADER + 5 or qend > len(data):  # a label type dnslib let through
-            return responder.failure(query, FORMERR, tcp=tcp)
-        cd = bool(data[3] & 0x10)
-        got = await self._forwarder.resolve(data[layout.HEADER : qend], cd)
-        if got is None:
-            return responder.failure(query, SERVFAIL, tcp=tcp)
-        limit = responder.limit(query, tcp)
-        relayed = layout.relay(
-            data, qend, got.wire, got.layout, edns=query.edns, limit=limit, advertise=self._max_udp
-        )
-        if relayed is None:  # a shape we do not copy (an OPT in the middle): decode, encode
-            return responder.relay(query, DNSRecord.parse(got.wire), 0, tcp=tcp)
-        wire, cut = relayed
-        label = (qtype_label(query.qtype), rcode_label(got.layout.rcode))
-        key = query_key(data)
-        stored = lower_question(wire)
-        if tcp:
-            return Reply(wire, label)
-        self.metrics.cache_misses["answer"] += 1
-        if got.remaining > 0 and key and stored and not _reverse(query.key):
-            ttls = tuple(t for t in got.ttls if t[0] < cut)
-            self._answers.put(
-                key, stored, ttls, qend, ttl=got.remaining, now=self._clock(), label=label
-            )
-        return Reply(wire, label)
-
     async def _chase(self, reply: Reply, *, tcp: bool) -> Reply:
         """Follow an ExternalName's target outside the zone through the upstream."""
         start = time.perf_counter()
-        assert reply.chase is not None
-        query, first = reply.chase.query, reply.chase.answer
-        index = self._live.responder.index
+        responder = self._live.responder
         try:
-            if index is None:
-                raise RuntimeError("a CNAME to follow without a zone index")
-            cd = bool(query.record.header.cd)
-            found = await chase(index, first, query.qtype, query.qclass, cd, self._ask)
-            wire = encode_reply(
-                query,
-                found.rcode,
-                answer=found.answer,
-                authority=found.authority,
-                limit=self._live.responder.limit(query, tcp),
-                advertise=self._max_udp,
-            )
-            out = Reply(wire, (qtype_label(query.qtype), rcode_label(found.rcode)))
-        except Exception:
+            out = await self._path.chase(reply, responder, tcp=tcp)
+        except Exception:  # a bug: one SERVFAIL
             log.exception("following a CNAME failed")
             self.metrics.forward_errors["internal"] += 1
-            out = self._live.responder.failure(query, SERVFAIL, tcp=tcp)
+            assert reply.chase is not None
+            out = responder.failure(reply.chase.query, SERVFAIL, tcp=tcp)
         self.metrics.queries[out.label] += 1
         self.metrics.latency["forward"].observe(time.perf_counter() - start)
         return out
-
-    async def _ask(self, question: bytes, cd: bool) -> Answer | None:
-        return await self._forwarder.resolve(question, cd)
 
     # --- TCP (RFC 7766: length-prefixed messages, several per connection) ---------------
 
@@ -468,7 +415,3 @@ class DnsServer:
             return (await self._forward(outcome, data, tcp=True)).wire
         self.metrics.dropped[outcome.reason] += 1
         return None
-
-
-def _reverse(key: str | None) -> bool:
-    return key is None or names.is_reverse(key)

@@ -14,6 +14,7 @@ import dns.rdatatype
 import pytest
 import trio
 
+from mesh.config.dns import DnsService
 from mesh.dns.server import DnsServer
 from tests.dns.cases import CLUSTER
 from tests.dns.fake_upstream import BIG_TXT, FakeUpstream
@@ -329,3 +330,20 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+async def test_a_reverse_name_the_cluster_takes_over_is_answered_by_the_cluster(
+    upstream: FakeUpstream,
+) -> None:
+    ptr = q("1.2.0.192.in-addr.arpa.", "PTR")
+    async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
+        for _ in range(2):
+            reply = await ask_udp(server, ptr)
+            assert [r.to_text() for r in reply.answer[0]] == ["host.example."]
+        svc = DnsService(namespace="shop", name="new", kind="ClusterIP", cluster_ips=("192.0.2.1",))
+        server.apply(
+            CLUSTER.model_copy(update={"version": 8, "services": (*CLUSTER.services, svc)})
+        )
+        reply = await ask_udp(server, ptr)
+        assert reply.flags & dns.flags.AA
+        assert [r.to_text() for r in reply.answer[0]] == ["new.shop.svc.cluster.local."]
