@@ -92,19 +92,29 @@ def _family(host: str) -> socket.AddressFamily:
 
 
 async def exchange_udp(server: Address, wire: bytes, qend: int) -> tuple[bytes, Layout]:
-    with trio.socket.socket(_family(server[0]), socket.SOCK_DGRAM) as sock:
-        try:
-            await sock.connect(server)
-            await sock.send(wire)
-            for _ in range(MAX_STRAY_REPLIES):
-                data, source = await sock.recvfrom(65535)
-                if source[:2] != server[:2]:
-                    continue  # the kernel filters a connected socket; be sure anyway
-                layout = matches(data, wire, qend)
-                if layout is not None:
-                    return data, layout
-        except OSError as exc:
-            raise UpstreamError("network", str(exc)) from exc
+    # A plain non-blocking socket and trio's readiness wait: a trio socket object would
+    # resolve the (numeric) address and wrap every call, per query.
+    sock = socket.socket(_family(server[0]), socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.connect(server)  # UDP: no packet sent; replies from elsewhere are dropped
+        sock.send(wire)
+        for _ in range(MAX_STRAY_REPLIES):
+            while True:
+                try:
+                    data, source = sock.recvfrom(65535)
+                    break
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(sock)
+            if source[:2] != server[:2]:
+                continue  # the kernel filters a connected socket; be sure anyway
+            layout = matches(data, wire, qend)
+            if layout is not None:
+                return data, layout
+    except OSError as exc:
+        raise UpstreamError("network", str(exc)) from exc
+    finally:
+        sock.close()
     raise UpstreamError("malformed", "no matching reply")
 
 
