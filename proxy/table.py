@@ -33,6 +33,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mesh import endpoint_policy
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 
 Endpoint = tuple[str, int]  # (address, port)
@@ -161,15 +162,9 @@ class Backend:
 
 
 def eligible(endpoints: Collection[ProxyEndpoint]) -> list[ProxyEndpoint]:
-    """Ready endpoints; when there are none, serving-and-terminating ones."""
-    ready = [ep for ep in endpoints if ep.ready]
-    if ready:
-        return ready
-    return [ep for ep in endpoints if ep.serving and ep.terminating]
-
-
-def _local(endpoints: Collection[ProxyEndpoint], node_name: str) -> list[ProxyEndpoint]:
-    return [ep for ep in endpoints if node_name and ep.node_name == node_name]
+    """Ready endpoints; when there are none, serving-and-terminating ones (the shared
+    endpoint policy, mesh/endpoint_policy.py)."""
+    return endpoint_policy.usable(endpoints)
 
 
 VipKey = tuple[str, int, str]  # (ip, port, protocol)
@@ -293,6 +288,6 @@ def _backends(svc: ProxyService, node_name: str) -> Iterator[tuple[Scope, Backen
         name = ServicePortName(svc.namespace, svc.name, port.name, port.protocol)
         serving = [ep for ep in svc.endpoints if port.name in ep.ports]
         for scope, local in scopes:
-            chosen = eligible(_local(serving, node_name) if local else serving)
+            chosen = endpoint_policy.usable(serving, local_only=local, node_name=node_name)
             eps = [(ep.address, ep.ports[port.name]) for ep in chosen]
             yield scope, Backend(name, eps, timeout), port
