@@ -30,6 +30,7 @@ the loop that applies plans lives with the control plane.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import defaultdict
@@ -217,6 +218,7 @@ def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
         ),
         hostname=hostname,
         node_name=spec.node_name,
+        zone=None,
         target_ref=ObjectReference(
             kind="Pod", namespace=pod.namespace, name=pod.name, uid=pod.metadata.uid
         ),
@@ -288,8 +290,14 @@ def _build(
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def _group_id(family: Family, ports: Ports) -> str:
     return json.dumps([family, [p.to_dict() for p in ports]], sort_keys=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(group_id: str, index: int) -> str:
+    return hashlib.sha256(f"{group_id}#{index}".encode()).hexdigest()[:10]
 
 
 def _slice(
@@ -300,7 +308,7 @@ def _slice(
     index: int,
     labels: dict[str, str],
 ) -> EndpointSlice:
-    digest = hashlib.sha256(f"{_group_id(family, ports)}#{index}".encode()).hexdigest()[:10]
+    digest = _digest(_group_id(family, ports), index)
     all_labels = {**labels, SERVICE_NAME_LABEL: svc.name, MANAGED_BY_LABEL: CONTROLLER_NAME}
     if svc.spec.headless:
         all_labels[HEADLESS_LABEL] = ""
@@ -313,6 +321,8 @@ def _slice(
         ),
     )
     return EndpointSlice(
+        api_version=EndpointSlice.API_VERSIONS[0],
+        kind=EndpointSlice.KIND,
         metadata=meta,
         address_type=family,
         endpoints=tuple(endpoints),

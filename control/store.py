@@ -19,7 +19,7 @@ from __future__ import annotations
 import builtins
 import collections
 import time
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -37,30 +37,30 @@ Admit = Callable[[KubeObject, KubeObject | None], KubeObject]
 
 
 # An index function: the values an object is found under in one index (none: not indexed).
-IndexFunc = Callable[[KubeObject], Iterable[Hashable]]
+IndexFunc = Callable[[KubeObject], Sequence[Hashable]]
 
 
-def _by_namespace(obj: KubeObject) -> Iterable[Hashable]:
+def _by_namespace(obj: KubeObject) -> Sequence[Hashable]:
     return ((obj.KIND, obj.namespace),)
 
 
-def _by_label(obj: KubeObject) -> Iterable[Hashable]:
+def _by_label(obj: KubeObject) -> Sequence[Hashable]:
     kind, ns = obj.KIND, obj.namespace
     return [(kind, ns, k, v) for k, v in obj.metadata.labels.items()]
 
 
-def _pod_ips(obj: KubeObject) -> Iterable[Hashable]:
+def _pod_ips(obj: KubeObject) -> Sequence[Hashable]:
     return obj.ips if isinstance(obj, Pod) else ()
 
 
-def _slices_of_service(obj: KubeObject) -> Iterable[Hashable]:
+def _slices_of_service(obj: KubeObject) -> Sequence[Hashable]:
     if obj.KIND != "EndpointSlice":
         return ()
     service = obj.metadata.labels.get(SERVICE_NAME_LABEL)
     return ((obj.namespace, service),) if service else ()
 
 
-def _service_selector(obj: KubeObject) -> Iterable[Hashable]:
+def _service_selector(obj: KubeObject) -> Sequence[Hashable]:
     if not isinstance(obj, Service) or not obj.spec.selector:
         return ()
     return [(obj.namespace, k, v) for k, v in obj.spec.selector.items()]
@@ -88,18 +88,20 @@ class _Indexer:
     def update(self, old: KubeObject | None, new: KubeObject | None) -> None:
         key = (old or new).key  # type: ignore[union-attr]
         for name, func in self.funcs.items():
-            before = set(func(old)) if old is not None else set()
-            after = set(func(new)) if new is not None else set()
-            if before == after:
+            before = func(old) if old is not None else ()
+            after = func(new) if new is not None else ()
+            if not before and not after:
                 continue
             index = self.entries[name]
-            for value in before - after:
+            gone = set(before).difference(after) if before else ()
+            added = set(after).difference(before) if before else after
+            for value in gone:
                 keys = index.get(value)
                 if keys is not None:
                     keys.pop(key, None)
                     if not keys:
                         del index[value]
-            for value in after - before:
+            for value in added:
                 index.setdefault(value, {})[key] = None
 
     def keys(self, name: str, value: Hashable) -> list[Key]:
@@ -141,17 +143,19 @@ class Snapshot:
         default_factory=lambda: MappingProxyType({})
     )
     _live: Callable[[int, str, Hashable], list[Key] | None] | None = None
-    _cache: dict[Hashable, object] = field(default_factory=dict, compare=False)
+    _lists: dict[str, builtins.list[KubeObject]] = field(default_factory=dict, compare=False)
+    _indexes: dict[str, dict[Hashable, builtins.list[Key]]] = field(
+        default_factory=dict, compare=False
+    )
 
     def list(self, kind: str, namespace: str | None = None) -> list[KubeObject]:
         if namespace is None:
             # Sorted once per snapshot: every translator lists every Service.
-            cached = self._cache.get(("list", kind))
+            cached = self._lists.get(kind)
             if cached is None:
                 objs = self.by_kind.get(kind, {})
-                cached = [objs[k] for k in sorted(objs)]
-                self._cache[("list", kind)] = cached
-            return list(cached)  # type: ignore[call-overload]
+                cached = self._lists[kind] = [objs[k] for k in sorted(objs)]
+            return cached.copy()
         objs = self.by_kind.get(kind, {})
         items = [o for (ns, _), o in objs.items() if ns == namespace]
         items.sort(key=lambda o: o.metadata.name)
@@ -160,7 +164,7 @@ class Snapshot:
     def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
         return self.by_kind.get(kind, {}).get((namespace, name))
 
-    def by_index(self, index: str, value: Hashable) -> list[KubeObject]:
+    def by_index(self, index: str, value: Hashable) -> builtins.list[KubeObject]:
         """The objects found under ``value`` in the named index (see DEFAULT_INDEXES)."""
         keys = self._live(self.revision, index, value) if self._live is not None else None
         if keys is None:
@@ -172,17 +176,17 @@ class Snapshot:
                 out.append(obj)
         return out
 
-    def _own_index(self, index: str) -> dict[Hashable, list[Key]]:
-        cached = self._cache.get(("index", index))
+    def _own_index(self, index: str) -> dict[Hashable, builtins.list[Key]]:
+        cached = self._indexes.get(index)
         if cached is None:
             func = DEFAULT_INDEXES[index]
-            built: dict[Hashable, list[Key]] = {}
+            built: dict[Hashable, builtins.list[Key]] = {}
             for objs in self.by_kind.values():
                 for obj in objs.values():
                     for value in func(obj):
                         built.setdefault(value, []).append(obj.key)
-            self._cache[("index", index)] = cached = built
-        return cached  # type: ignore[return-value]
+            self._indexes[index] = cached = built
+        return cached
 
 
 def _same(a: KubeObject, b: KubeObject) -> bool:
@@ -279,14 +283,14 @@ class Store:
     def list(self, kind: str, namespace: str | None = None) -> tuple[list[KubeObject], int]:
         return self.snapshot().list(kind, namespace), self._revision
 
-    def by_index(self, index: str, value: Hashable) -> list[KubeObject]:
+    def by_index(self, index: str, value: Hashable) -> builtins.list[KubeObject]:
         """The stored objects found under ``value`` in the named index."""
         return [o for o in map(self._lookup, self._index.keys(index, value)) if o is not None]
 
     def _lookup(self, key: Key) -> KubeObject | None:
         return self._objects.get(key[0], {}).get((key[1], key[2]))
 
-    def _live_keys(self, revision: int, index: str, value: Hashable) -> list[Key] | None:
+    def _live_keys(self, revision: int, index: str, value: Hashable) -> builtins.list[Key] | None:
         return self._index.keys(index, value) if revision == self._revision else None
 
     def snapshot(self) -> Snapshot:

@@ -157,6 +157,7 @@ class PlaneOptions:
             dns_zone=self.zone,
             dns_ttl=self.ttl,
             dns_pod_mode=self.pod_mode,  # type: ignore[arg-type]
+            tune_gc=True,
         )
 
 

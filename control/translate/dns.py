@@ -78,7 +78,7 @@ class DnsTranslator:
         namespaces.update(ns for ns, _ in snapshot.by_kind.get(Pod.KIND, {}))
         pods = [p for p in snapshot.list(Pod.KIND) if isinstance(p, Pod)]
         dns_pods = tuple(_pods(pods)) if self.pod_mode == "verified" else ()
-        return DnsConfig.model_construct(
+        return DnsConfig(
             version=snapshot.revision,
             zone=self.zone,
             ttl=self.ttl,

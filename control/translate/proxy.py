@@ -67,7 +67,7 @@ class ProxyTranslator:
             memo[key] = (inputs, out)
             services.append(out)
         self._memo = memo
-        return ProxyConfig.model_construct(
+        return ProxyConfig(
             version=snapshot.revision, node_name=self.node_name, services=tuple(services)
         )
 
@@ -92,7 +92,7 @@ def _endpoints(svc: Service, slices: list[EndpointSlice]) -> tuple[ProxyEndpoint
         publish_not_ready=svc.spec.publish_not_ready_addresses,
     )
     return tuple(
-        ProxyEndpoint.model_construct(
+        ProxyEndpoint(
             address=ep.address,
             node_name=ep.node_name,
             ready=ep.ready,
