@@ -302,6 +302,13 @@ class DirSource:
     async def poll(self) -> bool:
         """Look at the disk once; apply what changed. Returns whether anything did."""
         changes = await trio.to_thread.run_sync(self._read_changes)
+        return self._apply_changes(changes)
+
+    def sync_once(self) -> bool:
+        """:meth:`poll` without a thread (tests, tools): read the disk, apply what changed."""
+        return self._apply_changes(self._read_changes())
+
+    def _apply_changes(self, changes: dict[str, LoadResult | None]) -> bool:
         if not changes:
             return False
         for name, result in changes.items():
