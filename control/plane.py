@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -206,12 +206,15 @@ class ControlPlane:
                 return config
             await self._publish_event.wait()
 
-    def translate(self, snap: Snapshot, changed: frozenset[str] | None = None) -> list[str]:
+    def translate(self, snap: Snapshot, events: Sequence[WatchEvent] | None = None) -> list[str]:
         """Run the translators on ``snap``; publish what changed. Returns the kinds published.
 
-        ``changed`` names the kinds written since the last run (None: unknown); a translator
-        that reads none of them, and has published before, is not run."""
+        ``events`` are the store's events since the last run (None: unknown, translate from
+        scratch). A translator that declares what it ``reads``, and has published before, is
+        not run when no event is of those kinds; one with an ``update`` method gets the events
+        and visits only what they touch."""
         published = []
+        changed = frozenset(ev.object.KIND for ev in events) if events is not None else None
         for kind, translator in sorted(self.translators.items()):
             reads = _reads(translator)
             if (
@@ -221,8 +224,13 @@ class ControlPlane:
                 and kind in self._published
             ):
                 continue
+            update = getattr(translator, "update", None)
             try:
-                config = translator(snap).model_copy(update={"version": snap.revision})
+                if update is not None and events is not None and kind in self._published:
+                    config = update(snap, events)
+                else:
+                    config = translator(snap)
+                config = config.model_copy(update={"version": snap.revision})
             except Exception:
                 # One broken translation keeps serving its last config; the others go on.
                 log.exception("translation failed", extra={"kind": kind})
@@ -344,9 +352,9 @@ class ControlPlane:
                 theirs.append(ev)
         return endpoints.affected(self.store.snapshot(), theirs)
 
-    def _changed_kinds(self, revision: int) -> frozenset[str] | None:
+    def _events_since(self, revision: int) -> list[WatchEvent] | None:
         try:
-            return frozenset(ev.object.KIND for ev in self.store.events_since(revision))
+            return self.store.events_since(revision)
         except Gone:
             return None
 
@@ -359,7 +367,7 @@ class ControlPlane:
             revision = self._translated_revision
             await self.store.wait_for_change(revision)
             await trio.sleep(self.debounce)
-            self.translate(self.store.snapshot(), self._changed_kinds(revision))
+            self.translate(self.store.snapshot(), self._events_since(revision))
 
     def status(self) -> dict[str, Any]:
         return {

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -129,10 +130,13 @@ class Applier:
             self.store.delete(*key)
             del self.applied[key]
         rejected: dict[Key, ManifestError] = {}
-        for key in sorted(desired):
+        applied = self.applied
+        # Only what changed is sorted and applied: an unchanged object is the very object
+        # applied last time (the document cache), so most of a big file costs a lookup.
+        pending = [k for k, o in desired.items() if applied.get(k) is not o]
+        for key in sorted(pending):
             obj = desired[key]
-            prev = self.applied.get(key)
-            if prev is obj or prev == obj:
+            if applied.get(key) == obj:
                 continue
             try:
                 self.store.apply(obj)
@@ -240,22 +244,26 @@ class DocumentCache:
         return out
 
 
+_UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.)", re.M)
+
+
 def split_documents(text: str) -> list[str] | None:
     """``text`` cut before each ``---`` line (None: it has directives or end markers)."""
-    chunks: list[str] = []
-    start = 0
-    pos = 0
-    for line in text.splitlines(keepends=True):
-        if line.startswith(("%", "...")):
-            return None
-        if line.startswith("---") and line[3:4] in ("", " ", "\t", "\n", "\r"):
-            if pos > start:
-                chunks.append(text[start:pos])
-            start = pos
-        pos += len(line)
-    if pos > start:
-        chunks.append(text[start:pos])
-    return chunks
+    maybe = text.startswith(("%", "...")) or "\n%" in text or "\n..." in text
+    if maybe and _UNSPLITTABLE.search(text):
+        return None
+    # str.split finds the candidates at C speed; a "---" that is not a marker (a key such
+    # as "----x" at column 0 cannot be valid YAML, but be exact) is glued back.
+    parts = text.split("\n---")
+    chunks = [parts[0] + "\n"] if len(parts) > 1 else [parts[0]]
+    for i, part in enumerate(parts[1:], start=1):
+        last = i == len(parts) - 1
+        piece = "---" + part + ("" if last else "\n")
+        if part[:1] in ("", " ", "\t", "\r", "\n"):
+            chunks.append(piece)
+        else:
+            chunks[-1] += piece
+    return [c for c in chunks if c]
 
 
 def _read(path: str) -> bytes | OSError:

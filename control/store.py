@@ -215,6 +215,7 @@ class Store:
         self._compacted = 0  # events at or below this revision are no longer kept
         self._changed = trio.Event()
         self._snapshot: Snapshot | None = None
+        self._dirty: set[str] = set()  # kinds written since the last snapshot
 
     @property
     def revision(self) -> int:
@@ -267,6 +268,7 @@ class Store:
         if len(self._events) == self._events.maxlen:
             self._compacted = self._events[0].revision
         self._events.append(WatchEvent(type_, obj, self._revision, old))
+        self._dirty.add(obj.KIND)
         self._snapshot = None
         self._changed.set()
         self._changed = trio.Event()
@@ -295,7 +297,14 @@ class Store:
 
     def snapshot(self) -> Snapshot:
         if self._snapshot is None or self._snapshot.revision != self._revision:
-            frozen = {k: MappingProxyType(dict(v)) for k, v in self._objects.items()}
+            # Kinds not written since the last snapshot share its frozen copy: a Pod edit
+            # does not copy 10,000 Services.
+            prev = self._snapshot.by_kind if self._snapshot is not None else {}
+            frozen = {
+                k: prev[k] if k in prev and k not in self._dirty else MappingProxyType(dict(v))
+                for k, v in self._objects.items()
+            }
+            self._dirty.clear()
             self._snapshot = Snapshot(self._revision, MappingProxyType(frozen), self._live_keys)
         return self._snapshot
 

@@ -22,11 +22,12 @@ time; stored objects are immutable, so identity is change.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from mesh import endpoint_policy
 from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPod, DnsPort, DnsService
+from mesh.control.translate.memo import Inputs, ServiceMemo, touched_services
 from mesh.objects import (
     EndpointSlice,
     KubeObject,
@@ -37,14 +38,15 @@ from mesh.objects import (
 )
 
 if TYPE_CHECKING:  # the store module runs on trio; the translator only reads a snapshot
-    from mesh.control.store import Snapshot
+    from mesh.control.store import Snapshot, WatchEvent
 
 PodMode = Literal["disabled", "insecure", "verified"]
-_Inputs = tuple[KubeObject | None, ...]
 
 
 class DnsTranslator:
-    """Snapshot -> DnsConfig, rebuilding only the Services whose inputs changed."""
+    """Snapshot -> DnsConfig, rebuilding only the Services whose inputs changed;
+    :meth:`update` visits only the Services that store events name (and, for a changed Pod,
+    the headless Services whose records read Pods)."""
 
     reads = frozenset({"Service", "EndpointSlice", "Pod", "Namespace"})
 
@@ -54,39 +56,73 @@ class DnsTranslator:
         self.zone = zone.strip(".").lower()
         self.ttl = ttl
         self.pod_mode = pod_mode
-        self._memo: dict[tuple[str, str], tuple[_Inputs, DnsService]] = {}
-        self.built = 0  # Services built (not taken from the memo): tests pin the work
+        self._memo: ServiceMemo[DnsService] = ServiceMemo(self._inputs, _build)
+        self._pod_readers: set[tuple[str, str]] = set()
+        self._namespaces: tuple[str, ...] = ()
+        self._pods: tuple[DnsPod, ...] = ()
+
+    @property
+    def built(self) -> int:
+        """Services built (not taken from the memo): tests pin the work."""
+        return self._memo.built
 
     def __call__(self, snapshot: Snapshot) -> DnsConfig:
-        services = [s for s in snapshot.list(Service.KIND) if isinstance(s, Service)]
-        memo: dict[tuple[str, str], tuple[_Inputs, DnsService]] = {}
-        out = []
-        for svc in services:
-            key = (svc.namespace, svc.name)
-            inputs, slices = _inputs(svc, snapshot)
-            prior = self._memo.get(key)
-            if prior is not None and _same_objects(prior[0], inputs):
-                record = prior[1]
-            else:
-                record = _service(svc, slices, snapshot)
-                self.built += 1
-            memo[key] = (inputs, record)
-            out.append(record)
-        self._memo = memo
-        namespaces = {o.name for o in snapshot.list(Namespace.KIND)}
-        namespaces.update(s.namespace for s in services)
-        namespaces.update(ns for ns, _ in snapshot.by_kind.get(Pod.KIND, {}))
-        pods = [p for p in snapshot.list(Pod.KIND) if isinstance(p, Pod)]
-        dns_pods = tuple(_pods(pods)) if self.pod_mode == "verified" else ()
+        self._pod_readers = set()
+        services = self._memo.full(snapshot)
+        self._namespaces = _namespaces(snapshot)
+        self._pods = _pods(snapshot) if self.pod_mode == "verified" else ()
+        return self._config(snapshot, services)
+
+    def update(self, snapshot: Snapshot, events: Sequence[WatchEvent]) -> DnsConfig:
+        if not self._memo.warm:
+            return self(snapshot)
+        touched = touched_services(events)
+        kinds = {ev.object.KIND for ev in events}
+        if "Pod" in kinds:
+            touched.update(self._pod_readers)
+        services = self._memo.update(snapshot, touched)
+        if "Namespace" in kinds or any(
+            ev.type != "MODIFIED" and ev.object.KIND in ("Pod", "Service") for ev in events
+        ):
+            self._namespaces = _namespaces(snapshot)
+        if "Pod" in kinds and self.pod_mode == "verified":
+            self._pods = _pods(snapshot)
+        return self._config(snapshot, services)
+
+    def _config(self, snapshot: Snapshot, services: tuple[DnsService, ...]) -> DnsConfig:
         return DnsConfig(
             version=snapshot.revision,
             zone=self.zone,
             ttl=self.ttl,
             pod_mode=self.pod_mode,
-            services=tuple(out),
-            pods=dns_pods,
-            namespaces=tuple(sorted(namespaces)),
+            services=services,
+            pods=self._pods,
+            namespaces=self._namespaces,
         )
+
+    def _inputs(self, svc: Service, snapshot: Snapshot) -> Inputs:
+        """What one Service's record is built from: the Service, its slices by name and,
+        when headless, the Pods its endpoints reference (their hostname may come from the
+        Pod)."""
+        key = (svc.namespace, svc.name)
+        if not svc.spec.headless or svc.spec.type == "ExternalName":
+            self._pod_readers.discard(key)
+            return (svc,)
+        slices = sorted(
+            (s for s in snapshot.by_index("service-slices", key) if isinstance(s, EndpointSlice)),
+            key=lambda s: s.name,
+        )
+        pods: list[KubeObject | None] = []
+        for sl in slices:
+            for ep in sl.endpoints:
+                ref = ep.target_ref
+                if ep.hostname is None and ref is not None and ref.kind == "Pod" and ref.name:
+                    pods.append(snapshot.get(Pod.KIND, ref.namespace or svc.namespace, ref.name))
+        if pods:
+            self._pod_readers.add(key)
+        else:
+            self._pod_readers.discard(key)
+        return (svc, *slices, *pods)
 
 
 def translate_dns(
@@ -99,30 +135,15 @@ def translate_dns(
     return DnsTranslator(zone=zone, ttl=ttl, pod_mode=pod_mode)(snapshot)
 
 
-def _inputs(svc: Service, snapshot: Snapshot) -> tuple[_Inputs, list[EndpointSlice]]:
-    """What one Service's record is built from: the Service, its slices by name and, when
-    headless, the Pods its endpoints reference (their hostname may come from the Pod)."""
-    if not svc.spec.headless or svc.spec.type == "ExternalName":
-        return (svc,), []
-    slices = sorted(
-        (
-            s
-            for s in snapshot.by_index("service-slices", (svc.namespace, svc.name))
-            if isinstance(s, EndpointSlice)
-        ),
-        key=lambda s: s.name,
-    )
-    pods: list[KubeObject | None] = []
-    for sl in slices:
-        for ep in sl.endpoints:
-            ref = ep.target_ref
-            if ep.hostname is None and ref is not None and ref.kind == "Pod" and ref.name:
-                pods.append(snapshot.get(Pod.KIND, ref.namespace or svc.namespace, ref.name))
-    return (svc, *slices, *pods), slices
+def _build(svc: Service, inputs: Inputs, snapshot: Snapshot) -> DnsService:
+    return _service(svc, [s for s in inputs[1:] if isinstance(s, EndpointSlice)], snapshot)
 
 
-def _same_objects(a: _Inputs, b: _Inputs) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+def _namespaces(snapshot: Snapshot) -> tuple[str, ...]:
+    names = {o.name for o in snapshot.by_kind.get(Namespace.KIND, {}).values()}
+    names.update(ns for ns, _ in snapshot.by_kind.get(Service.KIND, {}))
+    names.update(ns for ns, _ in snapshot.by_kind.get(Pod.KIND, {}))
+    return tuple(sorted(names))
 
 
 def _ports(
@@ -184,8 +205,12 @@ def _pod_hostname(ref: ObjectReference | None, svc: Service, snapshot: Snapshot)
     return pod.spec.hostname
 
 
-def _pods(pods: Iterable[Pod]) -> Iterable[DnsPod]:
-    for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
+def _pods(snapshot: Snapshot) -> tuple[DnsPod, ...]:
+    out = []
+    for pod in snapshot.list(Pod.KIND):
+        if not isinstance(pod, Pod):
+            continue
         if pod.terminating or pod.status.phase in ("Succeeded", "Failed") or not pod.ips:
             continue
-        yield DnsPod(namespace=pod.namespace, name=pod.name, ips=pod.ips)
+        out.append(DnsPod(namespace=pod.namespace, name=pod.name, ips=pod.ips))
+    return tuple(out)

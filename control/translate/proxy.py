@@ -22,62 +22,61 @@ the very object it saw last time (stored objects are immutable, so identity is c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from mesh import endpoint_policy
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
-from mesh.control.store import Snapshot
+from mesh.control.store import Snapshot, WatchEvent
+from mesh.control.translate.memo import Inputs, ServiceMemo, touched_services
 from mesh.objects import EndpointSlice, KubeObject, Service
-
-_Inputs = tuple[KubeObject, ...]  # the Service, then its slices by name
 
 
 class ProxyTranslator:
-    """Snapshot -> ProxyConfig, rebuilding only the Services whose inputs changed."""
+    """Snapshot -> ProxyConfig, rebuilding only the Services whose inputs changed;
+    :meth:`update` visits only the Services that store events name."""
 
     reads = frozenset({"Service", "EndpointSlice"})
 
     def __init__(self, *, node_name: str = "") -> None:
         self.node_name = node_name
-        self._memo: dict[tuple[str, str], tuple[_Inputs, ProxyService]] = {}
-        self.built = 0  # Services built (not taken from the memo): tests pin the work
+        self._memo: ServiceMemo[ProxyService] = ServiceMemo(_inputs, _build)
+
+    @property
+    def built(self) -> int:
+        """Services built (not taken from the memo): tests pin the work."""
+        return self._memo.built
 
     def __call__(self, snapshot: Snapshot) -> ProxyConfig:
-        memo: dict[tuple[str, str], tuple[_Inputs, ProxyService]] = {}
-        services = []
-        for obj in snapshot.list(Service.KIND):
-            if not isinstance(obj, Service) or not _proxied(obj):
-                continue
-            key = (obj.namespace, obj.name)
-            slices = sorted(
-                (
-                    s
-                    for s in snapshot.by_index("service-slices", key)
-                    if isinstance(s, EndpointSlice)
-                ),
-                key=lambda s: s.name,
-            )
-            inputs: _Inputs = (obj, *slices)
-            prior = self._memo.get(key)
-            if prior is not None and _same_objects(prior[0], inputs):
-                out = prior[1]
-            else:
-                out = _service(obj, _endpoints(obj, slices))
-                self.built += 1
-            memo[key] = (inputs, out)
-            services.append(out)
-        self._memo = memo
-        return ProxyConfig(
-            version=snapshot.revision, node_name=self.node_name, services=tuple(services)
-        )
+        return self._config(snapshot, self._memo.full(snapshot))
+
+    def update(self, snapshot: Snapshot, events: Sequence[WatchEvent]) -> ProxyConfig:
+        if not self._memo.warm:
+            return self(snapshot)
+        return self._config(snapshot, self._memo.update(snapshot, touched_services(events)))
+
+    def _config(self, snapshot: Snapshot, services: tuple[ProxyService, ...]) -> ProxyConfig:
+        return ProxyConfig(version=snapshot.revision, node_name=self.node_name, services=services)
 
 
 def translate_proxy(snapshot: Snapshot, *, node_name: str = "") -> ProxyConfig:
     return ProxyTranslator(node_name=node_name)(snapshot)
 
 
-def _same_objects(a: _Inputs, b: _Inputs) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+def _inputs(svc: Service, snapshot: Snapshot) -> Inputs | None:
+    if not _proxied(svc):
+        return None
+    slices = snapshot.by_index("service-slices", (svc.namespace, svc.name))
+    return (svc, *sorted((s for s in slices if isinstance(s, EndpointSlice)), key=_name))
+
+
+def _name(obj: KubeObject) -> str:
+    return obj.name
+
+
+def _build(svc: Service, inputs: Inputs, snapshot: Snapshot) -> ProxyService:
+    slices = [s for s in inputs[1:] if isinstance(s, EndpointSlice)]
+    return _service(svc, _endpoints(svc, slices))
 
 
 def _proxied(svc: Service) -> bool:

@@ -6,6 +6,7 @@ writes), never timings; benchmarks/scale_bench.py measures the time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from mesh.control.plane import ControlPlane
@@ -86,7 +87,7 @@ def test_translators_rebuild_only_the_services_whose_objects_changed() -> None:
     assert isinstance(moved, Pod)
     plane.apply(relabel(moved, "svc-5"))
     plane.reconcile_endpoints(plane._affected_since(before))
-    plane.translate(plane.store.snapshot(), plane._changed_kinds(before))
+    plane.translate(plane.store.snapshot(), plane._events_since(before))
     assert proxy.built == N + 2  # svc-2 and svc-5: their slices changed
     assert dns.built == N  # ClusterIP Services' records read no slice
     config = plane.current("proxy")
@@ -105,9 +106,14 @@ def test_a_kind_is_not_translated_when_nothing_it_reads_changed() -> None:
 
     counting.reads = frozenset({"Service"})  # type: ignore[attr-defined]
     plane.register("proxy", counting)  # type: ignore[arg-type]
-    plane.translate(plane.store.snapshot(), frozenset({"Pod"}))
+    before = plane.store.revision
+    moved = plane.store.get("Pod", "default", "pod-1-0")
+    assert isinstance(moved, Pod)
+    plane.apply(relabel(moved, "none"))
+    plane.translate(plane.store.snapshot(), plane._events_since(before))
     assert calls == []  # published before, reads no Pod
-    plane.translate(plane.store.snapshot(), frozenset({"Service"}))
+    plane.apply(service("svc-1", ports=[{"name": "http", "port": 81, "targetPort": 8080}]))
+    plane.translate(plane.store.snapshot(), plane._events_since(before))
     assert calls == [1]
     plane.translate(plane.store.snapshot(), None)  # unknown: run
     assert calls == [1, 1]
@@ -214,3 +220,29 @@ def test_a_broken_document_reports_as_the_whole_file_would() -> None:
     assert result.errors == load_text(broken, "f.yaml").errors
     (err,) = result.errors
     assert err.message.startswith("invalid YAML at line 20")  # the file's line, not the chunk's
+
+
+def test_incremental_translation_equals_translation_from_scratch() -> None:
+    plane, proxy, dns = loaded_plane()
+    plane.apply(service("headless", clusterIP="None", selector={"app": "svc-3"}))
+    plane.reconcile_endpoints()
+    plane.translate(plane.store.snapshot(), None)
+    moved = plane.store.get("Pod", "default", "pod-3-0")
+    assert isinstance(moved, Pod)
+    steps: list[Callable[[], object]] = [
+        lambda: plane.apply(relabel(moved, "svc-9")),
+        lambda: plane.delete("Service", "default", "svc-4"),
+        lambda: plane.apply(service("svc-new", selector={"app": "svc-5"})),
+        lambda: plane.delete("Pod", "default", "pod-3-1"),
+    ]
+    for step in steps:
+        before = plane.store.revision
+        step()
+        plane.reconcile_endpoints(plane._affected_since(before))
+        snap = plane.store.snapshot()
+        events = plane._events_since(before)
+        assert events is not None
+        assert proxy.update(snap, events) == ProxyTranslator()(snap)
+        assert dns.update(snap, events) == DnsTranslator()(snap)
+    names = [s.name for s in dns(plane.store.snapshot()).services]
+    assert "svc-4" not in names and "svc-new" in names
