@@ -5,7 +5,8 @@ each selecting 3 ready Pods (all in one namespace, the worst case for selector m
 then runs ``mesh up --no-proxy`` on it and prints:
 
 - ready: seconds from starting the process to ``/ready`` answering 200 (interpreter start,
-  imports, parsing, admission, the endpoints controller, translation, the DNS index);
+  imports, parsing, admission, the endpoints controller, translation, the DNS index), and
+  the CPU seconds the process used until then (steadier on a shared machine);
 - rss: resident memory of that process once ready (VmRSS);
 - edit: seconds from rewriting the manifest with one more Service to the first DNS answer
   for it (median of ``--edits``), i.e. the file watch, the re-read of the big file, one
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import socket
 import statistics
@@ -37,6 +39,7 @@ from pathlib import Path
 from dnslib import QTYPE, DNSRecord
 
 HOST = "127.0.0.1"
+TICKS = os.sysconf("SC_CLK_TCK")
 PODS_PER_SERVICE = 3
 
 
@@ -83,16 +86,22 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process: steadier than wall time on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def wait_ready(proc: subprocess.Popen[bytes], admin: int, timeout: float) -> float:
     """Seconds until the admin server's /ready answers 200."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if proc.poll() is not None:
             raise SystemExit(f"the process exited with status {proc.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://{HOST}:{admin}/ready", timeout=1) as resp:
-                if resp.status == 200:
-                    return time.monotonic() - start
+        url = f"http://{HOST}:{admin}/ready"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status == 200:
+                return time.monotonic() - start
         time.sleep(0.02)
     raise SystemExit(f"not ready within {timeout:.0f} s")
 
@@ -148,10 +157,12 @@ def run_up(n: int, edits: int, workdir: Path) -> None:
     args += ["--control-listen", f"{HOST}:{control}"]
     with running(args) as proc:
         ready = wait_ready(proc, admin, timeout=60 + n / 20)
+        cpu = cpu_seconds(proc.pid)
         rss = rss_mb(proc.pid)
         lat = [edit_latency(path, n, e, dns) for e in range(edits)]
     print(
-        f"N={n:>6}  pods={n * PODS_PER_SERVICE:>6}  ready {ready:6.2f} s  rss {rss:6.0f} MB  "
+        f"N={n:>6}  pods={n * PODS_PER_SERVICE:>6}  ready {ready:6.2f} s (cpu {cpu:5.2f} s)  "
+        f"rss {rss:6.0f} MB  "
         f"edit->DNS median {statistics.median(lat) * 1000:6.0f} ms "
         f"(min {min(lat) * 1000:.0f}, max {max(lat) * 1000:.0f})",
         flush=True,
