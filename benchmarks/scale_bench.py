@@ -12,12 +12,13 @@ then runs ``mesh up --no-proxy`` on it and prints:
   for it (median of ``--edits``), i.e. the file watch, the re-read of the big file, one
   parse, one store write, the controller, the translators and the DNS server's swap.
 
-With ``--split`` it also runs ``mesh control`` alone and ``mesh dns --control`` fed by it,
+With ``--nft`` (root) it also feeds the nftables node proxy through the whole pipeline and
+times its syncs. With ``--split`` it also runs ``mesh control`` alone and ``mesh dns --control`` fed by it,
 and prints the resident memory of each once ready (the issue's per-component budgets).
 Growth matters more than any single figure: start should be close to linear in N and an edit
 flat. Figures on a shared machine are noisy; compare runs made side by side.
 
-    python benchmarks/scale_bench.py [--services 1000 5000 10000] [--edits 5] [--split]
+    python benchmarks/scale_bench.py [--services 1000 5000 10000] [--edits 5] [--split] [--nft]
 """
 
 from __future__ import annotations
@@ -190,11 +191,65 @@ def run_split(n: int, workdir: Path) -> None:
             )
 
 
+def run_nft(n: int, workdir: Path) -> None:
+    """The nftables sync of N Services fed through the whole pipeline (root): manifests ->
+    source -> store -> endpoints controller -> proxy translator -> render -> ``nft -f`` in
+    a node namespace this script creates and removes."""
+    from mesh.config.proxy import ProxyConfig
+    from mesh.control.plane import ControlPlane
+    from mesh.objects import Pod
+    from mesh.proxy import cluster_box
+    from mesh.proxy.nft_render import RenderOptions
+    from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer
+
+    (workdir / "all.yaml").write_text(manifest(n))
+    plane = ControlPlane(workdir, service_cidr="198.19.0.0/16", node_name="node-1")
+    assert plane.source is not None
+    t0 = time.perf_counter()
+    plane.source.sync_once()
+    plane.reconcile_endpoints()
+    plane.translate(plane.store.snapshot())
+    pipeline = time.perf_counter() - t0
+    first = plane.current("proxy")
+    # One Pod turns not ready: the controller and the translator redo only its Service.
+    before = plane.store.revision
+    pod = plane.store.get("Pod", "bench", "svc-0-0")
+    assert isinstance(pod, Pod)
+    status = pod.status.model_copy(update={"phase": "Pending"})
+    t0 = time.perf_counter()
+    plane.apply(pod.model_copy(update={"status": status}))
+    plane.reconcile_endpoints(plane._affected_since(before))
+    plane.translate(plane.store.snapshot(), plane._events_since(before))
+    edit = time.perf_counter() - t0
+    second = plane.current("proxy")
+    state = workdir / "box"
+    box = cluster_box.up(prefix=f"scale{os.getpid() % 1000}", state_dir=state)
+    try:
+        syncer = Syncer(SubprocessNftRunner(box.node), RenderOptions(pod_cidr=str(box.pod_net)))
+        times = []
+        for config, full in ((first, True), (second, False), (first, True)):
+            t0 = time.perf_counter()
+            assert isinstance(config, ProxyConfig)
+            result = syncer.sync(config, full=full)
+            times.append(time.perf_counter() - t0)
+            if not result.ok:
+                raise SystemExit(f"nft sync failed: {result.error}")
+    finally:
+        cluster_box.down(state)
+    print(
+        f"N={n:>6}  nftables via the pipeline: load+plan+translate {pipeline:5.2f} s, "
+        f"first sync {times[0]:5.2f} s, one Pod not ready: plane {edit * 1000:5.0f} ms + "
+        f"sync {times[1]:5.2f} s, full resync {times[2]:5.2f} s",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--services", type=int, nargs="+", default=[1000, 5000, 10000])
     parser.add_argument("--edits", type=int, default=5)
     parser.add_argument("--split", action="store_true", help="also mesh control + mesh dns")
+    parser.add_argument("--nft", action="store_true", help="also the nftables sync (root)")
     opts = parser.parse_args()
     for n in opts.services:
         with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
@@ -202,6 +257,9 @@ def main() -> None:
         if opts.split:
             with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
                 run_split(n, Path(tmp))
+        if opts.nft:
+            with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
+                run_nft(n, Path(tmp))
 
 
 if __name__ == "__main__":
