@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -201,7 +202,9 @@ def run_nft(n: int, workdir: Path) -> None:
     from mesh.proxy import cluster_box
     from mesh.proxy.nft_render import RenderOptions
     from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer
+    from mesh.run import GC_YOUNG_THRESHOLD
 
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)  # as the serving processes do
     (workdir / "all.yaml").write_text(manifest(n))
     plane = ControlPlane(workdir, service_cidr="198.19.0.0/16", node_name="node-1")
     assert plane.source is not None
@@ -210,6 +213,7 @@ def run_nft(n: int, workdir: Path) -> None:
     plane.reconcile_endpoints()
     plane.translate(plane.store.snapshot())
     pipeline = time.perf_counter() - t0
+    gc.freeze()  # as the plane does after its start
     first = plane.current("proxy")
     # One Pod turns not ready: the controller and the translator redo only its Service.
     before = plane.store.revision
