@@ -140,6 +140,7 @@ class ControlPlane:
         self._own_writes: set[int] = set()  # revisions of the controller's own slice writes
         self._published: dict[str, ComponentConfig] = {}
         self._encoded: dict[str, tuple[ComponentConfig, bytes]] = {}
+        self._broken: set[str] = set()  # kinds whose last translation failed
         self._publish_event = trio.Event()
         self._translated_revision = -1
         self._translated_event = trio.Event()
@@ -226,7 +227,8 @@ class ControlPlane:
                 continue
             update = getattr(translator, "update", None)
             try:
-                if update is not None and events is not None and kind in self._published:
+                incremental = kind in self._published and kind not in self._broken
+                if update is not None and events is not None and incremental:
                     config = update(snap, events)
                 else:
                     config = translator(snap)
@@ -234,8 +236,10 @@ class ControlPlane:
             except Exception:
                 # One broken translation keeps serving its last config; the others go on.
                 log.exception("translation failed", extra={"kind": kind})
+                self._broken.add(kind)  # its memo may be half updated: rebuild in full next
                 self._metrics.translate_errors.labels(kind).inc()
                 continue
+            self._broken.discard(kind)
             prev = self._published.get(kind)
             if prev is not None and _same_content(prev, config):
                 continue
@@ -324,6 +328,7 @@ class ControlPlane:
         self.reconcile_endpoints()
         task_status.started()
         revision = self.store.revision
+        self._own_writes.clear()
         next_resync = trio.current_time() + self.resync
         while True:
             with trio.move_on_at(next_resync):
@@ -336,6 +341,8 @@ class ControlPlane:
             else:
                 self.reconcile_endpoints(self._affected_since(revision))
             revision = self.store.revision
+            # Own writes at or below ``revision`` are never read again: keep the set small.
+            self._own_writes.clear()
 
     def _affected_since(self, revision: int) -> set[tuple[str, str]] | None:
         """The Services to re-plan for the events after ``revision`` (None: all of them)."""
