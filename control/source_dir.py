@@ -210,16 +210,17 @@ def parse_manifest(
 
 
 class DocumentCache:
-    """The load results of one file's YAML documents, by their text.
+    """The objects of one file's YAML documents, by a digest of each document's text.
 
     A file is split at its ``---`` lines; a document whose text is unchanged since the last
     load reuses its objects, so editing one object of a 40,000-object file parses one
     document. Whenever a document has an error the whole text is loaded as one (so messages,
     line numbers and "a syntax error ends the stream" are exactly :func:`load_text`'s), as
-    is a text with directives or ``...`` end markers."""
+    is a text with directives or ``...`` end markers. Entries are keyed by a 16-byte digest,
+    not the text, so the cache costs a small fraction of the file's size."""
 
     def __init__(self) -> None:
-        self._docs: dict[str, LoadResult] = {}
+        self._docs: dict[bytes, tuple[tuple[KubeObject, ...], tuple[str, ...]]] = {}
         self.parsed = 0  # documents parsed (not taken from the cache): tests pin the work
 
     def load(self, text: str, source: str) -> LoadResult:
@@ -227,19 +228,21 @@ class DocumentCache:
         if chunks is None:
             self._docs = {}
             return load_text(text, source)
-        docs: dict[str, LoadResult] = {}
+        docs: dict[bytes, tuple[tuple[KubeObject, ...], tuple[str, ...]]] = {}
         out = LoadResult()
         for chunk in chunks:
-            part = docs.get(chunk) or self._docs.get(chunk)
+            key = hashlib.blake2b(chunk.encode(), digest_size=16).digest()
+            part = docs.get(key) or self._docs.get(key)
             if part is None:
                 self.parsed += 1
-                part = load_text(chunk, source)
-                if part.errors:
+                loaded = load_text(chunk, source)
+                if loaded.errors:
                     self._docs = {}
                     return load_text(text, source)
-            docs[chunk] = part
-            out.objects.extend(part.objects)
-            out.warnings.extend(part.warnings)
+                part = (tuple(loaded.objects), tuple(loaded.warnings))
+            docs[key] = part
+            out.objects.extend(part[0])
+            out.warnings.extend(part[1])
         self._docs = docs
         return out
 
