@@ -152,9 +152,12 @@ def affected(snap: Snapshot, events: Iterable[WatchEvent]) -> set[ServiceKey]:
         elif kind in ("Service", "Endpoints"):
             out.add((obj.namespace, obj.name))
         elif kind == "EndpointSlice":
-            service = obj.metadata.labels.get(SERVICE_NAME_LABEL)
-            if (service and _owned(obj)) or (ev.old is not None and _owned(ev.old)):
-                out.add((obj.namespace, service or obj.name))
+            # One of ours changed by someone else (or deleted): re-plan its Service.
+            for version in (obj, ev.old):
+                if version is not None and _owned(version):
+                    service = version.metadata.labels.get(SERVICE_NAME_LABEL)
+                    if service:
+                        out.add((version.namespace, service))
     return out
 
 

@@ -246,3 +246,13 @@ def test_incremental_translation_equals_translation_from_scratch() -> None:
         assert dns.update(snap, events) == DnsTranslator()(snap)
     names = [s.name for s in dns(plane.store.snapshot()).services]
     assert "svc-4" not in names and "svc-new" in names
+
+
+def test_a_slice_of_ours_deleted_by_someone_else_is_planned_again() -> None:
+    plane, _, _ = loaded_plane()
+    (mine,) = plane.store.by_index("service-slices", ("default", "svc-6"))
+    before = plane.store.revision
+    plane.delete("EndpointSlice", mine.namespace, mine.name)
+    assert plane._affected_since(before) == {("default", "svc-6")}
+    plane.reconcile_endpoints(plane._affected_since(before))
+    assert plane.store.get("EndpointSlice", mine.namespace, mine.name) is not None
