@@ -7,7 +7,6 @@ inside the functions so ``mesh --help`` stays fast.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,11 @@ from mesh.registry import PlaneSettings, Registration, Translator, register
 
 
 def _dns_translator(settings: PlaneSettings) -> Translator:
-    from mesh.control.translate.dns import translate_dns
+    # An instance, not a function: it keeps each Service's record between snapshots and
+    # updates from store events (control/translate/memo.py).
+    from mesh.control.translate.dns import DnsTranslator
 
-    return functools.partial(
-        translate_dns,
+    return DnsTranslator(
         zone=settings.zone,
         ttl=settings.ttl,
         pod_mode=settings.pod_mode,  # type: ignore[arg-type]
@@ -90,9 +90,9 @@ register(Registration("dns", "DNS server", DnsConfig, _dns_translator, dns_comma
 
 
 def _proxy_translator(settings: PlaneSettings) -> Translator:
-    from mesh.control.translate.proxy import translate_proxy
+    from mesh.control.translate.proxy import ProxyTranslator
 
-    return functools.partial(translate_proxy, node_name=settings.node_name)
+    return ProxyTranslator(node_name=settings.node_name)
 
 
 @click.command("proxy")
