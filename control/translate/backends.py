@@ -64,6 +64,31 @@ def _service_port(svc: Service, port: int | str | None) -> ServicePort | None:
     return None
 
 
+class _SliceIndex:
+    """EndpointSlices by (namespace, service), built once per snapshot: without it every
+    backend would scan every slice of its namespace. Keyed by the identity of the snapshot's
+    (immutable) EndpointSlice mapping, which it keeps alive, so the key cannot be reused."""
+
+    def __init__(self) -> None:
+        self._source: object = None
+        self._by_service: dict[tuple[str, str], list[EndpointSlice]] = {}
+
+    def slices(self, snapshot: Snapshot, namespace: str, service: str) -> list[EndpointSlice]:
+        source = snapshot.by_kind.get(EndpointSlice.KIND)
+        if source is not self._source:
+            by_service: dict[tuple[str, str], list[EndpointSlice]] = {}
+            for sl in (source or {}).values():
+                if isinstance(sl, EndpointSlice) and sl.service_name and sl.address_type != "FQDN":
+                    by_service.setdefault((sl.namespace, sl.service_name), []).append(sl)
+            for group in by_service.values():
+                group.sort(key=lambda s: s.name)
+            self._source, self._by_service = source, by_service
+        return self._by_service.get((namespace, service), [])
+
+
+_INDEX = _SliceIndex()
+
+
 @dataclass
 class _Candidates:
     ready: list[GatewayEndpoint] = field(default_factory=list)
@@ -75,13 +100,9 @@ def resolve_endpoints(
 ) -> tuple[GatewayEndpoint, ...]:
     """The endpoints of ``svc`` the gateway may send ``sp`` traffic to, in a stable order."""
     found = _Candidates()
-    slices = [
-        s
-        for s in snapshot.list(EndpointSlice.KIND, svc.namespace)
-        if isinstance(s, EndpointSlice) and s.service_name == svc.name and s.address_type != "FQDN"
-    ]
+    slices = _INDEX.slices(snapshot, svc.namespace, svc.name)
     if slices:
-        for sl in sorted(slices, key=lambda s: s.name):
+        for sl in slices:
             number = next(
                 (
                     p.port
