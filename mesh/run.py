@@ -141,10 +141,11 @@ def make_proxy(
 ) -> Component[Any]:
     if mode == "nftables":
         from mesh.proxy.nft_render import RenderOptions
-        from mesh.proxy.nftables import NftablesProxy
+        from mesh.proxy.nftables import NftablesProxy, host_families
 
-        # Both address families, each in its own table (kube-proxy's dual-stack layout).
-        return NftablesProxy(options=[RenderOptions(family="ip"), RenderOptions(family="ip6")])
+        # Both address families, each in its own table (kube-proxy's dual-stack layout);
+        # only ip where the host has IPv6 off.
+        return NftablesProxy(options=[RenderOptions(family=f) for f in host_families()])
     from mesh.proxy.userspace import UserspaceProxy
 
     return UserspaceProxy(
