@@ -18,21 +18,23 @@ import contextlib
 import errno
 import math
 import os
+import select
 import socket
 from collections import deque
 from collections.abc import Collection
 
 import trio
 
+from mesh.http import reactor
 from mesh.http.balance import Endpoint
 from mesh.http.h1 import Reader
+from mesh.http.reactor import Timeout
+
+__all__ = ["DEADLINES", "Pool", "Timeout", "Upstream", "close", "connect", "recv", "send_all"]
 
 RECV_SIZE = 65536
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
-
-
-class Timeout(Exception):
-    """A wait reached its deadline."""
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 
 
 class Deadlines:
@@ -74,6 +76,9 @@ class Deadlines:
         waiter = trio.lowlevel.wait_writable if writable else trio.lowlevel.wait_readable
         if seconds != math.inf:
             deadline = min(deadline, trio.current_time() + seconds)
+        if reactor.CURRENT is not None:  # driven by a reactor: it enforces the deadline
+            await reactor.Wait(sock.fileno(), _OUT if writable else _IN, deadline)
+            return
         if deadline == math.inf:
             await waiter(sock)
             return
