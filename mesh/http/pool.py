@@ -74,11 +74,14 @@ class Deadlines:
         """Wait until ``sock`` is ready, for at most ``seconds`` from now and not past
         ``deadline`` (the clock is read only here, when a wait really blocks)."""
         waiter = trio.lowlevel.wait_writable if writable else trio.lowlevel.wait_readable
-        if seconds != math.inf:
-            deadline = min(deadline, trio.current_time() + seconds)
-        if reactor.CURRENT is not None:  # driven by a reactor: it enforces the deadline
+        loop = reactor.CURRENT
+        if loop is not None:  # driven by a reactor: it enforces the deadline, on its clock
+            if seconds != math.inf:
+                deadline = min(deadline, loop.now + seconds)
             await reactor.Wait(sock.fileno(), _OUT if writable else _IN, deadline)
             return
+        if seconds != math.inf:
+            deadline = min(deadline, trio.current_time() + seconds)
         if deadline == math.inf:
             await waiter(sock)
             return

@@ -65,6 +65,7 @@ class Reactor:
     def __init__(self, tick: float = 0.05) -> None:
         self.tick = tick
         self.tasks = 0  # coroutines alive
+        self.now = 0.0  # trio's clock, read once a tick: deadlines need no finer grain
         self.trio_nursery: trio.Nursery | None = None
         self._ep: Any = None
         self._waiting: dict[int, tuple[Coro, float]] = {}
@@ -73,6 +74,7 @@ class Reactor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._ep = ep = select.epoll()
+        self.now = trio.current_time()
         try:
             async with trio.open_nursery() as nursery:
                 self.trio_nursery = nursery
@@ -160,7 +162,7 @@ class Reactor:
         waiting = self._waiting
         while True:
             await trio.sleep(self.tick)
-            now = trio.current_time()
+            self.now = now = trio.current_time()
             expired = [fd for fd, (_, deadline) in waiting.items() if deadline <= now]
             for fd in expired:
                 coro, _ = waiting.pop(fd)

@@ -166,7 +166,8 @@ class HttpServer:
                     timeout = math.inf
                     deadline = trio.current_time() + limits.header_timeout
                 try:
-                    data = await recv(sock, timeout, deadline)
+                    # between requests the next one is rarely there yet: wait, then read
+                    data = await recv(sock, timeout, deadline, wait_first=not started)
                 except Timeout:
                     if started:
                         err = DownstreamError("request-timeout", "the request head came too slowly")
