@@ -146,6 +146,7 @@ def main() -> None:
 @box_option
 @_dns_options
 @upstream_options
+@click.option("--autopath", is_flag=True, help="Server-side search paths (see mesh dns --help).")
 @log_options
 def up(
     manifest_dir: Path,
@@ -163,6 +164,7 @@ def up(
     pod_mode: str,
     upstreams: Sequence[Address],
     no_forward: bool,
+    autopath: bool,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -188,7 +190,7 @@ def up(
             box=box,
             state_dir=STATE_ROOT / box,
             upstreams=upstreams_of(upstreams, no_forward),
-            dns_options=forward_options(),
+            dns_options={**forward_options(), "autopath": autopath},
             announce=announce,
         )
         return
@@ -201,7 +203,7 @@ def up(
         admin_listen=admin_listen,
         with_proxy=with_proxy,
         upstreams=upstreams_of(upstreams, no_forward),
-        dns_options=forward_options(),
+        dns_options={**forward_options(), "autopath": autopath},
         announce=announce,
     )
 
