@@ -26,7 +26,7 @@ from typing import Literal
 
 import trio
 
-from mesh.objects import SERVICE_NAME_LABEL, KubeObject, Pod, Service
+from mesh.objects import SERVICE_NAME_LABEL, KubeObject, Pod, Service, share_fields_sets
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -234,6 +234,7 @@ class Store:
             obj = self.admit(obj, old)
         if old is not None and _same(old, obj):
             return old
+        share_fields_sets(obj)
         stored = obj.with_resource_version(str(self._revision + 1))
         objs[(ns, name)] = stored
         self._index.update(old, stored)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,23 @@ except AttributeError:  # pragma: no cover - depends on the PyYAML build
 
 class _Loader(_Base):  # type: ignore[misc]
     """Safe loader that keeps timestamps as text: the API carries them as RFC 3339 strings
-    (``deletionTimestamp``), and a ``datetime`` would fail the string fields."""
+    (``deletionTimestamp``), and a ``datetime`` would fail the string fields.
+
+    Tag resolution is memoised: with no path resolvers (none are registered), a scalar's
+    tag depends only on its text and on whether it was plain, and PyYAML's regex walk per
+    scalar was the largest Python cost of loading a big manifest."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is not yaml.ScalarNode or self.yaml_path_resolvers:
+            return super().resolve(kind, value, implicit)
+        if not implicit[0]:
+            return _STR  # quoted or block scalars resolve as strings (no path resolvers)
+        tag = _TAGS.get(value)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)
+            if len(_TAGS) < _MEMO_MAX:
+                _TAGS[value] = tag
+        return tag
 
 
 _Loader.add_constructor(
@@ -41,6 +58,12 @@ _Loader.add_constructor(
 _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
+# Bounded memos shared by every load: plain scalar text -> tag, and (tag, text) -> value for
+# the immutable non-string scalars (ints, booleans, null, floats).
+_MEMO_MAX = 65_536
+_TAGS: dict[str, str] = {}
+_VALUES: dict[tuple[str, str], Any] = {}
+_IMMUTABLE = (int, float, bool, type(None))
 
 
 class _Unusual(Exception):
@@ -70,11 +93,18 @@ def _build(loader: Any, node: Any, path: set[int]) -> Any:
     cls = node.__class__
     if cls is yaml.ScalarNode:
         if node.tag == _STR:
-            return node.value
+            # Interned: a big manifest repeats its namespaces, labels, ports and phases
+            # thousands of times, and the models keep the very strings they were given.
+            return sys.intern(node.value)
+        memo = (node.tag, node.value)
+        if memo in _VALUES:
+            return _VALUES[memo]
         ctor = loader.yaml_constructors.get(node.tag)
         value = ctor(loader, node) if ctor is not None else None
         if ctor is None or isinstance(value, types.GeneratorType):
             raise _Unusual
+        if value.__class__ in _IMMUTABLE and len(_VALUES) < _MEMO_MAX:
+            _VALUES[memo] = value
         return value
     if id(node) in path:
         raise _Unusual  # a recursive alias
@@ -85,7 +115,7 @@ def _build(loader: Any, node: Any, path: set[int]) -> Any:
             for key, value in node.value:
                 if key.__class__ is not yaml.ScalarNode or key.tag != _STR:
                     raise _Unusual  # merge keys, non-string keys
-                out[key.value] = _build(loader, value, path)
+                out[sys.intern(key.value)] = _build(loader, value, path)
             return out
         if cls is yaml.SequenceNode and node.tag == _SEQ:
             return [_build(loader, item, path) for item in node.value]

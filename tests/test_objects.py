@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from mesh.objects import (
     Pod,
     Secret,
     Service,
+    share_fields_sets,
 )
 
 
@@ -217,3 +219,52 @@ def test_kinds_registry() -> None:
     for kind, cls in KINDS.items():
         assert cls.KIND == kind
         assert cls.API_VERSIONS
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["10.0.0.1", "0.0.0.0", "255.255.255.255", "256.0.0.1", "01.2.3.4", "1.2.3.04", "1.2.3",
+     "1.2.3.4\n", " 1.2.3.4", "1.2.3.4.5", "\u0661.2.3.4", "::1", "2001:DB8::1", "::ffff:1.2.3.4",
+     "fe80::1%eth0", ""],
+)  # fmt: skip
+def test_ip_fields_match_ipaddress(text: str) -> None:
+    """The canonical dotted-quad shortcut accepts and rewrites exactly as ipaddress does."""
+    try:
+        expected: str | None = str(ipaddress.ip_address(text))
+    except ValueError:
+        expected = None
+    doc = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}
+    if expected is None:
+        with pytest.raises(ValidationError, match="is not an IP address"):
+            Pod.model_validate({**doc, "status": {"podIP": text}})
+    else:
+        assert Pod.model_validate({**doc, "status": {"podIP": text}}).status.pod_ip == expected
+
+
+def test_with_resource_version_is_model_copy() -> None:
+    svc = Service.model_validate({"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}})
+    stamped = svc.with_resource_version("7")
+    meta = svc.metadata.model_copy(update={"resource_version": "7"})
+    assert stamped == svc.model_copy(update={"metadata": meta})
+    assert stamped.model_fields_set == svc.model_fields_set | {"metadata"}
+    assert stamped.metadata.model_fields_set == svc.metadata.model_fields_set | {"resource_version"}
+    assert svc.metadata.resource_version == "" and stamped.spec is svc.spec
+    assert stamped.with_resource_version("7") is stamped
+
+
+def test_shared_fields_sets_stay_per_object() -> None:
+    """Models share one fields-set per class and variant; a copy with an update still gets
+    its own, and dumping without unset fields is unchanged."""
+    full = {"metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"ports": [{"port": 80}]}}
+    a = Service.model_validate(full)
+    b = Service.model_validate({**full, "metadata": {"name": "b", "labels": {"x": "y"}}})
+    c = Service.model_validate({**full, "metadata": {"name": "c"}})
+    dumps = [o.model_dump(exclude_unset=True) for o in (a, b, c)]
+    for obj in (a, b, c):
+        share_fields_sets(obj)
+    assert a.metadata.__pydantic_fields_set__ is b.metadata.__pydantic_fields_set__
+    assert c.metadata.model_fields_set == {"name", "namespace"}
+    assert [o.model_dump(exclude_unset=True) for o in (a, b, c)] == dumps
+    d = b.metadata.model_copy(update={"uid": "u"})
+    assert d.model_fields_set == {"name", "namespace", "labels", "uid"}
+    assert a.metadata.model_fields_set == {"name", "namespace", "labels"}

@@ -37,3 +37,37 @@ def test_an_unhashable_key_fails_as_in_pyyaml() -> None:
         list(yaml.load_all(text, Loader=_Loader))
     with pytest.raises(yaml.YAMLError):
         list(_load_all(text))
+
+
+class _Reference(yaml.SafeLoader):
+    """PyYAML's own pure-Python safe loader (no memo, no fast path), timestamps as text."""
+
+
+_Reference.add_constructor(
+    "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
+)
+
+# Plain scalars whose YAML 1.1 type hangs on their text, and the same texts quoted.
+LOOKALIKES = [
+    "1", "1.0", "1_000", "+12", "-0x1a", "0o17", "017", "0b101", "190:20:30", "1e3", "6.8523015e+5",
+    ".inf", "-.Inf", ".NaN", "on", "Off", "NO", "y", "Yes", "TRUE", "~", "null", "Null",
+    "2001-12-14", "2001-12-14t21:59:43.10-05:00", "<<x", "v1", "bench", "10.0.0.1",
+]  # fmt: skip
+
+
+def _typed(value: object) -> object:
+    """``value`` with each scalar paired with its type (True == 1 and nan != nan otherwise)."""
+    if isinstance(value, dict):
+        return {_typed(k): _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, repr(value))
+
+
+@pytest.mark.parametrize("quote", ["", "'", '"'])
+def test_memoised_resolution_types_as_pyyaml(quote: str) -> None:
+    text = "".join(f"k{i}: {quote}{s}{quote}\n" for i, s in enumerate(LOOKALIKES))
+    text += "seq: [" + ", ".join(f"{quote}{s}{quote}" for s in LOOKALIKES) + "]\n"
+    expected = _typed(list(yaml.load_all(text, Loader=_Reference)))
+    for _ in range(2):  # a cold and a warm memo
+        assert _typed(list(_load_all(text))) == expected
