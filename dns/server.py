@@ -134,7 +134,7 @@ class DnsServer:
 
     def apply(self, config: DnsConfig) -> None:
         try:
-            index = ZoneIndex.build(config)
+            index = ZoneIndex.build(config, self._live.responder.index)
             fast = FastIndex(index, max_udp=self._max_udp)
         except Exception as exc:
             raise ConfigRejected(f"dns config {config.version}: {exc}") from exc

@@ -1,4 +1,13 @@
-"""The zone index: every owner name of a DnsConfig, built once per config.
+"""The zone index: every owner name of a DnsConfig.
+
+A new config is applied incrementally: the index keeps each Service's records (its
+:class:`_Part`: owner name -> record operations, computed once per distinct Service) and
+which Services contribute to each owner name. Building from the previous index reuses the
+parts of the Services that did not change (the same object, as the control plane's
+translators reuse them, or an equal one, as decoded from the config stream) and rebuilds
+only the owner names of the Services that changed, were added or went away; the result is
+the same index a full build makes. A change of zone, TTL, pod mode, namespaces or
+(verified mode) pods rebuilds in full.
 
 A query for a cluster name is one dict lookup (lower-cased absolute name -> Node). The only
 names not stored are insecure-mode pod names (``a-b-c-d.<ns>.pod.<zone>``), which stand for any
@@ -14,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 from mesh.config.dns import DnsConfig, DnsService
 from mesh.dns import names
@@ -40,7 +50,11 @@ class ZoneIndex:
     __slots__ = (
         "_namespaces",
         "_nodes",
+        "_owners",
+        "_parts",
         "_pod_suffix",
+        "_pods",
+        "parts_built",
         "pod_mode",
         "soa",
         "ttl",
@@ -57,6 +71,9 @@ class ZoneIndex:
         pod_mode: str,
         nodes: Mapping[str, Node],
         namespaces: frozenset[str],
+        parts: Mapping[_Key, _Part] | None = None,
+        owners: Mapping[str, tuple[_Key, ...]] | None = None,
+        pods: object = None,
     ) -> None:
         self.zone = zone  # absolute, lower case: "cluster.local."
         self.ttl = ttl
@@ -66,10 +83,16 @@ class ZoneIndex:
         self._nodes = nodes
         self._namespaces = namespaces
         self._pod_suffix = ".pod." + zone if pod_mode == "insecure" else None
+        self._parts: Mapping[_Key, _Part] = parts or {}
+        self._owners: Mapping[str, tuple[_Key, ...]] = owners or {}
+        self._pods = pods
+        self.parts_built = 0  # Services whose records were computed for it (tests pin it)
 
     @classmethod
-    def build(cls, config: DnsConfig) -> ZoneIndex:
-        return _Builder(config).build()
+    def build(cls, config: DnsConfig, previous: ZoneIndex | None = None) -> ZoneIndex:
+        """The index of ``config``; with ``previous`` (the index of an earlier config),
+        only what changed is rebuilt."""
+        return _Builder(config, previous).build()
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -103,103 +126,254 @@ class ZoneIndex:
         return sorted(self._nodes)
 
 
+# One record operation of a Service at an owner name:
+# ("rr", rtype, rdata) | ("cname", target) | ("srv", port, target) | ("add", owner, rtype, rdata)
+_Op = tuple[Any, ...]
+_Key = tuple[str, str, int]  # (namespace, name, n-th Service of that name in the config)
+
+
+class _Part:
+    """The records one Service contributes, by owner name (empty lists: the empty
+    non-terminals between its names and its base name)."""
+
+    __slots__ = ("names", "service")
+
+    def __init__(self, service: DnsService, names_: dict[str, list[_Op]]) -> None:
+        self.service = service
+        self.names = names_
+
+
+def _service_part(svc: DnsService, zone: str) -> _Part:
+    out: dict[str, list[_Op]] = {}
+
+    def at(name: str) -> list[_Op]:
+        ops = out.get(name)
+        if ops is None:
+            ops = out[name] = []
+        return ops
+
+    def add_srv(name: str | None, proto: str, port: int, ips: Iterable[str], target: str) -> None:
+        if not name:  # unnamed ports have no SRV record (spec 2.3.2)
+            return
+        ops = at(f"_{name}._{proto.lower()}.{base}")
+        ops.append(("srv", port, target))
+        for ip in ips:
+            ops.append(("add", target, *address(ip)))
+
+    base = names.join(svc.name, svc.namespace, "svc", zone)
+    if svc.kind == "ExternalName":
+        at(base).append(("cname", names.absolute(svc.external_name or "")))
+    elif svc.kind == "ClusterIP":
+        ops = at(base)
+        for ip in svc.cluster_ips:
+            ops.append(("rr", *address(ip)))
+            at(names.reverse_name(ip)).append(("rr", TYPE_PTR, ptr(base)))
+        if svc.cluster_ips:
+            for port in svc.ports:
+                add_srv(port.name, port.protocol, port.port, svc.cluster_ips, base)
+    elif svc.endpoints:  # headless; with no endpoint published the name does not exist
+        ops = at(base)
+        for ep in svc.endpoints:
+            if ep.hostname:
+                targets = [(names.join(ep.hostname, base), ep.addresses)]
+            else:
+                targets = [(names.join(names.endpoint_label(a), base), (a,)) for a in ep.addresses]
+            for target, addrs in targets:
+                host = at(target)
+                for a in addrs:
+                    rr = ("rr", *address(a))
+                    ops.append(rr)
+                    host.append(rr)
+                    at(names.reverse_name(a)).append(("rr", TYPE_PTR, ptr(target)))
+                for port in ep.ports:
+                    add_srv(port.name, port.protocol, port.port, addrs, target)
+    # Empty non-terminals below the base name (``_tcp.<base>``); the ones above it (the
+    # namespace's ``<ns>.svc.<zone>`` and up) are the index's own.
+    suffix = "." + base
+    for name in list(out):
+        while name.endswith(suffix):
+            name = name.split(".", 1)[1]
+            if name in out:
+                break
+            out[name] = []
+    return _Part(svc, out)
+
+
+def _node(name: str, parts: Iterable[_Part]) -> Node:
+    """The node of owner ``name`` from the parts that contribute to it, in config order."""
+    b = NodeBuilder()
+    srv_targets: dict[tuple[int, str], None] = {}
+    for part in parts:
+        for op in part.names[name]:
+            tag = op[0]
+            if tag == "rr":
+                b.add(op[1], op[2])
+            elif tag == "cname":
+                b.cname = op[1]
+            elif tag == "srv":
+                srv_targets[(op[1], op[2])] = None
+            else:
+                b.add_additional(op[1], op[2], op[3])
+    if srv_targets:
+        weight = max(1, 100 // len(srv_targets))
+        for port, target in srv_targets:
+            b.add(TYPE_SRV, srv(port, target, weight=weight))
+    return b.freeze()
+
+
 class _Builder:
-    def __init__(self, config: DnsConfig) -> None:
+    def __init__(self, config: DnsConfig, previous: ZoneIndex | None) -> None:
         self.config = config
         self.zone = names.absolute(config.zone)
-        self.nodes: dict[str, NodeBuilder] = {}
-        self.srv: dict[str, dict[tuple[int, str], None]] = {}  # name -> ordered (port, target)
+        self.previous = previous
+        self.parts_built = 0  # Services whose records were computed (tests pin the work)
 
-    def node(self, name: str) -> NodeBuilder:
-        b = self.nodes.get(name)
-        if b is None:
-            b = self.nodes[name] = NodeBuilder()
-        return b
-
-    def build(self) -> ZoneIndex:
-        config, zone = self.config, self.zone
+    def namespaces(self) -> frozenset[str]:
+        config = self.config
         namespaces = set(config.namespaces)
         namespaces.update(s.namespace for s in config.services)
         namespaces.update(p.namespace for p in config.pods)
-        self.node(zone).add(TYPE_SOA, soa(zone, config.version, config.ttl))
-        self.node("dns-version." + zone).add(TYPE_TXT, txt(SCHEMA_VERSION))
-        for ns in namespaces:
-            self.node(names.join(ns, "svc", zone))
-            if config.pod_mode != "disabled":
-                self.node(names.join(ns, "pod", zone))
+        return frozenset(namespaces)
+
+    def build(self) -> ZoneIndex:
+        config, zone, prev = self.config, self.zone, self.previous
+        namespaces = self.namespaces()
+        pods = config.pods if config.pod_mode == "verified" else ()
+        if (
+            prev is None
+            or (prev.zone, prev.ttl, prev.pod_mode) != (zone, config.ttl, config.pod_mode)
+            or prev._namespaces != namespaces
+            or not (prev._pods is pods or prev._pods == pods)
+        ):
+            return self.full(namespaces, pods)
+        nodes = dict(prev._nodes)
+        owners = dict(prev._owners)
+        parts: dict[_Key, _Part] = {}
+        order: dict[_Key, int] = {}
+        touched: set[str] = set()
+        old_parts = prev._parts
+        for i, svc in enumerate(config.services):
+            key = self.key(svc, order)
+            order[key] = i
+            old = old_parts.get(key)
+            if old is not None and (old.service is svc or old.service == svc):
+                parts[key] = old
+                continue
+            part = parts[key] = _service_part(svc, zone)
+            self.parts_built += 1
+            if old is not None:
+                self.unlink(key, old, owners, touched)
+            for name in part.names:
+                owners[name] = (*owners.get(name, ()), key)
+                touched.add(name)
+        for key, old in old_parts.items():
+            if key not in parts:
+                self.unlink(key, old, owners, touched)
+        for name in touched:
+            keys = owners.get(name)
+            if not keys:
+                nodes.pop(name, None)
+                continue
+            ordered = sorted(keys, key=order.__getitem__) if len(keys) > 1 else keys
+            owners[name] = tuple(ordered)
+            nodes[name] = _node(name, (parts[k] for k in ordered))
+        nodes[zone] = self.apex()
+        return self.index(nodes, namespaces, parts, owners, pods)
+
+    @staticmethod
+    def key(svc: DnsService, seen: Mapping[_Key, object]) -> _Key:
+        n = 0
+        while (svc.namespace, svc.name, n) in seen:  # the same Service twice: both count
+            n += 1
+        return (svc.namespace, svc.name, n)
+
+    @staticmethod
+    def unlink(
+        key: _Key, part: _Part, owners: dict[str, tuple[_Key, ...]], touched: set[str]
+    ) -> None:
+        for name in part.names:
+            rest = tuple(k for k in owners.get(name, ()) if k != key)
+            if rest:
+                owners[name] = rest
+            else:
+                owners.pop(name, None)
+            touched.add(name)
+
+    def apex(self) -> Node:
+        b = NodeBuilder()
+        b.add(TYPE_SOA, soa(self.zone, self.config.version, self.config.ttl))
+        return b.freeze()
+
+    def full(self, namespaces: frozenset[str], pods: object) -> ZoneIndex:
+        config, zone = self.config, self.zone
+        prev = self.previous
+        reuse = prev._parts if prev is not None and prev.zone == zone else {}
+        parts: dict[_Key, _Part] = {}
+        owners: dict[str, list[_Key]] = {}
         for svc in config.services:
-            self.service(svc)
+            key = self.key(svc, parts)
+            old = reuse.get(key)
+            if old is not None and old.service is svc:
+                part = old  # same zone, same Service: the same records
+            else:
+                part = _service_part(svc, zone)
+                self.parts_built += 1
+            parts[key] = part
+            for name in part.names:
+                owners.setdefault(name, []).append(key)
+        nodes: dict[str, Node] = {
+            name: _node(name, (parts[k] for k in keys)) for name, keys in owners.items()
+        }
+        extra: dict[str, NodeBuilder] = {}
+        extra["dns-version." + zone] = b = NodeBuilder()
+        b.add(TYPE_TXT, txt(SCHEMA_VERSION))
+        for ns in namespaces:
+            extra.setdefault(names.join(ns, "svc", zone), NodeBuilder())
+            if config.pod_mode != "disabled":
+                extra.setdefault(names.join(ns, "pod", zone), NodeBuilder())
         if config.pod_mode == "verified":
             for pod in config.pods:
                 for ip in pod.ips:
                     rtype, rdata = address(ip)
-                    self.node(names.join(names.endpoint_label(ip), pod.namespace, "pod", zone)).add(
-                        rtype, rdata
-                    )
-        for name, entries in self.srv.items():
-            weight = max(1, 100 // len(entries))
-            for port, target in entries:
-                self.node(name).add(TYPE_SRV, srv(port, target, weight=weight))
-        self.empty_non_terminals()
-        return ZoneIndex(
-            zone=zone,
-            ttl=config.ttl,
-            version=config.version,
-            pod_mode=config.pod_mode,
-            nodes={name: b.freeze() for name, b in self.nodes.items()},
-            namespaces=frozenset(namespaces),
-        )
-
-    def service(self, svc: DnsService) -> None:
-        base = names.join(svc.name, svc.namespace, "svc", self.zone)
-        if svc.kind == "ExternalName":
-            self.node(base).cname = names.absolute(svc.external_name or "")
-        elif svc.kind == "ClusterIP":
-            node = self.node(base)
-            for ip in svc.cluster_ips:
-                node.add(*address(ip))
-                self.node(names.reverse_name(ip)).add(TYPE_PTR, ptr(base))
-            if svc.cluster_ips:
-                for port in svc.ports:
-                    self.add_srv(port.name, port.protocol, port.port, base, svc.cluster_ips, base)
-        elif svc.endpoints:  # headless; with no endpoint published the name does not exist
-            node = self.node(base)
-            for ep in svc.endpoints:
-                if ep.hostname:
-                    targets = [(names.join(ep.hostname, base), ep.addresses)]
-                else:
-                    targets = [
-                        (names.join(names.endpoint_label(a), base), (a,)) for a in ep.addresses
-                    ]
-                for target, addrs in targets:
-                    host = self.node(target)
-                    for a in addrs:
-                        rtype, rdata = address(a)
-                        node.add(rtype, rdata)
-                        host.add(rtype, rdata)
-                        self.node(names.reverse_name(a)).add(TYPE_PTR, ptr(target))
-                    for port in ep.ports:
-                        self.add_srv(port.name, port.protocol, port.port, base, addrs, target)
-
-    def add_srv(
-        self, name: str | None, proto: str, port: int, base: str, ips: tuple[str, ...], target: str
-    ) -> None:
-        if not name:  # unnamed ports have no SRV record (spec 2.3.2)
-            return
-        owner = f"_{name}._{proto.lower()}.{base}"
-        self.srv.setdefault(owner, {})[(port, target)] = None
-        node = self.node(owner)
-        for ip in ips:
-            node.add_additional(target, *address(ip))
-
-    def empty_non_terminals(self) -> None:
-        zone = self.zone
-        for name in list(self.nodes):
+                    owner = names.join(names.endpoint_label(ip), pod.namespace, "pod", zone)
+                    extra.setdefault(owner, NodeBuilder()).add(rtype, rdata)
+        for name, builder in extra.items():
+            nodes[name] = builder.freeze()
+        nodes[zone] = self.apex()
+        for name in list(nodes):  # empty non-terminals up to the zone
             if not names.in_zone(name, zone):
                 continue
             parent = name
             while parent != zone:
                 parent = parent.split(".", 1)[1]
-                if parent in self.nodes:
+                if parent in nodes:
                     break
-                self.nodes[parent] = NodeBuilder()
+                nodes[parent] = _EMPTY_NODE
+        frozen = {name: tuple(keys) for name, keys in owners.items()}
+        return self.index(nodes, namespaces, parts, frozen, pods)
+
+    def index(
+        self,
+        nodes: dict[str, Node],
+        namespaces: frozenset[str],
+        parts: dict[_Key, _Part],
+        owners: dict[str, tuple[_Key, ...]],
+        pods: object,
+    ) -> ZoneIndex:
+        config = self.config
+        index = ZoneIndex(
+            zone=self.zone,
+            ttl=config.ttl,
+            version=config.version,
+            pod_mode=config.pod_mode,
+            nodes=nodes,
+            namespaces=namespaces,
+            parts=parts,
+            owners=owners,
+            pods=pods,
+        )
+        index.parts_built = self.parts_built
+        return index
+
+
+_EMPTY_NODE = NodeBuilder().freeze()
