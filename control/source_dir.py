@@ -35,6 +35,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,17 @@ def _describe(key: Key) -> str:
     return f"{kind}/{ns}/{name}" if ns else f"{kind}/{name}"
 
 
+# One document's objects, their keys, and its warnings.
+_Part = tuple[tuple[KubeObject, ...], tuple[Key, ...], tuple[str, ...]]
+
+
+@dataclass(slots=True)
+class KeyedResult(LoadResult):
+    """A load result whose objects are also given by key (no key occurs twice)."""
+
+    by_key: dict[Key, KubeObject] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class _File:
     objects: dict[Key, KubeObject] = field(default_factory=dict)
@@ -74,10 +86,14 @@ class ManifestSet:
         """Take a file's new load result; returns the file's new state."""
         prev = self._files.get(name, _File()).objects
         now = _File(errors=list(result.errors), warnings=list(result.warnings))
-        for obj in result.objects:
-            if obj.key in now.objects:
-                now.warnings.append(f"{name}: {_describe(obj.key)} is defined twice; last wins")
-            now.objects[obj.key] = obj
+        if isinstance(result, KeyedResult) and not result.errors:
+            now.objects = result.by_key  # no key defined twice (the cache checked)
+        else:
+            for obj in result.objects:
+                key = obj.key
+                if key in now.objects:
+                    now.warnings.append(f"{name}: {_describe(key)} is defined twice; last wins")
+                now.objects[key] = obj
         unparsable = any(err.key is None for err in result.errors)
         for err in result.errors:
             if err.key is not None and err.key in prev and err.key not in now.objects:
@@ -101,13 +117,14 @@ class ManifestSet:
         origin: dict[Key, str] = {}
         warnings: list[str] = []
         for name in sorted(self._files):
-            for key, obj in self._files[name].objects.items():
-                if key in origin:
-                    warnings.append(
-                        f"{_describe(key)} is defined in {origin[key]} and {name}; {name} wins"
-                    )
-                out[key] = obj
-                origin[key] = name
+            objects = self._files[name].objects
+            # Whole dicts at C speed; the keys of several files are rare and looked at alone.
+            for key in sorted(objects.keys() & out.keys()) if out else ():
+                warnings.append(
+                    f"{_describe(key)} is defined in {origin[key]} and {name}; {name} wins"
+                )
+            out.update(objects)
+            origin.update(dict.fromkeys(objects, name))
         return out, origin, warnings
 
     def errors(self) -> list[ManifestError]:
@@ -126,7 +143,7 @@ class Applier:
         self.rejected: dict[Key, ManifestError] = {}
 
     def sync(self, desired: Mapping[Key, KubeObject], origin: Mapping[Key, str]) -> None:
-        for key in sorted(set(self.applied) - set(desired)):
+        for key in sorted(self.applied.keys() - desired.keys()):
             self.store.delete(*key)
             del self.applied[key]
         rejected: dict[Key, ManifestError] = {}
@@ -225,7 +242,7 @@ class DocumentCache:
     not the text, so the cache costs a small fraction of the file's size."""
 
     def __init__(self) -> None:
-        self._docs: dict[bytes, tuple[tuple[KubeObject, ...], tuple[str, ...]]] = {}
+        self._docs: dict[bytes, _Part] = {}
         self.parsed = 0  # documents parsed (not taken from the cache): tests pin the work
 
     def load(self, text: str, source: str) -> LoadResult:
@@ -233,26 +250,36 @@ class DocumentCache:
         if chunks is None:
             self._docs = {}
             return load_text(text, source)
-        docs: dict[bytes, tuple[tuple[KubeObject, ...], tuple[str, ...]]] = {}
-        out = LoadResult()
+        docs: dict[bytes, _Part] = {}
+        out = KeyedResult()
+        objects, warnings, by_key = out.objects, out.warnings, out.by_key
+        cached = self._docs
         for chunk in chunks:
-            key = hashlib.blake2b(chunk.encode(), digest_size=16).digest()
-            part = docs.get(key) or self._docs.get(key)
+            digest = blake2b(chunk.encode(), digest_size=16).digest()
+            part = docs.get(digest) or cached.get(digest)
             if part is None:
                 self.parsed += 1
                 loaded = load_text(chunk, source)
                 if loaded.errors:
                     self._docs = {}
                     return load_text(text, source)
-                part = (tuple(loaded.objects), tuple(loaded.warnings))
-            docs[key] = part
-            out.objects.extend(part[0])
-            out.warnings.extend(part[1])
+                found = tuple(loaded.objects)
+                part = (found, tuple(o.key for o in found), tuple(loaded.warnings))
+            docs[digest] = part
+            found, keys, warned = part
+            objects.extend(found)
+            if warned:
+                warnings.extend(warned)
+            for key, obj in zip(keys, found, strict=True):
+                by_key[key] = obj
         self._docs = docs
+        if len(by_key) != len(objects):  # a key defined twice: ManifestSet says so
+            return LoadResult(objects, out.errors, warnings)
         return out
 
 
 _UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.)", re.M)
+_GLUED = re.compile(r"\n---[^ \t\r\n]")  # a "---" line start that is not a marker
 
 
 def split_documents(text: str) -> list[str] | None:
@@ -263,6 +290,11 @@ def split_documents(text: str) -> list[str] | None:
     # str.split finds the candidates at C speed; a "---" that is not a marker (a key such
     # as "----x" at column 0 cannot be valid YAML, but be exact) is glued back.
     parts = text.split("\n---")
+    if len(parts) > 2 and not _GLUED.search(text):  # every candidate is a marker
+        chunks = [parts[0] + "\n"]
+        chunks += ["---" + part + "\n" for part in parts[1:-1]]
+        chunks.append("---" + parts[-1])
+        return chunks
     chunks = [parts[0] + "\n"] if len(parts) > 1 else [parts[0]]
     for i, part in enumerate(parts[1:], start=1):
         last = i == len(parts) - 1
