@@ -19,8 +19,9 @@ Rules, chosen to match ``kubectl apply`` against an API server:
   EndpointSlices of the endpoints controller, objects fed through the store's API).
 
 Work per edit: a changed file is re-read, but only its changed documents are parsed again
-(:class:`DocumentCache` keeps each YAML document's objects by its text), so an unchanged
-object is the very object applied last time and causes no store write.
+(control/documents.py: each YAML document's objects are kept by its text, and the region
+of a big file an edit touched is found by comparing it with its last text), so an
+unchanged object is the very object applied last time and causes no store write.
 
 Errors are logged once per change and kept in :attr:`DirSource.errors`.
 :class:`ManifestSet` is the pure bookkeeping; :class:`DirSource` adds the disk and trio.
@@ -31,16 +32,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from mesh.control.documents import DocumentCache, KeyedResult
 from mesh.control.inotify import open_watch
 from mesh.control.store import Key, Rejected, Store
 from mesh.manifests import LoadResult, ManifestError, load_text
@@ -56,17 +56,6 @@ RACY_NS = 2_000_000_000
 def _describe(key: Key) -> str:
     kind, ns, name = key
     return f"{kind}/{ns}/{name}" if ns else f"{kind}/{name}"
-
-
-# One document's objects, their keys, and its warnings.
-_Part = tuple[tuple[KubeObject, ...], tuple[Key, ...], tuple[str, ...]]
-
-
-@dataclass(slots=True)
-class KeyedResult(LoadResult):
-    """A load result whose objects are also given by key (no key occurs twice)."""
-
-    by_key: dict[Key, KubeObject] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -229,81 +218,6 @@ def parse_manifest(
     except (OSError, UnicodeDecodeError) as exc:
         return LoadResult(errors=[ManifestError(path, "?", "", f"cannot read: {exc}")])
     return cache.load(text, path) if cache is not None else load_text(text, path)
-
-
-class DocumentCache:
-    """The objects of one file's YAML documents, by a digest of each document's text.
-
-    A file is split at its ``---`` lines; a document whose text is unchanged since the last
-    load reuses its objects, so editing one object of a 40,000-object file parses one
-    document. Whenever a document has an error the whole text is loaded as one (so messages,
-    line numbers and "a syntax error ends the stream" are exactly :func:`load_text`'s), as
-    is a text with directives or ``...`` end markers. Entries are keyed by a 16-byte digest,
-    not the text, so the cache costs a small fraction of the file's size."""
-
-    def __init__(self) -> None:
-        self._docs: dict[bytes, _Part] = {}
-        self.parsed = 0  # documents parsed (not taken from the cache): tests pin the work
-
-    def load(self, text: str, source: str) -> LoadResult:
-        chunks = split_documents(text)
-        if chunks is None:
-            self._docs = {}
-            return load_text(text, source)
-        docs: dict[bytes, _Part] = {}
-        out = KeyedResult()
-        objects, warnings, by_key = out.objects, out.warnings, out.by_key
-        cached = self._docs
-        for chunk in chunks:
-            digest = blake2b(chunk.encode(), digest_size=16).digest()
-            part = docs.get(digest) or cached.get(digest)
-            if part is None:
-                self.parsed += 1
-                loaded = load_text(chunk, source)
-                if loaded.errors:
-                    self._docs = {}
-                    return load_text(text, source)
-                found = tuple(loaded.objects)
-                part = (found, tuple(o.key for o in found), tuple(loaded.warnings))
-            docs[digest] = part
-            found, keys, warned = part
-            objects.extend(found)
-            if warned:
-                warnings.extend(warned)
-            for key, obj in zip(keys, found, strict=True):
-                by_key[key] = obj
-        self._docs = docs
-        if len(by_key) != len(objects):  # a key defined twice: ManifestSet says so
-            return LoadResult(objects, out.errors, warnings)
-        return out
-
-
-_UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.)", re.M)
-_GLUED = re.compile(r"\n---[^ \t\r\n]")  # a "---" line start that is not a marker
-
-
-def split_documents(text: str) -> list[str] | None:
-    """``text`` cut before each ``---`` line (None: it has directives or end markers)."""
-    maybe = text.startswith(("%", "...")) or "\n%" in text or "\n..." in text
-    if maybe and _UNSPLITTABLE.search(text):
-        return None
-    # str.split finds the candidates at C speed; a "---" that is not a marker (a key such
-    # as "----x" at column 0 cannot be valid YAML, but be exact) is glued back.
-    parts = text.split("\n---")
-    if len(parts) > 2 and not _GLUED.search(text):  # every candidate is a marker
-        chunks = [parts[0] + "\n"]
-        chunks += ["---" + part + "\n" for part in parts[1:-1]]
-        chunks.append("---" + parts[-1])
-        return chunks
-    chunks = [parts[0] + "\n"] if len(parts) > 1 else [parts[0]]
-    for i, part in enumerate(parts[1:], start=1):
-        last = i == len(parts) - 1
-        piece = "---" + part + ("" if last else "\n")
-        if part[:1] in ("", " ", "\t", "\r", "\n"):
-            chunks.append(piece)
-        else:
-            chunks[-1] += piece
-    return [c for c in chunks if c]
 
 
 def _read(path: str) -> bytes | OSError:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from mesh.control.documents import DocumentCache, split_documents
 from mesh.control.plane import ControlPlane
-from mesh.control.source_dir import DirSource, DocumentCache, split_documents
+from mesh.control.source_dir import DirSource
 from mesh.control.store import Store
 from mesh.control.translate.dns import DnsTranslator
 from mesh.control.translate.proxy import ProxyTranslator

@@ -1,0 +1,241 @@
+"""A manifest file cut into YAML documents, each parsed once: the cost of an edit is the
+cost of the documents it touched.
+
+:class:`DocumentCache` keeps, for one file, each document's objects by a digest of its
+text, and the layout of the last text it loaded. A new text is compared with the last one
+(common prefix and suffix, at memcmp speed): the documents wholly inside them are the same
+documents at shifted offsets, so only the region in between is split, digested and looked
+up, and the file's objects (the list and the by-key dict) are spliced rather than rebuilt.
+Editing one object of a 40,000-object file thus costs a few milliseconds of comparison and
+one document's parse. Any case the splice does not cover (a non-ASCII text, duplicate keys,
+warnings, an error) takes the whole-file path, whose results are the same.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from itertools import accumulate
+
+from mesh.manifests import LoadResult, load_text
+from mesh.objects import KubeObject
+
+Key = tuple[str, str, str]
+# One document's objects, their keys, and its warnings.
+_Part = tuple[tuple[KubeObject, ...], tuple[Key, ...], tuple[str, ...]]
+
+_UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.)", re.M)
+_GLUED = re.compile(r"\n---[^ \t\r\n]")  # a "---" line start that is not a marker
+
+
+@dataclass(slots=True)
+class KeyedResult(LoadResult):
+    """A load result whose objects are also given by key (no key occurs twice)."""
+
+    by_key: dict[Key, KubeObject] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Layout:
+    """The last text loaded whole or spliced, document by document (ASCII, no warnings,
+    no key twice)."""
+
+    raw: bytes  # the text, encoded (ASCII: character and byte offsets agree)
+    ends: list[int]  # where each document ends
+    digests: list[bytes]
+    parts: list[_Part]
+    counts: list[int]  # objects in the documents up to and including each one
+    result: KeyedResult
+
+
+class DocumentCache:
+    """The objects of one file's YAML documents, by a digest of each document's text.
+
+    A file is split at its ``---`` lines; a document whose text is unchanged since the last
+    load reuses its objects, so editing one object of a 40,000-object file parses one
+    document. Whenever a document has an error the whole text is loaded as one (so messages,
+    line numbers and "a syntax error ends the stream" are exactly :func:`load_text`'s), as
+    is a text with directives or ``...`` end markers. Entries are keyed by a 16-byte digest,
+    not the text, so the cache costs a small fraction of the file's size."""
+
+    def __init__(self) -> None:
+        self._docs: dict[bytes, _Part] = {}
+        self._layout: _Layout | None = None
+        self.parsed = 0  # documents parsed (not taken from the cache): tests pin the work
+        self.spliced = 0  # loads that took the splice path (tests pin it)
+
+    def load(self, text: str, source: str) -> LoadResult:
+        layout, self._layout = self._layout, None
+        if layout is not None and text.isascii():
+            spliced = self._splice(layout, text, source)
+            if spliced is not None:
+                self.spliced += 1
+                return spliced
+            self._docs = dict(zip(layout.digests, layout.parts, strict=True))
+        elif layout is not None:
+            self._docs = dict(zip(layout.digests, layout.parts, strict=True))
+        chunks = split_documents(text)
+        if chunks is None:
+            self._docs = {}
+            return load_text(text, source)
+        parsed = self._parts(chunks, source, self._docs)
+        if parsed is None:
+            self._docs = {}
+            return load_text(text, source)
+        digests, parts = parsed
+        out = KeyedResult()
+        objects, warnings, by_key = out.objects, out.warnings, out.by_key
+        for found, keys, warned in parts:
+            objects.extend(found)
+            if warned:
+                warnings.extend(warned)
+            for key, obj in zip(keys, found, strict=True):
+                by_key[key] = obj
+        self._docs = dict(zip(digests, parts, strict=True))
+        if len(by_key) != len(objects):  # a key defined twice: ManifestSet says so
+            return LoadResult(objects, out.errors, warnings)
+        if not warnings and text.isascii():
+            self._docs = {}  # the layout holds them
+            self._layout = _Layout(
+                text.encode(),
+                list(accumulate(map(len, chunks))),
+                digests,
+                parts,
+                list(accumulate(len(p[0]) for p in parts)),
+                out,
+            )
+        return out
+
+    def _parts(
+        self, chunks: list[str], source: str, cached: dict[bytes, _Part]
+    ) -> tuple[list[bytes], list[_Part]] | None:
+        """Each chunk's digest and objects, parsed only when not cached (None: an error)."""
+        digests: list[bytes] = []
+        parts: list[_Part] = []
+        seen: dict[bytes, _Part] = {}
+        for chunk in chunks:
+            digest = blake2b(chunk.encode(), digest_size=16).digest()
+            part = seen.get(digest) or cached.get(digest)
+            if part is None:
+                self.parsed += 1
+                loaded = load_text(chunk, source)
+                if loaded.errors:
+                    return None
+                found = tuple(loaded.objects)
+                part = (found, tuple(o.key for o in found), tuple(loaded.warnings))
+            seen[digest] = part
+            digests.append(digest)
+            parts.append(part)
+        return digests, parts
+
+    def _splice(self, old: _Layout, text: str, source: str) -> KeyedResult | None:
+        raw = text.encode()
+        n_old, n_new = len(old.raw), len(raw)
+        prefix = _common_prefix(old.raw, raw)
+        suffix = _common_suffix(old.raw, raw, min(n_old, n_new) - prefix)
+        ends = old.ends
+        # Documents kept at the front: they end, and the next marker line ("\n---" and the
+        # character after it) starts, inside the common prefix.
+        i = bisect_right(ends, prefix - 4)
+        # Documents kept at the back: the newline before their marker is in the suffix.
+        j = max(i, bisect_left(ends, n_old - suffix + 1) + 1)
+        j = min(j, len(ends))
+        delta = n_new - n_old
+        start = ends[i - 1] if i else 0
+        stop = ends[j - 1] + delta if j < len(ends) else n_new
+        if i == j and start == stop:
+            mid_chunks: list[str] = []
+        else:
+            chunks = split_documents(text[start:stop])
+            if chunks is None:
+                return None
+            mid_chunks = chunks
+        # Documents moved within the region (reordered) are found among the ones it replaced.
+        replaced = dict(zip(old.digests[i:j], old.parts[i:j], strict=True))
+        parsed = self._parts(mid_chunks, source, replaced)
+        if parsed is None:
+            return None
+        mid_digests, mid_parts = parsed
+        if any(p[2] for p in mid_parts):
+            return None
+        before = old.counts[i - 1] if i else 0
+        after = old.counts[j - 1] if j else 0
+        mid_objects = [o for p in mid_parts for o in p[0]]
+        prev = old.result
+        objects = prev.objects[:before] + mid_objects + prev.objects[after:]
+        by_key = dict(prev.by_key)
+        for _, keys, _ in old.parts[i:j]:
+            for key in keys:
+                del by_key[key]
+        for found, keys, _ in mid_parts:
+            for key, obj in zip(keys, found, strict=True):
+                by_key[key] = obj
+        if len(by_key) != len(objects):
+            return None  # a key twice now: the whole-file path reports it
+        shift = len(mid_objects) - (after - before)
+        out = KeyedResult(objects, [], [], by_key)
+        self._layout = _Layout(
+            raw,
+            ends[:i]
+            + [start + e for e in accumulate(map(len, mid_chunks))]
+            + [e + delta for e in ends[j:]],
+            old.digests[:i] + mid_digests + old.digests[j:],
+            old.parts[:i] + mid_parts + old.parts[j:],
+            old.counts[:i]
+            + [before + c for c in accumulate(len(p[0]) for p in mid_parts)]
+            + [c + shift for c in old.counts[j:]],
+            out,
+        )
+        return out
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the longest common prefix, by binary search over memcmp comparisons."""
+    lo, hi = 0, min(len(a), len(b))
+    view = memoryview(a)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if b.startswith(view[:mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    """Length of the longest common suffix, at most ``limit``."""
+    lo, hi = 0, max(0, limit)
+    view = memoryview(a)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if b.endswith(view[len(a) - mid :]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def split_documents(text: str) -> list[str] | None:
+    """``text`` cut before each ``---`` line (None: it has directives or end markers)."""
+    maybe = text.startswith(("%", "...")) or "\n%" in text or "\n..." in text
+    if maybe and _UNSPLITTABLE.search(text):
+        return None
+    # str.split finds the candidates at C speed; a "---" that is not a marker (a key such
+    # as "----x" at column 0 cannot be valid YAML, but be exact) is glued back.
+    parts = text.split("\n---")
+    if len(parts) > 2 and not _GLUED.search(text):  # every candidate is a marker
+        chunks = [parts[0] + "\n"]
+        chunks += ["---" + part + "\n" for part in parts[1:-1]]
+        chunks.append("---" + parts[-1])
+        return chunks
+    chunks = [parts[0] + "\n"] if len(parts) > 1 else [parts[0]]
+    for i, part in enumerate(parts[1:], start=1):
+        last = i == len(parts) - 1
+        piece = "---" + part + ("" if last else "\n")
+        if part[:1] in ("", " ", "\t", "\r", "\n"):
+            chunks.append(piece)
+        else:
+            chunks[-1] += piece
+    return [c for c in chunks if c]
