@@ -192,12 +192,13 @@ class DocumentCache:
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
-    """Length of the longest common prefix, by binary search over memcmp comparisons."""
+    """Length of the longest common prefix: a binary search whose every step compares
+    (memcmp) only the half it has not yet seen equal, so a few passes over the text."""
     lo, hi = 0, min(len(a), len(b))
     view = memoryview(a)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if b.startswith(view[:mid]):
+        if b.startswith(view[lo:mid], lo):
             lo = mid
         else:
             hi = mid - 1
@@ -205,12 +206,12 @@ def _common_prefix(a: bytes, b: bytes) -> int:
 
 
 def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
-    """Length of the longest common suffix, at most ``limit``."""
+    """Length of the longest common suffix, at most ``limit`` (searched as the prefix)."""
     lo, hi = 0, max(0, limit)
-    view = memoryview(a)
+    view, n_a, n_b = memoryview(a), len(a), len(b)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if b.endswith(view[len(a) - mid :]):
+        if b.endswith(view[n_a - mid : n_a - lo], 0, n_b - lo):
             lo = mid
         else:
             hi = mid - 1
