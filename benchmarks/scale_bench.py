@@ -12,13 +12,18 @@ then runs ``mesh up --no-proxy`` on it and prints:
   for it (median of ``--edits``), i.e. the file watch, the re-read of the big file, one
   parse, one store write, the controller, the translators and the DNS server's swap.
 
-With ``--nft`` (root) it also feeds the nftables node proxy through the whole pipeline and
+With ``--stages`` it also times one edit stage by stage inside one process (median of
+``--edits``): the file read (stat, read, digest, the comparison with its last text and
+the parse of the changed document), then the store writes, the endpoints controller, the
+translators, the DNS index update from the previous index, and for a split deployment the
+config's encoding and decoding. With ``--nft`` (root) it also feeds the nftables node proxy through the whole pipeline and
 times its syncs. With ``--split`` it also runs ``mesh control`` alone and ``mesh dns --control`` fed by it,
 and prints the resident memory of each once ready (the issue's per-component budgets).
 Growth matters more than any single figure: start should be close to linear in N and an edit
 flat. Figures on a shared machine are noisy; compare runs made side by side.
 
-    python benchmarks/scale_bench.py [--services 1000 5000 10000] [--edits 5] [--split] [--nft]
+    python benchmarks/scale_bench.py [--services 1000 5000 10000] [--edits 5] [--split]
+        [--stages] [--nft]
 """
 
 from __future__ import annotations
@@ -192,6 +197,71 @@ def run_split(n: int, workdir: Path) -> None:
             )
 
 
+def run_stages(n: int, edits: int, workdir: Path) -> None:
+    from mesh.config.dns import DnsConfig
+    from mesh.control.plane import ControlPlane
+    from mesh.dns.zone import ZoneIndex
+    from mesh.run import GC_YOUNG_THRESHOLD
+
+    path = workdir / "all.yaml"
+    path.write_text(manifest(n))
+    plane = ControlPlane(workdir, service_cidr="10.96.0.0/12")
+    source = plane.source
+    assert source is not None
+    gc.disable()  # as the plane's start does
+    source.sync_once()
+    plane.reconcile_endpoints()
+    plane.translate(plane.store.snapshot())
+    config = plane.current("dns")
+    assert isinstance(config, DnsConfig)
+    index = ZoneIndex.build(config)
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    gc.enable()
+    stages: dict[str, list[float]] = {}
+    for e in range(edits):
+        path.write_text(manifest(n, e + 1))
+        marks = [time.perf_counter()]
+        before = plane.store.revision
+        changes = source._read_changes()
+        marks.append(time.perf_counter())
+        source._apply_changes(changes)
+        marks.append(time.perf_counter())
+        plane.reconcile_endpoints(plane._affected_since(before))
+        marks.append(time.perf_counter())
+        plane.translate(plane.store.snapshot(), plane._events_since(before))
+        marks.append(time.perf_counter())
+        config = plane.current("dns")
+        assert isinstance(config, DnsConfig)
+        index = ZoneIndex.build(config, index)
+        marks.append(time.perf_counter())
+        decoded = DnsConfig.model_validate_json(plane.encoded(config))
+        marks.append(time.perf_counter())
+        ZoneIndex.build(decoded, index)
+        marks.append(time.perf_counter())
+        names = [
+            "read",
+            "store",
+            "endpoints",
+            "translate",
+            "dns index",
+            "encode+decode",
+            "dns index (decoded)",
+        ]
+        for name, a, b in zip(names, marks, marks[1:], strict=False):
+            stages.setdefault(name, []).append(b - a)
+    med = {k: statistics.median(v) * 1000 for k, v in stages.items()}
+    after = sum(med[k] for k in ("store", "endpoints", "translate", "dns index"))
+    split = med["encode+decode"] + med["dns index (decoded)"] - med["dns index"]
+    detail = ", ".join(f"{k} {v:.0f}" for k, v in med.items())
+    print(
+        f"N={n:>6}  one edit in process (ms, median): file read {med['read']:.0f}; after the read "
+        f"{after:.0f} in one process, {after + split:.0f} split  [{detail}]",
+        flush=True,
+    )
+    gc.unfreeze()
+
+
 def run_nft(n: int, workdir: Path) -> None:
     """The nftables sync of N Services fed through the whole pipeline (root): manifests ->
     source -> store -> endpoints controller -> proxy translator -> render -> ``nft -f`` in
@@ -253,6 +323,7 @@ def main() -> None:
     parser.add_argument("--services", type=int, nargs="+", default=[1000, 5000, 10000])
     parser.add_argument("--edits", type=int, default=5)
     parser.add_argument("--split", action="store_true", help="also mesh control + mesh dns")
+    parser.add_argument("--stages", action="store_true", help="also one edit stage by stage")
     parser.add_argument("--nft", action="store_true", help="also the nftables sync (root)")
     opts = parser.parse_args()
     for n in opts.services:
@@ -261,6 +332,9 @@ def main() -> None:
         if opts.split:
             with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
                 run_split(n, Path(tmp))
+        if opts.stages:
+            with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
+                run_stages(n, opts.edits, Path(tmp))
         if opts.nft:
             with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
                 run_nft(n, Path(tmp))
