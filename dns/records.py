@@ -79,14 +79,16 @@ class NodeBuilder:
     additional: list[tuple[str, int, RData]] = field(default_factory=list)
     additional_seen: set[tuple[str, int, str]] = field(default_factory=set)
 
-    def add(self, rtype: int, rdata: RData) -> None:
-        key = (rtype, str(rdata).lower())
+    def add(self, rtype: int, rdata: RData, text: str | None = None) -> None:
+        """Add a record unless the node has it; ``text``, when given, is its
+        presentation form in lower case (dnslib's own is slow to make)."""
+        key = (rtype, str(rdata).lower() if text is None else text)
         if key not in self.seen:
             self.seen.add(key)
             self.rrsets.setdefault(rtype, []).append(rdata)
 
-    def add_additional(self, owner: str, rtype: int, rdata: RData) -> None:
-        key = (owner, rtype, str(rdata).lower())
+    def add_additional(self, owner: str, rtype: int, rdata: RData, text: str | None = None) -> None:
+        key = (owner, rtype, str(rdata).lower() if text is None else text)
         if key not in self.additional_seen:
             self.additional_seen.add(key)
             self.additional.append((owner, rtype, rdata))

@@ -127,7 +127,9 @@ class ZoneIndex:
 
 
 # One record operation of a Service at an owner name:
-# ("rr", rtype, rdata) | ("cname", target) | ("srv", port, target) | ("add", owner, rtype, rdata)
+# ("rr", rtype, rdata, text) | ("cname", target) | ("srv", port, target)
+# | ("add", owner, rtype, rdata, text); ``text`` is the record's presentation form when it is
+# known without asking dnslib (a canonical IPv4 address, a PTR target), else None.
 _Op = tuple[Any, ...]
 _Key = tuple[str, str, int]  # (namespace, name, n-th Service of that name in the config)
 
@@ -158,7 +160,7 @@ def _service_part(svc: DnsService, zone: str) -> _Part:
         ops = at(f"_{name}._{proto.lower()}.{base}")
         ops.append(("srv", port, target))
         for ip in ips:
-            ops.append(("add", target, *address(ip)))
+            ops.append(("add", target, *_address(ip)))
 
     base = names.join(svc.name, svc.namespace, "svc", zone)
     if svc.kind == "ExternalName":
@@ -166,8 +168,8 @@ def _service_part(svc: DnsService, zone: str) -> _Part:
     elif svc.kind == "ClusterIP":
         ops = at(base)
         for ip in svc.cluster_ips:
-            ops.append(("rr", *address(ip)))
-            at(names.reverse_name(ip)).append(("rr", TYPE_PTR, ptr(base)))
+            ops.append(("rr", *_address(ip)))
+            at(names.reverse_name(ip)).append(("rr", TYPE_PTR, ptr(base), base))
         if svc.cluster_ips:
             for port in svc.ports:
                 add_srv(port.name, port.protocol, port.port, svc.cluster_ips, base)
@@ -181,10 +183,10 @@ def _service_part(svc: DnsService, zone: str) -> _Part:
             for target, addrs in targets:
                 host = at(target)
                 for a in addrs:
-                    rr = ("rr", *address(a))
+                    rr = ("rr", *_address(a))
                     ops.append(rr)
                     host.append(rr)
-                    at(names.reverse_name(a)).append(("rr", TYPE_PTR, ptr(target)))
+                    at(names.reverse_name(a)).append(("rr", TYPE_PTR, ptr(target), target))
                 for port in ep.ports:
                     add_srv(port.name, port.protocol, port.port, addrs, target)
     # Empty non-terminals below the base name (``_tcp.<base>``); the ones above it (the
@@ -199,6 +201,11 @@ def _service_part(svc: DnsService, zone: str) -> _Part:
     return _Part(svc, out)
 
 
+def _address(ip: str) -> tuple[int, RData, str | None]:
+    rtype, rdata = address(ip)
+    return rtype, rdata, ip if names.CANONICAL_V4.fullmatch(ip) else None
+
+
 def _node(name: str, parts: Iterable[_Part]) -> Node:
     """The node of owner ``name`` from the parts that contribute to it, in config order."""
     b = NodeBuilder()
@@ -207,17 +214,17 @@ def _node(name: str, parts: Iterable[_Part]) -> Node:
         for op in part.names[name]:
             tag = op[0]
             if tag == "rr":
-                b.add(op[1], op[2])
+                b.add(op[1], op[2], op[3])
             elif tag == "cname":
                 b.cname = op[1]
             elif tag == "srv":
                 srv_targets[(op[1], op[2])] = None
             else:
-                b.add_additional(op[1], op[2], op[3])
+                b.add_additional(op[1], op[2], op[3], op[4])
     if srv_targets:
         weight = max(1, 100 // len(srv_targets))
         for port, target in srv_targets:
-            b.add(TYPE_SRV, srv(port, target, weight=weight))
+            b.add(TYPE_SRV, srv(port, target, weight=weight), f"{port} {target}")
     return b.freeze()
 
 
