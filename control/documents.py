@@ -35,6 +35,8 @@ class KeyedResult(LoadResult):
     """A load result whose objects are also given by key (no key occurs twice)."""
 
     by_key: dict[Key, KubeObject] = field(default_factory=dict)
+    # Spliced: the keys whose objects may differ from the previous load's (None: unknown).
+    changed: frozenset[Key] | None = None
 
 
 @dataclass(slots=True)
@@ -175,7 +177,9 @@ class DocumentCache:
         if len(by_key) != len(objects):
             return None  # a key twice now: the whole-file path reports it
         shift = len(mid_objects) - (after - before)
-        out = KeyedResult(objects, [], [], by_key)
+        changed = frozenset(k for p in old.parts[i:j] for k in p[1])
+        changed |= frozenset(k for p in mid_parts for k in p[1])
+        out = KeyedResult(objects, [], [], by_key, changed)
         self._layout = _Layout(
             raw,
             ends[:i]

@@ -33,7 +33,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,25 @@ class _File:
     objects: dict[Key, KubeObject] = field(default_factory=dict)
     errors: list[ManifestError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+class _SameOrigin(Mapping[Key, str]):
+    """Every object comes from one file."""
+
+    def __init__(self, objects: Mapping[Key, KubeObject], name: str) -> None:
+        self._objects = objects
+        self._name = name
+
+    def __getitem__(self, key: Key) -> str:
+        if key not in self._objects:
+            raise KeyError(key)
+        return self._name
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._objects)
+
+    def __len__(self) -> int:
+        return len(self._objects)
 
 
 class ManifestSet:
@@ -99,9 +118,12 @@ class ManifestSet:
     def names(self) -> list[str]:
         return sorted(self._files)
 
-    def desired(self) -> tuple[dict[Key, KubeObject], dict[Key, str], list[str]]:
+    def desired(self) -> tuple[Mapping[Key, KubeObject], Mapping[Key, str], list[str]]:
         """Every object to serve, the file each comes from, and warnings for objects
         defined in several files."""
+        if len(self._files) == 1:  # the file's own dict, origins looked up when asked
+            ((name, only),) = self._files.items()
+            return only.objects, _SameOrigin(only.objects, name), []
         out: dict[Key, KubeObject] = {}
         origin: dict[Key, str] = {}
         warnings: list[str] = []
@@ -131,15 +153,28 @@ class Applier:
         self.applied: dict[Key, KubeObject] = {}  # as given, before admission
         self.rejected: dict[Key, ManifestError] = {}
 
-    def sync(self, desired: Mapping[Key, KubeObject], origin: Mapping[Key, str]) -> None:
-        for key in sorted(self.applied.keys() - desired.keys()):
-            self.store.delete(*key)
-            del self.applied[key]
-        rejected: dict[Key, ManifestError] = {}
+    def sync(
+        self,
+        desired: Mapping[Key, KubeObject],
+        origin: Mapping[Key, str],
+        hint: frozenset[Key] | None = None,
+    ) -> None:
+        """``hint``: the keys whose desired object may have changed since the last sync
+        (None: any); the rejected ones are retried either way."""
         applied = self.applied
-        # Only what changed is sorted and applied: an unchanged object is the very object
-        # applied last time (the document cache), so most of a big file costs a lookup.
-        pending = [k for k, o in desired.items() if applied.get(k) is not o]
+        if hint is None:
+            gone: Iterable[Key] = applied.keys() - desired.keys()
+            # Only what changed is sorted and applied: an unchanged object is the very
+            # object applied last time (the document cache), so a big file costs lookups.
+            pending = [k for k, o in desired.items() if applied.get(k) is not o]
+        else:
+            candidates = hint | self.rejected.keys()
+            gone = [k for k in candidates if k in applied and k not in desired]
+            pending = [k for k in candidates if k in desired and applied.get(k) is not desired[k]]
+        for key in sorted(gone):
+            self.store.delete(*key)
+            del applied[key]
+        rejected: dict[Key, ManifestError] = {}
         for key in sorted(pending):
             obj = desired[key]
             if applied.get(key) == obj:
@@ -290,13 +325,17 @@ class DirSource:
     def _apply_changes(self, changes: dict[str, LoadResult | None]) -> bool:
         if not changes:
             return False
+        hint: frozenset[Key] | None = frozenset()
         for name, result in changes.items():
             if result is None:
                 log.info("manifest removed", extra={"manifest": name})
                 self.files.remove(name)
+                hint = None
             else:
                 self._take(name, result)
-        self.sync()
+                spliced = result.changed if isinstance(result, KeyedResult) else None
+                hint = None if hint is None or spliced is None else hint | spliced
+        self.sync(hint)
         return True
 
     def _read_changes(self) -> dict[str, LoadResult | None]:
@@ -335,13 +374,14 @@ class DirSource:
             extra={"manifest": name, "objects": len(result.objects), "errors": len(result.errors)},
         )
 
-    def sync(self) -> None:
+    def sync(self, hint: frozenset[Key] | None = None) -> None:
+        """Apply the desired objects; ``hint``: the keys that may have changed (None: any)."""
         desired, origin, dup_warnings = self.files.desired()
         for warning in dup_warnings:
             if warning not in self._dup_warnings:
                 log.warning("%s", warning)
         self._dup_warnings = dup_warnings
-        self.applier.sync(desired, origin)
+        self.applier.sync(desired, origin, hint)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mesh.control.documents import DocumentCache, split_documents
+from mesh.control.ipam import ServiceAllocator
 from mesh.control.plane import ControlPlane
 from mesh.control.source_dir import DirSource
 from mesh.control.store import Store
@@ -257,3 +258,38 @@ def test_a_slice_of_ours_deleted_by_someone_else_is_planned_again() -> None:
     assert plane._affected_since(before) == {("default", "svc-6")}
     plane.reconcile_endpoints(plane._affected_since(before))
     assert plane.store.get("EndpointSlice", mine.namespace, mine.name) is not None
+
+
+def _svc_doc(name: str, ip: str) -> str:
+    return (
+        f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n"
+        f"spec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
+    )
+
+
+def test_a_spliced_edit_writes_its_objects_and_retries_the_rejected(tmp_path: Path) -> None:
+    """An edit spliced into a big file is applied from the keys it touched; an object
+    rejected before (its clusterIP taken) is retried, and a removed document deletes."""
+    path = tmp_path / "all.yaml"
+    pods = manifest(40)
+    path.write_text(_svc_doc("a", "10.96.0.10") + pods + _svc_doc("b", "10.96.0.10"))
+    allocator = ServiceAllocator("10.96.0.0/16")
+    store = Store(admit=allocator.admit)
+    allocator.lookup = store.get
+    source = DirSource(tmp_path, store)
+    source.sync_once()
+    assert [e.object for e in source.errors] == ["Service/default/b"]
+    cache = source._documents[str(path)]
+    # a moves away from the address: b, untouched by the edit, now gets it
+    path.write_text(_svc_doc("a", "10.96.0.11") + pods + _svc_doc("b", "10.96.0.10"))
+    before = store.revision
+    source.sync_once()
+    assert cache.spliced == 1 and not source.errors
+    assert store.revision == before + 2  # a modified, b added; no Pod written
+    b = store.get("Service", "default", "b")
+    assert b is not None and b.spec.cluster_ip == "10.96.0.10"  # type: ignore[attr-defined]
+    path.write_text(_svc_doc("a", "10.96.0.11") + manifest(39) + _svc_doc("b", "10.96.0.10"))
+    source.sync_once()
+    assert cache.spliced == 2
+    assert store.get("Pod", "default", "p39") is None
+    assert len(store.snapshot().by_kind["Pod"]) == 39
