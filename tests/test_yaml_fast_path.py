@@ -43,9 +43,12 @@ class _Reference(yaml.SafeLoader):
     """PyYAML's own pure-Python safe loader (no memo, no fast path), timestamps as text."""
 
 
-_Reference.add_constructor(
-    "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
-)
+def _timestamp_as_text(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    assert isinstance(node, yaml.ScalarNode)
+    return str(loader.construct_scalar(node))
+
+
+_Reference.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_as_text)
 
 # Plain scalars whose YAML 1.1 type hangs on their text, and the same texts quoted.
 LOOKALIKES = [
