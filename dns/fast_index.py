@@ -75,6 +75,8 @@ class FastIndex:
     """Reply bytes for standard queries of cluster names, or None for the general path."""
 
     __slots__ = (
+        "_cnames",
+        "_index_id",
         "_labels",
         "_max_udp",
         "_namespaces",
@@ -82,6 +84,8 @@ class FastIndex:
         "_opt",
         "_pod_labels",
         "_pod_wire",
+        "_rebuilt",
+        "_reverse",
         "_soa_rdata_tail",
         "_soa_ttl",
         "_tails",
@@ -89,7 +93,17 @@ class FastIndex:
         "_zone_wire",
     )
 
-    def __init__(self, index: ZoneIndex, *, max_udp: int = DEFAULT_MAX_UDP) -> None:
+    def __init__(
+        self,
+        index: ZoneIndex,
+        *,
+        max_udp: int = DEFAULT_MAX_UDP,
+        previous: FastIndex | None = None,
+    ) -> None:
+        """The index of ``index``; with ``previous`` (the FastIndex of the ZoneIndex that
+        ``index`` was built from), only the owner names that changed are encoded again,
+        the CNAME names (their answers follow other names) and, with the new SOA serial
+        patched in, the reverse names' NODATA."""
         self._max_udp = max_udp
         self._ttl = index.ttl
         self._soa_ttl = min(index.ttl, 300)
@@ -104,11 +118,59 @@ class FastIndex:
         self._opt = b"\x00\x00\x29" + max_udp.to_bytes(2, "big") + bytes(6)
         self._tails: dict[int, bytes] = {}
         self._labels: dict[tuple[int, int], tuple[str, str]] = {}
+        self._index_id = index.build_id
         self._nodes: dict[bytes, dict[int, Entry]] = {}
-        for name, node in index.items():
-            labels = tuple(label.encode("ascii") for label in name.rstrip(".").split("."))
-            wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
-            self._nodes[wire] = _entries(index, name, labels, node)
+        self._cnames: dict[bytes, str] = {}  # wire -> name of the nodes with a CNAME
+        self._reverse: set[bytes] = set()  # names whose entries carry the SOA (reverse)
+        self._rebuilt = 0  # owner names encoded for this index (tests pin the work)
+        changed = index.changed_names
+        if (
+            previous is not None
+            and changed is not None
+            and previous._index_id == index.base_id
+            and (previous._max_udp, previous._ttl, previous._zone_wire, previous._pod_wire)
+            == (max_udp, self._ttl, self._zone_wire, self._pod_wire)
+        ):
+            self._update(index, previous, changed)
+        else:
+            for name, node in index.items():
+                self._put(index, name, node)
+
+    def _put(self, index: ZoneIndex, name: str, node: Node) -> None:
+        labels = tuple(label.encode("ascii") for label in name.rstrip(".").split("."))
+        wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+        entries = self._nodes[wire] = _entries(index, name, labels, node)
+        self._rebuilt += 1
+        if node.cname is not None:
+            self._cnames[wire] = name
+        elif -1 in entries:
+            self._reverse.add(wire)
+
+    def _update(self, index: ZoneIndex, previous: FastIndex, changed: frozenset[str]) -> None:
+        nodes = self._nodes
+        nodes.update(previous._nodes)
+        self._cnames.update(previous._cnames)
+        self._reverse.update(previous._reverse)
+        redo = set(changed)
+        redo.update(previous._cnames.values())
+        for name in redo:
+            wire = wire_name(name)
+            nodes.pop(wire, None)
+            self._cnames.pop(wire, None)
+            self._reverse.discard(wire)
+            node = index.stored(name)
+            if node is not None:
+                self._put(index, name, node)
+        # The reverse names' NODATA ends with the SOA's five numbers: a new serial.
+        tail = self._soa_rdata_tail
+        for wire in self._reverse:
+            entries = nodes[wire]
+            if wire not in previous._reverse or entries is not previous._nodes.get(wire):
+                continue  # encoded just now
+            rcode, an, ns, ar, body, extra, cut = entries[-1]
+            patched = dict(entries)
+            patched[-1] = (rcode, an, ns, ar, body[: -len(tail)] + tail, extra, cut)
+            nodes[wire] = patched
 
     def __len__(self) -> int:
         return len(self._nodes)

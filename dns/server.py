@@ -135,7 +135,7 @@ class DnsServer:
     def apply(self, config: DnsConfig) -> None:
         try:
             index = ZoneIndex.build(config, self._live.responder.index)
-            fast = FastIndex(index, max_udp=self._max_udp)
+            fast = FastIndex(index, max_udp=self._max_udp, previous=self._live.fast)
         except Exception as exc:
             raise ConfigRejected(f"dns config {config.version}: {exc}") from exc
         if index.zone != self._live.responder.zone:

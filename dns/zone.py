@@ -21,6 +21,7 @@ PTR names there, not the reverse zones, so any other reverse name is forwarded.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -54,6 +55,9 @@ class ZoneIndex:
         "_parts",
         "_pod_suffix",
         "_pods",
+        "base_id",
+        "build_id",
+        "changed_names",
         "parts_built",
         "pod_mode",
         "soa",
@@ -87,6 +91,16 @@ class ZoneIndex:
         self._owners: Mapping[str, tuple[_Key, ...]] = owners or {}
         self._pods = pods
         self.parts_built = 0  # Services whose records were computed for it (tests pin it)
+        # For indexes derived from this one (the wire-form FastIndex): which build this is,
+        # the build it was made from, and the owner names that differ from that one's
+        # (None: a full build, anything may differ).
+        self.build_id = next(_BUILD_IDS)
+        self.base_id = -1
+        self.changed_names: frozenset[str] | None = None
+
+    def stored(self, name: str) -> Node | None:
+        """The node stored for owner ``name`` (no synthesised pod names)."""
+        return self._nodes.get(name)
 
     @classmethod
     def build(cls, config: DnsConfig, previous: ZoneIndex | None = None) -> ZoneIndex:
@@ -285,7 +299,11 @@ class _Builder:
             owners[name] = tuple(ordered)
             nodes[name] = _node(name, (parts[k] for k in ordered))
         nodes[zone] = self.apex()
-        return self.index(nodes, namespaces, parts, owners, pods)
+        touched.add(zone)
+        index = self.index(nodes, namespaces, parts, owners, pods)
+        index.base_id = prev.build_id
+        index.changed_names = frozenset(touched)
+        return index
 
     @staticmethod
     def key(svc: DnsService, seen: Mapping[_Key, object]) -> _Key:
@@ -384,3 +402,4 @@ class _Builder:
 
 
 _EMPTY_NODE = NodeBuilder().freeze()
+_BUILD_IDS = itertools.count()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPod, DnsPort, DnsService
+from mesh.dns.fast_index import FastIndex
 from mesh.dns.zone import ZoneIndex
 
 from .cases import CLUSTER
@@ -34,7 +35,9 @@ def service(rng: random.Random, i: int) -> DnsService:
         ip = rng.choice([f"10.96.0.{i}", f"fd00::{i:x}"])
         return DnsService(namespace=ns, name=f"s{i}", kind=kind, cluster_ips=(ip,), ports=ports)
     if kind == "ExternalName":
-        return DnsService(namespace=ns, name=f"s{i}", kind=kind, external_name=f"x{i}.example.")
+        # outside the zone, or another Service of it (its answers follow that one)
+        target = rng.choice([f"x{i}.example.", f"s{rng.randrange(40)}.{ns}.svc.cluster.local."])
+        return DnsService(namespace=ns, name=f"s{i}", kind=kind, external_name=target)
     endpoints = tuple(
         # addresses shared between headless Services share reverse names
         DnsEndpoint(
@@ -111,3 +114,35 @@ def test_other_changes_rebuild_exactly(change: dict[str, Any]) -> None:
     prev = ZoneIndex.build(CLUSTER)
     config = CLUSTER.model_copy(update={**change, "version": CLUSTER.version + 1})
     assert dump(ZoneIndex.build(config, prev)) == dump(ZoneIndex.build(config))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_wire_index_updated_equals_wire_index_built(seed: int) -> None:
+    """The wire-form index made from the previous one (changed names encoded again, the
+    reverse names' SOA serial patched) holds the bytes a fresh one holds."""
+    rng = random.Random(seed)
+    services = [service(rng, i) for i in range(12)]
+    index = ZoneIndex.build(DnsConfig(version=1, services=tuple(services)))
+    fast = FastIndex(index)
+    for version in range(2, 20):
+        step(rng, services)
+        index = ZoneIndex.build(DnsConfig(version=version, services=tuple(services)), index)
+        fast = FastIndex(index, previous=fast)
+        assert fast._nodes == FastIndex(index)._nodes
+
+
+def test_one_changed_service_encodes_its_names_only() -> None:
+    services = [
+        DnsService(namespace="a", name=f"s{i}", kind="ClusterIP", cluster_ips=(f"10.96.0.{i}",))
+        for i in range(50)
+    ]
+    first = ZoneIndex.build(DnsConfig(version=1, services=tuple(services)))
+    fast = FastIndex(first)
+    services[7] = services[7].model_copy(update={"cluster_ips": ("10.96.1.7",)})
+    second = ZoneIndex.build(DnsConfig(version=2, services=tuple(services)), first)
+    updated = FastIndex(second, previous=fast)
+    # the Service's name and its new reverse name, and the zone apex (a new SOA serial)
+    assert updated._rebuilt == 3
+    assert updated._nodes == FastIndex(second)._nodes
+    # made from another index than its own base: built in full
+    assert FastIndex(second, previous=FastIndex(second))._rebuilt == len(FastIndex(second)._nodes)
