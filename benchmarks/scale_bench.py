@@ -200,6 +200,7 @@ def run_split(n: int, workdir: Path) -> None:
 def run_stages(n: int, edits: int, workdir: Path) -> None:
     from mesh.config.dns import DnsConfig
     from mesh.control.plane import ControlPlane
+    from mesh.dns.fast_index import FastIndex
     from mesh.dns.zone import ZoneIndex
     from mesh.run import GC_YOUNG_THRESHOLD
 
@@ -215,6 +216,7 @@ def run_stages(n: int, edits: int, workdir: Path) -> None:
     config = plane.current("dns")
     assert isinstance(config, DnsConfig)
     index = ZoneIndex.build(config)
+    fast = FastIndex(index)
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
     gc.enable()
@@ -234,10 +236,11 @@ def run_stages(n: int, edits: int, workdir: Path) -> None:
         config = plane.current("dns")
         assert isinstance(config, DnsConfig)
         index = ZoneIndex.build(config, index)
+        fast = FastIndex(index, previous=fast)
         marks.append(time.perf_counter())
         decoded = DnsConfig.model_validate_json(plane.encoded(config))
         marks.append(time.perf_counter())
-        ZoneIndex.build(decoded, index)
+        FastIndex(ZoneIndex.build(decoded, index), previous=fast)
         marks.append(time.perf_counter())
         names = [
             "read",
