@@ -29,9 +29,8 @@ STATUS: Final[dict[str, int]] = {
     "body-too-large": 413,
     "rate-limited": 429,
     "denied": 403,
-    "bad-request": 400,
-    "not-implemented": 501,  # an unknown transfer coding (RFC 9112 section 6.1)
-    "version-not-supported": 505,
+    "bad-request": 400,  # also sent as 501 (unknown transfer coding) and 505 (not HTTP/1.x)
+    "internal-error": 500,  # a bug of the engine's own: logged with its traceback
     "headers-too-large": 431,
     "request-timeout": 408,
 }

@@ -134,6 +134,13 @@ class Reader:
     def at_eof(self) -> bool:
         return self._eof
 
+    @property
+    def message_done(self) -> bool:
+        """The current message has been read to its end (its EndOfMessage may still be
+        pending), or none has begun."""
+        state = self._state
+        return state == _DONE or state == _END or (state == _HEAD and not self.buffered)
+
     def trailing(self) -> bytes:
         """Take the bytes received and not parsed: after a switch, the tunnel's first bytes."""
         data = self._buf[self._pos :]
@@ -143,7 +150,7 @@ class Reader:
     def next_message(self, method: bytes = b"GET") -> None:
         """Start reading the next message; for a client, ``method`` is the request's method
         (a response to HEAD has no body)."""
-        if self._state != _DONE or self.switched:
+        if self.switched or not self.message_done:
             raise RuntimeError("the current message has not ended")
         self._state = _HEAD
         self._method = method
@@ -225,7 +232,7 @@ class Reader:
             raise ProtocolError(_request_line_problem(line))
         method, target, major, minor = m.groups()
         if major != b"1":
-            raise ProtocolError("only HTTP/1.x is served here", 505, "version-not-supported")
+            raise ProtocolError("only HTTP/1.x is served here", 505, "bad-request")
         version = b"1.0" if minor == b"0" else b"1.1"
         if target[0] != 47:  # not origin-form ("/..."): RFC 9112 section 3.2
             if method == b"CONNECT":
@@ -252,7 +259,7 @@ class Reader:
                 raise ProtocolError("both Content-Length and Transfer-Encoding")
             codings = [c.strip().lower() for c in chunked.split(b",")]
             if any(c != b"chunked" for c in codings):
-                raise ProtocolError("an unknown transfer coding", 501, "not-implemented")
+                raise ProtocolError("an unknown transfer coding", 501, "bad-request")
             if len(codings) > 1:
                 raise ProtocolError("chunked applied more than once")
             body = CHUNKED
