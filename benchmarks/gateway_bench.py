@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from proxy_bench import Processes, pinned, wait_listening  # noqa: E402
+from proxy_bench import Processes, pinned, wait_listening
 
 UPSTREAM = ("127.0.0.70", 18180)
 TARGETS = {
@@ -157,8 +157,8 @@ def servers(args: argparse.Namespace, d: Path) -> Iterator[None]:
         if "haproxy" in args.targets:
             procs.start("haproxy", pinned(p, "haproxy", "-f", str(haproxy_conf(d))))
         if "mesh" in args.targets:
-            mesh = "%s:%d" % TARGETS["mesh"]
-            upstream = "%s:%d" % UPSTREAM
+            mesh = "{}:{}".format(*TARGETS["mesh"])
+            upstream = "{}:{}".format(*UPSTREAM)
             cmd = [sys.executable, __file__, "--serve-mesh", mesh, upstream]
             procs.start("mesh", pinned(p, *cmd))
         for name in args.targets:

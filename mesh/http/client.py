@@ -30,16 +30,13 @@ async def acquire(
     """A connection to an endpoint of ``balancer``: pooled unless ``fresh``."""
     if not balancer.endpoints:
         raise UpstreamError("no-healthy-upstream", "the backend has no ready endpoint")
-    plan: ConnectPlan[Endpoint] = ConnectPlan(
-        lambda tried: balancer.pick(tried), len(balancer.endpoints), attempts
-    )
-    now = trio.current_time()
+    plan: ConnectPlan[Endpoint] = ConnectPlan(balancer.pick, len(balancer.endpoints), attempts)
     timed_out = False
     while (endpoint := plan.next()) is not None:
-        if not fresh and (up := pool.take(endpoint, now)) is not None:
+        if not fresh and (up := pool.take(endpoint)) is not None:
             return up
         try:
-            sock = await connect(endpoint, min(deadline, now + connect_timeout))
+            sock = await connect(endpoint, connect_timeout, deadline)
         except Timeout:
             timed_out = True
         except OSError:
@@ -47,8 +44,7 @@ async def acquire(
             timed_out = False
         else:
             return Upstream(sock, endpoint)
-        now = trio.current_time()
-        if now >= deadline:
+        if trio.current_time() >= deadline:
             break
     if timed_out:
         raise UpstreamError("upstream-timeout", "connecting to the backend timed out")

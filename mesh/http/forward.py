@@ -98,8 +98,7 @@ async def forward(
         fields = fwd.request_headers.apply(fields)
     head = request_head(req.method, fwd.target or req.target, fields)
     t = fwd.timeouts
-    now = trio.current_time()
-    deadline = now + t.request if t.request is not None else math.inf
+    deadline = trio.current_time() + t.request if t.request is not None else math.inf
     balancer = fwd.upstream
     up = await acquire(
         server.pool,
@@ -147,7 +146,7 @@ async def _exchange(
     try:
         if req.length == 0:
             try:
-                await send_all(up.sock, head, min(deadline, trio.current_time() + send_t))
+                await send_all(up.sock, head, send_t, deadline)
             except OSError:
                 if up.reused:
                     raise _Stale from None
@@ -155,7 +154,7 @@ async def _exchange(
         else:
             expect = req.header(b"expect")
             if expect is not None and expect.lower() == b"100-continue" and not dreader.buffered:
-                await send_all(down, _CONTINUE, trio.current_time() + server.limits.body_timeout)
+                await send_all(down, _CONTINUE, server.limits.body_timeout)
             await _send_body(server, down, dreader, req, fwd, up, head, deadline, send_t)
         return await _relay_response(server, down, dreader, req, fwd, up, deadline, upgrade)
     except (_Stale, Abort, DownstreamError, UpstreamError):
@@ -194,10 +193,10 @@ async def _send_body(
             raise DownstreamError.from_protocol(exc) from None
         if ev is NEED_DATA:
             if out:
-                await send_all(up.sock, b"".join(out), min(deadline, trio.current_time() + send_t))
+                await send_all(up.sock, b"".join(out), send_t, deadline)
                 out, size = [], 0
             try:
-                data = await recv(down, trio.current_time() + body_timeout)
+                data = await recv(down, body_timeout)
             except (Timeout, OSError) as exc:
                 close(up.sock, reset=True)
                 if isinstance(exc, Timeout):
@@ -216,13 +215,13 @@ async def _send_body(
             out.append(piece)
             size += len(piece)
             if size >= _FLUSH:
-                await send_all(up.sock, b"".join(out), min(deadline, trio.current_time() + send_t))
+                await send_all(up.sock, b"".join(out), send_t, deadline)
                 out, size = [], 0
             continue
         assert type(ev) is EndOfMessage
         if chunked:
             out.append(last_chunk(ev.trailers))
-        await send_all(up.sock, b"".join(out), min(deadline, trio.current_time() + send_t))
+        await send_all(up.sock, b"".join(out), send_t, deadline)
         return
 
 
@@ -258,7 +257,7 @@ async def _relay_response(
                 await _to_client(down, out, client_timeout, up)
                 out = []
             try:
-                data = await recv(up.sock, min(deadline, trio.current_time() + read_t))
+                data = await recv(up.sock, read_t, deadline, wait_first=not received)
             except Timeout:
                 close(up.sock, reset=True)
                 if resp is None:
@@ -304,7 +303,7 @@ async def _relay_response(
                 await _to_client(down, out, client_timeout, up)
             assert resp is not None
             if resp.keep_alive and not reader.buffered and reader.message_done:
-                server.pool.put(up, trio.current_time())
+                server.pool.put(up)
             else:
                 close(up.sock)
             return keep_client and dreader.message_done
@@ -339,7 +338,7 @@ async def _relay_response(
 
 async def _to_client(down: socket.socket, out: list[bytes], seconds: float, up: Upstream) -> None:
     try:
-        await send_all(down, b"".join(out), trio.current_time() + seconds)
+        await send_all(down, b"".join(out), seconds)
     except (Timeout, OSError) as exc:
         close(up.sock, reset=True)
         raise Abort from exc

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import socket
 from collections import deque
@@ -34,20 +35,89 @@ class Timeout(Exception):
     """A wait reached its deadline."""
 
 
-async def recv(sock: socket.socket, deadline: float) -> bytes:
-    """Bytes from a non-blocking socket (b"" at EOF); Timeout at the deadline."""
+class Deadlines:
+    """Deadlines of socket waits that blocked, enforced by one task (``run``) that wakes every
+    ``tick`` seconds: an expired wait is woken with trio's ``notify_closing`` and raises
+    Timeout. A wait costs two dict operations instead of a cancel scope (entering and
+    leaving one costs more than parsing a request); a timeout fires up to ``tick`` late.
+    Without a running task (a client used alone) waits fall back to cancel scopes."""
+
+    def __init__(self, tick: float = 0.05) -> None:
+        self.tick = tick
+        self.running = 0
+        self.now = 0.0  # a coarse clock (updated every tick while running)
+        self._blocked: dict[int, tuple[float, socket.socket]] = {}
+        self._expired: set[int] = set()
+
+    async def run(self) -> None:
+        self.running += 1
+        try:
+            while True:
+                await trio.sleep(self.tick)
+                self.now = now = trio.current_time()
+                for fd, (deadline, sock) in list(self._blocked.items()):
+                    if deadline <= now:
+                        self._expired.add(fd)
+                        trio.lowlevel.notify_closing(sock)
+        finally:
+            self.running -= 1
+
+    def clock(self) -> float:
+        """A coarse now (good to a tick) for timestamps that need no precision."""
+        return self.now if self.running else trio.current_time()
+
+    async def wait(
+        self, sock: socket.socket, seconds: float, deadline: float, writable: bool
+    ) -> None:
+        """Wait until ``sock`` is ready, for at most ``seconds`` from now and not past
+        ``deadline`` (the clock is read only here, when a wait really blocks)."""
+        waiter = trio.lowlevel.wait_writable if writable else trio.lowlevel.wait_readable
+        if seconds != math.inf:
+            deadline = min(deadline, trio.current_time() + seconds)
+        if deadline == math.inf:
+            await waiter(sock)
+            return
+        if not self.running:
+            with trio.move_on_at(deadline) as scope:
+                await waiter(sock)
+            if scope.cancelled_caught:
+                raise Timeout
+            return
+        fd = sock.fileno()
+        self._blocked[fd] = (deadline, sock)
+        try:
+            await waiter(sock)
+        except trio.ClosedResourceError:
+            if fd in self._expired:
+                raise Timeout from None
+            raise OSError(errno.EBADF, "the socket was closed") from None
+        finally:
+            del self._blocked[fd]
+            self._expired.discard(fd)
+
+
+DEADLINES = Deadlines()  # one per process: its task runs while any server runs
+
+
+async def recv(
+    sock: socket.socket, seconds: float, deadline: float = math.inf, *, wait_first: bool = False
+) -> bytes:
+    """Bytes from a non-blocking socket (b"" at EOF); Timeout after ``seconds`` or
+    at ``deadline``. ``wait_first``: the peer has surely not answered yet (a request just
+    sent), so skip the read that would only say EAGAIN."""
+    if wait_first:
+        await DEADLINES.wait(sock, seconds, deadline, False)
     while True:
         try:
             return sock.recv(RECV_SIZE)
         except BlockingIOError:
             pass
-        with trio.move_on_at(deadline) as scope:
-            await trio.lowlevel.wait_readable(sock)
-        if scope.cancelled_caught:
-            raise Timeout
+        await DEADLINES.wait(sock, seconds, deadline, False)
 
 
-async def send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
+async def send_all(
+    sock: socket.socket, data: bytes, seconds: float, deadline: float = math.inf
+) -> None:
     """Write everything (backpressure: waits while the peer's window is full)."""
     try:
         n = sock.send(data)
@@ -57,10 +127,7 @@ async def send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
         return
     view = memoryview(data)[n:]
     while view:
-        with trio.move_on_at(deadline) as scope:
-            await trio.lowlevel.wait_writable(sock)
-        if scope.cancelled_caught:
-            raise Timeout
+        await DEADLINES.wait(sock, seconds, deadline, True)
         try:
             view = view[sock.send(view) :]
         except BlockingIOError:
@@ -79,7 +146,7 @@ def close(sock: socket.socket, *, reset: bool = False) -> None:
     sock.close()
 
 
-async def connect(endpoint: Endpoint, deadline: float) -> socket.socket:
+async def connect(endpoint: Endpoint, seconds: float, deadline: float = math.inf) -> socket.socket:
     """A connected non-blocking socket, or OSError (Timeout past the deadline)."""
     family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
@@ -87,10 +154,7 @@ async def connect(endpoint: Endpoint, deadline: float) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex(endpoint)
         if err == errno.EINPROGRESS:
-            with trio.move_on_at(deadline) as scope:
-                await trio.lowlevel.wait_writable(sock)
-            if scope.cancelled_caught:
-                raise Timeout
+            await DEADLINES.wait(sock, seconds, deadline, True)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
@@ -122,12 +186,14 @@ class Pool:
     def idle(self, endpoint: Endpoint) -> int:
         return len(self._idle.get(endpoint, ()))
 
-    def take(self, endpoint: Endpoint, now: float) -> Upstream | None:
+    def take(self, endpoint: Endpoint, now: float | None = None) -> Upstream | None:
         """An idle connection to ``endpoint`` that is still open, or None."""
         idle = self._idle.get(endpoint)
+        if idle and now is None:
+            now = DEADLINES.clock()
         while idle:
             up = idle.pop()  # the most recently used: the least likely to be timed out
-            if now - up.idle_since < self.idle_timeout:
+            if now - up.idle_since < self.idle_timeout:  # type: ignore[operator]
                 try:
                     up.sock.recv(1, _PEEK)  # bytes or EOF: either way not reusable
                 except BlockingIOError:
@@ -138,11 +204,11 @@ class Pool:
             close(up.sock)
         return None
 
-    def put(self, up: Upstream, now: float) -> None:
+    def put(self, up: Upstream, now: float | None = None) -> None:
         idle = self._idle.setdefault(up.endpoint, deque())
         if len(idle) >= self.max_idle:
             close(idle.popleft().sock)
-        up.idle_since = now
+        up.idle_since = DEADLINES.clock() if now is None else now
         idle.append(up)
 
     def drain(self, keep: Collection[Endpoint]) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import socket
 from collections import Counter
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from mesh.http.errors import DownstreamError, HttpError, ProtocolError, error_re
 from mesh.http.events import CLOSED, NEED_DATA, Request
 from mesh.http.forward import Abort, forward
 from mesh.http.h1 import MAX_FIELDS, MAX_HEAD, Reader, response_head
-from mesh.http.pool import Pool, Timeout, close, recv, send_all
+from mesh.http.pool import DEADLINES, Pool, Timeout, close, recv, send_all
 
 log = logging.getLogger("mesh.http.server")
 
@@ -93,6 +94,7 @@ class HttpServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(DEADLINES.run)
                 task_status.started(sock.getsockname())
                 while True:
                     try:
@@ -138,7 +140,7 @@ class HttpServer:
 
     async def _read_head(self, sock: socket.socket, reader: Reader) -> Request | None:
         limits = self.limits
-        deadline = trio.current_time() + limits.idle_timeout
+        timeout, deadline = limits.idle_timeout, math.inf
         started = False
         while True:
             try:
@@ -149,9 +151,10 @@ class HttpServer:
             if ev is NEED_DATA:
                 if not started and reader.buffered:
                     started = True
+                    timeout = math.inf
                     deadline = trio.current_time() + limits.header_timeout
                 try:
-                    data = await recv(sock, deadline)
+                    data = await recv(sock, timeout, deadline)
                 except Timeout:
                     if started:
                         err = DownstreamError("request-timeout", "the request head came too slowly")
@@ -193,11 +196,11 @@ class HttpServer:
             fields.append((b"connection", b"close"))
         body = b"" if req.method == b"HEAD" else r.body
         head = response_head(r.status, phrase(r.status) or b"OK", fields)
-        await send_all(sock, head + body, trio.current_time() + self.limits.body_timeout)
+        await send_all(sock, head + body, self.limits.body_timeout)
         return keep
 
     async def _error(self, sock: socket.socket, err: HttpError, *, close: bool) -> None:
         self.reasons[err.reason] += 1
         data = error_response(err.status, err.reason, close=close, message=str(err))
         with contextlib.suppress(OSError, Timeout):
-            await send_all(sock, data, trio.current_time() + _ERROR_WRITE)
+            await send_all(sock, data, _ERROR_WRITE)
