@@ -123,7 +123,11 @@ class Reader:
             self._eof = True
         elif self._pos == len(self._buf):
             self._buf, self._pos = data, 0
+            if self._state == _HEAD:
+                self._left = 0
         else:
+            if self._state == _HEAD and self._left:
+                self._left -= self._pos  # the scan offset moves with the buffer
             self._buf = self._buf[self._pos :] + data
             self._pos = 0
 
@@ -196,17 +200,22 @@ class Reader:
             while buf.startswith(b"\r\n", pos) and pos < self.max_head:
                 pos += 2
             self._pos = pos
-        end = buf.find(b"\r\n\r\n", pos)
+        # A head that arrives in pieces is scanned once, not once per piece: the search
+        # resumes where the last one stopped (a slow client must not cost quadratic time).
+        scan = max(pos, self._left - 3) if self._left else pos
+        end = buf.find(b"\r\n\r\n", scan)
         if end < 0:
             if len(buf) - pos > self.max_head:
                 raise ProtocolError("the head is too large", 431, "headers-too-large")
-            if _BARE.search(buf, pos):
+            if _BARE.search(buf, max(pos, scan - 1)):
                 raise ProtocolError("a bare CR or LF in the head")
             if self._eof:
                 if pos == len(buf):
                     return CLOSED
                 raise ProtocolError("the connection closed in the middle of a head")
+            self._left = len(buf)  # while a head is incomplete: how far it was scanned
             return NEED_DATA
+        self._left = 0
         if end - pos > self.max_head:
             raise ProtocolError("the head is too large", 431, "headers-too-large")
         first = buf.find(b"\r\n", pos, end + 2)

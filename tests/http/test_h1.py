@@ -35,7 +35,7 @@ def drain(reader: Reader) -> list[object]:
         if ev is NEED_DATA or ev is PAUSED or ev is CLOSED:
             return out if ev is not CLOSED else [*out, CLOSED]
         if type(ev) is Data and out and type(out[-1]) is Data:
-            out[-1] = Data(out[-1].data + ev.data)  # type: ignore[attr-defined]
+            out[-1] = Data(out[-1].data + ev.data)
         else:
             out.append(ev)
 
@@ -51,7 +51,7 @@ def bytewise(reader: Reader, data: bytes) -> list[object]:
         reader.feed(data[i : i + 1])
         for ev in drain(reader):
             if type(ev) is Data and out and type(out[-1]) is Data:
-                out[-1] = Data(out[-1].data + ev.data)  # type: ignore[attr-defined]
+                out[-1] = Data(out[-1].data + ev.data)
             else:
                 out.append(ev)
     return out
@@ -467,7 +467,7 @@ _value = (
 def test_fuzz_only_protocol_errors(data: bytes, step: int) -> None:
     """Any bytes: events or a ProtocolError, never another exception; split feeding gives the
     same outcome as whole feeding."""
-    outcomes = []
+    outcomes: list[tuple[str, object]] = []
     for size in (len(data) or 1, step):
         reader = Reader("server")
         events: list[object] = []
@@ -487,7 +487,7 @@ def _merge(events: list[object]) -> list[object]:
     out: list[object] = []
     for ev in events:
         if type(ev) is Data and out and type(out[-1]) is Data:
-            out[-1] = Data(out[-1].data + ev.data)  # type: ignore[attr-defined]
+            out[-1] = Data(out[-1].data + ev.data)
         else:
             out.append(ev)
     return out
@@ -514,7 +514,7 @@ def test_fuzz_written_requests_parse_back(
     assert isinstance(req, Request)
     assert req.method == method
     assert list(req.headers) == headers
-    body = b"".join(ev.data for ev in events if type(ev) is Data)  # type: ignore[attr-defined]
+    body = b"".join(ev.data for ev in events if type(ev) is Data)
     assert body == b"".join(pieces)
     assert events[-1] == EndOfMessage()
 
