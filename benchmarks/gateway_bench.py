@@ -2,7 +2,10 @@
 in http mode, all in front of the same upstream (nginx answering a small static response).
 
 wrk measures requests per second and p50/p99 latency over keep-alive connections and with a
-new connection per request (``Connection: close``). Each proxy runs alone on one core
+new connection per request (``Connection: close``), and the proxy's own CPU time per request
+(from /proc): on a shared machine the req/s figures move with the neighbours' load, the CPU
+per request much less, and its ratio to nginx's is the req/s ratio each would reach alone on a
+core. Each proxy runs alone on one core
 (``--proxy-cpu``, one worker / thread / process); the upstream and wrk share the other
 (``--backend-cpu``). Everything listens on 127.0.0.0/8; every program is stopped by its PID.
 Plain HTTP only (TLS termination is not part of the engine yet).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shutil
 import statistics
@@ -67,6 +71,7 @@ def nginx_proxy_conf(d: Path) -> Path:
     conf = d / "nginx-proxy.conf"
     conf.write_text(
         f"""worker_processes 1;
+master_process off;
 daemon off;
 pid {d}/nginx-proxy.pid;
 error_log {d}/nginx-proxy.err warn;
@@ -116,12 +121,19 @@ listen gw
     return conf
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(
-    cpu: int, addr: tuple[str, int], seconds: int, close: bool, connections: int
+    cpu: int, addr: tuple[str, int], seconds: int, close: bool, connections: int, pid: int
 ) -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
+    used = cpu_seconds(pid)
     out = subprocess.run(
         pinned(cpu, *cmd, f"http://{addr[0]}:{addr[1]}/"),
         capture_output=True,
@@ -129,41 +141,49 @@ def wrk(
         timeout=seconds + 30,
         check=True,
     ).stdout
+    used = cpu_seconds(pid) - used
+    total = re.search(r"(\d+) requests in", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
     if errors:
         print(f"  wrk reported: {errors.group(0)}", file=sys.stderr)
-    if not (rps and p50 and p99):
+    if not (rps and p50 and p99 and total):
         raise RuntimeError(f"wrk output not understood:\n{out}")
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     return {
         "rps": float(rps.group(1)),
         "p50_ms": float(p50.group(1)) * scale[p50.group(2)],
         "p99_ms": float(p99.group(1)) * scale[p99.group(2)],
+        # CPU per request of the proxy alone: steadier than req/s on a shared machine
+        "cpu_us": used / max(int(total.group(1)), 1) * 1e6,
     }
 
 
 @contextlib.contextmanager
-def servers(args: argparse.Namespace, d: Path) -> Iterator[None]:
+def servers(args: argparse.Namespace, d: Path) -> Iterator[dict[str, int]]:
     procs = Processes(d)
     try:
         p, b = args.proxy_cpu, args.backend_cpu
         procs.start("upstream", pinned(b, "nginx", "-c", str(upstream_conf(d)), "-e", "stderr"))
         wait_listening(*UPSTREAM)
+        pids: dict[str, int] = {}
         if "nginx" in args.targets:
-            procs.start("nginx", pinned(p, "nginx", "-c", str(nginx_proxy_conf(d)), "-e", "stderr"))
+            cmd = ["nginx", "-c", str(nginx_proxy_conf(d)), "-e", "stderr"]
+            pids["nginx"] = procs.start("nginx", pinned(p, *cmd)).pid
         if "haproxy" in args.targets:
-            procs.start("haproxy", pinned(p, "haproxy", "-f", str(haproxy_conf(d))))
+            pids["haproxy"] = procs.start(
+                "haproxy", pinned(p, "haproxy", "-f", str(haproxy_conf(d)))
+            ).pid
         if "mesh" in args.targets:
             mesh = "{}:{}".format(*TARGETS["mesh"])
             upstream = "{}:{}".format(*UPSTREAM)
             cmd = [sys.executable, __file__, "--serve-mesh", mesh, upstream]
-            procs.start("mesh", pinned(p, *cmd))
+            pids["mesh"] = procs.start("mesh", pinned(p, *cmd)).pid
         for name in args.targets:
             wait_listening(*TARGETS[name])
-        yield
+        yield pids
     finally:
         procs.stop_all()
 
@@ -200,25 +220,43 @@ def main() -> None:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (apt-get install wrk nginx-light haproxy)")
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp, servers(args, Path(tmp)):
+    with (
+        tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
+        servers(args, Path(tmp)) as pids,
+    ):
         for _ in range(args.rounds):
             for name in args.targets:
                 for mode, close in (("keepalive", False), ("new-conn", True)):
                     row = wrk(
-                        args.backend_cpu, TARGETS[name], args.seconds, close, args.connections
+                        args.backend_cpu,
+                        TARGETS[name],
+                        args.seconds,
+                        close,
+                        args.connections,
+                        pids[name],
                     )
                     results.setdefault((name, mode), []).append(row)
-    print(f"{'proxy':<10}{'mode':<11}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs nginx':>10}")
+    print(
+        f"{'proxy':<10}{'mode':<11}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'vs nginx':>10}"
+        f"{'CPU us/req':>12}{'CPU vs nginx':>14}"
+    )
     for mode in ("keepalive", "new-conn"):
         base = results.get(("nginx", mode))
         base_rps = statistics.median(r["rps"] for r in base) if base else None
+        base_cpu = statistics.median(r["cpu_us"] for r in base) if base else None
         for name in args.targets:
             rows = results[(name, mode)]
             rps = statistics.median(r["rps"] for r in rows)
             p50 = statistics.median(r["p50_ms"] for r in rows)
             p99 = statistics.median(r["p99_ms"] for r in rows)
+            cpu = statistics.median(r["cpu_us"] for r in rows)
             ratio = f"{rps / base_rps:.2f}x" if base_rps else "-"
-            print(f"{name:<10}{mode:<11}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}{ratio:>10}")
+            # nginx's CPU per request over ours: the req/s ratio each would reach alone on a core
+            cpu_ratio = f"{base_cpu / cpu:.2f}x" if base_cpu and cpu else "-"
+            print(
+                f"{name:<10}{mode:<11}{rps:>10.0f}{p50:>9.2f}{p99:>9.2f}{ratio:>10}"
+                f"{cpu:>12.1f}{cpu_ratio:>14}"
+            )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ async def acquire(
     """A connection to an endpoint of ``balancer``: pooled unless ``fresh``."""
     if not balancer.endpoints:
         raise UpstreamError("no-healthy-upstream", "the backend has no ready endpoint")
+    if not fresh:  # the fast path: the endpoint picked has a pooled connection
+        first = balancer.pick(())
+        if first is not None and (up := pool.take(first)) is not None:
+            return up
     plan: ConnectPlan[Endpoint] = ConnectPlan(balancer.pick, len(balancer.endpoints), attempts)
     timed_out = False
     while (endpoint := plan.next()) is not None:

@@ -327,6 +327,14 @@ async def _relay_response(
         if not keep_client and not switching:
             fields.append((b"connection", b"close"))
         out.append(response_head(ev.status, ev.reason or phrase(ev.status), fields))
+        if ev.length > 0 and (body := reader.whole_body()) is not None:
+            out.append(body)  # the fast path: the whole body came with the head
+            await _to_client(down, out, client_timeout, up)
+            if ev.keep_alive and not reader.buffered:
+                server.pool.put(up)
+            else:
+                close(up.sock)
+            return keep_client and dreader.message_done
         if reader.switched:
             await _to_client(down, out, client_timeout, up)
             if not switching:  # a 101 nobody asked for: refuse to tunnel

@@ -147,6 +147,21 @@ class Reader:
         state = self._state
         return state in (_DONE, _END) or (state == _HEAD and not self.buffered)
 
+    def whole_body(self) -> bytes | None:
+        """The rest of a Content-Length body when all of it has arrived (the message then
+        ends without Data and EndOfMessage events), else None: the fast path of a small
+        response."""
+        if self._state != _LENGTH_BODY:
+            return None
+        pos, left = self._pos, self._left
+        if len(self._buf) - pos < left:
+            return None
+        data = self._buf[pos : pos + left]
+        self._pos = pos + left
+        self._left = 0
+        self._state = _DONE
+        return data
+
     def trailing(self) -> bytes:
         """Take the bytes received and not parsed: after a switch, the tunnel's first bytes."""
         data = self._buf[self._pos :]
@@ -196,6 +211,8 @@ class Reader:
 
     def _head(self) -> Event | object:
         buf, pos = self._buf, self._pos
+        if pos == len(buf) and not self._eof:
+            return NEED_DATA  # nothing to look at (between keep-alive requests)
         if self._server:  # RFC 9112 section 2.2: ignore empty lines before a request line
             while buf.startswith(b"\r\n", pos) and pos < self.max_head:
                 pos += 2

@@ -46,6 +46,16 @@ def request_id() -> bytes:
     return os.urandom(16).hex().encode()
 
 
+_NONE: frozenset[bytes] = frozenset()
+
+
+def _has_connection(headers: Headers) -> bool:
+    for name, _ in headers:
+        if name == b"connection":
+            return True
+    return False
+
+
 def _named_by_connection(headers: Headers) -> frozenset[bytes]:
     named: set[bytes] = set()
     for name, value in headers:
@@ -66,7 +76,7 @@ def request_fields(
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """The fields to send upstream, and the request id. ``host`` replaces the Host field (the
     original goes to X-Forwarded-Host); ``upgrade`` keeps Upgrade for a protocol switch."""
-    named = _named_by_connection(headers)
+    named = _named_by_connection(headers) if _has_connection(headers) else _NONE
     out: list[tuple[bytes, bytes]] = []
     prior_for: list[bytes] = []
     orig_host = b""
@@ -116,7 +126,7 @@ def request_fields(
 
 def response_fields(headers: Headers, *, upgrade: bool = False) -> list[tuple[bytes, bytes]]:
     """The fields of an upstream response to pass on, hop-by-hop ones removed."""
-    named = _named_by_connection(headers)
+    named = _named_by_connection(headers) if _has_connection(headers) else _NONE
     out = []
     for field in headers:
         name = field[0]
