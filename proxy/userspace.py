@@ -4,7 +4,8 @@ Every ClusterIP, external IP and load-balancer IP port of the service table gets
 socket on that address (all of 127.0.0.0/8 is local on Linux, so loopback virtual IPs need no
 setup); every NodePort gets one on the node address. A new TCP connection picks an endpoint
 from the live table at accept time, connects (trying the next endpoint in round-robin order
-when a connect fails, a bounded number of times) and relays (tcp_relay). UDP is per client
+when a connect fails, a bounded number of times: the pure decision of mesh.attempts, which the
+L7 engine shares) and relays (tcp_relay): the reactor here only moves bytes. UDP is per client
 session (udp_relay).
 
 ``apply`` swaps the table and reconciles listeners: it binds the new addresses and closes the
@@ -32,6 +33,7 @@ from typing import Any, Literal
 
 import trio
 
+from mesh.attempts import ConnectPlan
 from mesh.config.proxy import ProxyConfig
 from mesh.proxy.metrics import ProxyMetrics
 from mesh.proxy.table import Backend, Endpoint, ServiceTable
@@ -45,9 +47,9 @@ _ACCEPT_BURST = 64  # connections accepted per wakeup before other sockets get a
 _ACCEPT_BACKOFF = 0.1  # seconds a listener rests after accept failed (EMFILE and friends)
 _DEADLINE_TICK = 0.01  # seconds: connect timeouts fire at most this late
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
-# a connect in progress: (upstream, client, client IP, backend, endpoints tried, the last one
-# being the one it connects to, serial number)
-_Attempt = tuple[socket.socket, socket.socket, str, Backend, tuple[Endpoint, ...], int]
+# a connect in progress: (upstream, client, its connect plan (the endpoints tried, the last one
+# being the one it connects to), backend, serial number)
+_Attempt = tuple[socket.socket, socket.socket, ConnectPlan[Endpoint], Backend, int]
 
 
 @dataclass(eq=False)
@@ -281,7 +283,15 @@ class UserspaceProxy:
             if backend is None:
                 self._reject(conn)
             else:
-                self._attempt(conn, addr[0], backend, ())
+                self._attempt(conn, self._plan(backend, addr[0]), backend)
+
+    def _plan(self, backend: Backend, client_ip: str) -> ConnectPlan[Endpoint]:
+        now = trio.current_time()
+        return ConnectPlan(
+            lambda tried: backend.pick(client_ip, now, exclude=tried),
+            len(backend.endpoints),
+            self.connect_attempts,
+        )
 
     def _watch_listener(self, listener: _Listener) -> None:
         listener.relay = self._relay
@@ -292,20 +302,13 @@ class UserspaceProxy:
         if self._listeners.get(listener.key) is listener:
             self._watch_listener(listener)
 
-    def _attempt(
-        self, conn: socket.socket, client_ip: str, backend: Backend, tried: tuple[Endpoint, ...]
-    ) -> None:
-        """Connect to the next endpoint ``backend`` picks; reject when none is left."""
+    def _attempt(self, conn: socket.socket, plan: ConnectPlan[Endpoint], backend: Backend) -> None:
+        """Connect to the next endpoint the plan gives; reject when none is left."""
         try:
-            limit = min(self.connect_attempts, len(backend.endpoints))
             now = trio.current_time()
-            while len(tried) < limit:  # bounded: ``tried`` grows by one per round
-                picked = backend.pick(client_ip, now, exclude=tried)
-                if picked is None:
-                    break
-                tried += (picked,)
+            while (picked := plan.next()) is not None:  # bounded: the plan's limit
                 try:
-                    err = self._connect(conn, client_ip, backend, tried, now)
+                    err = self._connect(conn, plan, backend, now)
                 except OSError as exc:  # no socket to be had (EMFILE and friends)
                     err = exc.errno or errno.EIO
                 if err == 0 or err == errno.EINPROGRESS:
@@ -316,16 +319,11 @@ class UserspaceProxy:
         self._reject(conn)
 
     def _connect(
-        self,
-        conn: socket.socket,
-        client_ip: str,
-        backend: Backend,
-        tried: tuple[Endpoint, ...],
-        now: float,
+        self, conn: socket.socket, plan: ConnectPlan[Endpoint], backend: Backend, now: float
     ) -> int:
-        """Connect to ``tried[-1]``: 0 when connected at once (relayed from here on),
-        EINPROGRESS when under way (watched), else the error."""
-        endpoint = tried[-1]
+        """Connect to the plan's current endpoint: 0 when connected at once (relayed from
+        here on), EINPROGRESS when under way (watched), else the error."""
+        endpoint = plan.current
         family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
         up = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         try:
@@ -335,7 +333,7 @@ class UserspaceProxy:
                 fd = up.fileno()
                 self._serial = serial = self._serial + 1
                 self._relay.watch(fd, _OUT, self._on_connect)
-                self._connecting[fd] = (up, conn, client_ip, backend, tried, serial)
+                self._connecting[fd] = (up, conn, plan, backend, serial)
                 if not self._deadlines:
                     self._deadline_lot.unpark()
                 self._deadlines.append((now + self.connect_timeout, fd, serial))
@@ -353,22 +351,22 @@ class UserspaceProxy:
         attempt = self._connecting.pop(fd, None)
         if attempt is None:
             return
-        up, conn, _, backend, tried, _ = attempt
+        up, conn, plan, backend, _ = attempt
         err = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if not err:
             if not mask & _OUT:  # not connected yet after all: keep waiting
                 self._connecting[fd] = attempt
                 return
-            self._established(up, conn, backend, tried[-1])
+            self._established(up, conn, backend, plan.current)
             return
         self._next_endpoint(fd, attempt, err)
 
     def _next_endpoint(self, fd: int, attempt: _Attempt, err: int) -> None:
-        up, conn, client_ip, backend, tried, _ = attempt
+        up, conn, plan, backend, _ = attempt
         self._relay.unwatch(fd)
         up.close()
-        self._connect_failed(backend, tried[-1], err)
-        self._attempt(conn, client_ip, backend, tried)
+        self._connect_failed(backend, plan.current, err)
+        self._attempt(conn, plan, backend)
 
     async def _expire_connects(self) -> None:
         """Time out connects still in progress at their deadline (checked at most every
@@ -383,7 +381,7 @@ class UserspaceProxy:
             while deadlines and deadlines[0][0] <= now:
                 _, fd, serial = deadlines.popleft()
                 attempt = connecting.get(fd)
-                if attempt is None or attempt[5] != serial:
+                if attempt is None or attempt[4] != serial:
                     continue  # connected or failed already
                 del connecting[fd]
                 self._next_endpoint(fd, attempt, errno.ETIMEDOUT)

@@ -1,0 +1,57 @@
+"""Getting a connection to one endpoint of a backend (trio shell over mesh.attempts).
+
+A pooled connection to the endpoint the balancer picks is used when there is one; otherwise
+a fresh connection is made, and when the connect fails (refused, timed out, unreachable) the
+balancer is told (``refused``: skipped by its next pick) and the next endpoint is tried, as
+the pure ConnectPlan decides. No endpoint at all is 503 ``no-healthy-upstream``; every attempt
+failed is 502 ``upstream-connect-failure``, 504 ``upstream-timeout`` when the last one timed
+out.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from mesh.attempts import ConnectPlan
+from mesh.http.balance import Balancer, Endpoint
+from mesh.http.errors import UpstreamError
+from mesh.http.pool import Pool, Timeout, Upstream, connect
+
+
+async def acquire(
+    pool: Pool,
+    balancer: Balancer,
+    *,
+    attempts: int,
+    connect_timeout: float,
+    deadline: float,
+    fresh: bool = False,
+) -> Upstream:
+    """A connection to an endpoint of ``balancer``: pooled unless ``fresh``."""
+    if not balancer.endpoints:
+        raise UpstreamError("no-healthy-upstream", "the backend has no ready endpoint")
+    if not fresh:  # the fast path: the endpoint picked has a pooled connection
+        first = balancer.pick(())
+        if first is not None and (up := pool.take(first)) is not None:
+            return up
+    plan: ConnectPlan[Endpoint] = ConnectPlan(balancer.pick, len(balancer.endpoints), attempts)
+    timed_out = False
+    while (endpoint := plan.next()) is not None:
+        if not fresh and (up := pool.take(endpoint)) is not None:
+            return up
+        try:
+            sock = await connect(endpoint, connect_timeout, deadline)
+        except Timeout:
+            timed_out = True
+        except OSError:
+            balancer.refused(endpoint)
+            timed_out = False
+        else:
+            return Upstream(sock, endpoint)
+        if trio.current_time() >= deadline:
+            break
+    if timed_out:
+        raise UpstreamError("upstream-timeout", "connecting to the backend timed out")
+    raise UpstreamError(
+        "upstream-connect-failure", "no endpoint of the backend accepted a connection"
+    )

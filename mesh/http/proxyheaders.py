@@ -1,0 +1,140 @@
+"""Proxy semantics of RFC 9110 for the fields of a forwarded message (pure).
+
+- Hop-by-hop fields are removed in both directions (section 7.6.1): Connection, the fields it
+  names, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding, Upgrade; the engine frames each
+  hop itself. ``Expect`` goes too: the engine answers 100-continue on its own.
+- The upstream learns who asked: ``X-Forwarded-For`` (the client address, appended to what a
+  trusted downstream sent), ``X-Forwarded-Proto``, ``X-Forwarded-Host``, ``X-Forwarded-Port``,
+  and ``Forwarded`` (RFC 7239) when enabled. At the edge (``trust_downstream`` False) what the
+  client claims in those fields is dropped: it is not ours to vouch for.
+- ``X-Request-Id`` is kept when present and generated when absent, so one id follows the
+  request through the access log, the upstream and the response.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Final
+
+from mesh.http.decision import Peer
+from mesh.http.events import Headers
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+    }
+)
+_FORWARDING: Final = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"forwarded",
+    }
+)
+
+
+def request_id() -> bytes:
+    return os.urandom(16).hex().encode()
+
+
+_NONE: frozenset[bytes] = frozenset()
+
+
+def _has_connection(headers: Headers) -> bool:
+    for name, _ in headers:
+        if name == b"connection":
+            return True
+    return False
+
+
+def _named_by_connection(headers: Headers) -> frozenset[bytes]:
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            named.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(named) - {b"close", b"keep-alive", b"upgrade"}
+
+
+def request_fields(
+    headers: Headers,
+    peer: Peer,
+    *,
+    host: bytes | None = None,
+    upgrade: bool = False,
+    trust_downstream: bool = False,
+    forwarded: bool = False,
+    make_id: Callable[[], bytes] = request_id,
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The fields to send upstream, and the request id. ``host`` replaces the Host field (the
+    original goes to X-Forwarded-Host); ``upgrade`` keeps Upgrade for a protocol switch."""
+    named = _named_by_connection(headers) if _has_connection(headers) else _NONE
+    out: list[tuple[bytes, bytes]] = []
+    prior_for: list[bytes] = []
+    orig_host = b""
+    rid = b""
+    for field in headers:
+        name = field[0]
+        if name in HOP_BY_HOP or name in named:
+            if upgrade and name == b"upgrade":
+                out.append(field)
+            continue
+        if name in _FORWARDING:
+            if trust_downstream:
+                if name == b"x-forwarded-for":
+                    prior_for.append(field[1])
+                    continue
+                out.append(field)
+            continue
+        if name == b"host":
+            orig_host = field[1]
+            if host is not None:
+                continue
+        elif name == b"x-request-id":
+            rid = field[1]
+        out.append(field)
+    if upgrade:
+        out.append((b"connection", b"upgrade"))
+    if host is not None:
+        out.append((b"host", host))
+    client = peer.address.encode()
+    out.append((b"x-forwarded-for", b", ".join([*prior_for, client]) if prior_for else client))
+    if not trust_downstream:
+        out.append((b"x-forwarded-proto", peer.scheme))
+        if orig_host:
+            out.append((b"x-forwarded-host", orig_host))
+        out.append((b"x-forwarded-port", b"%d" % peer.local_port))
+    if forwarded:
+        node = b'"[%s]"' % client if b":" in client else client
+        fwd = b"for=%s;proto=%s" % (node, peer.scheme)
+        if orig_host:
+            fwd += b';host="%s"' % orig_host.replace(b'"', b"")
+        out.append((b"forwarded", fwd))
+    if not rid:
+        rid = make_id()
+        out.append((b"x-request-id", rid))
+    return out, rid
+
+
+def response_fields(headers: Headers, *, upgrade: bool = False) -> list[tuple[bytes, bytes]]:
+    """The fields of an upstream response to pass on, hop-by-hop ones removed."""
+    named = _named_by_connection(headers) if _has_connection(headers) else _NONE
+    out = []
+    for field in headers:
+        name = field[0]
+        if name in HOP_BY_HOP or name in named:
+            if upgrade and name == b"upgrade":
+                out.append(field)
+            continue
+        out.append(field)
+    if upgrade:
+        out.append((b"connection", b"upgrade"))
+    return out
