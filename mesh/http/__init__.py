@@ -1,0 +1,1 @@
+"""The shared L7 engine: pure routing and policy cores, thin trio shells."""
