@@ -214,7 +214,16 @@ class GatewayListener(Frozen):
     certificates: tuple[CertificateRef, ...] = ()
 
 
+class Problem(Frozen):
+    """Something in the source objects the gateway refused or ignored, and why."""
+
+    kind: str  # "Ingress", "HTTPRoute", ...
+    object: str  # "namespace/name"
+    message: str
+
+
 class GatewayConfig(ComponentConfig):
     listeners: tuple[GatewayListener, ...] = ()
     routes: tuple[Route, ...] = ()
     backends: tuple[GatewayBackend, ...] = ()
+    problems: tuple[Problem, ...] = ()
