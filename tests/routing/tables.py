@@ -53,10 +53,12 @@ def compiled(
     names |= {m.backend for r in routes for m in r.policy.mirrors}
     return compile_routes(
         GatewayConfig(
-            listeners=(GatewayListener(name=LISTENER, wildcard=wildcard, port=port),),  # type: ignore[arg-type]
+            listeners=(GatewayListener(name=LISTENER, wildcard=wildcard, port=port),),
             routes=routes,
-            backends=tuple(backend(n, 8000) for n in sorted(names) if n != "empty")
-            + (GatewayBackend(name="empty"),),
+            backends=(
+                *tuple(backend(n, 8000) for n in sorted(names) if n != "empty"),
+                GatewayBackend(name="empty"),
+            ),
         )
     )
 
