@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from mesh.config.gateway import Affinity, Cors, RateLimit
@@ -56,6 +58,9 @@ GUARDS = frozenset(
     {"whitelist-source-range", "allowlist-source-range", "denylist-source-range", "auth-type",
      "auth-secret", "auth-secret-type", "auth-url"}
 )  # fmt: skip
+
+
+T = TypeVar("T")
 
 
 class BadValue(ValueError):
@@ -113,16 +118,33 @@ def parse_annotations(annotations: dict[str, str], namespace: str) -> Annotation
             )
         elif key not in KNOWN:
             out.problems.append(f"annotation {PREFIX}{key} is not supported and was ignored")
-    for keys, parse in _PARSERS:
-        if not any(k in got for k in keys):
-            continue
-        try:
-            parse(out, got, namespace)
-        except BadValue as exc:
-            out.problems.append(f"annotation {PREFIX}{keys[0]}: {exc}")
-            if GUARDS.intersection(keys):
-                out.out_of_service = True
+    read = _Reader(got, out)
+    for parse in _PARSERS:
+        parse(out, read, namespace)
     return out
+
+
+class _Reader:
+    """Reads one annotation at a time: a bad value is reported under its own name and the
+    default used instead (or, for a guard, the Ingress taken out of service)."""
+
+    def __init__(self, got: dict[str, str], out: Annotations) -> None:
+        self.got = got
+        self.out = out
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.got
+
+    def __call__(self, key: str, parse: Callable[[str], T], default: T) -> T:
+        if key not in self.got:
+            return default
+        try:
+            return parse(self.got[key])
+        except BadValue as exc:
+            self.out.problems.append(f"annotation {PREFIX}{key}: {exc}")
+            if key in GUARDS:
+                self.out.out_of_service = True
+            return default
 
 
 # --- value parsers (ingress-nginx's spellings) ----------------------------------------------
@@ -187,38 +209,33 @@ def _url(value: str, what: str) -> str:
 
 # --- one parser per annotation group --------------------------------------------------------
 
-Parsed = dict[str, str]
+
+def _text(value: str) -> str:
+    return value.strip()
 
 
-def _rewrite(out: Annotations, a: Parsed, ns: str) -> None:
-    if "use-regex" in a:
-        out.use_regex = boolean(a["use-regex"])
-    if "rewrite-target" in a:
-        out.rewrite_target = a["rewrite-target"]
+def _path(value: str) -> str:
+    if not value.strip().startswith("/"):
+        raise BadValue(f"{value!r} must be a path starting with '/'")
+    return value.strip()
 
 
-def _ssl(out: Annotations, a: Parsed, ns: str) -> None:
-    if "ssl-redirect" in a:
-        out.ssl_redirect = boolean(a["ssl-redirect"])
-    if "force-ssl-redirect" in a:
-        out.force_ssl_redirect = boolean(a["force-ssl-redirect"])
+def _seconds(value: str) -> float:
+    return float(integer(value, 1))
 
 
-def _app_root(out: Annotations, a: Parsed, ns: str) -> None:
-    root = a["app-root"].strip()
-    if not root.startswith("/"):
-        raise BadValue(f"{root!r} must be a path starting with '/'")
-    out.app_root = root
+def _rewrite(out: Annotations, read: _Reader, ns: str) -> None:
+    out.use_regex = read("use-regex", boolean, False)
+    out.rewrite_target = read("rewrite-target", str, None)
 
 
-def _redirects(out: Annotations, a: Parsed, ns: str) -> None:
-    # ingress-nginx checks temporal-redirect first: it wins when both are set.
-    if a.get("temporal-redirect"):
-        code = _redirect_code(a.get("temporal-redirect-code", "302"))
-        out.redirect = (_url(a["temporal-redirect"], "temporal-redirect"), code)
-    elif a.get("permanent-redirect"):
-        code = _redirect_code(a.get("permanent-redirect-code", "301"))
-        out.redirect = (_url(a["permanent-redirect"], "permanent-redirect"), code)
+def _ssl(out: Annotations, read: _Reader, ns: str) -> None:
+    out.ssl_redirect = read("ssl-redirect", boolean, True)
+    out.force_ssl_redirect = read("force-ssl-redirect", boolean, False)
+
+
+def _app_root(out: Annotations, read: _Reader, ns: str) -> None:
+    out.app_root = read("app-root", _path, None)
 
 
 def _redirect_code(value: str) -> int:
@@ -228,127 +245,134 @@ def _redirect_code(value: str) -> int:
     return code
 
 
-def _protocol(out: Annotations, a: Parsed, ns: str) -> None:
-    value = a["backend-protocol"].strip().upper()
-    if value not in ("HTTP", "HTTPS"):
-        raise BadValue(f"{value!r} is not supported (HTTP or HTTPS)")
-    out.backend_protocol = value.lower()
+def _redirects(out: Annotations, read: _Reader, ns: str) -> None:
+    # ingress-nginx checks temporal-redirect first: it wins when both are set.
+    for kind, code in (("temporal", 302), ("permanent", 301)):
+        url = read(f"{kind}-redirect", _redirect_url, None)
+        if url:
+            out.redirect = (url, read(f"{kind}-redirect-code", _redirect_code, code))
+            return
 
 
-def _body(out: Annotations, a: Parsed, ns: str) -> None:
-    out.body_limit = size(a["proxy-body-size"])
+def _redirect_url(value: str) -> str | None:
+    return _url(value, "a redirect") if value.strip() else None
 
 
-def _timeouts(out: Annotations, a: Parsed, ns: str) -> None:
-    for key, attr in (
-        ("proxy-connect-timeout", "connect_timeout"),
-        ("proxy-read-timeout", "read_timeout"),
-        ("proxy-send-timeout", "send_timeout"),
-    ):
-        if key in a:
-            setattr(out, attr, float(integer(a[key], 1)))
+def _protocol_value(value: str) -> str:
+    if value.strip().upper() not in ("HTTP", "HTTPS"):
+        raise BadValue(f"{value.strip().upper()!r} is not supported (HTTP or HTTPS)")
+    return value.strip().lower()
 
 
-def _vhost(out: Annotations, a: Parsed, ns: str) -> None:
-    if "upstream-vhost" in a:
-        out.upstream_vhost = a["upstream-vhost"].strip()
-    if "x-forwarded-prefix" in a:
-        out.forwarded_prefix = a["x-forwarded-prefix"].strip()
+def _proxy(out: Annotations, read: _Reader, ns: str) -> None:
+    out.backend_protocol = read("backend-protocol", _protocol_value, "http")
+    out.body_limit = read("proxy-body-size", size, None)
+    out.connect_timeout = read("proxy-connect-timeout", _seconds, None)
+    out.read_timeout = read("proxy-read-timeout", _seconds, None)
+    out.send_timeout = read("proxy-send-timeout", _seconds, None)
+    out.upstream_vhost = read("upstream-vhost", _text, None)
+    out.forwarded_prefix = read("x-forwarded-prefix", _text, None)
 
 
-def _canary(out: Annotations, a: Parsed, ns: str) -> None:
-    if not boolean(a.get("canary", "false")):
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise BadValue(f"{value!r} is not a regular expression: {exc}") from None
+    return value
+
+
+def _canary(out: Annotations, read: _Reader, ns: str) -> None:
+    if not read("canary", boolean, False):
         return
-    spec = CanarySpec(
-        header=a.get("canary-by-header") or None,
-        header_value=a.get("canary-by-header-value") or None,
-        header_pattern=a.get("canary-by-header-pattern") or None,
-        cookie=a.get("canary-by-cookie") or None,
+    total = read("canary-weight-total", lambda v: integer(v, 1), 100)
+    out.canary = CanarySpec(
+        header=read("canary-by-header", _text, "") or None,
+        header_value=read("canary-by-header-value", str, "") or None,
+        header_pattern=read("canary-by-header-pattern", _regex, "") or None,
+        cookie=read("canary-by-cookie", _text, "") or None,
+        weight=read("canary-weight", lambda v: integer(v, 0, total), 0),
+        weight_total=total,
     )
-    if spec.header_pattern is not None:
-        try:
-            re.compile(spec.header_pattern)
-        except re.error as exc:
-            raise BadValue(f"canary-by-header-pattern is not a regular expression: {exc}") from None
-    spec.weight_total = integer(a.get("canary-weight-total", "100"), 1)
-    spec.weight = integer(a.get("canary-weight", "0"), 0, spec.weight_total)
-    out.canary = spec
 
 
-def _affinity(out: Annotations, a: Parsed, ns: str) -> None:
-    if a["affinity"].strip() != "cookie":
-        raise BadValue(f"{a['affinity']!r} is not supported (cookie)")
-    max_age = a.get("session-cookie-max-age")
+def _cookie_affinity(value: str) -> str:
+    if value.strip() != "cookie":
+        raise BadValue(f"{value!r} is not supported (cookie)")
+    return "cookie"
+
+
+def _affinity(out: Annotations, read: _Reader, ns: str) -> None:
+    if read("affinity", _cookie_affinity, None) is None:
+        return
     out.affinity = Affinity(
-        cookie=a.get("session-cookie-name", "INGRESSCOOKIE").strip() or "INGRESSCOOKIE",
-        max_age=integer(max_age, 0) if max_age is not None else None,
-        path=a.get("session-cookie-path") or None,
+        cookie=read("session-cookie-name", _text, "") or "INGRESSCOOKIE",
+        max_age=read("session-cookie-max-age", integer, None),
+        path=read("session-cookie-path", _path, None),
     )
 
 
-def _ranges(out: Annotations, a: Parsed, ns: str) -> None:
-    allow = a.get("allowlist-source-range") or a.get("whitelist-source-range")
-    if allow is not None:
-        out.allow = cidrs(allow)
-    if "denylist-source-range" in a:
-        out.deny = cidrs(a["denylist-source-range"])
+def _ranges(out: Annotations, read: _Reader, ns: str) -> None:
+    none: tuple[str, ...] = ()
+    out.allow = read("allowlist-source-range", cidrs, none) or read(
+        "whitelist-source-range", cidrs, none
+    )
+    out.deny = read("denylist-source-range", cidrs, none)
 
 
-def _limits(out: Annotations, a: Parsed, ns: str) -> None:
-    if "limit-rps" in a:
-        rps = integer(a["limit-rps"], 1)
-        multiplier = integer(a.get("limit-burst-multiplier", "5"), 1)
+def _limits(out: Annotations, read: _Reader, ns: str) -> None:
+    rps = read("limit-rps", lambda v: integer(v, 1), None)
+    if rps is not None:
+        multiplier = read("limit-burst-multiplier", lambda v: integer(v, 1), 5)
         out.rate_limit = RateLimit(rps=rps, burst=rps * multiplier)
-    if "limit-connections" in a:
-        out.connection_limit = integer(a["limit-connections"], 1)
+    out.connection_limit = read("limit-connections", lambda v: integer(v, 1), None)
 
 
-def _cors(out: Annotations, a: Parsed, ns: str) -> None:
-    if not boolean(a.get("enable-cors", "false")):
+def _cors(out: Annotations, read: _Reader, ns: str) -> None:
+    if not read("enable-cors", boolean, False):
         return
     base = Cors()
-    origins = tuple(o.strip() for o in a.get("cors-allow-origin", "*").split(",") if o.strip())
+    origins = read("cors-allow-origin", _origins, ("*",))
     out.cors = Cors(
         allow_origins=origins or ("*",),
-        allow_methods=a.get("cors-allow-methods", base.allow_methods),
-        allow_headers=a.get("cors-allow-headers", base.allow_headers),
-        expose_headers=a.get("cors-expose-headers", ""),
-        allow_credentials=boolean(a.get("cors-allow-credentials", "true")),
-        max_age=integer(a.get("cors-max-age", str(base.max_age)), 0),
+        allow_methods=read("cors-allow-methods", _text, base.allow_methods),
+        allow_headers=read("cors-allow-headers", _text, base.allow_headers),
+        expose_headers=read("cors-expose-headers", _text, ""),
+        allow_credentials=read("cors-allow-credentials", boolean, True),
+        max_age=read("cors-max-age", integer, base.max_age),
     )
 
 
-def _auth(out: Annotations, a: Parsed, ns: str) -> None:
-    if "auth-url" in a:
-        out.auth_url = _url(a["auth-url"], "auth-url")
-    if "auth-type" not in a:
+def _origins(value: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in value.split(",") if o.strip())
+
+
+def _basic(value: str) -> str:
+    if value.strip() != "basic":
+        raise BadValue(f"{value!r} is not supported (basic)")
+    return "basic"
+
+
+def _secret_type(value: str) -> str:
+    if value.strip() not in ("auth-file", "auth-map"):
+        raise BadValue(f"{value!r} is not auth-file or auth-map")
+    return value.strip()
+
+
+def _auth(out: Annotations, read: _Reader, ns: str) -> None:
+    out.auth_url = read("auth-url", lambda v: _url(v, "auth-url"), None)
+    if read("auth-type", _basic, None) is None:
         return
-    if a["auth-type"].strip() != "basic":
-        raise BadValue(f"{a['auth-type']!r} is not supported (basic)")
-    ref = a.get("auth-secret", "").strip()
+    ref = read("auth-secret", _text, "")
     if not ref:
-        raise BadValue("auth-type basic needs auth-secret")
+        out.problems.append(f"annotation {PREFIX}auth-type: basic needs auth-secret")
+        out.out_of_service = True
+        return
     secret_ns, _, name = ref.rpartition("/")
-    kind = a.get("auth-secret-type", "auth-file").strip()
-    if kind not in ("auth-file", "auth-map"):
-        raise BadValue(f"auth-secret-type {kind!r} is not auth-file or auth-map")
+    kind = read("auth-secret-type", _secret_type, "auth-file")
     out.basic_auth_secret = (secret_ns or ns, name, kind)
-    out.auth_realm = a.get("auth-realm", out.auth_realm)
+    out.auth_realm = read("auth-realm", str, out.auth_realm)
 
 
-_PARSERS = (
-    (("rewrite-target", "use-regex"), _rewrite),
-    (("ssl-redirect", "force-ssl-redirect"), _ssl),
-    (("app-root",), _app_root),
-    (("permanent-redirect", "temporal-redirect"), _redirects),
-    (("backend-protocol",), _protocol),
-    (("proxy-body-size",), _body),
-    (("proxy-connect-timeout", "proxy-read-timeout", "proxy-send-timeout"), _timeouts),
-    (("upstream-vhost", "x-forwarded-prefix"), _vhost),
-    (("canary",), _canary),
-    (("affinity",), _affinity),
-    (("whitelist-source-range", "allowlist-source-range", "denylist-source-range"), _ranges),
-    (("limit-rps", "limit-connections"), _limits),
-    (("enable-cors",), _cors),
-    (("auth-type", "auth-url"), _auth),
-)
+_PARSERS = (_rewrite, _ssl, _app_root, _redirects, _proxy, _canary, _affinity, _ranges, _limits,
+            _cors, _auth)  # fmt: skip
