@@ -332,9 +332,10 @@ def _cors(out: Annotations, read: _Reader, ns: str) -> None:
     if not read("enable-cors", boolean, False):
         return
     base = Cors()
-    origins = read("cors-allow-origin", _origins, ("*",))
+    every: tuple[str, ...] = ("*",)
+    origins = read("cors-allow-origin", _origins, every)
     out.cors = Cors(
-        allow_origins=origins or ("*",),
+        allow_origins=origins or every,
         allow_methods=read("cors-allow-methods", _text, base.allow_methods),
         allow_headers=read("cors-allow-headers", _text, base.allow_headers),
         expose_headers=read("cors-expose-headers", _text, ""),
