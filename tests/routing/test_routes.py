@@ -76,6 +76,7 @@ PRECEDENCE = [
     ("more query", [("a", m(query=1), 0), ("b", m(query=2), 1)], "/" + QUERY, "GET", "b"),
     ("tie: order", [("a", m("/x"), 5), ("b", m("/x"), 2)], "/x", "GET", "b"),
     ("regex after equal prefix", [("a", m("/abc", "RegularExpression"), 0), ("b", m("/abc"), 1)], "/abc", "GET", "b"),
+    ("exact before a longer regex", [("a", m("/f.*o+$", "RegularExpression"), 0), ("b", m("/foo", "Exact"), 1)], "/foo", "GET", "b"),
     ("longer regex first", [("a", m("/"), 0), ("b", m("/ab.*", "RegularExpression"), 1)], "/abz", "GET", "b"),
 ]  # fmt: skip
 
