@@ -29,6 +29,8 @@ class CompiledPolicy:
     deny: tuple[Network, ...]
     users: dict[str, str]  # basic auth: user -> hash
     rewrite_regex: re.Pattern[str] | None  # PathRewrite kind Regex, of rewrite or redirect
+    # client address -> verdict: parsing an address costs more than the rest of a plan
+    verdicts: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
     def build(cls, policy: Policy) -> CompiledPolicy:
@@ -49,6 +51,14 @@ class CompiledPolicy:
         """ingress-nginx: a deny range refuses; with allow ranges, only they are let in."""
         if not (self.allow or self.deny):
             return True
+        verdict = self.verdicts.get(client)
+        if verdict is None:
+            if len(self.verdicts) >= 4096:  # bounded: clients come and go
+                self.verdicts.clear()
+            verdict = self.verdicts[client] = self._permitted(client)
+        return verdict
+
+    def _permitted(self, client: str) -> bool:
         try:
             ip = ipaddress.ip_address(client)
         except ValueError:

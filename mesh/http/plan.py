@@ -123,6 +123,9 @@ class Forward(NamedTuple):
         return self.route.policy.connection_limit
 
 
+NO_ROUTE = Respond(404, "no-route", (), b"404 no-route\n")
+
+
 @dataclass
 class PlanState:
     """What the planner remembers between requests: rate-limit buckets (per route, client)."""
@@ -145,7 +148,7 @@ def plan(
 ) -> Forward | Respond:
     table = routes.tables.get(head.listener)
     if table is None:
-        return _respond(404, "no-route")
+        return NO_ROUTE
     target = head.target
     if not target.startswith("/"):
         target = _origin_form(target)
@@ -153,7 +156,7 @@ def plan(
     host = normalize_host(head.host)
     entry = find(table, host, path, head.method, head.headers, query)
     if entry is None:
-        return _respond(404, "no-route")
+        return NO_ROUTE
     route = entry.route
     fast = routes.fast[entry.route_index]
     if fast.gates:
