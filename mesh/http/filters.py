@@ -117,7 +117,7 @@ def redirect_location(
     """The Location of a RequestRedirect (Gateway API rules for the port)."""
     if redirect.location is not None:
         return redirect.location
-    new_scheme = redirect.scheme or scheme
+    new_scheme = redirect.scheme or (scheme if scheme in _DEFAULT_PORT else "http")
     new_host = redirect.hostname or host
     if redirect.port is not None:
         port: int | None = redirect.port
@@ -126,10 +126,10 @@ def redirect_location(
     else:
         port = listener_port
     new_path = rewrite_path(redirect.path, path, prefix, regex) if redirect.path else path
+    if ":" in new_host and not new_host.startswith("["):
+        new_host = f"[{new_host}]"  # an IPv6 literal (RFC 3986 section 3.2.2)
     # Well-known ports are left out of the Location (the specification's SHOULD NOT).
     authority = new_host if port in (None, _DEFAULT_PORT[new_scheme]) else f"{new_host}:{port}"
-    if ":" in new_host and not new_host.startswith("["):
-        authority = f"[{new_host}]" if port in (None, _DEFAULT_PORT[new_scheme]) else authority
     return f"{new_scheme}://{authority}{new_path}" + (f"?{query}" if query else "")
 
 

@@ -176,6 +176,8 @@ REDIRECTS = [
     (Redirect(path=PathRewrite(kind="Full", value="/full-path-replacement")), "/full", "/full/path/original", "http", 80, "http://example.com/full-path-replacement"),
     (Redirect(path=PathRewrite(kind="Prefix", value="/")), "/strip", "/strip/x", "http", 80, "http://example.com/x"),
     (Redirect(location="https://elsewhere.example/x", status=301), "/", "/y", "http", 80, "https://elsewhere.example/x"),
+    (Redirect(port=8081), "/", "/", "http", 80, "http://[::1]:8081/"),
+    (Redirect(scheme="https"), "/", "/", "http", 80, "https://[::1]/"),
 ]  # fmt: skip
 
 
@@ -184,7 +186,8 @@ def test_redirects(
     redirect: Redirect, prefix: str, target: str, scheme: str, port: int, location: str
 ) -> None:
     routes = compiled([route("r", prefix, policy=Policy(redirect=redirect))], port=port)
-    r = respond(run(routes, head(target, "example.com", scheme=scheme)))
+    host = "[::1]:8080" if "[::1]" in location else "example.com"
+    r = respond(run(routes, head(target, host, scheme=scheme)))
     assert (r.status, r.reason, r.headers) == (
         redirect.status,
         "redirect",
