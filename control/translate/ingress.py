@@ -24,6 +24,7 @@ The rules:
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -214,6 +215,14 @@ def _route(
     if exact:
         match = PathMatch(kind="Exact", value=value)
     elif regex:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            who = f"{ing.namespace}/{ing.name}"
+            out.problems.append(
+                (who, f"path {value!r} is not a regular expression ({exc}): not served")
+            )
+            return None
         match = PathMatch(kind="RegularExpression", value="^" + value, ignore_case=True)
     else:
         match = PathMatch(kind="Prefix", value=value)

@@ -21,9 +21,10 @@ Times are seconds (floats); sizes are bytes.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, model_validator
 
 from mesh.config.base import ComponentConfig, Frozen
 
@@ -48,6 +49,14 @@ class WeightedBackend(Frozen):
     weight: Annotated[int, Field(ge=0)] = 1
 
 
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+    return value
+
+
 class PathMatch(Frozen):
     # Prefix matches whole path elements ("/foo" matches "/foo" and "/foo/x", not "/foobar").
     # RegularExpression is searched from the start of the path (anchored at the start only,
@@ -56,11 +65,23 @@ class PathMatch(Frozen):
     value: str = "/"
     ignore_case: bool = False
 
+    @model_validator(mode="after")
+    def _check(self) -> PathMatch:
+        if self.kind == "RegularExpression":
+            _regex(self.value)
+        return self
+
 
 class ValueMatch(Frozen):
     name: str
     kind: Literal["Exact", "RegularExpression"] = "Exact"
     value: str
+
+    @model_validator(mode="after")
+    def _check(self) -> ValueMatch:
+        if self.kind == "RegularExpression":
+            _regex(self.value)
+        return self
 
 
 class Match(Frozen):
@@ -82,7 +103,7 @@ class PathRewrite(Frozen):
     # becomes ``value`` with $1..$9 expanded (ingress-nginx's rewrite-target).
     kind: Literal["Full", "Prefix", "Regex"]
     value: str
-    pattern: str = ""
+    pattern: Annotated[str, AfterValidator(_regex)] = ""
 
 
 class Redirect(Frozen):
@@ -134,7 +155,7 @@ class Canary(Frozen):
     source: str = ""  # the canary Ingress, for logs
     header: str | None = None
     header_value: str | None = None
-    header_pattern: str | None = None
+    header_pattern: Annotated[str, AfterValidator(_regex)] | None = None
     cookie: str | None = None
     weight: Annotated[int, Field(ge=0)] = 0
     weight_total: Annotated[int, Field(ge=1)] = 100
