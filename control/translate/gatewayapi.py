@@ -12,6 +12,8 @@ with the status each object gets.
   its status says why (the specification's reasons) and it is left out.
 - HTTPRoute parentRefs pick listeners by ``sectionName`` and ``port``; ``allowedRoutes``
   (namespaces From Same/All/Selector, kinds) and hostname intersection decide attachment.
+- ``retry`` never repeats a request that is not idempotent once it may have reached the
+  backend, unless the route is annotated ``mesh.dev/retry-non-idempotent: "true"``.
 - A backendRef is a Service in the route's namespace, or in another one when a ReferenceGrant
   there allows it; one that does not resolve keeps its weight and answers 500 (the spec).
 """
@@ -79,6 +81,8 @@ if TYPE_CHECKING:
     from mesh.control.store import Snapshot
 
 CONTROLLER = "mesh.dev/gateway"
+# GEP-1731 has no field for it: a route opts in to retrying POST and the like by annotation.
+RETRY_NON_IDEMPOTENT = "mesh.dev/retry-non-idempotent"
 HTTPROUTE_KIND = RouteGroupKind(group=GATEWAY_GROUP, kind="HTTPRoute")
 
 
@@ -387,6 +391,7 @@ def _rules(
                     codes=rule.retry.codes,
                     attempts=rule.retry.attempts if rule.retry.attempts is not None else 1,
                     backoff=rule.retry.backoff or 0.0,
+                    non_idempotent=route.metadata.annotations.get(RETRY_NON_IDEMPOTENT) == "true",
                 )
                 if rule.retry
                 else None,
