@@ -510,10 +510,23 @@ def _gateway_status(
             condition(ACCEPTED, True, "Accepted", "", gen),
             condition(PROGRAMMED, False, "AddressNotAssigned", "the gateway range is full", gen),
         )
-    else:
+    elif not valid:
         conds = (
-            condition(ACCEPTED, bool(valid), "Accepted" if valid else "ListenersNotValid", "", gen),
-            condition(PROGRAMMED, bool(valid), "Programmed" if valid else "Invalid", "", gen),
+            condition(ACCEPTED, False, "ListenersNotValid", "no listener is valid", gen),
+            condition(PROGRAMMED, False, "Invalid", "no listener is valid", gen),
+        )
+    else:
+        # Some listeners invalid: still Accepted, with the reason saying so (as implementations
+        # passing the conformance suite report it).
+        bad = len(lis) - len(valid)
+        reason, message = (
+            ("Accepted", "")
+            if not bad
+            else ("ListenersNotValid", f"{bad} of {len(lis)} listeners are not valid")
+        )
+        conds = (
+            condition(ACCEPTED, True, reason, message, gen),
+            condition(PROGRAMMED, True, "Programmed", "", gen),
         )
     counts = Counter({x.spec.name: x.attached for x in lis})
     return GatewayStatus(

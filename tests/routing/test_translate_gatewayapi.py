@@ -176,6 +176,20 @@ def test_listener_status(
     assert any(lis.name.startswith("gateway/") for lis in config.listeners) == programmed
 
 
+def test_gateway_conditions_follow_its_listeners() -> None:
+    cases = [
+        ([listener("a")], {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}),
+        ([listener("a"), listener("b", 9000, "UDP")], {"Accepted": ("True", "ListenersNotValid"), "Programmed": ("True", "Programmed")}),
+        ([listener("b", 9000, "UDP")], {"Accepted": ("False", "ListenersNotValid"), "Programmed": ("False", "Invalid")}),
+    ]  # fmt: skip
+    for listeners, want in cases:
+        snap = snapshot(*BASE, gateway("gw", *listeners))
+        assert (
+            conds(gateway_status(snap, ingress_addresses=()).gateways[("default", "gw")].conditions)
+            == want
+        )
+
+
 def test_listener_conflicts() -> None:
     snap = snapshot(
         *BASE,
