@@ -20,13 +20,10 @@ with the status each object gets.
 
 from __future__ import annotations
 
-import ipaddress
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mesh.config.gateway import (
-    CertificateRef,
     GatewayBackend,
     GatewayListener,
     HeaderEdits,
@@ -46,35 +43,35 @@ from mesh.config.gateway import (
 from mesh.control.translate.backends import resolve_service
 from mesh.control.translate.conditions import (
     ACCEPTED,
-    CONFLICTED,
-    PROGRAMMED,
     RESOLVED_REFS,
     allocate,
     condition,
     granted,
     route_hosts,
 )
+from mesh.control.translate.gateway_listeners import (
+    HTTPROUTE_KIND,
+    GatewayListenerState,
+    config_listeners,
+    evaluate_listeners,
+    gateway_conditions,
+    pinned_address,
+)
 from mesh.objects import (
     GATEWAY_GROUP,
     BackendObjectReference,
-    Condition,
     Gateway,
     GatewayClass,
     GatewayClassStatus,
     GatewayStatus,
-    GatewayStatusAddress,
     HTTPHeaderFilter,
     HTTPPathModifier,
     HTTPRoute,
     HTTPRouteRule,
-    Listener,
-    ListenerStatus,
     Namespace,
     ReferenceGrant,
-    RouteGroupKind,
     RouteParentStatus,
     RouteStatus,
-    Secret,
 )
 
 if TYPE_CHECKING:
@@ -83,7 +80,6 @@ if TYPE_CHECKING:
 CONTROLLER = "mesh.dev/gateway"
 # GEP-1731 has no field for it: a route opts in to retrying POST and the like by annotation.
 RETRY_NON_IDEMPOTENT = "mesh.dev/retry-non-idempotent"
-HTTPROUTE_KIND = RouteGroupKind(group=GATEWAY_GROUP, kind="HTTPRoute")
 
 
 @dataclass
@@ -94,20 +90,6 @@ class GatewayApiResult:
     classes: dict[str, GatewayClassStatus] = field(default_factory=dict)
     gateways: dict[tuple[str, str], GatewayStatus] = field(default_factory=dict)
     routes_status: dict[tuple[str, str], RouteStatus] = field(default_factory=dict)
-
-
-@dataclass
-class _Listener:
-    gateway: Gateway
-    spec: Listener
-    config_name: str
-    conditions: list[Condition]
-    kinds: tuple[RouteGroupKind, ...]
-    attached: int = 0
-
-    @property
-    def valid(self) -> bool:
-        return all((c.status == "True") != (c.type == CONFLICTED) for c in self.conditions)
 
 
 def _age(obj: Gateway | HTTPRoute) -> tuple[str, str, str]:
@@ -135,20 +117,20 @@ def translate_gateway_api(
         ),
         key=_age,
     )
-    pinned = {g.key: _pinned_address(g) for g in gateways}
+    pinned = {g.key: pinned_address(g) for g in gateways}
     taken = {a for a in pinned.values() if isinstance(a, str)}
     auto = allocate(
         [f"{g.namespace}/{g.name}" for g in gateways if pinned[g.key] is None], gateway_cidr, taken
     )
-    listeners: dict[tuple[str, str], list[_Listener]] = {}
+    listeners: dict[tuple[str, str], list[GatewayListenerState]] = {}
     for gw in gateways:
         address = pinned[gw.key]
         if address is None:
             address = auto.get(f"{gw.namespace}/{gw.name}")
-        lis = _listeners(snapshot, gw, grants, privileged)
+        lis = evaluate_listeners(snapshot, gw, grants, privileged)
         listeners[(gw.namespace, gw.name)] = lis
         if isinstance(address, str):
-            _config_listeners(gw, address, lis, snapshot, out)
+            out.listeners.extend(config_listeners(gw, address, lis))
     namespaces = {n.name: n for n in snapshot.list(Namespace.KIND) if isinstance(n, Namespace)}
     routes = sorted(
         (r for r in snapshot.list(HTTPRoute.KIND) if isinstance(r, HTTPRoute)), key=_age
@@ -157,125 +139,13 @@ def translate_gateway_api(
         _attach(snapshot, route, rank, listeners, namespaces, grants, out)
     for gw in gateways:
         address = pinned[gw.key] or auto.get(f"{gw.namespace}/{gw.name}")
-        out.gateways[(gw.namespace, gw.name)] = _gateway_status(
+        out.gateways[(gw.namespace, gw.name)] = gateway_conditions(
             gw, address, listeners[(gw.namespace, gw.name)]
         )
     return out
 
 
-def _pinned_address(gw: Gateway) -> str | Exception | None:
-    for a in gw.spec.addresses:
-        if a.type != "IPAddress":
-            return ValueError(f"address type {a.type} is not supported (IPAddress)")
-        try:
-            return str(ipaddress.ip_address(a.value))
-        except ValueError:
-            return ValueError(f"{a.value!r} is not an IP address")
-    return None
-
-
-def _listeners(
-    snapshot: Snapshot, gw: Gateway, grants: list[ReferenceGrant], privileged: bool
-) -> list[_Listener]:
-    gen = gw.metadata.generation
-    by_port: dict[int, list[Listener]] = {}
-    for spec in gw.spec.listeners:
-        by_port.setdefault(spec.port, []).append(spec)
-    out = []
-    for spec in gw.spec.listeners:
-        conds: list[Condition] = []
-        accepted = (True, "Accepted", "")
-        if spec.protocol not in ("HTTP", "HTTPS"):
-            accepted = (False, "UnsupportedProtocol", f"protocol {spec.protocol} is not served")
-        elif spec.port < 1024 and not privileged:
-            accepted = (False, "PortUnavailable", f"port {spec.port} needs privileges to bind")
-        conds.append(condition(ACCEPTED, accepted[0], accepted[1], accepted[2], gen))
-        peers = [p for p in by_port[spec.port] if p.name != spec.name]
-        conflict = ""
-        if any(p.protocol != spec.protocol for p in peers):
-            conflict = "ProtocolConflict"
-        elif any((p.hostname or "") == (spec.hostname or "") for p in peers):
-            conflict = "HostnameConflict"
-        # Conflicted is the one condition where True is the bad news.
-        conds.append(condition(CONFLICTED, bool(conflict), conflict or "NoConflicts", "", gen))
-        kinds = tuple(
-            k
-            for k in spec.allowed_routes.kinds
-            if (k.group, k.kind) == (GATEWAY_GROUP, "HTTPRoute")
-        )
-        refs = (True, "ResolvedRefs", "")
-        if spec.allowed_routes.kinds and len(kinds) != len(spec.allowed_routes.kinds):
-            refs = (False, "InvalidRouteKinds", "only HTTPRoute is supported")
-        if not spec.allowed_routes.kinds:
-            kinds = (HTTPROUTE_KIND,)
-        if spec.protocol == "HTTPS" and refs[0]:
-            refs = _certificates_ok(snapshot, gw, spec, grants)
-        conds.append(condition(RESOLVED_REFS, refs[0], refs[1], refs[2], gen))
-        out.append(
-            _Listener(gw, spec, f"gateway/{gw.namespace}/{gw.name}/{spec.port}", conds, kinds)
-        )
-    for lis in out:
-        ok = lis.valid
-        lis.conditions.append(condition(PROGRAMMED, ok, "Programmed" if ok else "Invalid", "", gen))
-    return out
-
-
-def _certificates_ok(
-    snapshot: Snapshot, gw: Gateway, spec: Listener, grants: list[ReferenceGrant]
-) -> tuple[bool, str, str]:
-    tls = spec.tls
-    if tls is None or tls.mode != "Terminate" or not tls.certificate_refs:
-        return (False, "InvalidCertificateRef", "HTTPS needs tls.mode Terminate and a certificate")
-    for ref in tls.certificate_refs:
-        ns = ref.namespace or gw.namespace
-        if ref.group != "" or ref.kind != "Secret":
-            return (False, "InvalidCertificateRef", f"{ref.kind} is not a Secret")
-        if ns != gw.namespace and not granted(
-            grants, from_kind="Gateway", from_namespace=gw.namespace, to_group="",
-            to_kind="Secret", to_namespace=ns, to_name=ref.name,
-        ):  # fmt: skip
-            return (False, "RefNotPermitted", f"no ReferenceGrant in {ns} allows Secret {ref.name}")
-        secret = snapshot.get(Secret.KIND, ns, ref.name)
-        if not isinstance(secret, Secret) or secret.type != "kubernetes.io/tls":
-            return (False, "InvalidCertificateRef", f"Secret {ns}/{ref.name} is not a TLS Secret")
-    return (True, "ResolvedRefs", "")
-
-
-def _config_listeners(
-    gw: Gateway, address: str, lis: list[_Listener], snapshot: Snapshot, out: GatewayApiResult
-) -> None:
-    seen: dict[str, GatewayListener] = {}
-    for item in lis:
-        if not item.valid:
-            continue
-        spec = item.spec
-        certs: tuple[CertificateRef, ...] = ()
-        if spec.tls is not None and spec.protocol == "HTTPS":
-            certs = tuple(
-                CertificateRef(
-                    secret=f"{r.namespace or gw.namespace}/{r.name}",
-                    hosts=(spec.hostname,) if spec.hostname else (),
-                )
-                for r in spec.tls.certificate_refs
-            )
-        prev = seen.get(item.config_name)
-        if prev is not None:
-            seen[item.config_name] = prev.model_copy(
-                update={"certificates": prev.certificates + certs}
-            )
-            continue
-        seen[item.config_name] = GatewayListener(
-            name=item.config_name,
-            protocol="HTTPS" if spec.protocol == "HTTPS" else "HTTP",
-            address=address,
-            port=spec.port,
-            wildcard="any-labels",
-            certificates=certs,
-        )
-    out.listeners.extend(seen.values())
-
-
-def _allowed(lis: _Listener, route: HTTPRoute, namespaces: dict[str, Namespace]) -> bool:
+def _allowed(lis: GatewayListenerState, route: HTTPRoute, namespaces: dict[str, Namespace]) -> bool:
     ns = lis.spec.allowed_routes.namespaces
     if ns.from_ == "All":
         return True
@@ -290,7 +160,7 @@ def _attach(
     snapshot: Snapshot,
     route: HTTPRoute,
     rank: int,
-    listeners: dict[tuple[str, str], list[_Listener]],
+    listeners: dict[tuple[str, str], list[GatewayListenerState]],
     namespaces: dict[str, Namespace],
     grants: list[ReferenceGrant],
     out: GatewayApiResult,
@@ -493,52 +363,3 @@ def _policy(
             if name is not None:
                 mirrors.append(Mirror(backend=name, share=f.request_mirror.share))
     return Policy.model_validate({**fields, "mirrors": tuple(mirrors)})
-
-
-def _gateway_status(
-    gw: Gateway, address: str | Exception | None, lis: list[_Listener]
-) -> GatewayStatus:
-    gen = gw.metadata.generation
-    valid = [x for x in lis if x.valid]
-    if isinstance(address, Exception):
-        conds = (
-            condition(ACCEPTED, False, "UnsupportedAddress", str(address), gen),
-            condition(PROGRAMMED, False, "AddressNotUsable", str(address), gen),
-        )
-    elif address is None:
-        conds = (
-            condition(ACCEPTED, True, "Accepted", "", gen),
-            condition(PROGRAMMED, False, "AddressNotAssigned", "the gateway range is full", gen),
-        )
-    elif not valid:
-        conds = (
-            condition(ACCEPTED, False, "ListenersNotValid", "no listener is valid", gen),
-            condition(PROGRAMMED, False, "Invalid", "no listener is valid", gen),
-        )
-    else:
-        # Some listeners invalid: still Accepted, with the reason saying so (as implementations
-        # passing the conformance suite report it).
-        bad = len(lis) - len(valid)
-        reason, message = (
-            ("Accepted", "")
-            if not bad
-            else ("ListenersNotValid", f"{bad} of {len(lis)} listeners are not valid")
-        )
-        conds = (
-            condition(ACCEPTED, True, reason, message, gen),
-            condition(PROGRAMMED, True, "Programmed", "", gen),
-        )
-    counts = Counter({x.spec.name: x.attached for x in lis})
-    return GatewayStatus(
-        addresses=(GatewayStatusAddress(value=address),) if isinstance(address, str) else (),
-        conditions=conds,
-        listeners=tuple(
-            ListenerStatus(
-                name=x.spec.name,
-                supported_kinds=x.kinds,
-                attached_routes=counts[x.spec.name],
-                conditions=tuple(x.conditions),
-            )
-            for x in lis
-        ),
-    )
