@@ -35,6 +35,7 @@ filters), backend choice (canary, weight), rewrite, headers, mirrors.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -166,9 +167,15 @@ def plan(
     cors: tuple[tuple[str, str], ...] = ()
     if route.policy.cors is not None:
         cors = cors_headers(route.policy.cors, head.headers.get("origin"))
-    if fast.single is not None and not fast.tail:
-        backend, protocol, endpoints = fast.single
-        return Forward(route, backend, protocol, endpoints, target, cors=cors)
+    if not fast.tail:
+        if fast.single is not None:
+            backend, protocol, endpoints = fast.single
+            return Forward(route, backend, protocol, endpoints, target, cors=cors)
+        if fast.split is not None:
+            cumulative, picks = fast.split
+            i = bisect_right(cumulative, rand() * cumulative[-1])
+            backend, protocol, endpoints = picks[min(i, len(picks) - 1)]
+            return Forward(route, backend, protocol, endpoints, target, cors=cors)
     return _choose(routes, entry, head, rand, path, query, target, cors)
 
 

@@ -24,6 +24,7 @@ precedence; Ingress "longest match wins, Exact over Prefix"):
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -131,6 +132,9 @@ class FastPath(NamedTuple):
     gates: bool  # any check before the backend choice (ranges, auth, limits, redirects...)
     single: tuple[str, str, tuple[tuple[str, int], ...]] | None  # one backend, no canary
     tail: bool  # a rewrite, mirrors or affinity to apply after the choice
+    # A weighted split of resolved backends with endpoints, no canary: (cumulative weights,
+    # (name, protocol, endpoints) each), so a pick is one bisect.
+    split: tuple[tuple[int, ...], tuple[tuple[str, str, tuple[tuple[str, int], ...]], ...]] | None
 
 
 def _fast(route: Route, backends: dict[str, tuple[str, tuple[tuple[str, int], ...]]]) -> FastPath:
@@ -153,7 +157,20 @@ def _fast(route: Route, backends: dict[str, tuple[str, tuple[tuple[str, int], ..
         if found is not None and found[1]:
             single = (name, found[0], found[1]) if name is not None else None
     tail = p.rewrite is not None or bool(p.mirrors) or route.affinity is not None
-    return FastPath(gates, single, tail)
+    split = None
+    if len(route.backends) > 1 and not route.canaries:
+        found_all = [
+            (b.weight, b.backend, backends.get(b.backend))
+            for b in route.backends
+            if b.weight > 0 and b.backend is not None
+        ]
+        if len(found_all) == len([b for b in route.backends if b.weight > 0]) and all(
+            f is not None and f[1] for _, _, f in found_all
+        ):
+            cumulative = tuple(itertools.accumulate(w for w, _, _ in found_all))
+            picks = tuple((n, f[0], f[1]) for _, n, f in found_all if n is not None and f)
+            split = (cumulative, picks) if cumulative else None
+    return FastPath(gates, single, tail, split)
 
 
 _HOSTS: dict[str, str] = {}
