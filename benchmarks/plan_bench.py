@@ -5,6 +5,8 @@ header-matched canary route and a catch-all, as Ingresses and HTTPRoutes transla
 requests are a fixed mix: plain prefix hits, an exact hit, a header match, a weighted split,
 a policy-heavy route (CORS, source ranges, rewrite), and a 404. Each case is timed on its own
 (best of several repeats, as timeit advises) so a slow case is not hidden in an average.
+Times are CPU time of this process (``time.process_time``), so on a shared machine the time
+spent waiting for a core is left out; a compile figure is wall time.
 
 Usage: python benchmarks/plan_bench.py [--hosts 500] [--number 100000]
 """
@@ -135,7 +137,9 @@ def main() -> None:
     rand = random.Random(1).random
     for name, head in cases.items():
         best = min(
-            timeit.repeat(lambda h=head: plan(routes, h, 0.0, rand), number=args.number, repeat=5)
+            timeit.Timer(lambda h=head: plan(routes, h, 0.0, rand), timer=time.process_time).repeat(
+                number=args.number, repeat=5
+            )
         )
         print(f"  {name:32s} {best / args.number * 1e6:6.2f} us")
 

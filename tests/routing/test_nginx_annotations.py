@@ -308,3 +308,25 @@ def test_annotations_of_other_controllers_are_not_reported() -> None:
         ).problems
         == []
     )
+
+
+def test_canary_weight_total() -> None:
+    snap = world({}, canary("c", "canary", {"canary-weight": "1", "canary-weight-total": "4"}))
+    assert [served_by(request(snap, "/app", rand=r)) for r in (0.2, 0.3)] == ["canary", "web"]
+
+
+def test_basic_auth_from_an_auth_map_secret() -> None:
+    users = obj("Secret", "map", stringData={"carol": apr1("pw", "saltsalt")})
+    snap = world(
+        {"auth-type": "basic", "auth-secret": "map", "auth-secret-type": "auth-map"}, users
+    )
+    assert served_by(request(snap, "/app", headers=basic("carol", "pw"))) == "web"
+    assert served_by(request(snap, "/app", headers=basic("carol", "no"))) == "401 denied"
+
+
+def test_auth_secret_in_another_namespace() -> None:
+    users = obj(
+        "Secret", "users", "auth", data={"auth": base64.b64encode(b"dan:{PLAIN}x").decode()}
+    )
+    snap = world({"auth-type": "basic", "auth-secret": "auth/users"}, users)
+    assert served_by(request(snap, "/app", headers=basic("dan", "x"))) == "web"
