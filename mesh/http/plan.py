@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
@@ -66,6 +66,64 @@ class Head(NamedTuple):
     scheme: str = "http"
     client: str = ""
     content_length: int | None = None
+
+
+class WireHeaders(Mapping[str, str]):
+    """The header fields as a codec hands them over (lower-case bytes names, bytes values),
+    read as the Mapping the planner wants without converting them: most routes look at no
+    header at all, so a lookup scans the fields only when it happens. The first field of a
+    name wins; values decode as latin-1 (RFC 9110 section 5.5)."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: tuple[tuple[bytes, bytes], ...]) -> None:
+        self._fields = fields
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        name = key.encode("latin-1")
+        for k, v in self._fields:
+            if k == name:
+                return v.decode("latin-1")
+        return default
+
+    def __getitem__(self, key: str) -> str:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(k.decode("latin-1") for k, _ in self._fields))
+
+    def __len__(self) -> int:
+        return len({k for k, _ in self._fields})
+
+
+def head_from_wire(
+    listener: str,
+    method: bytes,
+    target: bytes,
+    headers: tuple[tuple[bytes, bytes], ...],
+    *,
+    scheme: str = "http",
+    client: str = "",
+    content_length: int | None = None,
+) -> Head:
+    """A Head from what an HTTP/1.1 codec hands over, without copying the header fields."""
+    fields = WireHeaders(headers)
+    return Head(
+        listener,
+        method.decode("latin-1"),
+        target.decode("latin-1"),
+        fields.get("host") or "",
+        fields,
+        scheme,
+        client,
+        content_length,
+    )
 
 
 class Respond(NamedTuple):

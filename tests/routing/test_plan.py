@@ -275,3 +275,24 @@ def test_canary_and_affinity_through_the_planner() -> None:
     token = affinity_token("127.0.9.1", 8000)
     fwd = forward(run(routes, head(headers={"cookie": f"a=b; S={token}"}), sequence(0.5)))
     assert (fwd.pinned, fwd.affinity) == (("127.0.9.1", 8000), None)
+
+
+def test_head_from_wire() -> None:
+    from mesh.http.plan import head_from_wire
+
+    h = head_from_wire(
+        "l",
+        b"GET",
+        b"/caf\xe9?x=1",
+        ((b"host", b"Example.com:80"), (b"x-a", b"1"), (b"x-a", b"2"), (b"user-agent", b"c")),
+        scheme="https",
+        client="127.0.0.1",
+        content_length=3,
+    )
+    assert (h.method, h.target, h.host, h.scheme, h.client, h.content_length) == (
+        "GET", "/caf\xe9?x=1", "Example.com:80", "https", "127.0.0.1", 3,
+    )  # fmt: skip
+    assert dict(h.headers) == {"host": "Example.com:80", "x-a": "1", "user-agent": "c"}
+    assert "x-a" in h.headers and "x-b" not in h.headers and len(h.headers) == 3
+    routes = compiled([route("r", hosts=("example.com",))])
+    assert outcome(run(routes, h)) == "r"
