@@ -15,8 +15,10 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -100,6 +102,7 @@ class ObjectMeta(Model):
     uid: str = ""
     generation: int = 0
     deletion_timestamp: str | None = None
+    creation_timestamp: str | None = None
     owner_references: tuple[OwnerReference, ...] = ()
 
 
@@ -555,8 +558,20 @@ class HTTPIngressRuleValue(Model):
     paths: tuple[HTTPIngressPath, ...] = Field(min_length=1)
 
 
+def _host(value: str) -> str:
+    """An Ingress or Gateway API hostname: a DNS subdomain, optionally ``*.`` in front."""
+    name = value[2:] if value.startswith("*.") else value
+    if "*" in name or not name:
+        raise ValueError(f"{value!r} is not a host name: a wildcard may only be a leading '*.'")
+    _subdomain(name)
+    return value
+
+
+HostName = Annotated[str, AfterValidator(_host)]
+
+
 class IngressRule(Model):
-    host: str | None = None
+    host: HostName | None = None
     http: HTTPIngressRuleValue | None = None
 
 
@@ -572,11 +587,16 @@ class IngressSpec(Model):
     rules: tuple[IngressRule, ...] = ()
 
 
+class IngressStatus(Model):
+    load_balancer: LoadBalancerStatus = Field(default_factory=LoadBalancerStatus)
+
+
 class Ingress(KubeObject):
     KIND = "Ingress"
     API_VERSIONS = ("networking.k8s.io/v1",)
 
     spec: IngressSpec = Field(default_factory=IngressSpec)
+    status: IngressStatus = Field(default_factory=IngressStatus)
 
 
 class IngressClassSpec(Model):
@@ -591,11 +611,62 @@ class IngressClass(KubeObject):
     spec: IngressClassSpec = Field(default_factory=IngressClassSpec)
 
 
-# --- Gateway API HTTPRoute -----------------------------------------------------------------
+# --- Gateway API (gateway.networking.k8s.io/v1) --------------------------------------------
+
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+_DURATION = re.compile(r"^(?:[0-9]{1,5}(?:h|m|s|ms)){1,4}$")
+_DURATION_PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(value: Any) -> float:
+    """A Gateway API duration (GEP-2257: ``10s``, ``1m30s``, ``500ms``) in seconds."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{value!r} is not a duration such as '10s', '1m' or '500ms'")
+    if isinstance(value, int | float):  # already parsed (a model copied or re-validated)
+        if value < 0:
+            raise ValueError(f"{value!r} is not a duration: it is negative")
+        return float(value)
+    if not _DURATION.match(value):
+        raise ValueError(
+            f"{value!r} is not a duration: use up to four number-unit pairs with units "
+            "h, m, s or ms, such as '10s', '1m30s' or '500ms'"
+        )
+    return sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds back to the shortest GEP-2257 spelling (``90.0`` -> ``1m30s``)."""
+    ms = round(seconds * 1000)
+    if ms == 0:
+        return "0s"
+    out = []
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        n, ms = divmod(ms, size)
+        if n:
+            out.append(f"{n}{unit}")
+    return "".join(out)
+
+
+# Durations are floats (seconds) in Python and GEP-2257 strings on the wire.
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    observed_generation: int = 0
+    last_transition_time: str = ""
 
 
 class ParentReference(Model):
-    group: str = "gateway.networking.k8s.io"
+    group: str = GATEWAY_GROUP
     kind: str = "Gateway"
     namespace: str | None = None
     name: str
@@ -607,59 +678,216 @@ class HTTPPathMatch(Model):
     type: Literal["Exact", "PathPrefix", "RegularExpression"] = "PathPrefix"
     value: str = "/"
 
+    @model_validator(mode="after")
+    def _check(self) -> HTTPPathMatch:
+        if self.type != "RegularExpression" and not self.value.startswith("/"):
+            raise ValueError(f"path.value: {self.value!r} must start with '/'")
+        if self.type == "RegularExpression":
+            _regex(self.value)
+        return self
+
+
+def _regex(value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from None
+
 
 class HTTPHeaderMatch(Model):
     type: Literal["Exact", "RegularExpression"] = "Exact"
-    name: str
+    name: Annotated[str, Field(min_length=1, max_length=256)]
     value: str
 
+    @model_validator(mode="after")
+    def _check(self) -> HTTPHeaderMatch:
+        if self.type == "RegularExpression":
+            _regex(self.value)
+        return self
 
-class HTTPQueryParamMatch(Model):
-    type: Literal["Exact", "RegularExpression"] = "Exact"
-    name: str
-    value: str
+
+class HTTPQueryParamMatch(HTTPHeaderMatch):
+    pass
+
+
+HTTPMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
 
 
 class HTTPRouteMatch(Model):
     path: HTTPPathMatch = Field(default_factory=HTTPPathMatch)
     headers: tuple[HTTPHeaderMatch, ...] = ()
     query_params: tuple[HTTPQueryParamMatch, ...] = ()
-    method: str | None = None
+    method: HTTPMethod | None = None
 
 
-class HTTPBackendRef(Model):
+class BackendObjectReference(Model):
     group: str = ""
     kind: str = "Service"
     name: str
     namespace: str | None = None
     port: PortNumber | None = None
-    weight: Annotated[int, Field(ge=0, le=1000000)] = 1
+
+
+class HTTPHeader(Model):
+    name: Annotated[str, Field(min_length=1, max_length=256)]
+    value: str
+
+
+class HTTPHeaderFilter(Model):
+    set: tuple[HTTPHeader, ...] = ()
+    add: tuple[HTTPHeader, ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+class HTTPPathModifier(Model):
+    type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
+    replace_full_path: str | None = None
+    replace_prefix_match: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> HTTPPathModifier:
+        want = "replace_full_path" if self.type == "ReplaceFullPath" else "replace_prefix_match"
+        if getattr(self, want) is None:
+            raise ValueError(f"path: type {self.type} needs {to_camel(want)}")
+        return self
+
+
+class HTTPRequestRedirectFilter(Model):
+    scheme: Literal["http", "https"] | None = None
+    hostname: str | None = None
+    path: HTTPPathModifier | None = None
+    port: PortNumber | None = None
+    status_code: Literal[301, 302, 303, 307, 308] = 302
+
+
+class HTTPURLRewriteFilter(Model):
+    hostname: str | None = None
+    path: HTTPPathModifier | None = None
+
+
+class Fraction(Model):
+    numerator: Annotated[int, Field(ge=0)]
+    denominator: Annotated[int, Field(ge=1)] = 100
+
+
+class HTTPRequestMirrorFilter(Model):
+    backend_ref: BackendObjectReference
+    percent: Annotated[int, Field(ge=0, le=100)] | None = None
+    fraction: Fraction | None = None
+
+    @property
+    def share(self) -> float:
+        """The fraction of requests mirrored, 0..1 (all when neither field is set)."""
+        if self.percent is not None:
+            return self.percent / 100
+        if self.fraction is not None:
+            return min(1.0, self.fraction.numerator / self.fraction.denominator)
+        return 1.0
+
+
+_FILTER_FIELDS = {
+    "RequestHeaderModifier": "request_header_modifier",
+    "ResponseHeaderModifier": "response_header_modifier",
+    "RequestRedirect": "request_redirect",
+    "URLRewrite": "url_rewrite",
+    "RequestMirror": "request_mirror",
+    "ExtensionRef": "extension_ref",
+}
+
+
+class LocalObjectReference(Model):
+    group: str = ""
+    kind: str
+    name: str
 
 
 class HTTPRouteFilter(Model):
-    type: str
-    request_header_modifier: dict[str, Any] | None = None
-    response_header_modifier: dict[str, Any] | None = None
-    request_redirect: dict[str, Any] | None = None
-    url_rewrite: dict[str, Any] | None = None
-    request_mirror: dict[str, Any] | None = None
+    type: Literal[
+        "RequestHeaderModifier",
+        "ResponseHeaderModifier",
+        "RequestRedirect",
+        "URLRewrite",
+        "RequestMirror",
+        "ExtensionRef",
+    ]
+    request_header_modifier: HTTPHeaderFilter | None = None
+    response_header_modifier: HTTPHeaderFilter | None = None
+    request_redirect: HTTPRequestRedirectFilter | None = None
+    url_rewrite: HTTPURLRewriteFilter | None = None
+    request_mirror: HTTPRequestMirrorFilter | None = None
+    extension_ref: LocalObjectReference | None = None
+
+    @model_validator(mode="after")
+    def _matches_type(self) -> HTTPRouteFilter:
+        want = _FILTER_FIELDS[self.type]
+        if getattr(self, want) is None:
+            raise ValueError(f"filter of type {self.type} needs {to_camel(want)}")
+        for other in _FILTER_FIELDS.values():
+            if other != want and getattr(self, other) is not None:
+                raise ValueError(f"filter of type {self.type} may not set {to_camel(other)}")
+        return self
+
+
+class HTTPBackendRef(BackendObjectReference):
+    weight: Annotated[int, Field(ge=0, le=1000000)] = 1
+    filters: tuple[HTTPRouteFilter, ...] = ()
 
 
 class HTTPRouteTimeouts(Model):
-    request: str | None = None
-    backend_request: str | None = None
+    request: Duration | None = None
+    backend_request: Duration | None = None
+
+    @model_validator(mode="after")
+    def _order(self) -> HTTPRouteTimeouts:
+        # GEP-1742: backendRequest must not exceed request (0 means no timeout).
+        r, b = self.request, self.backend_request
+        if r and b and b > r:
+            raise ValueError("timeouts.backendRequest may not be longer than timeouts.request")
+        return self
+
+
+class HTTPRouteRetry(Model):
+    """GEP-1731: retry the listed codes (plus connection errors) up to ``attempts`` times."""
+
+    codes: tuple[Annotated[int, Field(ge=400, le=599)], ...] = ()
+    attempts: Annotated[int, Field(ge=0)] | None = None
+    backoff: Duration | None = None
 
 
 class HTTPRouteRule(Model):
+    name: str | None = None
     matches: tuple[HTTPRouteMatch, ...] = (HTTPRouteMatch(),)
     filters: tuple[HTTPRouteFilter, ...] = ()
     backend_refs: tuple[HTTPBackendRef, ...] = ()
     timeouts: HTTPRouteTimeouts | None = None
+    retry: HTTPRouteRetry | None = None
+
+    @model_validator(mode="after")
+    def _filters(self) -> HTTPRouteRule:
+        kinds = [f.type for f in self.filters]
+        for once in ("RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite"):
+            if kinds.count(once) > 1:
+                raise ValueError(f"filters: {once} may appear at most once in a rule")
+        if "RequestRedirect" in kinds and "URLRewrite" in kinds:
+            raise ValueError("filters: RequestRedirect and URLRewrite cannot both be used")
+        if "RequestRedirect" in kinds and self.backend_refs:
+            raise ValueError("filters: a RequestRedirect rule may not have backendRefs")
+        return self
+
+
+class RouteParentStatus(Model):
+    parent_ref: ParentReference
+    controller_name: str
+    conditions: tuple[Condition, ...] = ()
+
+
+class RouteStatus(Model):
+    parents: tuple[RouteParentStatus, ...] = ()
 
 
 class HTTPRouteSpec(Model):
     parent_refs: tuple[ParentReference, ...] = ()
-    hostnames: tuple[str, ...] = ()
+    hostnames: tuple[HostName, ...] = ()
     rules: tuple[HTTPRouteRule, ...] = (HTTPRouteRule(),)
 
 
@@ -668,6 +896,134 @@ class HTTPRoute(KubeObject):
     API_VERSIONS = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
 
     spec: HTTPRouteSpec = Field(default_factory=HTTPRouteSpec)
+    status: RouteStatus = Field(default_factory=RouteStatus)
+
+
+class GatewayClassSpec(Model):
+    controller_name: str
+    description: str | None = None
+
+
+class GatewayClassStatus(Model):
+    conditions: tuple[Condition, ...] = ()
+
+
+class GatewayClass(KubeObject):
+    KIND = "GatewayClass"
+    API_VERSIONS = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
+    NAMESPACED = False
+
+    spec: GatewayClassSpec
+    status: GatewayClassStatus = Field(default_factory=GatewayClassStatus)
+
+
+class SecretObjectReference(Model):
+    group: str = ""
+    kind: str = "Secret"
+    name: str
+    namespace: str | None = None
+
+
+class GatewayTLSConfig(Model):
+    mode: Literal["Terminate", "Passthrough"] = "Terminate"
+    certificate_refs: tuple[SecretObjectReference, ...] = ()
+
+
+class LabelSelector(Model):
+    match_labels: dict[str, str] = Field(default_factory=dict)
+
+
+class RouteNamespaces(Model):
+    from_: Literal["All", "Same", "Selector"] = Field(default="Same", alias="from")
+    selector: LabelSelector | None = None
+
+
+class RouteGroupKind(Model):
+    group: str = GATEWAY_GROUP
+    kind: str
+
+
+class AllowedRoutes(Model):
+    namespaces: RouteNamespaces = Field(default_factory=RouteNamespaces)
+    kinds: tuple[RouteGroupKind, ...] = ()
+
+
+class Listener(Model):
+    name: Label
+    hostname: HostName | None = None
+    port: PortNumber
+    protocol: str
+    tls: GatewayTLSConfig | None = None
+    allowed_routes: AllowedRoutes = Field(default_factory=AllowedRoutes)
+
+
+class GatewayAddress(Model):
+    type: str = "IPAddress"
+    value: str
+
+
+class GatewaySpec(Model):
+    gateway_class_name: str
+    listeners: tuple[Listener, ...] = Field(min_length=1)
+    addresses: tuple[GatewayAddress, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> GatewaySpec:
+        names = [lis.name for lis in self.listeners]
+        for n in names:
+            if names.count(n) > 1:
+                raise ValueError(f"listeners: duplicate listener name {n!r}")
+        return self
+
+
+class ListenerStatus(Model):
+    name: str
+    supported_kinds: tuple[RouteGroupKind, ...] = ()
+    attached_routes: int = 0
+    conditions: tuple[Condition, ...] = ()
+
+
+class GatewayStatusAddress(Model):
+    type: str = "IPAddress"
+    value: str
+
+
+class GatewayStatus(Model):
+    addresses: tuple[GatewayStatusAddress, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+    listeners: tuple[ListenerStatus, ...] = ()
+
+
+class Gateway(KubeObject):
+    KIND = "Gateway"
+    API_VERSIONS = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1")
+
+    spec: GatewaySpec
+    status: GatewayStatus = Field(default_factory=GatewayStatus)
+
+
+class ReferenceGrantFrom(Model):
+    group: str
+    kind: str
+    namespace: str
+
+
+class ReferenceGrantTo(Model):
+    group: str
+    kind: str
+    name: str | None = None
+
+
+class ReferenceGrantSpec(Model):
+    from_: tuple[ReferenceGrantFrom, ...] = Field(alias="from", min_length=1)
+    to: tuple[ReferenceGrantTo, ...] = Field(min_length=1)
+
+
+class ReferenceGrant(KubeObject):
+    KIND = "ReferenceGrant"
+    API_VERSIONS = ("gateway.networking.k8s.io/v1beta1", "gateway.networking.k8s.io/v1")
+
+    spec: ReferenceGrantSpec
 
 
 # --- Secret --------------------------------------------------------------------------------
@@ -718,6 +1074,9 @@ KINDS: dict[str, type[KubeObject]] = {
         Ingress,
         IngressClass,
         HTTPRoute,
+        GatewayClass,
+        Gateway,
+        ReferenceGrant,
         Secret,
     )
 }

@@ -15,6 +15,9 @@ for _kind, _aliases in {
     "Ingress": ("ing", "ingress", "ingresses"),
     "IngressClass": ("ingressclass", "ingressclasses"),
     "HTTPRoute": ("httproute", "httproutes"),
+    "Gateway": ("gtw", "gateway", "gateways"),
+    "GatewayClass": ("gc", "gatewayclass", "gatewayclasses"),
+    "ReferenceGrant": ("refgrant", "referencegrant", "referencegrants"),
     "Secret": ("secret", "secrets"),
 }.items():
     for _alias in (*_aliases, _kind.lower()):

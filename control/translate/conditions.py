@@ -1,0 +1,108 @@
+"""Status pieces for Gateway API and Ingress: conditions with the specification's reasons,
+hostname intersection, ReferenceGrant checks, and gateway address allocation. All pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable
+
+from mesh.objects import GATEWAY_GROUP, Condition, ReferenceGrant
+
+# Reasons, as the Gateway API names them (apis/v1/gateway_types.go, httproute_types.go).
+ACCEPTED, PROGRAMMED, RESOLVED_REFS, CONFLICTED = (
+    "Accepted",
+    "Programmed",
+    "ResolvedRefs",
+    "Conflicted",
+)
+
+
+def condition(
+    kind: str, ok: bool, reason: str, message: str = "", generation: int = 0
+) -> Condition:
+    return Condition(
+        type=kind,
+        status="True" if ok else "False",
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+    )
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """Gateway API hostname matching: ``*.example.com`` covers one or more labels."""
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return pattern == host
+
+
+def intersect(listener: str | None, route: str) -> str | None:
+    """The hostnames a route hostname and a listener hostname have in common (the more
+    specific of the two), or None."""
+    if listener is None or listener == route:
+        return route
+    if host_matches(listener, route):
+        return route
+    if host_matches(route, listener):
+        return listener
+    return None
+
+
+def route_hosts(listener: str | None, hostnames: Iterable[str]) -> tuple[str, ...] | None:
+    """The effective hostnames of a route on a listener: () for any, None for no overlap."""
+    names = list(hostnames)
+    if not names:
+        return (listener,) if listener else ()
+    found = [h for h in (intersect(listener, n) for n in names) if h is not None]
+    return tuple(dict.fromkeys(found)) or None
+
+
+def granted(
+    grants: Iterable[ReferenceGrant],
+    *,
+    from_kind: str,
+    from_namespace: str,
+    to_group: str,
+    to_kind: str,
+    to_namespace: str,
+    to_name: str,
+) -> bool:
+    """Whether a ReferenceGrant in ``to_namespace`` lets the reference through."""
+    for g in grants:
+        if g.namespace != to_namespace:
+            continue
+        if not any(
+            f.group == GATEWAY_GROUP and f.kind == from_kind and f.namespace == from_namespace
+            for f in g.spec.from_
+        ):
+            continue
+        if any(
+            t.group == to_group and t.kind == to_kind and t.name in (None, "", to_name)
+            for t in g.spec.to
+        ):
+            return True
+    return False
+
+
+def allocate(keys: list[str], cidr: str, taken: set[str]) -> dict[str, str]:
+    """One address per key from ``cidr``: a hash of the key, then the next free address.
+
+    ``keys`` come oldest first, so an older Gateway keeps its address when a newer one would
+    have collided with it.
+    """
+    net = ipaddress.ip_network(cidr, strict=False)
+    first = 1 if net.num_addresses > 2 else 0  # skip the network address
+    size = max(1, net.num_addresses - 2 * first)
+    used = set(taken)
+    out: dict[str, str] = {}
+    for key in keys:
+        start = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % size
+        for step in range(size):
+            ip = str(net.network_address + first + (start + step) % size)
+            if ip not in used:
+                used.add(ip)
+                out[key] = ip
+                break
+    return out
