@@ -22,10 +22,12 @@ import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from mesh.cidrs import IPNetwork
+from mesh.cidrs import parse_cidrs as _parse_cidrs
+from mesh.control.ipfamilies import Families, Family, decide
 from mesh.control.store import Key, Rejected
 from mesh.objects import KubeObject, Service
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Lookup = Callable[[str, str, str], KubeObject | None]
 
 DEFAULT_SERVICE_CIDR = "127.10.0.0/16"
@@ -38,19 +40,8 @@ def _hash(text: str) -> int:
 
 
 def parse_cidrs(cidrs: str | Iterable[str]) -> dict[int, IPNetwork]:
-    """Service ranges by IP version (4, 6); at most one per family."""
-    items = [cidrs] if isinstance(cidrs, str) else list(cidrs)
-    out: dict[int, IPNetwork] = {}
-    for text in items:
-        net = ipaddress.ip_network(text, strict=False)
-        if net.version in out:
-            raise ValueError(f"more than one IPv{net.version} service range: {text}")
-        if net.num_addresses < 4:
-            raise ValueError(f"service range {text} is too small")
-        out[net.version] = net
-    if not out:
-        raise ValueError("at least one service range is required")
-    return out
+    """Service ranges by IP version (4, 6), primary first; at most one per family."""
+    return _parse_cidrs(cidrs, "service")
 
 
 class ServiceAllocator:
@@ -76,17 +67,21 @@ class ServiceAllocator:
         prev = old if isinstance(old, Service) else None
         key = new.key
         spec = new.spec
-        if spec.type == "ExternalName" or spec.headless:
+        if spec.type == "ExternalName":
             self._release(key)
             return new
-        ips = self._cluster_ips(new, prev)
+        families = decide(new, prev, self.families)
+        if spec.headless:
+            self._release(key)
+            return _with_allocations(new, families, families.cluster_ips, {})
+        ips = self._cluster_ips(new, families)
         fill = self._node_ports(new, prev)
         self._release(key)
         for ip in ips:
             self._ip_owner[ip] = key
         for port in [*fill.values(), *(p.node_port for p in spec.ports if p.node_port)]:
             self._port_owner[port] = key
-        return _with_allocations(new, ips, fill)
+        return _with_allocations(new, families, ips, fill)
 
     def _release(self, key: Key) -> None:
         for ip in [ip for ip, owner in self._ip_owner.items() if owner == key]:
@@ -96,30 +91,21 @@ class ServiceAllocator:
 
     # --- cluster IPs ---------------------------------------------------------------------
 
-    def _cluster_ips(self, svc: Service, prev: Service | None) -> list[str]:
-        requested = list(svc.spec.cluster_ips)
-        if requested:
-            for ip in requested:
-                self._check_requested_ip(svc.key, ip)
-            return requested
-        if prev is not None and prev.spec.cluster_ips and not prev.spec.headless:
-            return list(prev.spec.cluster_ips)
-        return [self._allocate_ip(svc.key, version) for version in self._families(svc)]
+    @property
+    def families(self) -> tuple[Family, ...]:
+        """The cluster's IP families, primary (the first range given) first."""
+        return tuple("IPv4" if v == 4 else "IPv6" for v in self.ranges)
 
-    def _families(self, svc: Service) -> list[int]:
-        wanted = [4 if f == "IPv4" else 6 for f in svc.spec.ip_families]
-        policy = svc.spec.ip_family_policy
-        if not wanted:
-            wanted = sorted(self.ranges)
-            if policy in (None, "SingleStack"):
-                wanted = wanted[:1]
-        if policy == "RequireDualStack" and len(self.ranges) < 2:
-            raise Rejected("spec.ipFamilyPolicy: RequireDualStack needs an IPv4 and an IPv6 range")
-        usable = [v for v in wanted if v in self.ranges]
-        if not usable:
-            families = ", ".join(f"IPv{v}" for v in wanted)
-            raise Rejected(f"spec.ipFamilies: no service range configured for {families}")
-        return usable
+    def _cluster_ips(self, svc: Service, families: Families) -> list[str]:
+        """One address per family: the one asked for (or kept), else a free one."""
+        out = []
+        for family, ip in zip(families.families, families.cluster_ips, strict=True):
+            if ip:
+                self._check_requested_ip(svc.key, ip)
+                out.append(ip)
+            else:
+                out.append(self._allocate_ip(svc.key, 4 if family == "IPv4" else 6))
+        return out
 
     def _check_requested_ip(self, key: Key, ip: str) -> None:
         addr = ipaddress.ip_address(ip)
@@ -218,15 +204,24 @@ def _previous_node_ports(prev: Service | None) -> dict[int, int]:
     return {p.port: p.node_port for p in prev.spec.ports if p.node_port is not None}
 
 
-def _with_allocations(svc: Service, ips: Sequence[str], node_ports: dict[int, int]) -> Service:
-    if list(svc.spec.cluster_ips) == list(ips) and not node_ports:
+def _with_allocations(
+    svc: Service, families: Families, ips: Sequence[str], node_ports: dict[int, int]
+) -> Service:
+    spec = svc.spec
+    if (
+        list(spec.cluster_ips) == list(ips)
+        and spec.ip_families == families.families
+        and spec.ip_family_policy == families.policy
+        and not node_ports
+    ):
         return svc
     data: dict[str, Any] = svc.to_dict()
-    spec = data["spec"]
-    spec["clusterIP"] = ips[0]
-    spec["clusterIPs"] = list(ips)
-    spec["ipFamilies"] = ["IPv6" if ":" in ip else "IPv4" for ip in ips]
-    for port in spec["ports"]:
+    out = data["spec"]
+    out["clusterIP"] = ips[0]
+    out["clusterIPs"] = list(ips)
+    out["ipFamilies"] = list(families.families)
+    out["ipFamilyPolicy"] = families.policy
+    for port in out["ports"]:
         if "nodePort" not in port and port["port"] in node_ports:
             port["nodePort"] = node_ports[port["port"]]
     return Service.model_validate(data)

@@ -17,7 +17,6 @@ always get the latest config, never a backlog.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from pathlib import Path
@@ -31,10 +30,9 @@ from mesh.control import endpoints
 from mesh.control.ipam import DEFAULT_NODE_PORTS, DEFAULT_SERVICE_CIDR, ServiceAllocator
 from mesh.control.source_dir import DirSource
 from mesh.control.store import Gone, Snapshot, Store
-from mesh.control.translate.dns import translate_dns
-from mesh.control.translate.proxy import translate_proxy
 from mesh.manifests import ManifestError
 from mesh.objects import KubeObject
+from mesh.registry import PlaneSettings, registrations
 
 log = logging.getLogger("mesh.control")
 
@@ -49,11 +47,9 @@ def default_translators(
     dns_ttl: int = 5,
     dns_pod_mode: PodMode = "insecure",
 ) -> dict[str, Translator]:
-    """The translators of the built-in config kinds."""
-    return {
-        "dns": functools.partial(translate_dns, zone=dns_zone, ttl=dns_ttl, pod_mode=dns_pod_mode),
-        "proxy": functools.partial(translate_proxy, node_name=node_name),
-    }
+    """The translators of every registered component (mesh/registry.py)."""
+    settings = PlaneSettings(node_name, dns_zone, dns_ttl, dns_pod_mode)
+    return {reg.name: reg.translator(settings) for reg in registrations()}
 
 
 def _same_content(a: ComponentConfig, b: ComponentConfig) -> bool:

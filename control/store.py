@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -73,10 +74,20 @@ def _same(a: KubeObject, b: KubeObject) -> bool:
 
 
 class Store:
-    def __init__(self, history: int = 10_000, *, admit: Admit | None = None) -> None:
+    def __init__(
+        self,
+        history: int = 10_000,
+        *,
+        admit: Admit | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if history < 1:
             raise ValueError("history must keep at least one event")
         self.admit = admit
+        self.clock = clock
+        # When each object was created (metadata.creationTimestamp, kept beside the objects
+        # so that comparing an object with its desired form needs no special case).
+        self._created: dict[Key, float] = {}
         self._objects: dict[str, dict[tuple[str, str], KubeObject]] = {}
         self._events: collections.deque[WatchEvent] = collections.deque(maxlen=history)
         self._revision = 0
@@ -126,6 +137,10 @@ class Store:
 
     def _record(self, type_: EventType, obj: KubeObject) -> None:
         self._revision += 1
+        if type_ == "ADDED":
+            self._created[obj.key] = self.clock()
+        elif type_ == "DELETED":
+            self._created.pop(obj.key, None)
         if len(self._events) == self._events.maxlen:
             self._compacted = self._events[0].revision
         self._events.append(WatchEvent(type_, obj, self._revision))
@@ -137,6 +152,10 @@ class Store:
 
     def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
         return self._objects.get(kind, {}).get((namespace, name))
+
+    def created(self, key: Key) -> float | None:
+        """When the object at ``key`` was created (wall-clock seconds), if it exists."""
+        return self._created.get(key)
 
     def list(self, kind: str, namespace: str | None = None) -> tuple[list[KubeObject], int]:
         return self.snapshot().list(kind, namespace), self._revision

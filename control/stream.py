@@ -8,12 +8,18 @@ Routes (HTTP/1.1, JSON):
   notice a dead connection (as a Kubernetes watch's bookmarks and keep-alives do).
 - ``GET /v1/objects/{Kind}?namespace=NS``: a Kubernetes ``List`` of stored objects in API
   form; ``Kind`` also accepts ``kubectl`` names (``svc``, ``services``, ``pods``, ...).
+- ``GET /v1/objects/{Kind}?watch=1&resourceVersion=N[&namespace=NS]``: as the API server's
+  watch, newline-delimited ``{"type": "ADDED"|"MODIFIED"|"DELETED", "object": {...}}``
+  events after revision ``N`` (default: now), with heartbeats; 410 when ``N`` is older than
+  the store's history (list again and watch from the list's resourceVersion).
 - ``GET /v1/errors``: manifest errors and warnings.
 - ``GET /healthz``: ``ok``.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -21,6 +27,7 @@ import trio
 
 from mesh.config.base import ComponentConfig
 from mesh.control.plane import ControlPlane
+from mesh.control.store import Gone, WatchEvent
 from mesh.httpserve import (
     HttpServer,
     Request,
@@ -29,7 +36,7 @@ from mesh.httpserve import (
     json_response,
     text,
 )
-from mesh.objects import KINDS
+from mesh.objects import KINDS, KubeObject
 
 DEFAULT_LISTEN = ("127.0.0.1", 15010)
 HEARTBEAT = 10.0
@@ -59,13 +66,23 @@ def resolve_kind(name: str) -> str | None:
     return None
 
 
+def api_object(plane: ControlPlane, obj: KubeObject) -> dict[str, Any]:
+    """The object as the API server returns it, with its creationTimestamp."""
+    data = obj.to_dict()
+    created = plane.store.created(obj.key)
+    if created is not None:
+        stamp = datetime.datetime.fromtimestamp(int(created), datetime.UTC)
+        data["metadata"]["creationTimestamp"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return data
+
+
 def object_list(plane: ControlPlane, kind: str, namespace: str | None) -> dict[str, Any]:
     items, revision = plane.store.list(kind, namespace or None)
     return {
         "apiVersion": "v1",
         "kind": "List",
         "metadata": {"resourceVersion": str(revision)},
-        "items": [obj.to_dict() for obj in items],
+        "items": [api_object(plane, obj) for obj in items],
     }
 
 
@@ -112,6 +129,8 @@ class ConfigServer:
                 resolved = resolve_kind(name)
                 if resolved is None:
                     return text(404, f"unknown kind {name!r}")
+                if request.query.get("watch") in ("1", "true"):
+                    return self._watch_objects(resolved, request.query)
                 return json_response(
                     object_list(self.plane, resolved, request.query.get("namespace"))
                 )
@@ -122,6 +141,42 @@ class ConfigServer:
                 ]
                 return json_response({"errors": errors, "warnings": self.plane.warnings})
         return text(404, "not found")
+
+    def _watch_objects(self, kind: str, query: dict[str, str]) -> Response | StreamingResponse:
+        since_text = query.get("resourceVersion", "")
+        if since_text and not since_text.isdigit():
+            return text(400, f"resourceVersion {since_text!r} is not a number")
+        since = int(since_text) if since_text else self.plane.store.revision
+        try:
+            self.plane.store.events_since(since, kind)  # 410 now rather than mid-stream
+        except Gone as exc:
+            return text(410, str(exc))
+        return StreamingResponse(self.object_events(kind, query.get("namespace") or None, since))
+
+    async def object_events(
+        self, kind: str, namespace: str | None, since: int
+    ) -> AsyncGenerator[bytes, None]:
+        """Store events of ``kind`` after ``since``, one JSON line each, with heartbeats."""
+        store = self.plane.store
+        revision = since
+        while True:
+            seen = store.revision  # events_since covers everything up to here
+            try:
+                events = store.events_since(revision, kind)
+            except Gone:
+                return  # the client lists again, as after a 410
+            for ev in events:
+                if namespace is None or ev.object.metadata.namespace == namespace:
+                    yield self._event_line(ev)
+            revision = seen
+            with trio.move_on_after(self.heartbeat) as scope:
+                await store.wait_for_change(revision)
+            if scope.cancelled_caught:
+                yield b"\n"
+
+    def _event_line(self, ev: WatchEvent) -> bytes:
+        data = {"type": ev.type, "object": api_object(self.plane, ev.object)}
+        return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
     async def watch(self, kind: str) -> AsyncGenerator[bytes, None]:
         """Snapshots of ``kind`` as they are published, with heartbeats in between."""

@@ -45,7 +45,13 @@ class AdminServer:
         await self.http.run(task_status=task_status)
 
     def not_ready(self) -> list[str]:
-        waiting = [c.name for c in self.components if not c.ready]
+        """What is not ready, each with its reason when the component gives one."""
+        waiting = []
+        for c in self.components:
+            if not c.ready:
+                reason_of = getattr(c, "not_ready_reason", None)
+                reason = reason_of() if callable(reason_of) else None
+                waiting.append(f"{c.name} ({reason})" if reason else c.name)
         if self.plane is not None and any(
             self.plane.current(kind) is None for kind in self.plane.kinds
         ):

@@ -61,10 +61,16 @@ def dns_objects(cluster_ip: str, node_ip: str, port: int = 53) -> list[Service |
     return [service, endpoints]
 
 
-def with_address(pod: Pod, ip: str) -> Pod:
-    """The pod as its kubelet reports it: running, at ``ip``."""
+def with_address(pod: Pod, ips: str | tuple[str, ...]) -> Pod:
+    """The pod as its kubelet reports it: running, at ``ips`` (one per family, primary
+    first, as ``status.podIPs``)."""
+    ips = (ips,) if isinstance(ips, str) else ips
     status = pod.status.model_copy(
-        update={"pod_ip": ip, "pod_ips": (PodIP(ip=ip),), "phase": "Running"}
+        update={
+            "pod_ip": ips[0],
+            "pod_ips": tuple(PodIP(ip=ip) for ip in ips),
+            "phase": "Running",
+        }
     )
     return pod.model_copy(update={"status": status})
 
@@ -75,6 +81,7 @@ class BoxNode:
     def __init__(self, plane: Any, box: Any) -> None:
         self.plane = plane
         self.box = box
+        self._unplaced: dict[str, str] = {}  # pod -> why it has no namespace
 
     def _wanted(self) -> dict[str, Pod]:
         pods = self.plane.store.snapshot().list("Pod")
@@ -84,7 +91,7 @@ class BoxNode:
             if isinstance(p, Pod) and not p.spec.host_network and not p.terminating
         }
 
-    def _place(self, wanted: dict[str, Pod]) -> list[tuple[Pod, str]]:
+    def _place(self, wanted: dict[str, Pod]) -> list[tuple[Pod, tuple[str, ...]]]:
         """Create and remove namespaces (blocking: runs in a worker thread). Returns the
         pods whose status must change."""
         for key in list(self.box.pods):
@@ -96,22 +103,39 @@ class BoxNode:
         for key, pod in wanted.items():
             placed = self.box.pods.get(key)
             if placed is None:
-                requested = pod.status.pod_ip
-                if requested and ipaddress.ip_address(requested) not in self.box.pod_net:
-                    requested = None  # an address from another mode (loopback): allocate
                 try:
-                    placed = self.box.add_pod(pod.metadata.namespace, pod.metadata.name, requested)
-                except ValueError:
-                    placed = self.box.add_pod(pod.metadata.namespace, pod.metadata.name, None)
-                log.info("pod placed", extra={"pod": key, "ip": placed.ip})
-            if pod.status.pod_ip != placed.ip or pod.status.phase != "Running":
-                patches.append((pod, placed.ip))
+                    placed = self._add(pod)
+                except (OSError, ValueError) as exc:
+                    # This pod stays Pending (as kubelet leaves a pod it cannot network);
+                    # the others run. Said once per pod until it is placed or removed.
+                    if self._unplaced.get(key) != str(exc):
+                        log.error("cannot place pod", extra={"pod": key, "error": str(exc)})
+                    self._unplaced[key] = str(exc)
+                    continue
+                self._unplaced.pop(key, None)
+                log.info("pod placed", extra={"pod": key, "ips": list(placed.ips)})
+            if pod.ips != placed.ips or pod.status.phase != "Running":
+                patches.append((pod, placed.ips))
+        for key in [k for k in self._unplaced if k not in wanted]:
+            del self._unplaced[key]
         return patches
+
+    def _add(self, pod: Pod) -> Any:
+        requested = pod.status.pod_ip
+        if requested and ipaddress.ip_address(requested) not in self.box.pod_net:
+            requested = None  # an address from another mode (loopback): allocate
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        if requested:
+            try:
+                return self.box.add_pod(ns, name, requested)
+            except ValueError:
+                pass  # taken: allocate another
+        return self.box.add_pod(ns, name, None)
 
     async def reconcile(self) -> None:
         patches = await trio.to_thread.run_sync(self._place, self._wanted())
-        for pod, ip in patches:
-            self.plane.apply(with_address(pod, ip))
+        for pod, ips in patches:
+            self.plane.apply(with_address(pod, ips))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         revision = self.plane.store.revision

@@ -34,7 +34,9 @@ class Component(Protocol[C]):
         """Swap in a new config. Raises ConfigRejected and keeps the old one if it cannot."""
 
     def config_json(self) -> Any:
-        """The live config (and any derived state worth showing) as JSON-ready data."""
+        """The live config as JSON-ready data (None before the first one), or a dict holding
+        it under ``"config"`` beside derived state worth showing. ``mesh config dump`` prints
+        the config part, which ``--config FILE`` reads back."""
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """Open sockets, call ``task_status.started()`` once listening, serve until cancelled."""

@@ -21,7 +21,6 @@ import trio
 import yaml
 
 from mesh.component import Component, ConfigRejected
-from mesh.config import CONFIG_KINDS
 from mesh.config.base import ComponentConfig
 from mesh.stream_client import Backoff, stream_configs
 
@@ -68,8 +67,10 @@ async def feed(
 
 
 def config_type_for(component: Component[Any]) -> type[ComponentConfig]:
+    from mesh.registry import lookup
+
     try:
-        return CONFIG_KINDS[component.name]
+        return lookup(component.name).config_type
     except KeyError:
         raise ValueError(f"no config kind named {component.name!r}") from None
 

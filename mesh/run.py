@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,15 @@ async def _until_signal(cancel: trio.CancelScope) -> None:
             return
 
 
+def _finish_teardown() -> None:
+    """Ignore SIGINT and SIGTERM from now on except while trio listens for them (trio
+    restores this on exit): a second signal during shutdown must not cut the box's teardown
+    short, nor one that lands after it (the process is about to exit anyway). Only SIGKILL
+    may leave state behind; ``mesh down`` clears it."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+
+
 class StartupError(Exception):
     """A server could not start (an address in use, not local, no permission)."""
 
@@ -52,6 +62,15 @@ async def _start(
         where = f" on {format_address(address)}" if address is not None else ""
         reason = exc.strerror or str(exc)
         raise StartupError(f"cannot start the {what}{where}: {reason}") from None
+
+
+def _reason(exc: Exception) -> str:
+    """One line for an OS or subprocess error (ip's own message when it has one)."""
+    if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
+        return str(exc.stderr).strip().splitlines()[-1]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -77,16 +96,14 @@ def _run(main: Callable[[trio.Nursery], Awaitable[None]]) -> None:
         startup = _find(exc, StartupError)
         if startup is None:
             raise
-        log.error("cannot start", extra={"error": str(startup)})
+        # Said once, on stderr, as the last line (not also as a log record).
         raise SystemExit(f"mesh: {startup}") from None
 
 
-_TITLES = {"dns": "DNS server", "proxy": "node proxy"}
-
-
 async def _start_component(nursery: trio.Nursery, component: Component[Any]) -> None:
-    title = _TITLES.get(component.name, component.name)
-    await _start(nursery, title, _listen_of(component), component.run)
+    from mesh.registry import title
+
+    await _start(nursery, title(component.name), _listen_of(component), component.run)
 
 
 async def _start_fed(
@@ -109,9 +126,11 @@ def make_proxy(
     mode: str, *, node_ip: str = "127.0.0.1", udp_idle_timeout: float = 30.0
 ) -> Component[Any]:
     if mode == "nftables":
+        from mesh.proxy.nft_render import RenderOptions
         from mesh.proxy.nftables import NftablesProxy
 
-        return NftablesProxy()
+        # Both address families, each in its own table (kube-proxy's dual-stack layout).
+        return NftablesProxy(options=[RenderOptions(family="ip"), RenderOptions(family="ip6")])
     from mesh.proxy.userspace import UserspaceProxy
 
     return UserspaceProxy(node_ip=node_ip, udp_idle_timeout=udp_idle_timeout)
@@ -141,11 +160,6 @@ class PlaneOptions:
         )
 
 
-def _report_manifest_errors(plane: Any) -> None:
-    for err in plane.errors:
-        log.error("invalid object", extra={"error": str(err)})
-
-
 def run_up(
     *,
     options: PlaneOptions,
@@ -164,13 +178,16 @@ def run_up(
     dns = DnsServer(dns_listen, upstreams, zone=options.zone)
     components: list[Component[Any]] = [dns]
     if with_proxy:
-        components.append(make_proxy("userspace"))
+        from mesh.cidrs import parse_cidrs
+        from mesh.proxy.userspace import UserspaceProxy
+
+        ranges = tuple(str(n) for n in parse_cidrs(options.service_cidr).values())
+        components.append(UserspaceProxy(local_ranges=ranges))
     control = ConfigServer(plane, control_listen)
     admin = AdminServer(admin_listen, components, plane=plane)
 
     async def main(nursery: trio.Nursery) -> None:
         await _start(nursery, "control plane", None, plane.run)
-        _report_manifest_errors(plane)
         await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
         await _start_fed(nursery, plane, components)
@@ -217,12 +234,17 @@ def run_up_netns(
     admin = AdminServer(admin_listen, components, plane=plane)
     node = BoxNode(plane, cluster)
 
+    # System objects first: a manifest Service that pins the kube-dns address is then refused
+    # as any conflict is (reported, everything else runs), instead of the box failing.
+    for obj in dns_objects(cluster.dns_ip, cluster.node_ip):
+        plane.apply(obj)
+
     async def main(nursery: trio.Nursery) -> None:
-        await trio.to_thread.run_sync(cluster.build)
+        try:
+            await trio.to_thread.run_sync(cluster.build)
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            raise StartupError(f"cannot build the box: {_reason(exc)}") from None
         await _start(nursery, "control plane", None, plane.run)
-        _report_manifest_errors(plane)
-        for obj in dns_objects(cluster.dns_ip, cluster.node_ip):
-            plane.apply(obj)
         await _start(nursery, "box node agent", None, node.run)
         await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
@@ -231,6 +253,7 @@ def run_up_netns(
         await _start(nursery, "admin server", admin_listen, admin.run)
         announce("admin", (admin_listen[0], admin.port))
 
+    _finish_teardown()
     try:
         _run(main)
     finally:
@@ -254,7 +277,6 @@ def run_control(
 
     async def main(nursery: trio.Nursery) -> None:
         await _start(nursery, "control plane", None, plane.run)
-        _report_manifest_errors(plane)
         await _start(nursery, "config stream server", control_listen, control.run)
         announce("control", (control_listen[0], control.port))
         await _start(nursery, "admin server", admin_listen, admin.run)

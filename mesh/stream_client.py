@@ -16,13 +16,15 @@ import random
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import h11
 import pydantic
 import trio
 
+from mesh.addresses import parse_url
 from mesh.config.base import ComponentConfig
+
+__all__ = ["Backoff", "LineSplitter", "StreamError", "fetch_json", "parse_url", "stream_configs"]
 
 log = logging.getLogger("mesh.stream")
 
@@ -47,14 +49,6 @@ class Backoff:
         [base/2, base], where base doubles up to ``maximum``."""
         base = min(self.maximum, self.initial * self.factor ** min(attempt, 32))
         return base / 2 + rng.random() * base / 2
-
-
-def parse_url(url: str) -> tuple[str, int, str]:
-    """(host, port, path prefix) of an ``http://host:port[/prefix]`` control URL."""
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"{url!r}: expected http://HOST:PORT")
-    return parts.hostname, parts.port or 80, parts.path.rstrip("/")
 
 
 class LineSplitter:
@@ -155,12 +149,15 @@ async def stream_configs(
     rng = rng or random.Random()
     attempt = 0
     last: C | None = None
+    last_error = ""
     while True:  # one connection per round; ends only when the consumer stops
         stream: trio.SocketStream | None = None
         try:
             stream = await _connect(host, port, connect_timeout)
             conn = _Connection(stream, idle_timeout)
             status = await conn.request(host, port, target)
+            if status == 404:
+                raise StreamError(f"HTTP 404 for {target}: is {url} a mesh control plane?")
             if status != 200:
                 raise StreamError(f"HTTP {status} for {target}")
             lines = LineSplitter()
@@ -170,15 +167,20 @@ async def stream_configs(
                         continue  # heartbeat
                     config = decode(line, config_type)
                     attempt = 0
+                    last_error = ""
                     if config != last:
                         last = config
                         yield config
             raise StreamError("stream ended")
         except _NETWORK_ERRORS as exc:
-            log.warning(
+            error = str(exc) or type(exc).__name__
+            # Said once while it lasts: the same failure on every retry is not news.
+            log.log(
+                logging.DEBUG if error == last_error else logging.WARNING,
                 "config stream lost",
-                extra={"url": url, "kind": kind, "error": str(exc) or type(exc).__name__},
+                extra={"url": url, "kind": kind, "error": error},
             )
+            last_error = error
         finally:
             if stream is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):

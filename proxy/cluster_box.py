@@ -12,6 +12,12 @@ Pods get /32 addresses routed through the node (not a shared /16): a reply from 
 another then crosses the node's forward path and its conntrack, so DNATed Service traffic
 is un-NATed without br_netfilter. The node's own address answers NodePorts.
 
+Dual-stack: with an IPv6 pod range beside the IPv4 one (``pod_cidr="198.18.0.0/16,
+fd00:18::/64"``) every pod also gets an IPv6 /128 (the same host number in the IPv6 range),
+routed through the node's IPv6 address on the bridge; IPv6 service ranges are routed to the
+bridge too, and the node proxy syncs an ``ip6`` table beside the ``ip`` one. Use ranges that
+are never routed (unique local fd00::/8): nothing leaves the node namespace either way.
+
 Use ``async with ClusterBox(...) as box`` (removes everything on exit, also on error), or
 :func:`up` / :func:`down` / :func:`exec_argv` from separate commands: every namespace and
 resolv.conf is recorded in ``state_dir`` before it is made, so :func:`down` cleans up after
@@ -34,6 +40,7 @@ from typing import Any
 
 import trio
 
+from mesh.cidrs import parse_cidrs
 from mesh.proxy import netns
 from mesh.proxy.nft_render import RenderOptions
 from mesh.proxy.nft_sync import SyncPolicy
@@ -50,6 +57,11 @@ class BoxPod:
     name: str
     ip: str
     netns: str  # the network namespace's name (for ip netns exec)
+    ip6: str | None = None  # the IPv6 address, when the box is dual-stack
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        return (self.ip, self.ip6) if self.ip6 else (self.ip,)
 
     @property
     def key(self) -> str:
@@ -77,10 +89,21 @@ class ClusterBox:
         self.prefix = prefix or f"mesh-{secrets.token_hex(3)}"
         if len(self.prefix) > 40 or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", self.prefix):
             raise ValueError(f"prefix {self.prefix!r}: lower case letters, digits and '-'")
-        self.pod_net = ipaddress.IPv4Network(pod_cidr)
-        self.service_net = ipaddress.IPv4Network(service_cidr)
+        pods = parse_cidrs(pod_cidr, "pod")
+        services = parse_cidrs(service_cidr, "service")
+        pod4 = pods.get(4)
+        if not isinstance(pod4, ipaddress.IPv4Network):
+            raise ValueError(f"pod range {pod_cidr}: the box needs an IPv4 range (IPv6 may follow)")
+        self.pod_net = pod4
+        self.pod_net6 = pods.get(6)
+        self.service_nets = list(services.values())
+        self.service_net = self.service_nets[0]  # the primary range
         self.node_ip = str(self.pod_net.network_address + 1)
-        self.dns_ip = dns_ip or str(self.service_net.network_address + 10)
+        self.node_ip6 = str(self.pod_net6.network_address + 1) if self.pod_net6 else None
+        # The DNS server listens on the node's IPv4 address, so kube-dns takes its ClusterIP
+        # from the IPv4 service range even when IPv6 is primary.
+        dns_net = next((n for n in self.service_nets if n.version == 4), self.service_net)
+        self.dns_ip = dns_ip or str(dns_net.network_address + 10)
         self.domain = cluster_domain
         self.state = netns.StateFile(state_dir or DEFAULT_STATE_DIR / self.prefix)
         self.node = f"{self.prefix}-node"
@@ -97,19 +120,27 @@ class ClusterBox:
             prefix=self.prefix,
             node=self.node,
             node_ip=self.node_ip,
-            pod_cidr=str(self.pod_net),
-            service_cidr=str(self.service_net),
+            pod_cidr=",".join(
+                map(str, (self.pod_net, self.pod_net6) if self.pod_net6 else [self.pod_net])
+            ),
+            service_cidr=",".join(map(str, self.service_nets)),
             dns_ip=self.dns_ip,
             pods={},
         )
         netns.create(self.node, self.state)
         netns.add_bridge(self.node, BRIDGE, self.node_ip, self.pod_net.prefixlen)
-        netns.add_route(self.node, str(self.service_net), BRIDGE)
-        for key, value in (
+        settings = [
             ("net.ipv4.ip_forward", "1"),
             ("net.ipv4.conf.all.send_redirects", "0"),
             (f"net.ipv4.conf.{BRIDGE}.send_redirects", "0"),
-        ):
+        ]
+        if self.pod_net6 is not None and self.node_ip6 is not None:
+            netns.add_address6(self.node, BRIDGE, self.node_ip6, self.pod_net6.prefixlen)
+            settings.append(("net.ipv6.conf.all.forwarding", "1"))
+        for net in self.service_nets:
+            if net.version == 4 or self.pod_net6 is not None:
+                netns.add_route(self.node, str(net), BRIDGE)
+        for key, value in settings:
             netns.sysctl(self.node, key, value)
         self._built = True
 
@@ -146,21 +177,27 @@ class ClusterBox:
             raise ValueError(f"{address} is not in the pod CIDR {self.pod_net}")
         if any(p.ip == address for p in self.pods.values()) or address == self.node_ip:
             raise ValueError(f"{address} is taken")
+        address6 = self._twin(address)
         pod_ns = f"{self.prefix}-{_slug(namespace, 20)}-{_slug(name, 40)}"
         index = len(self.pods) + 1
         veth = f"v{self._veth_id}{index:x}"[: netns.IFNAMSIZ]
         netns.create(pod_ns, self.state)
         netns.add_veth(self.node, BRIDGE, veth, pod_ns)
         netns.configure_pod(pod_ns, "eth0", address, self.node_ip)
+        if address6 is not None and self.node_ip6 is not None:
+            netns.configure_pod6(pod_ns, "eth0", address6, self.node_ip6)
         netns.write_resolv_conf(
             pod_ns,
             self.dns_ip,
             [f"{namespace}.svc.{self.domain}", f"svc.{self.domain}", self.domain],
         )
-        pod = BoxPod(namespace, name, address, pod_ns)
+        pod = BoxPod(namespace, name, address, pod_ns, address6)
         self.pods[key] = pod
         data = self.state.load()
-        data.setdefault("pods", {})[key] = {"ip": address, "netns": pod_ns}
+        record = {"ip": address, "netns": pod_ns}
+        if address6 is not None:
+            record["ip6"] = address6
+        data.setdefault("pods", {})[key] = record
         self.state.save(data)
         return pod
 
@@ -173,6 +210,16 @@ class ClusterBox:
         data = self.state.load()
         data.get("pods", {}).pop(pod.key, None)
         self.state.save(data)
+
+    def _twin(self, address: str) -> str | None:
+        """The pod's IPv6 address: the same host number in the IPv6 range (so the pairs
+        are easy to read), or None when the box is IPv4 only."""
+        if self.pod_net6 is None:
+            return None
+        host = int(ipaddress.IPv4Address(address)) - int(self.pod_net.network_address)
+        if host >= self.pod_net6.num_addresses:
+            raise ValueError(f"pod range {self.pod_net6} has no twin for {address}")
+        return str(self.pod_net6.network_address + host)
 
     def _allocate(self) -> str:
         taken = {p.ip for p in self.pods.values()}
@@ -214,12 +261,21 @@ class ClusterBox:
         return subprocess.Popen(self.exec_argv(pod, argv), **kw)
 
     def render_options(self, **kw: Any) -> RenderOptions:
-        kw.setdefault("pod_cidr", str(self.pod_net))
+        """One table's options: ``family="ip6"`` for the IPv6 one (its pod range)."""
+        pod_net = self.pod_net6 if kw.get("family") == "ip6" else self.pod_net
+        kw.setdefault("pod_cidr", str(pod_net) if pod_net is not None else None)
         return RenderOptions(**kw)
 
+    @property
+    def dual_stack(self) -> bool:
+        return self.pod_net6 is not None
+
     def proxy(self, policy: SyncPolicy | None = None, **options: Any) -> NftablesProxy:
-        """The node proxy in nftables mode, syncing into the node namespace."""
-        return NftablesProxy(netns=self.node, options=self.render_options(**options), policy=policy)
+        """The node proxy in nftables mode, syncing into the node namespace: the ip table,
+        and the ip6 one too when the box is dual-stack."""
+        families = ("ip", "ip6") if self.dual_stack else ("ip",)
+        tables = [self.render_options(family=f, **options) for f in families]
+        return NftablesProxy(netns=self.node, options=tables, policy=policy)
 
 
 # --- plain functions for the command line ------------------------------------------------

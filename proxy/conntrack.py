@@ -33,9 +33,11 @@ class StaleEntry:
     ip: str
     port: int
     endpoint: tuple[str, int] | None = None
+    family: int = 4  # the IP version of the flows (a NodePort entry names no address)
 
     def conntrack_args(self) -> list[str]:
-        args = ["-D", "-p", "udp"]
+        args = ["-D", "-f", "ipv6"] if self.family == 6 else ["-D"]
+        args += ["-p", "udp"]
         if self.ip:
             args += ["--orig-dst", self.ip]
         args += ["--orig-port-dst", str(self.port)]
@@ -44,7 +46,7 @@ class StaleEntry:
         return args
 
 
-def stale_entries(old: UdpTargets | None, new: UdpTargets) -> list[StaleEntry]:
+def stale_entries(old: UdpTargets | None, new: UdpTargets, family: int = 4) -> list[StaleEntry]:
     """What to delete after moving from ``old`` to ``new`` (None: nothing was synced)."""
     if old is None:
         return []
@@ -52,10 +54,10 @@ def stale_entries(old: UdpTargets | None, new: UdpTargets) -> list[StaleEntry]:
     for (ip, port), before in old.items():
         after = new.get((ip, port), frozenset())
         for ep in before - after:
-            out.add(StaleEntry(ip, port, ep))
+            out.add(StaleEntry(ip, port, ep, family))
     for (ip, port), after in new.items():
         if after and not old.get((ip, port)):
-            out.add(StaleEntry(ip, port, None))
+            out.add(StaleEntry(ip, port, None, family))
     return sorted(out, key=lambda e: (e.ip, e.port, e.endpoint or ("", 0)))
 
 

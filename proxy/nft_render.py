@@ -31,61 +31,55 @@ Why so few chains: nft's parse and the kernel's commit time grow with the number
 and rules (about 40 us per chain), so per-endpoint chains are kept only where affinity
 needs them.
 
-Only IPv4 is rendered (the table is of family ``ip``); IPv6 addresses are skipped.
+One table per address family, as kube-proxy does: ``ip mesh-proxy`` holds the IPv4
+addresses of every Service and endpoint, ``ip6 mesh-proxy`` the IPv6 ones, with the same
+structure (``RenderOptions.family`` picks which; each sees only addresses of its family).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
-from mesh.proxy.table import eligible, endpoint_order
-
-DSTNAT = -100
-SRCNAT = 100
-FILTER = DSTNAT - 10  # filter before DNAT, so the rules see Service addresses
-
-MARK_MASQ_CHAIN = "mark-for-masquerade"
-MASQUERADING_CHAIN = "masquerading"
-SERVICES_CHAIN = "services"
-ENDPOINTS_CHECK_CHAIN = "endpoints-check"
-REJECT_CHAIN = "reject-chain"
-SERVICE_IPS_MAP = "service-ips"
-SERVICE_NODEPORTS_MAP = "service-nodeports"
-NO_ENDPOINT_SERVICES_MAP = "no-endpoint-services"
-NO_ENDPOINT_NODEPORTS_MAP = "no-endpoint-nodeports"
-NODEPORT_IPS_SET = "nodeport-ips"
-DISPATCH_CHAIN = "endpoint-dispatch"
-DISPATCH_MAP = "endpoint-dispatch"
-DNAT_CHAIN = "endpoint-dnat"
-DNAT_MAP = "endpoint-addrs"
-HAIRPIN_SET = "endpoint-hairpin"
-CLUSTER_IPS_SET = "cluster-ips"
-MAPS = (
+from mesh.proxy.nft_names import (
+    ADDR_TYPE,
+    CLUSTER_IPS_SET,
+    DISPATCH_CHAIN,
+    DISPATCH_MAP,
+    DNAT_CHAIN,
+    DNAT_MAP,
+    DSTNAT,
+    ENDPOINTS_CHECK_CHAIN,
+    FILTER,
+    HAIRPIN_SET,
+    LOOPBACK,
+    MAP_TYPES,
+    MAPS,
+    MARK_MASQ_CHAIN,
+    MASQUERADING_CHAIN,
+    NO_ENDPOINT_NODEPORTS_MAP,
+    NO_ENDPOINT_SERVICES_MAP,
+    NODEPORT_IPS_SET,
+    REJECT_CHAIN,
     SERVICE_IPS_MAP,
     SERVICE_NODEPORTS_MAP,
-    NO_ENDPOINT_SERVICES_MAP,
-    NO_ENDPOINT_NODEPORTS_MAP,
-    DISPATCH_MAP,
-    DNAT_MAP,
+    SERVICES_CHAIN,
+    SETS,
+    SRCNAT,
+    Family,
+    affinity_set,
+    endpoint_chain,
+    external_chain,
+    map_types,
+    service_chain,
+    set_types,
 )
-_IP_KEY = "ipv4_addr . inet_proto . inet_service : verdict"
-_PORT_KEY = "inet_proto . inet_service : verdict"
-MAP_TYPES = {
-    SERVICE_IPS_MAP: _IP_KEY,
-    SERVICE_NODEPORTS_MAP: _PORT_KEY,
-    NO_ENDPOINT_SERVICES_MAP: _IP_KEY,
-    NO_ENDPOINT_NODEPORTS_MAP: _PORT_KEY,
-    DISPATCH_MAP: "mark : verdict",
-    DNAT_MAP: "mark : ipv4_addr . inet_service",
-}
-HAIRPIN_TYPE = "ipv4_addr . ipv4_addr"
-SETS = {HAIRPIN_SET: HAIRPIN_TYPE, CLUSTER_IPS_SET: "ipv4_addr . inet_proto . inet_service"}
+from mesh.proxy.table import eligible, endpoint_order
+
 # Above this many load-balanced Service ports, "auto" dispatch switches from one anonymous
 # vmap per Service to the shared map: the kernel's cost of adding anonymous sets and of
 # checking jump loops through verdict maps grows with the number of sets in the table, so
@@ -96,9 +90,10 @@ SHARED_DISPATCH_ABOVE = 1000
 @dataclass(frozen=True, slots=True)
 class RenderOptions:
     table: str = "mesh-proxy"
+    family: Family = "ip"  # the table's address family: "ip" (IPv4) or "ip6" (IPv6)
     masquerade_mark: int = 0x4000
-    # Traffic to a ClusterIP from outside this CIDR is masqueraded (kube-proxy's local
-    # traffic detector); None: never.
+    # Traffic to a ClusterIP from outside this CIDR (of the table's family) is masqueraded
+    # (kube-proxy's local traffic detector); None: never.
     pod_cidr: str | None = None
     # Addresses that accept NodePort traffic; empty: every local address but 127.0.0.0/8.
     node_port_addresses: tuple[str, ...] = ()
@@ -116,7 +111,7 @@ class Ruleset:
     """The rendered table plus what the syncer needs to know about it."""
 
     table: str
-    body: str  # "table ip NAME { ... }"
+    body: str  # "table ip NAME { ... }" (or ip6)
     marker: str  # comment on the services dispatch rule: a digest of the body
     chains: frozenset[str] = frozenset()  # service-/local-/external-/endpoint- chains
     affinity_sets: dict[str, int] = field(default_factory=dict)  # name -> timeout seconds
@@ -136,37 +131,16 @@ class Ruleset:
     chain_blocks: dict[str, str] = field(default_factory=dict)
     element_sets: dict[str, dict[str, str]] = field(default_factory=dict)
     slots: dict[str, tuple[int, int]] = field(default_factory=dict)
+    family: Family = "ip"
 
 
-def _hashed(prefix: str, identity: str) -> str:
-    # The identity keeps names unique; the hash prefix keeps similar ones visually apart.
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:8].upper()
-    name = f"{prefix}{digest}-{identity}"
-    return name if len(name) <= 250 else name[:247] + "..."
+def _of_family(addresses: Iterable[str], family: str) -> list[str]:
+    six = family == "ip6"
+    return [a for a in addresses if (":" in a) == six]
 
 
-def port_identity(svc: ProxyService, port: ProxyPort) -> str:
-    return f"{svc.namespace}/{svc.name}/{port.protocol.lower()}/{port.name}"
-
-
-def service_chain(svc: ProxyService, port: ProxyPort, local: bool = False) -> str:
-    return _hashed("local-" if local else "service-", port_identity(svc, port))
-
-
-def external_chain(svc: ProxyService, port: ProxyPort) -> str:
-    return _hashed("external-", port_identity(svc, port))
-
-
-def endpoint_chain(svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
-    return _hashed("endpoint-", f"{port_identity(svc, port)}__{ip}/{target}")
-
-
-def affinity_set(svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
-    return _hashed("affinity-", f"{port_identity(svc, port)}__{ip}/{target}")
-
-
-def _v4(addresses: Iterable[str]) -> list[str]:
-    return [a for a in addresses if ":" not in a]
+def _dnat_target(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 @functools.lru_cache(maxsize=65536)
@@ -179,9 +153,11 @@ def _order(ep: tuple[str, int]) -> tuple[int, int, int]:
     return endpoint_order(ep)
 
 
-def _targets(eps: Iterable[ProxyEndpoint], port: ProxyPort) -> list[tuple[str, int]]:
-    """Usable (ip, port) pairs in the service table's round-robin order."""
-    pairs = {(ep.address, ep.ports[port.name]) for ep in eps if ":" not in ep.address}
+def _targets(eps: Iterable[ProxyEndpoint], port: ProxyPort, family: str) -> list[tuple[str, int]]:
+    """Usable (ip, port) pairs of the table's family in the service table's round-robin
+    order."""
+    six = family == "ip6"
+    pairs = {(ep.address, ep.ports[port.name]) for ep in eps if (":" in ep.address) == six}
     return sorted(pairs, key=_order)
 
 
@@ -256,20 +232,21 @@ def render(
         out.elements[HAIRPIN_SET][f"{ip} . {ip}"] = ""
     static = _preamble(opts)
     body_parts = [static]
+    types = {**map_types(opts.family), **set_types(opts.family)}
     for name, elems in out.elements.items():
         kind = "map" if name in MAP_TYPES else "set"
-        body = f"\t{kind} {name} {{\n\t\ttype {MAP_TYPES.get(name) or SETS[name]}\n"
+        body = f"\t{kind} {name} {{\n\t\ttype {types[name]}\n"
         if elems:
             body += "\t\telements = { " + ",\n\t\t\t".join(element_items(elems)) + " }\n"
         body_parts.append(body + "\t}\n")
-    body_parts.extend(affinity_decl(name, t) for name, t in out.affinity.items())
+    body_parts.extend(affinity_decl(name, t, opts.family) for name, t in out.affinity.items())
     body_parts.extend(out.chains.values())
     inner = "".join(body_parts)
     marker = hashlib.sha256(inner.encode()).hexdigest()[:16]
     dispatch = _dispatch(opts)
     services_chain = _services(opts, marker)
     rules = out.rules + _FIXED_RULES + (1 if opts.pod_cidr else 0)
-    text = f"table ip {opts.table} {{\n{inner}{dispatch}{services_chain}}}\n"
+    text = f"table {opts.family} {opts.table} {{\n{inner}{dispatch}{services_chain}}}\n"
     return Ruleset(
         table=opts.table,
         body=text,
@@ -286,6 +263,7 @@ def render(
         chain_blocks=out.chains,
         element_sets=out.elements,
         slots=out.slots,
+        family=opts.family,
     )
 
 
@@ -294,9 +272,9 @@ def element_items(elems: dict[str, str]) -> list[str]:
     return [f"{k} : {v}" if v else k for k, v in elems.items()]
 
 
-def affinity_decl(name: str, timeout: int) -> str:
+def affinity_decl(name: str, timeout: int, family: str = "ip") -> str:
     return (
-        f"\tset {name} {{\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n"
+        f"\tset {name} {{\n\t\ttype {ADDR_TYPE[family]}\n\t\tflags dynamic,timeout\n"
         f"\t\ttimeout {timeout}s\n\t}}\n"
     )
 
@@ -306,6 +284,7 @@ _FIXED_RULES = 19  # rules in the preamble and the dispatch chains
 
 def _preamble(opts: RenderOptions) -> str:
     mark = f"{opts.masquerade_mark:#x}"
+    f = opts.family
     parts = []
     for name, kind, hook, prio, target in (
         ("filter-input", "filter", "input", FILTER, f"ct state new jump {ENDPOINTS_CHECK_CHAIN}"),
@@ -328,7 +307,7 @@ def _preamble(opts: RenderOptions) -> str:
     parts.append(f"\tchain {MARK_MASQ_CHAIN} {{\n\t\tmeta mark set meta mark or {mark}\n\t}}\n")
     parts.append(
         f"\tchain {MASQUERADING_CHAIN} {{\n"
-        f"\t\tct status dnat ip saddr . ip daddr @{HAIRPIN_SET} jump {MARK_MASQ_CHAIN}\n"
+        f"\t\tct status dnat {f} saddr . {f} daddr @{HAIRPIN_SET} jump {MARK_MASQ_CHAIN}\n"
         f"\t\tmeta mark and {mark} == 0 return\n"
         f"\t\tmeta mark set meta mark xor {mark}\n\t\tmasquerade fully-random\n\t}}\n"
     )
@@ -336,17 +315,16 @@ def _preamble(opts: RenderOptions) -> str:
         f"\tchain {REJECT_CHAIN} {{\n\t\tmeta l4proto tcp reject with tcp reset\n\t\treject\n\t}}\n"
     )
     if opts.node_port_addresses:
-        addrs = ", ".join(_v4(opts.node_port_addresses))
-        parts.append(
-            f"\tset {NODEPORT_IPS_SET} {{\n\t\ttype ipv4_addr\n\t\telements = {{ {addrs} }}\n\t}}\n"
-        )
+        addrs = ", ".join(_of_family(opts.node_port_addresses, f))
+        elements = f"\t\telements = {{ {addrs} }}\n" if addrs else ""
+        parts.append(f"\tset {NODEPORT_IPS_SET} {{\n\t\ttype {ADDR_TYPE[f]}\n{elements}\t}}\n")
     return "".join(parts)
 
 
 def _node_match(opts: RenderOptions) -> str:
     if opts.node_port_addresses:
-        return f"ip daddr @{NODEPORT_IPS_SET}"
-    return "fib daddr type local ip daddr != 127.0.0.0/8"
+        return f"{opts.family} daddr @{NODEPORT_IPS_SET}"
+    return f"fib daddr type local {opts.family} daddr != {LOOPBACK[opts.family]}"
 
 
 def _dispatch(opts: RenderOptions) -> str:
@@ -356,7 +334,7 @@ def _dispatch(opts: RenderOptions) -> str:
         f"\tchain {DNAT_CHAIN} {{\n"
         f"\t\tmeta l4proto {{ tcp, udp, sctp }} dnat to ct mark map @{DNAT_MAP}\n\t}}\n"
         f"\tchain {ENDPOINTS_CHECK_CHAIN} {{\n"
-        f"\t\tip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}\n"
+        f"\t\t{opts.family} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES_MAP}\n"
         f"\t\t{node} meta l4proto . th dport vmap @{NO_ENDPOINT_NODEPORTS_MAP}\n\t}}\n"
     )
 
@@ -365,15 +343,16 @@ def _services(opts: RenderOptions, marker: str) -> str:
     node = _node_match(opts)
     # Traffic to a ClusterIP from outside the pod CIDR is masqueraded (kube-proxy's local
     # traffic detector); the set holds the Service keys whose chains DNAT.
+    f = opts.family
     masq = (
-        f"\t\tip saddr != {opts.pod_cidr} ip daddr . meta l4proto . th dport @{CLUSTER_IPS_SET} "
+        f"\t\t{f} saddr != {opts.pod_cidr} {f} daddr . meta l4proto . th dport @{CLUSTER_IPS_SET} "
         f"jump {MARK_MASQ_CHAIN}\n"
         if opts.pod_cidr
         else ""
     )
     return (
         f"\tchain {SERVICES_CHAIN} {{\n{masq}"
-        f'\t\tip daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP} comment "sync {marker}"\n'
+        f'\t\t{f} daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP} comment "sync {marker}"\n'
         f"\t\t{node} meta l4proto . th dport vmap @{SERVICE_NODEPORTS_MAP}\n\t}}\n"
     )
 
@@ -382,10 +361,13 @@ def _render_port(
     out: _Out, node_name: str, svc: ProxyService, port: ProxyPort, opts: RenderOptions
 ) -> None:
     proto = port.protocol.lower()
-    serving = [ep for ep in svc.endpoints if port.name in ep.ports]
+    # Each family's table sees only its endpoints, so eligibility (ready, else the serving
+    # terminating fallback) is decided per family, as kube-proxy's per-family proxiers do.
+    six = opts.family == "ip6"
+    serving = [ep for ep in svc.endpoints if port.name in ep.ports and (":" in ep.address) == six]
     local_eps = [ep for ep in serving if node_name and ep.node_name == node_name]
-    cluster = _targets(eligible(serving), port)
-    local = _targets(eligible(local_eps), port)
+    cluster = _targets(eligible(serving), port, opts.family)
+    local = _targets(eligible(local_eps), port, opts.family)
     internal = local if svc.internal_traffic_local else cluster
     external = local if svc.external_traffic_local else cluster
     has_any = bool(cluster)
@@ -395,8 +377,8 @@ def _render_port(
         "external": external_chain(svc, port),
     }
     internal_chain = chains["local" if svc.internal_traffic_local else "cluster"]
-    cluster_ips = _v4(svc.cluster_ips)
-    external_ips = _v4(svc.external_ips) + _v4(svc.load_balancer_ips)
+    cluster_ips = _of_family(svc.cluster_ips, opts.family)
+    external_ips = _of_family((*svc.external_ips, *svc.load_balancer_ips), opts.family)
     node_port = port.node_port if svc.type != "ClusterIP" else None
     accessible = bool(external_ips) or node_port is not None
     no_ep = f"goto {REJECT_CHAIN}" if not has_any else "drop"
@@ -440,7 +422,7 @@ def _render_port(
         if timeout is None:
             rules.extend(_balance_dnat(out, chains[kind], proto, targets))
         else:
-            rules.extend(_balance(out, chains[kind], svc, port, targets))
+            rules.extend(_balance(out, chains[kind], svc, port, targets, opts.family))
         out.chain(chains[kind], rules)
     reachable = set(cluster if used_cluster else ()) | set(local if used_local else ())
     out.endpoints += len(reachable)
@@ -450,7 +432,10 @@ def _render_port(
     for ip, target in sorted(reachable, key=_order):
         aff = affinity_set(svc, port, ip, target)
         out.affinity[aff] = timeout
-        rules = [f"update @{aff} {{ ip saddr }}", f"meta l4proto {proto} dnat to {ip}:{target}"]
+        rules = [
+            f"update @{aff} {{ {opts.family} saddr }}",
+            f"meta l4proto {proto} dnat to {_dnat_target(ip, target)}",
+        ]
         out.chain(out.ep_chain(svc, port, ip, target), rules)
 
 
@@ -463,7 +448,9 @@ def _external_rules(
     rules = []
     if opts.pod_cidr:
         # Pods reaching an external address act as if they went out and came back in.
-        rules.append(f'ip saddr {opts.pod_cidr} goto {chains["cluster"]} comment "pod traffic"')
+        rules.append(
+            f'{opts.family} saddr {opts.pod_cidr} goto {chains["cluster"]} comment "pod traffic"'
+        )
     rules.append(f'fib saddr type local jump {MARK_MASQ_CHAIN} comment "node traffic"')
     rules.append(f"fib saddr type local goto {chains['cluster']}")
     if has_external:
@@ -475,7 +462,7 @@ def _balance_dnat(out: _Out, chain: str, proto: str, targets: list[tuple[str, in
     """Round robin without affinity: DNAT from a map of slot -> endpoint, no chains."""
     if len(targets) == 1:
         ip, target = targets[0]
-        return [f"meta l4proto {proto} dnat to {ip}:{target}"]
+        return [f"meta l4proto {proto} dnat to {_dnat_target(ip, target)}"]
     n = len(targets)
     if out.shared:
         base = out.allocate(chain, n)
@@ -488,12 +475,17 @@ def _balance_dnat(out: _Out, chain: str, proto: str, targets: list[tuple[str, in
 
 
 def _balance(
-    out: _Out, chain: str, svc: ProxyService, port: ProxyPort, targets: list[tuple[str, int]]
+    out: _Out,
+    chain: str,
+    svc: ProxyService,
+    port: ProxyPort,
+    targets: list[tuple[str, int]],
+    family: str,
 ) -> list[str]:
     """Round robin with ClientIP affinity, through per-endpoint chains."""
     chains = [out.ep_chain(svc, port, ip, t) for ip, t in targets]
     rules = [
-        f"ip saddr @{affinity_set(svc, port, ip, t)} goto {chain}"
+        f"{family} saddr @{affinity_set(svc, port, ip, t)} goto {chain}"
         for (ip, t), chain in zip(targets, chains, strict=True)
     ]
     if len(chains) == 1:
@@ -510,11 +502,3 @@ def _balance(
         arms = ", ".join(f"{i} : goto {c}" for i, c in enumerate(chains))
         rules.append(f"numgen inc mod {len(chains)} vmap {{ {arms} }}")
     return rules
-
-
-def parse_cidr(cidr: str) -> ipaddress.IPv4Network:
-    """A validated IPv4 CIDR (for options coming from flags)."""
-    net = ipaddress.ip_network(cidr, strict=False)
-    if not isinstance(net, ipaddress.IPv4Network):
-        raise ValueError(f"{cidr!r}: only IPv4 is supported")
-    return net

@@ -37,19 +37,16 @@ from typing import Literal, Protocol
 
 from mesh.config.proxy import ProxyConfig
 from mesh.proxy.conntrack import ConntrackCleaner, StaleEntry, UdpTargets, stale_entries
-from mesh.proxy.nft_render import (
+from mesh.proxy.nft_names import (
     DISPATCH_MAP,
     DNAT_MAP,
-    MAP_TYPES,
     MAPS,
     SERVICES_CHAIN,
-    SETS,
-    RenderOptions,
-    Ruleset,
-    affinity_decl,
-    element_items,
-    render,
+    VERSION,
+    map_types,
+    set_types,
 )
+from mesh.proxy.nft_render import RenderOptions, Ruleset, affinity_decl, element_items, render
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +65,8 @@ class NftRunner(Protocol):
     def apply(self, script: str) -> None:
         """Run ``script`` as one transaction (``nft -f -``); raise NftError on failure."""
 
-    def list_chain(self, table: str, chain: str) -> str | None:
-        """``nft list chain ip TABLE CHAIN``, or None when it does not exist."""
+    def list_chain(self, table: str, chain: str, family: str = "ip") -> str | None:
+        """``nft list chain FAMILY TABLE CHAIN``, or None when it does not exist."""
 
 
 class SubprocessNftRunner:
@@ -95,28 +92,33 @@ class SubprocessNftRunner:
             first = proc.stderr.strip().splitlines()[:1]
             raise NftError(f"nft -f failed: {first[0] if first else proc.returncode}", proc.stderr)
 
-    def list_chain(self, table: str, chain: str) -> str | None:
-        proc = self._run(["list", "chain", "ip", table, chain])
+    def list_chain(self, table: str, chain: str, family: str = "ip") -> str | None:
+        proc = self._run(["list", "chain", family, table, chain])
         if proc.returncode != 0:
             if "No such file or directory" in proc.stderr:
                 return None
             raise NftError(f"nft list failed: {proc.stderr.strip()}", proc.stderr)
         return proc.stdout
 
-    def delete_table(self, table: str) -> None:
+    def delete_table(self, table: str, family: str = "ip") -> None:
         """Remove the table if present (cleanup; errors other than absence are raised)."""
-        proc = self._run(["delete", "table", "ip", table])
+        proc = self._run(["delete", "table", family, table])
         if proc.returncode != 0 and "No such file or directory" not in proc.stderr:
             raise NftError(f"nft delete table failed: {proc.stderr.strip()}", proc.stderr)
 
 
+_FAMILY = re.compile(r"^(?:add )?table (ip6?) ", re.MULTILINE)
+
+
 @dataclass
 class FakeNftRunner:
-    """Records scripts; ``fail`` makes the next applies raise; ``flush``/``delete`` drift."""
+    """Records scripts; ``fail`` makes the next applies raise; ``flush``/``delete`` drift.
+    Keeps one marker per table family (``marker`` is the ``ip`` table's)."""
 
     scripts: list[str] = field(default_factory=list)
     fail: int = 0
-    marker: str | None = None  # the marker of the table "in the kernel", None: no table
+    marker: str | None = None  # the marker of the ip table "in the kernel", None: no table
+    markers: dict[str, str | None] = field(default_factory=dict)  # other families
     listed: int = 0
 
     def apply(self, script: str) -> None:
@@ -125,13 +127,19 @@ class FakeNftRunner:
             raise NftError("nft -f failed: injected failure")
         self.scripts.append(script)
         found = _MARKER.findall(script)
-        self.marker = found[-1] if found else None
+        family = _FAMILY.findall(script)
+        marker = found[-1] if found else None
+        if not family or family[0] == "ip":
+            self.marker = marker
+        else:
+            self.markers[family[0]] = marker
 
-    def list_chain(self, table: str, chain: str) -> str | None:
+    def list_chain(self, table: str, chain: str, family: str = "ip") -> str | None:
         self.listed += 1
-        if self.marker is None:
+        marker = self.marker if family == "ip" else self.markers.get(family)
+        if marker is None:
             return None
-        return f'table ip {table} {{\n\tchain {chain} {{\n\t\t... comment "sync {self.marker}"\n'
+        return f'table {family} {table} {{\n\tchain {chain} {{\n\t\t... comment "sync {marker}"\n'
 
     def flush(self) -> None:
         self.marker = ""  # the table stays, its rules are gone
@@ -167,7 +175,7 @@ def transaction(new: Ruleset, previous: Ruleset | None, lingering: Lingering | N
     """One atomic nft script that makes the table equal to ``new``, given that the kernel
     holds ``previous`` (None: unknown, replace the table) plus what ``lingering`` names,
     which this script deletes."""
-    t = f"ip {new.table}"
+    t = f"{new.family} {new.table}"
     kind = transaction_kind(new, previous)
     if kind == "replace" or previous is None:
         return f"add table {t}\ndelete table {t}\n{new.body}"
@@ -210,7 +218,7 @@ def _slot_order(key: str) -> tuple[int, str]:
 def _update(new: Ruleset, previous: Ruleset, lingering: Lingering) -> str:
     """Only what changed: chains flushed and rewritten, elements deleted and added. Slots and
     chains dropped now stay for the next sync; the ``lingering`` ones go now."""
-    t = f"ip {new.table}"
+    t = f"{new.family} {new.table}"
     old = previous.chain_blocks
     back = [c for c in lingering.chains if c in new.chain_blocks]  # retired, now wanted again
     changed = [c for c, block in new.chain_blocks.items() if c in old and old[c] != block]
@@ -219,7 +227,7 @@ def _update(new: Ruleset, previous: Ruleset, lingering: Lingering) -> str:
     late = [c for c in lingering.chains if c not in new.chain_blocks]
     lines = [f"add table {t}"]
     lines.extend(f"flush chain {t} {c}" for c in (*changed, *late))
-    blocks = [affinity_decl(a, s) for a, s in new.affinity_sets.items()
+    blocks = [affinity_decl(a, s, new.family) for a, s in new.affinity_sets.items()
               if a not in previous.affinity_sets and a not in lingering.sets]  # fmt: skip
     blocks.extend(new.chain_blocks[c] for c in (*changed, *added))
     if new.services_chain != previous.services_chain:
@@ -251,12 +259,13 @@ def _update(new: Ruleset, previous: Ruleset, lingering: Lingering) -> str:
 
 def _rewrite(new: Ruleset, previous: Ruleset) -> str:
     """Every rule and element again, keeping the affinity sets whose timeout stays."""
-    t = f"ip {new.table}"
+    t = f"{new.family} {new.table}"
     lines = [f"add table {t}", f"flush table {t}"]
+    types = map_types(new.family)
     for name in MAPS:
-        lines.append(f"add map {t} {name} {{ type {MAP_TYPES[name]}; }}")
+        lines.append(f"add map {t} {name} {{ type {types[name]}; }}")
         lines.append(f"flush map {t} {name}")
-    for name, kind in SETS.items():
+    for name, kind in set_types(new.family).items():
         lines.append(f"add set {t} {name} {{ type {kind}; }}")
         lines.append(f"flush set {t} {name}")
     for chain in sorted(previous.chains - new.chains):
@@ -379,7 +388,7 @@ class Syncer:
         # A replaced table took everything lingering with it; an update deleted what lingered
         # and left what it retired for the next sync.
         self.lingering = retired(ruleset, self.applied)
-        stale = stale_entries(self.udp, ruleset.udp)
+        stale = stale_entries(self.udp, ruleset.udp, VERSION[ruleset.family])
         if self.applied is None:
             self.last_full = now
         self.applied = ruleset
@@ -393,12 +402,17 @@ class Syncer:
         if self.applied is None:
             return False
         try:
-            listing = self.runner.list_chain(self.applied.table, SERVICES_CHAIN)
+            listing = self.runner.list_chain(
+                self.applied.table, SERVICES_CHAIN, self.applied.family
+            )
         except NftError as exc:
             log.warning("nftables probe failed", extra={"error": str(exc)})
             return False
         ok = listing is not None and f'comment "sync {self.applied.marker}"' in listing
         if not ok:
-            log.warning("nftables table drifted; resyncing", extra={"table": self.applied.table})
+            log.warning(
+                "nftables table drifted; resyncing",
+                extra={"table": f"{self.applied.family} {self.applied.table}"},
+            )
             self.applied = None
         return ok

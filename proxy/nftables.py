@@ -4,6 +4,10 @@
 only queue a sync); ``run`` loops on :class:`SyncScheduler` decisions and does each blocking
 step (render + ``nft -f``, or the drift probe) in a worker thread, so the event loop never
 waits on the kernel. Ready after the first successful sync.
+
+Dual-stack as kube-proxy: one table per address family (``ip`` and ``ip6``, same name and
+structure), each synced by its own :class:`Syncer` from the same config in the same step; a
+step succeeds when every table did.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import trio
@@ -71,9 +75,10 @@ class NftMetrics:
 
 class NftablesProxy:
     """``NftablesProxy(netns="mesh-x-node")`` syncs the table inside that namespace;
-    ``runner`` replaces nft (tests pass a FakeNftRunner); ``conntrack`` False disables the
-    stale UDP cleanup; ``threaded`` False runs nft steps inline (for a fake in virtual
-    time)."""
+    ``options`` is one table's options or a sequence of them (one per address family, e.g.
+    ``ip`` and ``ip6``); ``runner`` replaces nft (tests pass a FakeNftRunner); ``conntrack``
+    False disables the stale UDP cleanup; ``threaded`` False runs nft steps inline (for a
+    fake in virtual time)."""
 
     name = "proxy"
 
@@ -81,7 +86,7 @@ class NftablesProxy:
         self,
         *,
         netns: str | None = None,
-        options: RenderOptions | None = None,
+        options: RenderOptions | Sequence[RenderOptions] | None = None,
         policy: SyncPolicy | None = None,
         runner: NftRunner | None = None,
         conntrack: bool | ConntrackCleaner = True,
@@ -93,7 +98,12 @@ class NftablesProxy:
             cleaner: ConntrackCleaner | None = ConntrackCleaner(netns)
         else:
             cleaner = conntrack or None
-        self.syncer = Syncer(runner or SubprocessNftRunner(netns), options, cleaner)
+        tables = [options] if options is None or isinstance(options, RenderOptions) else options
+        if not tables:
+            raise ValueError("NftablesProxy needs at least one table's options")
+        nft = runner or SubprocessNftRunner(netns)
+        self.syncers = [Syncer(nft, opts, cleaner) for opts in tables]
+        self.syncer = self.syncers[0]  # the first family's (the primary one)
         self.scheduler = SyncScheduler(policy)
         self.netns = netns
         self._config: ProxyConfig | None = None
@@ -120,7 +130,8 @@ class NftablesProxy:
         return {
             "mode": "nftables",
             "netns": self.netns,
-            "table": f"ip {self.syncer.options.table}",
+            "table": f"{self.syncer.options.family} {self.syncer.options.table}",
+            "tables": [f"{s.options.family} {s.options.table}" for s in self.syncers],
             "config": self._config.model_dump(mode="json") if self._config else None,
             "synced_version": self._synced.version if self._synced else None,
             "last_sync": None
@@ -179,7 +190,7 @@ class NftablesProxy:
         config = self._config
         assert config is not None  # the scheduler syncs only once a config was applied
         self.scheduler.sync_started(trio.current_time())
-        result = await self._blocking(self.syncer.sync, config)
+        result = await self._blocking(self._sync_tables, config)
         self.scheduler.sync_done(trio.current_time(), result.ok)
         self._last = result
         m = self.metrics
@@ -191,10 +202,10 @@ class NftablesProxy:
         m.syncs.inc()
         m.config_version.set(config.version)
         m.last_sync.set(time.time())
-        if result.ruleset is not None:
-            m.rules.set(result.ruleset.rules)
-            m.chains.set(len(result.ruleset.chains))
-            m.elements.set(result.ruleset.elements)
+        applied = [s.applied for s in self.syncers if s.applied is not None]
+        m.rules.set(sum(r.rules for r in applied))
+        m.chains.set(sum(len(r.chains) for r in applied))
+        m.elements.set(sum(r.elements for r in applied))
         if result.stale:
             m.conntrack_deleted.inc(len(result.stale))
         log.info(
@@ -202,8 +213,24 @@ class NftablesProxy:
             extra={"version": config.version, "seconds": round(result.seconds, 4)},
         )
 
+    def _sync_tables(self, config: ProxyConfig) -> SyncResult:
+        """Sync every table; one result: ok when all were, the first table's ruleset."""
+        results = [s.sync(config) for s in self.syncers]
+        if len(results) == 1:
+            return results[0]
+        return SyncResult(
+            ok=all(r.ok for r in results),
+            seconds=sum(r.seconds for r in results),
+            ruleset=results[0].ruleset,
+            error="; ".join(r.error for r in results if r.error),
+            stale=[e for r in results for e in r.stale],
+        )
+
+    def _probe_tables(self) -> bool:
+        return all([s.probe() for s in self.syncers])  # probe each, also after a failure
+
     async def _probe(self) -> None:
-        ok = await self._blocking(self.syncer.probe)
+        ok = await self._blocking(self._probe_tables)
         self.scheduler.probe_done(trio.current_time(), ok)
         if not ok:
             self.metrics.drift.inc()

@@ -12,6 +12,10 @@ session (udp_relay).
 removed ones. Established connections belong to the relay (tcp_relay), not to a listener, and
 are never touched by a config change; they finish on the endpoint they started with.
 
+IPv6 ClusterIPs need their service range to be local first (proxy/local_routes.py): given
+``local_ranges``, the proxy routes them to lo as root, and otherwise leaves their addresses
+unbound (said once at start; DNS still answers them).
+
 A Service with no usable endpoint is refused at once: TCP with a reset (SO_LINGER 0). A UDP
 port whose Service has no endpoint at all gets no socket, so the kernel itself answers each
 datagram with ICMP port unreachable (sending ICMP from userspace would need privileges).
@@ -35,6 +39,7 @@ import trio
 
 from mesh.attempts import ConnectPlan
 from mesh.config.proxy import ProxyConfig
+from mesh.proxy.local_routes import IP_FREEBIND, LocalRoutes
 from mesh.proxy.metrics import ProxyMetrics
 from mesh.proxy.table import Backend, Endpoint, ServiceTable
 from mesh.proxy.tcp_relay import SPLICE, Handler, Relay, reset
@@ -81,8 +86,12 @@ class UserspaceProxy:
         connect_attempts: int = 4,
         backlog: int = 1024,
         splice: bool = SPLICE,
+        local_ranges: tuple[str, ...] = (),
+        bind_retry: float = 2.0,
     ) -> None:
         self.node_ip = node_ip
+        self.bind_retry = bind_retry
+        self.local_routes = LocalRoutes(local_ranges)
         self.udp_idle_timeout = udp_idle_timeout
         self.connect_timeout = connect_timeout
         self.connect_attempts = connect_attempts
@@ -110,7 +119,20 @@ class UserspaceProxy:
 
     @property
     def ready(self) -> bool:
-        return self._config is not None and self._listen_nursery is not None
+        """Configured, serving, and listening on every service address it should: a
+        listener that cannot bind makes the node not ready (the reason says which)."""
+        return (
+            self._config is not None and self._listen_nursery is not None and not self._bind_errors
+        )
+
+    def not_ready_reason(self) -> str | None:
+        if self._config is None:
+            return "no config yet"
+        if not self._bind_errors:
+            return None if self._listen_nursery is not None else "not started"
+        key, err = sorted(self._bind_errors.items())[0]
+        more = len(self._bind_errors) - 1
+        return f"cannot listen on {_fmt(key)}: {err}" + (f", and {more} more" if more else "")
 
     @property
     def table(self) -> ServiceTable:
@@ -144,10 +166,12 @@ class UserspaceProxy:
         }
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        self.local_routes.install()  # one netlink round trip per range: fast enough inline
         try:
             async with trio.open_nursery() as conns:
                 await conns.start(self._relay.run)
                 conns.start_soon(self._expire_connects)
+                conns.start_soon(self._retry_binds)
                 async with trio.open_nursery() as listeners:
                     self._listen_nursery = listeners
                     if self._config is not None:
@@ -160,12 +184,23 @@ class UserspaceProxy:
             self._listeners.clear()
             self._abort_connects()
             self._listen_nursery = None
+            self.local_routes.remove()
 
     # --- listeners ---------------------------------------------------------------------
+
+    async def _retry_binds(self) -> None:
+        """An address another process held may free up: try failed binds again now and then
+        (each failure is logged again only when its reason changes)."""
+        while True:
+            await trio.sleep(self.bind_retry)
+            if self._bind_errors and self._listen_nursery is not None:
+                self._reconcile(retry=True)
 
     def _desired(self) -> set[ListenKey]:
         want: set[ListenKey] = set()
         for (ip, port, proto), backend in self._table.vips.items():
+            if self.local_routes.unroutable(ip):
+                continue  # said once at start: answered in DNS, not proxied
             if proto == "TCP" or (proto == "UDP" and backend.endpoints):
                 want.add(("vip", ip, port, proto))
         taken = {(ip, port, proto) for _, ip, port, proto in want}
@@ -178,7 +213,7 @@ class UserspaceProxy:
                 want.add(("node", self.node_ip, port, proto))
         return want
 
-    def _reconcile(self) -> None:
+    def _reconcile(self, retry: bool = False) -> None:
         want = self._desired()
         for key in sorted(set(self._listeners) - want):
             self._listeners.pop(key).close()
@@ -190,11 +225,13 @@ class UserspaceProxy:
                 listener = self._bind(key)
             except OSError as exc:
                 failed = True
-                self._bind_errors[key] = exc.strerror or str(exc)
-                log.error(
-                    "cannot listen on a service address",
-                    extra={"address": _fmt(key), "error": exc.strerror or str(exc)},
-                )
+                reason = exc.strerror or str(exc)
+                if self._bind_errors.get(key) != reason:
+                    log.error(
+                        "cannot listen on a service address; not ready",
+                        extra={"address": _fmt(key), "error": reason},
+                    )
+                self._bind_errors[key] = reason
                 continue
             self._bind_errors.pop(key, None)
             self._listeners[key] = listener
@@ -203,7 +240,7 @@ class UserspaceProxy:
                 self._listen_nursery.start_soon(self._serve, listener)
             else:
                 self._watch_listener(listener)
-        if failed:
+        if failed and not retry:
             self.metrics.sync_errors.inc()
         for proto in ("TCP", "UDP"):
             count = sum(1 for k in self._listeners if k[3] == proto)
@@ -216,6 +253,10 @@ class UserspaceProxy:
         raw = socket.socket(family, kind)
         try:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.local_routes.routes(ip):
+                # An IPv6 ClusterIP is local by route only, not assigned to lo (see
+                # local_routes): bind it as a free (not yet configured) address.
+                raw.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
             raw.bind((ip, port))
             if proto == "TCP":
                 # accepted sockets inherit TCP_NODELAY from the listener (Linux)

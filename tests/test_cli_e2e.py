@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,16 @@ MESH = [sys.executable, "-m", "mesh.cli"]
 class Proc:
     """A started ``mesh`` process and the addresses it announced."""
 
-    def __init__(self, args: list[str], want: set[str], stderr: Any = subprocess.DEVNULL) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        want: set[str],
+        stderr: Any = subprocess.DEVNULL,
+        prefix: Sequence[str] = (),
+    ) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.popen = subprocess.Popen(
-            [*MESH, *args],
+            [*prefix, *MESH, *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -288,12 +294,15 @@ def test_bad_manifest_is_reported_and_the_rest_serves(manifests: Path, tmp_path:
         finally:
             proc.stop()
     err = (tmp_path / "stderr").read_text()
-    errors = [json.loads(line) for line in err.splitlines() if '"invalid object"' in line]
-    assert errors, err
-    text = errors[0]["error"]
-    assert "broken.yaml" in text
-    assert "Service/shop/broken" in text
-    assert "spec.ports[0].port" in text
+    records = [json.loads(line) for line in err.splitlines()]
+    errors = [r for r in records if r["level"] == "error"]
+    assert len(errors) == 1, err  # reported once
+    assert errors[0]["msg"] == (
+        f"invalid manifest: {manifests / 'broken.yaml'}: Service/shop/broken: "
+        "spec.ports[0].port: Input should be less than or equal to 65535"
+    )
+    assert errors[0]["object"] == "Service/shop/broken"
+    assert errors[0]["field"] == "spec.ports[0].port"
 
 
 def test_address_in_use_is_one_clear_error(up: Proc, manifests: Path) -> None:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -62,7 +62,7 @@ def namespaces() -> set[str]:
 
 
 class Box:
-    def __init__(self, name: str, manifests: Path) -> None:
+    def __init__(self, name: str, manifests: Path, extra: Sequence[str] = ()) -> None:
         self.name = name
         self.popen = subprocess.Popen(
             [
@@ -78,6 +78,7 @@ class Box:
                 "--admin-listen",
                 "127.0.0.1:0",
                 "--no-forward",
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

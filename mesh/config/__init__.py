@@ -8,9 +8,5 @@ from mesh.config.base import ComponentConfig
 from mesh.config.dns import DnsConfig
 from mesh.config.proxy import ProxyConfig
 
-CONFIG_KINDS: dict[str, type[ComponentConfig]] = {
-    "dns": DnsConfig,
-    "proxy": ProxyConfig,
-}
-
-__all__ = ["CONFIG_KINDS", "ComponentConfig", "DnsConfig", "ProxyConfig"]
+# Which kinds exist is told by the component registry (mesh/registry.py), not here.
+__all__ = ["ComponentConfig", "DnsConfig", "ProxyConfig"]

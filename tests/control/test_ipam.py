@@ -82,21 +82,21 @@ def test_requested_ip_honoured_checked_and_exclusive() -> None:
         store.apply(svc("other", clusterIP="127.10.0.10"))
     with pytest.raises(Rejected, match="not in the valid range"):
         store.apply(svc("far", clusterIP="10.96.0.1"))
-    with pytest.raises(Rejected, match="no IPv6 range"):
+    with pytest.raises(Rejected, match="IPv6 is not configured on this cluster"):
         store.apply(svc("six", clusterIP="fd00::1"))
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        {"clusterIP": "None"},
-        {"type": "ExternalName", "externalName": "example.org", "ports": []},
-    ],
-)
-def test_headless_and_external_name_get_no_ip(spec: dict[str, Any]) -> None:
+def test_external_name_is_left_alone() -> None:
     store = store_with(ServiceAllocator())
-    s = svc("x", **spec)
+    s = svc("x", type="ExternalName", externalName="example.org", ports=[])
     assert store.apply(s) == s.with_resource_version("1")
+
+
+def test_headless_gets_no_ip_but_families() -> None:
+    out = store_with(ServiceAllocator()).apply(svc("x", clusterIP="None", selector={"a": "b"}))
+    assert isinstance(out, Service)
+    assert out.spec.cluster_ips == ("None",)
+    assert (out.spec.ip_family_policy, out.spec.ip_families) == ("SingleStack", ("IPv4",))
 
 
 def test_ipv6_only_when_a_range_is_given() -> None:

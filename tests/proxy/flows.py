@@ -13,6 +13,7 @@ addresses rewrites a case with :func:`remap`.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -272,3 +273,24 @@ def remap(case: FlowCase, addresses: Mapping[str, str]) -> FlowCase:
     cfg = ProxyConfig.model_validate(sub(case.config.model_dump(mode="json")))
     flows = tuple((addresses.get(c, c), sub_flow(w)) for c, w in case.flows)
     return replace(case, config=cfg, dest=addresses.get(case.dest, case.dest), flows=flows)
+
+
+# The same table over IPv6: service addresses in three /112s, clients and endpoints
+# 127.0.c.d -> fd00:0:1::c:d (a mode makes these ranges local its own way).
+IPV6_SERVICE_RANGES = ("fd00:10::/112", "fd00:20::/112", "fd00:30::/112")
+IPV6_HOSTS = "fd00:0:1::/64"
+IPV6_ADDRESSES = {VIP: "fd00:10::1", EXTERNAL_IP: "fd00:20::1", LB_IP: "fd00:30::1"}
+
+
+def ipv6_host(ip: str) -> str:
+    _, _, c, d = ip.split(".")
+    return str(ipaddress.ip_address(f"fd00:0:1::{c}:{d}"))
+
+
+def remap6(case: FlowCase) -> FlowCase:
+    """``case`` with every address moved to its IPv6 twin (see IPV6_ADDRESSES)."""
+    ips = {c for c, _ in case.flows} | {ip for ip, _ in case.endpoints()}
+    return remap(case, {**IPV6_ADDRESSES, **{ip: ipv6_host(ip) for ip in ips}})
+
+
+CASES6 = tuple(remap6(c) for c in CASES)

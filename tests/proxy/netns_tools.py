@@ -20,11 +20,12 @@ REJECT = "reject"
 WHO = r"""
 import selectors, socket, sys
 ip = sys.argv[1]
+fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
 sel = selectors.DefaultSelector()
 for port in map(int, sys.argv[2:]):
-    t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t = socket.socket(fam); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     t.bind((ip, port)); t.listen(128); sel.register(t, selectors.EVENT_READ, ("t", port))
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((ip, port))
+    u = socket.socket(fam, socket.SOCK_DGRAM); u.bind((ip, port))
     sel.register(u, selectors.EVENT_READ, ("u", port))
 print("ready", flush=True)
 while True:
@@ -51,7 +52,8 @@ try:
         s = socket.create_connection((dest, port), timeout=timeout)
         print(s.makefile().readline().strip() or "reject")
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(timeout)
+        fam = socket.AF_INET6 if ":" in dest else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_DGRAM); s.settimeout(timeout)
         s.connect((dest, port)); s.send(b"hi"); print(s.recv(2048).decode())
 except OSError:
     print("reject")

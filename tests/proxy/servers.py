@@ -13,14 +13,28 @@ from collections.abc import Callable
 
 import trio
 
+from mesh.proxy.local_routes import IP_FREEBIND
+
 REJECT = "reject"
 SILENT = "silent"  # no answer at all: what a reject must never be
 Addr = tuple[str, int]
 
 
+def _family(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def _freebind(sock: socket.socket | trio.socket.SocketType, ip: str) -> None:
+    # IPv6 test hosts are local by a ``local`` route only (no address on lo): binding one
+    # needs IP_FREEBIND, which IPv4 does not (127.0.0.0/8 is all assigned).
+    if ":" in ip:
+        sock.setsockopt(socket.SOL_IP, IP_FREEBIND, 1)
+
+
 def _bound(ip: str, port: int, kind: int) -> trio.socket.SocketType:
-    raw = socket.socket(socket.AF_INET, kind)
+    raw = socket.socket(_family(ip), kind)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    _freebind(raw, ip)
     raw.bind((ip, port))
     if kind == socket.SOCK_STREAM:
         raw.listen(128)
@@ -94,7 +108,8 @@ async def eventually(predicate: Callable[[], bool], tries: int = 500) -> None:
 
 
 async def connect_from(client: str, dest: Addr) -> trio.socket.SocketType:
-    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = trio.socket.socket(_family(client), socket.SOCK_STREAM)
+    _freebind(sock, client)
     await sock.bind((client, 0))
     await sock.connect(dest)
     return sock
@@ -134,7 +149,8 @@ async def ask_udp(client: str, dest: Addr, sock: trio.socket.SocketType | None =
     replies from ``dest``, so an answer proves it came from the virtual address."""
     own = sock is None
     if sock is None:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = trio.socket.socket(_family(client), socket.SOCK_DGRAM)
+        _freebind(sock, client)
         await sock.bind((client, 0))
         await sock.connect(dest)
     try:

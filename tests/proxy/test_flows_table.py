@@ -5,18 +5,22 @@ from __future__ import annotations
 import pytest
 
 from mesh.proxy.table import ServiceTable
-from tests.proxy.flows import CASES, NODE, REJECT, FlowCase, remap
+from tests.proxy.flows import CASES, CASES6, NODE, REJECT, FlowCase, remap
 
 NODE_IP = "127.9.0.1"
+NODE_IP6 = "fd00:9::1"
+BOTH = [(NODE_IP, c) for c in CASES] + [(NODE_IP6, c) for c in CASES6]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_flow_table(case: FlowCase) -> None:
+@pytest.mark.parametrize(
+    ("node_ip", "case"), BOTH, ids=[f"{'v6' if ':' in n else 'v4'} {c.name}" for n, c in BOTH]
+)
+def test_flow_table(node_ip: str, case: FlowCase) -> None:
     table = ServiceTable.build(case.config)
-    dest = NODE_IP if case.dest == NODE else case.dest
+    dest = node_ip if case.dest == NODE else case.dest
     got = []
     for i, (client, _) in enumerate(case.flows):
-        backend = table.route(dest, case.port, case.protocol, node_ips={NODE_IP})
+        backend = table.route(dest, case.port, case.protocol, node_ips={node_ip})
         assert backend is not None, "every case targets a Service address"
         picked = backend.pick(client, float(i))
         got.append(REJECT if picked is None else f"{picked[0]}:{picked[1]}")

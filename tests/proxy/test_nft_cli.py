@@ -87,7 +87,8 @@ def test_standalone_nftables_proxy(box: ClusterBox, tmp_path: Path) -> None:
         stop([who])
 
     # The ruleset outlives the process; --cleanup removes it.
-    assert "table ip mesh-proxy" in nft(box, "list", "tables")
+    tables = nft(box, "list", "tables")
+    assert "table ip mesh-proxy" in tables and "table ip6 mesh-proxy" in tables
     out = subprocess.run(
         box.node_argv([*MESH, "proxy", "--mode", "nftables", "--cleanup"]),
         capture_output=True,

@@ -1,12 +1,15 @@
 """The nftables mode on a real kernel: the packet-flow table through a cluster in a box.
 
-One box (node namespace, bridge, pod namespaces) per module; each case replaces the table
-with its config, starts who-servers in the endpoint pods and asks from the client pods.
-Service addresses move from the loopback ones of the shared table to the box's CIDRs.
+One dual-stack box (node namespace, bridge, pod namespaces with an IPv4 and an IPv6 address)
+per module; each case replaces the table with its config, starts who-servers in the endpoint
+pods and asks from the client pods. Service addresses move from the loopback ones of the
+shared table to the box's CIDRs: IPv4 through the ``ip`` table, and the same table again
+with IPv6 addresses through the ``ip6`` table.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 from collections.abc import Iterator
@@ -41,12 +44,33 @@ def _box_address(ip: str) -> str:
     return f"198.18.{c}.{d}"
 
 
+POD_NET6 = ipaddress.IPv6Network("fd00:18::/64")
+SERVICE_NET6 = ipaddress.IPv6Network("fd00:19::/112")
+ADDRESSES6 = {
+    flows.VIP: "fd00:19::1",
+    flows.EXTERNAL_IP: "fd00:19::1:1",
+    flows.LB_IP: "fd00:19::2:1",
+}
+
+
+def _twin(ip4: str) -> str:
+    """A pod's IPv6 address in the box: the same host number in the IPv6 pod range."""
+    host = int(ipaddress.IPv4Address(ip4)) - int(ipaddress.IPv4Address("198.18.0.0"))
+    return str(POD_NET6.network_address + host)
+
+
 def _remap(case: flows.FlowCase) -> flows.FlowCase:
     ips = {c for c, _ in case.flows} | {ip for ip, _ in case.endpoints()}
     return flows.remap(case, {**ADDRESSES, **{ip: _box_address(ip) for ip in ips}})
 
 
+def _remap6(case: flows.FlowCase) -> flows.FlowCase:
+    ips = {c for c, _ in case.flows} | {ip for ip, _ in case.endpoints()}
+    return flows.remap(case, {**ADDRESSES6, **{ip: _twin(_box_address(ip)) for ip in ips}})
+
+
 CASES = [_remap(c) for c in flows.CASES]
+CASES6 = [_remap6(c) for c in flows.CASES]
 POD_IPS = sorted(
     {ip for c in CASES for ip, _ in c.endpoints()} | {c for case in CASES for c, _ in case.flows}
 )
@@ -57,7 +81,12 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterBox]:
     require_root()
     require_tool("nft", "ip", "conntrack")
     state = tmp_path_factory.mktemp("box") / "state"
-    b = cluster_box.up(unique_prefix(), state_dir=state)
+    b = cluster_box.up(
+        unique_prefix(),
+        state_dir=state,
+        pod_cidr=f"198.18.0.0/16,{POD_NET6}",
+        service_cidr=f"198.19.0.0/16,{SERVICE_NET6}",
+    )
     try:
         for ip in POD_IPS:
             b.add_pod("default", "pod-" + ip.replace(".", "-"), ip)
@@ -66,39 +95,49 @@ def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterBox]:
         cluster_box.down(state)
 
 
+V4_OF = {_twin(ip): ip for ip in POD_IPS}  # a pod's IPv6 address -> its IPv4 one
+
+
 def _pod(ip: str) -> str:
-    return "default/pod-" + ip.replace(".", "-")
+    """The pod holding ``ip`` (either family), named after its IPv4 address."""
+    return "default/pod-" + V4_OF.get(ip, ip).replace(".", "-")
 
 
-def _syncer(box: ClusterBox, dispatch: str, pod_cidr: str | None = None) -> Syncer:
-    opts = box.render_options(pod_cidr=pod_cidr, dispatch=dispatch)
+def _syncer(
+    box: ClusterBox, dispatch: str, pod_cidr: str | None = None, family: str = "ip"
+) -> Syncer:
+    opts = box.render_options(pod_cidr=pod_cidr, dispatch=dispatch, family=family)
     return Syncer(SubprocessNftRunner(box.node), opts, ConntrackCleaner(box.node))
 
 
+FLOWS = [("ip", c) for c in CASES] + [("ip6", c) for c in CASES6]
+
+
 @pytest.mark.parametrize("dispatch", ["inline", "shared"])
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_flow_table(box: ClusterBox, case: flows.FlowCase, dispatch: str) -> None:
+@pytest.mark.parametrize(("family", "case"), FLOWS, ids=[f"{f} {c.name}" for f, c in FLOWS])
+def test_flow_table(box: ClusterBox, family: str, case: flows.FlowCase, dispatch: str) -> None:
     # Clients stand outside the cluster here (no pod CIDR for the local-traffic detector),
     # so traffic policy Local applies to them as the shared table expects.
-    result = _syncer(box, dispatch).sync(case.config)
+    result = _syncer(box, dispatch, family=family).sync(case.config)
     assert result.ok, result.error
     by_ip: dict[str, list[int]] = {}
     for ip, port in sorted(case.endpoints()):
         by_ip.setdefault(ip, []).append(port)
     servers = [start_who(box, _pod(ip), ip, ports) for ip, ports in by_ip.items()]
     try:
-        dest = box.node_ip if case.dest == flows.NODE else case.dest
+        node = (box.node_ip6 if family == "ip6" else box.node_ip) or "node address missing"
+        dest = node if case.dest == flows.NODE else case.dest
         got = tuple(ask(box, _pod(c), dest, case.port, case.protocol) for c, _ in case.flows)
     finally:
         stop(servers)
     assert got == case.expected
 
 
-def _web(*eps: str, protocol: str = "TCP") -> ProxyConfig:
+def _web(*eps: str, protocol: str = "TCP", vip: str = "198.19.0.1") -> ProxyConfig:
     svc = ProxyService(
         namespace="default",
         name="web",
-        cluster_ips=("198.19.0.1",),
+        cluster_ips=(vip,),
         ports=(ProxyPort(port=80, protocol=protocol),),
         endpoints=tuple(ProxyEndpoint(address=a, ports={"": 8080}) for a in eps),
     )
@@ -147,27 +186,31 @@ def test_updates_keep_affinity_and_reject_after_endpoints_go(box: ClusterBox) ->
         stop(servers)
 
 
-def _udp_flows_to_vip(box: ClusterBox) -> str:
-    """The node's conntrack entries of UDP flows to 198.19.0.1:80."""
-    argv = ["conntrack", "-L", "-p", "udp", "--orig-dst", "198.19.0.1", "--orig-port-dst", "80"]
+def _udp_flows_to_vip(box: ClusterBox, vip: str) -> str:
+    """The node's conntrack entries of UDP flows to vip:80."""
+    family = ["-f", "ipv6"] if ":" in vip else []
+    argv = ["conntrack", "-L", *family, "-p", "udp", "--orig-dst", vip, "--orig-port-dst", "80"]
     out = subprocess.run(box.node_argv(argv), capture_output=True, text=True, timeout=10)
     return out.stdout
 
 
-def test_stale_udp_conntrack_entries_are_removed(box: ClusterBox) -> None:
-    syncer = _syncer(box, "inline")
-    a, b = "198.18.1.1", "198.18.1.2"
-    assert syncer.sync(_web(a, b, protocol="UDP")).ok
+@pytest.mark.parametrize("family", ["ip", "ip6"])
+def test_stale_udp_conntrack_entries_are_removed(box: ClusterBox, family: str) -> None:
+    syncer = _syncer(box, "inline", family=family)
+    a, b, vip = "198.18.1.1", "198.18.1.2", "198.19.0.1"
+    if family == "ip6":
+        a, b, vip = _twin(a), _twin(b), ADDRESSES6[flows.VIP]
+    assert syncer.sync(_web(a, b, protocol="UDP", vip=vip)).ok
     servers = [start_who(box, _pod(ip), ip, [8080]) for ip in (a, b)]
     try:
         client = _pod("198.18.0.11")
         for _ in range(2):
-            ask(box, client, "198.19.0.1", 80, "UDP")
-        listing = _udp_flows_to_vip(box)
+            ask(box, client, vip, 80, "UDP")
+        listing = _udp_flows_to_vip(box, vip)
         assert f"src={a}" in listing and f"src={b}" in listing
-        result = syncer.sync(_web(b, protocol="UDP"))
+        result = syncer.sync(_web(b, protocol="UDP", vip=vip))
         assert result.ok and len(result.stale) == 1
-        listing = _udp_flows_to_vip(box)
+        listing = _udp_flows_to_vip(box, vip)
         assert f"src={a}" not in listing and f"src={b}" in listing
     finally:
         stop(servers)
@@ -222,6 +265,6 @@ def test_incremental_syncs_match_a_full_one(box: ClusterBox, dispatch: str) -> N
         assert _listing(box) == incremental, step
 
 
-def test_only_our_table(box: ClusterBox, tmp_path: Path) -> None:
+def test_only_our_tables(box: ClusterBox, tmp_path: Path) -> None:
     out = nft(box, "list", "tables")
-    assert out.split() in (["table", "ip", "mesh-proxy"], [])
+    assert set(out.splitlines()) <= {"table ip mesh-proxy", "table ip6 mesh-proxy"}

@@ -210,6 +210,23 @@ def test_stale_udp_entries() -> None:
         "8080",
     ]
     assert render(cfg(1, "198.18.0.2")).udp == {}  # TCP needs no cleanup
+    # IPv6 entries (the ip6 table's) name their family: a NodePort entry has no address.
+    six = stale_entries({("", 30053): frozenset({("fd00:18::2", 53)})}, {}, family=6)
+    assert six == [StaleEntry("", 30053, ("fd00:18::2", 53), 6)]
+    assert six[0].conntrack_args()[:5] == ["-D", "-f", "ipv6", "-p", "udp"]
+
+
+def test_two_tables_on_one_runner_drift_apart() -> None:
+    """The fake keeps a marker per family, so the ip6 table's probe is its own."""
+    fake = FakeNftRunner()
+    v4 = Syncer(fake, RenderOptions())
+    v6 = Syncer(fake, RenderOptions(family="ip6"))
+    config = cfg(1, "198.18.0.2")
+    assert v4.sync(config).ok and v6.sync(config).ok
+    assert fake.scripts[-1].startswith("add table ip6 mesh-proxy")
+    assert v4.probe() and v6.probe()
+    fake.markers["ip6"] = None  # the ip6 table was deleted behind our back
+    assert v4.probe() and not v6.probe()
 
 
 def test_full_sync_period() -> None:

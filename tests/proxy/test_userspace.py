@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from mesh.httpserve import Request, Response
 from mesh.proxy.userspace import UserspaceProxy
 from tests.conftest import require_tool
 from tests.proxy.servers import (
@@ -63,11 +64,13 @@ def config(*services: ProxyService, version: int = 1) -> ProxyConfig:
     return ProxyConfig(version=version, services=services)
 
 
-async def start(nursery: trio.Nursery, cfg: ProxyConfig, **kw: Any) -> UserspaceProxy:
+async def start(
+    nursery: trio.Nursery, cfg: ProxyConfig, *, ready: bool = True, **kw: Any
+) -> UserspaceProxy:
     proxy = UserspaceProxy(**kw)
     proxy.apply(cfg)
     await nursery.start(proxy.run)
-    assert proxy.ready
+    assert proxy.ready is ready
     return proxy
 
 
@@ -407,11 +410,49 @@ async def test_bind_errors_are_reported_and_isolated(nursery: trio.Nursery) -> N
             service("taken", "127.10.5.2", "127.0.6.1:28080"),
             service("foreign", "192.0.2.10", "127.0.6.1:28080"),  # not a local address
         )
-        proxy = await start(nursery, cfg)
+        proxy = await start(nursery, cfg, ready=False)
         assert await ask_tcp(CLIENT, ("127.10.5.1", PORT)) == "127.0.6.1:28080"
         assert sample(proxy, "mesh_proxy_sync_errors_total") == 1
         errors = proxy.config_json()["bind_errors"]
         assert set(errors) == {"127.10.5.2:10080/TCP", "192.0.2.10:10080/TCP"}
+
+
+def is_ready(proxy: UserspaceProxy) -> bool:
+    return proxy.ready  # a call, so the type checker does not narrow it between awaits
+
+
+async def test_a_listener_that_cannot_bind_makes_the_proxy_not_ready(
+    nursery: trio.Nursery,
+) -> None:
+    from mesh.admin import AdminServer
+
+    squatter = socket.socket()
+    squatter.bind(("127.10.5.12", PORT))
+    squatter.listen()
+    with squatter:
+        cfg = config(
+            service("ok", "127.10.5.11", "127.0.6.1:28080"),
+            service("taken", "127.10.5.12", "127.0.6.1:28080"),
+        )
+        proxy = await start(nursery, cfg, ready=False, bind_retry=0.05)
+        admin = AdminServer(("127.0.0.1", 0), [proxy])
+        assert not proxy.ready
+        assert admin.not_ready() == [
+            "proxy (cannot listen on 127.10.5.12:10080/TCP: Address already in use)"
+        ]
+        response = await admin.handle(Request("GET", "/ready", "/ready"))
+        assert isinstance(response, Response)
+        assert response.status == 503
+        assert response.body == (
+            b"not ready: proxy (cannot listen on 127.10.5.12:10080/TCP: Address already in use)\n"
+        )
+    # The address is free again: the retry binds it and the proxy becomes ready.
+    for _ in range(250):  # up to 5 s
+        if proxy.not_ready_reason() is None:
+            break
+        await trio.sleep(0.02)
+    assert (proxy.not_ready_reason(), is_ready(proxy)) == (None, True)
+    assert proxy.listening()[-1] == ("vip", "127.10.5.12", PORT, "TCP")
 
 
 async def test_admin_view(nursery: trio.Nursery) -> None:

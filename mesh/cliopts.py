@@ -1,0 +1,110 @@
+"""Options and helpers shared by the ``mesh`` commands (mesh/cli.py, mesh/components.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mesh import log as meshlog
+from mesh.addresses import Address, format_address
+from mesh.params import ADDRESS, BOX, URL
+
+DEFAULT_CONTROL = "127.0.0.1:15010"
+DEFAULT_DNS = "127.0.0.1:10053"
+DEFAULT_ADMIN = "127.0.0.1:15000"
+DEFAULT_ADMIN_DNS = "127.0.0.1:15053"
+DEFAULT_ADMIN_PROXY = "127.0.0.1:15080"
+DEFAULT_SERVICE_CIDR = "127.10.0.0/16"
+DEFAULT_NETNS_SERVICE_CIDR = "198.19.0.0/16"
+DEFAULT_POD_CIDR = "198.18.0.0/16"
+STATE_ROOT = Path("/run/mesh/netns")
+
+
+def log_options(f: Any) -> Any:
+    f = click.option(
+        "--log-level",
+        default="info",
+        show_default=True,
+        type=click.Choice(["debug", "info", "warning", "error"]),
+    )(f)
+    f = click.option(
+        "--log-format",
+        default="auto",
+        show_default=True,
+        type=click.Choice(["auto", "json", "text"]),
+        help="auto: text on a terminal, JSON lines otherwise.",
+    )(f)
+    return f
+
+
+def upstream_options(f: Any) -> Any:
+    f = click.option(
+        "--no-forward",
+        is_flag=True,
+        help="Answer REFUSED for names outside the cluster instead of forwarding them.",
+    )(f)
+    return click.option(
+        "--upstream",
+        "upstreams",
+        multiple=True,
+        type=ADDRESS,
+        help="Upstream DNS server for non-cluster names (repeatable); default: /etc/resolv.conf.",
+    )(f)
+
+
+def upstreams_of(upstreams: Sequence[Address], no_forward: bool) -> list[Address] | None:
+    """None lets the DNS server read /etc/resolv.conf; an empty list forwards nothing."""
+    if no_forward:
+        if upstreams:
+            raise click.UsageError("--no-forward and --upstream exclude each other")
+        return []
+    return list(upstreams) or None
+
+
+def box_option(f: Any) -> Any:
+    return click.option(
+        "--box",
+        default="mesh",
+        show_default=True,
+        type=BOX,
+        help="Name of the cluster in a box (--netns): prefixes its namespaces; what it makes "
+        "is recorded under /run/mesh/netns/NAME so mesh down can remove it after a crash.",
+    )(f)
+
+
+def source_options(f: Any) -> Any:
+    f = click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Run from this config file (JSON or YAML, the format mesh config dump prints), "
+        "re-read when it changes.",
+    )(f)
+    f = click.option(
+        "--control",
+        "control_url",
+        type=URL,
+        help="Control plane address, http://HOST:PORT or HOST:PORT.",
+    )(f)
+    return f
+
+
+def check_source(control_url: str | None, config_file: Path | None) -> None:
+    if (control_url is None) == (config_file is None):
+        raise click.UsageError("give exactly one of --control URL and --config FILE")
+
+
+def setup_logs(level: str, fmt: str) -> None:
+    color = sys.stderr.isatty()
+    if fmt == "auto":
+        fmt = "text" if color else "json"
+    meshlog.setup(level, json_format=fmt == "json", color=color)
+
+
+def announce(what: str, address: Address) -> None:
+    click.echo(f"{what:<10} {format_address(address)}", err=False)
+    sys.stdout.flush()

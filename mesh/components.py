@@ -1,0 +1,155 @@
+"""The built-in data-plane components, one registration each (see mesh/registry.py).
+
+Each registration carries the component's config kind, translator, title and the command that
+runs it alone (``mesh dns``, ``mesh proxy``). Heavy imports (servers, translators) happen
+inside the functions so ``mesh --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mesh.addresses import Address
+from mesh.cliopts import (
+    DEFAULT_ADMIN_DNS,
+    DEFAULT_ADMIN_PROXY,
+    DEFAULT_DNS,
+    announce,
+    check_source,
+    log_options,
+    setup_logs,
+    source_options,
+    upstream_options,
+    upstreams_of,
+)
+from mesh.config.dns import DnsConfig
+from mesh.config.proxy import ProxyConfig
+from mesh.params import ADDRESS, DNS_NAME
+from mesh.registry import PlaneSettings, Registration, Translator, register
+
+# --- dns ---------------------------------------------------------------------------------
+
+
+def _dns_translator(settings: PlaneSettings) -> Translator:
+    from mesh.control.translate.dns import translate_dns
+
+    return functools.partial(
+        translate_dns,
+        zone=settings.zone,
+        ttl=settings.ttl,
+        pod_mode=settings.pod_mode,  # type: ignore[arg-type]
+    )
+
+
+@click.command("dns")
+@source_options
+@click.option("--dns-listen", default=DEFAULT_DNS, show_default=True, type=ADDRESS)
+@click.option("--admin-listen", default=DEFAULT_ADMIN_DNS, show_default=True, type=ADDRESS)
+@click.option(
+    "--zone",
+    default="cluster.local",
+    show_default=True,
+    type=DNS_NAME,
+    help="Cluster zone (answered SERVFAIL until the first config).",
+)
+@upstream_options
+@log_options
+def dns_command(
+    control_url: str | None,
+    config_file: Path | None,
+    dns_listen: Address,
+    admin_listen: Address,
+    zone: str,
+    upstreams: Sequence[Address],
+    no_forward: bool,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run the cluster DNS server alone."""
+    from mesh.dns.server import DnsServer
+    from mesh.run import run_component
+
+    check_source(control_url, config_file)
+    setup_logs(log_level, log_format)
+    server = DnsServer(dns_listen, upstreams_of(upstreams, no_forward), zone=zone)
+    run_component(server, control_url, config_file, admin_listen, announce, ("dns", dns_listen))
+
+
+register(Registration("dns", "DNS server", DnsConfig, _dns_translator, dns_command))
+
+
+# --- proxy -------------------------------------------------------------------------------
+
+
+def _proxy_translator(settings: PlaneSettings) -> Translator:
+    from mesh.control.translate.proxy import translate_proxy
+
+    return functools.partial(translate_proxy, node_name=settings.node_name)
+
+
+@click.command("proxy")
+@source_options
+@click.option(
+    "--mode", default="userspace", show_default=True, type=click.Choice(["userspace", "nftables"])
+)
+@click.option(
+    "--node-ip",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address NodePorts are served on (userspace mode).",
+)
+@click.option(
+    "--cleanup",
+    is_flag=True,
+    help="nftables mode: remove the ruleset a previous run left and exit. (The ruleset "
+    "outlives the process on purpose, as kube-proxy's does, so a restart drops no traffic.)",
+)
+@click.option(
+    "--udp-idle-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds before an idle UDP session is closed (userspace mode).",
+)
+@click.option("--admin-listen", default=DEFAULT_ADMIN_PROXY, show_default=True, type=ADDRESS)
+@log_options
+def proxy_command(
+    control_url: str | None,
+    config_file: Path | None,
+    mode: str,
+    node_ip: str,
+    cleanup: bool,
+    udp_idle_timeout: float,
+    admin_listen: Address,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run the node proxy alone, in userspace (no privilege) or nftables (root) mode."""
+    from mesh.run import make_proxy, run_component
+
+    if cleanup:
+        if mode != "nftables":
+            raise click.UsageError("--cleanup applies to --mode nftables")
+        from mesh.proxy.nft_render import RenderOptions
+        from mesh.proxy.nft_sync import NftError, SubprocessNftRunner
+
+        table = RenderOptions().table
+        for family in ("ip", "ip6"):  # one table per address family, as kube-proxy
+            try:
+                SubprocessNftRunner().delete_table(table, family)
+            except (NftError, OSError) as exc:
+                raise click.ClickException(f"cannot remove the ruleset: {exc}") from None
+            click.echo(f"removed table {family} {table}")
+        return
+    check_source(control_url, config_file)
+    setup_logs(log_level, log_format)
+    component: Any = make_proxy(mode, node_ip=node_ip, udp_idle_timeout=udp_idle_timeout)
+    run_component(component, control_url, config_file, admin_listen, announce, None)
+
+
+register(Registration("proxy", "node proxy", ProxyConfig, _proxy_translator, proxy_command))

@@ -1,0 +1,226 @@
+"""``mesh get``: what the control plane holds, as kubectl prints it.
+
+``mesh get KIND [NAME...]``, ``mesh get KIND/NAME...``; namespace ``default`` unless ``-n`` or
+``-A``; ``-l`` label selectors; ``-o wide|yaml|json|name``; ``-w`` follows the control plane's
+watch after the first listing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import click
+
+from mesh.cliopts import DEFAULT_CONTROL
+from mesh.params import URL
+
+Obj = dict[str, Any]
+
+
+def parse_targets(args: Sequence[str]) -> tuple[str, list[str]]:
+    """``("svc", "web", "db")`` or ``("svc/web", "svc/db")`` -> (Kind, names); raises
+    ValueError in kubectl's words for a mix, or for two kinds."""
+    from mesh.printing import resolve_kind
+
+    if not args:
+        raise ValueError("name a kind, e.g. mesh get svc (kinds: svc, pods, endpoints, ...)")
+    if "/" not in args[0]:
+        if any("/" in a for a in args[1:]):
+            raise ValueError("there is no need to give a kind after KIND/NAME arguments")
+        return resolve_kind(args[0]), list(args[1:])
+    kinds, names = set(), []
+    for arg in args:
+        kind, sep, name = arg.partition("/")
+        if not sep or not kind or not name:
+            raise ValueError(f"{arg!r}: write KIND/NAME for every argument once one has a '/'")
+        kinds.add(resolve_kind(kind))
+        names.append(name)
+    if len(kinds) > 1:
+        raise ValueError("give names of one kind at a time")
+    return kinds.pop(), names
+
+
+def select(items: Iterable[Obj], names: Sequence[str], selector: Any) -> list[Obj]:
+    out = []
+    for obj in items:
+        meta = obj.get("metadata", {})
+        if names and meta.get("name") not in names:
+            continue
+        if not selector.matches(meta.get("labels", {}) or {}):
+            continue
+        out.append(obj)
+    return out
+
+
+def render(kind: str, items: list[Obj], output: str, *, single: bool, table: Any) -> str:
+    """The text for ``items`` in ``output`` form (``table`` is a printing.Table)."""
+    from mesh.printing import name_of
+
+    if output == "name":
+        return "\n".join(name_of(kind, o) for o in items)
+    if output in ("json", "yaml"):
+        doc: Any = items[0] if single else {"apiVersion": "v1", "kind": "List", "items": items}
+        if output == "json":
+            return json.dumps(doc, indent=4)
+        import yaml
+
+        return yaml.safe_dump(doc, sort_keys=False).rstrip()
+    return str(table.render(items))
+
+
+@click.command()
+@click.argument("targets", nargs=-1, required=True, metavar="KIND [NAME...] | KIND/NAME...")
+@click.option("-n", "--namespace", default=None, help="Namespace [default: default].")
+@click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
+@click.option(
+    "-l",
+    "--selector",
+    default="",
+    help="Label selector: k=v, k!=v, 'k in (a,b)', 'k notin (a)', k, !k; comma = and.",
+)
+@click.option("-o", "--output", default="", type=click.Choice(["", "wide", "json", "yaml", "name"]))
+@click.option("-w", "--watch", is_flag=True, help="After listing, print changes as they come.")
+@click.option(
+    "--control",
+    "control_url",
+    default=f"http://{DEFAULT_CONTROL}",
+    show_default=True,
+    type=URL,
+    help="Control plane, http://HOST:PORT or HOST:PORT.",
+)
+def get(
+    targets: tuple[str, ...],
+    namespace: str | None,
+    all_namespaces: bool,
+    selector: str,
+    output: str,
+    watch: bool,
+    control_url: str,
+) -> None:
+    """Show what the control plane holds: mesh get svc, mesh get pods -A -o wide,
+    mesh get svc/web -o yaml, mesh get pods -l 'app in (web,api)' -w."""
+    from mesh.inspect import WrongServer
+    from mesh.printing import CLUSTER_SCOPED, PLURAL, Table
+    from mesh.selectors import parse_selector
+
+    try:
+        kind, names = parse_targets(targets)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        sel = parse_selector(selector)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-l' / '--selector'") from None
+    cluster_scoped = kind in CLUSTER_SCOPED
+    if all_namespaces and namespace is not None:
+        raise click.UsageError("-n and -A exclude each other")
+    ns = None if all_namespaces or cluster_scoped else (namespace or "default")
+    try:
+        items, version = _list(control_url, kind, ns)
+    except WrongServer:
+        raise click.ClickException(
+            f"{control_url} is not a mesh control plane (give its --control-listen address)"
+        ) from None
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot reach the control plane at {control_url}: {exc}"
+        ) from None
+    items = select(items, names, sel)
+    missing = [n for n in names if n not in {o["metadata"].get("name") for o in items}]
+    for name in missing:
+        click.echo(f'Error from server (NotFound): {PLURAL[kind]} "{name}" not found', err=True)
+    table = Table(kind, all_namespaces=ns is None and not cluster_scoped, wide=output == "wide")
+    table.now = time.time()
+    if items:
+        click.echo(render(kind, items, output, single=len(names) == 1, table=table))
+    elif not missing and not watch:
+        where = f" in {ns} namespace" if ns is not None else ""
+        click.echo(f"No resources found{where}.", err=True)
+    if watch:
+        sys.stdout.flush()
+        _follow(control_url, kind, ns, version, names, sel, output, table)
+    if missing:
+        sys.exit(1)
+
+
+def _list(control_url: str, kind: str, ns: str | None) -> tuple[list[Obj], str]:
+    """The objects of ``kind``; for Endpoints, also those the EndpointSlices of Services
+    without a legacy Endpoints object stand for (kubectl users look for both)."""
+    from mesh.inspect import fetch_objects
+    from mesh.printing import endpoints_from_slices
+
+    items, version = fetch_objects(control_url, kind, ns)
+    if kind != "Endpoints":
+        return items, version
+    slices, version = fetch_objects(control_url, "EndpointSlice", ns)
+    have = {(o["metadata"].get("namespace"), o["metadata"].get("name")) for o in items}
+    for ep in endpoints_from_slices(slices):
+        if (ep["metadata"]["namespace"], ep["metadata"]["name"]) not in have:
+            items.append(ep)
+    items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"].get("name", "")))
+    return items, version
+
+
+def _follow(
+    control_url: str,
+    kind: str,
+    ns: str | None,
+    version: str,
+    names: list[str],
+    sel: Any,
+    output: str,
+    table: Any,
+) -> None:
+    from mesh.inspect import WrongServer, watch_objects
+
+    try:
+        for obj in _changes(watch_objects, control_url, kind, ns, version):
+            if not select([obj], names, sel):
+                continue
+            table.now = time.time()
+            if output in ("", "wide"):
+                click.echo(table.line(obj))
+            else:
+                click.echo(render(kind, [obj], output, single=True, table=table))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+    except WrongServer:
+        raise click.ClickException(f"{control_url} does not serve watches") from None
+    except OSError as exc:
+        raise click.ClickException(f"the watch on {control_url} ended: {exc}") from None
+    raise click.ClickException(f"the control plane at {control_url} closed the watch")
+
+
+def _changes(
+    watch: Any, control_url: str, kind: str, ns: str | None, version: str
+) -> Iterator[Obj]:
+    """Changed objects from the watch. Endpoints follow the EndpointSlices (see _list): a
+    slice event prints its Service's merged Endpoints."""
+    from mesh.printing import endpoints_from_slices
+
+    if kind != "Endpoints":
+        for event in watch(control_url, kind, ns, version):
+            yield event["object"]
+        return
+    slices: dict[tuple[str, str], Obj] = {}
+    for event in watch(control_url, "EndpointSlice", ns, version):
+        es = event["object"]
+        meta = es["metadata"]
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event["type"] == "DELETED":
+            slices.pop(key, None)
+        else:
+            slices[key] = es
+        service = meta.get("labels", {}).get("kubernetes.io/service-name")
+        same = [
+            s
+            for s in slices.values()
+            if s["metadata"].get("namespace") == key[0]
+            and s["metadata"].get("labels", {}).get("kubernetes.io/service-name") == service
+        ]
+        yield from endpoints_from_slices(same or [{**es, "endpoints": [], "ports": []}])

@@ -1,0 +1,101 @@
+"""The names and types of the nftables ruleset: hooks, chains, maps and sets, their key types
+per address family (``ip``: IPv4, ``ip6``: IPv6), and the deterministic chain and set names
+of Service ports and endpoints (a hash of the identity, then the identity: stable across
+syncs, readable in ``nft list``). Shared by the renderer and the syncer."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from mesh.config.proxy import ProxyPort, ProxyService
+
+DSTNAT = -100
+SRCNAT = 100
+FILTER = DSTNAT - 10  # filter before DNAT, so the rules see Service addresses
+
+MARK_MASQ_CHAIN = "mark-for-masquerade"
+MASQUERADING_CHAIN = "masquerading"
+SERVICES_CHAIN = "services"
+ENDPOINTS_CHECK_CHAIN = "endpoints-check"
+REJECT_CHAIN = "reject-chain"
+SERVICE_IPS_MAP = "service-ips"
+SERVICE_NODEPORTS_MAP = "service-nodeports"
+NO_ENDPOINT_SERVICES_MAP = "no-endpoint-services"
+NO_ENDPOINT_NODEPORTS_MAP = "no-endpoint-nodeports"
+NODEPORT_IPS_SET = "nodeport-ips"
+DISPATCH_CHAIN = "endpoint-dispatch"
+DISPATCH_MAP = "endpoint-dispatch"
+DNAT_CHAIN = "endpoint-dnat"
+DNAT_MAP = "endpoint-addrs"
+HAIRPIN_SET = "endpoint-hairpin"
+CLUSTER_IPS_SET = "cluster-ips"
+MAPS = (
+    SERVICE_IPS_MAP,
+    SERVICE_NODEPORTS_MAP,
+    NO_ENDPOINT_SERVICES_MAP,
+    NO_ENDPOINT_NODEPORTS_MAP,
+    DISPATCH_MAP,
+    DNAT_MAP,
+)
+_PORT_KEY = "inet_proto . inet_service : verdict"
+Family = Literal["ip", "ip6"]
+ADDR_TYPE: dict[str, str] = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
+VERSION: dict[str, int] = {"ip": 4, "ip6": 6}
+# Loopback destinations never take NodePort traffic (kube-proxy's default node port addresses).
+LOOPBACK: dict[str, str] = {"ip": "127.0.0.0/8", "ip6": "::1"}
+
+
+def map_types(family: str) -> dict[str, str]:
+    addr = ADDR_TYPE[family]
+    ip_key = f"{addr} . inet_proto . inet_service : verdict"
+    return {
+        SERVICE_IPS_MAP: ip_key,
+        SERVICE_NODEPORTS_MAP: _PORT_KEY,
+        NO_ENDPOINT_SERVICES_MAP: ip_key,
+        NO_ENDPOINT_NODEPORTS_MAP: _PORT_KEY,
+        DISPATCH_MAP: "mark : verdict",
+        DNAT_MAP: f"mark : {addr} . inet_service",
+    }
+
+
+def set_types(family: str) -> dict[str, str]:
+    addr = ADDR_TYPE[family]
+    return {HAIRPIN_SET: f"{addr} . {addr}", CLUSTER_IPS_SET: f"{addr} . inet_proto . inet_service"}
+
+
+MAP_TYPES = map_types("ip")
+SETS = set_types("ip")
+
+
+def _hashed(prefix: str, identity: str) -> str:
+    # The identity keeps names unique; the hash prefix keeps similar ones visually apart.
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:8].upper()
+    name = f"{prefix}{digest}-{identity}"
+    return name if len(name) <= 250 else name[:247] + "..."
+
+
+def port_identity(svc: ProxyService, port: ProxyPort) -> str:
+    return f"{svc.namespace}/{svc.name}/{port.protocol.lower()}/{port.name}"
+
+
+def service_chain(svc: ProxyService, port: ProxyPort, local: bool = False) -> str:
+    return _hashed("local-" if local else "service-", port_identity(svc, port))
+
+
+def external_chain(svc: ProxyService, port: ProxyPort) -> str:
+    return _hashed("external-", port_identity(svc, port))
+
+
+def _name_ip(ip: str) -> str:
+    # nft names may not hold ":"; an IPv6 address is spelled with "." instead (readable,
+    # and unambiguous next to the IPv4 spelling since the family's table holds only one).
+    return ip.replace(":", ".")
+
+
+def endpoint_chain(svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
+    return _hashed("endpoint-", f"{port_identity(svc, port)}__{_name_ip(ip)}/{target}")
+
+
+def affinity_set(svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
+    return _hashed("affinity-", f"{port_identity(svc, port)}__{_name_ip(ip)}/{target}")
