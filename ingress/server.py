@@ -1,0 +1,303 @@
+"""One gateway listener: the engine's HTTP server with the gateway's routing, TLS, retries
+and telemetry around each request.
+
+The engine (mesh.http.server.HttpServer) runs the connection loop: read a head, handle it,
+keep the connection or not. This subclass changes two steps of it:
+
+- ``_connection``: a TLS listener completes the handshake first (within the header timeout,
+  the certificate chosen by SNI by the listener's TlsTerminator); either way the socket is
+  wrapped in a :class:`~ingress.conn.Downstream`, which notes the response status and bytes.
+- ``_handle``: the decision comes from the current :class:`~ingress.router.Routing` (read once
+  per request: a config swap changes the next request, never this one); a forwarded request
+  that failed before any response byte reached the client is tried again when the route's
+  retry policy says so (mesh.http.retry); then one access-log record, one metrics sample and,
+  when sampled, one span.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from mesh.http.decision import Forward, Peer, Respond
+from mesh.http.errors import HttpError, UpstreamError
+from mesh.http.events import Request
+from mesh.http.forward import Abort, forward
+from mesh.http.pool import DEADLINES, Pool, Timeout
+from mesh.http.retry import Again, Failure, decide
+from mesh.http.server import HttpServer, Limits
+from mesh.http.tracing import SpanEnd, Tracer
+from mesh.ingress.conn import Downstream, handshake
+
+if TYPE_CHECKING:
+    from mesh.config.gateway import Retry
+    from mesh.http.access_log import AccessLog
+    from mesh.http.metrics import HttpMetrics
+    from mesh.http.otel import OtlpSpans
+    from mesh.ingress.router import Routing
+    from mesh.tls import TlsTerminator
+
+log = logging.getLogger("mesh.ingress")
+
+# Upstream failures a retry policy may retry (GEP-1731), by the engine's reason.
+_RETRYABLE: dict[str, Failure] = {
+    "upstream-connect-failure": "connect-failure",
+    "upstream-timeout": "timeout",
+    "upstream-reset": "reset",
+}
+
+
+@dataclass
+class Telemetry:
+    """Where finished requests are reported; each part is optional."""
+
+    metrics: HttpMetrics | None = None
+    access_log: AccessLog | None = None
+    tracer: Tracer | None = None
+    spans: OtlpSpans | None = None  # the tracer's exporter, shut down with the gateway
+
+    async def aclose(self) -> None:
+        """Write what the access log holds and export the spans left (both block: threads)."""
+        if self.access_log is not None:
+            await trio.to_thread.run_sync(self.access_log.close)
+        if self.spans is not None:
+            await trio.to_thread.run_sync(self.spans.shutdown)
+
+
+def build_telemetry(
+    *, access_log: str | None, otlp_endpoint: str | None, sample_ratio: float = 1.0
+) -> Telemetry:
+    """``access_log``: a file path, ``-`` for stdout, None for none."""
+    from mesh.http.access_log import AccessLog
+
+    t = Telemetry()
+    if access_log is not None:
+        sink = sys.stdout.buffer if access_log == "-" else open(access_log, "ab")  # noqa: SIM115
+        t.access_log = AccessLog(sink)
+        t.access_log.start()
+    if otlp_endpoint is not None:
+        from mesh.http.otel import OtlpSpans
+
+        t.spans = OtlpSpans.to_endpoint(otlp_endpoint, service_name="mesh-gateway")
+        t.tracer = Tracer(t.spans, sample_ratio=sample_ratio)
+    return t
+
+
+class Holder:
+    """The current routing, shared by every listener of a gateway: swapped by one assignment."""
+
+    __slots__ = ("routing",)
+
+    def __init__(self, routing: Routing) -> None:
+        self.routing = routing
+
+
+class GatewayServer(HttpServer):
+    def __init__(
+        self,
+        listener: str,
+        holder: Holder,
+        *,
+        telemetry: Telemetry,
+        limits: Limits | None = None,
+        pool: Pool | None = None,
+        tls: TlsTerminator | None = None,
+    ) -> None:
+        super().__init__(self._route, limits=limits, pool=pool, scheme=b"https" if tls else b"http")
+        self.listener = listener
+        self.holder = holder
+        self.tls = tls
+        self.telemetry = telemetry
+        self.tracer = telemetry.tracer or Tracer(None)
+        self.in_flight: Counter[tuple[str, str]] = Counter()  # (route, client): limit-connections
+
+    def _route(self, req: Request, peer: Peer) -> Forward | Respond:
+        """The plain Router interface (used when the engine calls ``self.router`` itself)."""
+        return self.holder.routing.decide(self.listener, req, peer, time.monotonic(), None)[0]
+
+    async def _connection(self, sock: Any, addr: Any) -> None:
+        metrics = self.telemetry.metrics
+        if self.tls is not None:
+            try:
+                sock = Downstream(
+                    await handshake(sock, self.tls.context, self.limits.header_timeout), tls=True
+                )
+            except (OSError, Timeout):
+                sock.close()
+                return
+        else:
+            sock = Downstream(sock)
+        if metrics is not None:
+            metrics.opened(self.listener)
+        try:
+            await super()._connection(sock, addr)
+        finally:
+            if metrics is not None:
+                metrics.closed(self.listener)
+
+    async def _handle(self, sock: Any, reader: Any, req: Request, peer: Peer) -> bool:
+        started, wall = time.monotonic(), time.time()
+        sock.status = 0
+        sent, received = sock.sent, sock.received
+        hop = self.tracer.start(req.headers)
+        routing = self.holder.routing  # one read: this request's config
+        decision, planned = routing.decide(self.listener, req, peer, started, hop)
+        reason, status, keep = "", 0, False
+        route = decision.route
+        backend = decision.backend if isinstance(decision, Forward) else ""
+        limit_key = None
+        try:
+            if isinstance(decision, Respond):
+                status, reason = decision.status, decision.reason
+                keep = await self._respond(sock, reader, req, decision)
+                return keep
+            limit = planned.connection_limit if planned is not None else None
+            if limit is not None:
+                limit_key = (route, peer.address)
+                if self.in_flight[limit_key] >= limit:
+                    limit_key = None
+                    reply = Respond(503, (), b"503 rate-limited\n", "rate-limited", route)
+                    status, reason = 503, "rate-limited"
+                    return await self._respond(sock, reader, req, reply)
+                self.in_flight[limit_key] += 1
+            retry = planned.retry if planned is not None else None
+            keep = await self._forward(sock, reader, req, peer, decision, retry, started)
+            status = sock.status
+            return keep
+        except HttpError as err:
+            status, reason = err.status, err.reason
+            keep = req.keep_alive and reader.message_done and err.blame != "downstream"
+            await self._error(sock, err, close=not keep)
+            return keep
+        except Exception as exc:
+            if isinstance(exc, Abort | OSError) or type(exc).__name__ == "HandedOff":
+                status = sock.status  # a tunnel, or a response cut short
+                raise
+            log.exception("request failed")
+            status, reason = 500, "internal-error"
+            await self._error(sock, HttpError("internal-error"), close=True)
+            return False
+        finally:
+            if limit_key is not None:
+                self.in_flight[limit_key] -= 1
+                if not self.in_flight[limit_key]:
+                    del self.in_flight[limit_key]
+            self._report(
+                req, peer, route, backend, status, reason, started, wall, hop,
+                sock.sent - sent, sock.received - received,
+            )  # fmt: skip
+
+    async def _forward(
+        self,
+        sock: Downstream,
+        reader: Any,
+        req: Request,
+        peer: Peer,
+        fwd: Forward,
+        retry: Retry | None,
+        started: float,
+    ) -> bool:
+        retries = 0
+        budget = fwd.timeouts.request
+        while True:
+            try:
+                return await forward(self, sock, reader, req, peer, fwd)  # type: ignore[arg-type]
+            except UpstreamError as err:
+                outcome = _RETRYABLE.get(err.reason)
+                if retry is None or outcome is None or sock.sent or sock.status:
+                    raise
+                now = time.monotonic()
+                verdict = decide(
+                    retry,
+                    retries_done=retries,
+                    outcome=outcome,
+                    method=req.method.decode("latin-1"),
+                    now=now,
+                    deadline=started + budget * (retry.attempts + 1) if budget else None,
+                    body_replayable=req.length == 0,
+                )
+                if not isinstance(verdict, Again):
+                    raise
+                retries += 1
+                if verdict.delay > 0:
+                    await _sleep(verdict.delay)
+
+    def _report(
+        self,
+        req: Request,
+        peer: Peer,
+        route: str,
+        backend: str,
+        status: int,
+        reason: str,
+        started: float,
+        wall: float,
+        hop: Any,
+        bytes_out: int,
+        bytes_in: int,
+    ) -> None:
+        t = self.telemetry
+        duration = time.monotonic() - started
+        if t.metrics is not None:
+            t.metrics.request(route, backend, status, reason, duration)
+        if t.access_log is None and hop is None:
+            return
+        host = req.header(b"host") or b""
+        if t.access_log is not None:
+            from mesh.http.access_log import AccessRecord
+
+            t.access_log.log(
+                AccessRecord(
+                    wall,
+                    req.method.decode("latin-1"),
+                    host.decode("latin-1"),
+                    req.target.decode("latin-1"),
+                    status,
+                    reason,
+                    route,
+                    backend,
+                    "",
+                    peer.address,
+                    bytes_in,
+                    bytes_out,
+                    duration,
+                    trace_id=hop.context.trace_id if hop is not None else "",
+                    request_id=(req.header(b"x-request-id") or b"").decode("latin-1"),
+                )
+            )
+        if hop is not None and hop.context.sampled:
+            self.tracer.finish(
+                hop,
+                SpanEnd(
+                    req.method.decode("latin-1"),
+                    host.decode("latin-1"),
+                    req.target.decode("latin-1"),
+                    status,
+                    route,
+                    backend,
+                    reason,
+                    peer.address,
+                ),
+            )
+
+
+async def _sleep(seconds: float) -> None:
+    """A wait usable inside the engine's reactor (which resumes coroutines only on sockets):
+    wait on a socket that never becomes readable until the deadline passes."""
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        await DEADLINES.wait(a, seconds, math.inf, False)
+    except Timeout:
+        pass
+    finally:
+        a.close()
+        b.close()
