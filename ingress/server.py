@@ -10,7 +10,9 @@ keep the connection or not. This subclass changes two steps of it:
 - ``_handle``: the decision comes from the current :class:`~ingress.router.Routing` (read once
   per request: a config swap changes the next request, never this one); a forwarded request
   that failed before any response byte reached the client is tried again when the route's
-  retry policy says so (mesh.http.retry); then one access-log record, one metrics sample and,
+  retry policy says so (mesh.http.retry); a route with ``auth-url`` asks the auth service
+  first (mesh.ingress.extauth); limit-connections counts requests in flight per route and
+  client address; then one access-log record, one metrics sample and,
   when sampled, one span.
 """
 
@@ -35,6 +37,7 @@ from mesh.http.pool import DEADLINES, Pool, Timeout
 from mesh.http.retry import Again, Failure, decide
 from mesh.http.server import HttpServer, Limits
 from mesh.http.tracing import SpanEnd, Tracer
+from mesh.ingress import extauth
 from mesh.ingress.conn import Downstream, handshake
 
 if TYPE_CHECKING:
@@ -159,6 +162,12 @@ class GatewayServer(HttpServer):
                 status, reason = decision.status, decision.reason
                 keep = await self._respond(sock, reader, req, decision)
                 return keep
+            auth = planned.external_auth if planned is not None else None
+            if auth is not None:
+                denied = await extauth.check(auth, req, peer, route)
+                if denied is not None:
+                    status, reason = denied.status, denied.reason
+                    return await self._respond(sock, reader, req, denied)
             limit = planned.connection_limit if planned is not None else None
             if limit is not None:
                 limit_key = (route, peer.address)

@@ -219,3 +219,64 @@ async def test_websocket_through_the_gateway_survives_a_config_swap(
             return int(exc.response.status_code)  # type: ignore[attr-defined]
 
     assert await trio.to_thread.run_sync(refused) == 404
+
+
+async def test_auth_url_lets_through_passes_back_and_fails_closed(nursery: trio.Nursery) -> None:
+    """auth-url: a 2xx from the auth service forwards the request; its 401 comes back with
+    WWW-Authenticate; an auth service that cannot be reached refuses (500), never forwards."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[dict[str, str]] = []
+
+    class Auth(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            ok = self.headers.get("authorization") == "Bearer good"
+            self.send_response(200 if ok else 401)
+            if not ok:
+                self.send_header("www-authenticate", 'Bearer realm="shop"')
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    auth = ThreadingHTTPServer((loopback_ip(), 0), Auth)
+    threading.Thread(target=auth.serve_forever, daemon=True).start()
+    ip, port = auth.server_address[:2]
+    try:
+        with echo_servers("web") as up:
+            config = served(
+                backend("web", up["web"]),
+                ingress(
+                    "shop",
+                    "shop.example.com",
+                    path("/", "web"),
+                    annotations={"auth-url": f"http://{ip}:{port}/check"},
+                ),
+                ingress(
+                    "down",
+                    "down.example.com",
+                    path("/", "web"),
+                    annotations={"auth-url": f"http://{loopback_ip()}:9/check"},
+                ),
+            )
+            gw = await start_gateway(nursery, config)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.port}") as client:
+                host = {"host": "shop.example.com"}
+                r = await client.get("/cart?id=1", headers={**host, "authorization": "Bearer good"})
+                assert (r.status_code, r.headers["x-echo"]) == (200, "web")
+                r = await client.get("/cart", headers={**host, "authorization": "Bearer bad"})
+                assert r.status_code == 401
+                assert r.headers["www-authenticate"] == 'Bearer realm="shop"'
+                assert r.headers["x-mesh-reason"] == "denied"
+                r = await client.get("/", headers={"host": "down.example.com"})
+                assert r.status_code == 500
+                assert "x-echo" not in r.headers
+        assert seen[0]["x-original-url"] == "http://shop.example.com/cart?id=1"
+        assert seen[0]["x-original-method"] == "GET"
+    finally:
+        auth.shutdown()
+        auth.server_close()
