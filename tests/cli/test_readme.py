@@ -23,7 +23,9 @@ MESH = [sys.executable, "-m", "mesh.cli"]
 
 
 def _yaml_blocks() -> list[str]:
-    return re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+    """The config file examples: YAML blocks that are not Kubernetes manifests."""
+    blocks = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+    return [b for b in blocks if not re.search(r"^apiVersion:", b, flags=re.M)]
 
 
 @pytest.mark.parametrize(("index", "config_type"), [(0, DnsConfig), (1, ProxyConfig)])
