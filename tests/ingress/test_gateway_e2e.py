@@ -245,7 +245,7 @@ async def test_auth_url_lets_through_passes_back_and_fails_closed(nursery: trio.
 
     auth = ThreadingHTTPServer((loopback_ip(), 0), Auth)
     threading.Thread(target=auth.serve_forever, daemon=True).start()
-    ip, port = auth.server_address[:2]
+    ip, port = auth.socket.getsockname()[:2]
     try:
         with echo_servers("web") as up:
             config = served(
