@@ -112,6 +112,7 @@ class Routing:
             previous.state if previous is not None else planner.PlanState()
         )
         self.parts: dict[int, RouteParts] = {id(r): route_parts(r) for r in config.routes}
+        self._plain: dict[tuple[int, str], engine.Forward] = {}
         old = previous.balancers if previous is not None else {}
         self.balancers: dict[str, Balancer] = {}
         for name, (_, eps) in self.compiled.backends.items():
@@ -142,9 +143,32 @@ class Routing:
         if type(out) is planner.Respond:
             return _respond(out), None
         assert isinstance(out, planner.Forward)
-        return self.forward(out, hop), out
+        return self.forward(out, hop, head.target), out
 
-    def forward(self, fwd: planner.Forward, hop: Hop | None) -> engine.Forward:
+    def forward(
+        self, fwd: planner.Forward, hop: Hop | None, target: str | None = None
+    ) -> engine.Forward:
+        """``target``: the request's own target; a plan that kept it (no rewrite) lets the
+        engine send the client's bytes as they came."""
+        plain = (
+            fwd.target == target
+            and fwd.pinned is None
+            and fwd.host is None
+            and hop is None
+            and not fwd.cors
+            and fwd.route.affinity is None
+        )
+        if plain:
+            # Most requests: one value per route and backend, built once (a frozen dataclass
+            # costs microseconds to build, more than the rest of the decision).
+            key = (id(fwd.route), fwd.backend)
+            found = self._plain.get(key)
+            if found is None:
+                found = self._plain[key] = self._build(fwd, None, None)
+            return found
+        return self._build(fwd, hop, fwd.target.encode("latin-1"))
+
+    def _build(self, fwd: planner.Forward, hop: Hop | None, target: bytes | None) -> engine.Forward:
         parts = self.parts[id(fwd.route)]
         upstream: Balancer = self.balancers[fwd.backend]
         request_edits, response_edits = parts.request_edits, parts.response_edits
@@ -177,7 +201,7 @@ class Routing:
             parts.timeouts,
             request_edits,
             response_edits,
-            fwd.target.encode("latin-1"),
+            target,
             fwd.host.encode("latin-1") if fwd.host is not None else None,
             parts.max_body,
         )
