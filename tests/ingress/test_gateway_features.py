@@ -1,0 +1,143 @@
+"""Gateway behaviour around the engine: retries by route policy, the access log, listeners
+that cannot be opened."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from mesh.config.gateway import (
+    GatewayBackend,
+    GatewayEndpoint,
+    GatewayListener,
+    Retry,
+    Route,
+    ServedGatewayConfig,
+    Timeouts,
+    WeightedBackend,
+)
+from mesh.http.access_log import AccessLog
+from mesh.ingress.server import Telemetry
+from tests.http.upstreams import OK, SILENT, RecordingUpstream, exchange, header_of, status_of
+from tests.ingress.harness import backend, echo_servers, ingress, path, served, start_gateway
+
+
+def one_route(endpoints: list[tuple[str, int]], **route: object) -> ServedGatewayConfig:
+    return ServedGatewayConfig(
+        version=1,
+        listeners=(GatewayListener(name="ingress-http", wildcard="one-label"),),
+        routes=(
+            Route(
+                name="httproute/default/r/rule-0",
+                listeners=("ingress-http",),
+                backends=(WeightedBackend(backend="default/b:80"),),
+                **route,  # type: ignore[arg-type]
+            ),
+        ),
+        backends=(
+            GatewayBackend(
+                name="default/b:80",
+                endpoints=tuple(GatewayEndpoint(ip=ip, port=port) for ip, port in endpoints),
+            ),
+        ),
+    )
+
+
+GET = b"GET /r HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+POST = b"POST /r HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+async def test_retries_follow_the_route_policy(nursery: trio.Nursery) -> None:
+    """A backend that never answers, backendRequest 0.2 s, two retries: a GET is tried three
+    times, then 504; a POST once (it may have reached the backend); without a policy, once."""
+    silent = RecordingUpstream(SILENT)
+    eps = [await nursery.start(silent.serve)]
+    timeouts = Timeouts(backend_request=0.2)
+    gw = await start_gateway(
+        nursery, one_route(eps, timeouts=timeouts, retry=Retry(attempts=2, codes=(503,)))
+    )
+
+    async def tries(request: bytes) -> tuple[int, int]:
+        before = len(silent.complete)
+        reply, _ = await exchange(("127.0.0.1", gw.port), request)
+        with trio.fail_after(2):
+            while len(silent.complete) == before:
+                await trio.sleep(0.01)
+        return status_of(reply), len(silent.complete) - before
+
+    assert await tries(GET) == (504, 3)
+    assert await tries(POST) == (504, 1)
+    gw.apply(one_route(eps, timeouts=timeouts).model_copy(update={"version": 2}))
+    assert await tries(GET) == (504, 1)
+
+    # With a second endpoint that answers, the retries reach it: every GET succeeds.
+    good = RecordingUpstream(OK)
+    both = [*eps, await nursery.start(good.serve)]
+    retry = Retry(attempts=2, codes=(503,))
+    gw.apply(one_route(both, timeouts=timeouts, retry=retry).model_copy(update={"version": 3}))
+    statuses = [status_of((await exchange(("127.0.0.1", gw.port), GET))[0]) for _ in range(6)]
+    assert statuses == [200] * 6
+
+
+async def test_access_log_line_per_request(nursery: trio.Nursery) -> None:
+    lines: list[bytes] = []
+    log = AccessLog(lines.append)
+    with echo_servers("web") as up:
+        gw = await start_gateway(
+            nursery,
+            served(
+                backend("web", up["web"]), ingress("shop", "shop.example.com", path("/", "web"))
+            ),
+            telemetry=Telemetry(access_log=log),
+        )
+        reply, _ = await exchange(
+            ("127.0.0.1", gw.port),
+            b"GET /cart?x=1 HTTP/1.1\r\nHost: shop.example.com\r\nX-Request-Id: abc\r\n"
+            b"Connection: close\r\n\r\n",
+        )
+        assert status_of(reply) == 200
+        reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+        assert header_of(reply, b"x-mesh-reason") == b"no-route"
+    log.flush()
+    records = [json.loads(line) for line in b"".join(lines).splitlines()]
+    assert [(r["path"], r["status"], r["reason"]) for r in records] == [
+        ("/cart?x=1", 200, None),
+        ("/r", 404, "no-route"),
+    ]
+    first = records[0]
+    assert (first["route"], first["backend"]) == ("ingress/default/shop", "default/web:80")
+    assert (first["host"], first["client"], first["request_id"]) == (
+        "shop.example.com",
+        "127.0.0.1",
+        "abc",
+    )
+    assert first["bytes_out"] == len(reply) or first["bytes_out"] > 100
+    assert first["duration_ms"] > 0
+
+
+async def test_a_listener_that_cannot_be_opened_is_reported_and_the_rest_serve(
+    nursery: trio.Nursery,
+) -> None:
+    with echo_servers("web") as up:
+        config = one_route([up["web"]]).model_copy(
+            update={
+                "listeners": (
+                    GatewayListener(name="ingress-http", wildcard="one-label"),
+                    # 192.0.2.1 (TEST-NET-1) is not an address of this machine
+                    GatewayListener(
+                        name="gateway/default/far/8080", address="192.0.2.1", port=8080
+                    ),
+                )
+            }
+        )
+        gw = await start_gateway(nursery, config)
+        reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+        assert status_of(reply) == 200
+        with trio.fail_after(5):
+            while "gateway/default/far/8080" not in gw.problems:
+                await trio.sleep(0.01)
+        assert "cannot listen on 192.0.2.1:8080" in gw.problems["gateway/default/far/8080"]
+        view = gw.config_json()
+        assert view["problems"] == gw.problems
+        assert "ingress-http" in view["listeners"]
