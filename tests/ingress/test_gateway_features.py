@@ -32,7 +32,7 @@ def one_route(endpoints: list[tuple[str, int]], **route: object) -> ServedGatewa
                 name="httproute/default/r/rule-0",
                 listeners=("ingress-http",),
                 backends=(WeightedBackend(backend="default/b:80"),),
-                **route,  # type: ignore[arg-type]
+                **route,
             ),
         ),
         backends=(
@@ -61,9 +61,10 @@ async def test_retries_follow_the_route_policy(nursery: trio.Nursery) -> None:
     async def tries(request: bytes) -> tuple[int, int]:
         before = len(silent.complete)
         reply, _ = await exchange(("127.0.0.1", gw.port), request)
-        with trio.fail_after(2):
-            while len(silent.complete) == before:
-                await trio.sleep(0.01)
+        for _ in range(200):  # the upstream's task may not have read the last try yet
+            if len(silent.complete) > before:
+                break
+            await trio.sleep(0.01)
         return status_of(reply), len(silent.complete) - before
 
     assert await tries(GET) == (504, 3)
@@ -134,9 +135,10 @@ async def test_a_listener_that_cannot_be_opened_is_reported_and_the_rest_serve(
         gw = await start_gateway(nursery, config)
         reply, _ = await exchange(("127.0.0.1", gw.port), GET)
         assert status_of(reply) == 200
-        with trio.fail_after(5):
-            while "gateway/default/far/8080" not in gw.problems:
-                await trio.sleep(0.01)
+        for _ in range(500):
+            if "gateway/default/far/8080" in gw.problems:
+                break
+            await trio.sleep(0.01)
         assert "cannot listen on 192.0.2.1:8080" in gw.problems["gateway/default/far/8080"]
         view = gw.config_json()
         assert view["problems"] == gw.problems
