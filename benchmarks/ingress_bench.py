@@ -81,20 +81,17 @@ def main() -> None:
             p, b = args.proxy_cpu, args.backend_cpu
             procs.start("upstream", pinned(b, "nginx", "-c", str(upstream_conf(d)), "-e", "stderr"))
             wait_listening(*UPSTREAM)
+            nginx = ["nginx", "-c", str(nginx_proxy_conf(d)), "-e", "stderr"]
+            gateway = [
+                sys.executable, "-m", "mesh.cli", "ingress",
+                "--config", str(gateway_config(d / "gateway.json")),
+                "--gateway-listen", "{}:{}".format(*GATEWAY),
+                "--gateway-tls-listen", "127.0.0.74:0",
+                "--admin-listen", "127.0.0.74:0", "--log-level", "warning",
+            ]  # fmt: skip
             pids = {
-                "nginx": procs.start(
-                    "nginx", pinned(p, "nginx", "-c", str(nginx_proxy_conf(d)), "-e", "stderr")
-                ).pid,
-                "gateway": procs.start(
-                    "gateway",
-                    pinned(
-                        p, sys.executable, "-m", "mesh.cli", "ingress",
-                        "--config", str(gateway_config(d / "gateway.json")),
-                        "--gateway-listen", "{}:{}".format(*GATEWAY),
-                        "--gateway-tls-listen", "127.0.0.74:0",
-                        "--admin-listen", "127.0.0.74:0", "--log-level", "warning",
-                    ),
-                ).pid,  # fmt: skip
+                "nginx": procs.start("nginx", pinned(p, *nginx)).pid,
+                "gateway": procs.start("gateway", pinned(p, *gateway)).pid,
             }
             for addr in targets.values():
                 wait_listening(*addr)
