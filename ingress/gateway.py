@@ -28,6 +28,7 @@ from mesh.config.gateway import GatewayConfig, GatewayListener, ServedGatewayCon
 from mesh.http.metrics import HttpMetrics
 from mesh.http.pool import Pool
 from mesh.http.server import Limits
+from mesh.ingress.mirror import Mirrors
 from mesh.ingress.router import Routing
 from mesh.ingress.server import GatewayServer, Holder, Telemetry
 from mesh.tls import CertEntry, CertStore, TlsTerminator, self_signed
@@ -67,6 +68,7 @@ class IngressGateway:
         self.limits = limits or Limits()
         self.policy = policy
         self.pool = Pool()
+        self.mirrors = Mirrors()
         self.config: GatewayConfig | None = None
         self.holder = Holder(Routing(GatewayConfig(), policy=policy))
         # One generated certificate for every TLS listener without its own default.
@@ -81,6 +83,11 @@ class IngressGateway:
         metrics = self.telemetry.metrics
         metrics.watch("config_version", "Version of the config served", self._version)
         metrics.watch("tls_handshakes", "TLS ClientHellos seen", self._handshakes, kind="counter")
+        mirrors = self.mirrors
+        metrics.watch("mirrored", "Request copies sent", lambda: mirrors.sent, "counter")
+        metrics.watch(
+            "mirror_skipped", "Request copies not sent", lambda: mirrors.skipped, "counter"
+        )
         if self.telemetry.access_log is not None:
             log_ = self.telemetry.access_log
             metrics.watch(
@@ -160,6 +167,7 @@ class IngressGateway:
             limits=self.limits,
             pool=self.pool,
             tls=self._terminator(name) if tls else None,
+            mirrors=self.mirrors,
         )
         scope = trio.CancelScope()
 

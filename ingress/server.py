@@ -11,7 +11,8 @@ keep the connection or not. This subclass changes two steps of it:
   per request: a config swap changes the next request, never this one); a forwarded request
   that failed before any response byte reached the client is tried again when the route's
   retry policy says so (mesh.http.retry); a route with ``auth-url`` asks the auth service
-  first (mesh.ingress.extauth); limit-connections counts requests in flight per route and
+  first (mesh.ingress.extauth); RequestMirror copies go out in the background
+  (mesh.ingress.mirror); limit-connections counts requests in flight per route and
   client address; then one access-log record, one metrics sample and,
   when sampled, one span.
 """
@@ -39,6 +40,7 @@ from mesh.http.server import HttpServer, Limits
 from mesh.http.tracing import SpanEnd, Tracer
 from mesh.ingress import extauth
 from mesh.ingress.conn import Downstream, handshake
+from mesh.ingress.mirror import Mirrors
 
 if TYPE_CHECKING:
     from mesh.config.gateway import Retry
@@ -113,6 +115,7 @@ class GatewayServer(HttpServer):
         limits: Limits | None = None,
         pool: Pool | None = None,
         tls: TlsTerminator | None = None,
+        mirrors: Mirrors | None = None,
     ) -> None:
         super().__init__(self._route, limits=limits, pool=pool, scheme=b"https" if tls else b"http")
         self.listener = listener
@@ -120,6 +123,7 @@ class GatewayServer(HttpServer):
         self.tls = tls
         self.telemetry = telemetry
         self.tracer = telemetry.tracer or Tracer(None)
+        self.mirrors = mirrors or Mirrors()
         self.in_flight: Counter[tuple[str, str]] = Counter()  # (route, client): limit-connections
 
     def _route(self, req: Request, peer: Peer) -> Forward | Respond:
@@ -177,6 +181,8 @@ class GatewayServer(HttpServer):
                     status, reason = 503, "rate-limited"
                     return await self._respond(sock, reader, req, reply)
                 self.in_flight[limit_key] += 1
+            if planned is not None and planned.mirrors:
+                self.mirrors.start(req, decision.target or req.target, planned.mirrors)
             retry = planned.retry if planned is not None else None
             keep = await self._forward(sock, reader, req, peer, decision, retry, started)
             status = sock.status

@@ -11,6 +11,8 @@ from mesh.config.gateway import (
     GatewayBackend,
     GatewayEndpoint,
     GatewayListener,
+    Mirror,
+    Policy,
     Retry,
     Route,
     ServedGatewayConfig,
@@ -143,3 +145,38 @@ async def test_a_listener_that_cannot_be_opened_is_reported_and_the_rest_serve(
         view = gw.config_json()
         assert view["problems"] == gw.problems
         assert "ingress-http" in view["listeners"]
+
+
+async def test_request_mirror_sends_a_copy_and_never_delays_the_request(
+    nursery: trio.Nursery,
+) -> None:
+    shadow = RecordingUpstream(SILENT)  # reads the copy, never answers
+    shadow_ep = await nursery.start(shadow.serve)
+    real = RecordingUpstream(OK)
+    real_ep = await nursery.start(real.serve)
+    config = one_route([real_ep], policy=Policy(mirrors=(Mirror(backend="default/m:80"),)))
+    config = config.model_copy(
+        update={
+            "backends": (
+                *config.backends,
+                GatewayBackend(
+                    name="default/m:80",
+                    endpoints=(GatewayEndpoint(ip=shadow_ep[0], port=shadow_ep[1]),),
+                ),
+            )
+        }
+    )
+    gw = await start_gateway(nursery, config)
+    with trio.fail_after(5):  # a shadow that never answers costs the request nothing
+        reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+    assert status_of(reply) == 200
+    for _ in range(200):
+        if shadow.complete:
+            break
+        await trio.sleep(0.01)
+    assert [(r.method, r.target) for r in shadow.complete] == [(b"GET", b"/r")]
+    assert [(r.method, r.target) for r in real.complete] == [(b"GET", b"/r")]
+    with_body = b"POST /r HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+    reply, _ = await exchange(("127.0.0.1", gw.port), with_body)
+    assert status_of(reply) == 200
+    assert gw.mirrors.skipped == 1  # a body is streamed once, to the real backend only
