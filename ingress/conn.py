@@ -12,7 +12,9 @@ decrypted byte is ever left inside OpenSSL while the engine waits for the descri
 
 It also notes what the access log and the metrics want to know of a response without
 touching the engine: the status of the response head written (``status``) and the bytes both
-ways.
+ways; and it lets a retry policy refuse a response head by its status before any byte of it
+reaches the client (``veto``): the engine's exchange then ends with ``Refused``, and its
+upstream connection, referenced by nobody any more, is closed when collected.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import math
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -28,8 +31,16 @@ import trio
 from mesh.http.pool import DEADLINES
 
 
+class Refused(Exception):
+    """The response head was refused before any byte of it left (a retry will replace it)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 class Downstream:
-    __slots__ = ("received", "sent", "sock", "status", "tls")
+    __slots__ = ("received", "sent", "sock", "status", "tls", "veto")
 
     def __init__(self, sock: socket.socket, *, tls: bool = False) -> None:
         self.sock = sock
@@ -37,6 +48,9 @@ class Downstream:
         self.status = 0  # the status of the response head written for the current request
         self.sent = 0
         self.received = 0
+        # Asked with the status of a final response head before it is written: True refuses
+        # it (Refused is raised, nothing is sent), so a retry policy can try again.
+        self.veto: Callable[[int], bool] | None = None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -56,6 +70,9 @@ class Downstream:
             # The response head (a 1xx first, then the final one): "HTTP/1.1 200 ..."
             with contextlib.suppress(ValueError):
                 self.status = int(bytes(data[9:12]))
+            if self.status >= 200 and self.veto is not None and self.veto(self.status):
+                refused, self.status = self.status, 0
+                raise Refused(refused)
         try:
             n = self.sock.send(data)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):

@@ -9,8 +9,9 @@ keep the connection or not. This subclass changes two steps of it:
   wrapped in a :class:`~ingress.conn.Downstream`, which notes the response status and bytes.
 - ``_handle``: the decision comes from the current :class:`~ingress.router.Routing` (read once
   per request: a config swap changes the next request, never this one); a forwarded request
-  that failed before any response byte reached the client is tried again when the route's
-  retry policy says so (mesh.http.retry); a route with ``auth-url`` asks the auth service
+  that failed before any response byte reached the client (a connect failure, a reset, a
+  per-try timeout, or a response whose status the route retries) is tried again when the
+  route's retry policy says so (mesh.http.retry); a route with ``auth-url`` asks the auth service
   first (mesh.ingress.extauth); RequestMirror copies go out in the background
   (mesh.ingress.mirror); limit-connections counts requests in flight per route and
   client address; then one access-log record, one metrics sample and,
@@ -39,7 +40,7 @@ from mesh.http.retry import Again, Failure, decide
 from mesh.http.server import HttpServer, Limits
 from mesh.http.tracing import SpanEnd, Tracer
 from mesh.ingress import extauth
-from mesh.ingress.conn import Downstream, handshake
+from mesh.ingress.conn import Downstream, Refused, handshake
 from mesh.ingress.mirror import Mirrors
 
 if TYPE_CHECKING:
@@ -222,28 +223,44 @@ class GatewayServer(HttpServer):
     ) -> bool:
         retries = 0
         budget = fwd.timeouts.request
-        while True:
-            try:
-                return await forward(self, sock, reader, req, peer, fwd)  # type: ignore[arg-type]
-            except UpstreamError as err:
-                outcome = _RETRYABLE.get(err.reason)
-                if retry is None or outcome is None or sock.sent or sock.status:
-                    raise
-                now = time.monotonic()
-                verdict = decide(
-                    retry,
-                    retries_done=retries,
-                    outcome=outcome,
-                    method=req.method.decode("latin-1"),
-                    now=now,
-                    deadline=started + budget * (retry.attempts + 1) if budget else None,
-                    body_replayable=req.length == 0,
-                )
-                if not isinstance(verdict, Again):
-                    raise
+        method = req.method.decode("latin-1")
+        deadline = started + budget * (retry.attempts + 1) if budget and retry else None
+        delay = [0.0]
+
+        def again(outcome: Failure | int) -> bool:
+            verdict = decide(
+                retry,
+                retries_done=retries,
+                outcome=outcome,
+                method=method,
+                now=time.monotonic(),
+                deadline=deadline,
+                body_replayable=req.length == 0,
+            )
+            if isinstance(verdict, Again):
+                delay[0] = verdict.delay
+                return True
+            return False
+
+        if retry is not None and retry.codes and req.length == 0:
+            sock.veto = again  # a response with a retried status is refused before it leaves
+        try:
+            while True:
+                try:
+                    return await forward(self, sock, reader, req, peer, fwd)  # type: ignore[arg-type]
+                except Refused:
+                    pass  # ``again`` said so when it saw the status
+                except UpstreamError as err:
+                    outcome = _RETRYABLE.get(err.reason)
+                    if retry is None or outcome is None or sock.sent or sock.status:
+                        raise
+                    if not again(outcome):
+                        raise
                 retries += 1
-                if verdict.delay > 0:
-                    await _sleep(verdict.delay)
+                if delay[0] > 0:
+                    await _sleep(delay[0])
+        finally:
+            sock.veto = None
 
     def _report(
         self,

@@ -3,6 +3,7 @@ that cannot be opened."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import trio
@@ -20,6 +21,8 @@ from mesh.config.gateway import (
     WeightedBackend,
 )
 from mesh.http.access_log import AccessLog
+from mesh.http.events import CLOSED, NEED_DATA, EndOfMessage
+from mesh.http.h1 import Reader
 from mesh.ingress.server import Telemetry
 from tests.http.upstreams import OK, SILENT, RecordingUpstream, exchange, header_of, status_of
 from tests.ingress.harness import backend, echo_servers, ingress, path, served, start_gateway
@@ -180,3 +183,51 @@ async def test_request_mirror_sends_a_copy_and_never_delays_the_request(
     reply, _ = await exchange(("127.0.0.1", gw.port), with_body)
     assert status_of(reply) == 200
     assert gw.mirrors.skipped == 1  # a body is streamed once, to the real backend only
+
+
+async def test_a_retried_status_is_replaced_by_the_next_try(nursery: trio.Nursery) -> None:
+    """Retry codes (503): the backend's first two answers are 503, the third 200; with two
+    retries the client sees only the 200; with one, the second 503 goes to the client."""
+    answers: list[int] = []
+    plan: list[int] = []
+
+    async def handle(conn: trio.SocketStream) -> None:
+        reader = Reader("server")
+        async with conn:
+            while True:
+                ev = reader.next_event()
+                if ev is NEED_DATA:
+                    data = await conn.receive_some(65536)
+                    if not data:
+                        return
+                    reader.feed(data)
+                elif type(ev) is EndOfMessage:
+                    status = plan.pop(0) if plan else 200
+                    answers.append(status)
+                    body = b"try %d\n" % len(answers)
+                    await conn.send_all(
+                        b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
+                    )
+                    reader.next_message()
+                elif ev is CLOSED:
+                    return
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    ep = listeners[0].socket.getsockname()
+    retry = Retry(attempts=2, codes=(503,))
+    gw = await start_gateway(nursery, one_route([ep], retry=retry))
+    plan[:] = [503, 503]
+    reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+    assert (status_of(reply), reply.split(b"\r\n\r\n", 1)[1]) == (200, b"try 3\n")
+    assert answers == [503, 503, 200]
+    gw.apply(
+        one_route([ep], retry=Retry(attempts=1, codes=(503,))).model_copy(update={"version": 2})
+    )
+    answers.clear()
+    plan[:] = [503, 503]
+    reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+    assert status_of(reply) == 503 and answers == [503, 503]
+    plan[:] = [503]
+    answers.clear()
+    reply, _ = await exchange(("127.0.0.1", gw.port), POST)  # POST: not retried
+    assert status_of(reply) == 503 and answers == [503]
