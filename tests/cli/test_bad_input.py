@@ -108,8 +108,9 @@ CASES: list[tuple[list[str], int, str]] = [
     (["get", "svc", "-l", "app=(x)"], 2,
      "Error: Invalid value for '-l' / '--selector': 'app=(x)' is not a label requirement"),
     (["get", "widgets"], 2,
-     "Error: unknown kind 'widgets'; known kinds: EndpointSlice, Endpoints, HTTPRoute, "
-     "Ingress, IngressClass, Namespace, Pod, Secret, Service"),
+     "Error: unknown kind 'widgets'; known kinds: EndpointSlice, Endpoints, Gateway, "
+     "GatewayClass, HTTPRoute, Ingress, IngressClass, Namespace, Pod, ReferenceGrant, Secret, "
+     "Service"),
     (["get", "svc/web", "pods"], 2,
      "Error: 'pods': write KIND/NAME for every argument once one has a '/'"),
     (["get", "svc", "-n", "shop", "-A"], 2, "Error: -n and -A exclude each other"),
