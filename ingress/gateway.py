@@ -12,12 +12,13 @@ Listeners: the two Ingress listeners (``--gateway-listen``, ``--gateway-tls-list
 start and stay; a Gateway's listeners (its address and port, from the config) are opened and
 closed as configs come and go by a reconcile task. A listener that cannot be opened (the
 address is not local, the port is taken) is logged, kept in ``problems`` (``/config``) and
-tried again at the next config.
+tried again every few seconds and at each config.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import trio
@@ -36,7 +37,8 @@ from mesh.tls import CertEntry, CertStore, TlsTerminator, self_signed
 log = logging.getLogger("mesh.ingress")
 
 INGRESS_HTTP, INGRESS_HTTPS = "ingress-http", "ingress-https"
-Key = tuple[str, str, int]  # (listener name, address, port)
+RETRY_LISTEN = 5.0  # seconds between tries of a listener that could not be opened
+Key = tuple[str, str, int, bool]  # (listener name, address, port, TLS)
 
 
 class _Running:
@@ -128,7 +130,7 @@ class IngressGateway:
             "config": data,
             "listeners": {
                 name: format_address((address, r.port))
-                for (name, address, _), r in sorted(self._running.items())
+                for (name, address, _, _), r in sorted(self._running.items())
             },
             "problems": {**self.problems},
             "certificates": {
@@ -154,7 +156,9 @@ class IngressGateway:
             task_status.started()
             while True:
                 await self._reconcile(nursery)
-                await self._changed.wait()
+                # A listener that could not be opened is tried again every few seconds.
+                with trio.move_on_after(RETRY_LISTEN if self.problems else math.inf):
+                    await self._changed.wait()
                 self._changed = trio.Event()
 
     # --- listeners -----------------------------------------------------------------------
@@ -177,28 +181,32 @@ class IngressGateway:
 
         bound = await nursery.start(serve)
         port = int(bound[1])
-        self._running[(name, address[0], address[1])] = _Running(server, scope, port)
+        self._running[(name, address[0], address[1], tls)] = _Running(server, scope, port)
         return port
 
     async def _reconcile(self, nursery: trio.Nursery) -> None:
         config = self.config
         wanted: dict[Key, GatewayListener] = {}
+        closed = False
         if config is not None:
             for lis in config.listeners:
                 if lis.address is not None and lis.port is not None:
-                    wanted[(lis.name, lis.address, lis.port)] = lis
+                    wanted[(lis.name, lis.address, lis.port, lis.protocol == "HTTPS")] = lis
         for key, running in list(self._running.items()):
             if key[0] in (INGRESS_HTTP, INGRESS_HTTPS):
                 continue
             if key not in wanted:
                 running.scope.cancel()  # its open connections end with it
                 del self._running[key]
+                closed = True
+        if closed:  # let cancelled listeners close their sockets before others bind
+            await trio.sleep(0.05)
         self.problems = {k: v for k, v in self.problems.items() if k in {w[0] for w in wanted}}
         for key, lis in wanted.items():
             if key in self._running:
                 continue
             try:
-                await self._open(nursery, lis.name, (key[1], key[2]), tls=lis.protocol == "HTTPS")
+                await self._open(nursery, lis.name, (key[1], key[2]), tls=key[3])
             except OSError as exc:
                 why = f"cannot listen on {format_address((key[1], key[2]))}: {exc.strerror or exc}"
                 if self.problems.get(lis.name) != why:
