@@ -251,6 +251,9 @@ class IngressGateway:
             store = CertStore.build(entries, default=self.default_certificate, previous=previous)
             problems.extend(f"{lis.name}: {p}" for p in store.problems)
             stores[lis.name] = store
+        if problems != self.certificate_problems:
+            for problem in problems:
+                log.warning("certificate not served", extra={"problem": problem})
         self.certificate_problems = problems
         return stores
 
