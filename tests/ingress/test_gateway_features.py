@@ -23,7 +23,8 @@ from mesh.config.gateway import (
 from mesh.http.access_log import AccessLog
 from mesh.http.events import CLOSED, NEED_DATA, EndOfMessage
 from mesh.http.h1 import Reader
-from mesh.ingress.server import Telemetry
+from mesh.ingress.server import Telemetry, build_telemetry
+from tests.http.test_otel import collector, spans_of
 from tests.http.upstreams import OK, SILENT, RecordingUpstream, exchange, header_of, status_of
 from tests.ingress.harness import backend, echo_servers, ingress, path, served, start_gateway
 
@@ -231,3 +232,31 @@ async def test_a_retried_status_is_replaced_by_the_next_try(nursery: trio.Nurser
     answers.clear()
     reply, _ = await exchange(("127.0.0.1", gw.port), POST)  # POST: not retried
     assert status_of(reply) == 503 and answers == [503]
+
+
+async def test_spans_reach_an_otlp_collector_when_the_gateway_stops() -> None:
+    """--otlp-endpoint wiring: one SERVER span per request, with the client's trace id,
+    exported over OTLP/HTTP; what is queued is sent when the gateway stops."""
+    with collector() as server, echo_servers("web") as up:
+        port = server.server_address[1]
+        telemetry = build_telemetry(access_log=None, otlp_endpoint=f"http://127.0.0.1:{port}")
+        trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        async with trio.open_nursery() as inner:
+            gw = await start_gateway(
+                inner,
+                served(backend("web", up["web"]), ingress("shop", None, path("/", "web"))),
+                telemetry=telemetry,
+            )
+            request = (
+                b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                b"traceparent: 00-" + trace.encode() + b"-00f067aa0ba902b7-01\r\n\r\n"
+            )
+            reply, _ = await exchange(("127.0.0.1", gw.port), request)
+            assert status_of(reply) == 200
+            inner.cancel_scope.cancel()
+        spans = spans_of(server)
+    assert len(spans) == 1
+    resource, span = spans[0]
+    assert resource["service.name"] == "mesh-gateway"
+    assert span.trace_id.hex() == trace
+    assert span.parent_span_id.hex() == "00f067aa0ba902b7"
