@@ -11,7 +11,17 @@ CPU core one after the other, with dnsperf pinned to another core. For each serv
 The servers alternate round by round and the summary takes medians, since a shared machine
 makes single runs noisy; CPU time per query is the steadier comparison.
 
-Usage: python benchmarks/dns_bench.py [--services 300] [--seconds 10] [--rate 20000]
+Workloads (``--workload``):
+
+- ``cluster``: every cluster name of the config, repeated (the wire cache);
+- ``forward-cached``: 1,000 external names repeated, TTL 300 (the forward cache);
+- ``forward-distinct``: 300,000 distinct external names, each forwarded once.
+
+The forwarding workloads give both servers the same upstream: a third dnsmasq on its own
+loopback address answering every name under ``bench.example`` (``--address``), pinned to
+dnsperf's core so it does not share the measured server's.
+
+Usage: python benchmarks/dns_bench.py [--workload cluster] [--services 300] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -38,6 +48,9 @@ from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPort, DnsService
 
 DNSMASQ_ADDR = "127.0.0.2"
 OURS_ADDR = "127.0.0.3"
+UPSTREAM_ADDR = "127.0.0.4"
+EXTERNAL = "bench.example"
+WORKLOADS = {"forward-cached": 1_000, "forward-distinct": 300_000}  # external names
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -216,9 +229,27 @@ def main() -> int:
         (d / "config.json").write_text(json.dumps(config.model_dump(mode="json")))
         (d / "hosts").write_text("".join(f"{ip} {name}\n" for name, ip in records))
         names = sorted({name for name, _ in records})
+        forwarding = opts.workload != "cluster"
+        if forwarding:
+            names = [f"n{i}.{EXTERNAL}" for i in range(WORKLOADS[opts.workload])]
         (d / "queries.txt").write_text("".join(f"{n} A\n" for n in names))
         servers: dict[str, tuple[subprocess.Popen[bytes], str, int]] = {}
+        upstream: subprocess.Popen[bytes] | None = None
         try:
+            dnsmasq_forward = ["--no-resolv"]
+            ours_forward = ["--no-forward"]
+            if forwarding:
+                up_port = free_port(UPSTREAM_ADDR)
+                upstream = subprocess.Popen(
+                    ["taskset", "-c", opts.client_core, "dnsmasq", "--keep-in-foreground",
+                     "--no-resolv", "--no-hosts", f"--listen-address={UPSTREAM_ADDR}",
+                     "--bind-interfaces", f"--port={up_port}", f"--pid-file={d / 'up.pid'}",
+                     "--conf-file=/dev/null", f"--address=/{EXTERNAL}/192.0.2.1",
+                     "--local-ttl=300", "--cache-size=0", f"--user={getpass.getuser()}"],
+                )  # fmt: skip
+                wait_answering(UPSTREAM_ADDR, up_port, names[0])
+                dnsmasq_forward = ["--no-resolv", f"--server={UPSTREAM_ADDR}#{up_port}"]
+                ours_forward = ["--upstream", f"{UPSTREAM_ADDR}:{up_port}"]
             port = free_port(DNSMASQ_ADDR)
             servers["dnsmasq"] = (
                 subprocess.Popen(
@@ -227,7 +258,7 @@ def main() -> int:
                      f"--listen-address={DNSMASQ_ADDR}", "--bind-interfaces", f"--port={port}",
                      f"--pid-file={d / 'dnsmasq.pid'}", "--conf-file=/dev/null", "--local-ttl=5",
                      "--cache-size=10000", "--local=/cluster.local/",
-                     f"--user={getpass.getuser()}"],
+                     f"--user={getpass.getuser()}", *dnsmasq_forward],
                 ),
                 DNSMASQ_ADDR,
                 port,
@@ -237,7 +268,7 @@ def main() -> int:
                 subprocess.Popen(
                     ["taskset", "-c", opts.server_core, sys.executable, "-m", "mesh.cli", "dns",
                      "--config", str(d / "config.json"), "--dns-listen", f"{OURS_ADDR}:{port}",
-                     "--admin-listen", f"{OURS_ADDR}:0", "--no-forward", "--log-level", "warning"],
+                     "--admin-listen", f"{OURS_ADDR}:0", *ours_forward, "--log-level", "warning"],
                     stdout=subprocess.DEVNULL,
                 ),
                 OURS_ADDR,
@@ -253,8 +284,11 @@ def main() -> int:
         finally:
             for proc, _, _ in servers.values():
                 stop(proc)
+            if upstream is not None:
+                stop(upstream)
 
     print(
+        f"workload {opts.workload}: "
         f"{len(names)} names, {opts.services} services, {opts.rounds} rounds of "
         f"{opts.seconds}s saturation runs; server on core {opts.server_core}, "
         f"dnsperf on core {opts.client_core}"
@@ -275,6 +309,7 @@ def main() -> int:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--workload", choices=["cluster", *WORKLOADS], default="cluster")
     p.add_argument("--services", type=int, default=300)
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)

@@ -16,12 +16,21 @@ As kube-controller-manager's EndpointSlice controller (and its mirroring control
 - ExternalName Services get none.
 
 Slice names are ``<service>-<hash>`` with the hash over address type, ports and chunk, so
-they are stable as Pods come and go. Everything here is a pure function of a Snapshot; the
-loop that applies :func:`plan` lives with the control plane.
+they are stable as Pods come and go.
+
+Work is proportional to the change, as in kube-controller-manager: :func:`affected` turns
+store events into the Services to re-plan (for a Pod, the Services whose selectors match its
+old or its new labels, found through the store's selector index; for a Service or its legacy
+Endpoints, that Service), and :func:`plan_services` re-plans only those, reading the Pods a
+selector matches through the label index. :func:`plan` (every Service) runs at start and on
+the periodic resync. Mirroring legacy Endpoints into slices happens here and nowhere else:
+the translators read EndpointSlices only. Everything here is a pure function of a Snapshot;
+the loop that applies plans lives with the control plane.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import defaultdict
@@ -29,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mesh.control.store import Snapshot
+from mesh.control.store import Snapshot, WatchEvent
 from mesh.objects import (
     MANAGED_BY_LABEL,
     SERVICE_NAME_LABEL,
@@ -53,6 +62,7 @@ MAX_ENDPOINTS_PER_SLICE = 100  # the Kubernetes default (--max-endpoints-per-sli
 WATCHED_KINDS = frozenset({"Service", "Pod", "Endpoints", "EndpointSlice"})
 
 SliceKey = tuple[str, str]  # (namespace, name)
+ServiceKey = tuple[str, str]  # (namespace, name)
 Ports = tuple[EndpointPort, ...]
 Family = Literal["IPv4", "IPv6"]
 
@@ -69,38 +79,103 @@ class Plan:
 
 
 def plan(snap: Snapshot) -> Plan:
-    """Diff the desired slices against the ones this controller owns in ``snap``."""
-    want = desired_slices(snap)
-    out = Plan()
-    for key, es in sorted(want.items()):
-        have = snap.get("EndpointSlice", *key)
-        if have is None or have.with_resource_version("") != es:
-            out.apply.append(es)
+    """Diff the desired slices of every Service against the ones this controller owns."""
+    keys = {(o.namespace, o.name) for o in snap.list("Service")}
     for obj in snap.list("EndpointSlice"):
-        key = (obj.namespace, obj.name)
-        if obj.metadata.labels.get(MANAGED_BY_LABEL) == CONTROLLER_NAME and key not in want:
-            out.delete.append(key)
+        service = obj.metadata.labels.get(SERVICE_NAME_LABEL)
+        if service and _owned(obj):
+            keys.add((obj.namespace, service))  # a slice whose Service is gone
+    return plan_services(snap, keys)
+
+
+def plan_services(snap: Snapshot, keys: Iterable[ServiceKey]) -> Plan:
+    """Diff the desired slices of the Services ``keys`` against the ones this controller
+    owns for them; a key naming no Service deletes its slices."""
+    out = Plan()
+    for key in sorted(keys):
+        want = {(es.namespace, es.name): es for es in desired_for(snap, key)}
+        have = {(o.namespace, o.name): o for o in snap.by_index("service-slices", key) if _owned(o)}
+        for skey, es in sorted(want.items()):
+            prior = have.get(skey) or snap.get("EndpointSlice", *skey)
+            if prior is None or prior.with_resource_version("") != es:
+                out.apply.append(es)
+        out.delete.extend(sorted(skey for skey in have if skey not in want))
     return out
 
 
 def desired_slices(snap: Snapshot) -> dict[SliceKey, EndpointSlice]:
-    pods_by_ns: dict[str, list[Pod]] = defaultdict(list)
-    for obj in snap.list("Pod"):
-        if isinstance(obj, Pod):
-            pods_by_ns[obj.namespace].append(obj)
+    """Every slice the cluster should hold (the whole plan; tests and the resync)."""
     out: dict[SliceKey, EndpointSlice] = {}
     for obj in snap.list("Service"):
-        if not isinstance(obj, Service) or obj.spec.type == "ExternalName":
-            continue
-        if obj.spec.selector:
-            slices = slices_for_pods(obj, pods_by_ns.get(obj.namespace, ()))
-        else:
-            legacy = snap.get("Endpoints", obj.namespace, obj.name)
-            if not isinstance(legacy, Endpoints):
-                continue
-            slices = slices_for_endpoints(obj, legacy)
-        out.update({(es.namespace, es.name): es for es in slices})
+        for es in desired_for(snap, (obj.namespace, obj.name)):
+            out[(es.namespace, es.name)] = es
     return out
+
+
+def desired_for(snap: Snapshot, key: ServiceKey) -> list[EndpointSlice]:
+    """The slices one Service should have (none when it does not exist)."""
+    svc = snap.get("Service", *key)
+    if not isinstance(svc, Service) or svc.spec.type == "ExternalName":
+        return []
+    if svc.spec.selector:
+        return slices_for_pods(svc, selected_pods(snap, svc))
+    legacy = snap.get("Endpoints", *key)
+    if not isinstance(legacy, Endpoints):
+        return []
+    return slices_for_endpoints(svc, legacy)
+
+
+def selected_pods(snap: Snapshot, svc: Service) -> list[Pod]:
+    """The Pods of the Service's namespace its selector matches, through the label index:
+    the candidates are the Pods under the rarest of the selector's label pairs."""
+    selector = svc.spec.selector or {}
+    best: list[KubeObject] | None = None
+    for k, v in selector.items():
+        found = snap.by_index("label", ("Pod", svc.namespace, k, v))
+        if best is None or len(found) < len(best):
+            best = found
+        if not best:
+            break
+    return [p for p in best or () if isinstance(p, Pod) and selects(svc, p)]
+
+
+def affected(snap: Snapshot, events: Iterable[WatchEvent]) -> set[ServiceKey]:
+    """The Services whose slices may change because of ``events``."""
+    out: set[ServiceKey] = set()
+    for ev in events:
+        obj = ev.object
+        kind = obj.KIND
+        if kind == "Pod":
+            for version in (obj, ev.old):
+                if isinstance(version, Pod):
+                    out.update(services_for_pod(snap, version))
+        elif kind in ("Service", "Endpoints"):
+            out.add((obj.namespace, obj.name))
+        elif kind == "EndpointSlice":
+            # One of ours changed by someone else (or deleted): re-plan its Service.
+            for version in (obj, ev.old):
+                if version is not None and _owned(version):
+                    service = version.metadata.labels.get(SERVICE_NAME_LABEL)
+                    if service:
+                        out.add((version.namespace, service))
+    return out
+
+
+def services_for_pod(snap: Snapshot, pod: Pod) -> list[ServiceKey]:
+    """The Services of the Pod's namespace whose selector matches its labels."""
+    seen: set[ServiceKey] = set()
+    out = []
+    for k, v in pod.metadata.labels.items():
+        for svc in snap.by_index("selector", (pod.namespace, k, v)):
+            key = (svc.namespace, svc.name)
+            if key not in seen and isinstance(svc, Service) and selects(svc, pod):
+                seen.add(key)
+                out.append(key)
+    return out
+
+
+def _owned(obj: KubeObject) -> bool:
+    return obj.metadata.labels.get(MANAGED_BY_LABEL) == CONTROLLER_NAME
 
 
 # --- from Pods -------------------------------------------------------------------------
@@ -146,6 +221,7 @@ def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
         ),
         hostname=hostname,
         node_name=spec.node_name,
+        zone=None,
         target_ref=ObjectReference(
             kind="Pod", namespace=pod.namespace, name=pod.name, uid=pod.metadata.uid
         ),
@@ -217,8 +293,14 @@ def _build(
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def _group_id(family: Family, ports: Ports) -> str:
     return json.dumps([family, [p.to_dict() for p in ports]], sort_keys=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _digest(group_id: str, index: int) -> str:
+    return hashlib.sha256(f"{group_id}#{index}".encode()).hexdigest()[:10]
 
 
 def _slice(
@@ -229,7 +311,7 @@ def _slice(
     index: int,
     labels: dict[str, str],
 ) -> EndpointSlice:
-    digest = hashlib.sha256(f"{_group_id(family, ports)}#{index}".encode()).hexdigest()[:10]
+    digest = _digest(_group_id(family, ports), index)
     all_labels = {**labels, SERVICE_NAME_LABEL: svc.name, MANAGED_BY_LABEL: CONTROLLER_NAME}
     if svc.spec.headless:
         all_labels[HEADLESS_LABEL] = ""
@@ -242,6 +324,8 @@ def _slice(
         ),
     )
     return EndpointSlice(
+        api_version=EndpointSlice.API_VERSIONS[0],
+        kind=EndpointSlice.KIND,
         metadata=meta,
         address_type=family,
         endpoints=tuple(endpoints),

@@ -58,6 +58,9 @@ class ServiceAllocator:
         self.lookup = lookup
         self._ip_owner: dict[str, Key] = {}
         self._port_owner: dict[int, Key] = {}
+        # The reverse of the two maps above, so that releasing a Service's values on each
+        # admit costs its own values, not a scan of every owner.
+        self._held: dict[Key, tuple[set[str], set[int]]] = {}
 
     # --- admission -----------------------------------------------------------------------
 
@@ -77,17 +80,23 @@ class ServiceAllocator:
         ips = self._cluster_ips(new, families)
         fill = self._node_ports(new, prev)
         self._release(key)
+        held_ips, held_ports = self._held.setdefault(key, (set(), set()))
         for ip in ips:
             self._ip_owner[ip] = key
+            held_ips.add(ip)
         for port in [*fill.values(), *(p.node_port for p in spec.ports if p.node_port)]:
             self._port_owner[port] = key
+            held_ports.add(port)
         return _with_allocations(new, families, ips, fill)
 
     def _release(self, key: Key) -> None:
-        for ip in [ip for ip, owner in self._ip_owner.items() if owner == key]:
-            del self._ip_owner[ip]
-        for port in [p for p, owner in self._port_owner.items() if owner == key]:
-            del self._port_owner[port]
+        ips, ports = self._held.pop(key, ((), ()))
+        for ip in ips:
+            if self._ip_owner.get(ip) == key:
+                del self._ip_owner[ip]
+        for port in ports:
+            if self._port_owner.get(port) == key:
+                del self._port_owner[port]
 
     # --- cluster IPs ---------------------------------------------------------------------
 
@@ -215,13 +224,21 @@ def _with_allocations(
         and not node_ports
     ):
         return svc
-    data: dict[str, Any] = svc.to_dict()
-    out = data["spec"]
-    out["clusterIP"] = ips[0]
-    out["clusterIPs"] = list(ips)
-    out["ipFamilies"] = list(families.families)
-    out["ipFamilyPolicy"] = families.policy
-    for port in out["ports"]:
-        if "nodePort" not in port and port["port"] in node_ports:
-            port["nodePort"] = node_ports[port["port"]]
-    return Service.model_validate(data)
+    # A copy, not a re-validation: the values are checked already, and re-validating every
+    # Service on admission was most of the cost of loading a big manifest.
+    ports = tuple(
+        p.model_copy(update={"node_port": node_ports[p.port]})
+        if p.node_port is None and p.port in node_ports
+        else p
+        for p in spec.ports
+    )
+    update: dict[str, Any] = {
+        "cluster_ip": ips[0],
+        "cluster_ips": tuple(ips),
+        "ip_families": tuple(families.families),
+        "ip_family_policy": families.policy,
+        "ports": ports,
+    }
+    if spec.type in ("NodePort", "LoadBalancer") and spec.external_traffic_policy is None:
+        update["external_traffic_policy"] = "Cluster"
+    return svc.model_copy(update={"spec": spec.model_copy(update=update)})

@@ -6,6 +6,12 @@ in the (bounded) history; an older one raises :class:`Gone`, as the API server a
 and the watcher re-lists. A write that changes nothing is not an event, as with ``kubectl apply``.
 
 Reads take an immutable :class:`Snapshot`; it is built once per revision and shared.
+
+Indexes, as client-go's ``cache.Indexer`` keeps them: each named index function maps an
+object to the values it is found under, and every write updates the index entries of the one
+object it touches, so a controller asks "which Pods carry app=web in shop" or "which
+EndpointSlices belong to shop/web" without scanning the store. :data:`DEFAULT_INDEXES` holds
+the ones the controllers and translators use.
 """
 
 from __future__ import annotations
@@ -13,14 +19,14 @@ from __future__ import annotations
 import builtins
 import collections
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
 import trio
 
-from mesh.objects import KubeObject
+from mesh.objects import SERVICE_NAME_LABEL, KubeObject, Pod, Service
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -28,6 +34,78 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 # Admission: (new object, stored object or None) -> the object to store. It may fill in
 # fields the server owns (a Service's clusterIP) or raise Rejected, as the API server would.
 Admit = Callable[[KubeObject, KubeObject | None], KubeObject]
+
+
+# An index function: the values an object is found under in one index (none: not indexed).
+IndexFunc = Callable[[KubeObject], Sequence[Hashable]]
+
+
+def _by_namespace(obj: KubeObject) -> Sequence[Hashable]:
+    return ((obj.KIND, obj.namespace),)
+
+
+def _by_label(obj: KubeObject) -> Sequence[Hashable]:
+    kind, ns = obj.KIND, obj.namespace
+    return [(kind, ns, k, v) for k, v in obj.metadata.labels.items()]
+
+
+def _pod_ips(obj: KubeObject) -> Sequence[Hashable]:
+    return obj.ips if isinstance(obj, Pod) else ()
+
+
+def _slices_of_service(obj: KubeObject) -> Sequence[Hashable]:
+    if obj.KIND != "EndpointSlice":
+        return ()
+    service = obj.metadata.labels.get(SERVICE_NAME_LABEL)
+    return ((obj.namespace, service),) if service else ()
+
+
+def _service_selector(obj: KubeObject) -> Sequence[Hashable]:
+    if not isinstance(obj, Service) or not obj.spec.selector:
+        return ()
+    return [(obj.namespace, k, v) for k, v in obj.spec.selector.items()]
+
+
+# The indexes every store keeps; values are tuples so that one index serves every kind.
+DEFAULT_INDEXES: Mapping[str, IndexFunc] = MappingProxyType(
+    {
+        "namespace": _by_namespace,  # (kind, namespace)
+        "label": _by_label,  # (kind, namespace, label key, label value)
+        "pod-ip": _pod_ips,  # a Pod's IP address
+        "service-slices": _slices_of_service,  # (namespace, service name) of a slice
+        "selector": _service_selector,  # (namespace, key, value) of a Service's selector
+    }
+)
+
+
+class _Indexer:
+    """Named indexes: value -> ordered set of object keys, updated one object at a time."""
+
+    def __init__(self, funcs: Mapping[str, IndexFunc]) -> None:
+        self.funcs = dict(funcs)
+        self.entries: dict[str, dict[Hashable, dict[Key, None]]] = {n: {} for n in funcs}
+
+    def update(self, old: KubeObject | None, new: KubeObject | None) -> None:
+        key = (old or new).key  # type: ignore[union-attr]
+        for name, func in self.funcs.items():
+            before = func(old) if old is not None else ()
+            after = func(new) if new is not None else ()
+            if not before and not after:
+                continue
+            index = self.entries[name]
+            gone = set(before).difference(after) if before else ()
+            added = set(after).difference(before) if before else after
+            for value in gone:
+                keys = index.get(value)
+                if keys is not None:
+                    keys.pop(key, None)
+                    if not keys:
+                        del index[value]
+            for value in added:
+                index.setdefault(value, {})[key] = None
+
+    def keys(self, name: str, value: Hashable) -> list[Key]:
+        return list(self.entries[name].get(value, ()))
 
 
 class Rejected(ValueError):
@@ -48,25 +126,67 @@ class WatchEvent:
     type: EventType
     object: KubeObject
     revision: int
+    # The object as stored before this write (None for ADDED): a controller needs the old
+    # labels of a changed Pod to find the Services it left.
+    old: KubeObject | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Every object at one revision, by kind and then by (namespace, name)."""
+    """Every object at one revision, by kind and then by (namespace, name).
+
+    Index reads (:meth:`by_index`) use the store's live indexes while the store is still at
+    this revision; a snapshot read after the store moved on builds its own, once."""
 
     revision: int
     by_kind: Mapping[str, Mapping[tuple[str, str], KubeObject]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    _live: Callable[[int, str, Hashable], list[Key] | None] | None = None
+    _lists: dict[str, builtins.list[KubeObject]] = field(default_factory=dict, compare=False)
+    _indexes: dict[str, dict[Hashable, builtins.list[Key]]] = field(
+        default_factory=dict, compare=False
+    )
 
     def list(self, kind: str, namespace: str | None = None) -> list[KubeObject]:
+        if namespace is None:
+            # Sorted once per snapshot: every translator lists every Service.
+            cached = self._lists.get(kind)
+            if cached is None:
+                objs = self.by_kind.get(kind, {})
+                cached = self._lists[kind] = [objs[k] for k in sorted(objs)]
+            return cached.copy()
         objs = self.by_kind.get(kind, {})
-        items = [o for (ns, _), o in objs.items() if namespace is None or ns == namespace]
-        items.sort(key=lambda o: (o.metadata.namespace, o.metadata.name))
+        items = [o for (ns, _), o in objs.items() if ns == namespace]
+        items.sort(key=lambda o: o.metadata.name)
         return items
 
     def get(self, kind: str, namespace: str, name: str) -> KubeObject | None:
         return self.by_kind.get(kind, {}).get((namespace, name))
+
+    def by_index(self, index: str, value: Hashable) -> builtins.list[KubeObject]:
+        """The objects found under ``value`` in the named index (see DEFAULT_INDEXES)."""
+        keys = self._live(self.revision, index, value) if self._live is not None else None
+        if keys is None:
+            keys = self._own_index(index).get(value, [])
+        out = []
+        for kind, ns, name in keys:
+            obj = self.by_kind.get(kind, {}).get((ns, name))
+            if obj is not None:
+                out.append(obj)
+        return out
+
+    def _own_index(self, index: str) -> dict[Hashable, builtins.list[Key]]:
+        cached = self._indexes.get(index)
+        if cached is None:
+            func = DEFAULT_INDEXES[index]
+            built: dict[Hashable, builtins.list[Key]] = {}
+            for objs in self.by_kind.values():
+                for obj in objs.values():
+                    for value in func(obj):
+                        built.setdefault(value, []).append(obj.key)
+            self._indexes[index] = cached = built
+        return cached
 
 
 def _same(a: KubeObject, b: KubeObject) -> bool:
@@ -89,11 +209,13 @@ class Store:
         # so that comparing an object with its desired form needs no special case).
         self._created: dict[Key, float] = {}
         self._objects: dict[str, dict[tuple[str, str], KubeObject]] = {}
+        self._index = _Indexer(DEFAULT_INDEXES)
         self._events: collections.deque[WatchEvent] = collections.deque(maxlen=history)
         self._revision = 0
         self._compacted = 0  # events at or below this revision are no longer kept
         self._changed = trio.Event()
         self._snapshot: Snapshot | None = None
+        self._dirty: set[str] = set()  # kinds written since the last snapshot
 
     @property
     def revision(self) -> int:
@@ -114,7 +236,8 @@ class Store:
             return old
         stored = obj.with_resource_version(str(self._revision + 1))
         objs[(ns, name)] = stored
-        self._record("ADDED" if old is None else "MODIFIED", stored)
+        self._index.update(old, stored)
+        self._record("ADDED" if old is None else "MODIFIED", stored, old)
         return stored
 
     def delete(self, kind: str, namespace: str, name: str) -> KubeObject | None:
@@ -123,7 +246,8 @@ class Store:
         if old is None:
             return None
         gone = old.with_resource_version(str(self._revision + 1))
-        self._record("DELETED", gone)
+        self._index.update(old, None)
+        self._record("DELETED", gone, old)
         return gone
 
     def replace_all(self, kind: str, objects: Iterable[KubeObject]) -> None:
@@ -135,7 +259,7 @@ class Store:
         for obj in wanted.values():
             self.apply(obj)
 
-    def _record(self, type_: EventType, obj: KubeObject) -> None:
+    def _record(self, type_: EventType, obj: KubeObject, old: KubeObject | None) -> None:
         self._revision += 1
         if type_ == "ADDED":
             self._created[obj.key] = self.clock()
@@ -143,7 +267,8 @@ class Store:
             self._created.pop(obj.key, None)
         if len(self._events) == self._events.maxlen:
             self._compacted = self._events[0].revision
-        self._events.append(WatchEvent(type_, obj, self._revision))
+        self._events.append(WatchEvent(type_, obj, self._revision, old))
+        self._dirty.add(obj.KIND)
         self._snapshot = None
         self._changed.set()
         self._changed = trio.Event()
@@ -160,10 +285,27 @@ class Store:
     def list(self, kind: str, namespace: str | None = None) -> tuple[list[KubeObject], int]:
         return self.snapshot().list(kind, namespace), self._revision
 
+    def by_index(self, index: str, value: Hashable) -> builtins.list[KubeObject]:
+        """The stored objects found under ``value`` in the named index."""
+        return [o for o in map(self._lookup, self._index.keys(index, value)) if o is not None]
+
+    def _lookup(self, key: Key) -> KubeObject | None:
+        return self._objects.get(key[0], {}).get((key[1], key[2]))
+
+    def _live_keys(self, revision: int, index: str, value: Hashable) -> builtins.list[Key] | None:
+        return self._index.keys(index, value) if revision == self._revision else None
+
     def snapshot(self) -> Snapshot:
         if self._snapshot is None or self._snapshot.revision != self._revision:
-            frozen = {k: MappingProxyType(dict(v)) for k, v in self._objects.items()}
-            self._snapshot = Snapshot(self._revision, MappingProxyType(frozen))
+            # Kinds not written since the last snapshot share its frozen copy: a Pod edit
+            # does not copy 10,000 Services.
+            prev = self._snapshot.by_kind if self._snapshot is not None else {}
+            frozen = {
+                k: prev[k] if k in prev and k not in self._dirty else MappingProxyType(dict(v))
+                for k, v in self._objects.items()
+            }
+            self._dirty.clear()
+            self._snapshot = Snapshot(self._revision, MappingProxyType(frozen), self._live_keys)
         return self._snapshot
 
     def events_since(self, revision: int, kind: str | None = None) -> builtins.list[WatchEvent]:

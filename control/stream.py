@@ -86,10 +86,6 @@ def object_list(plane: ControlPlane, kind: str, namespace: str | None) -> dict[s
     }
 
 
-def encode(config: ComponentConfig) -> bytes:
-    return config.model_dump_json().encode() + b"\n"
-
-
 class ConfigServer:
     def __init__(
         self,
@@ -120,7 +116,7 @@ class ConfigServer:
                 config = self.plane.current(kind)
                 if config is None:
                     return text(503, f"no {kind} config yet")
-                return Response(200, encode(config), "application/json")
+                return Response(200, self.plane.encoded(config), "application/json")
             case ["v1", "watch", kind]:
                 if kind not in self.plane.translators:
                     return text(404, f"unknown config kind {kind!r}")
@@ -189,4 +185,4 @@ class ConfigServer:
                 yield b"\n"
             else:
                 last = config
-                yield encode(config)
+                yield self.plane.encoded(config)

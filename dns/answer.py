@@ -4,7 +4,9 @@
   (an empty non-terminal included) is NOERROR with no answer (NODATA). Both carry the zone's
   SOA in the authority section (RFC 2308), with the zone written in the question's case.
 - A CNAME (ExternalName Service) is the answer to every type but CNAME itself; its target is
-  followed while it stays inside the zone (at most ``MAX_CHAIN`` links) and never outside.
+  followed while it stays inside the zone. A target outside the zone ends the answer here and
+  is named in ``chase``: with forwarding on, the server follows it through the upstream. A
+  chain that loops or is longer than ``MAX_CHAIN`` links is SERVFAIL (as CoreDNS answers).
 - SRV answers carry the targets' addresses in the additional section.
 - Owner names of records at the question's name echo the question's case.
 """
@@ -23,6 +25,7 @@ MAX_CHAIN = 8
 
 NOERROR: int = RCODE.NOERROR
 NXDOMAIN: int = RCODE.NXDOMAIN
+SERVFAIL: int = RCODE.SERVFAIL
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,7 @@ class Answer:
     authority: tuple[RR, ...] = ()
     additional: tuple[RR, ...] = ()
     authoritative: bool = True
+    chase: str | None = None  # a CNAME target outside the zone the answer stops at
 
 
 def resolve(index: ZoneIndex, qname: DNSLabel, key: str, qtype: int) -> Answer:
@@ -40,18 +44,22 @@ def resolve(index: ZoneIndex, qname: DNSLabel, key: str, qtype: int) -> Answer:
     answer: list[RR] = []
     owner: DNSLabel | str = qname
     node = index.find(key)
+    seen = {key}
     for _ in range(MAX_CHAIN):
         if node is None:
             return Answer(NXDOMAIN, tuple(answer), _soa(index, qname, key))
         if node.cname is not None and qtype != TYPE_CNAME:
             answer.append(RR(owner, TYPE_CNAME, ttl=ttl, rdata=cname(node.cname)))
             if not names.in_zone(node.cname, index.zone):
-                return Answer(NOERROR, tuple(answer))  # the client's resolver follows it
+                return Answer(NOERROR, tuple(answer), chase=node.cname)
+            if node.cname in seen:
+                break
             owner = key = node.cname
+            seen.add(key)
             node = index.find(key)
             continue
         return _records(index, qname, owner, key, node, qtype, answer)
-    return Answer(NOERROR, tuple(answer))  # a chain too long (or a loop): stop following
+    return Answer(SERVFAIL)  # a loop, or a chain too long to follow
 
 
 def _records(

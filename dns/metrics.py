@@ -73,8 +73,13 @@ class DnsMetrics(Collector):
     def __init__(self) -> None:
         self.queries: defaultdict[tuple[str, str], int] = defaultdict(int)  # (qtype, rcode)
         self.latency = {path: Histogram() for path in self.PATHS}
-        self.cache_hits = {"wire": 0, "forward": 0}
-        self.cache_misses = {"wire": 0, "forward": 0}
+        # wire: cluster answers; answer: forwarded answers by client query; forward: the
+        # question cache of upstream answers; stale: expired answers served (RFC 8767)
+        self.cache_hits = {"wire": 0, "answer": 0, "forward": 0, "stale": 0}
+        self.cache_misses = {"wire": 0, "answer": 0, "forward": 0, "stale": 0}
+        self.forward_shared = 0  # questions that waited for an identical one in flight
+        self.forwards_in_flight = 0
+        self.health_checks: defaultdict[str, int] = defaultdict(int)  # by result
         self.forward_errors: defaultdict[str, int] = defaultdict(int)  # by reason
         self.dropped: defaultdict[str, int] = defaultdict(int)  # packets not answered, by reason
         self.config_version = 0
@@ -97,7 +102,7 @@ class DnsMetrics(Collector):
         yield h
         hits = CounterMetricFamily("mesh_dns_cache_hits", "Cache hits", labels=("cache",))
         misses = CounterMetricFamily("mesh_dns_cache_misses", "Cache misses", labels=("cache",))
-        for name in ("wire", "forward"):
+        for name in self.cache_hits:
             hits.add_metric((name,), self.cache_hits[name])
             misses.add_metric((name,), self.cache_misses[name])
         yield hits
@@ -108,6 +113,22 @@ class DnsMetrics(Collector):
         for reason, n in sorted(self.forward_errors.items()):
             errors.add_metric((reason,), n)
         yield errors
+        yield CounterMetricFamily(
+            "mesh_dns_forward_shared",
+            "Questions answered by an identical upstream exchange already in flight",
+            value=self.forward_shared,
+        )
+        yield GaugeMetricFamily(
+            "mesh_dns_forwards_in_flight",
+            "Queries waiting for upstreams",
+            value=self.forwards_in_flight,
+        )
+        checks = CounterMetricFamily(
+            "mesh_dns_health_checks", "Health checks of upstreams marked down", labels=("result",)
+        )
+        for result, n in sorted(self.health_checks.items()):
+            checks.add_metric((result,), n)
+        yield checks
         dropped = CounterMetricFamily(
             "mesh_dns_dropped", "Packets received and not answered", labels=("reason",)
         )

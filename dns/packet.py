@@ -10,8 +10,10 @@ The blame rules (RFC 1035 4.1.1, RFC 6891):
 - EDNS version above 0: BADVERS.
 
 A reply fits the client's limit (512 bytes without EDNS, its advertised payload size with
-EDNS, capped by ours); one that does not is sent with TC set and empty sections, so the
-client retries over TCP.
+EDNS, capped by ours). RFC 2181 9: TC means the answer itself did not fit, so what is only
+extra goes first: the additional records, then (when there are answers) the authority
+records; only when the answer section does not fit is the reply sent with TC set and empty
+sections, so the client retries over TCP.
 """
 
 from __future__ import annotations
@@ -150,10 +152,18 @@ def encode_reply(
     opt = EDNS0(udp_len=advertise, ext_rcode=rcode >> 4) if query.edns else None
     if opt is not None:
         extra.append(opt)
-    msg = DNSRecord(header, [query.question], list(answer), auth=list(authority), ar=extra)
-    wire = bytes(msg.pack())  # dnslib packs into a bytearray
-    if len(wire) <= limit:
-        return wire
+    answers, auth = list(answer), list(authority)
+    tail = [opt] if opt is not None else []
+    choices = [(auth, extra)]
+    if len(extra) > len(tail):
+        choices.append((auth, tail))
+    if answers and auth:
+        choices.append(([], tail))
+    for keep_auth, keep_extra in choices:
+        msg = DNSRecord(header, [query.question], answers, auth=keep_auth, ar=keep_extra)
+        wire = bytes(msg.pack())  # dnslib packs into a bytearray
+        if len(wire) <= limit:
+            return wire
     header.tc = 1
     short = DNSRecord(header, [query.question], [], auth=[], ar=[opt] if opt is not None else [])
     # Header, one question (at most 259 bytes) and an OPT always fit in 512 bytes.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from dnslib import CLASS, QTYPE, RR, DNSRecord
 
 from mesh.dns import names
-from mesh.dns.answer import resolve
+from mesh.dns.answer import Answer, resolve
 from mesh.dns.packet import (
     BADVERS,
     REFUSED,
@@ -40,6 +40,15 @@ class Reply:
     # The same query bytes (after the ID) always get these bytes while this config is live:
     # safe for the wire cache.
     cacheable: bool = False
+    # The answer stopped at a CNAME target outside the zone: with forwarding on, the server
+    # follows it instead of sending this reply.
+    chase: Chase | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chase:
+    query: Query
+    answer: Answer  # the cluster's part of the chain; ``answer.chase`` is where it left
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +122,9 @@ class Responder:
             limit=self.limit(query, tcp),
             advertise=self.max_udp,
         )
-        return Reply(wire, (qtype_label(query.qtype), rcode_label(ans.rcode)), cacheable=True)
+        label = (qtype_label(query.qtype), rcode_label(ans.rcode))
+        more = Chase(query, ans) if ans.chase else None
+        return Reply(wire, label, cacheable=True, chase=more)
 
     def _reply(self, query: Query, rcode: int, tcp: bool) -> Reply:
         wire = encode_reply(query, rcode, limit=self.limit(query, tcp), advertise=self.max_udp)

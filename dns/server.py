@@ -1,11 +1,14 @@
 """The cluster DNS server: UDP and TCP on one address, a thin trio shell around the core.
 
 The UDP loop is the hot path. It waits for the socket to become readable, then drains it
-with plain non-blocking ``recvfrom`` calls, answering wire-cache hits inline (a dict lookup
-and a ``sendto``) with no trio machinery per packet; after ``batch`` packets it yields to
-other tasks. A miss goes through the pure Responder synchronously (cluster names) or spawns
-a forwarding task (other names). Config swaps replace the responder and the wire cache in one
-assignment, so the next packet already sees the new config.
+with plain non-blocking ``recvfrom`` calls, answering wire-cache hits (cluster names) and
+answer-cache hits (forwarded names) inline, a dict lookup and a ``sendto`` each, with no trio
+machinery per packet; after ``batch`` packets it yields to other tasks. A miss goes through
+the pure Responder synchronously (cluster names) or spawns a forwarding task (other names,
+and ExternalName targets outside the zone). Config swaps replace the responder and the wire
+cache in one assignment, so the next packet already sees the new config; forwarded answers
+do not depend on the config and stay (reverse names, whose owner a config can change, are
+never put in the answer cache).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -26,6 +29,7 @@ from mesh.component import ConfigRejected
 from mesh.config.dns import DnsConfig
 from mesh.dns import resolvconf
 from mesh.dns.forward_cache import ForwardCache
+from mesh.dns.forwarding import ForwardPath
 from mesh.dns.metrics import DnsMetrics
 from mesh.dns.packet import REFUSED, SERVFAIL, header_reply
 from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
@@ -64,6 +68,10 @@ class DnsServer:
         forward_cache_size: int = 10_000,
         forward_timeout: float = 2.0,
         max_forwards: int = 1024,
+        upstream_policy: str = "random",
+        max_fails: int = 2,
+        health_check: float = 0.5,
+        serve_stale: float = 0.0,
         tcp_idle_timeout: float = 10.0,
         max_tcp_connections: int = 256,
         max_tcp_queries: int = 10_000,
@@ -88,8 +96,18 @@ class DnsServer:
         self._batch = batch
         self._netns = netns  # bind inside this network namespace (the cluster in a box)
         self._clock = clock
-        self._forward_cache = ForwardCache(forward_cache_size)
-        self._forwarder = Forwarder([], metrics=self.metrics, cache=self._forward_cache)
+        self._policy = upstream_policy
+        self._max_fails = max_fails
+        self._health_check = health_check
+        # upstream answers by question, and the replies built from them by client query
+        self._forward_cache = ForwardCache(forward_cache_size, serve_stale=serve_stale)
+        self._answers = ForwardCache(forward_cache_size)
+        self._forwarder = Forwarder(
+            [], metrics=self.metrics, cache=self._forward_cache, policy=upstream_policy
+        )
+        self._path = ForwardPath(
+            self._forwarder, self._answers, self.metrics, max_udp=max_udp_payload, clock=clock
+        )
         self._live = _Live(None, Responder(None, zone=zone, max_udp=max_udp_payload), WireCache(0))
         self._forwards = 0
         self._tcp_connections = 0
@@ -110,6 +128,8 @@ class DnsServer:
             index = ZoneIndex.build(config)
         except Exception as exc:
             raise ConfigRejected(f"dns config {config.version}: {exc}") from exc
+        if index.zone != self._live.responder.zone:
+            self._answers.clear()  # names that were forwarded may now be the cluster's
         self._live = _Live(
             config, Responder(index, max_udp=self._max_udp), WireCache(self._wire_cache_size)
         )
@@ -137,6 +157,9 @@ class DnsServer:
                 metrics=self.metrics,
                 cache=self._forward_cache,
                 timeout=self._forward_timeout,
+                policy=self._policy,
+                max_fails=self._max_fails,
+                health_check=self._health_check,
                 clock=self._clock,
             )
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(tcp))
@@ -146,6 +169,8 @@ class DnsServer:
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                self._path.forwarder = self._forwarder
+                await nursery.start(self._forwarder.run)
                 nursery.start_soon(self._serve_udp, udp)
                 nursery.start_soon(trio.serve_listeners, self._serve_tcp_connection, [listener])
                 task_status.started(self.port)
@@ -197,11 +222,14 @@ class DnsServer:
         latency = metrics.latency["cache"]
         batch = self._batch
         perf = time.perf_counter
+        clock = self._clock
+        answer = self._answers.answer
         while True:
             live = self._live
             get = live.cache.entries.get
-            n = hits = 0
+            n = hits = forwarded = 0
             start = perf()
+            now = clock()
             while n < batch:
                 try:
                     data, addr = recvfrom(RECV_SIZE)
@@ -211,7 +239,8 @@ class DnsServer:
                     n += 1
                     continue
                 n += 1
-                hit = get(data[2:])
+                tail = data[2:]
+                hit = get(tail)
                 if hit is not None:
                     try:
                         sendto(data[:2] + hit[0], addr)
@@ -219,11 +248,21 @@ class DnsServer:
                         metrics.dropped["send"] += 1
                     queries[hit[1]] += 1
                     hits += 1
+                    continue
+                fwd = answer(data, tail, now)
+                if fwd is not None:
+                    try:
+                        sendto(fwd[0], addr)
+                    except OSError:
+                        metrics.dropped["send"] += 1
+                    queries[fwd[1]] += 1
+                    forwarded += 1
                 else:
                     self._udp_miss(sock, data, addr, live)
-            if hits:
-                latency.observe((perf() - start) / n, hits)
+            if hits or forwarded:
+                latency.observe((perf() - start) / n, hits + forwarded)
                 metrics.cache_hits["wire"] += hits
+                metrics.cache_hits["answer"] += forwarded
             if n >= batch:
                 await trio.lowlevel.checkpoint()
             else:
@@ -233,23 +272,34 @@ class DnsServer:
         start = time.perf_counter()
         self.metrics.cache_misses["wire"] += 1
         outcome = self._handle(live.responder, data, tcp=False)
-        if isinstance(outcome, Reply):
+        if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
+            self._spawn_forward(sock, data, addr, outcome, live)
+        elif isinstance(outcome, Reply):
             self._send(sock, outcome.wire, addr)
             self.metrics.queries[outcome.label] += 1
             self.metrics.latency["cluster"].observe(time.perf_counter() - start)
             if outcome.cacheable:
                 live.cache.put(data[2:], outcome.wire[2:], outcome.label)
         elif isinstance(outcome, Forward):
-            if self._forwards >= self._max_forwards or self._nursery is None:
-                reply = live.responder.failure(outcome.query, SERVFAIL, tcp=False)
-                self._send(sock, reply.wire, addr)
-                self.metrics.queries[reply.label] += 1
-                self.metrics.forward_errors["overload"] += 1
-                return
-            self._forwards += 1
-            self._nursery.start_soon(self._forward_udp, sock, outcome, addr)
+            self._spawn_forward(sock, data, addr, outcome, live)
         else:
             self.metrics.dropped[outcome.reason] += 1
+
+    def _spawn_forward(
+        self, sock: socket.socket, data: bytes, addr: Any, outcome: Forward | Reply, live: _Live
+    ) -> None:
+        if self._forwards >= self._max_forwards or self._nursery is None:
+            # the bound on queries in flight: SERVFAIL at once, counted
+            chased = outcome.chase if isinstance(outcome, Reply) else None
+            query = chased.query if chased is not None else cast(Forward, outcome).query
+            reply = live.responder.failure(query, SERVFAIL, tcp=False)
+            self._send(sock, reply.wire, addr)
+            self.metrics.queries[reply.label] += 1
+            self.metrics.forward_errors["overload"] += 1
+            return
+        self._forwards += 1
+        self.metrics.forwards_in_flight = self._forwards
+        self._nursery.start_soon(self._forward_udp, sock, data, outcome, addr)
 
     def _handle(self, responder: Responder, data: bytes, *, tcp: bool) -> Reply | Forward | Drop:
         try:
@@ -266,14 +316,20 @@ class DnsServer:
         except OSError:
             self.metrics.dropped["send"] += 1
 
-    async def _forward_udp(self, sock: socket.socket, fwd: Forward, addr: Any) -> None:
+    async def _forward_udp(
+        self, sock: socket.socket, data: bytes, outcome: Forward | Reply, addr: Any
+    ) -> None:
         try:
-            reply = await self._forward(fwd, tcp=False)
+            if isinstance(outcome, Forward):
+                reply = await self._forward(outcome, data, tcp=False)
+            else:
+                reply = await self._chase(outcome, tcp=False)
             self._send(sock, reply.wire, addr)
         finally:
             self._forwards -= 1
+            self.metrics.forwards_in_flight = self._forwards
 
-    async def _forward(self, fwd: Forward, *, tcp: bool) -> Reply:
+    async def _forward(self, fwd: Forward, data: bytes, *, tcp: bool) -> Reply:
         start = time.perf_counter()
         query = fwd.query
         responder = self._live.responder
@@ -281,11 +337,7 @@ class DnsServer:
             if not self._forwarder.upstreams:
                 reply = responder.failure(query, REFUSED, tcp=tcp)
             else:
-                result = await self._forwarder.resolve(query)
-                if result is None:
-                    reply = responder.failure(query, SERVFAIL, tcp=tcp)
-                else:
-                    reply = responder.relay(query, result[0], result[1], tcp=tcp)
+                reply = await self._path.relay(fwd, data, responder, tcp=tcp)
         except Exception:  # a bug (or an upstream answer we cannot re-encode): one SERVFAIL
             log.exception("forwarding failed")
             self.metrics.forward_errors["internal"] += 1
@@ -293,6 +345,21 @@ class DnsServer:
         self.metrics.queries[reply.label] += 1
         self.metrics.latency["forward"].observe(time.perf_counter() - start)
         return reply
+
+    async def _chase(self, reply: Reply, *, tcp: bool) -> Reply:
+        """Follow an ExternalName's target outside the zone through the upstream."""
+        start = time.perf_counter()
+        responder = self._live.responder
+        try:
+            out = await self._path.chase(reply, responder, tcp=tcp)
+        except Exception:  # a bug: one SERVFAIL
+            log.exception("following a CNAME failed")
+            self.metrics.forward_errors["internal"] += 1
+            assert reply.chase is not None
+            out = responder.failure(reply.chase.query, SERVFAIL, tcp=tcp)
+        self.metrics.queries[out.label] += 1
+        self.metrics.latency["forward"].observe(time.perf_counter() - start)
+        return out
 
     # --- TCP (RFC 7766: length-prefixed messages, several per connection) ---------------
 
@@ -338,11 +405,13 @@ class DnsServer:
     async def _answer_tcp(self, data: bytes) -> bytes | None:
         start = time.perf_counter()
         outcome = self._handle(self._live.responder, data, tcp=True)
+        if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
+            return (await self._chase(outcome, tcp=True)).wire
         if isinstance(outcome, Reply):
             self.metrics.queries[outcome.label] += 1
             self.metrics.latency["cluster"].observe(time.perf_counter() - start)
             return outcome.wire
         if isinstance(outcome, Forward):
-            return (await self._forward(outcome, tcp=True)).wire
+            return (await self._forward(outcome, data, tcp=True)).wire
         self.metrics.dropped[outcome.reason] += 1
         return None

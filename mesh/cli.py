@@ -28,6 +28,7 @@ from mesh.cliopts import (
     STATE_ROOT,
     announce,
     box_option,
+    forward_options,
     gateway_options,
     log_options,
     setup_logs,
@@ -215,6 +216,7 @@ def up(
             box=box,
             state_dir=STATE_ROOT / box,
             upstreams=upstreams_of(upstreams, no_forward),
+            dns_options=forward_options(),
             announce=announce,
         )
         return
@@ -242,6 +244,7 @@ def up(
         admin_listen=admin_listen,
         with_proxy=with_proxy,
         upstreams=upstreams_of(upstreams, no_forward),
+        dns_options=forward_options(),
         announce=announce,
     )
 

@@ -45,7 +45,29 @@ def log_options(f: Any) -> Any:
     return f
 
 
+def _store_forward(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """The forwarding settings travel in the context, not through every command's signature."""
+    ctx.meta.setdefault("mesh.dns.forward", {})[param.name] = value
+
+
+def forward_options() -> dict[str, Any]:
+    """The DnsServer keyword arguments of the forwarding flags of the running command."""
+    return dict(click.get_current_context().meta.get("mesh.dns.forward", {}))
+
+
 def upstream_options(f: Any) -> Any:
+    """--upstream and --no-forward, and how forwarding behaves (CoreDNS forward and cache)."""
+    for name, default, kind, text in reversed(_FORWARD_FLAGS):
+        f = click.option(
+            name,
+            name.lstrip("-").replace("-", "_"),
+            default=default,
+            type=kind,
+            help=text,
+            expose_value=False,
+            callback=_store_forward,
+            show_default=True,
+        )(f)
     f = click.option(
         "--no-forward",
         is_flag=True,
@@ -58,6 +80,47 @@ def upstream_options(f: Any) -> Any:
         type=ADDRESS,
         help="Upstream DNS server for non-cluster names (repeatable); default: /etc/resolv.conf.",
     )(f)
+
+
+_FORWARD_FLAGS: list[tuple[str, Any, Any, str]] = [
+    (
+        "--upstream-policy",
+        "random",
+        click.Choice(["random", "round_robin", "sequential"]),
+        "Which upstream is asked first.",
+    ),
+    (
+        "--max-fails",
+        2,
+        click.IntRange(0, 1000),
+        "Consecutive failures that mark an upstream down; 0: never.",
+    ),
+    (
+        "--health-check",
+        0.5,
+        click.FloatRange(0, 3600),
+        "Seconds between probes of an upstream marked down; 0: never probe.",
+    ),
+    (
+        "--max-forwards",
+        1024,
+        click.IntRange(1, 1_000_000),
+        "Queries waiting for upstreams at once; beyond it: SERVFAIL.",
+    ),
+    (
+        "--forward-cache-size",
+        10_000,
+        click.IntRange(0, 10_000_000),
+        "Upstream answers kept (least recently used evicted first); 0: no cache.",
+    ),
+    (
+        "--serve-stale",
+        0.0,
+        click.FloatRange(0, 86400),
+        "Seconds an expired upstream answer may still be served when every upstream fails "
+        "(RFC 8767); 0: never.",
+    ),
+]
 
 
 def upstreams_of(upstreams: Sequence[Address], no_forward: bool) -> list[Address] | None:

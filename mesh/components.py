@@ -7,7 +7,6 @@ inside the functions so ``mesh --help`` stays fast.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from mesh.cliopts import (
     DEFAULT_DNS,
     announce,
     check_source,
+    forward_options,
     gateway_options,
     log_options,
     setup_logs,
@@ -39,10 +39,11 @@ from mesh.registry import PlaneSettings, Registration, StatusWriter, Translator,
 
 
 def _dns_translator(settings: PlaneSettings) -> Translator:
-    from mesh.control.translate.dns import translate_dns
+    # An instance, not a function: it keeps each Service's record between snapshots and
+    # updates from store events (control/translate/memo.py).
+    from mesh.control.translate.dns import DnsTranslator
 
-    return functools.partial(
-        translate_dns,
+    return DnsTranslator(
         zone=settings.zone,
         ttl=settings.ttl,
         pod_mode=settings.pod_mode,  # type: ignore[arg-type]
@@ -79,7 +80,9 @@ def dns_command(
 
     check_source(control_url, config_file)
     setup_logs(log_level, log_format)
-    server = DnsServer(dns_listen, upstreams_of(upstreams, no_forward), zone=zone)
+    server = DnsServer(
+        dns_listen, upstreams_of(upstreams, no_forward), zone=zone, **forward_options()
+    )
     run_component(server, control_url, config_file, admin_listen, announce, ("dns", dns_listen))
 
 
@@ -90,9 +93,9 @@ register(Registration("dns", "DNS server", DnsConfig, _dns_translator, dns_comma
 
 
 def _proxy_translator(settings: PlaneSettings) -> Translator:
-    from mesh.control.translate.proxy import translate_proxy
+    from mesh.control.translate.proxy import ProxyTranslator
 
-    return functools.partial(translate_proxy, node_name=settings.node_name)
+    return ProxyTranslator(node_name=settings.node_name)
 
 
 @click.command("proxy")
@@ -162,18 +165,15 @@ register(Registration("proxy", "node proxy", ProxyConfig, _proxy_translator, pro
 
 
 def _ingress_translator(settings: PlaneSettings) -> Translator:
-    from mesh.control.translate.gateway_served import translate_served
+    from mesh.control.translate.gateway_served import ServedTranslator
 
-    return functools.partial(
-        translate_served, gateway_cidr=settings.gateway_cidr, privileged=settings.privileged
-    )
+    return ServedTranslator(gateway_cidr=settings.gateway_cidr, privileged=settings.privileged)
 
 
 def _ingress_status(settings: PlaneSettings) -> StatusWriter:
-    from mesh.control.translate.gateway_served import status_updates
+    from mesh.control.translate.gateway_served import StatusWriter as Writer
 
-    return functools.partial(
-        status_updates,
+    return Writer(
         ingress_addresses=settings.ingress_addresses,
         gateway_cidr=settings.gateway_cidr,
         privileged=settings.privileged,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,62 @@ _Loader.add_constructor(
     "tag:yaml.org,2002:timestamp",
     lambda loader, node: loader.construct_scalar(node),
 )
+
+_STR = "tag:yaml.org,2002:str"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+
+
+class _Unusual(Exception):
+    """A node the fast builder leaves to PyYAML's constructor (tags, merge keys, cycles)."""
+
+
+def _load_all(text: str) -> Iterator[Any]:
+    """``yaml.load_all`` with a faster constructor for plain mappings, sequences and scalars.
+
+    PyYAML's constructor (Python, generator based) was a third of the time to load a big
+    manifest; documents made of plain nodes are built here directly, each scalar through
+    the loader's own constructor for its resolved tag, so values are the same. Any other
+    document (explicit tags, ``<<`` merge keys, recursive aliases) goes to PyYAML whole."""
+    loader = _Loader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            try:
+                yield _build(loader, node, set())
+            except _Unusual:
+                yield loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _build(loader: Any, node: Any, path: set[int]) -> Any:
+    cls = node.__class__
+    if cls is yaml.ScalarNode:
+        if node.tag == _STR:
+            return node.value
+        ctor = loader.yaml_constructors.get(node.tag)
+        value = ctor(loader, node) if ctor is not None else None
+        if ctor is None or isinstance(value, types.GeneratorType):
+            raise _Unusual
+        return value
+    if id(node) in path:
+        raise _Unusual  # a recursive alias
+    path.add(id(node))
+    try:
+        if cls is yaml.MappingNode and node.tag == _MAP:
+            out: dict[Any, Any] = {}
+            for key, value in node.value:
+                if key.__class__ is not yaml.ScalarNode or key.tag != _STR:
+                    raise _Unusual  # merge keys, non-string keys
+                out[key.value] = _build(loader, value, path)
+            return out
+        if cls is yaml.SequenceNode and node.tag == _SEQ:
+            return [_build(loader, item, path) for item in node.value]
+        raise _Unusual
+    finally:
+        path.discard(id(node))
+
 
 # A validator message that starts with the field it is about ("ports: at least one ...").
 _FIELD_PREFIX = re.compile(
@@ -165,7 +222,7 @@ def _documents(text: str, source: str) -> Iterator[Any]:
         yield from (data if isinstance(data, list) else [data])
         return
     try:
-        yield from yaml.load_all(text, Loader=_Loader)
+        yield from _load_all(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

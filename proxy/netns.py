@@ -23,7 +23,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import NetNS, netns
+from pyroute2 import IPRoute, netns
+
+from mesh.netns import inside
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +71,29 @@ def exec_argv(name: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", name, *argv]
 
 
+@contextlib.contextmanager
+def _netlink(name: str) -> Iterator[IPRoute]:
+    """A netlink socket of namespace ``name``, opened by switching this thread in and out.
+
+    Not pyroute2's ``NetNS``: that forks a Python child to open the socket, and a fork of a
+    process with threads can hang forever in the child on a lock another thread held (seen
+    while signals kept arriving during shutdown). setns + socket + setns back forks nothing.
+    """
+    with inside(name):
+        ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
 def create(name: str, state: StateFile | None = None) -> None:
     if state is not None:
         state.add("netns", name)
     if name not in netns.listnetns():
-        netns.create(name)
-    with NetNS(name) as ns:
+        # ip(8) execs; pyroute2's netns.create forks a Python child (see _netlink).
+        _run(["ip", "netns", "add", name])
+    with _netlink(name) as ns:
         ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
 
 
@@ -131,7 +150,7 @@ def sysctl(name: str, key: str, value: str) -> None:
 
 
 def add_bridge(name: str, ifname: str, address: str, prefixlen: int) -> None:
-    with NetNS(name) as ns:
+    with _netlink(name) as ns:
         # No multicast snooping: IPv6 neighbour discovery is multicast, and a snooping bridge
         # may drop a solicitation sent before the pod's group membership report was seen.
         ns.link("add", ifname=ifname, kind="bridge", br_mcast_snooping=0)
@@ -144,7 +163,7 @@ def add_veth(node: str, bridge: str, node_if: str, pod: str, pod_if: str = "eth0
     """A veth pair made inside ``node``, its peer moved into ``pod``, node end on the bridge."""
     if len(node_if) > IFNAMSIZ:
         raise ValueError(f"interface name {node_if!r} is longer than {IFNAMSIZ} characters")
-    with NetNS(node) as ns:
+    with _netlink(node) as ns:
         ns.link("add", ifname=node_if, kind="veth", peer={"ifname": pod_if, "net_ns_fd": pod})
         idx = ns.link_lookup(ifname=node_if)[0]
         master = ns.link_lookup(ifname=bridge)[0]
@@ -161,7 +180,7 @@ def add_veth(node: str, bridge: str, node_if: str, pod: str, pod_if: str = "eth0
 def configure_pod(pod: str, pod_if: str, address: str, gateway: str) -> None:
     """A /32 address and routes through the gateway: every packet, also to another pod,
     goes through the node, so its conntrack sees (and un-DNATs) both directions."""
-    with NetNS(pod) as ns:
+    with _netlink(pod) as ns:
         idx = ns.link_lookup(ifname=pod_if)[0]
         ns.addr("add", index=idx, address=address, prefixlen=32)
         ns.link("set", index=idx, state="up")
@@ -197,7 +216,7 @@ def _batch6(name: str, commands: Sequence[str]) -> None:
 
 
 def add_route(name: str, dst: str, device: str) -> None:
-    with NetNS(name) as ns:
+    with _netlink(name) as ns:
         ns.route("add", dst=dst, oif=ns.link_lookup(ifname=device)[0])
 
 

@@ -44,6 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mesh import endpoint_policy
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 from mesh.proxy.nft_names import (
     ADDR_TYPE,
@@ -78,7 +79,7 @@ from mesh.proxy.nft_names import (
     service_chain,
     set_types,
 )
-from mesh.proxy.table import eligible, endpoint_order
+from mesh.proxy.table import endpoint_order
 
 # Above this many load-balanced Service ports, "auto" dispatch switches from one anonymous
 # vmap per Service to the shared map: the kernel's cost of adding anonymous sets and of
@@ -365,9 +366,9 @@ def _render_port(
     # terminating fallback) is decided per family, as kube-proxy's per-family proxiers do.
     six = opts.family == "ip6"
     serving = [ep for ep in svc.endpoints if port.name in ep.ports and (":" in ep.address) == six]
-    local_eps = [ep for ep in serving if node_name and ep.node_name == node_name]
-    cluster = _targets(eligible(serving), port, opts.family)
-    local = _targets(eligible(local_eps), port, opts.family)
+    cluster = _targets(endpoint_policy.usable(serving), port, opts.family)
+    local_eps = endpoint_policy.usable(serving, local_only=True, node_name=node_name)
+    local = _targets(local_eps, port, opts.family)
     internal = local if svc.internal_traffic_local else cluster
     external = local if svc.external_traffic_local else cluster
     has_any = bool(cluster)

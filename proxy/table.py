@@ -33,6 +33,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mesh import endpoint_policy
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 
 Endpoint = tuple[str, int]  # (address, port)
@@ -161,18 +162,13 @@ class Backend:
 
 
 def eligible(endpoints: Collection[ProxyEndpoint]) -> list[ProxyEndpoint]:
-    """Ready endpoints; when there are none, serving-and-terminating ones."""
-    ready = [ep for ep in endpoints if ep.ready]
-    if ready:
-        return ready
-    return [ep for ep in endpoints if ep.serving and ep.terminating]
-
-
-def _local(endpoints: Collection[ProxyEndpoint], node_name: str) -> list[ProxyEndpoint]:
-    return [ep for ep in endpoints if node_name and ep.node_name == node_name]
+    """Ready endpoints; when there are none, serving-and-terminating ones (the shared
+    endpoint policy, mesh/endpoint_policy.py)."""
+    return endpoint_policy.usable(endpoints)
 
 
 VipKey = tuple[str, int, str]  # (ip, port, protocol)
+_Built = tuple[ProxyService, list[tuple[Scope, "Backend", ProxyPort]]]
 NodePortKey = tuple[int, str]  # (port, protocol)
 StateKey = tuple[str, str, str, str, Scope]  # namespace, name, port name, protocol, scope
 
@@ -187,12 +183,19 @@ class ServiceTable:
         node_ports: Mapping[NodePortKey, Backend],
         by_state_key: Mapping[StateKey, Backend],
         conflicts: tuple[str, ...] = (),
+        built: Mapping[tuple[str, str], _Built] | None = None,
+        node_name: str = "",
     ) -> None:
         self.version = version
         self.vips = vips
         self.node_ports = node_ports
         self._by_state_key = by_state_key
         self.conflicts = conflicts  # addresses claimed by two Services (the first one wins)
+        # Each Service's Backends with the ProxyService they were made from: the next build
+        # reuses them as they are when the Service is the same object (a config from the
+        # in-process plane shares unchanged records) or an equal one.
+        self._built = built or {}
+        self._node_name = node_name
 
     @classmethod
     def build(cls, config: ProxyConfig, previous: ServiceTable | None = None) -> ServiceTable:
@@ -201,12 +204,29 @@ class ServiceTable:
         states: dict[StateKey, Backend] = {}
         conflicts: list[str] = []
         old = previous._by_state_key if previous is not None else {}
+        reusable = (
+            previous._built
+            if previous is not None and previous._node_name == config.node_name
+            else {}
+        )
+        built: dict[tuple[str, str], _Built] = {}
         services = sorted(config.services, key=lambda s: (s.namespace, s.name))
         for svc in services:
-            for scope, backend, port in _backends(svc, config.node_name):
+            prior_built = reusable.get(svc.key)
+            if prior_built is not None and (prior_built[0] is svc or prior_built[0] == svc):
+                entries = prior_built[1]
+                reused = True
+            else:
+                entries = list(_backends(svc, config.node_name))
+                reused = False
+            final: list[tuple[Scope, Backend, ProxyPort]] = []
+            built[svc.key] = (svc, final)  # the Backends as used, after the reuse below
+            for scope, backend, port in entries:
                 skey: StateKey = (svc.namespace, svc.name, port.name, port.protocol, scope)
                 prior = old.get(skey)
-                if prior is not None and prior.same_as(backend):
+                if reused:
+                    pass  # the very Backend of the previous table: its state goes on
+                elif prior is not None and prior.same_as(backend):
                     backend = prior
                 elif prior is not None:
                     backend.inherit(prior)
@@ -218,6 +238,7 @@ class ServiceTable:
                     if internal is not None and internal.same_as(backend):
                         backend = internal
                 states[skey] = backend
+                final.append((scope, backend, port))
                 if scope == "internal":
                     ips: tuple[str, ...] = svc.cluster_ips
                 else:
@@ -242,7 +263,15 @@ class ServiceTable:
                         )
                         continue
                     node_ports[nkey] = backend
-        return cls(config.version, vips, node_ports, states, tuple(conflicts))
+        return cls(
+            config.version,
+            vips,
+            node_ports,
+            states,
+            tuple(conflicts),
+            built,
+            config.node_name,
+        )
 
     def lookup(self, ip: str, port: int, protocol: str) -> Backend | None:
         """The Backend behind a virtual IP:port (None: not a Service address)."""
@@ -293,6 +322,6 @@ def _backends(svc: ProxyService, node_name: str) -> Iterator[tuple[Scope, Backen
         name = ServicePortName(svc.namespace, svc.name, port.name, port.protocol)
         serving = [ep for ep in svc.endpoints if port.name in ep.ports]
         for scope, local in scopes:
-            chosen = eligible(_local(serving, node_name) if local else serving)
+            chosen = endpoint_policy.usable(serving, local_only=local, node_name=node_name)
             eps = [(ep.address, ep.ports[port.name]) for ep in chosen]
             yield scope, Backend(name, eps, timeout), port

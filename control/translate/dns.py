@@ -6,23 +6,31 @@ The rules (Kubernetes DNS specification, schema 1.1.0):
   ClusterIPs too); one whose ClusterIP is not allocated yet publishes a name with no address.
 - A headless Service publishes its ready endpoints, or all of them when the Service sets
   ``publishNotReadyAddresses``. Endpoints come from the EndpointSlices labelled
-  ``kubernetes.io/service-name`` (the legacy Endpoints object when there are none). An
+  ``kubernetes.io/service-name`` (legacy Endpoints are mirrored into slices by the endpoints
+  controller, and not read here). An
   endpoint without a hostname takes the one of the Pod it references when that Pod's
   ``spec.subdomain`` names the Service (StatefulSet pods), as the EndpointSlice controller does.
 - An ExternalName Service publishes a CNAME.
 - Pods are listed only in ``verified`` pod mode, where ``a-b-c-d.<ns>.pod.<zone>`` must
   match a running Pod.
+
+Incremental: a :class:`DnsTranslator` keeps each Service's record with the objects it was
+built from (the Service, its slices, and for a headless Service the Pods its endpoints
+reference) and rebuilds a Service only when one of them is not the very object it saw last
+time; stored objects are immutable, so identity is change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
+from mesh import endpoint_policy
 from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPod, DnsPort, DnsService
+from mesh.control.translate.memo import Inputs, ServiceMemo, touched_services
 from mesh.objects import (
-    Endpoints,
     EndpointSlice,
+    KubeObject,
     Namespace,
     ObjectReference,
     Pod,
@@ -30,9 +38,91 @@ from mesh.objects import (
 )
 
 if TYPE_CHECKING:  # the store module runs on trio; the translator only reads a snapshot
-    from mesh.control.store import Snapshot
+    from mesh.control.store import Snapshot, WatchEvent
 
 PodMode = Literal["disabled", "insecure", "verified"]
+
+
+class DnsTranslator:
+    """Snapshot -> DnsConfig, rebuilding only the Services whose inputs changed;
+    :meth:`update` visits only the Services that store events name (and, for a changed Pod,
+    the headless Services whose records read Pods)."""
+
+    reads = frozenset({"Service", "EndpointSlice", "Pod", "Namespace"})
+
+    def __init__(
+        self, *, zone: str = "cluster.local", ttl: int = 5, pod_mode: PodMode = "insecure"
+    ) -> None:
+        self.zone = zone.strip(".").lower()
+        self.ttl = ttl
+        self.pod_mode = pod_mode
+        self._memo: ServiceMemo[DnsService] = ServiceMemo(self._inputs, _build)
+        self._pod_readers: set[tuple[str, str]] = set()
+        self._namespaces: tuple[str, ...] = ()
+        self._pods: tuple[DnsPod, ...] = ()
+
+    @property
+    def built(self) -> int:
+        """Services built (not taken from the memo): tests pin the work."""
+        return self._memo.built
+
+    def __call__(self, snapshot: Snapshot) -> DnsConfig:
+        self._pod_readers = set()
+        services = self._memo.full(snapshot)
+        self._namespaces = _namespaces(snapshot)
+        self._pods = _pods(snapshot) if self.pod_mode == "verified" else ()
+        return self._config(snapshot, services)
+
+    def update(self, snapshot: Snapshot, events: Sequence[WatchEvent]) -> DnsConfig:
+        if not self._memo.warm:
+            return self(snapshot)
+        touched = touched_services(events)
+        kinds = {ev.object.KIND for ev in events}
+        if "Pod" in kinds:
+            touched.update(self._pod_readers)
+        services = self._memo.update(snapshot, touched)
+        if "Namespace" in kinds or any(
+            ev.type != "MODIFIED" and ev.object.KIND in ("Pod", "Service") for ev in events
+        ):
+            self._namespaces = _namespaces(snapshot)
+        if "Pod" in kinds and self.pod_mode == "verified":
+            self._pods = _pods(snapshot)
+        return self._config(snapshot, services)
+
+    def _config(self, snapshot: Snapshot, services: tuple[DnsService, ...]) -> DnsConfig:
+        return DnsConfig(
+            version=snapshot.revision,
+            zone=self.zone,
+            ttl=self.ttl,
+            pod_mode=self.pod_mode,
+            services=services,
+            pods=self._pods,
+            namespaces=self._namespaces,
+        )
+
+    def _inputs(self, svc: Service, snapshot: Snapshot) -> Inputs:
+        """What one Service's record is built from: the Service, its slices by name and,
+        when headless, the Pods its endpoints reference (their hostname may come from the
+        Pod)."""
+        key = (svc.namespace, svc.name)
+        if not svc.spec.headless or svc.spec.type == "ExternalName":
+            self._pod_readers.discard(key)
+            return (svc,)
+        slices = sorted(
+            (s for s in snapshot.by_index("service-slices", key) if isinstance(s, EndpointSlice)),
+            key=lambda s: s.name,
+        )
+        pods: list[KubeObject | None] = []
+        for sl in slices:
+            for ep in sl.endpoints:
+                ref = ep.target_ref
+                if ep.hostname is None and ref is not None and ref.kind == "Pod" and ref.name:
+                    pods.append(snapshot.get(Pod.KIND, ref.namespace or svc.namespace, ref.name))
+        if pods:
+            self._pod_readers.add(key)
+        else:
+            self._pod_readers.discard(key)
+        return (svc, *slices, *pods)
 
 
 def translate_dns(
@@ -42,31 +132,18 @@ def translate_dns(
     ttl: int = 5,
     pod_mode: PodMode = "insecure",
 ) -> DnsConfig:
-    services = [s for s in snapshot.list(Service.KIND) if isinstance(s, Service)]
-    slices = _slices_by_service(snapshot)
-    pods = {(p.namespace, p.name): p for p in snapshot.list(Pod.KIND) if isinstance(p, Pod)}
-    out = tuple(_service(svc, slices, snapshot, pods) for svc in services)
-    namespaces = {o.name for o in snapshot.list(Namespace.KIND)}
-    namespaces.update(s.namespace for s in services)
-    namespaces.update(ns for ns, _ in pods)
-    dns_pods = tuple(_pods(pods.values())) if pod_mode == "verified" else ()
-    return DnsConfig(
-        version=snapshot.revision,
-        zone=zone.strip(".").lower(),
-        ttl=ttl,
-        pod_mode=pod_mode,
-        services=out,
-        pods=dns_pods,
-        namespaces=tuple(sorted(namespaces)),
-    )
+    return DnsTranslator(zone=zone, ttl=ttl, pod_mode=pod_mode)(snapshot)
 
 
-def _slices_by_service(snapshot: Snapshot) -> dict[tuple[str, str], list[EndpointSlice]]:
-    out: dict[tuple[str, str], list[EndpointSlice]] = {}
-    for obj in snapshot.list(EndpointSlice.KIND):
-        if isinstance(obj, EndpointSlice) and obj.service_name:
-            out.setdefault((obj.namespace, obj.service_name), []).append(obj)
-    return out
+def _build(svc: Service, inputs: Inputs, snapshot: Snapshot) -> DnsService:
+    return _service(svc, [s for s in inputs[1:] if isinstance(s, EndpointSlice)], snapshot)
+
+
+def _namespaces(snapshot: Snapshot) -> tuple[str, ...]:
+    names = {o.name for o in snapshot.by_kind.get(Namespace.KIND, {}).values()}
+    names.update(ns for ns, _ in snapshot.by_kind.get(Service.KIND, {}))
+    names.update(ns for ns, _ in snapshot.by_kind.get(Pod.KIND, {}))
+    return tuple(sorted(names))
 
 
 def _ports(
@@ -79,12 +156,7 @@ def _ports(
     )
 
 
-def _service(
-    svc: Service,
-    slices: dict[tuple[str, str], list[EndpointSlice]],
-    snapshot: Snapshot,
-    pods: dict[tuple[str, str], Pod],
-) -> DnsService:
+def _service(svc: Service, slices: list[EndpointSlice], snapshot: Snapshot) -> DnsService:
     spec = svc.spec
     ports = _ports((p.name, p.protocol, p.port) for p in spec.ports)
     ns, name = svc.namespace, svc.name
@@ -94,7 +166,7 @@ def _service(
             namespace=ns, name=name, kind="ExternalName", external_name=target, ports=ports
         )
     if spec.headless:
-        endpoints = _endpoints(svc, slices.get((ns, name)), snapshot, pods)
+        endpoints = _endpoints(svc, slices, snapshot)
         return DnsService(
             namespace=ns, name=name, kind="Headless", endpoints=endpoints, ports=ports
         )
@@ -103,27 +175,19 @@ def _service(
 
 
 def _endpoints(
-    svc: Service,
-    slices: list[EndpointSlice] | None,
-    snapshot: Snapshot,
-    pods: dict[tuple[str, str], Pod],
+    svc: Service, slices: list[EndpointSlice], snapshot: Snapshot
 ) -> tuple[DnsEndpoint, ...]:
     everyone = svc.spec.publish_not_ready_addresses
     out: list[DnsEndpoint] = []
     seen: set[tuple[tuple[str, ...], str | None]] = set()
-    if slices is None:
-        legacy = snapshot.get(Endpoints.KIND, svc.namespace, svc.name)
-        if isinstance(legacy, Endpoints):
-            out.extend(_legacy_endpoints(legacy, everyone))
-        return tuple(out)
-    for sl in sorted(slices, key=lambda s: s.name):
+    for sl in slices:
         if sl.address_type == "FQDN":
             continue
         ports = _ports((p.name, p.protocol, p.port) for p in sl.ports)
         for ep in sl.endpoints:
-            if not (ep.ready or everyone):
+            if not endpoint_policy.published(ep.ready, everyone):
                 continue
-            hostname = ep.hostname or _pod_hostname(ep.target_ref, svc, pods)
+            hostname = ep.hostname or _pod_hostname(ep.target_ref, svc, snapshot)
             key = (ep.addresses, hostname)
             if key in seen:
                 continue
@@ -132,27 +196,21 @@ def _endpoints(
     return tuple(out)
 
 
-def _pod_hostname(
-    ref: ObjectReference | None, svc: Service, pods: dict[tuple[str, str], Pod]
-) -> str | None:
+def _pod_hostname(ref: ObjectReference | None, svc: Service, snapshot: Snapshot) -> str | None:
     if ref is None or ref.kind != "Pod" or not ref.name:
         return None
-    pod = pods.get((ref.namespace or svc.namespace, ref.name))
-    if pod is None or pod.spec.subdomain != svc.name:
+    pod = snapshot.get(Pod.KIND, ref.namespace or svc.namespace, ref.name)
+    if not isinstance(pod, Pod) or pod.spec.subdomain != svc.name:
         return None
     return pod.spec.hostname
 
 
-def _legacy_endpoints(eps: Endpoints, everyone: bool) -> Iterable[DnsEndpoint]:
-    for subset in eps.subsets:
-        ports = _ports((p.name, p.protocol, p.port) for p in subset.ports)
-        addrs = subset.addresses + (subset.not_ready_addresses if everyone else ())
-        for a in addrs:
-            yield DnsEndpoint(addresses=(a.ip,), hostname=a.hostname, ports=ports)
-
-
-def _pods(pods: Iterable[Pod]) -> Iterable[DnsPod]:
-    for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
+def _pods(snapshot: Snapshot) -> tuple[DnsPod, ...]:
+    out = []
+    for pod in snapshot.list(Pod.KIND):
+        if not isinstance(pod, Pod):
+            continue
         if pod.terminating or pod.status.phase in ("Succeeded", "Failed") or not pod.ips:
             continue
-        yield DnsPod(namespace=pod.namespace, name=pod.name, ips=pod.ips)
+        out.append(DnsPod(namespace=pod.namespace, name=pod.name, ips=pod.ips))
+    return tuple(out)

@@ -31,6 +31,62 @@ if TYPE_CHECKING:
 
 TLS_TYPE = "kubernetes.io/tls"
 
+# The kinds the gateway's config depends on (the plane skips the translation when a change
+# touched none of them: a Pod going Ready matters through its EndpointSlice only).
+GATEWAY_READS = frozenset(
+    {
+        "Ingress",
+        "IngressClass",
+        "Gateway",
+        "GatewayClass",
+        "HTTPRoute",
+        "ReferenceGrant",
+        "Service",
+        "EndpointSlice",
+        "Endpoints",
+        "Secret",
+        "Namespace",
+    }
+)
+# Status says what is served and why not; endpoints coming and going change none of it.
+STATUS_READS = GATEWAY_READS - {"EndpointSlice", "Endpoints"}
+
+
+class ServedTranslator:
+    """The registered translator: :func:`translate_served` with the plane's settings."""
+
+    reads = GATEWAY_READS
+
+    def __init__(self, *, gateway_cidr: str, privileged: bool = False) -> None:
+        self.gateway_cidr = gateway_cidr
+        self.privileged = privileged
+
+    def __call__(self, snapshot: Snapshot) -> ServedGatewayConfig:
+        return translate_served(
+            snapshot, gateway_cidr=self.gateway_cidr, privileged=self.privileged
+        )
+
+
+class StatusWriter:
+    """The registered status writer: :func:`status_updates` with the plane's settings."""
+
+    reads = STATUS_READS
+
+    def __init__(
+        self, *, ingress_addresses: tuple[str, ...], gateway_cidr: str, privileged: bool = False
+    ) -> None:
+        self.ingress_addresses = ingress_addresses
+        self.gateway_cidr = gateway_cidr
+        self.privileged = privileged
+
+    def __call__(self, snapshot: Snapshot) -> list[KubeObject]:
+        return status_updates(
+            snapshot,
+            ingress_addresses=self.ingress_addresses,
+            gateway_cidr=self.gateway_cidr,
+            privileged=self.privileged,
+        )
+
 
 def translate_served(
     snapshot: Snapshot, *, gateway_cidr: str, privileged: bool = False

@@ -10,48 +10,97 @@ The rules (as kube-proxy reads the API):
   Which endpoints are eligible is the service table's decision (proxy/table.py); this layer
   passes every endpoint on with its conditions.
 - Endpoints come from the EndpointSlices labelled ``kubernetes.io/service-name`` in the
-  Service's namespace (the legacy Endpoints object when there are none). Each Service port is
-  matched to a slice port by name and protocol, so a named targetPort resolves per endpoint.
-  An address found in several slices (whose port lists may differ) becomes one endpoint with
-  the union of their ports; its conditions are those of the first slice by name. Only the
-  first address of an endpoint is used, as kube-proxy does. FQDN slices are ignored.
+  Service's namespace; legacy Endpoints were mirrored into slices by the endpoints controller
+  and are not read here. Merging slices and matching ports by name is the endpoint policy's
+  (mesh/endpoint_policy.py); this layer passes every endpoint on with its conditions.
 - With ``publishNotReadyAddresses`` every endpoint counts as ready.
+
+Incremental: a :class:`ProxyTranslator` keeps each Service's output with the objects it was
+built from, and rebuilds a Service only when its Service object or one of its slices is not
+the very object it saw last time (stored objects are immutable, so identity is change).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Literal
 
+from mesh import endpoint_policy
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
-from mesh.control.store import Snapshot
-from mesh.objects import Endpoints, EndpointSlice, Service
-from mesh.proxy.table import endpoint_order
+from mesh.control.store import Snapshot, WatchEvent
+from mesh.control.translate.memo import Inputs, ServiceMemo, touched_services
+from mesh.objects import EndpointSlice, KubeObject, Service
+
+
+class ProxyTranslator:
+    """Snapshot -> ProxyConfig, rebuilding only the Services whose inputs changed;
+    :meth:`update` visits only the Services that store events name."""
+
+    reads = frozenset({"Service", "EndpointSlice"})
+
+    def __init__(self, *, node_name: str = "") -> None:
+        self.node_name = node_name
+        self._memo: ServiceMemo[ProxyService] = ServiceMemo(_inputs, _build)
+
+    @property
+    def built(self) -> int:
+        """Services built (not taken from the memo): tests pin the work."""
+        return self._memo.built
+
+    def __call__(self, snapshot: Snapshot) -> ProxyConfig:
+        return self._config(snapshot, self._memo.full(snapshot))
+
+    def update(self, snapshot: Snapshot, events: Sequence[WatchEvent]) -> ProxyConfig:
+        if not self._memo.warm:
+            return self(snapshot)
+        return self._config(snapshot, self._memo.update(snapshot, touched_services(events)))
+
+    def _config(self, snapshot: Snapshot, services: tuple[ProxyService, ...]) -> ProxyConfig:
+        return ProxyConfig(version=snapshot.revision, node_name=self.node_name, services=services)
 
 
 def translate_proxy(snapshot: Snapshot, *, node_name: str = "") -> ProxyConfig:
-    slices: dict[tuple[str, str], list[EndpointSlice]] = {}
-    for obj in snapshot.list(EndpointSlice.KIND):
-        if isinstance(obj, EndpointSlice) and obj.service_name and obj.address_type != "FQDN":
-            slices.setdefault((obj.namespace, obj.service_name), []).append(obj)
-    services = []
-    for obj in snapshot.list(Service.KIND):
-        if not isinstance(obj, Service) or not _proxied(obj):
-            continue
-        found = slices.get((obj.namespace, obj.name))
-        if found:
-            endpoints = _from_slices(obj, found)
-        else:
-            legacy = snapshot.get(Endpoints.KIND, obj.namespace, obj.name)
-            endpoints = _from_endpoints(obj, legacy) if isinstance(legacy, Endpoints) else ()
-        services.append(_service(obj, endpoints))
-    return ProxyConfig(version=snapshot.revision, node_name=node_name, services=tuple(services))
+    return ProxyTranslator(node_name=node_name)(snapshot)
+
+
+def _inputs(svc: Service, snapshot: Snapshot) -> Inputs | None:
+    if not _proxied(svc):
+        return None
+    slices = snapshot.by_index("service-slices", (svc.namespace, svc.name))
+    return (svc, *sorted((s for s in slices if isinstance(s, EndpointSlice)), key=_name))
+
+
+def _name(obj: KubeObject) -> str:
+    return obj.name
+
+
+def _build(svc: Service, inputs: Inputs, snapshot: Snapshot) -> ProxyService:
+    slices = [s for s in inputs[1:] if isinstance(s, EndpointSlice)]
+    return _service(svc, _endpoints(svc, slices))
 
 
 def _proxied(svc: Service) -> bool:
     spec = svc.spec
     return spec.type != "ExternalName" and bool(spec.cluster_ip) and not spec.headless
+
+
+def _endpoints(svc: Service, slices: list[EndpointSlice]) -> tuple[ProxyEndpoint, ...]:
+    found = endpoint_policy.from_slices(
+        [(p.name or "", p.protocol) for p in svc.spec.ports],
+        slices,
+        publish_not_ready=svc.spec.publish_not_ready_addresses,
+    )
+    return tuple(
+        ProxyEndpoint(
+            address=ep.address,
+            node_name=ep.node_name,
+            ready=ep.ready,
+            serving=ep.serving,
+            terminating=ep.terminating,
+            ports=dict(ep.ports),
+        )
+        for ep in found
+    )
 
 
 def _service(svc: Service, endpoints: tuple[ProxyEndpoint, ...]) -> ProxyService:
@@ -89,63 +138,3 @@ def _service(svc: Service, endpoints: tuple[ProxyEndpoint, ...]) -> ProxyService
         external_traffic_local=spec.external_traffic_policy == "Local",
         endpoints=endpoints,
     )
-
-
-@dataclass
-class _Merged:
-    first: ProxyEndpoint
-    ports: dict[str, int] = field(default_factory=dict)
-
-
-def _from_slices(svc: Service, slices: list[EndpointSlice]) -> tuple[ProxyEndpoint, ...]:
-    merged: dict[str, _Merged] = {}
-    for sl in sorted(slices, key=lambda s: s.name):
-        ports: dict[str, int] = {}
-        for sp in svc.spec.ports:
-            name = sp.name or ""
-            for ep_port in sl.ports:
-                if (
-                    (ep_port.name or "") == name
-                    and ep_port.protocol == sp.protocol
-                    and ep_port.port
-                ):
-                    ports[name] = ep_port.port
-                    break
-        for ep in sl.endpoints:
-            ready = ep.ready or svc.spec.publish_not_ready_addresses
-            entry = ProxyEndpoint(
-                address=ep.addresses[0],
-                node_name=ep.node_name,
-                ready=ready,
-                serving=ep.serving or ready,
-                terminating=ep.terminating,
-            )
-            m = merged.setdefault(entry.address, _Merged(entry))
-            for name, port in ports.items():
-                m.ports.setdefault(name, port)
-    return _sorted(m.first.model_copy(update={"ports": m.ports}) for m in merged.values())
-
-
-def _from_endpoints(svc: Service, legacy: Endpoints) -> tuple[ProxyEndpoint, ...]:
-    merged: dict[str, _Merged] = {}
-    for subset in legacy.subsets:
-        ports: dict[str, int] = {}
-        for sp in svc.spec.ports:
-            for ep_port in subset.ports:
-                if (ep_port.name or "") == (sp.name or "") and ep_port.protocol == sp.protocol:
-                    ports[sp.name or ""] = ep_port.port
-                    break
-        for addrs, ready in ((subset.addresses, True), (subset.not_ready_addresses, False)):
-            for a in addrs:
-                ready = ready or svc.spec.publish_not_ready_addresses
-                entry = ProxyEndpoint(
-                    address=a.ip, node_name=a.node_name, ready=ready, serving=ready
-                )
-                m = merged.setdefault(entry.address, _Merged(entry))
-                for name, port in ports.items():
-                    m.ports.setdefault(name, port)
-    return _sorted(m.first.model_copy(update={"ports": m.ports}) for m in merged.values())
-
-
-def _sorted(endpoints: Iterable[ProxyEndpoint]) -> tuple[ProxyEndpoint, ...]:
-    return tuple(sorted(endpoints, key=lambda e: endpoint_order((e.address, 0))))

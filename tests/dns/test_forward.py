@@ -14,10 +14,11 @@ import dns.rdatatype
 import pytest
 import trio
 
+from mesh.config.dns import DnsService
 from mesh.dns.server import DnsServer
 from tests.dns.cases import CLUSTER
 from tests.dns.fake_upstream import BIG_TXT, FakeUpstream
-from tests.dns.serving import HOST, ask, ask_udp, running
+from tests.dns.serving import HOST, ask, ask_tcp, ask_udp, running
 
 
 def q(name: str, qtype: str = "A", **kw: object) -> dns.message.QueryMessage:
@@ -55,7 +56,10 @@ async def test_positive_answer_is_relayed_and_cached(
         assert second.question[0].name.to_text() == "Example.COM."
         assert upstream.asked("example.com.") == ["udp"]  # the second came from the cache
         value = server.registry.get_sample_value
-        assert value("mesh_dns_cache_hits_total", {"cache": "forward"}) == 1
+        # UDP: the second reply is a copy from the answer cache; TCP: rebuilt from the
+        # question cache
+        cache = "answer" if transport == "udp" else "forward"
+        assert value("mesh_dns_cache_hits_total", {"cache": cache}) == 1
         assert value("mesh_dns_cache_misses_total", {"cache": "forward"}) == 1
 
 
@@ -101,7 +105,9 @@ async def test_upstream_timeout_is_servfail(upstream: FakeUpstream) -> None:
 
 async def test_next_upstream_after_a_dead_one(upstream: FakeUpstream) -> None:
     upstreams = [(HOST, dead_port()), (upstream.host, upstream.port)]
-    async with running(CLUSTER, upstreams=upstreams, forward_timeout=2.0) as server:
+    async with running(
+        CLUSTER, upstreams=upstreams, forward_timeout=2.0, upstream_policy="sequential"
+    ) as server:
         reply = await ask_udp(server, q("example.com."))
         assert [r.to_text() for r in reply.answer[0]] == ["192.0.2.1"]
         assert (
@@ -127,7 +133,6 @@ async def test_cluster_names_and_cluster_reverse_names_stay_local(upstream: Fake
         for name, qtype in [
             ("web.shop.svc.cluster.local.", "A"),
             ("gone.shop.svc.cluster.local.", "A"),
-            ("ext.shop.svc.cluster.local.", "A"),  # the CNAME target is not chased upstream
             ("5.0.10.127.in-addr.arpa.", "PTR"),
         ]:
             reply = await ask_udp(server, q(name, qtype))
@@ -163,3 +168,182 @@ async def test_upstreams_from_resolv_conf(tmp_path: Path, upstream: FakeUpstream
         await nursery.start(server.run)
         assert server.upstreams == [("127.0.0.77", 53)]
         nursery.cancel_scope.cancel()
+
+
+async def test_forged_replies_are_ignored(upstream: FakeUpstream) -> None:
+    async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
+        for _ in range(2):  # the second from the cache: what was cached is the real answer
+            reply = await ask_udp(server, q("spoof.example."))
+            assert [r.to_text() for r in reply.answer[0]] == ["192.0.2.9"]
+        assert upstream.forged == 2
+        assert upstream.asked("spoof.example.") == ["udp"]
+
+
+async def test_identical_questions_in_flight_are_sent_once(upstream: FakeUpstream) -> None:
+    async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
+        answers: list[list[str]] = []
+
+        async def one(i: int) -> None:
+            # different IDs, cases and client sockets: the same question
+            name = "late.example." if i % 2 else "LATE.example."
+            reply = await ask_udp(server, q(name))
+            answers.append([r.to_text() for r in reply.answer[0]])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):
+                nursery.start_soon(one, i)
+        assert answers == [["192.0.2.9"]] * 10
+        assert upstream.asked("late.example.") == ["udp"]
+        shared = server.registry.get_sample_value("mesh_dns_forward_shared_total")
+        assert shared is not None and shared >= 1
+
+
+async def test_queries_in_flight_beyond_the_bound_are_servfail(upstream: FakeUpstream) -> None:
+    upstreams = [(upstream.host, upstream.port)]
+    async with running(CLUSTER, upstreams=upstreams, max_forwards=2, forward_timeout=1.0) as s:
+        # slow.example. is never answered: two questions hold both slots until the timeout
+        async with trio.open_nursery() as nursery:
+            for qtype in ("A", "AAAA"):
+                nursery.start_soon(ask_udp, s, q("slow.example.", qtype))
+            await trio.sleep(0.1)
+            reply = await ask_udp(s, q("example.com."))
+        assert reply.rcode() == dns.rcode.SERVFAIL
+        overload = s.registry.get_sample_value(
+            "mesh_dns_forward_errors_total", {"reason": "overload"}
+        )
+        assert overload == 1
+        # once the slots are free, forwarding works again
+        assert (await ask_udp(s, q("example.com."))).rcode() == dns.rcode.NOERROR
+
+
+async def test_failover_marks_a_dead_upstream_down_and_health_checks_bring_it_back(
+    upstream: FakeUpstream,
+) -> None:
+    second = FakeUpstream("127.0.0.78")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        upstream.down = True
+        upstreams = [(upstream.host, upstream.port), (second.host, second.port)]
+        async with running(
+            CLUSTER,
+            upstreams=upstreams,
+            upstream_policy="sequential",
+            max_fails=2,
+            health_check=0.1,
+            forward_timeout=0.3,
+        ) as server:
+            for i in range(3):
+                reply = await ask_udp(server, q(f"n{i}.example."))
+                assert reply.rcode() == dns.rcode.NXDOMAIN  # from the second upstream
+            # down after two timeouts: the third question went to the second upstream at once
+            assert [n for _, n, _ in second.seen if n.startswith("n")] == [
+                "n0.example.",
+                "n1.example.",
+                "n2.example.",
+            ]
+            value = server.registry.get_sample_value
+            assert value("mesh_dns_forward_errors_total", {"reason": "timeout"}) == 2
+            upstream.down = False
+            await wait_health(server)
+            await ask_udp(server, q("n9.example."))
+            assert upstream.asked("n9.example.") == ["udp"]  # back first in line
+        nursery.cancel_scope.cancel()
+
+
+async def wait_health(server: DnsServer) -> None:
+    for _ in range(100):
+        if server.registry.get_sample_value("mesh_dns_health_checks_total", {"result": "ok"}):
+            return
+        await trio.sleep(0.05)
+    raise AssertionError("no health check succeeded")
+
+
+@pytest.mark.parametrize("policy", ["random", "round_robin"])
+async def test_policies_spread_questions(upstream: FakeUpstream, policy: str) -> None:
+    second = FakeUpstream("127.0.0.78")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.run)
+        upstreams = [(upstream.host, upstream.port), (second.host, second.port)]
+        async with running(CLUSTER, upstreams=upstreams, upstream_policy=policy) as server:
+            for i in range(20):
+                await ask_udp(server, q(f"spread{i}.example."))
+        assert upstream.seen and second.seen
+        assert len(upstream.seen) + len(second.seen) == 20
+        if policy == "round_robin":
+            assert len(upstream.seen) == len(second.seen) == 10
+        nursery.cancel_scope.cancel()
+
+
+async def test_serve_stale_when_every_upstream_fails(upstream: FakeUpstream) -> None:
+    clock = FakeClock()
+    upstreams = [(upstream.host, upstream.port)]
+    async with running(
+        CLUSTER, upstreams=upstreams, serve_stale=3600, forward_timeout=0.3, clock=clock
+    ) as server:
+        fresh = await ask_tcp(server, q("example.com."))
+        assert fresh.answer[0].ttl == 300
+        clock.now += 301  # expired
+        upstream.down = True
+        stale = await ask_tcp(server, q("example.com."))
+        assert [r.to_text() for r in stale.answer[0]] == ["192.0.2.1"]
+        assert stale.answer[0].ttl == 30  # RFC 8767's stale TTL
+        clock.now += 3600  # past the stale window
+        assert (await ask_tcp(server, q("example.com."))).rcode() == dns.rcode.SERVFAIL
+
+
+async def test_without_serve_stale_an_expired_answer_is_not_used(upstream: FakeUpstream) -> None:
+    clock = FakeClock()
+    upstreams = [(upstream.host, upstream.port)]
+    async with running(CLUSTER, upstreams=upstreams, forward_timeout=0.3, clock=clock) as server:
+        await ask_tcp(server, q("example.com."))
+        clock.now += 301
+        upstream.down = True
+        assert (await ask_tcp(server, q("example.com."))).rcode() == dns.rcode.SERVFAIL
+
+
+async def test_answer_cache_ages_ttls_and_echoes_case(upstream: FakeUpstream) -> None:
+    clock = FakeClock()
+    upstreams = [(upstream.host, upstream.port)]
+    async with running(CLUSTER, upstreams=upstreams, clock=clock) as server:
+        await ask_udp(server, q("wWw.example."))
+        lower = await ask_udp(server, q("www.example."))  # the stored question is lower case
+        assert lower.question[0].name.to_text() == "www.example."
+        assert lower.answer[0].name.to_text() == "www.example."
+        clock.now += 100.5
+        reply = await ask_udp(server, q("WWW.Example."))
+        assert reply.question[0].name.to_text() == "WWW.Example."
+        assert reply.answer[0].name.to_text() == "WWW.Example."  # a pointer to the question
+        assert [rrset.ttl for rrset in reply.answer] == [200, 20]
+        clock.now += 19
+        reply = await ask_udp(server, q("www.example."))
+        assert [rrset.ttl for rrset in reply.answer] == [181, 1]
+        clock.now += 1  # the A record expired: the answer is asked again
+        await ask_udp(server, q("www.example."))
+        assert upstream.asked("www.example.") == ["udp", "udp"]
+        value = server.registry.get_sample_value
+        assert value("mesh_dns_cache_hits_total", {"cache": "answer"}) == 3
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_reverse_name_the_cluster_takes_over_is_answered_by_the_cluster(
+    upstream: FakeUpstream,
+) -> None:
+    ptr = q("1.2.0.192.in-addr.arpa.", "PTR")
+    async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
+        for _ in range(2):
+            reply = await ask_udp(server, ptr)
+            assert [r.to_text() for r in reply.answer[0]] == ["host.example."]
+        svc = DnsService(namespace="shop", name="new", kind="ClusterIP", cluster_ips=("192.0.2.1",))
+        server.apply(
+            CLUSTER.model_copy(update={"version": 8, "services": (*CLUSTER.services, svc)})
+        )
+        reply = await ask_udp(server, ptr)
+        assert reply.flags & dns.flags.AA
+        assert [r.to_text() for r in reply.answer[0]] == ["new.shop.svc.cluster.local."]

@@ -10,6 +10,7 @@ from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPod, DnsPort, DnsService
 from mesh.control.store import Store
 from mesh.control.translate.dns import PodMode, translate_dns
 from mesh.manifests import load_text
+from tests.control.plane_fixtures import mirror_legacy_endpoints
 
 
 def translate(
@@ -20,6 +21,7 @@ def translate(
     store = Store()
     for obj in result.objects:
         store.apply(obj)
+    mirror_legacy_endpoints(store)
     return translate_dns(store.snapshot(), zone=zone, pod_mode=pod_mode)
 
 

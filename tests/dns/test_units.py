@@ -1,4 +1,4 @@
-"""Small pure parts: names, the forward cache (virtual clock), the wire cache, resolv.conf,
+"""Small pure parts: names, the wire cache, resolv.conf,
 and the rule that the cores never import trio."""
 
 from __future__ import annotations
@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from dnslib import QTYPE, RCODE, RR, SOA, A, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import DNSLabel
 
 from mesh.dns import names, resolvconf
-from mesh.dns.forward_cache import ForwardCache, cache_ttl
 from mesh.dns.packet import name_key
 from mesh.dns.wire_cache import WireCache
 
@@ -46,48 +45,6 @@ def test_name_keys() -> None:
     assert name_key(DNSLabel(".")) == "."
     assert name_key(DNSLabel([b"a.b", b"cluster", b"local"])) is None  # a dot inside a label
     assert name_key(DNSLabel([b"caf\xc3\xa9", b"local"])) is None
-
-
-def answer(name: str, ttl: int, rcode: int = 0, tc: int = 0) -> DNSRecord:
-    r = DNSRecord(DNSHeader(qr=1, rcode=rcode, tc=tc), [DNSQuestion(name)])
-    r.add_answer(RR(name, QTYPE.A, ttl=ttl, rdata=A("192.0.2.1")))
-    return r
-
-
-def negative(name: str, soa_ttl: int, minimum: int, rcode: int = RCODE.NXDOMAIN) -> DNSRecord:
-    r = DNSRecord(DNSHeader(qr=1, rcode=rcode), [DNSQuestion(name)])
-    soa = SOA("ns.example.", "host.example.", (1, 2, 3, 4, minimum))
-    r.add_auth(RR("example.", QTYPE.SOA, ttl=soa_ttl, rdata=soa))
-    return r
-
-
-def test_cache_ttl_rules() -> None:
-    caps = {"max_ttl": 3600, "max_negative_ttl": 300}
-    assert cache_ttl(answer("a.example.", 120), **caps) == 120
-    assert cache_ttl(answer("a.example.", 86400), **caps) == 3600
-    assert cache_ttl(answer("a.example.", 0), **caps) is None
-    assert cache_ttl(answer("a.example.", 60, tc=1), **caps) is None
-    assert cache_ttl(answer("a.example.", 60, rcode=RCODE.SERVFAIL), **caps) is None
-    assert cache_ttl(negative("n.example.", 3600, 30), **caps) == 30
-    assert cache_ttl(negative("n.example.", 10, 30), **caps) == 10
-    assert cache_ttl(negative("n.example.", 9000, 9000), **caps) == 300
-    assert cache_ttl(negative("n.example.", 60, 60, rcode=RCODE.NOERROR), **caps) == 60  # NODATA
-    no_soa = DNSRecord(DNSHeader(qr=1, rcode=RCODE.NXDOMAIN), [DNSQuestion("n.example.")])
-    assert cache_ttl(no_soa, **caps) is None
-
-
-def test_forward_cache_expiry_age_and_bound() -> None:
-    cache = ForwardCache(max_entries=2)
-    key = ("a.example.", 1, 1)
-    assert cache.put(key, answer("a.example.", 60), now=100.0)
-    hit = cache.get(key, now=130.5)
-    assert hit is not None and hit[1] == 30
-    assert cache.get(key, now=160.0) is None  # expired, and dropped
-    assert len(cache) == 0
-    for i in range(3):
-        cache.put((f"{i}.example.", 1, 1), answer(f"{i}.example.", 60), now=0.0)
-    assert len(cache) == 2 and cache.get(("0.example.", 1, 1), now=1.0) is None
-    assert not cache.put(key, answer("a.example.", 60, rcode=RCODE.SERVFAIL), now=0.0)
 
 
 def test_wire_cache_is_bounded() -> None:
@@ -127,6 +84,7 @@ def test_cores_do_not_import_trio() -> None:
         "import sys\n"
         "import mesh.dns.responder, mesh.dns.zone, mesh.dns.answer, mesh.dns.packet\n"
         "import mesh.dns.wire_cache, mesh.dns.forward_cache, mesh.dns.resolvconf\n"
+        "import mesh.dns.layout, mesh.dns.pool, mesh.dns.chase\n"
         "import mesh.dns.metrics, mesh.control.translate.dns\n"
         "mods = [m for m in sys.modules if m == 'trio' or m.startswith('trio.')]\n"
         "assert not mods, mods\n"

@@ -10,6 +10,7 @@ from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyServic
 from mesh.control.store import Store
 from mesh.control.translate.proxy import translate_proxy
 from mesh.objects import KINDS, KubeObject
+from tests.control.plane_fixtures import mirror_legacy_endpoints
 
 
 def obj(kind: str, name: str, namespace: str = "default", **body: Any) -> KubeObject:
@@ -44,6 +45,7 @@ def translate(*objects: KubeObject, node_name: str = "") -> ProxyConfig:
     store = Store()
     for o in objects:
         store.apply(o)
+    mirror_legacy_endpoints(store)
     return translate_proxy(store.snapshot(), node_name=node_name)
 
 

@@ -1,0 +1,270 @@
+"""The control plane at cluster scale: start-up, memory and edit latency for N Services.
+
+For each N (default 1,000, 5,000 and 10,000) this script writes one manifest of N Services,
+each selecting 3 ready Pods (all in one namespace, the worst case for selector matching),
+then runs ``mesh up --no-proxy`` on it and prints:
+
+- ready: seconds from starting the process to ``/ready`` answering 200 (interpreter start,
+  imports, parsing, admission, the endpoints controller, translation, the DNS index), and
+  the CPU seconds the process used until then (steadier on a shared machine);
+- rss: resident memory of that process once ready (VmRSS);
+- edit: seconds from rewriting the manifest with one more Service to the first DNS answer
+  for it (median of ``--edits``), i.e. the file watch, the re-read of the big file, one
+  parse, one store write, the controller, the translators and the DNS server's swap.
+
+With ``--nft`` (root) it also feeds the nftables node proxy through the whole pipeline and
+times its syncs. With ``--split`` it also runs ``mesh control`` alone and ``mesh dns --control`` fed by it,
+and prints the resident memory of each once ready (the issue's per-component budgets).
+Growth matters more than any single figure: start should be close to linear in N and an edit
+flat. Figures on a shared machine are noisy; compare runs made side by side.
+
+    python benchmarks/scale_bench.py [--services 1000 5000 10000] [--edits 5] [--split] [--nft]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from dnslib import QTYPE, DNSRecord
+
+HOST = "127.0.0.1"
+TICKS = os.sysconf("SC_CLK_TCK")
+PODS_PER_SERVICE = 3
+
+
+def service_doc(name: str) -> str:
+    return (
+        f"---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bench}}\n"
+        f"spec:\n  selector: {{app: {name}}}\n"
+        "  ports: [{name: http, port: 80, targetPort: 8080}]\n"
+    )
+
+
+def pod_doc(service: str, j: int, k: int) -> str:
+    ip = f"10.{(k >> 16) & 255}.{(k >> 8) & 255}.{k & 255}"
+    return (
+        f"---\napiVersion: v1\nkind: Pod\n"
+        f"metadata: {{name: {service}-{j}, namespace: bench, labels: {{app: {service}}}}}\n"
+        "spec: {containers: [{name: c, image: x, ports: [{containerPort: 8080}]}]}\n"
+        f'status: {{phase: Running, podIP: {ip}, conditions: [{{type: Ready, status: "True"}}]}}\n'
+    )
+
+
+def manifest(n: int, extra: int = 0) -> str:
+    """N Services with 3 Pods each, then ``extra`` more Services (the edits)."""
+    parts = []
+    for i in range(n):
+        name = f"svc-{i}"
+        parts.append(service_doc(name))
+        for j in range(PODS_PER_SERVICE):
+            parts.append(pod_doc(name, j, 1 + i * PODS_PER_SERVICE + j))
+    parts.extend(service_doc(f"probe-{e}") for e in range(extra))
+    return "".join(parts)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process: steadier than wall time on a shared machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def wait_ready(proc: subprocess.Popen[bytes], admin: int, timeout: float) -> float:
+    """Seconds until the admin server's /ready answers 200."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"the process exited with status {proc.returncode}")
+        url = f"http://{HOST}:{admin}/ready"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+            if resp.status == 200:
+                return time.monotonic() - start
+        time.sleep(0.02)
+    raise SystemExit(f"not ready within {timeout:.0f} s")
+
+
+def answers(port: int, name: str) -> bool:
+    query = DNSRecord.question(name, "A")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        s.sendto(query.pack(), (HOST, port))
+        try:
+            reply = DNSRecord.parse(s.recv(4096))
+        except OSError:
+            return False
+    return any(rr.rtype == QTYPE.A for rr in reply.rr)
+
+
+def edit_latency(path: Path, n: int, e: int, dns_port: int, timeout: float = 30.0) -> float:
+    """Rewrite the manifest with Service probe-e added; seconds until DNS answers for it."""
+    name = f"probe-{e}.bench.svc.cluster.local"
+    text = manifest(n, e + 1)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    start = time.monotonic()
+    tmp.rename(path)  # atomic, as editors and ConfigMap mounts replace files
+    while time.monotonic() - start < timeout:
+        if answers(dns_port, name):
+            return time.monotonic() - start
+        time.sleep(0.002)
+    raise SystemExit(f"{name} not answered within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def running(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    cmd = [sys.executable, "-m", "mesh.cli", *args, "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_up(n: int, edits: int, workdir: Path) -> None:
+    path = workdir / "all.yaml"
+    path.write_text(manifest(n))
+    dns, admin, control = free_port(), free_port(), free_port()
+    args = ["up", "--no-proxy", "-f", str(workdir), "--no-forward"]
+    args += ["--dns-listen", f"{HOST}:{dns}", "--admin-listen", f"{HOST}:{admin}"]
+    args += ["--control-listen", f"{HOST}:{control}"]
+    with running(args) as proc:
+        ready = wait_ready(proc, admin, timeout=60 + n / 20)
+        cpu = cpu_seconds(proc.pid)
+        rss = rss_mb(proc.pid)
+        lat = [edit_latency(path, n, e, dns) for e in range(edits)]
+    print(
+        f"N={n:>6}  pods={n * PODS_PER_SERVICE:>6}  ready {ready:6.2f} s (cpu {cpu:5.2f} s)  "
+        f"rss {rss:6.0f} MB  "
+        f"edit->DNS median {statistics.median(lat) * 1000:6.0f} ms "
+        f"(min {min(lat) * 1000:.0f}, max {max(lat) * 1000:.0f})",
+        flush=True,
+    )
+
+
+def run_split(n: int, workdir: Path) -> None:
+    (workdir / "all.yaml").write_text(manifest(n))
+    control, admin_c, dns, admin_d = free_port(), free_port(), free_port(), free_port()
+    plane = ["control", "-f", str(workdir), "--control-listen", f"{HOST}:{control}"]
+    plane += ["--admin-listen", f"{HOST}:{admin_c}"]
+    with running(plane) as cproc:
+        ready_c = wait_ready(cproc, admin_c, timeout=60 + n / 20)
+        dns_args = ["dns", "--control", f"http://{HOST}:{control}", "--no-forward"]
+        dns_args += ["--dns-listen", f"{HOST}:{dns}", "--admin-listen", f"{HOST}:{admin_d}"]
+        with running(dns_args) as dproc:
+            ready_d = wait_ready(dproc, admin_d, timeout=60 + n / 50)
+            objects = n * (1 + PODS_PER_SERVICE)
+            budget = 2 * (objects / 1000 + 54)
+            print(
+                f"N={n:>6}  mesh control: ready {ready_c:6.2f} s, rss {rss_mb(cproc.pid):6.0f} MB"
+                f"  |  mesh dns: ready {ready_d:5.2f} s after, rss {rss_mb(dproc.pid):5.0f} MB"
+                f" (budget 2x CoreDNS rule {budget:.0f} MB)",
+                flush=True,
+            )
+
+
+def run_nft(n: int, workdir: Path) -> None:
+    """The nftables sync of N Services fed through the whole pipeline (root): manifests ->
+    source -> store -> endpoints controller -> proxy translator -> render -> ``nft -f`` in
+    a node namespace this script creates and removes."""
+    from mesh.config.proxy import ProxyConfig
+    from mesh.control.plane import ControlPlane
+    from mesh.objects import Pod
+    from mesh.proxy import cluster_box
+    from mesh.proxy.nft_render import RenderOptions
+    from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer
+    from mesh.run import GC_YOUNG_THRESHOLD
+
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)  # as the serving processes do
+    (workdir / "all.yaml").write_text(manifest(n))
+    plane = ControlPlane(workdir, service_cidr="198.19.0.0/16", node_name="node-1")
+    assert plane.source is not None
+    t0 = time.perf_counter()
+    plane.source.sync_once()
+    plane.reconcile_endpoints()
+    plane.translate(plane.store.snapshot())
+    pipeline = time.perf_counter() - t0
+    gc.freeze()  # as the plane does after its start
+    first = plane.current("proxy")
+    # One Pod turns not ready: the controller and the translator redo only its Service.
+    before = plane.store.revision
+    pod = plane.store.get("Pod", "bench", "svc-0-0")
+    assert isinstance(pod, Pod)
+    status = pod.status.model_copy(update={"phase": "Pending"})
+    t0 = time.perf_counter()
+    plane.apply(pod.model_copy(update={"status": status}))
+    plane.reconcile_endpoints(plane._affected_since(before))
+    plane.translate(plane.store.snapshot(), plane._events_since(before))
+    edit = time.perf_counter() - t0
+    second = plane.current("proxy")
+    state = workdir / "box"
+    box = cluster_box.up(prefix=f"scale{os.getpid() % 1000}", state_dir=state)
+    try:
+        syncer = Syncer(SubprocessNftRunner(box.node), RenderOptions(pod_cidr=str(box.pod_net)))
+        times = []
+        for config, full in ((first, True), (second, False), (first, True)):
+            t0 = time.perf_counter()
+            assert isinstance(config, ProxyConfig)
+            result = syncer.sync(config, full=full)
+            times.append(time.perf_counter() - t0)
+            if not result.ok:
+                raise SystemExit(f"nft sync failed: {result.error}")
+    finally:
+        cluster_box.down(state)
+    print(
+        f"N={n:>6}  nftables via the pipeline: load+plan+translate {pipeline:5.2f} s, "
+        f"first sync {times[0]:5.2f} s, one Pod not ready: plane {edit * 1000:5.0f} ms + "
+        f"sync {times[1]:5.2f} s, full resync {times[2]:5.2f} s",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--services", type=int, nargs="+", default=[1000, 5000, 10000])
+    parser.add_argument("--edits", type=int, default=5)
+    parser.add_argument("--split", action="store_true", help="also mesh control + mesh dns")
+    parser.add_argument("--nft", action="store_true", help="also the nftables sync (root)")
+    opts = parser.parse_args()
+    for n in opts.services:
+        with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
+            run_up(n, opts.edits, Path(tmp))
+        if opts.split:
+            with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
+                run_split(n, Path(tmp))
+        if opts.nft:
+            with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
+                run_nft(n, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

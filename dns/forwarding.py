@@ -1,0 +1,97 @@
+"""From an upstream's answer to the client's reply: the wire relay and the ExternalName chase.
+
+The server's trio shell calls these for queries it forwards. ``relay`` copies the upstream's
+answer into a reply to the client's bytes (``layout.relay``: no decoding) and, over UDP, keeps
+that reply in the answer cache the UDP loop answers from, for as long as the upstream's answer
+may be kept. Reverse names are never kept there: a config can make one the cluster's, and the
+UDP loop consults the answer cache before the zone. ``chase`` follows an ExternalName's
+target outside the zone (``chase.chase``) and encodes the whole chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dnslib import DNSRecord
+
+from mesh.dns import layout, names
+from mesh.dns.chase import chase
+from mesh.dns.forward_cache import ForwardCache, lower_question, query_key
+from mesh.dns.metrics import DnsMetrics
+from mesh.dns.packet import FORMERR, SERVFAIL, encode_reply, qtype_label, rcode_label
+from mesh.dns.responder import Forward, Reply, Responder
+from mesh.dns.upstream import Answer, Forwarder
+
+
+class ForwardPath:
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        answers: ForwardCache,
+        metrics: DnsMetrics,
+        *,
+        max_udp: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.forwarder = forwarder  # replaced by the server once its upstreams are known
+        self.answers = answers
+        self.metrics = metrics
+        self.max_udp = max_udp
+        self.clock = clock
+
+    async def relay(self, fwd: Forward, data: bytes, responder: Responder, *, tcp: bool) -> Reply:
+        """The upstream's answer copied into a reply to ``data`` (no decoding); over UDP the
+        reply goes into the answer cache for as long as the upstream's answer may be kept."""
+        query = fwd.query
+        qend = layout.skip_name(data, layout.HEADER, len(data)) + 4
+        if qend < layout.HEADER + 5 or qend > len(data):  # a label type dnslib let through
+            return responder.failure(query, FORMERR, tcp=tcp)
+        cd = bool(data[3] & 0x10)
+        got = await self.forwarder.resolve(data[layout.HEADER : qend], cd)
+        if got is None:
+            return responder.failure(query, SERVFAIL, tcp=tcp)
+        limit = responder.limit(query, tcp)
+        relayed = layout.relay(
+            data, qend, got.wire, got.layout, edns=query.edns, limit=limit, advertise=self.max_udp
+        )
+        if relayed is None:  # a shape we do not copy (an OPT in the middle): decode, encode
+            return responder.relay(query, DNSRecord.parse(got.wire), 0, tcp=tcp)
+        wire, cut = relayed
+        label = (qtype_label(query.qtype), rcode_label(got.layout.rcode))
+        if tcp:  # the answer cache holds UDP replies: the UDP loop answers from it
+            return Reply(wire, label)
+        key = query_key(data)
+        stored = lower_question(wire)
+        self.metrics.cache_misses["answer"] += 1
+        if got.remaining > 0 and key and stored and not _reverse(query.key):
+            ttls = tuple(t for t in got.ttls if t[0] < cut)
+            self.answers.put(
+                key, stored, ttls, qend, ttl=got.remaining, now=self.clock(), label=label
+            )
+        return Reply(wire, label)
+
+    async def chase(self, reply: Reply, responder: Responder, *, tcp: bool) -> Reply:
+        """The chain ``reply`` stopped at, followed through the upstream and encoded."""
+        assert reply.chase is not None
+        query, first = reply.chase.query, reply.chase.answer
+        index = responder.index
+        if index is None:
+            return responder.failure(query, SERVFAIL, tcp=tcp)
+        cd = bool(query.record.header.cd)
+        found = await chase(index, first, query.qtype, query.qclass, cd, self._ask)
+        wire = encode_reply(
+            query,
+            found.rcode,
+            answer=found.answer,
+            authority=found.authority,
+            limit=responder.limit(query, tcp),
+            advertise=self.max_udp,
+        )
+        return Reply(wire, (qtype_label(query.qtype), rcode_label(found.rcode)))
+
+    async def _ask(self, question: bytes, cd: bool) -> Answer | None:
+        return await self.forwarder.resolve(question, cd)
+
+
+def _reverse(key: str | None) -> bool:
+    return key is None or names.is_reverse(key)
