@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
 
@@ -101,3 +103,43 @@ async def test_fifty_config_swaps_under_load_fail_no_request(nursery: trio.Nurse
         assert gw.config is not None and gw.config.version == 51
         assert failures == []
         assert all(answered.values()), answered  # every shape was served
+
+
+async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
+    nursery: trio.Nursery,
+) -> None:
+    """A slow answer keeps coming after its route and its backend left the config; the
+    next request sees the new config (404)."""
+    started = trio.Event()
+
+    async def slow(conn: trio.SocketStream) -> None:
+        async with conn:
+            await conn.receive_some(65536)
+            started.set()
+            await trio.sleep(0.5)
+            await conn.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nslow\n")
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, slow, 0, host="127.0.0.1"))
+    ep = listeners[0].socket.getsockname()
+    gw = await start_gateway(
+        nursery, served(backend("slow", ep), ingress("s", None, path("/", "slow")))
+    )
+    result: list[bytes] = []
+
+    async def ask() -> None:
+        reply, _ = await exchange(
+            ("127.0.0.1", gw.port), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        result.append(reply)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(ask)
+        with trio.fail_after(5):
+            await started.wait()
+        gw.apply(served(version=2))  # no routes, no backends: the pool drains too
+        reply, _ = await exchange(
+            ("127.0.0.1", gw.port), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        assert status_of(reply) == 404
+    (slow_reply,) = result
+    assert status_of(slow_reply) == 200 and slow_reply.endswith(b"slow\n")
