@@ -157,16 +157,17 @@ class GatewayServer(HttpServer):
         sent, received = sock.sent, sock.received
         hop = self.tracer.start(req.headers)
         routing = self.holder.routing  # one read: this request's config
-        decision, planned = routing.decide(self.listener, req, peer, started, hop)
         reason, status, keep = "", 0, False
-        route = decision.route
-        backend = decision.backend if isinstance(decision, Forward) else ""
+        route = backend = ""
         limit_key = None
         try:
-            if isinstance(decision, Respond):
+            decision, planned = routing.decide(self.listener, req, peer, started, hop)
+            route = decision.route
+            if isinstance(decision, Forward):
+                backend = decision.backend
+            else:
                 status, reason = decision.status, decision.reason
-                keep = await self._respond(sock, reader, req, decision)
-                return keep
+                return await self._respond(sock, reader, req, decision)
             auth = planned.external_auth if planned is not None else None
             if auth is not None:
                 denied = await extauth.check(auth, req, peer, route)
