@@ -89,10 +89,16 @@ class Downstream:
         return self.sock.getsockname()
 
     def shutdown(self, how: int) -> None:
-        # A TLS connection cannot be half-closed under OpenSSL's feet (the record layer would
-        # be torn down); a tunnel's end then comes with the close of the whole connection.
+        """Half-close (a tunnel whose upstream finished). Over TLS: close_notify first, then
+        the TCP half-close under the TLS layer (SSLSocket.shutdown would drop the TLS state
+        while the client may still be sending)."""
         if not self.tls:
             self.sock.shutdown(how)
+            return
+        assert isinstance(self.sock, ssl.SSLSocket)
+        with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+            self.sock.unwrap()  # sends close_notify; the peer's answer is not awaited
+        socket.socket.shutdown(self.sock, how)
 
     def close(self) -> None:
         self.sock.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -280,3 +281,52 @@ async def test_auth_url_lets_through_passes_back_and_fails_closed(nursery: trio.
     finally:
         auth.shutdown()
         auth.server_close()
+
+
+async def test_websocket_over_tls_by_sni(
+    nursery: trio.Nursery, ws_upstream: tuple[str, int]
+) -> None:
+    """wss:// through the TLS listener: the handshake picks the Secret's certificate by SNI,
+    then the Upgrade becomes a byte tunnel inside TLS."""
+    import ssl
+
+    from tests.ingress.harness import tls_secret
+    from tests.tls.pki import CA
+
+    ca = CA()
+    cert = ca.issue("chat.example.com")
+    config = served(
+        backend("ws", ws_upstream),
+        tls_secret("chat-tls", cert.cert_pem, cert.key_pem),
+        ingress(
+            "chat",
+            "chat.example.com",
+            path("/ws", "ws"),
+            tls=[{"hosts": ["chat.example.com"], "secretName": "chat-tls"}],
+        ),
+    )
+    gw = await start_gateway(nursery, config)
+    context = ssl.create_default_context(cadata=ca.pem.decode())
+
+    def talk() -> list[str]:
+        # Connect to 127.0.0.1 while naming chat.example.com (SNI, Host, verification).
+        sock = socket.create_connection(("127.0.0.1", gw.tls_port), timeout=5)
+        with ws_connect(
+            "wss://chat.example.com/ws",
+            sock=sock,
+            ssl=context,
+            server_hostname="chat.example.com",
+            open_timeout=5,
+            close_timeout=10,
+        ) as ws:
+            out = []
+            for word in ("hello", "x" * 100_000):
+                ws.send(word)
+                out.append(str(ws.recv(timeout=5)))
+            return out
+
+    # The closing handshake ends with the gateway closing the connection (close_notify and a
+    # half-close once the upstream is done), not with the client giving up after 10 s.
+    with trio.fail_after(6):
+        got = await trio.to_thread.run_sync(talk, abandon_on_cancel=True)
+    assert got == ["hello", "x" * 100_000]
