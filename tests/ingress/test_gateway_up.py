@@ -165,3 +165,60 @@ def test_gateway_api_and_ingress_through_mesh_up(tmp_path: Path) -> None:
         proc.stop()
         server.shutdown()
         server.server_close()
+
+
+def test_mesh_ingress_alone_from_a_control_plane_and_from_a_file(tmp_path: Path) -> None:
+    echo_ip = "127.23.0.2"
+    (server,) = echo.serve("alone", [(echo_ip, 0)])
+    port = server.server_address[1]
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "app.yaml").write_text(
+        MANIFESTS.format(
+            echo_ip=echo_ip,
+            echo_port=port,
+            gateway_ip=GATEWAY_IP,
+            gateway_port=random.randrange(20000, 30000),
+            tls_port=random.randrange(30000, 40000),
+        ).replace("metadata: {name: echo-1,", "metadata: {name: echo-2,")
+    )
+    procs: list[Proc] = []
+    try:
+        control = Proc(
+            ["control", "-f", str(manifests), "--control-listen", "127.0.0.1:0",
+             "--admin-listen", "127.0.0.1:0"],
+            {"control"},
+        )  # fmt: skip
+        procs.append(control)
+        gateway_args = ["--gateway-listen", "127.0.0.1:0", "--gateway-tls-listen", "127.0.0.1:0",
+                        "--admin-listen", "127.0.0.1:0"]  # fmt: skip
+        fed = Proc(
+            ["ingress", "--control", control.url("control"), *gateway_args], {"gateway", "admin"}
+        )
+        procs.append(fed)
+
+        def served_by_plane() -> bool:
+            try:
+                r = httpx.get(fed.url("gateway"), headers={"host": "shop.example.com"}, timeout=5)
+            except httpx.HTTPError:
+                return False
+            return r.status_code == 200 and r.headers["x-echo"] == "alone"
+
+        wait_for(served_by_plane, timeout=10)
+        dumped = mesh("config", "dump", "ingress", "--admin", fed.url("admin"))
+        assert dumped.returncode == 0, dumped.stderr
+        config_file = tmp_path / "gateway.json"
+        config_file.write_text(dumped.stdout)
+        from_file = Proc(["ingress", "--config", str(config_file), *gateway_args], {"gateway"})
+        procs.append(from_file)
+        r = httpx.get(from_file.url("gateway"), headers={"host": "shop.example.com"}, timeout=5)
+        assert (r.status_code, r.headers["x-echo"]) == (200, "alone")
+        bad = mesh("ingress", "--gateway-listen", "nowhere", "--config", str(config_file))
+        assert bad.returncode == 2 and "--gateway-listen" in bad.stderr
+        both = mesh("ingress", "--config", str(config_file), "--control", "127.0.0.1:1")
+        assert both.returncode == 2 and "exactly one of --control" in both.stderr
+    finally:
+        for proc in procs:
+            proc.stop()
+        server.shutdown()
+        server.server_close()
