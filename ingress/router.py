@@ -112,6 +112,16 @@ class Routing:
             previous.state if previous is not None else planner.PlanState()
         )
         self.parts: dict[int, RouteParts] = {id(r): route_parts(r) for r in config.routes}
+        # Routes whose requests need more than the engine's exchange (auth-url,
+        # limit-connections, mirrors, retries): the gateway takes its slower path for these.
+        self.special = frozenset(
+            id(r)
+            for r in config.routes
+            if r.policy.external_auth is not None
+            or r.policy.connection_limit is not None
+            or r.policy.mirrors
+            or r.retry is not None
+        )
         self._plain: dict[tuple[int, str], engine.Forward] = {}
         old = previous.balancers if previous is not None else {}
         self.balancers: dict[str, Balancer] = {}

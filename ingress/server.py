@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from mesh.http.access_log import AccessLog
     from mesh.http.metrics import HttpMetrics
     from mesh.http.otel import OtlpSpans
+    from mesh.http.plan import Forward as PlannedForward
     from mesh.ingress.router import Routing
     from mesh.tls import TlsTerminator
 
@@ -124,6 +125,7 @@ class GatewayServer(HttpServer):
         self.tls = tls
         self.telemetry = telemetry
         self.tracer = telemetry.tracer or Tracer(None)
+        self.tracing = self.tracer.enabled
         self.mirrors = mirrors or Mirrors()
         self.in_flight: Counter[tuple[str, str]] = Counter()  # (route, client): limit-connections
 
@@ -152,41 +154,29 @@ class GatewayServer(HttpServer):
                 metrics.closed(self.listener)
 
     async def _handle(self, sock: Any, reader: Any, req: Request, peer: Peer) -> bool:
-        started, wall = time.monotonic(), time.time()
+        started = time.monotonic()
         sock.status = 0
         sent, received = sock.sent, sock.received
-        hop = self.tracer.start(req.headers)
-        routing = self.holder.routing  # one read: this request's config
-        reason, status, keep = "", 0, False
+        hop = self.tracer.start(req.headers) if self.tracing else None
+        reason, status = "", 0
         route = backend = ""
-        limit_key = None
+        routing = self.holder.routing  # one read: this request's config
         try:
             decision, planned = routing.decide(self.listener, req, peer, started, hop)
             route = decision.route
-            if isinstance(decision, Forward):
-                backend = decision.backend
-            else:
+            if type(decision) is Respond:
                 status, reason = decision.status, decision.reason
                 return await self._respond(sock, reader, req, decision)
-            auth = planned.external_auth if planned is not None else None
-            if auth is not None:
-                denied = await extauth.check(auth, req, peer, route)
-                if denied is not None:
-                    status, reason = denied.status, denied.reason
-                    return await self._respond(sock, reader, req, denied)
-            limit = planned.connection_limit if planned is not None else None
-            if limit is not None:
-                limit_key = (route, peer.address)
-                if self.in_flight[limit_key] >= limit:
-                    limit_key = None
-                    reply = Respond(503, (), b"503 rate-limited\n", "rate-limited", route)
-                    status, reason = 503, "rate-limited"
-                    return await self._respond(sock, reader, req, reply)
-                self.in_flight[limit_key] += 1
-            if planned is not None and planned.mirrors:
-                self.mirrors.start(req, decision.target or req.target, planned.mirrors)
-            retry = planned.retry if planned is not None else None
-            keep = await self._forward(sock, reader, req, peer, decision, retry, started)
+            assert isinstance(decision, Forward) and planned is not None
+            backend = decision.backend
+            if id(planned.route) in routing.special:
+                answer = await self._special(sock, reader, req, peer, decision, planned, started)
+                if isinstance(answer, Respond):
+                    status, reason = answer.status, answer.reason
+                    return await self._respond(sock, reader, req, answer)
+                keep = answer
+            else:  # the common route: nothing around the engine
+                keep = await forward(self, sock, reader, req, peer, decision)
             status = sock.status
             return keep
         except HttpError as err:
@@ -203,14 +193,46 @@ class GatewayServer(HttpServer):
             await self._error(sock, HttpError("internal-error"), close=True)
             return False
         finally:
-            if limit_key is not None:
-                self.in_flight[limit_key] -= 1
-                if not self.in_flight[limit_key]:
-                    del self.in_flight[limit_key]
-            self._report(
-                req, peer, route, backend, status, reason, started, wall, hop,
-                sock.sent - sent, sock.received - received,
-            )  # fmt: skip
+            metrics = self.telemetry.metrics
+            if metrics is not None:
+                metrics.request(route, backend, status, reason, time.monotonic() - started)
+            if self.telemetry.access_log is not None or hop is not None:
+                self._report(
+                    req, peer, route, backend, status, reason, started, hop,
+                    sock.sent - sent, sock.received - received,
+                )  # fmt: skip
+
+    async def _special(
+        self,
+        sock: Downstream,
+        reader: Any,
+        req: Request,
+        peer: Peer,
+        decision: Forward,
+        planned: PlannedForward,
+        started: float,
+    ) -> bool | Respond:
+        """A route with auth-url, limit-connections, mirrors or retries."""
+        route = decision.route
+        if planned.external_auth is not None:
+            denied = await extauth.check(planned.external_auth, req, peer, route)
+            if denied is not None:
+                return denied
+        limit = planned.connection_limit
+        key = (route, peer.address)
+        if limit is not None:
+            if self.in_flight[key] >= limit:
+                return Respond(503, (), b"503 rate-limited\n", "rate-limited", route)
+            self.in_flight[key] += 1
+        try:
+            if planned.mirrors:
+                self.mirrors.start(req, decision.target or req.target, planned.mirrors)
+            return await self._forward(sock, reader, req, peer, decision, planned.retry, started)
+        finally:
+            if limit is not None:
+                self.in_flight[key] -= 1
+                if not self.in_flight[key]:
+                    del self.in_flight[key]
 
     async def _forward(
         self,
@@ -272,24 +294,20 @@ class GatewayServer(HttpServer):
         status: int,
         reason: str,
         started: float,
-        wall: float,
         hop: Any,
         bytes_out: int,
         bytes_in: int,
     ) -> None:
+        """The access-log line and the span of one finished request."""
         t = self.telemetry
         duration = time.monotonic() - started
-        if t.metrics is not None:
-            t.metrics.request(route, backend, status, reason, duration)
-        if t.access_log is None and hop is None:
-            return
         host = req.header(b"host") or b""
         if t.access_log is not None:
             from mesh.http.access_log import AccessRecord
 
             t.access_log.log(
                 AccessRecord(
-                    wall,
+                    time.time() - duration,
                     req.method.decode("latin-1"),
                     host.decode("latin-1"),
                     req.target.decode("latin-1"),
