@@ -1,19 +1,20 @@
 """Service references -> gateway backends (name, protocol, endpoints).
 
 ``resolve_endpoints`` is the one place that decides which endpoints of a Service the gateway
-may use. It applies the rule kube-proxy's topology.go applies (ready endpoints; when none is
-ready, the serving-and-terminating ones) and resolves the Service port per endpoint by name.
-It is kept to this one function so that it can defer to the shared endpoint policy once that
-exists, without touching the translators.
+may use, and it defers to the shared endpoint policy (mesh/endpoint_policy.py): ready
+endpoints, else the serving-and-terminating ones, the Service port resolved per endpoint by
+name, as kube-proxy's topology.go. Legacy Endpoints reach it as the EndpointSlices the
+endpoints controller mirrors them into.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mesh import endpoint_policy
 from mesh.config.gateway import GatewayBackend, GatewayEndpoint
-from mesh.objects import Endpoints, EndpointSlice, Service, ServicePort
+from mesh.objects import EndpointSlice, Service, ServicePort
 
 if TYPE_CHECKING:
     from mesh.control.store import Snapshot
@@ -64,49 +65,43 @@ def _service_port(svc: Service, port: int | str | None) -> ServicePort | None:
     return None
 
 
-@dataclass
-class _Candidates:
-    ready: list[GatewayEndpoint] = field(default_factory=list)
-    fallback: list[GatewayEndpoint] = field(default_factory=list)
+class _SliceIndex:
+    """EndpointSlices by (namespace, service), built once per snapshot: without it every
+    backend would scan every slice of its namespace. Keyed by the identity of the snapshot's
+    (immutable) EndpointSlice mapping, which it keeps alive, so the key cannot be reused."""
+
+    def __init__(self) -> None:
+        self._source: object = None
+        self._by_service: dict[tuple[str, str], list[EndpointSlice]] = {}
+
+    def slices(self, snapshot: Snapshot, namespace: str, service: str) -> list[EndpointSlice]:
+        source = snapshot.by_kind.get(EndpointSlice.KIND)
+        if source is not self._source:
+            by_service: dict[tuple[str, str], list[EndpointSlice]] = {}
+            for sl in (source or {}).values():
+                if isinstance(sl, EndpointSlice) and sl.service_name and sl.address_type != "FQDN":
+                    by_service.setdefault((sl.namespace, sl.service_name), []).append(sl)
+            for group in by_service.values():
+                group.sort(key=lambda s: s.name)
+            self._source, self._by_service = source, by_service
+        return self._by_service.get((namespace, service), [])
+
+
+_INDEX = _SliceIndex()
 
 
 def resolve_endpoints(
     snapshot: Snapshot, svc: Service, sp: ServicePort
 ) -> tuple[GatewayEndpoint, ...]:
-    """The endpoints of ``svc`` the gateway may send ``sp`` traffic to, in a stable order."""
-    found = _Candidates()
-    slices = [
-        s
-        for s in snapshot.list(EndpointSlice.KIND, svc.namespace)
-        if isinstance(s, EndpointSlice) and s.service_name == svc.name and s.address_type != "FQDN"
-    ]
-    if slices:
-        for sl in sorted(slices, key=lambda s: s.name):
-            number = next(
-                (
-                    p.port
-                    for p in sl.ports
-                    if (p.name or "") == (sp.name or "") and p.protocol == sp.protocol
-                ),
-                None,
-            )
-            if number is None:
-                continue
-            for ep in sl.endpoints:
-                gep = GatewayEndpoint(ip=ep.addresses[0], port=number)
-                if ep.ready or svc.spec.publish_not_ready_addresses:
-                    found.ready.append(gep)
-                elif ep.serving and ep.terminating:
-                    found.fallback.append(gep)
-    else:
-        legacy = snapshot.get(Endpoints.KIND, svc.namespace, svc.name)
-        if isinstance(legacy, Endpoints):
-            for subset in legacy.subsets:
-                number = next(
-                    (p.port for p in subset.ports if (p.name or "") == (sp.name or "")), None
-                )
-                if number is None:
-                    continue
-                found.ready.extend(GatewayEndpoint(ip=a.ip, port=number) for a in subset.addresses)
-    chosen = found.ready or found.fallback
-    return tuple(sorted(set(chosen), key=lambda e: (e.ip, e.port)))
+    """The endpoints of ``svc`` the gateway may send ``sp`` traffic to, by the shared endpoint
+    policy (ready ones, else serving-and-terminating; the port by name per endpoint)."""
+    slices = _INDEX.slices(snapshot, svc.namespace, svc.name)
+    if not slices:
+        return ()
+    name = sp.name or ""
+    found = endpoint_policy.from_slices(
+        [(name, sp.protocol)], slices, publish_not_ready=svc.spec.publish_not_ready_addresses
+    )
+    return tuple(
+        GatewayEndpoint(ip=ip, port=port) for ip, port in endpoint_policy.targets(found, name)
+    )
