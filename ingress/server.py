@@ -181,6 +181,10 @@ class GatewayServer(HttpServer):
             return keep
         except HttpError as err:
             status, reason = err.status, err.reason
+            if isinstance(err, UpstreamError) and self.telemetry.metrics is not None:
+                # per failed request (the engine tries other endpoints first and does not say
+                # which refused): upstream-connect-failure, -timeout, -reset, ...
+                self.telemetry.metrics.upstream_connect_error(backend, err.reason)
             keep = req.keep_alive and reader.message_done and err.blame != "downstream"
             await self._error(sock, err, close=not keep)
             return keep

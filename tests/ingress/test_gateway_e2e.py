@@ -95,6 +95,8 @@ async def test_httpx_keep_alive_bodies_and_missing_endpoints(nursery: trio.Nurse
         assert gw.telemetry.metrics is not None
         counted = gw.telemetry.metrics.requests
         assert counted[("ingress/default/shop", "default/web:80", 200, "")] == 20
+        errors = gw.telemetry.metrics.connect_errors
+        assert errors[("default/dead:80", "upstream-connect-failure")] == 1
 
 
 async def test_canary_weight_share_is_binomial_and_a_header_forces_it(
