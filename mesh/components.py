@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from mesh.addresses import Address
+from mesh.cli_types import SERVICE_CIDRS
 from mesh.cliopts import (
     DEFAULT_ADMIN_DNS,
     DEFAULT_ADMIN_INGRESS,
@@ -122,6 +123,14 @@ def _proxy_translator(settings: PlaneSettings) -> Translator:
     type=click.FloatRange(min=0.1),
     help="Seconds before an idle UDP session is closed (userspace mode).",
 )
+@click.option(
+    "--service-cidr",
+    default=None,
+    type=SERVICE_CIDRS,
+    help="The cluster's service range(s), as given to the control plane (userspace mode: an "
+    "IPv6 range is made local with 'local RANGE dev lo' while the proxy runs, as root, so its "
+    "ClusterIPs can be proxied).",
+)
 @click.option("--admin-listen", default=DEFAULT_ADMIN_PROXY, show_default=True, type=ADDRESS)
 @log_options
 def proxy_command(
@@ -131,6 +140,7 @@ def proxy_command(
     node_ip: str,
     cleanup: bool,
     udp_idle_timeout: float,
+    service_cidr: str | None,
     admin_listen: Address,
     log_level: str,
     log_format: str,
@@ -154,7 +164,9 @@ def proxy_command(
         return
     check_source(control_url, config_file)
     setup_logs(log_level, log_format)
-    component: Any = make_proxy(mode, node_ip=node_ip, udp_idle_timeout=udp_idle_timeout)
+    component: Any = make_proxy(
+        mode, node_ip=node_ip, udp_idle_timeout=udp_idle_timeout, service_cidr=service_cidr
+    )
     run_component(component, control_url, config_file, admin_listen, announce, None)
 
 

@@ -14,6 +14,9 @@ node proxy's service table, the L7 balancer), as kube-proxy's ``pkg/proxy/topolo
 4. **Ready first, then the fallback.** Among what is left, the ready endpoints are used; when
    none is ready, the ones that are serving and terminating are (so the last pod of a rolling
    update keeps its connections). ``publishNotReadyAddresses`` makes every endpoint ready.
+5. **One family at a time.** A virtual address of one family is served by the endpoints of
+   that family only (:func:`of_family`), and rule 4 is applied per family, as kube-proxy runs
+   one proxier per family: a dual-stack pod is one endpoint in each family's rotation.
 
 Everything here is pure and returns plain tuples; the conditions travel in
 :class:`PolicyEndpoint`, a NamedTuple any consumer can keep in its own tables.
@@ -69,6 +72,25 @@ def address_order(address: str) -> tuple[int, int]:
     """Sort key of an address: IPv4 before IPv6, then numeric."""
     ip = ipaddress.ip_address(address)
     return (ip.version, int(ip))
+
+
+def family_of(address: str) -> int:
+    """4 or 6: the family of a valid address (no parse: only IPv6 spells a colon)."""
+    return 6 if ":" in address else 4
+
+
+class HasAddress(Protocol):
+    @property
+    def address(self) -> str: ...
+
+
+A = TypeVar("A", bound=HasAddress)
+
+
+def of_family(endpoints: Iterable[A], family: int) -> list[A]:
+    """The endpoints whose address is of ``family`` (4 or 6), in the given order (rule 5)."""
+    six = family == 6
+    return [ep for ep in endpoints if (":" in ep.address) == six]
 
 
 def from_slices(

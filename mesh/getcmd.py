@@ -2,7 +2,7 @@
 
 ``mesh get KIND [NAME...]``, ``mesh get KIND/NAME...``; namespace ``default`` unless ``-n`` or
 ``-A``; ``-l`` label selectors; ``-o wide|yaml|json|name``; ``-w`` follows the control plane's
-watch after the first listing.
+watch after the first listing, and lists again and resumes when it breaks (mesh/getwatch.py).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def get(
         click.echo(f"No resources found{where}.", err=True)
     if watch:
         sys.stdout.flush()
-        _follow(control_url, kind, ns, version, names, sel, output, table)
+        _follow(control_url, kind, ns, version, names, sel, output, table, items)
     if missing:
         sys.exit(1)
 
@@ -174,13 +174,27 @@ def _follow(
     sel: Any,
     output: str,
     table: Any,
+    shown: list[Obj],
 ) -> None:
+    """Print changes as they come; a broken watch is listed again and resumed (getwatch)."""
+    from mesh.getwatch import follow, key_of
     from mesh.inspect import WrongServer, watch_objects
 
+    def watch(since: str) -> Iterator[tuple[str, Obj]]:
+        return _changes(watch_objects, control_url, kind, ns, since)
+
+    def broken(reason: str) -> None:
+        click.echo(f"cannot reach the control plane at {control_url}: {reason}; retrying", err=True)
+
+    known = {key_of(o): o for o in shown}
+
+    def keep(obj: Obj) -> bool:
+        return bool(select([obj], names, sel))
+
     try:
-        for obj in _changes(watch_objects, control_url, kind, ns, version):
-            if not select([obj], names, sel):
-                continue
+        for obj in follow(
+            known, version, watch, lambda: _list(control_url, kind, ns), keep=keep, broken=broken
+        ):
             table.now = time.time()
             if output in ("", "wide"):
                 click.echo(table.line(obj))
@@ -190,22 +204,21 @@ def _follow(
     except KeyboardInterrupt:
         return
     except WrongServer:
-        raise click.ClickException(f"{control_url} does not serve watches") from None
-    except OSError as exc:
-        raise click.ClickException(f"the watch on {control_url} ended: {exc}") from None
-    raise click.ClickException(f"the control plane at {control_url} closed the watch")
+        raise click.ClickException(
+            f"{control_url} is not a mesh control plane, or does not serve watches"
+        ) from None
 
 
 def _changes(
     watch: Any, control_url: str, kind: str, ns: str | None, version: str
-) -> Iterator[Obj]:
-    """Changed objects from the watch. Endpoints follow the EndpointSlices (see _list): a
-    slice event prints its Service's merged Endpoints."""
+) -> Iterator[tuple[str, Obj]]:
+    """(event type, object) from the watch. Endpoints follow the EndpointSlices (see _list):
+    a slice event prints its Service's merged Endpoints."""
     from mesh.printing import endpoints_from_slices
 
     if kind != "Endpoints":
         for event in watch(control_url, kind, ns, version):
-            yield event["object"]
+            yield event["type"], event["object"]
         return
     slices: dict[tuple[str, str], Obj] = {}
     for event in watch(control_url, "EndpointSlice", ns, version):
@@ -223,4 +236,5 @@ def _changes(
             if s["metadata"].get("namespace") == key[0]
             and s["metadata"].get("labels", {}).get("kubernetes.io/service-name") == service
         ]
-        yield from endpoints_from_slices(same or [{**es, "endpoints": [], "ports": []}])
+        for ep in endpoints_from_slices(same or [{**es, "endpoints": [], "ports": []}]):
+            yield "MODIFIED", ep

@@ -75,7 +75,7 @@ def watch_objects(
                     yield event
     except urllib.error.HTTPError as exc:
         if exc.code == 410:
-            raise OSError("the watch fell too far behind (410 Gone); run it again") from exc
+            raise OSError("the watch fell too far behind (410 Gone)") from exc
         raise OSError(f"HTTP {exc.code} from {url}") from exc
     except urllib.error.URLError as exc:
         raise OSError(str(exc.reason)) from exc

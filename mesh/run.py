@@ -133,17 +133,35 @@ def _listen_of(component: Component[Any]) -> Address | None:
 
 
 def make_proxy(
-    mode: str, *, node_ip: str = "127.0.0.1", udp_idle_timeout: float = 30.0
+    mode: str,
+    *,
+    node_ip: str = "127.0.0.1",
+    udp_idle_timeout: float = 30.0,
+    service_cidr: str | None = None,
 ) -> Component[Any]:
     if mode == "nftables":
         from mesh.proxy.nft_render import RenderOptions
-        from mesh.proxy.nftables import NftablesProxy
+        from mesh.proxy.nftables import NftablesProxy, host_families
 
-        # Both address families, each in its own table (kube-proxy's dual-stack layout).
-        return NftablesProxy(options=[RenderOptions(family="ip"), RenderOptions(family="ip6")])
+        # Both address families, each in its own table (kube-proxy's dual-stack layout);
+        # only ip where the host has IPv6 off.
+        return NftablesProxy(options=[RenderOptions(family=f) for f in host_families()])
     from mesh.proxy.userspace import UserspaceProxy
 
-    return UserspaceProxy(node_ip=node_ip, udp_idle_timeout=udp_idle_timeout)
+    return UserspaceProxy(
+        node_ip=node_ip,
+        udp_idle_timeout=udp_idle_timeout,
+        local_ranges=_service_ranges(service_cidr),
+    )
+
+
+def _service_ranges(service_cidr: str | None) -> tuple[str, ...]:
+    """The ranges of ``--service-cidr`` (already checked by its click type)."""
+    if not service_cidr:
+        return ()
+    from mesh.cidrs import parse_cidrs
+
+    return tuple(str(n) for n in parse_cidrs(service_cidr).values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,11 +216,9 @@ def run_up(
     dns = DnsServer(dns_listen, upstreams, zone=options.zone, **(dns_options or {}))
     components: list[Component[Any]] = [dns]
     if with_proxy:
-        from mesh.cidrs import parse_cidrs
         from mesh.proxy.userspace import UserspaceProxy
 
-        ranges = tuple(str(n) for n in parse_cidrs(options.service_cidr).values())
-        components.append(UserspaceProxy(local_ranges=ranges))
+        components.append(UserspaceProxy(local_ranges=_service_ranges(options.service_cidr)))
     if gateway is not None:
         components.append(gateway)
     control = ConfigServer(plane, control_listen)

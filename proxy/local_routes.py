@@ -6,9 +6,14 @@ RANGE dev lo`` makes) turns a whole IPv6 service range local: packets to any Clu
 are delivered on this host. Unlike IPv4, IPv6 ``bind`` still wants an address assigned to an
 interface, so listeners on those addresses set IP_FREEBIND (see :meth:`LocalRoutes.routes`).
 Adding the route needs CAP_NET_ADMIN: as root the proxy adds the
-route at start and removes it at exit (only the routes it added: one that was already there
-belongs to someone else); without the privilege it says so once, and the IPv6 ClusterIPs are
-answered in DNS but not proxied.
+route at start and removes it at exit; without the privilege it says so once, and the IPv6
+ClusterIPs are answered in DNS but not proxied.
+
+Whose route is it? Routing daemons mark their routes with a protocol number of their own
+(``proto bird``, ``proto zebra``); so does the proxy (:data:`RTPROT_MESH`). A route already
+there with our mark was left by a run that could not clean up (SIGKILL): the next start adopts
+it and removes it at exit. A route with any other mark belongs to someone else and is left
+alone. Removal names our mark too, so the kernel never deletes another owner's route.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ log = logging.getLogger("mesh.proxy")
 
 LOCAL_TABLE = 255  # the kernel's "local" routing table
 RTN_LOCAL = 2
+# Our routes' protocol number (rtm_protocol): not one of iproute2's rt_protos, shown by
+# ``ip route`` as "proto 109".
+RTPROT_MESH = 109
 IP_FREEBIND = 15  # <linux/in.h>; the socket module names it only from Python 3.12
 
 
@@ -50,6 +58,7 @@ class LocalRoutes:
                 extra={"ranges": [str(r) for r in self.ranges]},
             )
             return
+        adopted: list[str] = []
         with IPRoute() as ipr:
             lo = ipr.link_lookup(ifname="lo")[0]
             for net in self.ranges:
@@ -64,9 +73,18 @@ class LocalRoutes:
                             extra={"range": str(net), "error": os.strerror(exc.code)},
                         )
                         continue
+                    if _marked_ours(ipr, net):
+                        adopted.append(str(net))
                 self.routed.append(net)
-        if self.added:
-            log.info("IPv6 service ranges made local", extra={"ranges": self.added})
+        self.added += adopted
+        if adopted:
+            log.info(
+                "adopted the local routes a previous run left (removed at exit)",
+                extra={"ranges": adopted},
+            )
+        if len(self.added) > len(adopted):
+            made = [r for r in self.added if r not in adopted]
+            log.info("IPv6 service ranges made local", extra={"ranges": made})
 
     def remove(self) -> None:
         if not self.added:
@@ -104,4 +122,15 @@ def _route(net: ipaddress.IPv4Network | ipaddress.IPv6Network, lo: int) -> dict[
         "oif": lo,
         "table": LOCAL_TABLE,
         "type": RTN_LOCAL,
+        "proto": RTPROT_MESH,  # ours (see the module comment); del matches it too
     }
+
+
+def _marked_ours(ipr: IPRoute, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether the local route for exactly ``net`` carries our protocol number. (A dump of
+    the local table, which holds only local addresses and ranges: a ``get`` would answer
+    the route a single address takes, not the one for the range.)"""
+    for msg in ipr.route("dump", family=socket.AF_INET6, table=LOCAL_TABLE):
+        if msg["dst_len"] == net.prefixlen and msg.get_attr("RTA_DST") == str(net.network_address):
+            return bool(msg["proto"] == RTPROT_MESH)
+    return False

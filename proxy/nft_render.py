@@ -364,8 +364,10 @@ def _render_port(
     proto = port.protocol.lower()
     # Each family's table sees only its endpoints, so eligibility (ready, else the serving
     # terminating fallback) is decided per family, as kube-proxy's per-family proxiers do.
-    six = opts.family == "ip6"
-    serving = [ep for ep in svc.endpoints if port.name in ep.ports and (":" in ep.address) == six]
+    family = 6 if opts.family == "ip6" else 4
+    serving = [
+        ep for ep in endpoint_policy.of_family(svc.endpoints, family) if port.name in ep.ports
+    ]
     cluster = _targets(endpoint_policy.usable(serving), port, opts.family)
     local_eps = endpoint_policy.usable(serving, local_only=True, node_name=node_name)
     local = _targets(local_eps, port, opts.family)

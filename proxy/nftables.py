@@ -7,7 +7,9 @@ waits on the kernel. Ready after the first successful sync.
 
 Dual-stack as kube-proxy: one table per address family (``ip`` and ``ip6``, same name and
 structure), each synced by its own :class:`Syncer` from the same config in the same step; a
-step succeeds when every table did.
+step succeeds when every table did. On a host where IPv6 is off (:func:`table_families`) only
+the ``ip`` table is synced: an ``ip6`` table there would fail every sync (no IPv6 in the kernel)
+or serve no traffic (disabled by sysctl), and the proxy would never become ready for it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -23,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mesh.config.proxy import ProxyConfig
 from mesh.proxy.conntrack import ConntrackCleaner
+from mesh.proxy.nft_names import Family
 from mesh.proxy.nft_render import RenderOptions, Ruleset
 from mesh.proxy.nft_sync import (
     NftRunner,
@@ -35,6 +39,45 @@ from mesh.proxy.nft_sync import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+PROC_SYS_NET = Path("/proc/sys/net")  # per network namespace: the reader's own
+
+
+def ipv6_off(read: Callable[[str], str | None]) -> str | None:
+    """Why IPv6 is off on this host, or None when it is on. ``read(path)`` returns a file
+    under /proc/sys/net, None when it does not exist (the decision is pure; see
+    :func:`read_sysctl`)."""
+    value = read("ipv6/conf/all/disable_ipv6")
+    if value is None:
+        return "the kernel has no IPv6 (booted with ipv6.disable=1 or built without it)"
+    if value.strip() == "1":
+        return "IPv6 is disabled (net.ipv6.conf.all.disable_ipv6 = 1)"
+    return None
+
+
+def table_families(read: Callable[[str], str | None]) -> tuple[tuple[Family, ...], str | None]:
+    """The nftables families to sync (``ip``, and ``ip6`` unless IPv6 is off) and why
+    ``ip6`` was left out (None when it was not)."""
+    reason = ipv6_off(read)
+    families: tuple[Family, ...] = ("ip",) if reason else ("ip", "ip6")
+    return families, reason
+
+
+def read_sysctl(path: str, root: Path = PROC_SYS_NET) -> str | None:
+    try:
+        return (root / path).read_text()
+    except FileNotFoundError:
+        return None
+
+
+def host_families() -> tuple[Family, ...]:
+    """:func:`table_families` of this host's network namespace; says once when ``ip6`` is
+    left out."""
+    families, reason = table_families(read_sysctl)
+    if reason:
+        log.warning("IPv6 is off here: only the ip table is synced", extra={"reason": reason})
+    return families
 
 
 class NftMetrics:

@@ -13,6 +13,12 @@ ones are used; when none is ready, the serving-and-terminating ones are (kube-pr
 fallback, so a rolling update of the last pod does not drop traffic). An endpoint that has no
 port for the Service port (a named targetPort its pod does not declare) is not used.
 
+Dual-stack as kube-proxy's per-family proxiers: a Backend holds endpoints of one address
+family, and a virtual address of family F is served by the Backend of family F only. A pod
+with an address of each family is then one endpoint in each rotation (not two in one), and an
+IPv4 ClusterIP is never relayed to an IPv6 endpoint. NodePorts exist in the families of the
+Service's ClusterIPs (``lookup_node_port`` takes the family of the node address).
+
 Endpoints are kept in a stable order (numeric address, then port) and picked round robin; with
 ``sessionAffinity: ClientIP`` a client keeps its endpoint until it has been idle for the
 timeout (each new flow refreshes it, as kube-proxy's affinity sets do). ``pick`` returns None
@@ -35,6 +41,7 @@ from typing import Any, Literal
 
 from mesh import endpoint_policy
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from mesh.endpoint_policy import family_of
 
 Endpoint = tuple[str, int]  # (address, port)
 Scope = Literal["internal", "external"]
@@ -168,9 +175,11 @@ def eligible(endpoints: Collection[ProxyEndpoint]) -> list[ProxyEndpoint]:
 
 
 VipKey = tuple[str, int, str]  # (ip, port, protocol)
-_Built = tuple[ProxyService, list[tuple[Scope, "Backend", ProxyPort]]]
-NodePortKey = tuple[int, str]  # (port, protocol)
-StateKey = tuple[str, str, str, str, Scope]  # namespace, name, port name, protocol, scope
+_Entry = tuple[Scope, int, "Backend", ProxyPort]  # scope, family, Backend, Service port
+_Built = tuple[ProxyService, list[_Entry]]
+NodePortKey = tuple[int, str, int]  # (port, protocol, address family 4 or 6)
+# namespace, name, port name, protocol, scope, address family
+StateKey = tuple[str, str, str, str, Scope, int]
 
 
 class ServiceTable:
@@ -219,10 +228,10 @@ class ServiceTable:
             else:
                 entries = list(_backends(svc, config.node_name))
                 reused = False
-            final: list[tuple[Scope, Backend, ProxyPort]] = []
+            final: list[_Entry] = []
             built[svc.key] = (svc, final)  # the Backends as used, after the reuse below
-            for scope, backend, port in entries:
-                skey: StateKey = (svc.namespace, svc.name, port.name, port.protocol, scope)
+            for scope, family, backend, port in entries:
+                skey: StateKey = (svc.namespace, svc.name, port.name, port.protocol, scope, family)
                 prior = old.get(skey)
                 if reused:
                     pass  # the very Backend of the previous table: its state goes on
@@ -232,18 +241,19 @@ class ServiceTable:
                     backend.inherit(prior)
                 # Cluster policy on both sides: one Backend (one cursor) for all traffic.
                 if scope == "external":
-                    internal = states.get(
-                        (svc.namespace, svc.name, port.name, port.protocol, "internal")
-                    )
+                    ikey: StateKey = (*skey[:4], "internal", family)
+                    internal = states.get(ikey)
                     if internal is not None and internal.same_as(backend):
                         backend = internal
                 states[skey] = backend
-                final.append((scope, backend, port))
+                final.append((scope, family, backend, port))
                 if scope == "internal":
                     ips: tuple[str, ...] = svc.cluster_ips
                 else:
                     ips = svc.external_ips + svc.load_balancer_ips
                 for ip in ips:
+                    if family_of(ip) != family:
+                        continue  # the other family's Backend serves it
                     key = (ip, port.port, port.protocol)
                     owner = vips.get(key)
                     if (
@@ -256,7 +266,9 @@ class ServiceTable:
                         continue
                     vips.setdefault(key, backend)
                 if scope == "external" and port.node_port is not None and svc.type != "ClusterIP":
-                    nkey = (port.node_port, port.protocol)
+                    if family not in _node_port_families(svc):
+                        continue
+                    nkey = (port.node_port, port.protocol, family)
                     if nkey in node_ports:
                         conflicts.append(
                             f"nodePort {port.node_port}/{port.protocol} ({svc.namespace}/{svc.name})"
@@ -277,8 +289,9 @@ class ServiceTable:
         """The Backend behind a virtual IP:port (None: not a Service address)."""
         return self.vips.get((ip, port, protocol))
 
-    def lookup_node_port(self, port: int, protocol: str) -> Backend | None:
-        return self.node_ports.get((port, protocol))
+    def lookup_node_port(self, port: int, protocol: str, family: int = 4) -> Backend | None:
+        """The Backend behind a NodePort reached on a node address of ``family``."""
+        return self.node_ports.get((port, protocol, family))
 
     def route(
         self, ip: str, port: int, protocol: str, node_ips: Collection[str] = ()
@@ -286,7 +299,7 @@ class ServiceTable:
         """Where a packet to ip:port goes: a virtual IP first, then a NodePort on a node IP."""
         backend = self.lookup(ip, port, protocol)
         if backend is None and ip in node_ips:
-            backend = self.lookup_node_port(port, protocol)
+            backend = self.lookup_node_port(port, protocol, family_of(ip))
         return backend
 
     def backends(self) -> Iterator[Backend]:
@@ -305,23 +318,37 @@ class ServiceTable:
                 for (ip, p, proto), b in sorted(self.vips.items())
             },
             "node_ports": {
-                f"{p}/{proto}": str(b.service) for (p, proto), b in sorted(self.node_ports.items())
+                f"{p}/{proto}" + ("/IPv6" if fam == 6 else ""): str(b.service)
+                for (p, proto, fam), b in sorted(self.node_ports.items())
             },
             "backends": [b.describe() for b in self.backends()],
             "conflicts": list(self.conflicts),
         }
 
 
-def _backends(svc: ProxyService, node_name: str) -> Iterator[tuple[Scope, Backend, ProxyPort]]:
+def _node_port_families(svc: ProxyService) -> frozenset[int]:
+    """The families a Service's NodePorts answer in: those of its ClusterIPs (kube-proxy's
+    proxier of a family handles only the Services of that family); both without any."""
+    return frozenset(family_of(ip) for ip in svc.cluster_ips) or frozenset((4, 6))
+
+
+def _backends(svc: ProxyService, node_name: str) -> Iterator[_Entry]:
     timeout = float(svc.affinity_timeout) if svc.session_affinity else None
-    scopes: tuple[tuple[Scope, bool], ...] = (
-        ("internal", svc.internal_traffic_local),
-        ("external", svc.external_traffic_local),
+    internal = {family_of(ip) for ip in svc.cluster_ips}
+    external = {family_of(ip) for ip in svc.external_ips + svc.load_balancer_ips}
+    if svc.type != "ClusterIP" and any(p.node_port is not None for p in svc.ports):
+        external |= _node_port_families(svc)
+    scopes: tuple[tuple[Scope, bool, list[int]], ...] = (
+        ("internal", svc.internal_traffic_local, sorted(internal)),
+        ("external", svc.external_traffic_local, sorted(external)),
     )
+    by_family = {f: endpoint_policy.of_family(svc.endpoints, f) for f in internal | external}
     for port in svc.ports:
         name = ServicePortName(svc.namespace, svc.name, port.name, port.protocol)
-        serving = [ep for ep in svc.endpoints if port.name in ep.ports]
-        for scope, local in scopes:
-            chosen = endpoint_policy.usable(serving, local_only=local, node_name=node_name)
-            eps = [(ep.address, ep.ports[port.name]) for ep in chosen]
-            yield scope, Backend(name, eps, timeout), port
+        for scope, local, families in scopes:
+            for family in families:
+                # Eligibility per family: ready IPv6 endpoints do not hide the IPv4 fallback.
+                serving = [ep for ep in by_family[family] if port.name in ep.ports]
+                chosen = endpoint_policy.usable(serving, local_only=local, node_name=node_name)
+                eps = [(ep.address, ep.ports[port.name]) for ep in chosen]
+                yield scope, family, Backend(name, eps, timeout), port

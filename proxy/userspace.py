@@ -6,7 +6,8 @@ setup); every NodePort gets one on the node address. A new TCP connection picks 
 from the live table at accept time, connects (trying the next endpoint in round-robin order
 when a connect fails, a bounded number of times: the pure decision of mesh.attempts, which the
 L7 engine shares) and relays (tcp_relay): the reactor here only moves bytes. UDP is per client
-session (udp_relay).
+session (udp_relay). A virtual address of one family goes to endpoints of that family only
+(the service table keeps a Backend per family).
 
 ``apply`` swaps the table and reconciles listeners: it binds the new addresses and closes the
 removed ones. Established connections belong to the relay (tcp_relay), not to a listener, and
@@ -39,6 +40,7 @@ import trio
 
 from mesh.attempts import ConnectPlan
 from mesh.config.proxy import ProxyConfig
+from mesh.endpoint_policy import family_of
 from mesh.proxy.local_routes import IP_FREEBIND, LocalRoutes
 from mesh.proxy.metrics import ProxyMetrics
 from mesh.proxy.table import Backend, Endpoint, ServiceTable
@@ -204,7 +206,10 @@ class UserspaceProxy:
             if proto == "TCP" or (proto == "UDP" and backend.endpoints):
                 want.add(("vip", ip, port, proto))
         taken = {(ip, port, proto) for _, ip, port, proto in want}
-        for (port, proto), backend in self._table.node_ports.items():
+        node_family = family_of(self.node_ip)
+        for (port, proto, family), backend in self._table.node_ports.items():
+            if family != node_family:
+                continue  # the NodePort of the other family: not on this node address
             if (proto == "TCP" or (proto == "UDP" and backend.endpoints)) and (
                 self.node_ip,
                 port,
@@ -282,7 +287,7 @@ class UserspaceProxy:
         kind, ip, port, proto = key
         if kind == "vip":
             return self._table.lookup(ip, port, proto)
-        return self._table.lookup_node_port(port, proto)
+        return self._table.lookup_node_port(port, proto, family_of(ip))
 
     async def _serve(self, listener: _Listener) -> None:
         with listener.scope:

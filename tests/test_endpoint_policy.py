@@ -138,3 +138,14 @@ def test_dns_publishes_ready_or_everyone() -> None:
     assert endpoint_policy.published(True, False)
     assert not endpoint_policy.published(False, False)
     assert endpoint_policy.published(False, True)
+
+
+@pytest.mark.parametrize(
+    ("family", "want"),
+    [(4, ["127.0.0.1", "10.0.0.1"]), (6, ["::1", "fd00::a", "::ffff:10.0.0.2"])],
+)
+def test_of_family_keeps_one_family_in_order(family: int, want: list[str]) -> None:
+    addresses = ["127.0.0.1", "::1", "10.0.0.1", "fd00::a", "::ffff:10.0.0.2"]
+    eps = [PolicyEndpoint(a, None, True, True, False, ()) for a in addresses]
+    assert [e.address for e in endpoint_policy.of_family(eps, family)] == want
+    assert {endpoint_policy.family_of(a) for a in want} == {family}

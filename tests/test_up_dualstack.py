@@ -117,3 +117,92 @@ def test_up_dual_stack_userspace(namespace: str, tmp_path: Path) -> None:
         server.terminate()
         server.wait(10)
     assert "fd00:10::" not in _in(namespace, "ip", "-6", "route", "show", "table", "local")
+
+
+def _local_routes(ns: str) -> str:
+    return _in(ns, "ip", "-6", "route", "show", "table", "local")
+
+
+def _up(tmp_path: Path, namespace: str, stderr: object = subprocess.DEVNULL) -> Proc:
+    args = ["up", "-f", str(tmp_path), "--service-cidr", "127.10.0.0/16,fd00:10::/112"]
+    for flag in ("--dns-listen", "--control-listen", "--admin-listen"):
+        args += [flag, "127.0.0.1:0"]
+    return Proc([*args, "--no-forward"], {"admin"}, stderr, netns.exec_argv(namespace, []))
+
+
+def test_a_local_route_left_by_sigkill_is_adopted_and_removed(
+    namespace: str, tmp_path: Path
+) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "web.yaml").write_text(MANIFESTS)
+    killed = _up(manifests, namespace)
+    wait_for(lambda: "fd00:10::/112" in _local_routes(namespace), timeout=10.0)
+    killed.popen.kill()
+    killed.popen.wait(10)
+    left = [line for line in _local_routes(namespace).splitlines() if "fd00:10::/112" in line]
+    assert len(left) == 1 and "proto 109" in left[0]  # our mark
+
+    with (tmp_path / "stderr").open("w") as log:
+        again = _up(manifests, namespace, log)
+        try:
+            wait_for(lambda: "adopted" in (tmp_path / "stderr").read_text(), timeout=10.0)
+        finally:
+            again.stop()
+    assert "fd00:10::" not in _local_routes(namespace)
+    assert "Traceback" not in (tmp_path / "stderr").read_text()
+
+
+PROXY_CONFIG = """
+version: 1
+services:
+  - namespace: shop
+    name: web
+    cluster_ips: [127.10.0.5, "fd00:10::5"]
+    ports: [{name: http, port: 80}]
+    endpoints:
+      - {address: 127.0.0.1, ports: {http: 18080}}
+      - {address: "::1", ports: {http: 18080}}
+"""
+
+
+def test_standalone_userspace_proxy_makes_its_ipv6_service_range_local(
+    namespace: str, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("hello from the standalone proxy")
+    server = subprocess.Popen(
+        netns.exec_argv(
+            namespace,
+            [
+                sys.executable,
+                "-m",
+                "http.server",
+                "18080",
+                "--bind",
+                "::",
+                "--directory",
+                str(site),
+            ],
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    config = tmp_path / "proxy.yaml"
+    config.write_text(PROXY_CONFIG)
+    args = ["proxy", "--config", str(config), "--admin-listen", "127.0.0.1:0"]
+    proxy = Proc(
+        [*args, "--service-cidr", "fd00:10::/112,127.10.0.0/16"],
+        {"admin"},
+        prefix=netns.exec_argv(namespace, []),
+    )
+    try:
+        assert "fd00:10::/112" in _local_routes(namespace)
+        curl = ["curl", "-6", "-s", "-m", "2", "-g", "http://[fd00:10::5]:80/"]
+        wait_for(lambda: _in(namespace, *curl) == "hello from the standalone proxy", timeout=15.0)
+    finally:
+        proxy.stop()
+        server.terminate()
+        server.wait(10)
+    assert "fd00:10::" not in _local_routes(namespace)

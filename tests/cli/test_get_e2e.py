@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import subprocess
 import threading
 import time
@@ -182,3 +183,59 @@ def test_pinned_address_conflict_is_refused_and_the_rest_serves(
     assert "spec.clusterIPs: 127.10.0.20" in refused[0]
     assert "Traceback" not in err
     assert "\x1b" not in err  # stderr is not a terminal: no colour codes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_get_watch_lists_again_and_resumes_when_the_plane_restarts(
+    manifests: Path, tmp_path: Path
+) -> None:
+    port = _free_port()
+    args = _up_args(manifests, "--no-proxy")
+    args[args.index("--control-listen") + 1] = f"127.0.0.1:{port}"
+    first = Proc(args, {"control"})
+    stderr = (tmp_path / "stderr").open("w")
+    watch = subprocess.Popen(
+        [*MESH, "get", "svc", "-n", "shop", "-w", "--control", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        bufsize=1,
+    )
+    lines = _lines(watch)
+    second: Proc | None = None
+    try:
+        deadline = time.monotonic() + 30
+        listed = [_line(lines, deadline) for _ in range(5)]  # header + 4 Services
+        assert [line.split()[0] for line in listed] == ["NAME", "api", "fixed", "payments", "web"]
+        first.stop()  # the watch breaks; while the plane is away, cart comes and fixed goes
+        (manifests / "cart.yaml").write_text(CART)
+        (manifests / "fixed.yaml").unlink()
+        second = Proc(args, {"control"})
+        # The re-list prints what changed (the others are unchanged: not printed again).
+        assert _line(lines, deadline).split()[:3] == ["cart", "ClusterIP", "127.10.0.40"]
+        assert _line(lines, deadline).split()[:3] == ["fixed", "ClusterIP", "127.10.0.20"]
+        # ... and the watch goes on from the new list.
+        (manifests / "cart.yaml").write_text(CART.replace("port: 80", "port: 81"))
+        assert _line(lines, deadline).split()[:5] == [
+            "cart",
+            "ClusterIP",
+            "127.10.0.40",
+            "<none>",
+            "81/TCP",
+        ]
+        assert lines.empty()
+    finally:
+        watch.terminate()
+        watch.wait(10)
+        first.stop()
+        if second is not None:
+            second.stop()
+        stderr.close()
+    err = (tmp_path / "stderr").read_text()
+    assert "Traceback" not in err
+    assert err.count("cannot reach the control plane") <= 1, err

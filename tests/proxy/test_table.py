@@ -231,6 +231,110 @@ def test_route_prefers_virtual_ip_then_node_port() -> None:
     assert t.route("127.0.0.1", 30080, "UDP", node_ips={"127.0.0.1"}) is None
 
 
+# --- address families ----------------------------------------------------------------------
+
+VIP6 = "fd00:10::1"
+DUAL = (  # two dual-stack pods: one address of each family
+    ep("127.0.1.1"),
+    ep("fd00:1::1"),
+    ep("127.0.1.2"),
+    ep("fd00:1::2"),
+)
+FAMILY_CASES = [
+    # (name, service keyword arguments, endpoints, address, family, wanted endpoint addresses)
+    (
+        "v4 ClusterIP: v4 endpoints",
+        {"cluster_ips": (VIP, VIP6)},
+        DUAL,
+        VIP,
+        4,
+        ["127.0.1.1", "127.0.1.2"],
+    ),
+    (
+        "v6 ClusterIP: v6 endpoints",
+        {"cluster_ips": (VIP, VIP6)},
+        DUAL,
+        VIP6,
+        6,
+        ["fd00:1::1", "fd00:1::2"],
+    ),
+    ("v6 primary", {"cluster_ips": (VIP6, VIP)}, DUAL, VIP, 4, ["127.0.1.1", "127.0.1.2"]),
+    ("v4 only, v6 endpoints only", {}, (ep("fd00:1::1"),), VIP, 4, []),
+    ("v6 only, v4 endpoints only", {"cluster_ips": (VIP6,)}, (ep("127.0.1.1"),), VIP6, 6, []),
+    (
+        "fallback per family",
+        {"cluster_ips": (VIP, VIP6)},
+        (ep("127.0.1.1", ready=False, serving=True, terminating=True), ep("fd00:1::1")),
+        VIP,
+        4,
+        ["127.0.1.1"],
+    ),
+    (
+        "v6 external IP",
+        {"cluster_ips": (VIP, VIP6), "external_ips": ("fd00:20::1",)},
+        DUAL,
+        "fd00:20::1",
+        6,
+        ["fd00:1::1", "fd00:1::2"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "endpoints", "address", "family", "want"),
+    FAMILY_CASES,
+    ids=[c[0] for c in FAMILY_CASES],
+)
+def test_a_virtual_address_uses_endpoints_of_its_family(
+    name: str,
+    kw: dict[str, Any],
+    endpoints: tuple[ProxyEndpoint, ...],
+    address: str,
+    family: int,
+    want: list[str],
+) -> None:
+    backend = table(svc(*endpoints, **kw)).lookup(address, 80, "TCP")
+    assert backend is not None
+    assert [a for a, _ in backend.endpoints] == want
+    # Round robin goes through each endpoint of the family once per turn.
+    got = [p[0] if p else None for p in picks(backend, 2 * len(want) or 1)]
+    assert got == (want + want if want else [None])
+
+
+def test_node_ports_per_family_of_the_cluster_ips() -> None:
+    ports = (ProxyPort(port=80, node_port=30080),)
+    dual = table(svc(*DUAL, cluster_ips=(VIP, VIP6), type="NodePort", ports=ports))
+    v4, v6 = dual.lookup_node_port(30080, "TCP", 4), dual.lookup_node_port(30080, "TCP", 6)
+    assert v4 is not None and v6 is not None
+    assert [a for a, _ in v4.endpoints] == ["127.0.1.1", "127.0.1.2"]
+    assert [a for a, _ in v6.endpoints] == ["fd00:1::1", "fd00:1::2"]
+    assert dual.route("::1", 30080, "TCP", node_ips={"::1"}) is v6
+    assert dual.route("127.0.0.1", 30080, "TCP", node_ips={"127.0.0.1"}) is v4
+    assert v4 is dual.lookup(VIP, 80, "TCP")  # cluster policy: one cursor per family
+    assert dual.describe()["node_ports"] == {
+        "30080/TCP": "default/web/TCP",
+        "30080/TCP/IPv6": "default/web/TCP",
+    }
+    single = table(svc(*DUAL, type="NodePort", ports=ports))  # an IPv4 Service
+    assert single.lookup_node_port(30080, "TCP", 6) is None
+    assert single.route("::1", 30080, "TCP", node_ips={"::1"}) is None
+
+
+def test_family_backends_keep_their_state_apart() -> None:
+    s = svc(*DUAL, cluster_ips=(VIP, VIP6))
+    t1 = table(s)
+    assert picks(t1.lookup(VIP, 80, "TCP"), 1) == [("127.0.1.1", 8080)]
+    moved = svc(*DUAL, ep("fd00:1::3"), cluster_ips=(VIP, VIP6))  # only IPv6 changed
+    t2 = table(moved, previous=t1)
+    assert t2.lookup(VIP, 80, "TCP") is t1.lookup(VIP, 80, "TCP")
+    assert picks(t2.lookup(VIP, 80, "TCP"), 1) == [("127.0.1.2", 8080)]
+    assert picks(t2.lookup(VIP6, 80, "TCP"), 3) == [
+        ("fd00:1::1", 8080),
+        ("fd00:1::2", 8080),
+        ("fd00:1::3", 8080),
+    ]
+
+
 # --- ports ---------------------------------------------------------------------------------
 
 

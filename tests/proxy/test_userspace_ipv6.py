@@ -101,6 +101,43 @@ def test_flow_table_ipv6(namespace: str, hosts: None, case: flows.FlowCase) -> N
     assert "fd00:10::" not in _local_table(namespace)
 
 
+DUAL_VIP6 = flows.IPV6_ADDRESSES[flows.VIP]
+DUAL_V6_EPS = [flows.ipv6_host(flows.E1), flows.ipv6_host(flows.E2)]
+DUAL = flows.config(
+    *(flows.ep(a) for a in (flows.E1, DUAL_V6_EPS[0], flows.E2, DUAL_V6_EPS[1])),
+    protocol="TCP",
+    cluster_ips=(flows.VIP, DUAL_VIP6),
+)
+
+
+@pytest.mark.parametrize(
+    ("client", "vip", "want"),
+    [
+        (flows.CLIENT_A, flows.VIP, [flows.E1, flows.E2]),
+        (flows.ipv6_host(flows.CLIENT_A), DUAL_VIP6, DUAL_V6_EPS),
+    ],
+    ids=["IPv4 ClusterIP", "IPv6 ClusterIP"],
+)
+def test_dual_stack_service_relays_within_the_family(
+    namespace: str, hosts: None, client: str, vip: str, want: list[str]
+) -> None:
+    """Two dual-stack pods: each ClusterIP rotates over its own family's two endpoints."""
+
+    async def main() -> tuple[str, ...]:
+        async with trio.open_nursery() as nursery:
+            for ep in DUAL.services[0].endpoints:
+                await nursery.start(tcp_who, ep.address, flows.EP_PORT)
+            proxy = UserspaceProxy(node_ip=NODE_IP, local_ranges=SERVICE_RANGES)
+            proxy.apply(DUAL)
+            await nursery.start(proxy.run)
+            got = tuple([await ask_tcp(client, (vip, flows.PORT)) for _ in range(4)])
+            nursery.cancel_scope.cancel()
+        return got
+
+    expected = tuple(flows.at(a) for a in want + want)
+    assert in_namespace(namespace, lambda: trio.run(main)) == expected
+
+
 def test_without_privilege_ipv6_cluster_ips_are_not_bound(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
