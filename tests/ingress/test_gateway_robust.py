@@ -143,3 +143,24 @@ async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
         assert status_of(reply) == 404
     (slow_reply,) = result
     assert status_of(slow_reply) == 200 and slow_reply.endswith(b"slow\n")
+
+
+async def test_endpoints_that_leave_the_config_lose_their_pooled_connections(
+    nursery: trio.Nursery,
+) -> None:
+    with echo_servers("a", "b") as up:
+        config = served(backend("web", up["a"]), ingress("w", None, path("/", "web")))
+        gw = await start_gateway(nursery, config)
+        reply, _ = await exchange(
+            ("127.0.0.1", gw.port), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        assert status_of(reply) == 200
+        assert gw.pool.idle(up["a"]) == 1  # kept for the next request
+        moved = served(backend("web", up["b"]), ingress("w", None, path("/", "web")), version=2)
+        gw.apply(moved)
+        assert gw.pool.idle(up["a"]) == 0
+        reply, _ = await exchange(
+            ("127.0.0.1", gw.port), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        assert header_of(reply, b"x-echo") == b"b"
+        assert gw.pool.idle(up["b"]) == 1
