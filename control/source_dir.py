@@ -159,11 +159,16 @@ def _log_error(what: str, err: ManifestError) -> None:
         "%s: %s",
         what,
         err,
+        # Only what is known: a file that is not YAML names no object and no field.
         extra={
-            "manifest": err.source,
-            "object": err.object,
-            "field": err.field,
-            "reason": err.message,
+            key: value
+            for key, value in (
+                ("manifest", err.source),
+                ("object", err.object),
+                ("field", err.field),
+                ("reason", err.message),
+            )
+            if value and value != "?"
         },
     )
 

@@ -34,7 +34,7 @@ import trio
 from mesh.http.decision import Forward, Peer, Respond
 from mesh.http.errors import HttpError, UpstreamError
 from mesh.http.events import Request
-from mesh.http.forward import Abort, forward
+from mesh.http.forward import Abort, HandedOff, forward
 from mesh.http.pool import DEADLINES, Pool, Timeout
 from mesh.http.retry import Again, Failure, decide
 from mesh.http.server import HttpServer, Limits
@@ -189,7 +189,7 @@ class GatewayServer(HttpServer):
             await self._error(sock, err, close=not keep)
             return keep
         except Exception as exc:
-            if isinstance(exc, Abort | OSError) or type(exc).__name__ == "HandedOff":
+            if isinstance(exc, Abort | HandedOff | OSError):
                 status = sock.status  # a tunnel, or a response cut short
                 raise
             log.exception("request failed")

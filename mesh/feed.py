@@ -112,6 +112,15 @@ def load_config_file(path: Path, config_type: type[ComponentConfig]) -> Componen
     return parse_config(text, path, config_type)
 
 
+def _one_line(exc: Exception) -> str:
+    """PyYAML's messages span lines (context, a caret drawing); keep the problem and where."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if isinstance(exc, yaml.YAMLError) and problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
+
+
 def parse_config(text: str, path: Path, config_type: type[ComponentConfig]) -> ComponentConfig:
     try:
         if path.suffix == ".json" or text.lstrip().startswith("{"):
@@ -119,7 +128,7 @@ def parse_config(text: str, path: Path, config_type: type[ComponentConfig]) -> C
         else:
             data = yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigFileError(f"{path}: not valid JSON or YAML: {exc}") from exc
+        raise ConfigFileError(f"{path}: not valid JSON or YAML: {_one_line(exc)}") from exc
     try:
         return config_type.model_validate(data)
     except pydantic.ValidationError as exc:

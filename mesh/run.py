@@ -334,6 +334,19 @@ def run_control(
     _run(main)
 
 
+def _check_config_file(path: Path, component: Component[Any]) -> None:
+    """A config file that is bad at start stops the command (exit 1, one sentence), as a bad
+    flag does; a bad edit later is logged and the last good config keeps serving."""
+    from mesh.feed import ConfigFileError, config_type_for, parse_config
+
+    try:
+        parse_config(path.read_text(encoding="utf-8"), path, config_type_for(component))
+    except ConfigFileError as exc:
+        raise StartupError(f"invalid config file {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StartupError(f"cannot read config file {path}: {exc}") from None
+
+
 def run_component(
     component: Component[Any],
     control_url: str | None,
@@ -349,6 +362,8 @@ def run_component(
     admin = AdminServer(admin_listen, [component])
 
     async def main(nursery: trio.Nursery) -> None:
+        if config_file is not None:
+            _check_config_file(config_file, component)
         await _start_component(nursery, component)
         if listen is not None:
             what, address = listen

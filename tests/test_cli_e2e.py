@@ -315,10 +315,12 @@ def test_bad_manifest_is_reported_and_the_rest_serves(manifests: Path, tmp_path:
     assert errors[0]["field"] == "spec.ports[0].port"
 
 
-def test_address_in_use_is_one_clear_error(up: Proc, manifests: Path) -> None:
+def test_address_in_use_is_one_clear_error(up: Proc, tmp_path: Path) -> None:
     host, port = up.addresses["dns"]
+    config = tmp_path / "dns.yaml"
+    config.write_text("services: []\n")
     out = subprocess.run(
-        [*MESH, "dns", "--config", str(manifests / "shop.yaml"), "--dns-listen", f"{host}:{port}",
+        [*MESH, "dns", "--config", str(config), "--dns-listen", f"{host}:{port}",
          "--admin-listen", "127.0.0.1:0"],
         capture_output=True,
         text=True,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from mesh.config.base import ComponentConfig, Frozen
 
 
@@ -46,7 +48,7 @@ class DnsPod(Frozen):
 
 class DnsConfig(ComponentConfig):
     zone: str = "cluster.local"
-    ttl: int = 5
+    ttl: int = Field(default=5, ge=0, le=2**31 - 1)  # RFC 2181 section 8
     pod_mode: Literal["disabled", "insecure", "verified"] = "insecure"
     services: tuple[DnsService, ...] = ()
     pods: tuple[DnsPod, ...] = ()  # filled in verified pod mode only

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from mesh.http import reactor
 from mesh.http.client import acquire
 from mesh.http.decision import Forward, Peer
 from mesh.http.errors import DownstreamError, ProtocolError, UpstreamError, phrase
@@ -54,6 +55,10 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 class Abort(Exception):
     """The client connection must be closed at once: a response to it had begun."""
+
+
+class HandedOff(Exception):
+    """The client connection became a tunnel, run elsewhere: it is not the caller's any more."""
 
 
 class _Stale(Exception):
@@ -157,7 +162,7 @@ async def _exchange(
                 await send_all(down, _CONTINUE, server.limits.body_timeout)
             await _send_body(server, down, dreader, req, fwd, up, head, deadline, send_t)
         return await _relay_response(server, down, dreader, req, fwd, up, deadline, upgrade)
-    except (_Stale, Abort, DownstreamError, UpstreamError):
+    except (_Stale, Abort, HandedOff, DownstreamError, UpstreamError):
         raise
     except Timeout:
         close(up.sock, reset=True)
@@ -340,8 +345,15 @@ async def _relay_response(
             if not switching:  # a 101 nobody asked for: refuse to tunnel
                 close(up.sock, reset=True)
                 raise Abort
+            loop = reactor.CURRENT
+            if loop is not None and loop.trio_nursery is not None:
+                # two directions at once need trio: the tunnel leaves the reactor
+                loop.trio_nursery.start_soon(
+                    tunnel, down, up.sock, dreader.trailing(), reader.trailing()
+                )
+                raise HandedOff
             await tunnel(down, up.sock, dreader.trailing(), reader.trailing())
-            raise Abort  # the connection was a tunnel: it ends with it
+            raise HandedOff  # the tunnel has closed both sockets
 
 
 async def _to_client(down: socket.socket, out: list[bytes], seconds: float, up: Upstream) -> None:
@@ -373,3 +385,4 @@ async def tunnel(a: socket.socket, b: socket.socket, to_b: bytes, to_a: bytes) -
             nursery.start_soon(pump, b, a, to_a, nursery.cancel_scope)
     finally:
         close(b)
+        close(a)

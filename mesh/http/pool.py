@@ -18,21 +18,23 @@ import contextlib
 import errno
 import math
 import os
+import select
 import socket
 from collections import deque
 from collections.abc import Collection
 
 import trio
 
+from mesh.http import reactor
 from mesh.http.balance import Endpoint
 from mesh.http.h1 import Reader
+from mesh.http.reactor import Timeout
+
+__all__ = ["DEADLINES", "Pool", "Timeout", "Upstream", "close", "connect", "recv", "send_all"]
 
 RECV_SIZE = 65536
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
-
-
-class Timeout(Exception):
-    """A wait reached its deadline."""
+_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 
 
 class Deadlines:
@@ -72,6 +74,12 @@ class Deadlines:
         """Wait until ``sock`` is ready, for at most ``seconds`` from now and not past
         ``deadline`` (the clock is read only here, when a wait really blocks)."""
         waiter = trio.lowlevel.wait_writable if writable else trio.lowlevel.wait_readable
+        loop = reactor.CURRENT
+        if loop is not None:  # driven by a reactor: it enforces the deadline, on its clock
+            if seconds != math.inf:
+                deadline = min(deadline, loop.now + seconds)
+            await reactor.Wait(sock.fileno(), _OUT if writable else _IN, deadline)
+            return
         if seconds != math.inf:
             deadline = min(deadline, trio.current_time() + seconds)
         if deadline == math.inf:

@@ -46,22 +46,18 @@ def request_id() -> bytes:
     return os.urandom(16).hex().encode()
 
 
-_NONE: frozenset[bytes] = frozenset()
+_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 
 
-def _has_connection(headers: Headers) -> bool:
-    for name, _ in headers:
-        if name == b"connection":
-            return True
-    return False
-
-
-def _named_by_connection(headers: Headers) -> frozenset[bytes]:
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            named.update(t.strip().lower() for t in value.split(b",") if t.strip())
-    return frozenset(named) - {b"close", b"keep-alive", b"upgrade"}
+def _without_named(
+    out: list[tuple[bytes, bytes]], connection: list[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """Drop the fields the Connection field(s) name (section 7.6.1). Checked after one pass
+    over the fields, as the Connection field itself is rare beyond close/keep-alive."""
+    named = {t.strip().lower() for value in connection for t in value.split(b",")}
+    named -= _STANDARD_TOKENS
+    named.discard(b"")
+    return [f for f in out if f[0] not in named] if named else out
 
 
 def request_fields(
@@ -76,15 +72,17 @@ def request_fields(
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
     """The fields to send upstream, and the request id. ``host`` replaces the Host field (the
     original goes to X-Forwarded-Host); ``upgrade`` keeps Upgrade for a protocol switch."""
-    named = _named_by_connection(headers) if _has_connection(headers) else _NONE
     out: list[tuple[bytes, bytes]] = []
+    connection: list[bytes] = []
     prior_for: list[bytes] = []
     orig_host = b""
     rid = b""
     for field in headers:
         name = field[0]
-        if name in HOP_BY_HOP or name in named:
-            if upgrade and name == b"upgrade":
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                connection.append(field[1])
+            elif upgrade and name == b"upgrade":
                 out.append(field)
             continue
         if name in _FORWARDING:
@@ -101,6 +99,8 @@ def request_fields(
         elif name == b"x-request-id":
             rid = field[1]
         out.append(field)
+    if connection:
+        out = _without_named(out, connection)
     if upgrade:
         out.append((b"connection", b"upgrade"))
     if host is not None:
@@ -126,15 +126,19 @@ def request_fields(
 
 def response_fields(headers: Headers, *, upgrade: bool = False) -> list[tuple[bytes, bytes]]:
     """The fields of an upstream response to pass on, hop-by-hop ones removed."""
-    named = _named_by_connection(headers) if _has_connection(headers) else _NONE
     out = []
+    connection: list[bytes] = []
     for field in headers:
         name = field[0]
-        if name in HOP_BY_HOP or name in named:
-            if upgrade and name == b"upgrade":
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                connection.append(field[1])
+            elif upgrade and name == b"upgrade":
                 out.append(field)
             continue
         out.append(field)
+    if connection:
+        out = _without_named(out, connection)
     if upgrade:
         out.append((b"connection", b"upgrade"))
     return out

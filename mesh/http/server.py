@@ -34,9 +34,10 @@ import trio
 from mesh.http.decision import Peer, Respond, Router
 from mesh.http.errors import DownstreamError, HttpError, ProtocolError, error_response, phrase
 from mesh.http.events import CLOSED, NEED_DATA, Request
-from mesh.http.forward import Abort, forward
+from mesh.http.forward import Abort, HandedOff, forward
 from mesh.http.h1 import MAX_FIELDS, MAX_HEAD, Reader, response_head
 from mesh.http.pool import DEADLINES, Pool, Timeout, close, recv, send_all
+from mesh.http.reactor import Reactor, pause
 
 log = logging.getLogger("mesh.http.server")
 
@@ -63,11 +64,13 @@ class HttpServer:
         limits: Limits | None = None,
         pool: Pool | None = None,
         scheme: bytes = b"http",
+        use_reactor: bool = True,
     ) -> None:
         self.router = router
         self.limits = limits or Limits()
         self.pool = pool or Pool()
         self.scheme = scheme
+        self.use_reactor = use_reactor  # connections driven by mesh.http.reactor, not trio
         self.reasons: Counter[str] = Counter()
         self.connections = 0
 
@@ -95,6 +98,9 @@ class HttpServer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(DEADLINES.run)
+                loop = Reactor() if self.use_reactor else None
+                if loop is not None:
+                    await nursery.start(loop.run)
                 task_status.started(sock.getsockname())
                 while True:
                     try:
@@ -109,7 +115,10 @@ class HttpServer:
                         await trio.sleep(_ACCEPT_BACKOFF)
                         continue
                     conn.setblocking(False)
-                    nursery.start_soon(self._connection, conn, addr)
+                    if loop is not None:
+                        loop.spawn(self._connection(conn, addr))
+                    else:
+                        nursery.start_soon(self._connection, conn, addr)
         finally:
             close(sock)
             self.pool.close()
@@ -119,7 +128,7 @@ class HttpServer:
         reader = Reader("server", max_head=limits.max_head, max_fields=limits.max_fields)
         peer = Peer(addr[0], addr[1], self.scheme, sock.getsockname()[1])
         self.connections += 1
-        reset = False
+        reset, owned = False, True
         try:
             while True:
                 req = await self._read_head(sock, reader)
@@ -129,14 +138,17 @@ class HttpServer:
                     return
                 reader.next_message()
                 if reader.buffered:  # pipelined: let other connections have a turn
-                    await trio.lowlevel.checkpoint()
+                    await pause()
+        except HandedOff:
+            owned = False  # a tunnel owns the socket now
         except Abort:
             reset = True
         except OSError:
             pass
         finally:
             self.connections -= 1
-            close(sock, reset=reset)
+            if owned:
+                close(sock, reset=reset)
 
     async def _read_head(self, sock: socket.socket, reader: Reader) -> Request | None:
         limits = self.limits
@@ -154,7 +166,8 @@ class HttpServer:
                     timeout = math.inf
                     deadline = trio.current_time() + limits.header_timeout
                 try:
-                    data = await recv(sock, timeout, deadline)
+                    # between requests the next one is rarely there yet: wait, then read
+                    data = await recv(sock, timeout, deadline, wait_first=not started)
                 except Timeout:
                     if started:
                         err = DownstreamError("request-timeout", "the request head came too slowly")
@@ -178,7 +191,7 @@ class HttpServer:
             keep = req.keep_alive and reader.message_done and err.blame != "downstream"
             await self._error(sock, err, close=not keep)
             return keep
-        except (Abort, OSError):
+        except (Abort, HandedOff, OSError):
             raise
         except Exception:  # a bug must cost one request, never the server
             log.exception("request failed")

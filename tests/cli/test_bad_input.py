@@ -166,3 +166,26 @@ def test_config_dump_from_the_wrong_server(servers: dict[str, str]) -> None:
         f"Error: http://{servers['html']} is not a mesh admin endpoint"
     ]
     assert out.returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "last_line"),
+    [
+        ("servics: []\n", "mesh: invalid config file {path}: servics: Extra inputs are not permitted"),
+        ("ttl: -3\n", "mesh: invalid config file {path}: ttl: Input should be greater than or equal to 0"),
+        ("[unclosed\n", "mesh: invalid config file {path}: not valid JSON or YAML: "),
+    ],
+)  # fmt: skip
+def test_a_bad_config_file_at_start_stops_the_command(
+    tmp_path: Path, text: str, last_line: str
+) -> None:
+    path = tmp_path / "dns.yaml"
+    path.write_text(text)
+    out = subprocess.run(
+        [*MESH, "dns", "--config", str(path), "--dns-listen", "127.0.0.1:0",
+         "--admin-listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(last_line.format(path=path))
+    assert out.returncode == 1

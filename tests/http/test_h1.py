@@ -457,8 +457,8 @@ def test_writers_round_trip() -> None:
 _token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=8).map(str.encode)
 _value = (
     st.binary(max_size=20)
-    .filter(lambda v: v == v.strip(b" \t"))
     .map(lambda v: bytes(b for b in v if b >= 0x20 and b != 0x7F))
+    .filter(lambda v: v == v.strip(b" \t"))
 )
 
 

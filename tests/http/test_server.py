@@ -49,12 +49,17 @@ class Rig:
         return up
 
 
-@pytest.fixture
-async def rig() -> AsyncIterator[Rig]:
+@pytest.fixture(params=[True, False], ids=["reactor", "trio-tasks"])
+async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+    """The gateway with its connections driven by the reactor, and by trio tasks."""
     async with trio.open_nursery() as nursery:
         upstream = RecordingUpstream()
         await nursery.start(upstream.serve)
-        gateway = HttpServer(lambda request, peer: Respond(404, reason="no-route"), limits=LIMITS)
+        gateway = HttpServer(
+            lambda request, peer: Respond(404, reason="no-route"),
+            limits=LIMITS,
+            use_reactor=request.param,
+        )
         address = await nursery.start(gateway.listen, "127.0.0.1", 0)
         r = Rig(gateway, address, upstream, nursery)
         r.route()
