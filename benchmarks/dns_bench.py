@@ -1,8 +1,25 @@
-"""Cluster DNS against dnsmasq: queries/s, latency and CPU per query, measured by dnsperf.
+"""Cluster DNS against dnsmasq and unbound: queries/s, latency and CPU per query, by dnsperf.
 
-Both servers get the same records (a generated DnsConfig of a few hundred Services; dnsmasq
-reads them as a hosts file), listen on their own 127.0.0.x address, run pinned to the same
-CPU core one after the other, with dnsperf pinned to another core. For each server:
+Every server gets the same records (a generated DnsConfig of a few hundred Services; dnsmasq
+reads them as a hosts file, unbound as local-data of a static local zone), listens on its own
+127.0.0.x address and runs pinned to one CPU core, with dnsperf pinned to another. Workloads
+(``WORKLOADS``; each a query file):
+
+- ``repeated``: one cluster name, asked again and again;
+- ``nxdomain``: 300,000 distinct names in the cluster zone, none of which exists (a random-
+  subdomain flood, and what a pod's search path produces for external names);
+- ``mixed``: search-path expansions of external names inside the zone (NXDOMAIN), A and AAAA,
+  among real Service names, A and AAAA.
+
+- ``forward-cached``: 1,000 external names repeated, TTL 300 (the forward cache);
+- ``forward-distinct``: 300,000 distinct external names, each forwarded once.
+
+Every server gets the same upstream: a third dnsmasq on its own loopback address answering
+every name under ``bench.example``, pinned to dnsperf's core so it does not share the measured
+server's.
+
+Then the same with two cores: our server with ``--workers 2`` and unbound with two threads
+(dnsmasq has one thread; it is shown as is), dnsperf sharing the cores. For each server:
 
 - a saturation run (``-l`` seconds): queries/s, average latency, CPU seconds per query
   (utime + stime of the server from /proc/PID/stat, before and after);
@@ -11,17 +28,8 @@ CPU core one after the other, with dnsperf pinned to another core. For each serv
 The servers alternate round by round and the summary takes medians, since a shared machine
 makes single runs noisy; CPU time per query is the steadier comparison.
 
-Workloads (``--workload``):
-
-- ``cluster``: every cluster name of the config, repeated (the wire cache);
-- ``forward-cached``: 1,000 external names repeated, TTL 300 (the forward cache);
-- ``forward-distinct``: 300,000 distinct external names, each forwarded once.
-
-The forwarding workloads give both servers the same upstream: a third dnsmasq on its own
-loopback address answering every name under ``bench.example`` (``--address``), pinned to
-dnsperf's core so it does not share the measured server's.
-
-Usage: python benchmarks/dns_bench.py [--workload cluster] [--services 300] [--seconds 10]
+Usage: python benchmarks/dns_bench.py [--services 300] [--seconds 10] [--rate 20000]
+       [--workloads repeated,nxdomain,mixed] [--no-two-cores] [--latency-seconds 0]
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +58,8 @@ from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPort, DnsService
 DNSMASQ_ADDR = "127.0.0.2"
 OURS_ADDR = "127.0.0.3"
 UPSTREAM_ADDR = "127.0.0.4"
+UNBOUND_ADDR = "127.0.0.5"
 EXTERNAL = "bench.example"
-WORKLOADS = {"forward-cached": 1_000, "forward-distinct": 300_000}  # external names
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -127,8 +136,14 @@ def wait_answering(host: str, port: int, name: str, timeout: float = 10.0) -> No
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
+    """CPU seconds of ``pid`` and its live children (our workers)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
+    return own + sum(cpu_seconds(int(k)) for k in kids)
 
 
 @dataclass
@@ -171,6 +186,16 @@ def measure(pid: int, host: str, port: int, queries: Path, opts: argparse.Namesp
         return float(m.group(1))
 
     completed = int(num("Queries completed"))
+    if not opts.latency_seconds:
+        return Result(
+            qps=num("Queries per second"),
+            avg_latency=num("Average Latency \\(s\\)"),
+            completed=completed,
+            lost=int(num("Queries lost")),
+            cpu_per_query=cpu / completed if completed else float("nan"),
+            p50=float("nan"),
+            p99=float("nan"),
+        )
     verbose = dnsperf(
         [*base, "-l", str(opts.latency_seconds), "-Q", str(opts.rate), "-v"],
         opts.client_core,
@@ -206,10 +231,158 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def report(name: str, r: Result) -> None:
     print(
-        f"{name:8s} {r.qps:>11,.0f} q/s  avg {r.avg_latency * 1e3:6.3f} ms  "
+        f"  {name:16s} {r.qps:>11,.0f} q/s  avg {r.avg_latency * 1e3:6.3f} ms  "
         f"p50 {r.p50 * 1e3:6.3f} ms  p99 {r.p99 * 1e3:6.3f} ms (at {OPTS.rate} q/s)  "
         f"cpu {r.cpu_per_query * 1e6:6.2f} us/query  lost {r.lost}"
     )
+
+
+@dataclass(frozen=True)
+class Workload:
+    queries: Callable[[DnsConfig, list[str]], list[str]]  # (config, names) -> "NAME TYPE" lines
+    upstream: bool = False  # forwards: needs an upstream server behind each server
+
+
+def _repeated(config: DnsConfig, names: list[str]) -> list[str]:
+    return [f"{names[0]} A"]
+
+
+def _nxdomain(config: DnsConfig, names: list[str]) -> list[str]:
+    return [f"q{i}-{i * 7919 % 100_003}.ns{i % 10}.svc.{config.zone} A" for i in range(300_000)]
+
+
+def _mixed(config: DnsConfig, names: list[str]) -> list[str]:
+    """A pod in ns0 resolving external names through its search path (each expansion an
+    NXDOMAIN in the zone), A and AAAA, between lookups of real Services."""
+    zone = config.zone
+    out = []
+    for i in range(5000):
+        ext = f"host{i}.example{i % 50}.com"
+        for qtype in ("A", "AAAA"):
+            out += [f"{ext}.ns0.svc.{zone} {qtype}", f"{ext}.svc.{zone} {qtype}"]
+            out += [f"{ext}.{zone} {qtype}", f"{names[i % len(names)]} {qtype}"]
+    return out
+
+
+def _external(n: int) -> Callable[[DnsConfig, list[str]], list[str]]:
+    return lambda config, names: [f"n{i}.{EXTERNAL} A" for i in range(n)]
+
+
+WORKLOADS: dict[str, Workload] = {
+    "repeated": Workload(_repeated),
+    "nxdomain": Workload(_nxdomain),
+    "mixed": Workload(_mixed),
+    "forward-cached": Workload(_external(1_000), upstream=True),
+    "forward-distinct": Workload(_external(300_000), upstream=True),
+}
+
+
+def unbound_conf(
+    d: Path, port: int, threads: int, records: list[tuple[str, str]], upstream: int
+) -> Path:
+    zone = "cluster.local."
+    lines = [
+        "server:",
+        f"  interface: {UNBOUND_ADDR}",
+        f"  port: {port}",
+        f"  num-threads: {threads}",
+        "  so-reuseport: yes",
+        "  do-daemonize: no",
+        '  username: ""',
+        '  chroot: ""',
+        f'  directory: "{d}"',
+        '  pidfile: ""',
+        "  use-syslog: no",
+        "  verbosity: 0",
+        "  do-ip6: no",
+        "  access-control: 127.0.0.0/8 allow",
+        "  do-not-query-localhost: no",
+        "  msg-cache-size: 64m",
+        "  rrset-cache-size: 128m",
+        '  module-config: "iterator"',
+        f'  local-zone: "{zone}" static',
+        f'  local-data: "{zone} 5 IN SOA ns.dns.{zone} hostmaster.{zone} 1 7200 1800 86400 5"',
+    ]
+    lines += [f'  local-data: "{name}. 5 IN A {ip}"' for name, ip in records]
+    lines += [
+        "forward-zone:",
+        f'  name: "{EXTERNAL}."',
+        f"  forward-addr: {UPSTREAM_ADDR}@{upstream}",
+    ]
+    lines += ["remote-control:", "  control-enable: no"]
+    path = d / f"unbound-{threads}.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_servers(
+    d: Path, opts: argparse.Namespace, records: list[tuple[str, str]], two: bool, upstream: int
+) -> dict[str, tuple[subprocess.Popen[bytes], str, int]]:
+    """The servers of one pass: each on one core, or (``two``) on both with two workers."""
+    core = f"{opts.client_core},{opts.server_core}" if two else opts.server_core
+    threads = 2 if two else 1
+    tag = " @2 cores" if two else ""  # dnsmasq has one thread either way
+    servers: dict[str, tuple[subprocess.Popen[bytes], str, int]] = {}
+    port = free_port(DNSMASQ_ADDR)
+    servers[f"dnsmasq x1{tag}"] = (
+        subprocess.Popen(
+            ["taskset", "-c", core, "dnsmasq", "--keep-in-foreground",
+             "--no-resolv", "--no-hosts", f"--addn-hosts={d / 'hosts'}",
+             f"--listen-address={DNSMASQ_ADDR}", "--bind-interfaces", f"--port={port}",
+             f"--pid-file={d / 'dnsmasq.pid'}", "--conf-file=/dev/null", "--local-ttl=5",
+             "--cache-size=10000", "--local=/cluster.local/",
+             f"--user={getpass.getuser()}", f"--server={UPSTREAM_ADDR}#{upstream}"],
+        ),
+        DNSMASQ_ADDR,
+        port,
+    )  # fmt: skip
+    if shutil.which("unbound"):
+        port = free_port(UNBOUND_ADDR)
+        conf = unbound_conf(d, port, threads, records, upstream)
+        servers[f"unbound x{threads}{tag}"] = (
+            subprocess.Popen(["taskset", "-c", core, "unbound", "-d", "-c", str(conf)]),
+            UNBOUND_ADDR,
+            port,
+        )
+    port = free_port(OURS_ADDR)
+    servers[f"mesh-dns x{threads}{tag}"] = (
+        subprocess.Popen(
+            ["taskset", "-c", core, sys.executable, "-m", "mesh.cli", "dns", "--workers",
+             str(threads), "--config", str(d / "config.json"), "--dns-listen",
+             f"{OURS_ADDR}:{port}", "--admin-listen", f"{OURS_ADDR}:0",
+             "--upstream", f"{UPSTREAM_ADDR}:{upstream}",
+             "--log-level", "warning"],
+            stdout=subprocess.DEVNULL,
+        ),
+        OURS_ADDR,
+        port,
+    )  # fmt: skip
+    return servers
+
+
+def measure_pass(
+    d: Path,
+    opts: argparse.Namespace,
+    records: list[tuple[str, str]],
+    names: list[str],
+    chosen: list[str],
+    two: bool,
+    upstream: int,
+    runs: dict[tuple[str, str], list[Result]],
+) -> None:
+    """Every chosen workload against every server of one pass (one core, or two)."""
+    servers = start_servers(d, opts, records, two, upstream)
+    try:
+        for _, host, port in servers.values():
+            wait_answering(host, port, names[0])
+        for w in chosen:
+            for _ in range(opts.rounds):  # alternate: drift on the machine hits all
+                for name, (proc, host, port) in servers.items():
+                    r = measure(proc.pid, host, port, d / f"{w}.txt", opts)
+                    runs.setdefault((w, name), []).append(r)
+    finally:
+        for proc, _, _ in servers.values():
+            stop(proc)
 
 
 def main() -> int:
@@ -218,102 +391,85 @@ def main() -> int:
         if shutil.which(tool) is None:
             print(f"{tool} is not installed", file=sys.stderr)
             return 2
+    if shutil.which("unbound") is None:
+        print("unbound is not installed: compared with dnsmasq only", file=sys.stderr)
     cores = os.sched_getaffinity(0)
     if len(cores) < 2:
         print("needs two CPU cores", file=sys.stderr)
         return 2
     config = make_config(opts.services)
     records = address_records(config)
+    names = sorted({name for name, _ in records})
+    chosen = [w for w in opts.workloads.split(",") if w]
+    for w in chosen:
+        if w not in WORKLOADS:
+            print(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}", file=sys.stderr)
+            return 2
+    runs: dict[tuple[str, str], list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="dns-bench-") as tmp:
         d = Path(tmp)
         (d / "config.json").write_text(json.dumps(config.model_dump(mode="json")))
         (d / "hosts").write_text("".join(f"{ip} {name}\n" for name, ip in records))
-        names = sorted({name for name, _ in records})
-        forwarding = opts.workload != "cluster"
-        if forwarding:
-            names = [f"n{i}.{EXTERNAL}" for i in range(WORKLOADS[opts.workload])]
-        (d / "queries.txt").write_text("".join(f"{n} A\n" for n in names))
-        servers: dict[str, tuple[subprocess.Popen[bytes], str, int]] = {}
-        upstream: subprocess.Popen[bytes] | None = None
+        for w in chosen:
+            lines = WORKLOADS[w].queries(config, names)
+            (d / f"{w}.txt").write_text("\n".join(lines) + "\n")
+        up_port = free_port(UPSTREAM_ADDR)
+        upstream = subprocess.Popen(
+            ["taskset", "-c", opts.client_core, "dnsmasq", "--keep-in-foreground",
+             "--no-resolv", "--no-hosts", f"--listen-address={UPSTREAM_ADDR}",
+             "--bind-interfaces", f"--port={up_port}", f"--pid-file={d / 'up.pid'}",
+             "--conf-file=/dev/null", f"--address=/{EXTERNAL}/192.0.2.1",
+             "--local-ttl=300", "--cache-size=0", f"--user={getpass.getuser()}"],
+        )  # fmt: skip
+        passes = (False, True) if opts.two_cores else (False,)
         try:
-            dnsmasq_forward = ["--no-resolv"]
-            ours_forward = ["--no-forward"]
-            if forwarding:
-                up_port = free_port(UPSTREAM_ADDR)
-                upstream = subprocess.Popen(
-                    ["taskset", "-c", opts.client_core, "dnsmasq", "--keep-in-foreground",
-                     "--no-resolv", "--no-hosts", f"--listen-address={UPSTREAM_ADDR}",
-                     "--bind-interfaces", f"--port={up_port}", f"--pid-file={d / 'up.pid'}",
-                     "--conf-file=/dev/null", f"--address=/{EXTERNAL}/192.0.2.1",
-                     "--local-ttl=300", "--cache-size=0", f"--user={getpass.getuser()}"],
-                )  # fmt: skip
-                wait_answering(UPSTREAM_ADDR, up_port, names[0])
-                dnsmasq_forward = ["--no-resolv", f"--server={UPSTREAM_ADDR}#{up_port}"]
-                ours_forward = ["--upstream", f"{UPSTREAM_ADDR}:{up_port}"]
-            port = free_port(DNSMASQ_ADDR)
-            servers["dnsmasq"] = (
-                subprocess.Popen(
-                    ["taskset", "-c", opts.server_core, "dnsmasq", "--keep-in-foreground",
-                     "--no-resolv", "--no-hosts", f"--addn-hosts={d / 'hosts'}",
-                     f"--listen-address={DNSMASQ_ADDR}", "--bind-interfaces", f"--port={port}",
-                     f"--pid-file={d / 'dnsmasq.pid'}", "--conf-file=/dev/null", "--local-ttl=5",
-                     "--cache-size=10000", "--local=/cluster.local/",
-                     f"--user={getpass.getuser()}", *dnsmasq_forward],
-                ),
-                DNSMASQ_ADDR,
-                port,
-            )  # fmt: skip
-            port = free_port(OURS_ADDR)
-            servers["mesh-dns"] = (
-                subprocess.Popen(
-                    ["taskset", "-c", opts.server_core, sys.executable, "-m", "mesh.cli", "dns",
-                     "--config", str(d / "config.json"), "--dns-listen", f"{OURS_ADDR}:{port}",
-                     "--admin-listen", f"{OURS_ADDR}:0", *ours_forward, "--log-level", "warning"],
-                    stdout=subprocess.DEVNULL,
-                ),
-                OURS_ADDR,
-                port,
-            )  # fmt: skip
-            for _, host, port in servers.values():
-                wait_answering(host, port, names[0])
-            # Alternate the servers round by round, so drift on the machine hits both.
-            runs: dict[str, list[Result]] = {name: [] for name in servers}
-            for _ in range(opts.rounds):
-                for name, (proc, host, port) in servers.items():
-                    runs[name].append(measure(proc.pid, host, port, d / "queries.txt", opts))
+            wait_answering(UPSTREAM_ADDR, up_port, f"n0.{EXTERNAL}")
+            for two in passes:
+                measure_pass(d, opts, records, names, chosen, two, up_port, runs)
         finally:
-            for proc, _, _ in servers.values():
-                stop(proc)
-            if upstream is not None:
-                stop(upstream)
+            stop(upstream)
 
     print(
-        f"workload {opts.workload}: "
         f"{len(names)} names, {opts.services} services, {opts.rounds} rounds of "
-        f"{opts.seconds}s saturation runs; server on core {opts.server_core}, "
-        f"dnsperf on core {opts.client_core}"
+        f"{opts.seconds}s saturation runs; x1: server on core {opts.server_core}, "
+        f"dnsperf on core {opts.client_core}; x2: servers and dnsperf share both cores"
     )
-    for name, rs in runs.items():
-        for r in rs:
-            report(name, r)
-    # Medians: a shared machine adds noise to single runs.
-    qps = {name: statistics.median(r.qps for r in rs) for name, rs in runs.items()}
-    cpu = {name: statistics.median(r.cpu_per_query for r in rs) for name, rs in runs.items()}
-    print(
-        f"median q/s: mesh-dns {qps['mesh-dns']:,.0f}, dnsmasq {qps['dnsmasq']:,.0f}; "
-        f"ratio (mesh-dns / dnsmasq): {qps['mesh-dns'] / qps['dnsmasq']:.2f}x queries/s, "
-        f"{cpu['mesh-dns'] / cpu['dnsmasq']:.2f}x CPU per query"
-    )
+    for w in chosen:
+        print(f"{w}:")
+        qps: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        for (wl, name), rs in runs.items():
+            if wl != w:
+                continue
+            for r in rs:
+                report(name, r)
+            # Medians: a shared machine adds noise to single runs.
+            qps[name] = statistics.median(r.qps for r in rs)
+            cpu[name] = statistics.median(r.cpu_per_query for r in rs)
+        for ours in [n for n in qps if n.startswith("mesh-dns")]:
+            two = ours.endswith("cores")
+            for peer in [
+                n for n in qps if not n.startswith("mesh-dns") and n.endswith("cores") == two
+            ]:
+                print(
+                    f"  {ours} / {peer}: {qps[ours] / qps[peer]:.2f}x queries/s "
+                    f"({qps[ours]:,.0f} vs {qps[peer]:,.0f}), "
+                    f"{cpu[ours] / cpu[peer]:.2f}x CPU per query "
+                    f"({cpu[ours] * 1e6:.1f} vs {cpu[peer] * 1e6:.1f} us)"
+                )
     return 0
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workload", choices=["cluster", *WORKLOADS], default="cluster")
     p.add_argument("--services", type=int, default=300)
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--latency-seconds", type=int, default=3)
+    p.add_argument("--latency-seconds", type=int, default=3, help="0: no latency run")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
+    p.add_argument(
+        "--no-two-cores", dest="two_cores", action="store_false", help="skip the x2 pass"
+    )
     p.add_argument("--rate", type=int, default=20000, help="q/s of the latency run")
     p.add_argument("--outstanding", type=int, default=100)
     p.add_argument("--clients", type=int, default=1)

@@ -82,6 +82,7 @@ class DnsMetrics(Collector):
         self.health_checks: defaultdict[str, int] = defaultdict(int)  # by result
         self.forward_errors: defaultdict[str, int] = defaultdict(int)  # by reason
         self.dropped: defaultdict[str, int] = defaultdict(int)  # packets not answered, by reason
+        self.autopath: defaultdict[str, int] = defaultdict(int)  # search paths walked, by result
         self.config_version = 0
         self.config_applies = 0
 
@@ -135,6 +136,14 @@ class DnsMetrics(Collector):
         for reason, n in sorted(self.dropped.items()):
             dropped.add_metric((reason,), n)
         yield dropped
+        autopath = CounterMetricFamily(
+            "mesh_dns_autopath",
+            "Search paths walked for a pod (found: answered with a CNAME; missed: NXDOMAIN)",
+            labels=("result",),
+        )
+        for result, n in sorted(self.autopath.items()):
+            autopath.add_metric((result,), n)
+        yield autopath
         yield GaugeMetricFamily(
             "mesh_dns_config_version", "Version of the live config", value=self.config_version
         )

@@ -3,12 +3,13 @@
 The UDP loop is the hot path. It waits for the socket to become readable, then drains it
 with plain non-blocking ``recvfrom`` calls, answering wire-cache hits (cluster names) and
 answer-cache hits (forwarded names) inline, a dict lookup and a ``sendto`` each, with no trio
-machinery per packet; after ``batch`` packets it yields to other tasks. A miss goes through
-the pure Responder synchronously (cluster names) or spawns a forwarding task (other names,
-and ExternalName targets outside the zone). Config swaps replace the responder and the wire
-cache in one assignment, so the next packet already sees the new config; forwarded answers
-do not depend on the config and stay (reverse names, whose owner a config can change, are
-never put in the answer cache).
+machinery per packet; after ``batch`` packets it yields to other tasks. A miss is answered
+from the FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes
+out), else goes through the pure Responder synchronously (cluster names) or spawns a
+forwarding task (other names, and ExternalName targets outside the zone). Config swaps replace
+the responder and the wire cache in one assignment, so the next packet already sees the new
+config; forwarded answers do not depend on the config and stay (reverse names, whose owner a
+config can change, are never put in the answer cache).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,7 +28,9 @@ from prometheus_client import CollectorRegistry
 
 from mesh.component import ConfigRejected
 from mesh.config.dns import DnsConfig
-from mesh.dns import resolvconf
+from mesh.dns import autopath, resolvconf
+from mesh.dns.autopath import AutopathWalk
+from mesh.dns.fast_index import FastIndex
 from mesh.dns.forward_cache import ForwardCache
 from mesh.dns.forwarding import ForwardPath
 from mesh.dns.metrics import DnsMetrics
@@ -51,6 +54,8 @@ class _Live:
     config: DnsConfig | None
     responder: Responder
     cache: WireCache
+    fast: FastIndex | None = None  # standard questions of cluster names, in wire form
+    pods: Mapping[str, str] = field(default_factory=dict)  # pod IP -> namespace (autopath)
 
 
 class DnsServer:
@@ -77,6 +82,8 @@ class DnsServer:
         max_tcp_queries: int = 10_000,
         batch: int = 64,
         netns: str | None = None,
+        reuse_port: bool = False,
+        autopath: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listen = listen
@@ -95,6 +102,8 @@ class DnsServer:
         self._max_tcp_queries = max_tcp_queries
         self._batch = batch
         self._netns = netns  # bind inside this network namespace (the cluster in a box)
+        self._reuse_port = reuse_port  # one of several worker processes on one port
+        self._autopath = autopath  # walk known pods' search paths server-side (dns/autopath.py)
         self._clock = clock
         self._policy = upstream_policy
         self._max_fails = max_fails
@@ -126,12 +135,17 @@ class DnsServer:
     def apply(self, config: DnsConfig) -> None:
         try:
             index = ZoneIndex.build(config)
+            fast = FastIndex(index, max_udp=self._max_udp)
         except Exception as exc:
             raise ConfigRejected(f"dns config {config.version}: {exc}") from exc
         if index.zone != self._live.responder.zone:
             self._answers.clear()  # names that were forwarded may now be the cluster's
         self._live = _Live(
-            config, Responder(index, max_udp=self._max_udp), WireCache(self._wire_cache_size)
+            config,
+            Responder(index, max_udp=self._max_udp),
+            WireCache(self._wire_cache_size),
+            fast,
+            autopath.pod_namespaces(config) if self._autopath else {},
         )
         self.metrics.config_version = config.version
         self.metrics.config_applies += 1
@@ -187,9 +201,12 @@ class DnsServer:
         for _ in range(BIND_ATTEMPTS):
             udp = socket.socket(family, socket.SOCK_DGRAM)
             udp.setblocking(False)
-            udp.bind((host, port))
             tcp = socket.socket(family, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self._reuse_port:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            udp.bind((host, port))
             try:
                 tcp.bind((host, udp.getsockname()[1]))
             except OSError as exc:
@@ -227,7 +244,9 @@ class DnsServer:
         while True:
             live = self._live
             get = live.cache.entries.get
-            n = hits = forwarded = 0
+            fast = live.fast.answer if live.fast is not None else None
+            pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
+            n = hits = forwarded = answered = 0
             start = perf()
             now = clock()
             while n < batch:
@@ -257,21 +276,48 @@ class DnsServer:
                         metrics.dropped["send"] += 1
                     queries[fwd[1]] += 1
                     forwarded += 1
+                elif (
+                    fast is not None
+                    and (reply := self._fast(fast, data)) is not None
+                    and not (pods and reply.label[1] == "NXDOMAIN" and addr[0] in pods)
+                ):
+                    # A standard question of a cluster name, answered from wire bytes.
+                    try:
+                        sendto(reply.wire, addr)
+                    except OSError:
+                        metrics.dropped["send"] += 1
+                    queries[reply.label] += 1
+                    answered += 1
+                    if reply.cacheable:
+                        live.cache.put(tail, reply.wire[2:], reply.label)
                 else:
                     self._udp_miss(sock, data, addr, live)
             if hits or forwarded:
                 latency.observe((perf() - start) / n, hits + forwarded)
                 metrics.cache_hits["wire"] += hits
                 metrics.cache_hits["answer"] += forwarded
+            if answered:
+                metrics.latency["cluster"].observe((perf() - start) / n, answered)
+                metrics.cache_misses["wire"] += answered
             if n >= batch:
                 await trio.lowlevel.checkpoint()
             else:
                 await trio.lowlevel.wait_readable(sock)
 
+    def _fast(self, answer: Callable[..., Reply | None], data: bytes) -> Reply | None:
+        try:
+            return answer(data)
+        except Exception:  # a bug must cost one query: the general path answers it
+            log.exception("fast path failed")
+            return None
+
     def _udp_miss(self, sock: socket.socket, data: bytes, addr: Any, live: _Live) -> None:
         start = time.perf_counter()
         self.metrics.cache_misses["wire"] += 1
-        outcome = self._handle(live.responder, data, tcp=False)
+        namespace = live.pods.get(addr[0]) if live.pods else None
+        if namespace is not None and self._start_autopath(sock, data, addr, live, namespace):
+            return
+        outcome = self._handle(live, data, tcp=False, fast=False)  # the loop tried it
         if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
             self._spawn_forward(sock, data, addr, outcome, live)
         elif isinstance(outcome, Reply):
@@ -301,9 +347,15 @@ class DnsServer:
         self.metrics.forwards_in_flight = self._forwards
         self._nursery.start_soon(self._forward_udp, sock, data, outcome, addr)
 
-    def _handle(self, responder: Responder, data: bytes, *, tcp: bool) -> Reply | Forward | Drop:
+    def _handle(
+        self, live: _Live, data: bytes, *, tcp: bool, fast: bool = True
+    ) -> Reply | Forward | Drop:
         try:
-            return responder.handle(data, tcp=tcp)
+            if fast and live.fast is not None:
+                reply = live.fast.answer(data, tcp=tcp)
+                if reply is not None:
+                    return reply
+            return live.responder.handle(data, tcp=tcp)
         except Exception:  # a bug must cost one query, never the server
             log.exception("query failed")
             if len(data) < 12 or data[2] & 0x80:
@@ -361,6 +413,43 @@ class DnsServer:
         self.metrics.latency["forward"].observe(time.perf_counter() - start)
         return out
 
+    # --- autopath (CoreDNS autopath: the rest of a pod's search path, server-side) ---------
+
+    def _start_autopath(
+        self, sock: socket.socket, data: bytes, addr: Any, live: _Live, namespace: str
+    ) -> bool:
+        """Whether the query became a search-path walk (answered later by a task)."""
+        walk = AutopathWalk.start(live.responder, data, namespace)
+        if walk is None or self._forwards >= self._max_forwards or self._nursery is None:
+            return False
+        self._forwards += 1
+        self._nursery.start_soon(self._autopath_udp, sock, walk, addr)
+        return True
+
+    async def _autopath_udp(self, sock: socket.socket, walk: AutopathWalk, addr: Any) -> None:
+        try:
+            self._send(sock, (await self._walk(walk)).wire, addr)
+        finally:
+            self._forwards -= 1
+
+    async def _walk(self, walk: AutopathWalk) -> Reply:
+        start = time.perf_counter()
+        reply = walk.inside()
+        if reply is None and walk.outside is not None and self._forwarder.upstreams:
+            try:
+                result = await self._forwarder.resolve(walk.outside)
+            except Exception:  # a bug: the pod gets its NXDOMAIN and walks on itself
+                log.exception("autopath forwarding failed")
+                result = None
+            if result is not None:
+                reply = walk.forwarded(result.wire)
+        self.metrics.autopath["found" if reply is not None else "missed"] += 1
+        if reply is None:
+            reply = walk.nxdomain()
+        self.metrics.queries[reply.label] += 1
+        self.metrics.latency["forward"].observe(time.perf_counter() - start)
+        return reply
+
     # --- TCP (RFC 7766: length-prefixed messages, several per connection) ---------------
 
     async def _serve_tcp_connection(self, stream: trio.SocketStream) -> None:
@@ -370,12 +459,16 @@ class DnsServer:
             return
         self._tcp_connections += 1
         try:
+            peer = str(stream.socket.getpeername()[0])  # who asks: autopath knows pods by it
+        except OSError:
+            peer = ""
+        try:
             async with stream:
                 for _ in range(self._max_tcp_queries):
                     data = await self._read_message(stream)
                     if data is None:
                         return
-                    reply = await self._answer_tcp(data)
+                    reply = await self._answer_tcp(data, peer)
                     if reply is None:
                         return  # not a query (or no header): close, there is nothing to say
                     await stream.send_all(len(reply).to_bytes(2, "big") + reply)
@@ -402,9 +495,15 @@ class DnsServer:
             return bytes(buf[2:])
         return None
 
-    async def _answer_tcp(self, data: bytes) -> bytes | None:
+    async def _answer_tcp(self, data: bytes, peer: str) -> bytes | None:
         start = time.perf_counter()
-        outcome = self._handle(self._live.responder, data, tcp=True)
+        live = self._live
+        namespace = live.pods.get(peer) if live.pods else None
+        if namespace is not None:
+            walk = AutopathWalk.start(live.responder, data, namespace, tcp=True)
+            if walk is not None:
+                return (await self._walk(walk)).wire
+        outcome = self._handle(live, data, tcp=True)
         if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
             return (await self._chase(outcome, tcp=True)).wire
         if isinstance(outcome, Reply):

@@ -12,7 +12,7 @@ PTR names there, not the reverse zones, so any other reverse name is forwarded.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from mesh.config.dns import DnsConfig, DnsService
@@ -90,6 +90,14 @@ class ZoneIndex:
             return None
         rtype, rdata = address(ip)
         return Node(rrsets=MappingProxyType({rtype: (rdata,)}))
+
+    @property
+    def namespaces(self) -> frozenset[str]:
+        return self._namespaces
+
+    def items(self) -> Iterable[tuple[str, Node]]:
+        """(name, node) of every stored owner name."""
+        return self._nodes.items()
 
     def names(self) -> list[str]:
         return sorted(self._nodes)

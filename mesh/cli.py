@@ -167,6 +167,7 @@ def main() -> None:
 @box_option
 @_dns_options
 @upstream_options
+@click.option("--autopath", is_flag=True, help="Server-side search paths (see mesh dns --help).")
 @log_options
 def up(
     manifest_dir: Path,
@@ -191,6 +192,7 @@ def up(
     pod_mode: str,
     upstreams: Sequence[Address],
     no_forward: bool,
+    autopath: bool,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -216,7 +218,7 @@ def up(
             box=box,
             state_dir=STATE_ROOT / box,
             upstreams=upstreams_of(upstreams, no_forward),
-            dns_options=forward_options(),
+            dns_options={**forward_options(), "autopath": autopath},
             announce=announce,
         )
         return
@@ -244,7 +246,7 @@ def up(
         admin_listen=admin_listen,
         with_proxy=with_proxy,
         upstreams=upstreams_of(upstreams, no_forward),
-        dns_options=forward_options(),
+        dns_options={**forward_options(), "autopath": autopath},
         announce=announce,
     )
 

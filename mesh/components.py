@@ -7,13 +7,14 @@ inside the functions so ``mesh --help`` stays fast.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from mesh.addresses import Address
+from mesh.addresses import Address, format_address
 from mesh.cli_types import SERVICE_CIDRS
 from mesh.cliopts import (
     DEFAULT_ADMIN_DNS,
@@ -63,6 +64,19 @@ def _dns_translator(settings: PlaneSettings) -> Translator:
     help="Cluster zone (answered SERVFAIL until the first config).",
 )
 @upstream_options
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="Server processes sharing the port (SO_REUSEPORT), each with its own caches "
+    "[default: one per core].",
+)
+@click.option(
+    "--autopath",
+    is_flag=True,
+    help="Walk a known pod's search path server-side when its first step does not exist, "
+    "and answer with a CNAME (as CoreDNS's autopath): one query instead of up to four.",
+)
+@click.option("--reuse-port", is_flag=True, hidden=True)  # set by the supervisor on its workers
 @log_options
 def dns_command(
     control_url: str | None,
@@ -72,6 +86,9 @@ def dns_command(
     zone: str,
     upstreams: Sequence[Address],
     no_forward: bool,
+    workers: int | None,
+    autopath: bool,
+    reuse_port: bool,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -80,9 +97,46 @@ def dns_command(
     from mesh.run import run_component
 
     check_source(control_url, config_file)
+    resolved = upstreams_of(upstreams, no_forward)
+    if workers is None:
+        from mesh.dns.workers import default_workers
+
+        workers = 1 if reuse_port else default_workers()
+    if workers > 1:
+        from mesh.dns.workers import supervise
+
+        def worker_args(listen: Address, admin: Address) -> list[str]:
+            args = ["--workers", "1", "--reuse-port", "--zone", zone]
+            args += [
+                "--dns-listen",
+                format_address(listen),
+                "--admin-listen",
+                format_address(admin),
+            ]
+            args += ["--log-level", log_level, "--log-format", log_format]
+            if control_url is not None:
+                args += ["--control", control_url]
+            if config_file is not None:
+                args += ["--config", str(config_file)]
+            if no_forward:
+                args.append("--no-forward")
+            if autopath:
+                args.append("--autopath")
+            for upstream in upstreams:
+                args += ["--upstream", format_address(upstream)]
+            for name, value in forward_options().items():
+                args += [f"--{name.replace('_', '-')}", str(value)]
+            return args
+
+        sys.exit(supervise(workers, dns_listen, admin_listen, worker_args, announce))
     setup_logs(log_level, log_format)
     server = DnsServer(
-        dns_listen, upstreams_of(upstreams, no_forward), zone=zone, **forward_options()
+        dns_listen,
+        resolved,
+        zone=zone,
+        reuse_port=reuse_port,
+        autopath=autopath,
+        **forward_options(),
     )
     run_component(server, control_url, config_file, admin_listen, announce, ("dns", dns_listen))
 

@@ -11,12 +11,19 @@ import itertools
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
 import pytest
 
 from tests.conftest import require_root, require_tool
@@ -62,8 +69,15 @@ def namespaces() -> set[str]:
 
 
 class Box:
-    def __init__(self, name: str, manifests: Path, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        manifests: Path,
+        extra: Sequence[str] = (),
+        dns_args: Sequence[str] = ("--no-forward",),
+    ) -> None:
         self.name = name
+        self.addresses: dict[str, str] = {}
         self.popen = subprocess.Popen(
             [
                 *MESH,
@@ -77,7 +91,7 @@ class Box:
                 "127.0.0.1:0",
                 "--admin-listen",
                 "127.0.0.1:0",
-                "--no-forward",
+                *dns_args,
                 *extra,
             ],
             stdout=subprocess.PIPE,
@@ -90,9 +104,10 @@ class Box:
         while "admin" not in seen:
             if time.monotonic() > deadline or self.popen.poll() is not None:
                 raise AssertionError("mesh up --netns did not start")
-            m = re.match(r"^(\w+)\s", self.popen.stdout.readline())
+            m = re.match(r"^(\w+)\s+(\S+)", self.popen.stdout.readline())
             if m:
                 seen.add(m.group(1))
+                self.addresses[m.group(1)] = m.group(2)
 
     def exec(self, pod: str, *argv: str) -> str:
         out = subprocess.run(
@@ -193,3 +208,87 @@ def test_down_after_a_crash(box: tuple[Box, Path]) -> None:
     )
     assert out.stdout.startswith("removed")
     assert not {n for n in namespaces() if n.startswith(prefix)}
+
+
+class ThreadedUpstream:
+    """An upstream on the host's loopback (the DNS server forwards from the host's network
+    namespace): A and AAAA for example.org., NXDOMAIN for the rest; records every question."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.77", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.seen: list[tuple[str, str]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.done.is_set():
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except OSError:
+                continue
+            q = dns.message.from_wire(data)
+            name = q.question[0].name.to_text().lower()
+            rdtype = dns.rdatatype.to_text(q.question[0].rdtype)
+            self.seen.append((name, rdtype))
+            r = dns.message.make_response(q)
+            if name == "example.org." and rdtype in ("A", "AAAA"):
+                ip = "192.0.2.10" if rdtype == "A" else "2001:db8::10"
+                r.answer.append(dns.rrset.from_text(name, 300, "IN", rdtype, ip))
+            else:
+                r.set_rcode(dns.rcode.NXDOMAIN)
+            self.sock.sendto(r.to_wire(), addr)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def dns_counters(admin: str) -> tuple[float, float]:
+    """(queries answered, autopath walks that found the name) from the server's /metrics."""
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    queries = sum(
+        float(m.group(1))
+        for m in re.finditer(r"^mesh_dns_queries_total\{[^}]*\} (\S+)$", text, re.M)
+    )
+    found = re.search(r'^mesh_dns_autopath_total\{result="found"\} (\S+)$', text, re.M)
+    return queries, float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize(("autopath", "queries"), [(True, 1), (False, 4)], ids=["on", "off"])
+def test_autopath_one_query_instead_of_four(tmp_path: Path, autopath: bool, queries: int) -> None:
+    require_root()
+    require_tool("ip", "nft", "getent")
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "services.yaml").write_text(MANIFESTS)
+    (manifests / "client.yaml").write_text(pod("client", "client"))
+    upstream = ThreadedUpstream()
+    b = Box(
+        f"t{secrets.token_hex(3)}",
+        manifests,
+        dns_args=("--autopath",) * autopath + ("--upstream", f"127.0.0.77:{upstream.port}"),
+    )
+    try:
+        admin = b.addresses["admin"]
+        # The pod's address reaches the DNS config once the node agent has published it.
+        wait_for(lambda: b.exec("client", "getent", "hosts", "web") != "", timeout=20.0)
+        before_queries, before_found = dns_counters(admin)
+        upstream.seen.clear()
+        line = b.exec("client", "getent", "hosts", "example.org")
+        assert line.split()[0] in ("2001:db8::10", "192.0.2.10"), line
+        after_queries, after_found = dns_counters(admin)
+        # getent asks one type (AAAA; A only if that failed). Without autopath the pod walks
+        # its search path: three NXDOMAINs from the cluster zone, then the name itself.
+        assert after_found - before_found == autopath
+        assert after_queries - before_queries == queries
+        assert len(upstream.seen) == 1
+        assert upstream.seen[0][0] == "example.org."
+    finally:
+        b.stop()
+        upstream.close()

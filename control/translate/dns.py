@@ -60,6 +60,7 @@ class DnsTranslator:
         self._pod_readers: set[tuple[str, str]] = set()
         self._namespaces: tuple[str, ...] = ()
         self._pods: tuple[DnsPod, ...] = ()
+        self._pod_namespaces: tuple[tuple[str, str], ...] = ()  # for autopath
 
     @property
     def built(self) -> int:
@@ -70,7 +71,9 @@ class DnsTranslator:
         self._pod_readers = set()
         services = self._memo.full(snapshot)
         self._namespaces = _namespaces(snapshot)
-        self._pods = _pods(snapshot) if self.pod_mode == "verified" else ()
+        live = _pods(snapshot)
+        self._pods = live if self.pod_mode == "verified" else ()
+        self._pod_namespaces = _addresses(live)
         return self._config(snapshot, services)
 
     def update(self, snapshot: Snapshot, events: Sequence[WatchEvent]) -> DnsConfig:
@@ -85,8 +88,10 @@ class DnsTranslator:
             ev.type != "MODIFIED" and ev.object.KIND in ("Pod", "Service") for ev in events
         ):
             self._namespaces = _namespaces(snapshot)
-        if "Pod" in kinds and self.pod_mode == "verified":
-            self._pods = _pods(snapshot)
+        if "Pod" in kinds:  # O(pods), as verified mode's list already was
+            live = _pods(snapshot)
+            self._pods = live if self.pod_mode == "verified" else ()
+            self._pod_namespaces = _addresses(live)
         return self._config(snapshot, services)
 
     def _config(self, snapshot: Snapshot, services: tuple[DnsService, ...]) -> DnsConfig:
@@ -98,6 +103,7 @@ class DnsTranslator:
             services=services,
             pods=self._pods,
             namespaces=self._namespaces,
+            pod_namespaces=self._pod_namespaces,
         )
 
     def _inputs(self, svc: Service, snapshot: Snapshot) -> Inputs:
@@ -203,6 +209,11 @@ def _pod_hostname(ref: ObjectReference | None, svc: Service, snapshot: Snapshot)
     if not isinstance(pod, Pod) or pod.spec.subdomain != svc.name:
         return None
     return pod.spec.hostname
+
+
+def _addresses(pods: tuple[DnsPod, ...]) -> tuple[tuple[str, str], ...]:
+    """(pod IP, namespace) of the live pods: autopath knows a pod by its address."""
+    return tuple(sorted((ip, p.namespace) for p in pods for ip in p.ips))
 
 
 def _pods(snapshot: Snapshot) -> tuple[DnsPod, ...]:

@@ -56,3 +56,6 @@ class DnsConfig(ComponentConfig):
     # than NXDOMAIN for them, and insecure pod names resolve only inside them. The namespaces
     # of ``services`` and ``pods`` always count as existing.
     namespaces: tuple[str, ...] = ()
+    # (pod IP, namespace) of every pod with an address: with autopath the server finds the
+    # asking pod's search path (<ns>.svc.<zone>, svc.<zone>, <zone>) from its source address.
+    pod_namespaces: tuple[tuple[str, str], ...] = ()

@@ -59,6 +59,7 @@ async def test_mesh_dns_forwards_with_its_flags(upstream: FakeUpstream, tmp_path
     args += ["--admin-listen", "127.0.0.1:0", "--upstream", f"{upstream.host}:{upstream.port}"]
     args += ["--upstream", "127.0.0.1:9", "--upstream-policy", "sequential", "--max-fails", "1"]
     args += ["--serve-stale", "60", "--max-forwards", "8", "--forward-cache-size", "100"]
+    args += ["--workers", "1"]  # one cache: every worker process has its own
     proc = await trio.to_thread.run_sync(lambda: Proc(args, {"dns"}))
     try:
         host, port = proc.addresses["dns"]

@@ -309,6 +309,10 @@ def test_pods_listed_in_verified_mode_only() -> None:
     verified = translate(manifests, pod_mode="verified")
     assert verified.pods == (DnsPod(namespace="shop", name="a", ips=("10.2.0.1", "fd00::1")),)
     assert verified.namespaces == ("shop",)
+    # Autopath knows a pod by its address, in every pod mode; finished pods' addresses are free.
+    want = (("10.2.0.1", "shop"), ("fd00::1", "shop"))
+    assert translate(manifests).pod_namespaces == want
+    assert verified.pod_namespaces == want
 
 
 def test_translation_is_pure() -> None:

@@ -1,0 +1,406 @@
+"""First-time cluster questions answered from wire bytes: no dnslib on the way in or out.
+
+Built once per config from the ZoneIndex. Every owner name is keyed by its wire form
+(length-prefixed lower-case labels), and every (name, type) with data holds its reply sections
+already encoded: answer and authority in one string, additional in another (RFC 2181 9: the
+additional section is the first to go when a reply does not fit). They are encoded as dnslib
+would encode them behind a lower-case question at offset 12, through dnslib's own buffer, so
+both paths give the same bytes. Negative answers (NXDOMAIN, and NODATA for names with no data of
+the asked type) are one SOA record whose three names point at the zone apex inside the
+question, so the tail depends only on where the apex starts: one tail per offset, made once.
+
+A query takes this path when it is a standard one: opcode QUERY, one question of class IN in a
+lower-case, uncompressed, dot-free ASCII name, no answer or authority records, at most one
+additional record that is an EDNS version 0 OPT owned by the root, and nothing after it. The
+rest (None from ``answer``) goes through the general Responder, as do names outside the index
+and the zone (forwarded) and the types that need it (ANY, zone transfers, OPT as a question).
+Upper-case questions go there too: dnslib compresses names case-sensitively, so a mixed-case
+question changes which names it can point at.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Iterable
+
+from dnslib import RR, DNSBuffer, DNSLabel
+
+from mesh.dns import names
+from mesh.dns.answer import MAX_CHAIN, Answer, resolve
+from mesh.dns.packet import qtype_label, rcode_label
+from mesh.dns.records import (
+    TYPE_A,
+    TYPE_AAAA,
+    TYPE_CNAME,
+    TYPE_PTR,
+    TYPE_SOA,
+    TYPE_SRV,
+    Node,
+    RData,
+)
+from mesh.dns.responder import DEFAULT_MAX_UDP, Reply
+from mesh.dns.zone import ZoneIndex
+
+CLASSIC_UDP_LIMIT = 512
+TCP_LIMIT = 65535
+NXDOMAIN = 3
+# Types the general path answers: ANY, AXFR, IXFR, OPT (a FORMERR), and 0 (reserved).
+GENERAL_TYPES = frozenset((0, 41, 251, 252, 255))
+# A type no record has: what a CNAME node answers for every type its chain does not hold.
+OTHER_TYPE = 65280
+
+# rcode, ancount, nscount, arcount, answer + authority bytes, additional bytes, and how many
+# of the first bytes are the answer section
+Entry = tuple[int, int, int, int, bytes, bytes, int]
+
+_COUNTS = struct.Struct(">HHHH")
+# Reply flags by (RD << 5 | CD bit 0x10 | rcode): QR, AA and RA set, RD and CD echoed.
+_FLAGS = [bytes((0x84 | (i >> 5), 0x80 | (i & 0x1F))) for i in range(64)]
+_TC_FLAGS = [bytes((0x86 | (i >> 5), 0x80 | (i & 0x1F))) for i in range(64)]
+
+
+def wire_name(name: str) -> bytes:
+    """``web.shop.svc.cluster.local.`` -> ``\\x03web\\x04shop...\\x00``."""
+    out = bytearray()
+    for label in name.rstrip(".").split(".") if name != "." else ():
+        raw = label.encode("ascii")
+        out.append(len(raw))
+        out += raw
+    out.append(0)
+    return bytes(out)
+
+
+class FastIndex:
+    """Reply bytes for standard queries of cluster names, or None for the general path."""
+
+    __slots__ = (
+        "_labels",
+        "_max_udp",
+        "_namespaces",
+        "_nodes",
+        "_opt",
+        "_pod_labels",
+        "_pod_wire",
+        "_soa_rdata_tail",
+        "_soa_ttl",
+        "_tails",
+        "_ttl",
+        "_zone_wire",
+    )
+
+    def __init__(self, index: ZoneIndex, *, max_udp: int = DEFAULT_MAX_UDP) -> None:
+        self._max_udp = max_udp
+        self._ttl = index.ttl
+        self._soa_ttl = min(index.ttl, 300)
+        self._zone_wire = wire_name(index.zone)
+        self._pod_wire = wire_name("pod." + index.zone) if index.pod_mode == "insecure" else None
+        self._pod_labels = index.zone.count(".") + 1  # labels of pod.<zone>
+        self._namespaces = index.namespaces
+        # The SOA's five numbers (serial, refresh, retry, expire, minimum) in wire form.
+        s = index.soa
+        self._soa_rdata_tail = struct.pack(">IIIII", s.times[0], *s.times[1:])
+        # Our OPT: root owner, type 41, our payload size as class, no extended rcode, version 0.
+        self._opt = b"\x00\x00\x29" + max_udp.to_bytes(2, "big") + bytes(6)
+        self._tails: dict[int, bytes] = {}
+        self._labels: dict[tuple[int, int], tuple[str, str]] = {}
+        self._nodes: dict[bytes, dict[int, Entry]] = {}
+        for name, node in index.items():
+            labels = tuple(label.encode("ascii") for label in name.rstrip(".").split("."))
+            wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+            self._nodes[wire] = _entries(index, name, labels, node)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def answer(self, data: bytes, *, tcp: bool = False) -> Reply | None:
+        n = len(data)
+        # QR clear, opcode 0; one question, no answer or authority records.
+        if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+            return None
+        arcount = (data[10] << 8) | data[11]
+        if arcount > 1:
+            return None
+        # The name ends at its first zero byte when it is one of ours (their labels hold none);
+        # any other name is walked label by label below, before it is answered.
+        qend = data.find(b"\x00", 12) + 1
+        if qend == 0 or qend + 4 > n:
+            return None
+        qname = data[12:qend]
+        if data[qend + 2 : qend + 4] != b"\x00\x01":
+            return None
+        qtype = (data[qend] << 8) | data[qend + 1]
+        if qtype in GENERAL_TYPES:
+            return None
+        pos = qend + 4
+        if arcount:
+            if data[pos : pos + 3] != b"\x00\x00\x29" or pos + 11 > n or data[pos + 6]:
+                return None  # not a root-owned OPT, or EDNS version above 0 (BADVERS)
+            payload = max(CLASSIC_UDP_LIMIT, (data[pos + 3] << 8) | data[pos + 4])
+            end = pos + 11 + ((data[pos + 9] << 8) | data[pos + 10])
+            pos += 11
+            while pos + 4 <= end:  # the options must fill the record exactly
+                pos += 4 + ((data[pos + 2] << 8) | data[pos + 3])
+            if pos != end or end != n:
+                return None
+            edns = True
+        else:
+            if pos != n:
+                return None
+            edns = False
+            payload = CLASSIC_UDP_LIMIT
+
+        entries = self._nodes.get(qname)
+        if entries is not None:
+            entry = entries.get(qtype) or entries.get(-1)
+            if entry is _TO_GENERAL:
+                return None
+            if entry is None:  # a name with no data of this type: NODATA
+                entry = (0, 0, 1, 0, self._tail(12 + len(qname) - len(self._zone_wire)), b"", 0)
+        else:
+            starts = _label_starts(data, qend)
+            if starts is None or not qname.isascii() or b"." in qname or qname.lower() != qname:
+                return None
+            apex = 12 + len(qname) - len(self._zone_wire)
+            if not qname.endswith(self._zone_wire) or apex not in starts:
+                return None  # outside the zone: forwarded by the general path
+            pod = self._pod(data, starts, qname, qtype, apex)
+            entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0) if pod is None else pod
+
+        rcode, an, ns, ar, main, extra, alen = entry
+        flags = ((data[2] & 1) << 5) | (data[3] & 0x10) | rcode
+        question = data[12 : qend + 4]
+        opt = self._opt if edns else b""
+        wire = (
+            data[:2]
+            + _FLAGS[flags]
+            + _COUNTS.pack(1, an, ns, ar + edns)
+            + question
+            + main
+            + extra
+            + opt
+        )
+        limit = TCP_LIMIT if tcp else min(payload, self._max_udp)
+        if len(wire) > limit:
+            # RFC 2181 9: what is only extra goes first, the additional records, then (when
+            # there are answers) the authority records; TC only when the answers do not fit.
+            fits = False
+            if extra:
+                wire = data[:2] + _FLAGS[flags] + _COUNTS.pack(1, an, ns, edns) + question + main
+                wire += opt
+                fits = len(wire) <= limit
+            if not fits and an and ns:
+                wire = data[:2] + _FLAGS[flags] + _COUNTS.pack(1, an, 0, edns) + question
+                wire += main[:alen] + opt
+                fits = len(wire) <= limit
+            if not fits:  # header, question and OPT always fit in 512 bytes
+                wire = data[:2] + _TC_FLAGS[flags] + _COUNTS.pack(1, 0, 0, edns) + question + opt
+        label = self._labels.get((qtype, rcode))
+        if label is None:
+            label = self._labels[(qtype, rcode)] = (qtype_label(qtype), rcode_label(rcode))
+        return Reply(wire, label, cacheable=rcode != NXDOMAIN)
+
+    def _tail(self, apex: int) -> bytes:
+        """The SOA record of a negative answer whose question holds the apex at ``apex``: owner,
+        MNAME ``ns.dns.<apex>`` and RNAME ``hostmaster.<apex>`` all point there."""
+        tail = self._tails.get(apex)
+        if tail is None:
+            ptr = (0xC000 | apex).to_bytes(2, "big")
+            rdata = b"\x02ns\x03dns" + ptr + b"\x0ahostmaster" + ptr + self._soa_rdata_tail
+            tail = ptr + struct.pack(">HHIH", TYPE_SOA, 1, self._soa_ttl, len(rdata)) + rdata
+            self._tails[apex] = tail
+        return tail
+
+    def _pod(
+        self, data: bytes, starts: list[int], qname: bytes, qtype: int, apex: int
+    ) -> Entry | None:
+        """An insecure-mode pod name (``a-b-c-d.<ns>.pod.<zone>``): any address, in a namespace
+        that exists. None when the name is not one (NXDOMAIN)."""
+        pod_wire = self._pod_wire
+        if (
+            pod_wire is None
+            or len(starts) != self._pod_labels + 2
+            or starts[2] != 12 + len(qname) - len(pod_wire)
+            or not qname.endswith(pod_wire)
+        ):
+            return None
+        namespace = data[starts[1] + 1 : starts[2]].decode("ascii")
+        if namespace not in self._namespaces:
+            return None
+        ip = names.pod_label_ip(data[starts[0] + 1 : starts[1]].decode("ascii"))
+        if ip is None:
+            return None
+        raw = ipaddress.ip_address(ip).packed
+        rtype = TYPE_A if len(raw) == 4 else TYPE_AAAA
+        if qtype != rtype:
+            return (0, 0, 1, 0, self._tail(apex), b"", 0)
+        record = b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, self._ttl, len(raw)) + raw
+        return (0, 1, 0, 0, record, b"", len(record))
+
+
+def _label_starts(data: bytes, qend: int) -> list[int] | None:
+    """The offsets of the question's labels when its name is plain (no compression pointer,
+    at most 255 bytes) and ends at ``qend``; else None."""
+    if qend - 12 > 255:
+        return None
+    starts = []
+    i = 12
+    while i < qend:
+        length = data[i]
+        if length == 0:
+            break
+        if length > 63:  # a compression pointer (or a reserved label type)
+            return None
+        starts.append(i)
+        i += length + 1
+    return starts if i == qend - 1 else None
+
+
+def _entries(
+    index: ZoneIndex, name: str, labels: tuple[bytes, ...], node: Node
+) -> dict[int, Entry]:
+    """The encoded answers of one owner name by query type; -1 holds the answer for every
+    other type when it is not the plain NODATA the zone tail gives."""
+    if node.cname is None:
+        if not node.rrsets and labels[-len(index.zone.split(".")) + 1 :] == _zone_labels(index):
+            return _NO_ENTRIES  # an empty non-terminal: NODATA from the zone tail
+        out = {}
+        for t in node.rrsets:
+            entry = _direct(index.ttl, labels, t, node)
+            if entry is None:
+                qname = DNSLabel(name)
+                entry = _encode(qname, t, resolve(index, qname, name, t))
+            out[t] = entry
+        if not names.in_zone(name, index.zone):
+            # A reverse name: its NODATA carries the reverse zone's SOA (in-addr.arpa. or
+            # ip6.arpa., the question's last two labels), as CoreDNS answers.
+            buf = _Buffer(labels)
+            buf.record(labels[-2:], TYPE_SOA, min(index.ttl, 300), index.soa)
+            out[-1] = (0, 0, 1, 0, bytes(buf.out), b"", 0)
+        return out
+    qname = DNSLabel(name)
+    types = {TYPE_CNAME, OTHER_TYPE}
+    target: str | None = node.cname
+    for _ in range(MAX_CHAIN + 1):  # every type any node along the chain holds
+        found = index.find(target) if target is not None else None
+        if found is None:
+            break
+        types.update(found.rrsets)
+        target = found.cname
+    out = {}
+    for t in types:
+        ans = resolve(index, qname, name, t)
+        # A chain that leaves the zone is followed upstream by the server: general path.
+        out[t] = _encode(qname, t, ans) if ans.chase is None else _TO_GENERAL
+    out[-1] = out.pop(OTHER_TYPE)
+    return out
+
+
+_NO_ENTRIES: dict[int, Entry] = {}  # shared, never written
+_TO_GENERAL: Entry = (-1, 0, 0, 0, b"", b"", 0)  # answered by the general path
+
+
+def _zone_labels(index: ZoneIndex) -> tuple[bytes, ...]:
+    return tuple(label.encode("ascii") for label in index.zone.rstrip(".").split("."))
+
+
+def _direct(ttl: int, qname: tuple[bytes, ...], qtype: int, node: Node) -> Entry | None:
+    """The common positive answers (A, AAAA, SRV with its addresses, PTR) encoded here, the way
+    dnslib's buffer would (same name compression), at a fraction of its cost; None for the
+    rest, which ``_encode`` packs through dnslib itself."""
+    if qtype not in (TYPE_A, TYPE_AAAA, TYPE_SRV, TYPE_PTR):
+        return None
+    buf = _Buffer(qname)
+    for rdata in node.rrsets[qtype]:
+        if qtype == TYPE_PTR and rdata.label.label[-1:] == qname[-1:]:
+            return None  # a target sharing the question's suffix: leave it to dnslib
+        buf.record(qname, qtype, ttl, rdata)
+    main = bytes(buf.out)
+    for owner, rtype, rdata in node.additional:
+        buf.record(
+            tuple(label.encode("ascii") for label in owner.rstrip(".").split(".")),
+            rtype,
+            ttl,
+            rdata,
+        )
+    extra = bytes(buf.out)[len(main) :]
+    return (0, len(node.rrsets[qtype]), 0, len(node.additional), main, extra, len(main))
+
+
+class _Buffer:
+    """dnslib's name compression replayed: every suffix written (or in the question at offset
+    12) is remembered, and a later name ending in one points at it."""
+
+    __slots__ = ("base", "names", "out")
+
+    def __init__(self, qname: tuple[bytes, ...]) -> None:
+        self.names: dict[tuple[bytes, ...], int] = {}
+        offset = 12
+        for i, label in enumerate(qname):
+            self.names[qname[i:]] = offset
+            offset += 1 + len(label)
+        self.base = offset + 1 + 4  # the root label, then type and class
+        self.out = bytearray()
+
+    def name(self, labels: tuple[bytes, ...]) -> None:
+        out = self.out
+        while labels:
+            at = self.names.get(labels)
+            if at is not None:
+                out += (0xC000 | at).to_bytes(2, "big")
+                return
+            self.names[labels] = self.base + len(out)
+            out.append(len(labels[0]))
+            out += labels[0]
+            labels = labels[1:]
+        out.append(0)
+
+    def record(self, owner: tuple[bytes, ...], rtype: int, ttl: int, rdata: RData) -> None:
+        self.name(owner)
+        out = self.out
+        out += struct.pack(">HHIH", rtype, 1, ttl, 0)
+        start = len(out)
+        if rtype in (TYPE_A, TYPE_AAAA):
+            out += bytes(rdata.data)
+        elif rtype == TYPE_SRV:  # the target is never compressed (RFC 2782)
+            out += struct.pack(">HHH", rdata.priority, rdata.weight, rdata.port)
+            for label in rdata.target.label:
+                out.append(len(label))
+                out += label
+            out.append(0)
+        elif rtype == TYPE_SOA:
+            self.name(rdata.mname.label)
+            self.name(rdata.rname.label)
+            out += struct.pack(">IIIII", *rdata.times)
+        else:  # PTR
+            self.name(rdata.label.label)
+        out[start - 2 : start] = (len(out) - start).to_bytes(2, "big")
+
+
+def _encode(qname: DNSLabel, qtype: int, ans: Answer) -> Entry:
+    """The sections of ``ans`` as dnslib packs them behind the question ``qname``."""
+    buf = DNSBuffer()
+    buf.append(bytes(12))
+    buf.encode_name(qname)
+    buf.pack("!HH", qtype, 1)
+    start = buf.offset
+    _pack(buf, ans.answer)
+    alen = buf.offset - start
+    _pack(buf, ans.authority)
+    mid = buf.offset
+    _pack(buf, ans.additional)
+    data = bytes(buf.data)
+    return (
+        ans.rcode,
+        len(ans.answer),
+        len(ans.authority),
+        len(ans.additional),
+        data[start:mid],
+        data[mid:],
+        alen,
+    )
+
+
+def _pack(buf: DNSBuffer, records: Iterable[RR]) -> None:
+    for rr in records:
+        rr.pack(buf)

@@ -1,0 +1,257 @@
+"""The wire-form fast path against the general (dnslib) path: the same bytes wherever both answer.
+
+The conformance tables run through both; hypothesis feeds random names, types, flags and EDNS
+options (and random bytes) through both; the fast path must answer every standard question of
+a lower-case name in the zone, and leave everything else to the general path (None).
+"""
+
+from __future__ import annotations
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.rdatatype
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPort, DnsService
+from mesh.dns.fast_index import FastIndex, wire_name
+from mesh.dns.responder import Reply, Responder
+from mesh.dns.zone import ZoneIndex
+from tests.dns.cases import CLUSTER, TABLES, Case, check, query
+
+_PATHS: dict[int, tuple[Responder, FastIndex]] = {}
+
+
+def paths(config: DnsConfig, max_udp: int = 4096) -> tuple[Responder, FastIndex]:
+    key = hash((id(config), max_udp))
+    if key not in _PATHS:
+        index = ZoneIndex.build(config)
+        _PATHS[key] = (Responder(index, max_udp=max_udp), FastIndex(index, max_udp=max_udp))
+    return _PATHS[key]
+
+
+def both(config: DnsConfig, data: bytes, *, tcp: bool = False, max_udp: int = 4096) -> Reply:
+    """The fast path's reply, asserted equal to the general path's."""
+    general, fast = paths(config, max_udp)
+    ours = fast.answer(data, tcp=tcp)
+    theirs = general.handle(data, tcp=tcp)
+    assert isinstance(theirs, Reply)
+    if theirs.chase is not None:  # an ExternalName leaving the zone: the server follows it
+        assert ours is None
+        return theirs
+    assert ours is not None, data.hex()
+    assert ours.wire == theirs.wire, (ours.wire.hex(), theirs.wire.hex())
+    assert ours.label == theirs.label
+    return ours
+
+
+@pytest.mark.parametrize(("config", "case"), TABLES, ids=[c.id for _, c in TABLES])
+@pytest.mark.parametrize("edns", [False, 0], ids=["plain", "edns"])
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_conformance_both_paths(config: DnsConfig, case: Case, edns: bool | int, tcp: bool) -> None:
+    q = query(case, use_edns=edns)
+    reply = both(config, q.to_wire(), tcp=tcp)
+    parsed = dns.message.from_wire(reply.wire)
+    assert parsed.id == q.id
+    assert (parsed.edns >= 0) == (edns is not False)
+    check(case, parsed)
+
+
+def test_flags_echoed() -> None:
+    for rd in (False, True):
+        for cd in (False, True):
+            q = dns.message.make_query("web.shop.svc.cluster.local.", "A")
+            q.flags = (dns.flags.RD if rd else 0) | (dns.flags.CD if cd else 0)
+            both(CLUSTER, q.to_wire())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # upper case: dnslib compresses case-sensitively, the general path answers
+        dns.message.make_query("WEB.shop.svc.cluster.local.", "A").to_wire(),
+        dns.message.make_query("web.shop.svc.cluster.local.", "ANY").to_wire(),
+        dns.message.make_query("cluster.local.", "AXFR").to_wire(),
+        dns.message.make_query("web.shop.svc.cluster.local.", "A", rdclass="CH").to_wire(),
+        dns.message.make_query("web.shop.svc.cluster.local.", "A", use_edns=1).to_wire(),
+        dns.message.make_query("example.org.", "A").to_wire(),  # forwarded
+        dns.message.make_query("9.9.9.9.in-addr.arpa.", "PTR").to_wire(),  # not ours
+        dns.message.make_query("web.shop.svc.cluster.local.", "A").to_wire() + b"x",
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01",
+        b"\x12\x34\x81\x00" + bytes(8),
+    ],
+    ids=[
+        "upper",
+        "any",
+        "axfr",
+        "chaos",
+        "edns1",
+        "external",
+        "foreign-ptr",
+        "trailing",
+        "ptr",
+        "qr",
+    ],
+)
+def test_general_path_kept(data: bytes) -> None:
+    assert paths(CLUSTER)[1].answer(data) is None
+
+
+def test_upper_case_answered_by_general_path_with_the_case_echoed() -> None:
+    general, _ = paths(CLUSTER)
+    reply = general.handle(dns.message.make_query("WEB.Shop.svc.cluster.local.", "A").to_wire())
+    assert isinstance(reply, Reply)
+    assert b"\x03WEB\x04Shop" in reply.wire
+
+
+def _headless(n: int) -> DnsService:
+    """A headless Service with ``n`` named endpoints: long SRV answers and additionals."""
+    endpoints = tuple(
+        DnsEndpoint(
+            addresses=(f"10.{n}.{i // 200}.{i % 200 + 1}",),
+            hostname=f"host-with-a-long-name-{i}",
+            ports=(DnsPort(name="http", port=80),),
+        )
+        for i in range(n)
+    )
+    return DnsService(namespace="ns", name=f"h{n}", kind="Headless", endpoints=endpoints)
+
+
+BIG = DnsConfig(version=3, services=tuple(_headless(n) for n in (5, 9, 12, 40, 200)))
+
+
+@pytest.mark.parametrize("n", [5, 9, 12, 40, 200])
+@pytest.mark.parametrize("edns", [False, 0, 1232], ids=["plain", "edns", "edns1232"])
+@pytest.mark.parametrize("qtype", ["A", "SRV"])
+def test_truncation_matches(n: int, edns: bool | int, qtype: str) -> None:
+    """Too long for the client: the additional section goes first (RFC 2181 9), then TC."""
+    name = (
+        f"h{n}.ns.svc.cluster.local." if qtype == "A" else f"_http._tcp.h{n}.ns.svc.cluster.local."
+    )
+    payload = edns if isinstance(edns, int) and edns > 0 else 1232
+    q = dns.message.make_query(
+        name, qtype, use_edns=0 if edns is not False else False, payload=payload
+    )
+    for tcp in (False, True):
+        reply = both(BIG, q.to_wire(), tcp=tcp)
+        parsed = dns.message.from_wire(reply.wire)
+        if tcp:
+            assert not parsed.flags & dns.flags.TC
+            assert sum(len(r) for r in parsed.answer) == n
+
+
+def test_additional_dropped_before_tc() -> None:
+    # 5 SRV records fit in 512 bytes; with their 5 addresses they do not.
+    q = dns.message.make_query("_http._tcp.h5.ns.svc.cluster.local.", "SRV")
+    assert len(both(BIG, q.to_wire(), tcp=True).wire) > 512
+    parsed = dns.message.from_wire(both(BIG, q.to_wire()).wire)
+    assert not parsed.flags & dns.flags.TC
+    assert sum(len(r) for r in parsed.answer) == 5
+    assert parsed.additional == []
+    q = dns.message.make_query("_http._tcp.h40.ns.svc.cluster.local.", "SRV")
+    parsed = dns.message.from_wire(both(BIG, q.to_wire()).wire)
+    assert parsed.flags & dns.flags.TC
+    assert parsed.answer == []
+
+
+def test_small_max_udp() -> None:
+    q = dns.message.make_query("h9.ns.svc.cluster.local.", "A", use_edns=0, payload=4096)
+    both(BIG, q.to_wire(), max_udp=512)
+
+
+def test_wire_name() -> None:
+    assert wire_name("web.shop.") == b"\x03web\x04shop\x00"
+    assert wire_name(".") == b"\x00"
+
+
+# --- random questions through both paths --------------------------------------------------
+
+LABELS = [
+    "web", "shop", "svc", "pod", "cluster", "local", "db", "db-0", "10-1-0-12", "_http", "_tcp",
+    "_pg", "ext", "alias", "dangling", "empty", "nowhere", "10-0-0-1", "fd00--1", "in-addr",
+    "arpa", "5", "0", "10", "127", "dns-version", "x", "a-b", "999-1-1-1",
+]  # fmt: skip
+SUFFIXES = [
+    "", "cluster.local.", "svc.cluster.local.", "shop.svc.cluster.local.",
+    "shop.pod.cluster.local.", "pod.cluster.local.", "in-addr.arpa.", "db.shop.svc.cluster.local.",
+    "example.org.",
+]  # fmt: skip
+TYPES = ["A", "AAAA", "SRV", "PTR", "TXT", "CNAME", "SOA", "NS", "MX", "HTTPS", "ANY", "OPT"]
+
+label = st.one_of(
+    st.sampled_from(LABELS),
+    st.text("abcz019-_", min_size=1, max_size=12),
+    st.text("abcXYZ.\u00e9-", min_size=1, max_size=6),
+)
+
+
+@st.composite
+def questions(draw: st.DrawFn) -> bytes:
+    prefix = draw(st.lists(label, max_size=4))
+    name = ".".join([*prefix, draw(st.sampled_from(SUFFIXES))]).strip(".") + "."
+    if name == ".":
+        name = "cluster.local."
+    rtype = draw(st.one_of(st.sampled_from(TYPES), st.integers(1, 65535)))
+    edns = draw(st.sampled_from([False, 0, 1]))
+    options: list[dns.edns.Option] = []
+    if edns is not False and draw(st.booleans()):
+        options = [dns.edns.GenericOption(65001, draw(st.binary(max_size=16)))]  # type: ignore[arg-type]
+    try:
+        q = dns.message.make_query(
+            name,
+            dns.rdatatype.RdataType.make(rtype),
+            use_edns=edns,
+            payload=draw(st.sampled_from([512, 600, 1232, 4096])),
+            options=options,
+        )
+    except Exception:  # a name dnspython refuses (too long, empty label)
+        q = dns.message.make_query("cluster.local.", "A")
+    q.id = draw(st.integers(0, 65535))
+    q.flags = draw(st.sampled_from([0, 0x0100, 0x0010, 0x0110]))
+    return q.to_wire()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(data=questions(), tcp=st.booleans())
+def test_random_questions_agree(data: bytes, tcp: bool) -> None:
+    for config in (CLUSTER, BIG):
+        general, fast = paths(config)
+        ours = fast.answer(data, tcp=tcp)
+        theirs = general.handle(data, tcp=tcp)
+        if ours is None:
+            continue
+        assert isinstance(theirs, Reply)
+        assert ours.wire == theirs.wire
+        assert ours.label == theirs.label
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=questions())
+def test_lower_case_zone_names_take_the_fast_path(data: bytes) -> None:
+    msg = dns.message.from_wire(data)
+    name = msg.question[0].name.to_text()
+    standard = (
+        name == name.lower()
+        and name.endswith("cluster.local.")
+        and msg.edns <= 0
+        and msg.question[0].rdtype not in (0, 41, 251, 252, 255)
+        and all(b"." not in lb and lb.isascii() for lb in msg.question[0].name.labels)
+    )
+    general, fast = paths(CLUSTER)
+    theirs = general.handle(data)
+    if standard and not (isinstance(theirs, Reply) and theirs.chase is not None):
+        assert fast.answer(data) is not None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.binary(max_size=80), prefix=questions())
+def test_random_bytes_agree(data: bytes, prefix: bytes) -> None:
+    general, fast = paths(CLUSTER)
+    for packet in (data, prefix[: len(data) % (len(prefix) + 1)] + data, prefix + data):
+        ours = fast.answer(packet)
+        if ours is not None:
+            theirs = general.handle(packet)
+            assert isinstance(theirs, Reply)
+            assert ours.wire == theirs.wire
