@@ -30,6 +30,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +44,7 @@ from mesh.control.source_dir import DirSource
 from mesh.control.store import Gone, Snapshot, Store, WatchEvent
 from mesh.manifests import ManifestError
 from mesh.objects import KubeObject
-from mesh.registry import PlaneSettings, registrations
+from mesh.registry import PlaneSettings, StatusWriter, registrations
 
 log = logging.getLogger("mesh.control")
 
@@ -57,10 +58,29 @@ def default_translators(
     dns_zone: str = "cluster.local",
     dns_ttl: int = 5,
     dns_pod_mode: PodMode = "insecure",
+    gateway: GatewaySettings | None = None,
 ) -> dict[str, Translator]:
     """The translators of every registered component (mesh/registry.py)."""
-    settings = PlaneSettings(node_name, dns_zone, dns_ttl, dns_pod_mode)
+    settings = _settings(node_name, dns_zone, dns_ttl, dns_pod_mode, gateway)
     return {reg.name: reg.translator(settings) for reg in registrations()}
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """What the gateway's translator and status need beyond the snapshot."""
+
+    gateway_cidr: str = "127.11.0.0/16"
+    ingress_addresses: tuple[str, ...] = ("127.0.0.1",)
+    privileged: bool = False
+
+
+def _settings(
+    node_name: str, zone: str, ttl: int, pod_mode: str, gateway: GatewaySettings | None
+) -> PlaneSettings:
+    g = gateway or GatewaySettings()
+    return PlaneSettings(
+        node_name, zone, ttl, pod_mode, g.gateway_cidr, g.ingress_addresses, g.privileged
+    )
 
 
 def _same_content(a: ComponentConfig, b: ComponentConfig) -> bool:
@@ -114,6 +134,7 @@ class ControlPlane:
         dns_ttl: int = 5,
         dns_pod_mode: PodMode = "insecure",
         translators: Mapping[str, Translator] | None = None,
+        gateway: GatewaySettings | None = None,
         debounce: float = 0.01,
         poll_interval: float = 0.25,
         resync: float = 300.0,
@@ -130,8 +151,20 @@ class ControlPlane:
         )
         if translators is None:
             translators = default_translators(
-                node_name=node_name, dns_zone=dns_zone, dns_ttl=dns_ttl, dns_pod_mode=dns_pod_mode
+                node_name=node_name,
+                dns_zone=dns_zone,
+                dns_ttl=dns_ttl,
+                dns_pod_mode=dns_pod_mode,
+                gateway=gateway,
             )
+        # Status written back for the objects the components serve (registry ``status``);
+        # only with the registered translators (a plane built with its own has none).
+        settings = _settings(node_name, dns_zone, dns_ttl, dns_pod_mode, gateway)
+        self.status_writers: dict[str, StatusWriter] = {
+            reg.name: reg.status(settings)
+            for reg in registrations()
+            if reg.status is not None and reg.name in translators
+        }
         self.translators: dict[str, Translator] = dict(translators)
         self.debounce = debounce
         self.resync = resync
@@ -251,10 +284,29 @@ class ControlPlane:
         if published:
             self._publish_event.set()
             self._publish_event = trio.Event()
+        self._write_status(snap, changed)
         self._translated_revision = snap.revision
         self._translated_event.set()
         self._translated_event = trio.Event()
         return published
+
+    def _write_status(self, snap: Snapshot, changed: frozenset[str] | None) -> None:
+        for kind, writer in sorted(self.status_writers.items()):
+            reads = _reads(writer)  # type: ignore[arg-type]
+            if changed is not None and reads is not None and not reads & changed:
+                continue
+            try:
+                updates = writer(snap)
+            except Exception:
+                log.exception("status computation failed", extra={"kind": kind})
+                continue
+            for obj in updates:
+                try:
+                    self.store.apply(obj)
+                except Exception as exc:  # a refused write leaves that status as it was
+                    log.warning(
+                        "status write refused", extra={"object": "/".join(obj.key), "error": exc}
+                    )
 
     async def synced(self) -> int:
         """Wait until the translators have seen the store's current revision; return it."""

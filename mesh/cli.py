@@ -16,11 +16,12 @@ from typing import Any
 import click
 
 from mesh.addresses import Address
-from mesh.cli_types import POD_CIDRS, SERVICE_CIDRS
+from mesh.cli_types import GATEWAY_CIDR, POD_CIDRS, SERVICE_CIDRS
 from mesh.cliopts import (
     DEFAULT_ADMIN,
     DEFAULT_CONTROL,
     DEFAULT_DNS,
+    DEFAULT_GATEWAY_CIDR,
     DEFAULT_NETNS_SERVICE_CIDR,
     DEFAULT_POD_CIDR,
     DEFAULT_SERVICE_CIDR,
@@ -28,6 +29,7 @@ from mesh.cliopts import (
     announce,
     box_option,
     forward_options,
+    gateway_options,
     log_options,
     setup_logs,
     upstream_options,
@@ -49,6 +51,16 @@ def _manifest_options(f: Any) -> Any:
         required=True,
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         help="Directory of YAML/JSON manifests: the cluster.",
+    )(f)
+
+
+def _gateway_cidr_option(f: Any) -> Any:
+    return click.option(
+        "--gateway-cidr",
+        default=DEFAULT_GATEWAY_CIDR,
+        show_default=True,
+        type=GATEWAY_CIDR,
+        help="Range a Gateway's address is allocated from when its spec.addresses is empty.",
     )(f)
 
 
@@ -143,6 +155,15 @@ def main() -> None:
     help="Pod addresses (--netns): one range, or an IPv4 and an IPv6 range comma-separated "
     "(pods then get an address of each family).",
 )
+@click.option(
+    "--gateway/--no-gateway",
+    "with_gateway",
+    default=True,
+    show_default=True,
+    help="Run the ingress gateway (Ingress and Gateway API).",
+)
+@gateway_options
+@_gateway_cidr_option
 @box_option
 @_dns_options
 @upstream_options
@@ -158,6 +179,13 @@ def up(
     with_proxy: bool,
     netns: bool,
     pod_cidr: str,
+    with_gateway: bool,
+    gateway_listen: Address,
+    gateway_tls_listen: Address,
+    access_log: str | None,
+    otlp_endpoint: str | None,
+    trace_sample_ratio: float,
+    gateway_cidr: str,
     box: str,
     zone: str,
     ttl: int,
@@ -194,10 +222,25 @@ def up(
             announce=announce,
         )
         return
+    gateway = None
+    if with_gateway:
+        from mesh.components import make_gateway
+
+        gateway = make_gateway(
+            gateway_listen, gateway_tls_listen, access_log, otlp_endpoint, trace_sample_ratio
+        )
     run_up(
         options=PlaneOptions(
-            manifest_dir, service_cidr or DEFAULT_SERVICE_CIDR, node_name, zone, ttl, pod_mode
+            manifest_dir,
+            service_cidr or DEFAULT_SERVICE_CIDR,
+            node_name,
+            zone,
+            ttl,
+            pod_mode,
+            gateway_cidr,
+            (gateway_listen[0],),
         ),
+        gateway=gateway,
         control_listen=control_listen,
         dns_listen=dns_listen,
         admin_listen=admin_listen,
@@ -220,6 +263,13 @@ def up(
     "comma-separated for dual-stack (the first is primary).",
 )
 @click.option("--node-name", default="node-1", show_default=True, type=DNS_NAME)
+@_gateway_cidr_option
+@click.option(
+    "--gateway-address",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address Ingresses are served on (written to their status.loadBalancer).",
+)
 @_dns_options
 @log_options
 def control(
@@ -228,6 +278,8 @@ def control(
     admin_listen: Address,
     service_cidr: str,
     node_name: str,
+    gateway_cidr: str,
+    gateway_address: str,
     zone: str,
     ttl: int,
     pod_mode: str,
@@ -239,7 +291,16 @@ def control(
 
     setup_logs(log_level, log_format)
     run_control(
-        options=PlaneOptions(manifest_dir, service_cidr, node_name, zone, ttl, pod_mode),
+        options=PlaneOptions(
+            manifest_dir,
+            service_cidr,
+            node_name,
+            zone,
+            ttl,
+            pod_mode,
+            gateway_cidr,
+            (gateway_address,),
+        ),
         control_listen=control_listen,
         admin_listen=admin_listen,
         announce=announce,

@@ -18,6 +18,10 @@ DEFAULT_DNS = "127.0.0.1:10053"
 DEFAULT_ADMIN = "127.0.0.1:15000"
 DEFAULT_ADMIN_DNS = "127.0.0.1:15053"
 DEFAULT_ADMIN_PROXY = "127.0.0.1:15080"
+DEFAULT_ADMIN_INGRESS = "127.0.0.1:15081"
+DEFAULT_GATEWAY = "127.0.0.1:8080"
+DEFAULT_GATEWAY_TLS = "127.0.0.1:8443"
+DEFAULT_GATEWAY_CIDR = "127.11.0.0/16"
 DEFAULT_SERVICE_CIDR = "127.10.0.0/16"
 DEFAULT_NETNS_SERVICE_CIDR = "198.19.0.0/16"
 DEFAULT_POD_CIDR = "198.18.0.0/16"
@@ -126,6 +130,51 @@ def upstreams_of(upstreams: Sequence[Address], no_forward: bool) -> list[Address
             raise click.UsageError("--no-forward and --upstream exclude each other")
         return []
     return list(upstreams) or None
+
+
+def gateway_options(f: Any) -> Any:
+    """The ingress gateway's flags, shared by ``mesh ingress`` and ``mesh up``."""
+    from mesh.cli_types import RATIO
+
+    for option in reversed(
+        [
+            click.option(
+                "--gateway-listen",
+                default=DEFAULT_GATEWAY,
+                show_default=True,
+                type=ADDRESS,
+                help="Where the gateway serves Ingress over plain HTTP.",
+            ),
+            click.option(
+                "--gateway-tls-listen",
+                default=DEFAULT_GATEWAY_TLS,
+                show_default=True,
+                type=ADDRESS,
+                help="Where the gateway serves Ingress over TLS (certificates by SNI).",
+            ),
+            click.option(
+                "--access-log",
+                type=click.Path(dir_okay=False, writable=True, allow_dash=True),
+                help="Write the gateway's JSON access log (one line a request) to this file; "
+                "'-' for stdout. Default: no access log.",
+            ),
+            click.option(
+                "--otlp-endpoint",
+                type=URL,
+                help="Export request spans over OTLP/HTTP to this collector "
+                "(http://HOST:PORT; /v1/traces is appended). Default: tracing off.",
+            ),
+            click.option(
+                "--trace-sample-ratio",
+                default=1.0,
+                show_default=True,
+                type=RATIO,
+                help="Share of new traces sampled (incoming sampling decisions are kept).",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
 
 
 def box_option(f: Any) -> Any:

@@ -1,7 +1,7 @@
 """The built-in data-plane components, one registration each (see mesh/registry.py).
 
 Each registration carries the component's config kind, translator, title and the command that
-runs it alone (``mesh dns``, ``mesh proxy``). Heavy imports (servers, translators) happen
+runs it alone (``mesh dns``, ``mesh proxy``, ``mesh ingress``). Heavy imports (servers, translators) happen
 inside the functions so ``mesh --help`` stays fast.
 """
 
@@ -18,11 +18,13 @@ from mesh.addresses import Address, format_address
 from mesh.cli_types import SERVICE_CIDRS
 from mesh.cliopts import (
     DEFAULT_ADMIN_DNS,
+    DEFAULT_ADMIN_INGRESS,
     DEFAULT_ADMIN_PROXY,
     DEFAULT_DNS,
     announce,
     check_source,
     forward_options,
+    gateway_options,
     log_options,
     setup_logs,
     source_options,
@@ -30,9 +32,10 @@ from mesh.cliopts import (
     upstreams_of,
 )
 from mesh.config.dns import DnsConfig
+from mesh.config.gateway import ServedGatewayConfig
 from mesh.config.proxy import ProxyConfig
 from mesh.params import ADDRESS, DNS_NAME
-from mesh.registry import PlaneSettings, Registration, Translator, register
+from mesh.registry import PlaneSettings, Registration, StatusWriter, Translator, register
 
 # --- dns ---------------------------------------------------------------------------------
 
@@ -222,3 +225,91 @@ def proxy_command(
 
 
 register(Registration("proxy", "node proxy", ProxyConfig, _proxy_translator, proxy_command))
+
+
+# --- ingress gateway ---------------------------------------------------------------------
+
+
+def _ingress_translator(settings: PlaneSettings) -> Translator:
+    from mesh.control.translate.gateway_served import ServedTranslator
+
+    return ServedTranslator(gateway_cidr=settings.gateway_cidr, privileged=settings.privileged)
+
+
+def _ingress_status(settings: PlaneSettings) -> StatusWriter:
+    from mesh.control.translate.gateway_served import StatusWriter as Writer
+
+    return Writer(
+        ingress_addresses=settings.ingress_addresses,
+        gateway_cidr=settings.gateway_cidr,
+        privileged=settings.privileged,
+    )
+
+
+def make_gateway(
+    gateway_listen: Address,
+    gateway_tls_listen: Address,
+    access_log: str | None,
+    otlp_endpoint: str | None,
+    trace_sample_ratio: float,
+) -> Any:
+    """The gateway component as the flags of ``mesh ingress`` and ``mesh up`` describe it."""
+    from mesh.ingress.gateway import IngressGateway
+    from mesh.ingress.server import build_telemetry
+
+    try:
+        telemetry = build_telemetry(
+            access_log=access_log, otlp_endpoint=otlp_endpoint, sample_ratio=trace_sample_ratio
+        )
+    except OSError as exc:
+        raise click.ClickException(f"cannot open the access log {access_log}: {exc}") from None
+    return IngressGateway(gateway_listen, gateway_tls_listen, telemetry=telemetry)
+
+
+@click.command("ingress")
+@source_options
+@gateway_options
+@click.option("--admin-listen", default=DEFAULT_ADMIN_INGRESS, show_default=True, type=ADDRESS)
+@log_options
+def ingress_command(
+    control_url: str | None,
+    config_file: Path | None,
+    gateway_listen: Address,
+    gateway_tls_listen: Address,
+    access_log: str | None,
+    otlp_endpoint: str | None,
+    trace_sample_ratio: float,
+    admin_listen: Address,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run the ingress gateway alone: Ingress (ingress-nginx annotations) and Gateway API
+    routes over HTTP and HTTPS (certificates by SNI)."""
+    from mesh.run import run_component
+
+    check_source(control_url, config_file)
+    setup_logs(log_level, log_format)
+    gateway = make_gateway(
+        gateway_listen, gateway_tls_listen, access_log, otlp_endpoint, trace_sample_ratio
+    )
+
+    def announce_all(what: str, address: Address) -> None:
+        announce(what, address)
+        if what == "gateway":
+            announce("gateway-tls", (gateway_tls_listen[0], gateway.tls_port))
+
+    run_component(
+        gateway, control_url, config_file, admin_listen, announce_all, ("gateway", gateway_listen)
+    )
+
+
+register(
+    Registration(
+        "ingress",
+        "ingress gateway",
+        ServedGatewayConfig,
+        _ingress_translator,
+        ingress_command,
+        _ingress_status,
+    )
+)

@@ -56,7 +56,7 @@ PLURAL = {
     "HTTPRoute": "httproutes.gateway.networking.k8s.io",
     "Secret": "secrets",
 }
-CLUSTER_SCOPED = {"Namespace", "IngressClass"}
+CLUSTER_SCOPED = {"Namespace", "IngressClass", "GatewayClass"}
 
 
 def resolve_kind(word: str) -> str:

@@ -8,7 +8,8 @@ A registration names everything the rest of the program needs to know about a co
 - ``config_type``: the pydantic model of its config (config files, the stream client);
 - ``translator``: builds the pure function ``Snapshot -> config`` from the control plane's
   settings (the plane runs one per registered kind);
-- ``command``: the click command that runs it alone.
+- ``command``: the click command that runs it alone;
+- ``status`` (optional): builds ``Snapshot -> objects`` whose status the plane writes back.
 
 The built-in components register in :mod:`mesh.components`, imported on first use, so this
 module stays import-light and free of cycles.
@@ -37,9 +38,13 @@ class PlaneSettings:
     zone: str = "cluster.local"
     ttl: int = 5
     pod_mode: str = "insecure"
+    gateway_cidr: str = "127.11.0.0/16"  # Gateway addresses not pinned by spec.addresses
+    ingress_addresses: tuple[str, ...] = ("127.0.0.1",)  # Ingress status.loadBalancer
+    privileged: bool = False  # may bind ports below 1024
 
 
 Translator = Callable[[Any], "ComponentConfig"]  # Snapshot -> config
+StatusWriter = Callable[[Any], list[Any]]  # Snapshot -> objects whose status is to be written
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,9 @@ class Registration:
     config_type: type[ComponentConfig]
     translator: Callable[[PlaneSettings], Translator]
     command: click.Command | None = None
+    # The status this component's objects get from the control plane (Ingress addresses,
+    # Gateway API conditions): the plane writes back what this returns after each translation.
+    status: Callable[[PlaneSettings], StatusWriter] | None = None
 
 
 _REGISTRY: dict[str, Registration] = {}

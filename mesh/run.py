@@ -174,9 +174,13 @@ class PlaneOptions:
     zone: str
     ttl: int
     pod_mode: str
+    gateway_cidr: str = "127.11.0.0/16"
+    ingress_addresses: tuple[str, ...] = ("127.0.0.1",)
 
     def build(self) -> Any:
-        from mesh.control.plane import ControlPlane
+        import os
+
+        from mesh.control.plane import ControlPlane, GatewaySettings
 
         return ControlPlane(
             self.manifest_dir,
@@ -185,6 +189,9 @@ class PlaneOptions:
             dns_zone=self.zone,
             dns_ttl=self.ttl,
             dns_pod_mode=self.pod_mode,  # type: ignore[arg-type]
+            gateway=GatewaySettings(
+                self.gateway_cidr, self.ingress_addresses, privileged=os.geteuid() == 0
+            ),
             tune_gc=True,
         )
 
@@ -198,6 +205,7 @@ def run_up(
     with_proxy: bool,
     upstreams: Sequence[Address] | None,
     announce: Announce,
+    gateway: Component[Any] | None = None,
     dns_options: Mapping[str, Any] | None = None,
 ) -> None:
     from mesh.admin import AdminServer
@@ -211,6 +219,8 @@ def run_up(
         from mesh.proxy.userspace import UserspaceProxy
 
         components.append(UserspaceProxy(local_ranges=_service_ranges(options.service_cidr)))
+    if gateway is not None:
+        components.append(gateway)
     control = ConfigServer(plane, control_listen)
     admin = AdminServer(admin_listen, components, plane=plane)
 
@@ -220,6 +230,10 @@ def run_up(
         announce("control", (control_listen[0], control.port))
         await _start_fed(nursery, plane, components)
         announce("dns", (dns_listen[0], dns.port))
+        if gateway is not None:
+            g: Any = gateway
+            announce("gateway", (g.listen[0], g.port))
+            announce("gateway-tls", (g.tls_listen[0], g.tls_port))
         await _start(nursery, "admin server", admin_listen, admin.run)
         announce("admin", (admin_listen[0], admin.port))
 

@@ -105,6 +105,10 @@ def up(manifests: Path) -> Iterator[Proc]:
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--gateway-tls-listen",
+            "127.0.0.1:0",
             "--no-proxy",
             "--upstream",
             "127.0.0.1:9",  # discard port: nothing answers, so no query leaves the machine
@@ -288,7 +292,13 @@ def test_bad_manifest_is_reported_and_the_rest_serves(manifests: Path, tmp_path:
         "spec: {ports: [{port: 70000}]}\n"
     )
     args = ["up", "-f", str(manifests), "--no-proxy", "--log-format", "json"]
-    for flag in ("--control-listen", "--dns-listen", "--admin-listen"):
+    for flag in (
+        "--control-listen",
+        "--dns-listen",
+        "--admin-listen",
+        "--gateway-listen",
+        "--gateway-tls-listen",
+    ):
         args += [flag, "127.0.0.1:0"]
     with (tmp_path / "stderr").open("w") as log:
         proc = Proc(args, {"dns", "admin"}, stderr=log)

@@ -248,3 +248,19 @@ class GatewayConfig(ComponentConfig):
     routes: tuple[Route, ...] = ()
     backends: tuple[GatewayBackend, ...] = ()
     problems: tuple[Problem, ...] = ()
+
+
+class TlsSecret(Frozen):
+    """The PEM of a kubernetes.io/tls Secret a listener's certificates name (the gateway never
+    reads cluster objects, so what it serves travels in its config)."""
+
+    name: str  # "namespace/name", as CertificateRef.secret
+    cert_pem: str
+    key_pem: str
+
+
+class ServedGatewayConfig(GatewayConfig):
+    """The config the gateway component runs: the route model plus the TLS Secrets its
+    listeners name."""
+
+    secrets: tuple[TlsSecret, ...] = ()

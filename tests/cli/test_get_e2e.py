@@ -30,7 +30,13 @@ spec:
 
 def _up_args(manifests: Path, *extra: str) -> list[str]:
     args = ["up", "-f", str(manifests), *extra, "--upstream", "127.0.0.1:9"]
-    for flag in ("--control-listen", "--dns-listen", "--admin-listen"):
+    for flag in (
+        "--control-listen",
+        "--dns-listen",
+        "--admin-listen",
+        "--gateway-listen",
+        "--gateway-tls-listen",
+    ):
         args += [flag, "127.0.0.1:0"]
     return args
 

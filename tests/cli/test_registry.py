@@ -45,13 +45,14 @@ def echo(monkeypatch: pytest.MonkeyPatch) -> Registration:
 def test_builtin_components() -> None:
     assert [(r.name, r.title) for r in registry.registrations()] == [
         ("dns", "DNS server"),
+        ("ingress", "ingress gateway"),
         ("proxy", "node proxy"),
     ]
-    assert set(default_translators()) == {"dns", "proxy"}
+    assert set(default_translators()) == {"dns", "ingress", "proxy"}
 
 
 def test_one_registration_reaches_every_place(echo: Registration) -> None:
-    assert set(default_translators()) == {"dns", "echo", "proxy"}
+    assert set(default_translators()) == {"dns", "echo", "ingress", "proxy"}
     plane = ControlPlane(node_name="node-7")
     plane.translate(plane.store.snapshot())
     assert plane.current("echo") == EchoConfig(node="node-7", version=0)

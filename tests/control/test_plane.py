@@ -171,4 +171,4 @@ async def test_manifest_dir_services_get_ips_and_slices(tmp_path: Path) -> None:
 
 
 def test_default_translators_are_the_builtin_kinds() -> None:
-    assert set(default_translators()) <= {"dns", "proxy"}
+    assert set(default_translators()) <= {"dns", "ingress", "proxy"}

@@ -1,0 +1,150 @@
+"""What the control plane gives the gateway component and writes back for it.
+
+- :func:`translate_served`: the GatewayConfig of mesh.control.translate.gateway plus the PEM
+  of every TLS Secret its listeners name (the gateway never reads cluster objects).
+- :func:`status_updates`: the objects whose status differs from what the gateway's status
+  computation says (Ingress ``status.loadBalancer``; GatewayClass, Gateway and HTTPRoute
+  conditions), ready for the store. An Ingress no longer served loses the address the
+  gateway gave it. Applying them changes nothing else, so the next round finds nothing to do.
+
+Both pure functions of a snapshot.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mesh.config.gateway import ServedGatewayConfig, TlsSecret
+from mesh.control.translate.gateway import gateway_status, translate_gateway
+from mesh.objects import (
+    Gateway,
+    GatewayClass,
+    HTTPRoute,
+    Ingress,
+    IngressStatus,
+    KubeObject,
+    Secret,
+)
+
+if TYPE_CHECKING:
+    from mesh.control.store import Snapshot
+
+TLS_TYPE = "kubernetes.io/tls"
+
+# The kinds the gateway's config depends on (the plane skips the translation when a change
+# touched none of them: a Pod going Ready matters through its EndpointSlice only).
+GATEWAY_READS = frozenset(
+    {
+        "Ingress",
+        "IngressClass",
+        "Gateway",
+        "GatewayClass",
+        "HTTPRoute",
+        "ReferenceGrant",
+        "Service",
+        "EndpointSlice",
+        "Endpoints",
+        "Secret",
+        "Namespace",
+    }
+)
+# Status says what is served and why not; endpoints coming and going change none of it.
+STATUS_READS = GATEWAY_READS - {"EndpointSlice", "Endpoints"}
+
+
+class ServedTranslator:
+    """The registered translator: :func:`translate_served` with the plane's settings."""
+
+    reads = GATEWAY_READS
+
+    def __init__(self, *, gateway_cidr: str, privileged: bool = False) -> None:
+        self.gateway_cidr = gateway_cidr
+        self.privileged = privileged
+
+    def __call__(self, snapshot: Snapshot) -> ServedGatewayConfig:
+        return translate_served(
+            snapshot, gateway_cidr=self.gateway_cidr, privileged=self.privileged
+        )
+
+
+class StatusWriter:
+    """The registered status writer: :func:`status_updates` with the plane's settings."""
+
+    reads = STATUS_READS
+
+    def __init__(
+        self, *, ingress_addresses: tuple[str, ...], gateway_cidr: str, privileged: bool = False
+    ) -> None:
+        self.ingress_addresses = ingress_addresses
+        self.gateway_cidr = gateway_cidr
+        self.privileged = privileged
+
+    def __call__(self, snapshot: Snapshot) -> list[KubeObject]:
+        return status_updates(
+            snapshot,
+            ingress_addresses=self.ingress_addresses,
+            gateway_cidr=self.gateway_cidr,
+            privileged=self.privileged,
+        )
+
+
+def translate_served(
+    snapshot: Snapshot, *, gateway_cidr: str, privileged: bool = False
+) -> ServedGatewayConfig:
+    config = translate_gateway(snapshot, gateway_cidr=gateway_cidr, privileged=privileged)
+    names = sorted({ref.secret for lis in config.listeners for ref in lis.certificates})
+    secrets = []
+    for name in names:
+        ns, _, short = name.partition("/")
+        secret = snapshot.get(Secret.KIND, ns, short)
+        if not isinstance(secret, Secret) or secret.type != TLS_TYPE:
+            continue  # the listener's status and the TLS layer say why
+        cert, key = secret.value("tls.crt"), secret.value("tls.key")
+        if cert and key:
+            secrets.append(
+                TlsSecret(name=name, cert_pem=cert.decode("latin-1"), key_pem=key.decode("latin-1"))
+            )
+    return ServedGatewayConfig(**dict(config), secrets=tuple(secrets))
+
+
+def status_updates(
+    snapshot: Snapshot,
+    *,
+    ingress_addresses: tuple[str, ...],
+    gateway_cidr: str,
+    privileged: bool = False,
+) -> list[KubeObject]:
+    found = gateway_status(
+        snapshot,
+        ingress_addresses=ingress_addresses,
+        gateway_cidr=gateway_cidr,
+        privileged=privileged,
+    )
+    out: list[KubeObject] = []
+
+    def update(kind: str, ns: str, name: str, status: Any) -> None:
+        obj = snapshot.get(kind, ns, name)
+        if obj is not None and getattr(obj, "status", None) != status:
+            out.append(obj.model_copy(update={"status": status}))
+
+    for obj in snapshot.list(Ingress.KIND):
+        key = (obj.metadata.namespace, obj.metadata.name)
+        served = found.ingresses.get(key)
+        if served is not None:
+            update(Ingress.KIND, *key, served)
+        elif (
+            isinstance(obj, Ingress)
+            and obj.status.load_balancer.ingress
+            and all(
+                (lb.ip or lb.hostname) in ingress_addresses
+                for lb in obj.status.load_balancer.ingress
+            )
+        ):  # served before, not any more: the address it had was ours
+            update(Ingress.KIND, *key, IngressStatus())
+    for name, cls_status in found.classes.items():
+        update(GatewayClass.KIND, "", name, cls_status)
+    for (ns, name), gw_status in found.gateways.items():
+        update(Gateway.KIND, ns, name, gw_status)
+    for (ns, name), route_status in found.routes.items():
+        update(HTTPRoute.KIND, ns, name, route_status)
+    return out

@@ -1,0 +1,226 @@
+"""The one adapter between the planner and the engine: ``plan()`` output -> engine decision.
+
+mesh.http.plan speaks the route model (``plan.Forward`` naming a backend and its endpoints,
+``plan.Respond`` with str headers); mesh.http.decision speaks the data path
+(``decision.Forward`` holding a balancer, per-request timeouts and byte header edits;
+``decision.Respond`` with byte headers). :class:`Routing` is built once per GatewayConfig and
+does the translation per request; everything that depends only on a route (its timeouts, its
+header edits, its body limit) is converted once, at build time, and looked up by route.
+
+Balancers are kept across config swaps while a backend's endpoint list is unchanged, so the
+in-flight counts of least-request and the round-robin cursor survive a route change; the
+rate-limit buckets (``PlanState``) are kept across swaps too.
+
+Pure: no trio, no sockets. The clock and randomness come in as arguments.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Collection, Mapping
+from typing import NamedTuple
+
+from mesh.config.gateway import GatewayConfig, Route
+from mesh.config.gateway import HeaderEdits as RouteEdits
+from mesh.http import decision as engine
+from mesh.http import plan as planner
+from mesh.http.balance import Balancer, Endpoint, balancer
+from mesh.http.events import Request
+from mesh.http.routes import CompiledRoutes, compile_routes
+from mesh.http.split import affinity_cookie
+from mesh.http.tracing import TRACE_HEADERS, Hop
+
+# Seconds when a route says nothing (ingress-nginx's proxy-connect/read/send-timeout defaults).
+DEFAULT_CONNECT = 5.0
+DEFAULT_READ = 60.0
+DEFAULT_SEND = 60.0
+
+
+class RouteParts(NamedTuple):
+    """What the engine needs of one route, converted once per config."""
+
+    timeouts: engine.Timeouts
+    request_edits: engine.HeaderEdits
+    response_edits: engine.HeaderEdits
+    max_body: int | None
+
+
+def _edits(e: RouteEdits) -> engine.HeaderEdits:
+    def enc(fields: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
+        return tuple((n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in fields)
+
+    return engine.HeaderEdits(
+        set=enc(e.set), add=enc(e.add), remove=tuple(n.lower().encode("latin-1") for n in e.remove)
+    )
+
+
+def route_parts(route: Route) -> RouteParts:
+    t = route.timeouts
+    # One try is bounded by backendRequest; without it, by the whole-request timeout.
+    per_try = t.backend_request if t.backend_request is not None else t.request
+    timeouts = engine.Timeouts(
+        connect=t.connect if t.connect is not None else DEFAULT_CONNECT,
+        read=t.read if t.read is not None else DEFAULT_READ,
+        send=t.send if t.send is not None else DEFAULT_SEND,
+        request=per_try,
+    )
+    p = route.policy
+    return RouteParts(timeouts, _edits(p.request_headers), _edits(p.response_headers), p.body_limit)
+
+
+class Pinned:
+    """A balancer that answers one endpoint first (session affinity), then the backend's own."""
+
+    __slots__ = ("_base", "_first", "endpoints")
+
+    def __init__(self, base: Balancer, first: Endpoint) -> None:
+        self._base, self._first, self.endpoints = base, first, base.endpoints
+
+    def pick(self, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        return self._first if self._first not in exclude else self._base.pick(exclude)
+
+    def started(self, endpoint: Endpoint) -> None:
+        self._base.started(endpoint)
+
+    def finished(self, endpoint: Endpoint) -> None:
+        self._base.finished(endpoint)
+
+    def refused(self, endpoint: Endpoint) -> None:
+        self._base.refused(endpoint)
+
+
+def _respond(r: planner.Respond) -> engine.Respond:
+    headers = tuple((n.encode("latin-1"), v.encode("latin-1")) for n, v in r.headers)
+    return engine.Respond(r.status, headers, r.body, r.reason, r.route)
+
+
+class Routing:
+    """The routing decision of one GatewayConfig, for every listener of it."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        previous: Routing | None = None,
+        *,
+        policy: str = "round-robin",
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.compiled: CompiledRoutes = compile_routes(config)
+        self.rand = rand
+        self.state: planner.PlanState = (
+            previous.state if previous is not None else planner.PlanState()
+        )
+        self.parts: dict[int, RouteParts] = {id(r): route_parts(r) for r in config.routes}
+        # Routes whose requests need more than the engine's exchange (auth-url,
+        # limit-connections, mirrors, retries): the gateway takes its slower path for these.
+        self.special = frozenset(
+            id(r)
+            for r in config.routes
+            if r.policy.external_auth is not None
+            or r.policy.connection_limit is not None
+            or r.policy.mirrors
+            or r.retry is not None
+        )
+        self._plain: dict[tuple[int, str], engine.Forward] = {}
+        old = previous.balancers if previous is not None else {}
+        self.balancers: dict[str, Balancer] = {}
+        for name, (_, eps) in self.compiled.backends.items():
+            kept = old.get(name)
+            unique = tuple(dict.fromkeys(eps))
+            self.balancers[name] = (
+                kept if kept is not None and kept.endpoints == unique else balancer(policy, eps)
+            )
+
+    def endpoints(self) -> set[Endpoint]:
+        """Every endpoint of this config (the pool keeps connections only to these)."""
+        return {ep for b in self.balancers.values() for ep in b.endpoints}
+
+    def decide(
+        self, listener: str, req: Request, peer: engine.Peer, now: float, hop: Hop | None
+    ) -> tuple[engine.Forward | engine.Respond, planner.Forward | None]:
+        """The engine's decision, and the plan's Forward it came from (None for a Respond)."""
+        head = planner.head_from_wire(
+            listener,
+            req.method,
+            req.target,
+            req.headers,
+            scheme="https" if peer.scheme == b"https" else "http",
+            client=peer.address,
+            content_length=req.length if req.length >= 0 else None,
+        )
+        out = planner.plan(self.compiled, head, now, self.rand, self.state)
+        if type(out) is planner.Respond:
+            return _respond(out), None
+        assert isinstance(out, planner.Forward)
+        return self.forward(out, hop, head.target), out
+
+    def forward(
+        self, fwd: planner.Forward, hop: Hop | None, target: str | None = None
+    ) -> engine.Forward:
+        """``target``: the request's own target; a plan that kept it (no rewrite) lets the
+        engine send the client's bytes as they came."""
+        plain = (
+            fwd.target == target
+            and fwd.pinned is None
+            and fwd.host is None
+            and hop is None
+            and not fwd.cors
+            and fwd.route.affinity is None
+        )
+        if plain:
+            # Most requests: one value per route and backend, built once (a frozen dataclass
+            # costs microseconds to build, more than the rest of the decision).
+            key = (id(fwd.route), fwd.backend)
+            found = self._plain.get(key)
+            if found is None:
+                found = self._plain[key] = self._build(fwd, None, None)
+            return found
+        return self._build(fwd, hop, fwd.target.encode("latin-1"))
+
+    def _build(self, fwd: planner.Forward, hop: Hop | None, target: bytes | None) -> engine.Forward:
+        parts = self.parts[id(fwd.route)]
+        upstream: Balancer = self.balancers[fwd.backend]
+        request_edits, response_edits = parts.request_edits, parts.response_edits
+        extra: list[tuple[bytes, bytes]] = [
+            (n.encode("latin-1"), v.encode("latin-1")) for n, v in fwd.cors
+        ]
+        if fwd.pinned is not None:
+            upstream = Pinned(upstream, fwd.pinned)
+        elif fwd.affinity is not None:
+            # Pick now, so the cookie can name the endpoint the request goes to.
+            first = upstream.pick(())
+            if first is not None:
+                upstream = Pinned(upstream, first)
+                extra.append((b"set-cookie", affinity_cookie(fwd.affinity, first).encode()))
+        if extra:
+            response_edits = engine.HeaderEdits(
+                response_edits.set, response_edits.add + tuple(extra), response_edits.remove
+            )
+        if hop is not None:
+            # The trace headers of this hop replace whatever the client sent.
+            request_edits = engine.HeaderEdits(
+                request_edits.set,
+                request_edits.add + hop.headers,
+                request_edits.remove + tuple(TRACE_HEADERS),
+            )
+        return engine.Forward(
+            upstream,
+            fwd.route.name,
+            fwd.backend,
+            parts.timeouts,
+            request_edits,
+            response_edits,
+            target,
+            fwd.host.encode("latin-1") if fwd.host is not None else None,
+            parts.max_body,
+        )
+
+    def describe(self) -> Mapping[str, object]:
+        return {
+            "routes": len(self.config.routes),
+            "backends": {
+                name: [f"{ip}:{port}" for ip, port in b.endpoints]
+                for name, b in sorted(self.balancers.items())
+            },
+        }

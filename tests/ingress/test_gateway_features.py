@@ -1,0 +1,262 @@
+"""Gateway behaviour around the engine: retries by route policy, the access log, listeners
+that cannot be opened."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import trio
+
+from mesh.config.gateway import (
+    GatewayBackend,
+    GatewayEndpoint,
+    GatewayListener,
+    Mirror,
+    Policy,
+    Retry,
+    Route,
+    ServedGatewayConfig,
+    Timeouts,
+    WeightedBackend,
+)
+from mesh.http.access_log import AccessLog
+from mesh.http.events import CLOSED, NEED_DATA, EndOfMessage
+from mesh.http.h1 import Reader
+from mesh.ingress.server import Telemetry, build_telemetry
+from tests.http.test_otel import collector, spans_of
+from tests.http.upstreams import OK, SILENT, RecordingUpstream, exchange, header_of, status_of
+from tests.ingress.harness import backend, echo_servers, ingress, path, served, start_gateway
+
+
+def one_route(endpoints: list[tuple[str, int]], **route: object) -> ServedGatewayConfig:
+    return ServedGatewayConfig(
+        version=1,
+        listeners=(GatewayListener(name="ingress-http", wildcard="one-label"),),
+        routes=(
+            Route(
+                name="httproute/default/r/rule-0",
+                listeners=("ingress-http",),
+                backends=(WeightedBackend(backend="default/b:80"),),
+                **route,
+            ),
+        ),
+        backends=(
+            GatewayBackend(
+                name="default/b:80",
+                endpoints=tuple(GatewayEndpoint(ip=ip, port=port) for ip, port in endpoints),
+            ),
+        ),
+    )
+
+
+GET = b"GET /r HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+POST = b"POST /r HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+async def test_retries_follow_the_route_policy(nursery: trio.Nursery) -> None:
+    """A backend that never answers, backendRequest 0.2 s, two retries: a GET is tried three
+    times, then 504; a POST once (it may have reached the backend); without a policy, once."""
+    silent = RecordingUpstream(SILENT)
+    eps = [await nursery.start(silent.serve)]
+    timeouts = Timeouts(backend_request=0.2)
+    gw = await start_gateway(
+        nursery, one_route(eps, timeouts=timeouts, retry=Retry(attempts=2, codes=(503,)))
+    )
+
+    async def tries(request: bytes) -> tuple[int, int]:
+        before = len(silent.complete)
+        reply, _ = await exchange(("127.0.0.1", gw.port), request)
+        for _ in range(200):  # the upstream's task may not have read the last try yet
+            if len(silent.complete) > before:
+                break
+            await trio.sleep(0.01)
+        return status_of(reply), len(silent.complete) - before
+
+    assert await tries(GET) == (504, 3)
+    assert await tries(POST) == (504, 1)
+    gw.apply(one_route(eps, timeouts=timeouts).model_copy(update={"version": 2}))
+    assert await tries(GET) == (504, 1)
+
+    # With a second endpoint that answers, the retries reach it: every GET succeeds.
+    good = RecordingUpstream(OK)
+    both = [*eps, await nursery.start(good.serve)]
+    retry = Retry(attempts=2, codes=(503,))
+    gw.apply(one_route(both, timeouts=timeouts, retry=retry).model_copy(update={"version": 3}))
+    statuses = [status_of((await exchange(("127.0.0.1", gw.port), GET))[0]) for _ in range(6)]
+    assert statuses == [200] * 6
+
+
+async def test_access_log_line_per_request(nursery: trio.Nursery) -> None:
+    lines: list[bytes] = []
+    log = AccessLog(lines.append)
+    with echo_servers("web") as up:
+        gw = await start_gateway(
+            nursery,
+            served(
+                backend("web", up["web"]), ingress("shop", "shop.example.com", path("/", "web"))
+            ),
+            telemetry=Telemetry(access_log=log),
+        )
+        reply, _ = await exchange(
+            ("127.0.0.1", gw.port),
+            b"GET /cart?x=1 HTTP/1.1\r\nHost: shop.example.com\r\nX-Request-Id: abc\r\n"
+            b"Connection: close\r\n\r\n",
+        )
+        assert status_of(reply) == 200
+        reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+        assert header_of(reply, b"x-mesh-reason") == b"no-route"
+    log.flush()
+    records = [json.loads(line) for line in b"".join(lines).splitlines()]
+    assert [(r["path"], r["status"], r["reason"]) for r in records] == [
+        ("/cart?x=1", 200, None),
+        ("/r", 404, "no-route"),
+    ]
+    first = records[0]
+    assert (first["route"], first["backend"]) == ("ingress/default/shop", "default/web:80")
+    assert (first["host"], first["client"], first["request_id"]) == (
+        "shop.example.com",
+        "127.0.0.1",
+        "abc",
+    )
+    assert first["bytes_out"] == len(reply) or first["bytes_out"] > 100
+    assert first["duration_ms"] > 0
+
+
+async def test_a_listener_that_cannot_be_opened_is_reported_and_the_rest_serve(
+    nursery: trio.Nursery,
+) -> None:
+    with echo_servers("web") as up:
+        config = one_route([up["web"]]).model_copy(
+            update={
+                "listeners": (
+                    GatewayListener(name="ingress-http", wildcard="one-label"),
+                    # 192.0.2.1 (TEST-NET-1) is not an address of this machine
+                    GatewayListener(
+                        name="gateway/default/far/8080", address="192.0.2.1", port=8080
+                    ),
+                )
+            }
+        )
+        gw = await start_gateway(nursery, config)
+        reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+        assert status_of(reply) == 200
+        for _ in range(500):
+            if "gateway/default/far/8080" in gw.problems:
+                break
+            await trio.sleep(0.01)
+        assert "cannot listen on 192.0.2.1:8080" in gw.problems["gateway/default/far/8080"]
+        view = gw.config_json()
+        assert view["problems"] == gw.problems
+        assert "ingress-http" in view["listeners"]
+
+
+async def test_request_mirror_sends_a_copy_and_never_delays_the_request(
+    nursery: trio.Nursery,
+) -> None:
+    shadow = RecordingUpstream(SILENT)  # reads the copy, never answers
+    shadow_ep = await nursery.start(shadow.serve)
+    real = RecordingUpstream(OK)
+    real_ep = await nursery.start(real.serve)
+    config = one_route([real_ep], policy=Policy(mirrors=(Mirror(backend="default/m:80"),)))
+    config = config.model_copy(
+        update={
+            "backends": (
+                *config.backends,
+                GatewayBackend(
+                    name="default/m:80",
+                    endpoints=(GatewayEndpoint(ip=shadow_ep[0], port=shadow_ep[1]),),
+                ),
+            )
+        }
+    )
+    gw = await start_gateway(nursery, config)
+    with trio.fail_after(5):  # a shadow that never answers costs the request nothing
+        reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+    assert status_of(reply) == 200
+    for _ in range(200):
+        if shadow.complete:
+            break
+        await trio.sleep(0.01)
+    assert [(r.method, r.target) for r in shadow.complete] == [(b"GET", b"/r")]
+    assert [(r.method, r.target) for r in real.complete] == [(b"GET", b"/r")]
+    with_body = b"POST /r HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+    reply, _ = await exchange(("127.0.0.1", gw.port), with_body)
+    assert status_of(reply) == 200
+    assert gw.mirrors.skipped == 1  # a body is streamed once, to the real backend only
+
+
+async def test_a_retried_status_is_replaced_by_the_next_try(nursery: trio.Nursery) -> None:
+    """Retry codes (503): the backend's first two answers are 503, the third 200; with two
+    retries the client sees only the 200; with one, the second 503 goes to the client."""
+    answers: list[int] = []
+    plan: list[int] = []
+
+    async def handle(conn: trio.SocketStream) -> None:
+        reader = Reader("server")
+        async with conn:
+            while True:
+                ev = reader.next_event()
+                if ev is NEED_DATA:
+                    data = await conn.receive_some(65536)
+                    if not data:
+                        return
+                    reader.feed(data)
+                elif type(ev) is EndOfMessage:
+                    status = plan.pop(0) if plan else 200
+                    answers.append(status)
+                    body = b"try %d\n" % len(answers)
+                    await conn.send_all(
+                        b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
+                    )
+                    reader.next_message()
+                elif ev is CLOSED:
+                    return
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    ep = listeners[0].socket.getsockname()
+    retry = Retry(attempts=2, codes=(503,))
+    gw = await start_gateway(nursery, one_route([ep], retry=retry))
+    plan[:] = [503, 503]
+    reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+    assert (status_of(reply), reply.split(b"\r\n\r\n", 1)[1]) == (200, b"try 3\n")
+    assert answers == [503, 503, 200]
+    gw.apply(
+        one_route([ep], retry=Retry(attempts=1, codes=(503,))).model_copy(update={"version": 2})
+    )
+    answers.clear()
+    plan[:] = [503, 503]
+    reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+    assert status_of(reply) == 503 and answers == [503, 503]
+    plan[:] = [503]
+    answers.clear()
+    reply, _ = await exchange(("127.0.0.1", gw.port), POST)  # POST: not retried
+    assert status_of(reply) == 503 and answers == [503]
+
+
+async def test_spans_reach_an_otlp_collector_when_the_gateway_stops() -> None:
+    """--otlp-endpoint wiring: one SERVER span per request, with the client's trace id,
+    exported over OTLP/HTTP; what is queued is sent when the gateway stops."""
+    with collector() as server, echo_servers("web") as up:
+        port = server.server_address[1]
+        telemetry = build_telemetry(access_log=None, otlp_endpoint=f"http://127.0.0.1:{port}")
+        trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        async with trio.open_nursery() as inner:
+            gw = await start_gateway(
+                inner,
+                served(backend("web", up["web"]), ingress("shop", None, path("/", "web"))),
+                telemetry=telemetry,
+            )
+            request = (
+                b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+                b"traceparent: 00-" + trace.encode() + b"-00f067aa0ba902b7-01\r\n\r\n"
+            )
+            reply, _ = await exchange(("127.0.0.1", gw.port), request)
+            assert status_of(reply) == 200
+            inner.cancel_scope.cancel()
+        spans = spans_of(server)
+    assert len(spans) == 1
+    resource, span = spans[0]
+    assert resource["service.name"] == "mesh-gateway"
+    assert span.trace_id.hex() == trace
+    assert span.parent_span_id.hex() == "00f067aa0ba902b7"
