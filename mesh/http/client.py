@@ -10,6 +10,8 @@ out.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import trio
 
 from mesh.attempts import ConnectPlan
@@ -30,11 +32,18 @@ async def acquire(
     """A connection to an endpoint of ``balancer``: pooled unless ``fresh``."""
     if not balancer.endpoints:
         raise UpstreamError("no-healthy-upstream", "the backend has no ready endpoint")
+    pick = balancer.pick
     if not fresh:  # the fast path: the endpoint picked has a pooled connection
         first = balancer.pick(())
         if first is not None and (up := pool.take(first)) is not None:
             return up
-    plan: ConnectPlan[Endpoint] = ConnectPlan(balancer.pick, len(balancer.endpoints), attempts)
+        if first is not None:
+            # The first attempt connects to the endpoint already picked: a second pick would
+            # move the balancer on again and skew round robin.
+            def pick(tried: Collection[Endpoint], first: Endpoint = first) -> Endpoint | None:
+                return balancer.pick(tried) if tried else first
+
+    plan: ConnectPlan[Endpoint] = ConnectPlan(pick, len(balancer.endpoints), attempts)
     timed_out = False
     while (endpoint := plan.next()) is not None:
         if not fresh and (up := pool.take(endpoint)) is not None:
