@@ -32,16 +32,16 @@ async def acquire(
     """A connection to an endpoint of ``balancer``: pooled unless ``fresh``."""
     if not balancer.endpoints:
         raise UpstreamError("no-healthy-upstream", "the backend has no ready endpoint")
-    pick = balancer.pick
+    first: Endpoint | None = None
     if not fresh:  # the fast path: the endpoint picked has a pooled connection
         first = balancer.pick(())
         if first is not None and (up := pool.take(first)) is not None:
             return up
-        if first is not None:
-            # The first attempt connects to the endpoint already picked: a second pick would
-            # move the balancer on again and skew round robin.
-            def pick(tried: Collection[Endpoint], first: Endpoint = first) -> Endpoint | None:
-                return balancer.pick(tried) if tried else first
+
+    def pick(tried: Collection[Endpoint]) -> Endpoint | None:
+        # The first attempt connects to the endpoint already picked: a second pick would move
+        # the balancer on again and skew round robin.
+        return first if first is not None and not tried else balancer.pick(tried)
 
     plan: ConnectPlan[Endpoint] = ConnectPlan(pick, len(balancer.endpoints), attempts)
     timed_out = False
