@@ -53,6 +53,8 @@ OTHER_TYPE = 65280
 # rcode, ancount, nscount, arcount, answer + authority bytes, additional bytes, and how many
 # of the first bytes are the answer section
 Entry = tuple[int, int, int, int, bytes, bytes, int]
+# reply bytes, (qtype, rcode) label, and whether the wire cache may keep them
+FastReply = tuple[bytes, tuple[str, str], bool]
 
 _COUNTS = struct.Struct(">HHHH")
 # Reply flags by (RD << 5 | CD bit 0x10 | rcode): QR, AA and RA set, RD and CD echoed.
@@ -176,6 +178,12 @@ class FastIndex:
         return len(self._nodes)
 
     def answer(self, data: bytes, *, tcp: bool = False) -> Reply | None:
+        got = self.reply(data, tcp)
+        return None if got is None else Reply(got[0], got[1], cacheable=got[2])
+
+    def reply(self, data: bytes, tcp: bool = False) -> FastReply | None:
+        """``answer`` as a plain tuple (wire, label, cacheable): the UDP loop's form, without
+        a Reply object per query."""
         n = len(data)
         # QR clear, opcode 0; one question, no answer or authority records.
         if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
@@ -220,14 +228,28 @@ class FastIndex:
             if entry is None:  # a name with no data of this type: NODATA
                 entry = (0, 0, 1, 0, self._tail(12 + len(qname) - len(self._zone_wire)), b"", 0)
         else:
-            starts = _label_starts(data, qend)
-            if starts is None or not qname.isascii() or b"." in qname or qname.lower() != qname:
-                return None
             apex = 12 + len(qname) - len(self._zone_wire)
-            if not qname.endswith(self._zone_wire) or apex not in starts:
+            if not qname.endswith(self._zone_wire):
                 return None  # outside the zone: forwarded by the general path
-            pod = self._pod(data, starts, qname, qtype, apex)
-            entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0) if pod is None else pod
+            if not qname.isascii() or b"." in qname or qname.lower() != qname:
+                return None
+            # The labels must end exactly at the apex: walk them (no list: the common case).
+            i = 12
+            while i < apex:
+                length = data[i]
+                if length > 63 or length == 0:  # a compression pointer, or a reserved type
+                    return None
+                i += length + 1
+            if i != apex or qend - 12 > 255:
+                return None
+            if self._pod_wire is None:
+                entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0)
+            else:
+                starts = _label_starts(data, qend)
+                if starts is None:
+                    return None
+                pod = self._pod(data, starts, qname, qtype, apex)
+                entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0) if pod is None else pod
 
         rcode, an, ns, ar, main, extra, alen = entry
         flags = ((data[2] & 1) << 5) | (data[3] & 0x10) | rcode
@@ -260,7 +282,7 @@ class FastIndex:
         label = self._labels.get((qtype, rcode))
         if label is None:
             label = self._labels[(qtype, rcode)] = (qtype_label(qtype), rcode_label(rcode))
-        return Reply(wire, label, cacheable=rcode != NXDOMAIN)
+        return wire, label, rcode != NXDOMAIN
 
     def _tail(self, apex: int) -> bytes:
         """The SOA record of a negative answer whose question holds the apex at ``apex``: owner,

@@ -56,6 +56,9 @@ class _Live:
     cache: WireCache
     fast: FastIndex | None = None  # standard questions of cluster names, in wire form
     pods: Mapping[str, str] = field(default_factory=dict)  # pod IP -> namespace (autopath)
+    # NXDOMAIN replies of the fast path: apart, so a flood of made-up names (each asked once)
+    # empties only this cache, never the wire cache of names that exist
+    negative: WireCache = field(default_factory=lambda: WireCache(0))
 
 
 class DnsServer:
@@ -146,6 +149,7 @@ class DnsServer:
             WireCache(self._wire_cache_size),
             fast,
             autopath.pod_namespaces(config) if self._autopath else {},
+            WireCache(self._wire_cache_size),
         )
         self.metrics.config_version = config.version
         self.metrics.config_applies += 1
@@ -244,7 +248,8 @@ class DnsServer:
         while True:
             live = self._live
             get = live.cache.entries.get
-            fast = live.fast.answer if live.fast is not None else None
+            negative = live.negative.entries
+            fast = live.fast.reply if live.fast is not None else None
             pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
             n = hits = forwarded = answered = 0
             start = perf()
@@ -260,6 +265,8 @@ class DnsServer:
                 n += 1
                 tail = data[2:]
                 hit = get(tail)
+                if hit is None and negative and not (pods and addr[0] in pods):
+                    hit = negative.get(tail)
                 if hit is not None:
                     try:
                         sendto(data[:2] + hit[0], addr)
@@ -276,20 +283,28 @@ class DnsServer:
                         metrics.dropped["send"] += 1
                     queries[fwd[1]] += 1
                     forwarded += 1
-                elif (
-                    fast is not None
-                    and (reply := self._fast(fast, data)) is not None
-                    and not (pods and reply.label[1] == "NXDOMAIN" and addr[0] in pods)
+                    continue
+                reply = None
+                if fast is not None:
+                    try:
+                        reply = fast(data)
+                    except Exception:  # a bug must cost one query: the general path answers it
+                        log.exception("fast path failed")
+                if reply is not None and not (
+                    pods and reply[1][1] == "NXDOMAIN" and addr[0] in pods
                 ):
                     # A standard question of a cluster name, answered from wire bytes.
+                    wire, label, cacheable = reply
                     try:
-                        sendto(reply.wire, addr)
+                        sendto(wire, addr)
                     except OSError:
                         metrics.dropped["send"] += 1
-                    queries[reply.label] += 1
+                    queries[label] += 1
                     answered += 1
-                    if reply.cacheable:
-                        live.cache.put(tail, reply.wire[2:], reply.label)
+                    if cacheable:
+                        live.cache.put(tail, wire[2:], label)
+                    else:  # NXDOMAIN: its own cache, so a flood of names evicts only its kind
+                        live.negative.put(tail, wire[2:], label)
                 else:
                     self._udp_miss(sock, data, addr, live)
             if hits or forwarded:
@@ -303,13 +318,6 @@ class DnsServer:
                 await trio.lowlevel.checkpoint()
             else:
                 await trio.lowlevel.wait_readable(sock)
-
-    def _fast(self, answer: Callable[..., Reply | None], data: bytes) -> Reply | None:
-        try:
-            return answer(data)
-        except Exception:  # a bug must cost one query: the general path answers it
-            log.exception("fast path failed")
-            return None
 
     def _udp_miss(self, sock: socket.socket, data: bytes, addr: Any, live: _Live) -> None:
         start = time.perf_counter()
