@@ -42,28 +42,27 @@ class ForwardPath:
     async def relay(self, fwd: Forward, data: bytes, responder: Responder, *, tcp: bool) -> Reply:
         """The upstream's answer copied into a reply to ``data`` (no decoding); over UDP the
         reply goes into the answer cache for as long as the upstream's answer may be kept."""
-        query = fwd.query
         qend = layout.skip_name(data, layout.HEADER, len(data)) + 4
         if qend < layout.HEADER + 5 or qend > len(data):  # a label type dnslib let through
-            return responder.failure(query, FORMERR, tcp=tcp)
+            return responder.failure(fwd.query, FORMERR, tcp=tcp)
         cd = bool(data[3] & 0x10)
         got = await self.forwarder.resolve(data[layout.HEADER : qend], cd)
         if got is None:
-            return responder.failure(query, SERVFAIL, tcp=tcp)
-        limit = responder.limit(query, tcp)
+            return responder.failure(fwd.query, SERVFAIL, tcp=tcp)
+        limit = responder.limit(fwd, tcp)
         relayed = layout.relay(
-            data, qend, got.wire, got.layout, edns=query.edns, limit=limit, advertise=self.max_udp
+            data, qend, got.wire, got.layout, edns=fwd.edns, limit=limit, advertise=self.max_udp
         )
         if relayed is None:  # a shape we do not copy (an OPT in the middle): decode, encode
-            return responder.relay(query, DNSRecord.parse(got.wire), 0, tcp=tcp)
+            return responder.relay(fwd.query, DNSRecord.parse(got.wire), 0, tcp=tcp)
         wire, cut = relayed
-        label = (qtype_label(query.qtype), rcode_label(got.layout.rcode))
+        label = (qtype_label(fwd.qtype), rcode_label(got.layout.rcode))
         if tcp:  # the answer cache holds UDP replies: the UDP loop answers from it
             return Reply(wire, label)
         key = query_key(data)
         stored = lower_question(wire)
         self.metrics.cache_misses["answer"] += 1
-        if got.remaining > 0 and key and stored and not _reverse(query.key):
+        if got.remaining > 0 and key and stored and not _reverse(fwd.key):
             ttls = tuple(t for t in got.ttls if t[0] < cut)
             self.answers.put(
                 key, stored, ttls, qend, ttl=got.remaining, now=self.clock(), label=label

@@ -51,9 +51,32 @@ class Chase:
     answer: Answer  # the cluster's part of the chain; ``answer.chase`` is where it left
 
 
-@dataclass(frozen=True, slots=True)
 class Forward:
-    query: Query
+    """A question for the upstream. The UDP loop classifies standard queries from their bytes
+    (``FastIndex.forward``), so the dnslib ``query`` is parsed only when a failure reply
+    needs it; the relay itself needs the fields below."""
+
+    __slots__ = ("_query", "data", "edns", "key", "payload", "qtype")
+
+    def __init__(self, query: Query | None = None, *, data: bytes = b"", key: str | None = None,
+                 qtype: int = 0, edns: bool = False, payload: int = 512) -> None:  # fmt: skip
+        self._query = query
+        self.data = data
+        if query is not None:
+            key, qtype, edns, payload = query.key, query.qtype, query.edns, query.payload
+        self.key = key  # absolute lower-case name; None when it has a label no name can have
+        self.qtype = qtype
+        self.edns = edns
+        self.payload = payload
+
+    @property
+    def query(self) -> Query:
+        if self._query is None:
+            parsed = parse_query(self.data)
+            if isinstance(parsed, Malformed):  # the wire checks are stricter than dnslib's
+                raise ValueError(f"query the fast path forwarded is malformed: {parsed.reason}")
+            self._query = parsed
+        return self._query
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +109,7 @@ class Responder:
             return Reply(parsed.wire, ("other", rcode_label(parsed.rcode)))
         return self.respond(parsed, tcp=tcp)
 
-    def limit(self, query: Query, tcp: bool) -> int:
+    def limit(self, query: Query | Forward, tcp: bool) -> int:
         return TCP_LIMIT if tcp else min(query.payload, self.max_udp)
 
     def respond(self, query: Query, *, tcp: bool) -> Outcome:

@@ -325,7 +325,14 @@ class DnsServer:
         namespace = live.pods.get(addr[0]) if live.pods else None
         if namespace is not None and self._start_autopath(sock, data, addr, live, namespace):
             return
-        outcome = self._handle(live, data, tcp=False, fast=False)  # the loop tried it
+        outcome: Reply | Forward | Drop | None = None
+        if live.fast is not None:
+            try:  # a standard query of an outside name: classified from its bytes
+                outcome = live.fast.forward(data)
+            except Exception:  # a bug must cost nothing: the general path decides
+                log.exception("fast forward classification failed")
+        if outcome is None:
+            outcome = self._handle(live, data, tcp=False, fast=False)  # the loop tried it
         if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
             self._spawn_forward(sock, data, addr, outcome, live)
         elif isinstance(outcome, Reply):
@@ -391,17 +398,19 @@ class DnsServer:
 
     async def _forward(self, fwd: Forward, data: bytes, *, tcp: bool) -> Reply:
         start = time.perf_counter()
-        query = fwd.query
         responder = self._live.responder
         try:
             if not self._forwarder.upstreams:
-                reply = responder.failure(query, REFUSED, tcp=tcp)
+                reply = responder.failure(fwd.query, REFUSED, tcp=tcp)
             else:
                 reply = await self._path.relay(fwd, data, responder, tcp=tcp)
         except Exception:  # a bug (or an upstream answer we cannot re-encode): one SERVFAIL
             log.exception("forwarding failed")
             self.metrics.forward_errors["internal"] += 1
-            reply = responder.failure(query, SERVFAIL, tcp=tcp)
+            try:
+                reply = responder.failure(fwd.query, SERVFAIL, tcp=tcp)
+            except ValueError:  # dnslib cannot read it: a SERVFAIL from the header alone
+                reply = Reply(header_reply(data, SERVFAIL), ("other", "SERVFAIL"))
         self.metrics.queries[reply.label] += 1
         self.metrics.latency["forward"].observe(time.perf_counter() - start)
         return reply

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPort, DnsService
 from mesh.dns.fast_index import FastIndex, wire_name
-from mesh.dns.responder import Reply, Responder
+from mesh.dns.responder import Forward, Reply, Responder
 from mesh.dns.zone import ZoneIndex
 from tests.dns.cases import CLUSTER, TABLES, Case, check, query
 
@@ -255,3 +255,48 @@ def test_random_bytes_agree(data: bytes, prefix: bytes) -> None:
             theirs = general.handle(packet)
             assert isinstance(theirs, Reply)
             assert ours.wire == theirs.wire
+
+
+def forward_agrees(packet: bytes) -> bool:
+    """Whether the wire classification forwards ``packet``; when it does, the general path
+    forwards it too, with the same name key, type, EDNS and payload."""
+    general, fast = paths(CLUSTER)
+    ours = fast.forward(packet)
+    if ours is None:
+        return False
+    theirs = general.handle(packet)
+    assert isinstance(theirs, Forward), packet.hex()
+    assert (ours.key, ours.qtype, ours.edns, ours.payload) == (
+        theirs.key,
+        theirs.qtype,
+        theirs.edns,
+        theirs.payload,
+    )
+    assert ours.query.key == theirs.query.key  # parsed on demand, for failure replies
+    return True
+
+
+@pytest.mark.parametrize(
+    ("name", "rtype", "edns", "forwarded"),
+    [
+        ("example.org.", "A", -1, True),
+        ("Example.ORG.", "AAAA", 0, True),
+        ("a.b.c.d.example.com.", "MX", 0, True),
+        ("9.9.9.9.in-addr.arpa.", "PTR", -1, True),  # a reverse name no Service has
+        ("web.shop.svc.cluster.local.", "A", -1, False),  # the zone's
+        ("nothing.cluster.local.", "A", 0, False),
+        ("example.org.", "ANY", -1, False),  # the general path decides
+        ("example.org.", "A", 1, False),  # BADVERS
+        (".", "NS", -1, False),
+    ],
+)
+def test_forward_classified_from_bytes(name: str, rtype: str, edns: int, forwarded: bool) -> None:
+    q = dns.message.make_query(name, rtype, use_edns=edns)
+    assert forward_agrees(q.to_wire()) is forwarded
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=questions(), junk=st.binary(max_size=40))
+def test_random_forward_classification_agrees(data: bytes, junk: bytes) -> None:
+    for packet in (data, data + junk, data[: len(junk)]):
+        forward_agrees(packet)
