@@ -82,6 +82,7 @@ class FastIndex:
         "_labels",
         "_max_udp",
         "_namespaces",
+        "_negative",
         "_nodes",
         "_opt",
         "_pod_labels",
@@ -119,6 +120,7 @@ class FastIndex:
         # Our OPT: root owner, type 41, our payload size as class, no extended rcode, version 0.
         self._opt = b"\x00\x00\x29" + max_udp.to_bytes(2, "big") + bytes(6)
         self._tails: dict[int, bytes] = {}
+        self._negative: dict[int, tuple[bytes, bytes]] = {}  # see reply(): NXDOMAIN parts
         self._labels: dict[tuple[int, int], tuple[str, str]] = {}
         self._index_id = index.build_id
         self._nodes: dict[bytes, dict[int, Entry]] = {}
@@ -176,6 +178,12 @@ class FastIndex:
 
     def __len__(self) -> int:
         return len(self._nodes)
+
+    @property
+    def zone_wire(self) -> bytes:
+        """The zone's name in wire form: a query that holds it asks (almost surely) a name
+        in the zone, which the answer cache of forwarded names never holds."""
+        return self._zone_wire
 
     def answer(self, data: bytes, *, tcp: bool = False) -> Reply | None:
         got = self.reply(data, tcp)
@@ -243,6 +251,18 @@ class FastIndex:
             if i != apex or qend - 12 > 255:
                 return None
             if self._pod_wire is None:
+                # The common NXDOMAIN (a flood of made-up names, search-path expansions): its
+                # header and tail depend only on the apex offset, RD, CD and EDNS; at most
+                # 12 + 255 + 4 + 54 + 11 bytes, so it fits any limit from 512 bytes up.
+                key = (apex << 7) | ((data[2] & 1) << 6) | (data[3] & 0x10) | edns
+                parts = self._negative.get(key)
+                if parts is None:
+                    parts = self._negative_parts(key, apex, edns)
+                if parts is not None:
+                    label = self._labels.get((qtype, NXDOMAIN))
+                    if label is None:
+                        label = self._labels[(qtype, NXDOMAIN)] = (qtype_label(qtype), "NXDOMAIN")
+                    return data[:2] + parts[0] + data[12 : qend + 4] + parts[1], label, False
                 entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0)
             else:
                 starts = _label_starts(data, qend)
@@ -315,6 +335,16 @@ class FastIndex:
             return None
         key = b".".join(labels).decode("ascii") + "."
         return Forward(data=data, key=key, qtype=qtype, edns=edns, payload=payload)
+
+    def _negative_parts(self, key: int, apex: int, edns: bool) -> tuple[bytes, bytes] | None:
+        """The NXDOMAIN reply around the question (flags and counts; SOA and OPT) for a
+        ``key`` of ``reply``; None when a small ``max_udp`` could make it too long."""
+        if self._max_udp < CLASSIC_UDP_LIMIT:
+            return None
+        flags = ((key >> 1) & 0x20) | (key & 0x10) | NXDOMAIN
+        head = _FLAGS[flags] + _COUNTS.pack(1, 0, 1, int(edns))
+        parts = self._negative[key] = (head, self._tail(apex) + (self._opt if edns else b""))
+        return parts
 
     def _tail(self, apex: int) -> bytes:
         """The SOA record of a negative answer whose question holds the apex at ``apex``: owner,

@@ -250,6 +250,7 @@ class DnsServer:
             get = live.cache.entries.get
             negative = live.negative.entries
             fast = live.fast.reply if live.fast is not None else None
+            zone = live.fast.zone_wire if live.fast is not None else None
             pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
             n = hits = forwarded = answered = 0
             start = perf()
@@ -275,7 +276,8 @@ class DnsServer:
                     queries[hit[1]] += 1
                     hits += 1
                     continue
-                fwd = answer(data, tail, now)
+                # A name in the zone is never in the answer cache: skip its two lookups.
+                fwd = answer(data, tail, now) if zone is None or zone not in data else None
                 if fwd is not None:
                     try:
                         sendto(fwd[0], addr)
