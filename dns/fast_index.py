@@ -250,7 +250,8 @@ class FastIndex:
                 i += length + 1
             if i != apex or qend - 12 > 255:
                 return None
-            if self._pod_wire is None:
+            pod_wire = self._pod_wire
+            if pod_wire is None or not qname.endswith(pod_wire):
                 # The common NXDOMAIN (a flood of made-up names, search-path expansions): its
                 # header and tail depend only on the apex offset, RD, CD and EDNS; at most
                 # 12 + 255 + 4 + 54 + 11 bytes, so it fits any limit from 512 bytes up.
