@@ -7,7 +7,8 @@ additional section is the first to go when a reply does not fit). They are encod
 would encode them behind a lower-case question at offset 12, through dnslib's own buffer, so
 both paths give the same bytes. Negative answers (NXDOMAIN, and NODATA for names with no data of
 the asked type) are one SOA record whose three names point at the zone apex inside the
-question, so the tail depends only on where the apex starts: one tail per offset, made once.
+question, so the tail depends only on where the apex starts: one tail per offset, made once
+(and an NXDOMAIN's header and tail per offset, RD, CD and EDNS: a reply is three copies).
 
 A query takes this path when it is a standard one: opcode QUERY, one question of class IN in a
 lower-case, uncompressed, dot-free ASCII name, no answer or authority records, at most one
@@ -15,7 +16,9 @@ additional record that is an EDNS version 0 OPT owned by the root, and nothing a
 rest (None from ``answer``) goes through the general Responder, as do names outside the index
 and the zone (forwarded) and the types that need it (ANY, zone transfers, OPT as a question).
 Upper-case questions go there too: dnslib compresses names case-sensitively, so a mixed-case
-question changes which names it can point at.
+question changes which names it can point at. ``forward`` classifies a standard query of a name
+the cluster does not own for the upstream, with the fields the relay needs, so forwarding does
+not parse it with dnslib either.
 """
 
 from __future__ import annotations

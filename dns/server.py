@@ -5,8 +5,10 @@ with plain non-blocking ``recvfrom`` calls, answering wire-cache hits (cluster n
 answer-cache hits (forwarded names) inline, a dict lookup and a ``sendto`` each, with no trio
 machinery per packet; after ``batch`` packets it yields to other tasks. A miss is answered
 from the FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes
-out), else goes through the pure Responder synchronously (cluster names) or spawns a
-forwarding task (other names, and ExternalName targets outside the zone). Config swaps replace
+out; its NXDOMAIN replies are kept in a negative cache of their own, so a flood of made-up
+names never empties the wire cache), else goes through the pure Responder synchronously
+(cluster names) or spawns a forwarding task (other names, classified from their bytes by the
+FastIndex when standard, and ExternalName targets outside the zone). Config swaps replace
 the responder and the wire cache in one assignment, so the next packet already sees the new
 config; forwarded answers do not depend on the config and stay (reverse names, whose owner a
 config can change, are never put in the answer cache).
