@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 from dnslib import RR, DNSBuffer, DNSLabel
 
-from mesh.dns import names
+from mesh.dns import classify, names
 from mesh.dns.answer import MAX_CHAIN, Answer, resolve
 from mesh.dns.packet import qtype_label, rcode_label
 from mesh.dns.records import (
@@ -311,34 +311,7 @@ class FastIndex:
     def forward(self, data: bytes) -> Forward | None:
         """A standard query of a name the cluster does not own, classified from its bytes
         for the upstream (no dnslib); None for everything else (the general path decides)."""
-        q = _standard(data)
-        if q is None:
-            return None
-        qend, qtype, edns, payload = q
-        qname = data[12:qend].lower()
-        if (
-            qtype in GENERAL_TYPES
-            or not qname.isascii()
-            or b"." in qname
-            or qname in self._nodes
-            or qname.endswith(self._zone_wire)
-            or qname == b"\x00"
-        ):
-            return None
-        labels = []
-        i = 12
-        while True:  # plain labels only, ending at the question's end
-            length = data[i]
-            if length == 0:
-                break
-            if length > 63:
-                return None
-            labels.append(qname[i - 11 : i - 11 + length])
-            i += length + 1
-        if i != qend - 1 or qend - 12 > 255:
-            return None
-        key = b".".join(labels).decode("ascii") + "."
-        return Forward(data=data, key=key, qtype=qtype, edns=edns, payload=payload)
+        return classify.forward(data, self._nodes, self._zone_wire)
 
     def _negative_parts(self, key: int, apex: int, edns: bool) -> tuple[bytes, bytes] | None:
         """The NXDOMAIN reply around the question (flags and counts; SOA and OPT) for a
@@ -386,30 +359,6 @@ class FastIndex:
             return (0, 0, 1, 0, self._tail(apex), b"", 0)
         record = b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, self._ttl, len(raw)) + raw
         return (0, 1, 0, 0, record, b"", len(record))
-
-
-def _standard(data: bytes) -> tuple[int, int, bool, int] | None:
-    """(end of the name, qtype, EDNS, payload) of a standard query (the checks of
-    ``FastIndex.reply``, which inlines them), else None."""
-    n = len(data)
-    if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
-        return None
-    arcount = (data[10] << 8) | data[11]
-    qend = data.find(b"\x00", 12) + 1
-    if arcount > 1 or qend == 0 or qend + 4 > n or data[qend + 2 : qend + 4] != b"\x00\x01":
-        return None
-    qtype = (data[qend] << 8) | data[qend + 1]
-    pos = qend + 4
-    if not arcount:
-        return (qend, qtype, False, CLASSIC_UDP_LIMIT) if pos == n else None
-    if data[pos : pos + 3] != b"\x00\x00\x29" or pos + 11 > n or data[pos + 6]:
-        return None
-    payload = max(CLASSIC_UDP_LIMIT, (data[pos + 3] << 8) | data[pos + 4])
-    end = pos + 11 + ((data[pos + 9] << 8) | data[pos + 10])
-    pos += 11
-    while pos + 4 <= end:
-        pos += 4 + ((data[pos + 2] << 8) | data[pos + 3])
-    return (qend, qtype, True, payload) if pos == end == n else None
 
 
 def _label_starts(data: bytes, qend: int) -> list[int] | None:
