@@ -105,14 +105,27 @@ async def forward(
     t = fwd.timeouts
     deadline = trio.current_time() + t.request if t.request is not None else math.inf
     balancer = fwd.upstream
+    retry = req.length == 0 and req.method in _IDEMPOTENT and not upgrade
+    fresh = False
+    if req.length == 0 and not upgrade and server.fast:
+        # The common exchange (no request body, a pooled connection): see ``_simple``.
+        first = balancer.pick(()) if balancer.endpoints else None
+        up = server.pool.take(first) if first is not None else None
+        if up is not None:
+            keep = await _simple(server, down, dreader, req, fwd, up, head, deadline)
+            if keep is not None:
+                return keep
+            if not retry:  # the pooled connection was dead before any response byte
+                raise UpstreamError("upstream-reset", "the backend closed the connection")
+            retry, fresh = False, True
     up = await acquire(
         server.pool,
         balancer,
         attempts=fwd.connect_attempts,
         connect_timeout=t.connect,
         deadline=deadline,
+        fresh=fresh,
     )
-    retry = req.length == 0 and req.method in _IDEMPOTENT and not upgrade
     while True:
         endpoint = up.endpoint
         balancer.started(endpoint)
@@ -133,6 +146,101 @@ async def forward(
             )
         finally:
             balancer.finished(endpoint)
+
+
+async def _simple(
+    server: HttpServer,
+    down: socket.socket,
+    dreader: Reader,
+    req: Request,
+    fwd: Forward,
+    up: Upstream,
+    head: bytes,
+    deadline: float,
+) -> bool | None:
+    """The common exchange in as few steps as the general one takes layers: a request
+    without a body on a pooled connection, written in one send; the response read with one
+    recv and, when it is a final response whose Content-Length body came whole with it,
+    written to the client in one send. Anything else (a body still to come, chunked, 1xx,
+    101, until-close) continues in ``_relay_response`` from the event already read, with the
+    same codec (one parser: the strict one). None: the connection was dead before any
+    response byte (the caller retries once on a fresh one, as ``forward`` does)."""
+    balancer = fwd.upstream
+    endpoint = up.endpoint
+    usock = up.sock
+    t = fwd.timeouts
+    balancer.started(endpoint)
+    try:
+        try:
+            try:
+                n = usock.send(head)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                close(usock)
+                return None
+            reader = up.reader
+            reader.next_message(req.method)
+            if n < len(head):
+                await send_all(
+                    usock, head[n:], t.send if t.send is not None else math.inf, deadline
+                )
+            read_t = t.read if t.read is not None else math.inf
+            try:
+                data = await recv(usock, read_t, deadline, wait_first=True)
+            except OSError:
+                data = b""
+            if not data:
+                close(usock)
+                return None
+            reader.feed(data)
+            try:
+                ev = reader.next_event()
+            except ProtocolError as exc:
+                close(usock, reset=True)
+                raise UpstreamError("upstream-protocol-error", str(exc)) from None
+            if type(ev) is Response and ev.length >= 0 and not reader.switched:
+                body = reader.whole_body() if ev.length else b""
+                if body is not None:
+                    fields = response_fields(ev.headers)
+                    if fwd.response_headers:
+                        fields = fwd.response_headers.apply(fields)
+                    keep_client = req.keep_alive
+                    if not keep_client:
+                        fields.append((b"connection", b"close"))
+                    reason = ev.reason or phrase(ev.status)
+                    out = response_head(ev.status, reason, fields)
+                    if body:
+                        out += body
+                    try:
+                        sent = down.send(out)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError as exc:
+                        close(usock, reset=True)
+                        raise Abort from exc
+                    if sent < len(out):
+                        await _to_client(down, [out[sent:]], server.limits.body_timeout, up)
+                    if ev.keep_alive and not reader.buffered:
+                        if ev.length == 0:
+                            reader.next_event()  # its EndOfMessage: the reader is done
+                        server.pool.put(up)
+                    else:
+                        close(usock)
+                    return keep_client and dreader.message_done
+            return await _relay_response(
+                server, down, dreader, req, fwd, up, deadline, False, pending=ev
+            )
+        except (_Stale, Abort, HandedOff, DownstreamError, UpstreamError):
+            raise
+        except Timeout:
+            close(usock, reset=True)
+            raise UpstreamError("upstream-timeout", "the backend did not answer in time") from None
+        except OSError:
+            close(usock, reset=True)
+            raise UpstreamError("upstream-reset", "the backend connection broke") from None
+    finally:
+        balancer.finished(endpoint)
 
 
 async def _exchange(
@@ -239,19 +347,26 @@ async def _relay_response(
     up: Upstream,
     deadline: float,
     upgrade: bool,
+    pending: object = None,
 ) -> bool:
+    """``pending``: the first event, already read by ``_simple`` (the reader then is past
+    ``next_message`` and has received bytes)."""
     reader = up.reader
-    reader.next_message(req.method)
+    if pending is None:
+        reader.next_message(req.method)
     read_t = fwd.timeouts.read if fwd.timeouts.read is not None else math.inf
     client_timeout = server.limits.body_timeout
     out: list[bytes] = []
     resp: Response | None = None
     chunked_out = False
     keep_client = req.keep_alive
-    received = False
+    received = pending is not None
     while True:
         try:
-            ev = reader.next_event()
+            if pending is not None:
+                ev, pending = pending, None
+            else:
+                ev = reader.next_event()
         except ProtocolError as exc:
             close(up.sock, reset=True)
             if resp is None:
