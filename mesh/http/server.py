@@ -130,10 +130,25 @@ class HttpServer:
         peer = Peer(addr[0], addr[1], self.scheme, sock.getsockname()[1])
         self.connections += 1
         reset, owned = False, True
+        idle = limits.idle_timeout
         try:
             while True:
-                req = await self._read_head(sock, reader)
-                if req is None:
+                # The usual case inline: between requests nothing is buffered; the next
+                # request's whole head comes in one read. Anything else: ``_read_head``.
+                if not reader.buffered:
+                    try:
+                        data = await recv(sock, idle, wait_first=True)
+                    except Timeout:
+                        return
+                    reader.feed(data)
+                try:
+                    ev = reader.next_event()
+                except ProtocolError as exc:
+                    await self._error(sock, DownstreamError.from_protocol(exc), close=True)
+                    return
+                if type(ev) is Request:
+                    req = ev
+                elif ev is CLOSED or (req := await self._read_head(sock, reader)) is None:
                     return
                 if not await self._handle(sock, reader, req, peer):
                     return
