@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import re
 import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
