@@ -29,7 +29,7 @@ import trio
 
 from mesh.http import reactor
 from mesh.http.client import acquire
-from mesh.http.decision import Forward, Peer
+from mesh.http.decision import NO_EDITS, Forward, Peer
 from mesh.http.errors import DownstreamError, ProtocolError, UpstreamError, phrase
 from mesh.http.events import (
     CHUNKED,
@@ -99,7 +99,7 @@ async def forward(
     )
     if req.length == CHUNKED:
         fields.append((b"transfer-encoding", b"chunked"))
-    if fwd.request_headers:
+    if fwd.request_headers is not NO_EDITS and fwd.request_headers:  # no __bool__ call
         fields = fwd.request_headers.apply(fields)
     head = request_head(req.method, fwd.target or req.target, fields)
     t = fwd.timeouts
@@ -203,7 +203,7 @@ async def _simple(
                 body = reader.whole_body() if ev.length else b""
                 if body is not None:
                     fields = response_fields(ev.headers)
-                    if fwd.response_headers:
+                    if fwd.response_headers is not NO_EDITS and fwd.response_headers:
                         fields = fwd.response_headers.apply(fields)
                     keep_client = req.keep_alive
                     if not keep_client:

@@ -273,8 +273,8 @@ class Reader:
                     raise ProtocolError("the asterisk target is for OPTIONS only")
             elif not _ABSOLUTE.fullmatch(target):
                 raise ProtocolError("the request target is malformed")
-        length, chunked, close, keep = _framing(fields, version)
-        hosts = [v for k, v in fields if k == b"host"]
+        hosts: list[bytes] = []
+        length, chunked, close, keep = _framing(fields, version, hosts)
         if len(hosts) > 1:
             raise ProtocolError("more than one Host field")
         if hosts:
@@ -416,10 +416,11 @@ class Reader:
 
 
 def _framing(
-    fields: list[tuple[bytes, bytes]], version: bytes
+    fields: list[tuple[bytes, bytes]], version: bytes, hosts: list[bytes] | None = None
 ) -> tuple[int | None, bytes, bool, bool]:
     """(Content-Length or None, the Transfer-Encoding value or b"", Connection has close,
-    Connection has keep-alive)."""
+    Connection has keep-alive); the Host values go to ``hosts`` when given (a request's
+    fields are walked once)."""
     length: int | None = None
     te = b""
     close = keep = False
@@ -441,6 +442,8 @@ def _framing(
                     close = True
                 elif token == b"keep-alive":
                     keep = True
+        elif name == b"host" and hosts is not None:
+            hosts.append(value)
     if te and version == b"1.0":
         raise ProtocolError("Transfer-Encoding in an HTTP/1.0 message")
     if te and length is not None:

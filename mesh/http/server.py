@@ -147,8 +147,12 @@ class HttpServer:
                     await self._error(sock, DownstreamError.from_protocol(exc), close=True)
                     return
                 if type(ev) is Request:
-                    req = ev
-                elif ev is CLOSED or (req := await self._read_head(sock, reader)) is None:
+                    req: Request | None = ev
+                elif ev is CLOSED:
+                    return
+                else:
+                    req = await self._read_head(sock, reader)
+                if req is None:
                     return
                 if not await self._handle(sock, reader, req, peer):
                     return
