@@ -106,26 +106,29 @@ async def forward(
     deadline = trio.current_time() + t.request if t.request is not None else math.inf
     balancer = fwd.upstream
     retry = req.length == 0 and req.method in _IDEMPOTENT and not upgrade
-    fresh = False
-    if req.length == 0 and not upgrade and server.fast:
-        # The common exchange (no request body, a pooled connection): see ``_simple``.
-        first = balancer.pick(()) if balancer.endpoints else None
-        up = server.pool.take(first) if first is not None else None
-        if up is not None:
-            keep = await _simple(server, down, dreader, req, fwd, up, head, deadline)
-            if keep is not None:
-                return keep
-            if not retry:  # the pooled connection was dead before any response byte
-                raise UpstreamError("upstream-reset", "the backend closed the connection")
-            retry, fresh = False, True
     up = await acquire(
         server.pool,
         balancer,
         attempts=fwd.connect_attempts,
         connect_timeout=t.connect,
         deadline=deadline,
-        fresh=fresh,
     )
+    if up.reused and req.length == 0 and not upgrade and server.fast:
+        # The common exchange (no request body, a pooled connection): see ``_simple``.
+        keep = await _simple(server, down, dreader, req, fwd, up, head, deadline)
+        if keep is not None:
+            return keep
+        if not retry:  # the pooled connection was dead before any response byte
+            raise UpstreamError("upstream-reset", "the backend closed the connection")
+        retry = False
+        up = await acquire(
+            server.pool,
+            balancer,
+            attempts=fwd.connect_attempts,
+            connect_timeout=t.connect,
+            deadline=deadline,
+            fresh=True,
+        )
     while True:
         endpoint = up.endpoint
         balancer.started(endpoint)
