@@ -5,17 +5,15 @@ after it stops."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mesh.proxy import netns
-from tests.conftest import require_root, require_tool
 from tests.polling import wait_for
+from tests.scratch_netns import run_in, scratch_namespace, serve_http
 from tests.test_cli_e2e import Proc
 
 MANIFESTS = """
@@ -44,19 +42,8 @@ ports: [{name: http, port: 18080}]
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    require_root()
-    require_tool("ip", "dig", "curl")
-    name = f"mesh-test-{secrets.token_hex(3)}"
-    netns.create(name)
-    try:
+    with scratch_namespace("ip", "dig", "curl") as name:
         yield name
-    finally:
-        netns.remove(name)  # also ends every process left in it
-
-
-def _in(ns: str, *argv: str) -> str:
-    out = subprocess.run(netns.exec_argv(ns, argv), capture_output=True, text=True, timeout=30)
-    return out.stdout.strip()
 
 
 def test_up_dual_stack_userspace(namespace: str, tmp_path: Path) -> None:
@@ -64,23 +51,7 @@ def test_up_dual_stack_userspace(namespace: str, tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("hello over ipv6")
-    server = subprocess.Popen(
-        netns.exec_argv(
-            namespace,
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                "18080",
-                "--bind",
-                "::",
-                "--directory",
-                str(site),
-            ],
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = serve_http(namespace, 18080, site)
     up = Proc(
         [
             "up",
@@ -106,21 +77,21 @@ def test_up_dual_stack_userspace(namespace: str, tmp_path: Path) -> None:
     try:
         port = str(up.addresses["dns"][1])
         dig = ["dig", "@127.0.0.1", "-p", port, "+short", "web.shop.svc.cluster.local"]
-        vip6 = _in(namespace, *dig, "AAAA")
+        vip6 = run_in(namespace, *dig, "AAAA")
         assert vip6.startswith("fd00:10::")
-        assert _in(namespace, *dig, "A").startswith("127.10.")
-        assert "fd00:10::/112" in _in(namespace, "ip", "-6", "route", "show", "table", "local")
+        assert run_in(namespace, *dig, "A").startswith("127.10.")
+        assert "fd00:10::/112" in run_in(namespace, "ip", "-6", "route", "show", "table", "local")
         curl = ["curl", "-6", "-s", "-m", "2", "-g", f"http://[{vip6}]:80/"]
-        wait_for(lambda: _in(namespace, *curl) == "hello over ipv6", timeout=15.0)
+        wait_for(lambda: run_in(namespace, *curl) == "hello over ipv6", timeout=15.0)
     finally:
         up.stop()
         server.terminate()
         server.wait(10)
-    assert "fd00:10::" not in _in(namespace, "ip", "-6", "route", "show", "table", "local")
+    assert "fd00:10::" not in run_in(namespace, "ip", "-6", "route", "show", "table", "local")
 
 
 def _local_routes(ns: str) -> str:
-    return _in(ns, "ip", "-6", "route", "show", "table", "local")
+    return run_in(ns, "ip", "-6", "route", "show", "table", "local")
 
 
 def _up(tmp_path: Path, namespace: str, stderr: object = subprocess.DEVNULL) -> Proc:
@@ -172,23 +143,7 @@ def test_standalone_userspace_proxy_makes_its_ipv6_service_range_local(
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("hello from the standalone proxy")
-    server = subprocess.Popen(
-        netns.exec_argv(
-            namespace,
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                "18080",
-                "--bind",
-                "::",
-                "--directory",
-                str(site),
-            ],
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = serve_http(namespace, 18080, site)
     config = tmp_path / "proxy.yaml"
     config.write_text(PROXY_CONFIG)
     args = ["proxy", "--config", str(config), "--admin-listen", "127.0.0.1:0"]
@@ -200,7 +155,9 @@ def test_standalone_userspace_proxy_makes_its_ipv6_service_range_local(
     try:
         assert "fd00:10::/112" in _local_routes(namespace)
         curl = ["curl", "-6", "-s", "-m", "2", "-g", "http://[fd00:10::5]:80/"]
-        wait_for(lambda: _in(namespace, *curl) == "hello from the standalone proxy", timeout=15.0)
+        wait_for(
+            lambda: run_in(namespace, *curl) == "hello from the standalone proxy", timeout=15.0
+        )
     finally:
         proxy.stop()
         server.terminate()
