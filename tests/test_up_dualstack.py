@@ -6,7 +6,7 @@ after it stops."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -46,59 +46,46 @@ def namespace() -> Iterator[str]:
         yield name
 
 
+def _local_routes(ns: str) -> str:
+    return run_in(ns, "ip", "-6", "route", "show", "table", "local")
+
+
+def _up(
+    tmp_path: Path,
+    namespace: str,
+    stderr: object = subprocess.DEVNULL,
+    wait: set[str] | None = None,
+    extra: Sequence[str] = (),
+) -> Proc:
+    args = ["up", "-f", str(tmp_path), "--service-cidr", "127.10.0.0/16,fd00:10::/112"]
+    for flag in ("--dns-listen", "--control-listen", "--admin-listen"):
+        args += [flag, "127.0.0.1:0"]
+    args += [*extra, "--no-forward"]
+    return Proc(args, wait or {"admin"}, stderr, netns.exec_argv(namespace, []))
+
+
 def test_up_dual_stack_userspace(namespace: str, tmp_path: Path) -> None:
     (tmp_path / "web.yaml").write_text(MANIFESTS)
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("hello over ipv6")
     server = serve_http(namespace, 18080, site)
-    up = Proc(
-        [
-            "up",
-            "-f",
-            str(tmp_path),
-            "--service-cidr",
-            "127.10.0.0/16,fd00:10::/112",
-            "--dns-listen",
-            "127.0.0.1:0",
-            "--control-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--gateway-listen",
-            "127.0.0.1:0",
-            "--gateway-tls-listen",
-            "127.0.0.1:0",
-            "--no-forward",
-        ],
-        {"dns", "admin"},
-        prefix=netns.exec_argv(namespace, []),
-    )
+    gateway = ["--gateway-listen", "127.0.0.1:0", "--gateway-tls-listen", "127.0.0.1:0"]
+    up = _up(tmp_path, namespace, wait={"dns", "admin"}, extra=gateway)
     try:
         port = str(up.addresses["dns"][1])
         dig = ["dig", "@127.0.0.1", "-p", port, "+short", "web.shop.svc.cluster.local"]
         vip6 = run_in(namespace, *dig, "AAAA")
         assert vip6.startswith("fd00:10::")
         assert run_in(namespace, *dig, "A").startswith("127.10.")
-        assert "fd00:10::/112" in run_in(namespace, "ip", "-6", "route", "show", "table", "local")
+        assert "fd00:10::/112" in _local_routes(namespace)
         curl = ["curl", "-6", "-s", "-m", "2", "-g", f"http://[{vip6}]:80/"]
         wait_for(lambda: run_in(namespace, *curl) == "hello over ipv6", timeout=15.0)
     finally:
         up.stop()
         server.terminate()
         server.wait(10)
-    assert "fd00:10::" not in run_in(namespace, "ip", "-6", "route", "show", "table", "local")
-
-
-def _local_routes(ns: str) -> str:
-    return run_in(ns, "ip", "-6", "route", "show", "table", "local")
-
-
-def _up(tmp_path: Path, namespace: str, stderr: object = subprocess.DEVNULL) -> Proc:
-    args = ["up", "-f", str(tmp_path), "--service-cidr", "127.10.0.0/16,fd00:10::/112"]
-    for flag in ("--dns-listen", "--control-listen", "--admin-listen"):
-        args += [flag, "127.0.0.1:0"]
-    return Proc([*args, "--no-forward"], {"admin"}, stderr, netns.exec_argv(namespace, []))
+    assert "fd00:10::" not in _local_routes(namespace)
 
 
 def test_a_local_route_left_by_sigkill_is_adopted_and_removed(
