@@ -14,7 +14,7 @@ import pytest
 from mesh.proxy import netns
 from tests.polling import wait_for
 from tests.scratch_netns import run_in, scratch_namespace, serve_http
-from tests.test_cli_e2e import Proc
+from tests.test_cli_e2e import Proc, listen_anywhere
 
 MANIFESTS = """
 apiVersion: v1
@@ -58,8 +58,7 @@ def _up(
     extra: Sequence[str] = (),
 ) -> Proc:
     args = ["up", "-f", str(tmp_path), "--service-cidr", "127.10.0.0/16,fd00:10::/112"]
-    for flag in ("--dns-listen", "--control-listen", "--admin-listen"):
-        args += [flag, "127.0.0.1:0"]
+    args += listen_anywhere(("--dns-listen", "--control-listen", "--admin-listen"))
     args += [*extra, "--no-forward"]
     return Proc(args, wait or {"admin"}, stderr, netns.exec_argv(namespace, []))
 
