@@ -186,24 +186,16 @@ def measure(pid: int, host: str, port: int, queries: Path, opts: argparse.Namesp
         return float(m.group(1))
 
     completed = int(num("Queries completed"))
-    if not opts.latency_seconds:
-        return Result(
-            qps=num("Queries per second"),
-            avg_latency=num("Average Latency \\(s\\)"),
-            completed=completed,
-            lost=int(num("Queries lost")),
-            cpu_per_query=cpu / completed if completed else float("nan"),
-            p50=float("nan"),
-            p99=float("nan"),
+    lat: list[float] = []  # per-query latencies, from a second rate-limited verbose run
+    if opts.latency_seconds:
+        verbose = dnsperf(
+            [*base, "-l", str(opts.latency_seconds), "-Q", str(opts.rate), "-v"],
+            opts.client_core,
+            opts.latency_seconds + 30,
         )
-    verbose = dnsperf(
-        [*base, "-l", str(opts.latency_seconds), "-Q", str(opts.rate), "-v"],
-        opts.client_core,
-        opts.latency_seconds + 30,
-    )
-    lat = sorted(
-        float(line.rsplit(" ", 1)[1]) for line in verbose.splitlines() if line.startswith("> ")
-    )
+        lat = sorted(
+            float(line.rsplit(" ", 1)[1]) for line in verbose.splitlines() if line.startswith("> ")
+        )
 
     def pick(fraction: float) -> float:
         return lat[min(len(lat) - 1, int(fraction * len(lat)))] if lat else float("nan")

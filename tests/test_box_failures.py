@@ -5,11 +5,8 @@ the rest keeps running; the box is always removed."""
 from __future__ import annotations
 
 import itertools
-import re
 import secrets
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root, require_tool
+from tests.netns_box import Box, write_manifests
 from tests.polling import wait_for
-from tests.test_netns_e2e import namespaces, pod
-
-MESH = [sys.executable, "-m", "mesh.cli"]
 
 SERVICES = """
 apiVersion: v1
@@ -39,66 +34,20 @@ spec:
 """
 
 
-class Box:
-    def __init__(self, manifests: Path, log: Path, *extra: str) -> None:
-        self.name = f"f{secrets.token_hex(3)}"
-        self.log = log
-        args = ["up", "--netns", "--box", self.name, "-f", str(manifests), "--no-forward"]
-        args += ["--control-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
-        args += ["--log-format", "text", *extra]
-        with log.open("w") as err:
-            self.popen = subprocess.Popen(
-                [*MESH, *args], stdout=subprocess.PIPE, stderr=err, text=True
-            )
-        seen: set[str] = set()
-        deadline = time.monotonic() + 60
-        assert self.popen.stdout is not None
-        while "admin" not in seen:
-            if time.monotonic() > deadline or self.popen.poll() is not None:
-                self.stop()
-                raise AssertionError(f"mesh up --netns did not start:\n{log.read_text()}")
-            m = re.match(r"^(\w+)\s", self.popen.stdout.readline())
-            if m:
-                seen.add(m.group(1))
-
-    def owned(self) -> set[str]:
-        return {n for n in namespaces() if n.startswith(f"{self.name}-")}
-
-    def exec(self, pod_name: str, *argv: str) -> str:
-        out = subprocess.run(
-            [*MESH, "exec", "--box", self.name, pod_name, "--", *argv],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        return out.stdout.strip()
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        subprocess.run([*MESH, "down", "--box", self.name], capture_output=True, timeout=60)
+def start(manifests: Path, log: Path, *extra: str) -> Box:
+    return Box(f"f{secrets.token_hex(3)}", manifests, ("--log-format", "text", *extra), log=log)
 
 
 @pytest.fixture
 def manifests(tmp_path: Path) -> Iterator[Path]:
     require_root()
     require_tool("ip", "nft", "dig")
-    target = tmp_path / "manifests"
-    target.mkdir()
-    (target / "services.yaml").write_text(SERVICES)
-    for i in range(1, 7):
-        (target / f"web-{i}.yaml").write_text(pod(f"web-{i}", "web"))
-    yield target
+    yield write_manifests(tmp_path, SERVICES, [(f"web-{i}", "web", None) for i in range(1, 7)])
 
 
 def test_conflicts_are_reported_and_the_rest_runs(manifests: Path, tmp_path: Path) -> None:
     # A /29 holds the node and five pods: the sixth does not fit.
-    box = Box(manifests, tmp_path / "stderr", "--pod-cidr", "198.18.0.0/29")
+    box = start(manifests, tmp_path / "stderr", "--pod-cidr", "198.18.0.0/29")
     try:
         wait_for(lambda: len(box.owned()) == 6, timeout=20)  # the node and five pods
         pods = f"{box.name}-shop-"
@@ -124,7 +73,7 @@ def test_conflicts_are_reported_and_the_rest_runs(manifests: Path, tmp_path: Pat
 
 
 def test_a_second_sigterm_still_removes_the_box(manifests: Path, tmp_path: Path) -> None:
-    box = Box(manifests, tmp_path / "stderr")
+    box = start(manifests, tmp_path / "stderr")
     wait_for(lambda: len(box.owned()) == 7, timeout=20)
     # Signals keep coming while it shuts down (an impatient user, a supervisor).
     deadline = time.monotonic() + 30

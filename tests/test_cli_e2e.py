@@ -28,6 +28,20 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
 MESH = [sys.executable, "-m", "mesh.cli"]
 
 
+ALL_LISTENS = (
+    "--control-listen",
+    "--dns-listen",
+    "--admin-listen",
+    "--gateway-listen",
+    "--gateway-tls-listen",
+)
+
+
+def listen_anywhere(flags: Sequence[str] = ALL_LISTENS) -> list[str]:
+    """Each listen flag given a free port on loopback (the kernel picks; the process says)."""
+    return [arg for flag in flags for arg in (flag, "127.0.0.1:0")]
+
+
 class Proc:
     """A started ``mesh`` process and the addresses it announced."""
 
@@ -99,16 +113,7 @@ def up(manifests: Path) -> Iterator[Proc]:
             "up",
             "-f",
             str(manifests),
-            "--control-listen",
-            "127.0.0.1:0",
-            "--dns-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--gateway-listen",
-            "127.0.0.1:0",
-            "--gateway-tls-listen",
-            "127.0.0.1:0",
+            *listen_anywhere(),
             "--no-proxy",
             "--upstream",
             "127.0.0.1:9",  # discard port: nothing answers, so no query leaves the machine
@@ -292,14 +297,7 @@ def test_bad_manifest_is_reported_and_the_rest_serves(manifests: Path, tmp_path:
         "spec: {ports: [{port: 70000}]}\n"
     )
     args = ["up", "-f", str(manifests), "--no-proxy", "--log-format", "json"]
-    for flag in (
-        "--control-listen",
-        "--dns-listen",
-        "--admin-listen",
-        "--gateway-listen",
-        "--gateway-tls-listen",
-    ):
-        args += [flag, "127.0.0.1:0"]
+    args += listen_anywhere()
     with (tmp_path / "stderr").open("w") as log:
         proc = Proc(args, {"dns", "admin"}, stderr=log)
         try:

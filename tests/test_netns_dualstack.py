@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_root, require_tool
+from tests.netns_box import MESH, PODS, Box, write_manifests
 from tests.polling import wait_for
-from tests.test_netns_e2e import MESH, Box, pod
 
 SERVICE_CIDR = "198.19.0.0/16,fd00:19::/112"
 POD_CIDR = "198.18.0.0/16,fd00:18::/64"
@@ -52,16 +52,7 @@ spec:
 def box(tmp_path: Path) -> Iterator[Box]:
     require_root()
     require_tool("ip", "nft", "dig", "curl")
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    (manifests / "services.yaml").write_text(MANIFESTS)
-    for name, app, host in (
-        ("web-1", "web", None),
-        ("web-2", "web", None),
-        ("client", "client", None),
-        ("db-0", "db", "db-0"),
-    ):
-        (manifests / f"{name}.yaml").write_text(pod(name, app, host))
+    manifests = write_manifests(tmp_path, MANIFESTS, PODS)
     b = Box(
         f"t{secrets.token_hex(3)}",
         manifests,

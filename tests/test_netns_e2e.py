@@ -15,9 +15,8 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -27,9 +26,8 @@ import dns.rrset
 import pytest
 
 from tests.conftest import require_root, require_tool
+from tests.netns_box import MESH, PODS, Box, namespaces, write_manifests
 from tests.polling import wait_for
-
-MESH = [sys.executable, "-m", "mesh.cli"]
 
 MANIFESTS = """
 apiVersion: v1
@@ -49,100 +47,11 @@ spec:
 """
 
 
-def pod(name: str, app: str, hostname: str | None = None) -> str:
-    host = f"\n  hostname: {hostname}\n  subdomain: db" if hostname else ""
-    return f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: shop, labels: {{app: {app}}}}}
-spec:{host}
-  containers:
-    - name: c
-      ports: [{{name: http, containerPort: 8080}}]
-status: {{phase: Running}}
-"""
-
-
-def namespaces() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
-
-
-class Box:
-    def __init__(
-        self,
-        name: str,
-        manifests: Path,
-        extra: Sequence[str] = (),
-        dns_args: Sequence[str] = ("--no-forward",),
-    ) -> None:
-        self.name = name
-        self.addresses: dict[str, str] = {}
-        self.popen = subprocess.Popen(
-            [
-                *MESH,
-                "up",
-                "--netns",
-                "--box",
-                name,
-                "-f",
-                str(manifests),
-                "--control-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                *dns_args,
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        seen: set[str] = set()
-        deadline = time.monotonic() + 60
-        assert self.popen.stdout is not None
-        while "admin" not in seen:
-            if time.monotonic() > deadline or self.popen.poll() is not None:
-                raise AssertionError("mesh up --netns did not start")
-            m = re.match(r"^(\w+)\s+(\S+)", self.popen.stdout.readline())
-            if m:
-                seen.add(m.group(1))
-                self.addresses[m.group(1)] = m.group(2)
-
-    def exec(self, pod: str, *argv: str) -> str:
-        out = subprocess.run(
-            [*MESH, "exec", "--box", self.name, pod, "--", *argv],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        return out.stdout.strip()
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-        subprocess.run([*MESH, "down", "--box", self.name], capture_output=True, timeout=60)
-
-
 @pytest.fixture
 def box(tmp_path: Path) -> Iterator[tuple[Box, Path]]:
     require_root()
     require_tool("ip", "nft", "dig", "curl")
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    (manifests / "services.yaml").write_text(MANIFESTS)
-    for name, app, host in (
-        ("web-1", "web", None),
-        ("web-2", "web", None),
-        ("client", "client", None),
-        ("db-0", "db", "db-0"),
-    ):
-        (manifests / f"{name}.yaml").write_text(pod(name, app, host))
+    manifests = write_manifests(tmp_path, MANIFESTS, PODS)
     b = Box(f"t{secrets.token_hex(3)}", manifests)
     try:
         yield b, manifests
@@ -264,10 +173,7 @@ def dns_counters(admin: str) -> tuple[float, float]:
 def test_autopath_one_query_instead_of_four(tmp_path: Path, autopath: bool, queries: int) -> None:
     require_root()
     require_tool("ip", "nft", "getent")
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    (manifests / "services.yaml").write_text(MANIFESTS)
-    (manifests / "client.yaml").write_text(pod("client", "client"))
+    manifests = write_manifests(tmp_path, MANIFESTS, [("client", "client", None)])
     upstream = ThreadedUpstream()
     b = Box(
         f"t{secrets.token_hex(3)}",

@@ -5,18 +5,16 @@ after it stops."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from mesh.proxy import netns
-from tests.conftest import require_root, require_tool
 from tests.polling import wait_for
-from tests.test_cli_e2e import Proc
+from tests.scratch_netns import run_in, scratch_namespace, serve_http
+from tests.test_cli_e2e import Proc, listen_anywhere
 
 MANIFESTS = """
 apiVersion: v1
@@ -44,19 +42,25 @@ ports: [{name: http, port: 18080}]
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    require_root()
-    require_tool("ip", "dig", "curl")
-    name = f"mesh-test-{secrets.token_hex(3)}"
-    netns.create(name)
-    try:
+    with scratch_namespace("ip", "dig", "curl") as name:
         yield name
-    finally:
-        netns.remove(name)  # also ends every process left in it
 
 
-def _in(ns: str, *argv: str) -> str:
-    out = subprocess.run(netns.exec_argv(ns, argv), capture_output=True, text=True, timeout=30)
-    return out.stdout.strip()
+def _local_routes(ns: str) -> str:
+    return run_in(ns, "ip", "-6", "route", "show", "table", "local")
+
+
+def _up(
+    tmp_path: Path,
+    namespace: str,
+    stderr: object = subprocess.DEVNULL,
+    wait: set[str] | None = None,
+    extra: Sequence[str] = (),
+) -> Proc:
+    args = ["up", "-f", str(tmp_path), "--service-cidr", "127.10.0.0/16,fd00:10::/112"]
+    args += listen_anywhere(("--dns-listen", "--control-listen", "--admin-listen"))
+    args += [*extra, "--no-forward"]
+    return Proc(args, wait or {"admin"}, stderr, netns.exec_argv(namespace, []))
 
 
 def test_up_dual_stack_userspace(namespace: str, tmp_path: Path) -> None:
@@ -64,70 +68,23 @@ def test_up_dual_stack_userspace(namespace: str, tmp_path: Path) -> None:
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("hello over ipv6")
-    server = subprocess.Popen(
-        netns.exec_argv(
-            namespace,
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                "18080",
-                "--bind",
-                "::",
-                "--directory",
-                str(site),
-            ],
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    up = Proc(
-        [
-            "up",
-            "-f",
-            str(tmp_path),
-            "--service-cidr",
-            "127.10.0.0/16,fd00:10::/112",
-            "--dns-listen",
-            "127.0.0.1:0",
-            "--control-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--gateway-listen",
-            "127.0.0.1:0",
-            "--gateway-tls-listen",
-            "127.0.0.1:0",
-            "--no-forward",
-        ],
-        {"dns", "admin"},
-        prefix=netns.exec_argv(namespace, []),
-    )
+    server = serve_http(namespace, 18080, site)
+    gateway = ["--gateway-listen", "127.0.0.1:0", "--gateway-tls-listen", "127.0.0.1:0"]
+    up = _up(tmp_path, namespace, wait={"dns", "admin"}, extra=gateway)
     try:
         port = str(up.addresses["dns"][1])
         dig = ["dig", "@127.0.0.1", "-p", port, "+short", "web.shop.svc.cluster.local"]
-        vip6 = _in(namespace, *dig, "AAAA")
+        vip6 = run_in(namespace, *dig, "AAAA")
         assert vip6.startswith("fd00:10::")
-        assert _in(namespace, *dig, "A").startswith("127.10.")
-        assert "fd00:10::/112" in _in(namespace, "ip", "-6", "route", "show", "table", "local")
+        assert run_in(namespace, *dig, "A").startswith("127.10.")
+        assert "fd00:10::/112" in _local_routes(namespace)
         curl = ["curl", "-6", "-s", "-m", "2", "-g", f"http://[{vip6}]:80/"]
-        wait_for(lambda: _in(namespace, *curl) == "hello over ipv6", timeout=15.0)
+        wait_for(lambda: run_in(namespace, *curl) == "hello over ipv6", timeout=15.0)
     finally:
         up.stop()
         server.terminate()
         server.wait(10)
-    assert "fd00:10::" not in _in(namespace, "ip", "-6", "route", "show", "table", "local")
-
-
-def _local_routes(ns: str) -> str:
-    return _in(ns, "ip", "-6", "route", "show", "table", "local")
-
-
-def _up(tmp_path: Path, namespace: str, stderr: object = subprocess.DEVNULL) -> Proc:
-    args = ["up", "-f", str(tmp_path), "--service-cidr", "127.10.0.0/16,fd00:10::/112"]
-    for flag in ("--dns-listen", "--control-listen", "--admin-listen"):
-        args += [flag, "127.0.0.1:0"]
-    return Proc([*args, "--no-forward"], {"admin"}, stderr, netns.exec_argv(namespace, []))
+    assert "fd00:10::" not in _local_routes(namespace)
 
 
 def test_a_local_route_left_by_sigkill_is_adopted_and_removed(
@@ -172,23 +129,7 @@ def test_standalone_userspace_proxy_makes_its_ipv6_service_range_local(
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("hello from the standalone proxy")
-    server = subprocess.Popen(
-        netns.exec_argv(
-            namespace,
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                "18080",
-                "--bind",
-                "::",
-                "--directory",
-                str(site),
-            ],
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = serve_http(namespace, 18080, site)
     config = tmp_path / "proxy.yaml"
     config.write_text(PROXY_CONFIG)
     args = ["proxy", "--config", str(config), "--admin-listen", "127.0.0.1:0"]
@@ -200,7 +141,9 @@ def test_standalone_userspace_proxy_makes_its_ipv6_service_range_local(
     try:
         assert "fd00:10::/112" in _local_routes(namespace)
         curl = ["curl", "-6", "-s", "-m", "2", "-g", "http://[fd00:10::5]:80/"]
-        wait_for(lambda: _in(namespace, *curl) == "hello from the standalone proxy", timeout=15.0)
+        wait_for(
+            lambda: run_in(namespace, *curl) == "hello from the standalone proxy", timeout=15.0
+        )
     finally:
         proxy.stop()
         server.terminate()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.polling import wait_for
-from tests.test_cli_e2e import MESH, Proc, addresses, http_get, manifests, query
+from tests.test_cli_e2e import MESH, Proc, addresses, http_get, listen_anywhere, manifests, query
 
 __all__ = ["manifests"]  # the fixture, shared with tests/test_cli_e2e.py
 
@@ -30,14 +30,7 @@ spec:
 
 def _up_args(manifests: Path, *extra: str) -> list[str]:
     args = ["up", "-f", str(manifests), *extra, "--upstream", "127.0.0.1:9"]
-    for flag in (
-        "--control-listen",
-        "--dns-listen",
-        "--admin-listen",
-        "--gateway-listen",
-        "--gateway-tls-listen",
-    ):
-        args += [flag, "127.0.0.1:0"]
+    args += listen_anywhere()
     return args
 
 

@@ -4,7 +4,6 @@ one on loopback) as CoreDNS does: the CNAME plus the target's records in one ans
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dns.flags
@@ -50,15 +49,6 @@ def answer_text(reply: dns.message.Message) -> list[str]:
     return sorted(
         f"{r.name} {dns.rdatatype.to_text(r.rdtype)} {item}" for r in reply.answer for item in r
     )
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    fake = FakeUpstream()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        yield fake
-        nursery.cancel_scope.cancel()
 
 
 CASES = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dns.flags
@@ -23,15 +22,6 @@ from tests.dns.serving import HOST, ask, ask_tcp, ask_udp, running
 
 def q(name: str, qtype: str = "A", **kw: object) -> dns.message.QueryMessage:
     return dns.message.make_query(name, dns.rdatatype.from_text(qtype), **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    fake = FakeUpstream()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        yield fake
-        nursery.cancel_scope.cancel()
 
 
 def dead_port() -> int:

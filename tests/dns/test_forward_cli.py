@@ -4,7 +4,6 @@ real process answering dig through a fake upstream."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -40,15 +39,6 @@ def test_bad_forwarding_flags_are_one_sentence(
     assert out.returncode == 2
     assert message in out.stderr
     assert "Traceback" not in out.stderr
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    fake = FakeUpstream()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(fake.run)
-        yield fake
-        nursery.cancel_scope.cancel()
 
 
 async def test_mesh_dns_forwards_with_its_flags(upstream: FakeUpstream, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import yaml
 
 from mesh.ingress import echo
 from tests.polling import wait_for
-from tests.test_cli_e2e import MESH, Proc
+from tests.test_cli_e2e import MESH, Proc, listen_anywhere
 
 GATEWAY_IP = "127.11.77.7"
 
@@ -100,14 +100,7 @@ def test_gateway_api_and_ingress_through_mesh_up(tmp_path: Path) -> None:
         )
     )
     args = ["up", "-f", str(manifests), "--no-proxy", "--upstream", "127.0.0.1:9"]
-    for flag in (
-        "--control-listen",
-        "--dns-listen",
-        "--admin-listen",
-        "--gateway-listen",
-        "--gateway-tls-listen",
-    ):
-        args += [flag, "127.0.0.1:0"]
+    args += listen_anywhere()
     proc = Proc(args, {"control", "gateway", "admin"})
     try:
         control = ["--control", proc.url("control")]

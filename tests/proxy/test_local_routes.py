@@ -4,7 +4,6 @@ removed by the next one, and a route someone else added is never removed."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 from collections.abc import Iterator
 
@@ -12,22 +11,15 @@ import pytest
 
 from mesh.proxy import netns
 from mesh.proxy.local_routes import RTPROT_MESH, LocalRoutes
-from tests.conftest import require_root, require_tool
-from tests.proxy.test_userspace_ipv6 import in_namespace
+from tests.scratch_netns import in_namespace, scratch_namespace
 
 RANGE = "fd00:96::/112"
 
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    require_root()
-    require_tool("ip")
-    name = f"mesh-test-{secrets.token_hex(3)}"
-    netns.create(name)
-    try:
+    with scratch_namespace("ip") as name:
         yield name
-    finally:
-        netns.remove(name)
 
 
 def ip(ns: str, *args: str) -> str:

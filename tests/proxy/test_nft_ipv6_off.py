@@ -4,8 +4,6 @@ proxy syncs only its ip table and becomes ready."""
 
 from __future__ import annotations
 
-import secrets
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +11,8 @@ import pytest
 
 from mesh.proxy import netns
 from mesh.proxy.nftables import read_sysctl, table_families
-from tests.conftest import require_root, require_tool
 from tests.polling import wait_for
+from tests.scratch_netns import run_in, scratch_namespace
 from tests.test_cli_e2e import Proc
 
 ABSENT = "the kernel has no IPv6 (booted with ipv6.disable=1 or built without it)"
@@ -58,24 +56,13 @@ services:
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    require_root()
-    require_tool("ip", "nft", "curl", "sysctl")
-    name = f"mesh-test-{secrets.token_hex(3)}"
-    netns.create(name)
-    try:
+    with scratch_namespace("ip", "nft", "curl", "sysctl") as name:
         yield name
-    finally:
-        netns.remove(name)
-
-
-def _in(ns: str, *argv: str) -> str:
-    out = subprocess.run(netns.exec_argv(ns, argv), capture_output=True, text=True, timeout=30)
-    return out.stdout.strip()
 
 
 def test_standalone_nftables_proxy_without_ipv6(namespace: str, tmp_path: Path) -> None:
-    _in(namespace, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
-    assert _in(namespace, "cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6") == "1"
+    run_in(namespace, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1")
+    assert run_in(namespace, "cat", "/proc/sys/net/ipv6/conf/all/disable_ipv6") == "1"
     config = tmp_path / "proxy.yaml"
     config.write_text(CONFIG)
     args = ["proxy", "--mode", "nftables", "--config", str(config), "--log-format", "text"]
@@ -88,8 +75,8 @@ def test_standalone_nftables_proxy_without_ipv6(namespace: str, tmp_path: Path) 
         )
         try:
             ready = ["curl", "-s", f"{proxy.url('admin')}/ready"]
-            wait_for(lambda: _in(namespace, *ready) == "ready", timeout=15.0)
-            assert _in(namespace, "nft", "list", "tables") == "table ip mesh-proxy"
+            wait_for(lambda: run_in(namespace, *ready) == "ready", timeout=15.0)
+            assert run_in(namespace, "nft", "list", "tables") == "table ip mesh-proxy"
         finally:
             proxy.stop()
     err = (tmp_path / "stderr").read_text()

@@ -6,22 +6,19 @@ addresses and says so once."""
 from __future__ import annotations
 
 import logging
-import secrets
 import subprocess
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import pytest
 import trio
-from pyroute2 import netns as pyroute_netns
 
 from mesh.proxy import netns
 from mesh.proxy.local_routes import LocalRoutes
 from mesh.proxy.userspace import ListenKey, UserspaceProxy
-from tests.conftest import require_root, require_tool
 from tests.proxy import flows
 from tests.proxy.servers import ask_tcp, ask_udp, tcp_who, udp_who
+from tests.scratch_netns import in_namespace, scratch_namespace
 
 T = TypeVar("T")
 SERVICE_RANGES = flows.IPV6_SERVICE_RANGES
@@ -32,36 +29,8 @@ CASES = flows.CASES6
 
 @pytest.fixture(scope="module")
 def namespace() -> Iterator[str]:
-    require_root()
-    require_tool("ip")
-    name = f"mesh-test-{secrets.token_hex(3)}"
-    netns.create(name)
-    try:
+    with scratch_namespace("ip") as name:
         yield name
-    finally:
-        netns.remove(name)
-
-
-def in_namespace(name: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a thread that entered network namespace ``name`` (the namespace is
-    per thread on Linux: sockets and netlink made there belong to it)."""
-    out: list[T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            pyroute_netns.setns(name, flags=0)
-            out.append(fn())
-        except BaseException as exc:  # handed to the test's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join(60)
-    if errors:
-        raise errors[0]
-    assert out, "the namespace thread did not finish"
-    return out[0]
 
 
 def _local_table(name: str) -> str:
