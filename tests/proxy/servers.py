@@ -112,6 +112,11 @@ async def connect_from(client: str, dest: Addr) -> trio.socket.SocketType:
     _freebind(sock, client)
     await sock.bind((client, 0))
     await sock.connect(dest)
+    if sock.getsockname()[:2] == sock.getpeername()[:2]:
+        # TCP simultaneous open: with nothing listening yet on a port of the ephemeral range,
+        # the kernel may give the client that very port and connect it to itself.
+        sock.close()
+        raise ConnectionRefusedError(f"{dest} connected to itself: nothing listens there")
     return sock
 
 
