@@ -46,6 +46,7 @@ from mesh.http.pool import Timeout, Upstream, close, recv, send_all
 from mesh.http.proxyheaders import request_fields, response_fields
 
 if TYPE_CHECKING:
+    from mesh.http.balance import Balancer
     from mesh.http.server import HttpServer
 
 _FLUSH = 1 << 16  # bytes gathered before a write
@@ -121,14 +122,7 @@ async def forward(
         if not retry:  # the pooled connection was dead before any response byte
             raise UpstreamError("upstream-reset", "the backend closed the connection")
         retry = False
-        up = await acquire(
-            server.pool,
-            balancer,
-            attempts=fwd.connect_attempts,
-            connect_timeout=t.connect,
-            deadline=deadline,
-            fresh=True,
-        )
+        up = await _reconnect(server, balancer, fwd, t.connect, deadline)
     while True:
         endpoint = up.endpoint
         balancer.started(endpoint)
@@ -139,16 +133,23 @@ async def forward(
             if not retry:
                 raise UpstreamError("upstream-reset", "the backend closed the connection") from None
             retry = False
-            up = await acquire(
-                server.pool,
-                balancer,
-                attempts=fwd.connect_attempts,
-                connect_timeout=t.connect,
-                deadline=deadline,
-                fresh=True,
-            )
+            up = await _reconnect(server, balancer, fwd, t.connect, deadline)
         finally:
             balancer.finished(endpoint)
+
+
+async def _reconnect(
+    server: HttpServer, balancer: Balancer, fwd: Forward, connect_timeout: float, deadline: float
+) -> Upstream:
+    """A fresh connection for the one retry a stale pooled connection allows."""
+    return await acquire(
+        server.pool,
+        balancer,
+        attempts=fwd.connect_attempts,
+        connect_timeout=connect_timeout,
+        deadline=deadline,
+        fresh=True,
+    )
 
 
 async def _simple(
