@@ -257,4 +257,6 @@ def cleanup(state_dir: str | os.PathLike[str]) -> list[str]:
                 log.warning("cannot remove namespace", extra={"netns": name, "error": str(exc)})
     with contextlib.suppress(FileNotFoundError):
         state.path.unlink()
+    with contextlib.suppress(OSError):  # the box's own directory, when nothing else is in it
+        state.path.parent.rmdir()
     return removed

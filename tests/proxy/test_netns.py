@@ -81,6 +81,7 @@ def test_down_cleans_up_after_a_crash(tmp_path: Path) -> None:
         removed = cluster_box.down(state)
         assert sorted(removed) == sorted(left)
         assert not [n for n in _netns_names() if n.startswith(prefix)]
+        assert not Path(state).exists()  # its record directory goes too
         assert cluster_box.down(state) == []  # idempotent
     finally:
         cluster_box.down(state)
