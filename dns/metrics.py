@@ -8,9 +8,8 @@ turns the counters into metric families when scraped.
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,6 +18,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from mesh.histogram import Histogram
 
 LATENCY_BUCKETS = (
     0.00001,
@@ -41,38 +42,12 @@ LATENCY_BUCKETS = (
 )
 
 
-class Histogram:
-    """Bucket counters; ``observe(value, n)`` records ``n`` observations of ``value``."""
-
-    __slots__ = ("bounds", "count", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, value: float, n: int = 1) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += n
-        self.count += n
-        self.sum += value * n
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        total = 0
-        for bound, c in zip(self.bounds, self.counts, strict=False):
-            total += c
-            out.append((repr(bound), total))
-        out.append(("+Inf", self.count))
-        return out
-
-
 class DnsMetrics(Collector):
     PATHS = ("cache", "cluster", "forward")
 
     def __init__(self) -> None:
         self.queries: defaultdict[tuple[str, str], int] = defaultdict(int)  # (qtype, rcode)
-        self.latency = {path: Histogram() for path in self.PATHS}
+        self.latency = {path: Histogram(LATENCY_BUCKETS) for path in self.PATHS}
         # wire: cluster answers; answer: forwarded answers by client query; forward: the
         # question cache of upstream answers; stale: expired answers served (RFC 8767)
         self.cache_hits = {"wire": 0, "answer": 0, "forward": 0, "stale": 0}

@@ -33,8 +33,7 @@ Series (``<prefix>`` as given):
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 from prometheus_client import CollectorRegistry
@@ -45,6 +44,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+from mesh.histogram import Histogram
 
 # From half a millisecond (a pooled keep-alive exchange on loopback) to a minute (the longest
 # default proxy-read-timeout); 16 buckets keep a histogram's series count modest per route.
@@ -66,32 +67,6 @@ LATENCY_BUCKETS = (
     30.0,
     60.0,
 )
-
-
-class Histogram:
-    """Fixed buckets with integer counts; ``counts[i]`` holds values in (bounds[i-1], bounds[i]]."""
-
-    __slots__ = ("bounds", "count", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf only
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.count += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out: list[tuple[str, float]] = []
-        total = 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
-            total += n
-            out.append((repr(bound), total))
-        out.append(("+Inf", self.count))
-        return out
 
 
 RequestKey = tuple[str, str, int, str]  # route, backend, status, reason
@@ -138,12 +113,12 @@ class HttpMetrics:
         requests[key] = requests.get(key, 0) + 1
         hist = self.durations.get((route, backend))
         if hist is None:
-            hist = self.durations[route, backend] = Histogram()
+            hist = self.durations[route, backend] = Histogram(LATENCY_BUCKETS)
         hist.observe(duration)
         if upstream_response is not None:
             up = self.upstream_durations.get(backend)
             if up is None:
-                up = self.upstream_durations[backend] = Histogram()
+                up = self.upstream_durations[backend] = Histogram(LATENCY_BUCKETS)
             up.observe(upstream_response)
 
     def upstream_connect_error(self, backend: str, reason: str) -> None:

@@ -6,7 +6,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh.http.metrics import Histogram, HttpMetrics
+from mesh.histogram import Histogram
+from mesh.http.metrics import HttpMetrics
 
 
 @pytest.mark.parametrize(
