@@ -18,6 +18,7 @@ from mesh.http import forward as forward_module
 from mesh.http.balance import RoundRobin
 from mesh.http.decision import Forward, Timeouts
 from mesh.http.server import HttpServer, Limits
+from tests.http.upstreams import AcceptLoop
 
 WARM = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nwarm"
 GET = b"GET /%d HTTP/1.1\r\nHost: a.example\r\n\r\n"
@@ -60,24 +61,13 @@ _ID = re.compile(rb"x-request-id: [0-9a-f]{32}|x-forwarded-port: [0-9]+")  # dif
 
 
 @dataclass
-class Scripted:
+class Scripted(AcceptLoop):
     """An upstream answering each connection's first request with WARM, its second with
     ``answer`` (then it closes), recording the bytes it received."""
 
     answer: bytes = b""
     received: bytearray = field(default_factory=bytearray)
     address: tuple[str, int] = ("127.0.0.1", 0)
-
-    async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
-        listener = trio.socket.socket()
-        await listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        self.address = listener.getsockname()
-        async with trio.open_nursery() as nursery:
-            task_status.started(self.address)
-            while True:
-                conn, _ = await listener.accept()
-                nursery.start_soon(self._connection, conn)
 
     async def _connection(self, conn: trio.socket.SocketType) -> None:
         buf = b""

@@ -22,17 +22,10 @@ SILENT = "silent"  # read the request and never answer
 UPGRADE = "upgrade"  # 101, then echo bytes
 
 
-@dataclass
-class RecordingUpstream:
-    behaviour: str = OK
-    received: list[bytearray] = field(default_factory=list)  # bytes per connection
-    complete: list[Request] = field(default_factory=list)  # requests read to their end
-    bodies: list[int] = field(default_factory=list)  # body bytes of each complete request
-    address: tuple[str, int] = ("127.0.0.1", 0)
+class AcceptLoop:
+    """``serve``: listen on a free 127.0.0.1 port, hand each connection to ``_connection``."""
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(len(r) for r in self.received)
+    address: tuple[str, int]
 
     async def serve(self, *, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
         listener = trio.socket.socket()
@@ -44,6 +37,22 @@ class RecordingUpstream:
             while True:
                 conn, _ = await listener.accept()
                 nursery.start_soon(self._connection, conn)
+
+    async def _connection(self, conn: trio.socket.SocketType) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class RecordingUpstream(AcceptLoop):
+    behaviour: str = OK
+    received: list[bytearray] = field(default_factory=list)  # bytes per connection
+    complete: list[Request] = field(default_factory=list)  # requests read to their end
+    bodies: list[int] = field(default_factory=list)  # body bytes of each complete request
+    address: tuple[str, int] = ("127.0.0.1", 0)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(len(r) for r in self.received)
 
     async def _connection(self, conn: trio.socket.SocketType) -> None:
         record = bytearray()
