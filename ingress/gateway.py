@@ -90,6 +90,12 @@ class IngressGateway:
         metrics.watch(
             "mirror_skipped", "Request copies not sent", lambda: mirrors.skipped, "counter"
         )
+        metrics.watch(
+            "mirror_dropped",
+            "Request copies with a body dropped: the mirror fell too far behind",
+            lambda: mirrors.dropped,
+            "counter",
+        )
         if self.telemetry.access_log is not None:
             log_ = self.telemetry.access_log
             metrics.watch(

@@ -2,10 +2,16 @@
 whose answer is read and dropped.
 
 The copy never delays or fails the real request: it runs as its own trio task, started after
-the decision, bounded in number (``MAX_IN_FLIGHT``; beyond that, copies are skipped and
-counted) and in time (``TIMEOUT`` for the whole exchange). Only requests without a body are
-copied: the body is streamed to the real backend as it arrives and is not kept for a second
-reader (mirrored POSTs are the documented gap).
+the decision (the route's percent was drawn by the planner), bounded in number
+(``MAX_IN_FLIGHT``; beyond that, copies are skipped and counted) and in time (``TIMEOUT`` for
+connecting, for each write, and for the answer once the request is whole).
+
+A request with a body is copied with its body: the pieces reach the copy through a
+:class:`~mesh.http.tee.Tee` as they go to the real backend (mesh.http.replay hands them
+over), never read twice from the client and never held whole. A copy slower than the request
+falls behind by at most ``MIRROR_BUFFER`` bytes; past that it is dropped (counted in
+``dropped``) and its connection reset, so the mirror never receives a truncated request as
+if complete; a request whose body did not end (the client went away) resets its copies too.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import socket
 from collections.abc import Sequence
 
 import trio
@@ -20,6 +27,7 @@ import trio
 from mesh.http.events import CLOSED, NEED_DATA, EndOfMessage, Request
 from mesh.http.h1 import Reader, request_head
 from mesh.http.pool import Timeout, close, connect, recv, send_all
+from mesh.http.tee import MIRROR_BUFFER, Tee
 
 log = logging.getLogger("mesh.ingress.mirror")
 
@@ -28,33 +36,53 @@ TIMEOUT = 10.0
 _HOP = frozenset({b"connection", b"keep-alive", b"te", b"upgrade", b"proxy-connection"})
 
 
+class _Dropped(Exception):
+    """The copy fell too far behind the request, or the request's body did not end."""
+
+
 class Mirrors:
-    def __init__(self) -> None:
+    def __init__(self, buffer: int = MIRROR_BUFFER) -> None:
+        self.buffer = buffer  # body bytes a copy may fall behind before it is dropped
         self.in_flight = 0
         self.sent = 0
-        self.skipped = 0  # over MAX_IN_FLIGHT, or a request with a body
+        self.skipped = 0  # over MAX_IN_FLIGHT
         self.failed = 0
+        self.dropped = 0  # a copy with a body that fell too far behind (or was cut short)
 
     def start(
         self, req: Request, target: bytes, copies: Sequence[tuple[str, tuple[tuple[str, int], ...]]]
-    ) -> None:
-        """Send a copy of ``req`` to one endpoint of each mirror backend, in the background."""
+    ) -> tuple[Tee, ...]:
+        """Send a copy of ``req`` to one endpoint of each mirror backend, in the background;
+        for a request with a body, the tees to feed its pieces to (then ``close`` each)."""
+        tees: list[Tee] = []
         for _backend, endpoints in copies:
-            if req.length != 0 or self.in_flight >= MAX_IN_FLIGHT or not endpoints:
+            if self.in_flight >= MAX_IN_FLIGHT or not endpoints:
                 self.skipped += 1
                 continue
             fields = [(n, v) for n, v in req.headers if n not in _HOP]
             fields.append((b"connection", b"close"))
             head = request_head(req.method, target, fields)
+            tee = None
+            if req.length != 0:
+                tee = Tee(self.buffer)
+                tees.append(tee)
             self.in_flight += 1
-            trio.lowlevel.spawn_system_task(self._copy, random.choice(endpoints), head, req.method)
+            endpoint = random.choice(endpoints)
+            trio.lowlevel.spawn_system_task(self._copy, endpoint, head, req.method, tee)
+        return tuple(tees)
 
-    async def _copy(self, endpoint: tuple[str, int], head: bytes, method: bytes) -> None:
+    async def _copy(
+        self, endpoint: tuple[str, int], head: bytes, method: bytes, tee: Tee | None
+    ) -> None:
         deadline = trio.current_time() + TIMEOUT
         sock = None
         try:
             sock = await connect(endpoint, TIMEOUT, deadline)
-            await send_all(sock, head, math.inf, deadline)
+            if tee is None:
+                await send_all(sock, head, math.inf, deadline)
+            else:
+                await _send_body(sock, head, tee)
+                deadline = trio.current_time() + TIMEOUT  # for the answer
             reader = Reader("client")
             reader.next_message(method)
             while True:
@@ -64,11 +92,36 @@ class Mirrors:
                 elif ev is CLOSED or type(ev) is EndOfMessage:
                     break
             self.sent += 1
+        except _Dropped:
+            self.dropped += 1
+            if sock is not None:
+                close(sock, reset=True)  # never a truncated request that looks complete
+                sock = None
         except Exception as exc:  # a system task must never raise: it would end the process
             self.failed += 1
             if not isinstance(exc, OSError | Timeout):
                 log.debug("mirror copy failed", extra={"error": repr(exc)})
         finally:
+            if tee is not None:
+                tee.stop()
             self.in_flight -= 1
             if sock is not None:
                 close(sock)
+
+
+async def _send_body(sock: socket.socket, head: bytes, tee: Tee) -> None:
+    """The head, then the body pieces as the tee receives them, until its end."""
+    pending = head
+    while True:
+        if tee.dropped or tee.aborted:
+            raise _Dropped
+        pending += tee.take()
+        if pending:
+            await send_all(sock, pending, TIMEOUT)
+            pending = b""
+            continue
+        if tee.ended:
+            return
+        wake = trio.Event()
+        tee.waker = wake.set
+        await wake.wait()

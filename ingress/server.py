@@ -11,9 +11,10 @@ keep the connection or not. This subclass changes two steps of it:
   per request: a config swap changes the next request, never this one); a forwarded request
   that failed before any response byte reached the client (a connect failure, a reset, a
   per-try timeout, or a response whose status the route retries) is tried again when the
-  route's retry policy says so (mesh.http.retry); a route with ``auth-url`` asks the auth service
-  first (mesh.ingress.extauth); RequestMirror copies go out in the background
-  (mesh.ingress.mirror); limit-connections counts requests in flight per route and
+  route's retry policy says so (mesh.http.retry), with the request body replayed from its
+  bounded retry buffer (mesh.http.replay); a route with ``auth-url`` asks the auth service
+  first (mesh.ingress.extauth); RequestMirror copies, bodies included, go out in the
+  background (mesh.ingress.mirror); limit-connections counts requests in flight per route and
   client address; then one access-log record, one metrics sample and,
   when sampled, one span.
 """
@@ -36,6 +37,7 @@ from mesh.http.errors import HttpError, UpstreamError
 from mesh.http.events import Request
 from mesh.http.forward import Abort, HandedOff, forward
 from mesh.http.pool import DEADLINES, Pool, Timeout
+from mesh.http.replay import RETRY_BUFFER, SentBody
 from mesh.http.retry import Again, Failure, decide
 from mesh.http.server import HttpServer, Limits
 from mesh.http.tracing import SpanEnd, Tracer
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from mesh.http.metrics import HttpMetrics
     from mesh.http.otel import OtlpSpans
     from mesh.http.plan import Forward as PlannedForward
+    from mesh.http.tee import Tee
     from mesh.ingress.router import Routing
     from mesh.tls import TlsTerminator
 
@@ -127,6 +130,7 @@ class GatewayServer(HttpServer):
         self.tracer = telemetry.tracer or Tracer(None)
         self.tracing = self.tracer.enabled
         self.mirrors = mirrors or Mirrors()
+        self.retry_buffer = RETRY_BUFFER  # request body bytes kept for a retry
         self.in_flight: Counter[tuple[str, str]] = Counter()  # (route, client): limit-connections
 
     def _route(self, req: Request, peer: Peer) -> Forward | Respond:
@@ -228,11 +232,21 @@ class GatewayServer(HttpServer):
             if self.in_flight[key] >= limit:
                 return Respond(503, (), b"503 rate-limited\n", "rate-limited", route)
             self.in_flight[key] += 1
+        taps: tuple[Tee, ...] = ()
         try:
             if planned.mirrors:
-                self.mirrors.start(req, decision.target or req.target, planned.mirrors)
-            return await self._forward(sock, reader, req, peer, decision, planned.retry, started)
+                taps = self.mirrors.start(req, decision.target or req.target, planned.mirrors)
+            body = None
+            if req.length != 0 and (planned.retry is not None or taps):
+                # kept for a retry (none without a policy) and copied to the mirrors
+                limit_ = self.retry_buffer if planned.retry is not None else 0
+                body = SentBody(limit_, taps)
+            return await self._forward(
+                sock, reader, req, peer, decision, planned.retry, started, body
+            )
         finally:
+            for tap in taps:
+                tap.close()  # a copy whose body did not end is aborted, never completed
             if limit is not None:
                 self.in_flight[key] -= 1
                 if not self.in_flight[key]:
@@ -247,6 +261,7 @@ class GatewayServer(HttpServer):
         fwd: Forward,
         retry: Retry | None,
         started: float,
+        body: SentBody | None = None,
     ) -> bool:
         retries = 0
         budget = fwd.timeouts.request
@@ -255,6 +270,8 @@ class GatewayServer(HttpServer):
         delay = [0.0]
 
         def again(outcome: Failure | int) -> bool:
+            if body is not None and not body.replayable:
+                return False  # part of the body went out and was not kept: no replay
             verdict = decide(
                 retry,
                 retries_done=retries,
@@ -262,24 +279,26 @@ class GatewayServer(HttpServer):
                 method=method,
                 now=time.monotonic(),
                 deadline=deadline,
-                body_replayable=req.length == 0,
+                body_replayable=req.length == 0 or body is not None,
             )
             if isinstance(verdict, Again):
                 delay[0] = verdict.delay
                 return True
             return False
 
-        if retry is not None and retry.codes and req.length == 0:
+        if retry is not None and retry.codes and (req.length == 0 or body is not None):
             sock.veto = again  # a response with a retried status is refused before it leaves
         try:
             while True:
                 try:
-                    return await forward(self, sock, reader, req, peer, fwd)  # type: ignore[arg-type]
+                    return await forward(self, sock, reader, req, peer, fwd, body)  # type: ignore[arg-type]
                 except Refused:
                     pass  # ``again`` said so when it saw the status
                 except UpstreamError as err:
                     outcome = _RETRYABLE.get(err.reason)
-                    if retry is None or outcome is None or sock.sent or sock.status:
+                    # a final response head already went to the client (a 100 Continue
+                    # before it does not count): too late
+                    if retry is None or outcome is None or sock.status >= 200:
                         raise
                     if not again(outcome):
                         raise

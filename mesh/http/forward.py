@@ -17,6 +17,10 @@ A request without a body that finds its pooled connection dead (reset or closed 
 response byte) is sent again once on a fresh connection when its method is idempotent
 (RFC 9110 section 9.2.2): the pool's peek already keeps known-dead connections out, this
 covers the race where the upstream closes while the request is on its way.
+
+A route with a retry policy or mirrors passes a ``SentBody`` (mesh.http.replay): each body
+piece sent is offered to it (kept for a retry up to its limit, handed to mirror copies), and
+a retry sends the upstream head with the body kept so far before reading on from the client.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from mesh.http.proxyheaders import request_fields, response_fields
 
 if TYPE_CHECKING:
     from mesh.http.balance import Balancer
+    from mesh.http.replay import SentBody
     from mesh.http.server import HttpServer
 
 _FLUSH = 1 << 16  # bytes gathered before a write
@@ -80,8 +85,11 @@ async def forward(
     req: Request,
     peer: Peer,
     fwd: Forward,
+    body: SentBody | None = None,
 ) -> bool:
-    """Proxy ``req``; True when the client connection may carry another request."""
+    """Proxy ``req``; True when the client connection may carry another request.
+    ``body``: keep the request body for a retry and hand it to mirror copies
+    (mesh.http.replay); a retry passes the same one again."""
     from mesh.http.h1 import Reader
 
     assert isinstance(dreader_, Reader)
@@ -127,7 +135,9 @@ async def forward(
         endpoint = up.endpoint
         balancer.started(endpoint)
         try:
-            return await _exchange(server, down, dreader, req, fwd, up, head, deadline, upgrade)
+            return await _exchange(
+                server, down, dreader, req, fwd, up, head, deadline, upgrade, body
+            )
         except _Stale:
             close(up.sock)
             if not retry:
@@ -257,6 +267,7 @@ async def _exchange(
     head: bytes,
     deadline: float,
     upgrade: bool,
+    body: SentBody | None = None,
 ) -> bool:
     t = fwd.timeouts
     send_t = t.send if t.send is not None else math.inf
@@ -270,9 +281,16 @@ async def _exchange(
                 raise
         else:
             expect = req.header(b"expect")
-            if expect is not None and expect.lower() == b"100-continue" and not dreader.buffered:
+            if (
+                expect is not None
+                and expect.lower() == b"100-continue"
+                and not dreader.buffered
+                and (body is None or not body.continued)
+            ):
                 await send_all(down, _CONTINUE, server.limits.body_timeout)
-            await _send_body(server, down, dreader, req, fwd, up, head, deadline, send_t)
+                if body is not None:
+                    body.continued = True
+            await _send_body(server, down, dreader, req, fwd, up, head, deadline, send_t, body)
         return await _relay_response(server, down, dreader, req, fwd, up, deadline, upgrade)
     except (_Stale, Abort, HandedOff, DownstreamError, UpstreamError):
         raise
@@ -296,11 +314,20 @@ async def _send_body(
     head: bytes,
     deadline: float,
     send_t: float,
+    body: SentBody | None = None,
 ) -> None:
     chunked = req.length == CHUNKED
     out = [head]
     size = len(head)
     total = 0
+    if body is not None and body.started:  # a retry: the body sent so far, then the rest
+        kept = body.replay()
+        out.append(kept)
+        size += len(kept)
+        total = body.kept
+        if body.complete:
+            await send_all(up.sock, b"".join(out), send_t, deadline)
+            return
     body_timeout = server.limits.body_timeout
     while True:
         try:
@@ -329,6 +356,8 @@ async def _send_body(
                 close(up.sock, reset=True)
                 raise DownstreamError("body-too-large", "the request body is larger than allowed")
             piece = chunk(ev.data) if chunked else ev.data
+            if body is not None:
+                body.piece(piece, len(ev.data))
             out.append(piece)
             size += len(piece)
             if size >= _FLUSH:
@@ -336,8 +365,11 @@ async def _send_body(
                 out, size = [], 0
             continue
         assert type(ev) is EndOfMessage
-        if chunked:
-            out.append(last_chunk(ev.trailers))
+        end = last_chunk(ev.trailers) if chunked else b""
+        if end:
+            out.append(end)
+        if body is not None:
+            body.end(end)
         await send_all(up.sock, b"".join(out), send_t, deadline)
         return
 
