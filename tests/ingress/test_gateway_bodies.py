@@ -33,7 +33,7 @@ from tests.ingress.test_gateway_features import one_route
 @dataclass
 class Scripted(AcceptLoop):
     """Answers each complete request with the next status of ``plan`` (200 when it is
-    empty) and records what came: the request, its body, the raw bytes of each connection.
+    empty; 0: a reset instead of an answer) and records what came: the request, its body, the raw bytes of each connection.
     ``reset_on_head``: reset the first connection as soon as a request head arrives.
     ``keep``: False only counts body bytes (for uploads too large to record)."""
 
@@ -77,6 +77,11 @@ class Scripted(AcceptLoop):
                     elif type(ev) is EndOfMessage:
                         self.requests.append((request, bytes(body)))
                         status = self.plan.pop(0) if self.plan else 200
+                        if status == 0:  # no answer: a reset
+                            conn.setsockopt(
+                                trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, b"\1\0\0\0\0\0\0\0"
+                            )
+                            return
                         text = b"try %d\n" % len(self.requests)
                         await conn.send(
                             b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s"
@@ -316,3 +321,32 @@ async def test_a_dead_mirror_never_fails_the_request(nursery: trio.Nursery) -> N
     assert status_of(reply) == 200
     assert [b for _, b in up.requests] == [body]
     await _until(lambda: gw.mirrors.failed == 1 and gw.mirrors.in_flight == 0)
+
+
+async def test_retries_on_a_kept_alive_connection_and_after_100_continue(
+    nursery: trio.Nursery,
+) -> None:
+    """What went to the client before this request's answer (an earlier response on the same
+    connection, a 100 Continue) does not stop a retry; the 100 Continue is sent once."""
+    up = Scripted()
+    ep = await nursery.start(up.serve)
+    gw = await start_gateway(nursery, one_route([ep], retry=Retry(attempts=1, codes=(503,))))
+    sock = trio.socket.socket()
+    await sock.connect(("127.0.0.1", gw.port))
+    reply = b""
+    with sock, trio.fail_after(10):
+        await sock.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        while not reply.endswith(b"try 1\n"):
+            reply += await sock.recv(65536)
+        up.plan[:] = [0]  # the first try of the second request is reset
+        await sock.send(
+            b"PUT /2 HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        )
+        while b"100 Continue\r\n\r\n" not in reply:
+            reply += await sock.recv(65536)
+        await sock.send(b"hello")
+        while not reply.endswith(b"try 3\n"):
+            reply += await sock.recv(65536)
+    assert reply.count(b"HTTP/1.1 100 Continue") == 1 and reply.count(b"HTTP/1.1 200 ") == 2
+    tries = [(r.target, b) for r, b in up.requests]
+    assert tries == [(b"/1", b""), (b"/2", b"hello"), (b"/2", b"hello")]
