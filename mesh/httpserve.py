@@ -1,14 +1,19 @@
-"""A small HTTP/1.1 server: h11 for the protocol, trio for the bytes.
+"""A small HTTP/1.1 server: the engine's codec (mesh.http.h1) for the protocol, trio for the
+bytes.
 
 Used by the control plane's config stream and by every admin endpoint. A handler is an
 async function from :class:`Request` to :class:`Response` (a whole body) or
 :class:`StreamingResponse` (chunks from an async iterator, sent with chunked encoding,
 for watches). Keep-alive, bounded reads and timeouts live here, once:
 
-- malformed HTTP gets the status h11 suggests (400, 431, ...) and the connection is closed;
+- malformed HTTP gets the codec's status (400, 431, 501, 505) and the connection is closed;
+  the codec is the gateway's strict one, so the admin port accepts nothing the gateway
+  would refuse;
 - only GET and HEAD are served (405 otherwise); request bodies over 1 MiB get 413;
 - an idle keep-alive connection is closed after ``idle_timeout``; a request must arrive
-  whole within ``read_timeout`` once started; at most ``max_connections`` are served at once.
+  whole within ``read_timeout`` once started; at most ``max_connections`` are served at once;
+- a streamed response goes out chunked to an HTTP/1.1 client, and until the connection
+  closes to an HTTP/1.0 one (RFC 9112 section 6.3).
 """
 
 from __future__ import annotations
@@ -17,16 +22,26 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import h11
 import trio
+
+from mesh.http import events, h1
+from mesh.http.errors import ProtocolError
 
 log = logging.getLogger("mesh.http")
 
 MAX_BODY = 1 << 20
 RECEIVE_SIZE = 65536
+
+
+def _phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +53,7 @@ class Request:
     headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_h11(cls, event: h11.Request) -> Request:
+    def from_event(cls, event: events.Request) -> Request:
         target = event.target.decode("ascii", "replace")
         parts = urlsplit(target)
         return cls(
@@ -82,6 +97,10 @@ class _Closed(Exception):
     """The peer went away, or timed out; close quietly."""
 
 
+class _TooLarge(Exception):
+    """The request body is over MAX_BODY."""
+
+
 class HttpServer:
     def __init__(
         self,
@@ -115,11 +134,13 @@ class HttpServer:
             await stream.aclose()
             return
         self._active += 1
-        conn = h11.Connection(h11.SERVER)
+        reader = h1.Reader("server")
         try:
-            await self._serve(conn, stream)
-        except h11.RemoteProtocolError as exc:
-            await self._send_error(conn, stream, exc.error_status_hint, str(exc))
+            await self._serve(reader, stream)
+        except ProtocolError as exc:
+            await self._send_error(stream, exc.status, str(exc))
+        except _TooLarge:
+            await self._send_error(stream, 413, "request body too large")
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:  # a bug in one connection must not take the server down
@@ -129,21 +150,18 @@ class HttpServer:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _serve(self, conn: h11.Connection, stream: trio.SocketStream) -> None:
+    async def _serve(self, reader: h1.Reader, stream: trio.SocketStream) -> None:
         while True:  # one request per round; ends when either side closes
-            event = await self._next_event(conn, stream, self.idle_timeout)
-            if isinstance(event, h11.ConnectionClosed):
+            event = await self._next_event(reader, stream, self.idle_timeout)
+            if event is events.CLOSED:
                 return
-            assert isinstance(event, h11.Request)
-            request = Request.from_h11(event)
-            if not await self._drain_body(conn, stream):
-                await self._send_error(conn, stream, 413, "request body too large")
-                return
+            assert type(event) is events.Request
+            request = Request.from_event(event)
+            await self._drain_body(reader, stream)
             response = await self._respond(request)
-            await self._send(conn, stream, request, response)
-            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+            if not await self._send(stream, event, request, response):
                 return
-            conn.start_next_cycle()
+            reader.next_message()
 
     async def _respond(self, request: Request) -> Response | StreamingResponse:
         if request.method not in ("GET", "HEAD"):
@@ -155,76 +173,98 @@ class HttpServer:
             return text(500, "internal error")
 
     async def _next_event(
-        self, conn: h11.Connection, stream: trio.SocketStream, patience: float
+        self, reader: h1.Reader, stream: trio.SocketStream, patience: float
     ) -> Any:
-        """The next h11 event; waits at most ``patience`` for the first bytes, then
+        """The next codec event; waits at most ``patience`` for the first bytes, then
         ``read_timeout`` for each further read of the same message."""
         while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
+            event = reader.next_event()
+            if event is not events.NEED_DATA:
                 return event
             with trio.move_on_after(patience) as scope:
                 data = await stream.receive_some(RECEIVE_SIZE)
             if scope.cancelled_caught:
                 raise _Closed()
-            conn.receive_data(data)
+            reader.feed(data)
             patience = self.read_timeout  # the rest of a message must come promptly
 
-    async def _drain_body(self, conn: h11.Connection, stream: trio.SocketStream) -> bool:
+    async def _drain_body(self, reader: h1.Reader, stream: trio.SocketStream) -> None:
+        """Read the request body to its end (its bytes are not used); _TooLarge past
+        MAX_BODY."""
         size = 0
         while True:
-            event = await self._next_event(conn, stream, self.read_timeout)
-            if isinstance(event, h11.EndOfMessage):
-                return True
-            if isinstance(event, h11.Data):
+            event = await self._next_event(reader, stream, self.read_timeout)
+            if type(event) is events.EndOfMessage:
+                return
+            if type(event) is events.Data:
                 size += len(event.data)
                 if size > MAX_BODY:
-                    return False
-            elif isinstance(event, h11.ConnectionClosed):
-                raise _Closed()
+                    raise _TooLarge
 
     async def _send(
         self,
-        conn: h11.Connection,
         stream: trio.SocketStream,
+        event: events.Request,
         request: Request,
         response: Response | StreamingResponse,
-    ) -> None:
-        headers = [("content-type", response.content_type), *response.headers]
+    ) -> bool:
+        """Write the response; True when the connection may carry another request."""
+        keep = event.keep_alive
+        streaming = isinstance(response, StreamingResponse)
+        chunked = streaming and event.http_version == b"1.1"
+        if streaming and not chunked:
+            keep = False  # HTTP/1.0: the body ends with the connection
+        fields = [("content-type", response.content_type), *response.headers]
         if isinstance(response, Response):
-            headers.append(("content-length", str(len(response.body))))
-        head = conn.send(h11.Response(status_code=response.status, headers=headers))
-        await stream.send_all(head or b"")
+            fields.append(("content-length", str(len(response.body))))
+        elif chunked:
+            fields.append(("transfer-encoding", "chunked"))
+        if not keep:
+            fields.append(("connection", "close"))
+        status = response.status
+        head = h1.response_head(
+            status,
+            _phrase(status),
+            [(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields],
+        )
+        head_only = request.method == "HEAD"
         if isinstance(response, Response):
-            if request.method != "HEAD" and response.body:
-                await stream.send_all(conn.send(h11.Data(data=response.body)) or b"")
-        elif request.method != "HEAD":
-            try:
-                async for chunk in response.chunks:
-                    await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
-            finally:
-                aclose = getattr(response.chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-
-    async def _send_error(
-        self, conn: h11.Connection, stream: trio.SocketStream, status: int, reason: str
-    ) -> None:
-        log.info("bad request", extra={"server": self.name, "status": status, "reason": reason})
-        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        body = f"{reason}\n".encode()
-        headers = [
-            ("content-type", "text/plain; charset=utf-8"),
-            ("content-length", str(len(body))),
-            ("connection", "close"),
-        ]
+            await stream.send_all(head if head_only else head + response.body)
+            return keep
+        await stream.send_all(head)
+        if head_only:
+            await _aclose(response.chunks)
+            return keep
         try:
-            data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
-            data += conn.send(h11.Data(data=body)) or b""
-            data += conn.send(h11.EndOfMessage()) or b""
+            async for piece in response.chunks:
+                if piece:  # an empty chunk would end a chunked body
+                    await stream.send_all(h1.chunk(piece) if chunked else piece)
+        finally:
+            await _aclose(response.chunks)
+        if chunked:
+            await stream.send_all(h1.last_chunk())
+        return keep
+
+    async def _send_error(self, stream: trio.SocketStream, status: int, reason: str) -> None:
+        log.info("bad request", extra={"server": self.name, "status": status, "reason": reason})
+        body = f"{reason}\n".encode()
+        head = h1.response_head(
+            status,
+            _phrase(status),
+            [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", b"%d" % len(body)),
+                (b"connection", b"close"),
+            ],
+        )
+        try:
             with trio.move_on_after(1):
-                await stream.send_all(data)
-        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(head + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+
+async def _aclose(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -17,12 +17,13 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import h11
 import pydantic
 import trio
 
 from mesh.addresses import parse_url
 from mesh.config.base import ComponentConfig
+from mesh.http import events, h1
+from mesh.http.errors import ProtocolError
 
 __all__ = ["Backoff", "LineSplitter", "StreamError", "fetch_json", "parse_url", "stream_configs"]
 
@@ -82,39 +83,51 @@ def decode(line: bytes, config_type: type[C]) -> C:
 
 
 class _Connection:
-    """One HTTP/1.1 request and its response body, over h11."""
+    """One HTTP/1.1 request and its response body, over the engine's codec (mesh.http.h1):
+    the same strict parser reads the control plane's answers as reads the gateway's
+    upstreams. A malformed response is a StreamError (reconnect), never a crash."""
 
     def __init__(self, stream: trio.SocketStream, idle_timeout: float) -> None:
         self.stream = stream
-        self.conn = h11.Connection(h11.CLIENT)
+        self.reader = h1.Reader("client")
         self.idle_timeout = idle_timeout
 
     async def request(self, host: str, port: int, target: str) -> int:
-        headers = [("host", f"{host}:{port}"), ("accept", "application/json")]
-        data = self.conn.send(h11.Request(method="GET", target=target, headers=headers)) or b""
-        data += self.conn.send(h11.EndOfMessage()) or b""
-        await self.stream.send_all(data)
-        event = await self.next_event()
-        if not isinstance(event, h11.Response):
-            raise StreamError("connection closed before a response")
-        return event.status_code
-
-    async def next_event(self) -> Any:
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # RFC 3986 3.2.2
+        try:
+            fields = [(b"host", authority.encode("ascii")), (b"accept", b"application/json")]
+            head = h1.request_head(b"GET", target.encode("ascii"), fields)
+        except UnicodeError:
+            raise StreamError(f"cannot ask {authority}{target}: not ASCII") from None
+        self.reader.next_message(b"GET")
+        await self.stream.send_all(head)
         while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
+            event = await self.next_event()
+            if type(event) is events.InformationalResponse:
+                continue  # a 1xx before the answer
+            if type(event) is not events.Response:
+                raise StreamError("connection closed before a response")
+            return event.status
+
+    async def next_event(self) -> object:
+        while True:
+            try:
+                event = self.reader.next_event()
+            except ProtocolError as exc:
+                raise StreamError(f"bad HTTP from the server: {exc}") from None
+            if event is not events.NEED_DATA:
                 return event
             with trio.move_on_after(self.idle_timeout) as scope:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
             if scope.cancelled_caught:
                 raise StreamError(f"no data for {self.idle_timeout} s")
-            self.conn.receive_data(data)
+            self.reader.feed(data)  # b"": the server closed
 
     async def body_chunk(self) -> bytes | None:
         """The next piece of the body, or None at its end."""
         event = await self.next_event()
-        if isinstance(event, h11.Data):
-            return bytes(event.data)
+        if type(event) is events.Data:
+            return event.data
         return None
 
 
@@ -127,7 +140,6 @@ _NETWORK_ERRORS = (
     OSError,
     trio.BrokenResourceError,
     trio.TooSlowError,
-    h11.ProtocolError,
     StreamError,
 )
 
