@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 from typing import Any
 
 import trio
@@ -60,8 +61,12 @@ class IngressGateway:
         limits: Limits | None = None,
         default_certificate: CertEntry | None = None,
         policy: str = "round-robin",
+        netns: str | None = None,
     ) -> None:
         self.listen = listen
+        # The cluster in a box: every listener is opened in the box's node namespace (its
+        # upstream sockets are made there too: mesh.http.pool.new_socket).
+        self.netns = netns
         self.tls_listen = tls_listen
         self.registry = CollectorRegistry()
         self.telemetry = telemetry or Telemetry()
@@ -180,10 +185,14 @@ class IngressGateway:
             mirrors=self.mirrors,
         )
         scope = trio.CancelScope()
+        sock = _bind_in(self.netns, address) if self.netns is not None else None
 
         async def serve(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
             with scope:
-                await server.listen(address[0], address[1], task_status=task_status)
+                if sock is not None:
+                    await server.serve(sock, task_status=task_status)
+                else:
+                    await server.listen(address[0], address[1], task_status=task_status)
 
         bound = await nursery.start(serve)
         port = int(bound[1])
@@ -268,3 +277,20 @@ class IngressGateway:
 
     def _handshakes(self) -> float:
         return float(sum(t.handshakes for t in self.terminators.values()))
+
+
+def _bind_in(netns: str, address: Address) -> socket.socket:
+    """A listening socket made in namespace ``netns`` (where it stays, whatever the thread)."""
+    from mesh.netns import inside  # pyroute2: only the cluster in a box needs it
+
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    with inside(netns):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -7,6 +7,7 @@ the subcommands so ``mesh --help`` and ``mesh get`` stay fast.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -145,7 +146,8 @@ def main() -> None:
     "--netns",
     is_flag=True,
     help="The cluster in a box (root): a network namespace per pod, DNS on the node, "
-    "the node proxy in nftables mode.",
+    "the node proxy in nftables mode, the ingress gateway on the node's address (at the "
+    "ports of --gateway-listen and --gateway-tls-listen), reachable from the pods.",
 )
 @click.option(
     "--pod-cidr",
@@ -203,6 +205,16 @@ def up(
     if netns:
         if os.geteuid() != 0:
             raise click.UsageError("--netns needs root (it creates network namespaces)")
+        gateway_factory = None
+        if with_gateway:
+            from mesh.components import make_gateway
+
+            gateway_factory = functools.partial(
+                make_gateway,
+                access_log=access_log,
+                otlp_endpoint=otlp_endpoint,
+                trace_sample_ratio=trace_sample_ratio,
+            )
         run_up_netns(
             options=PlaneOptions(
                 manifest_dir,
@@ -211,7 +223,10 @@ def up(
                 zone,
                 ttl,
                 pod_mode,
+                gateway_cidr,
             ),
+            gateway=gateway_factory,
+            gateway_ports=(gateway_listen[1], gateway_tls_listen[1]),
             control_listen=control_listen,
             admin_listen=admin_listen,
             pod_cidr=pod_cidr,

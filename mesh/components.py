@@ -252,8 +252,10 @@ def make_gateway(
     access_log: str | None,
     otlp_endpoint: str | None,
     trace_sample_ratio: float,
+    netns: str | None = None,
 ) -> Any:
-    """The gateway component as the flags of ``mesh ingress`` and ``mesh up`` describe it."""
+    """The gateway component as the flags of ``mesh ingress`` and ``mesh up`` describe it;
+    ``netns``: it runs in that network namespace (the cluster in a box's node)."""
     from mesh.ingress.gateway import IngressGateway
     from mesh.ingress.server import build_telemetry
 
@@ -263,7 +265,7 @@ def make_gateway(
         )
     except OSError as exc:
         raise click.ClickException(f"cannot open the access log {access_log}: {exc}") from None
-    return IngressGateway(gateway_listen, gateway_tls_listen, telemetry=telemetry)
+    return IngressGateway(gateway_listen, gateway_tls_listen, telemetry=telemetry, netns=netns)
 
 
 @click.command("ingress")

@@ -8,7 +8,8 @@ await in between, so no other trio task runs while the thread is elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from pyroute2 import netns as _netns
@@ -25,3 +26,14 @@ def inside(name: str | None) -> Iterator[None]:
         yield
     finally:
         _netns.popns()
+
+
+def socket_maker(name: str) -> Callable[[int], socket.socket]:
+    """A maker of non-blocking TCP sockets inside namespace ``name`` (mesh.http.pool's
+    ``new_socket`` for a gateway that runs in the cluster in a box)."""
+
+    def make(family: int) -> socket.socket:
+        with inside(name):
+            return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+
+    return make

@@ -12,7 +12,7 @@ import logging
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -251,8 +251,15 @@ def run_up_netns(
     upstreams: Sequence[Address] | None,
     announce: Announce,
     dns_options: Mapping[str, Any] | None = None,
+    gateway: Callable[..., Component[Any]] | None = None,
+    gateway_ports: tuple[int, int] = (8080, 8443),
 ) -> None:
-    """The cluster in a box (root): pods in namespaces, DNS on the node, nftables proxy."""
+    """The cluster in a box (root): pods in namespaces, DNS on the node, nftables proxy,
+    and the ingress gateway (``gateway`` makes it: ``(listen, tls_listen, netns=...)``).
+
+    The gateway runs where a hostNetwork ingress controller runs on a real node: in the node
+    namespace, on the node's address (the pods' next hop, so every pod reaches it), its
+    upstream sockets made there too (the pods are reachable only from the node)."""
     from mesh.admin import AdminServer
     from mesh.boxnode import BoxNode, dns_objects
     from mesh.control.stream import ConfigServer
@@ -269,7 +276,8 @@ def run_up_netns(
         state_dir=state_dir,
         cluster_domain=options.zone,
     )
-    plane = options.build()
+    # the Ingresses' status.loadBalancer: where the pods reach the gateway
+    plane = replace(options, ingress_addresses=(cluster.node_ip,)).build()
     dns = DnsServer(
         (cluster.node_ip, 53),
         upstreams,
@@ -279,6 +287,17 @@ def run_up_netns(
     )
     proxy = cluster.proxy()
     components: list[Component[Any]] = [dns, proxy]
+    gw: Any = None
+    if gateway is not None:
+        from mesh.http import pool
+        from mesh.netns import socket_maker
+
+        http_port, https_port = gateway_ports
+        gw = gateway(
+            (cluster.node_ip, http_port), (cluster.node_ip, https_port), netns=cluster.node
+        )
+        pool.new_socket = socket_maker(cluster.node)
+        components.append(gw)
     control = ConfigServer(plane, control_listen)
     admin = AdminServer(admin_listen, components, plane=plane)
     node = BoxNode(plane, cluster)
@@ -299,6 +318,9 @@ def run_up_netns(
         announce("control", (control_listen[0], control.port))
         await _start_fed(nursery, plane, components)
         announce("dns", (cluster.dns_ip, 53))
+        if gw is not None:
+            announce("gateway", (cluster.node_ip, gw.port))
+            announce("gateway-tls", (cluster.node_ip, gw.tls_port))
         await _start(nursery, "admin server", admin_listen, admin.run)
         announce("admin", (admin_listen[0], admin.port))
 

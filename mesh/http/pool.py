@@ -21,7 +21,7 @@ import os
 import select
 import socket
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import trio
 
@@ -160,10 +160,20 @@ def close(sock: socket.socket, *, reset: bool = False) -> None:
     sock.close()
 
 
+def _tcp_socket(family: int) -> socket.socket:
+    return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+
+
+# Makes every upstream socket (a non-blocking TCP socket of a family). The cluster in a box
+# replaces it with one that makes them in the box's node namespace (mesh.netns.socket_maker),
+# where its gateway runs: the pods are reachable only from there.
+new_socket: Callable[[int], socket.socket] = _tcp_socket
+
+
 async def connect(endpoint: Endpoint, seconds: float, deadline: float = math.inf) -> socket.socket:
     """A connected non-blocking socket, or OSError (Timeout past the deadline)."""
     family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    sock = new_socket(family)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex(endpoint)
