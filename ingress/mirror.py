@@ -33,7 +33,9 @@ log = logging.getLogger("mesh.ingress.mirror")
 
 MAX_IN_FLIGHT = 64
 TIMEOUT = 10.0
-_HOP = frozenset({b"connection", b"keep-alive", b"te", b"upgrade", b"proxy-connection"})
+# Not passed to a copy: hop-by-hop fields, and Expect (the copy sends its body at once; the
+# client's 100-continue was answered by the real exchange)
+_HOP = frozenset({b"connection", b"keep-alive", b"te", b"upgrade", b"proxy-connection", b"expect"})
 
 
 class _Dropped(Exception):
