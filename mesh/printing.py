@@ -28,6 +28,8 @@ for _kind, _aliases in {
     "Gateway": ("gtw", "gateway", "gateways"),
     "GatewayClass": ("gc", "gatewayclass", "gatewayclasses"),
     "ReferenceGrant": ("refgrant", "referencegrant", "referencegrants"),
+    "BackendTLSPolicy": ("btlspolicy", "backendtlspolicy", "backendtlspolicies"),
+    "ConfigMap": ("cm", "configmap", "configmaps"),
     "Secret": ("secret", "secrets"),
 }.items():
     for _alias in (*_aliases, _kind.lower()):

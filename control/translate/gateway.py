@@ -4,7 +4,7 @@ gateway writes back to the objects it serves.
 ``translate_gateway`` is the translator the control plane registers; ``gateway_status`` gives
 the status of each served object from the same snapshot (pure, for a status writer to
 apply): Ingress ``status.loadBalancer`` with the gateway's address, and the GatewayClass,
-Gateway and HTTPRoute statuses with the Gateway API's conditions and reasons.
+Gateway, HTTPRoute and BackendTLSPolicy statuses with the Gateway API's conditions and reasons.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from mesh.objects import (
     IngressStatus,
     LoadBalancerIngress,
     LoadBalancerStatus,
+    PolicyStatus,
     RouteStatus,
 )
 
@@ -66,6 +67,7 @@ class GatewayStatuses:
     classes: dict[str, GatewayClassStatus] = field(default_factory=dict)
     gateways: dict[tuple[str, str], GatewayStatus] = field(default_factory=dict)
     routes: dict[tuple[str, str], RouteStatus] = field(default_factory=dict)
+    backend_tls: dict[tuple[str, str], PolicyStatus] = field(default_factory=dict)
 
 
 def gateway_status(
@@ -85,6 +87,7 @@ def gateway_status(
         classes=api.classes,
         gateways=api.gateways,
         routes=api.routes_status,
+        backend_tls=api.policies.statuses() if api.policies is not None else {},
     )
 
 

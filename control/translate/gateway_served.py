@@ -3,8 +3,8 @@
 - :func:`translate_served`: the GatewayConfig of mesh.control.translate.gateway plus the PEM
   of every TLS Secret its listeners name (the gateway never reads cluster objects).
 - :func:`status_updates`: the objects whose status differs from what the gateway's status
-  computation says (Ingress ``status.loadBalancer``; GatewayClass, Gateway and HTTPRoute
-  conditions), ready for the store. An Ingress no longer served loses the address the
+  computation says (Ingress ``status.loadBalancer``; GatewayClass, Gateway, HTTPRoute and
+  BackendTLSPolicy conditions), ready for the store. An Ingress no longer served loses the address the
   gateway gave it. Applying them changes nothing else, so the next round finds nothing to do.
 
 Both pure functions of a snapshot.
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mesh.config.gateway import ServedGatewayConfig, TlsSecret
 from mesh.control.translate.gateway import gateway_status, translate_gateway
 from mesh.objects import (
+    BackendTLSPolicy,
     Gateway,
     GatewayClass,
     HTTPRoute,
@@ -41,6 +42,8 @@ GATEWAY_READS = frozenset(
         "GatewayClass",
         "HTTPRoute",
         "ReferenceGrant",
+        "BackendTLSPolicy",
+        "ConfigMap",
         "Service",
         "EndpointSlice",
         "Endpoints",
@@ -147,4 +150,6 @@ def status_updates(
         update(Gateway.KIND, ns, name, gw_status)
     for (ns, name), route_status in found.routes.items():
         update(HTTPRoute.KIND, ns, name, route_status)
+    for (ns, name), policy_status in found.backend_tls.items():
+        update(BackendTLSPolicy.KIND, ns, name, policy_status)
     return out

@@ -47,6 +47,11 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+class TlsHandshakeError(OSError):
+    """The TLS handshake with a backend failed (refused, or its certificate did not verify):
+    a connect failure, answered ``upstream-tls-failure`` when no other endpoint does better."""
+
+
 class HttpError(Exception):
     """An exchange the engine ends with its own response."""
 

@@ -161,7 +161,8 @@ def close(sock: socket.socket, *, reset: bool = False) -> None:
 
 
 async def connect(endpoint: Endpoint, seconds: float, deadline: float = math.inf) -> socket.socket:
-    """A connected non-blocking socket, or OSError (Timeout past the deadline)."""
+    """A connected non-blocking socket, or OSError (Timeout past the deadline). An endpoint
+    carrying TLS settings gets a TLS socket after its handshake (TlsHandshakeError if not)."""
     family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
@@ -175,6 +176,11 @@ async def connect(endpoint: Endpoint, seconds: float, deadline: float = math.inf
     except BaseException:
         close(sock)
         raise
+    tls = getattr(endpoint, "tls", None)  # a mesh.tls.upstream.TlsEndpoint: re-encryption
+    if tls is not None:
+        from mesh.http.upstream_tls import handshake
+
+        return await handshake(sock, tls, seconds, deadline)
     return sock
 
 
