@@ -154,6 +154,17 @@ class Routing:
                 kept if kept is not None and kept.endpoints == unique else balancer(policy, eps)
             )
 
+    def mirror_targets(
+        self, mirrors: tuple[tuple[str, tuple[Endpoint, ...]], ...]
+    ) -> list[tuple[str, tuple[Endpoint, ...]]]:
+        """The plan's mirror copies with the endpoints as the balancers hold them (which carry
+        a backend's TLS settings): a copy to an HTTPS backend is re-encrypted too."""
+        out = []
+        for name, _ in mirrors:
+            b = self.balancers.get(name)
+            out.append((name, b.endpoints if b is not None else ()))
+        return out
+
     def endpoints(self) -> set[Endpoint]:
         """Every endpoint of this config (the pool keeps connections only to these)."""
         return {ep for b in self.balancers.values() for ep in b.endpoints}

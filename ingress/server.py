@@ -230,7 +230,8 @@ class GatewayServer(HttpServer):
             self.in_flight[key] += 1
         try:
             if planned.mirrors:
-                self.mirrors.start(req, decision.target or req.target, planned.mirrors)
+                copies = self.holder.routing.mirror_targets(planned.mirrors)
+                self.mirrors.start(req, decision.target or req.target, copies)
             return await self._forward(sock, reader, req, peer, decision, planned.retry, started)
         finally:
             if limit is not None:

@@ -24,6 +24,7 @@ class TlsUpstream:
     handshakes_failed: int = 0
     requests: list[Request] = field(default_factory=list)
     address: tuple[str, int] = ("127.0.0.1", 0)
+    arrived: trio.Event = field(default_factory=trio.Event)  # set at the first request
 
     def context(self) -> ssl.SSLContext:
         ctx = server_context()
@@ -85,6 +86,7 @@ class TlsUpstream:
             elif type(ev) is EndOfMessage:
                 assert request is not None
                 self.requests.append(request)
+                self.arrived.set()
                 answer = json.dumps(
                     {
                         "connection": index,

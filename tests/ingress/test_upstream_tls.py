@@ -256,3 +256,59 @@ async def test_backend_tls_policy_end_to_end(nursery: trio.Nursery) -> None:
     r = await get(port)
     assert r.status_code == 500
     assert len(upstream.requests) == requests_before  # nothing reached the backend
+
+
+async def test_a_mirror_copy_to_a_backend_with_a_policy_is_re_encrypted(
+    nursery: trio.Nursery,
+) -> None:
+    from tests.ingress.harness import echo_servers
+
+    ca = CA()
+    upstream = await start_upstream(nursery, "secure.default.svc", ca=ca)
+    port = free_port()
+    route = obj(
+        "HTTPRoute",
+        "shop",
+        "default",
+        spec={
+            "parentRefs": [{"name": "web"}],
+            "hostnames": [HOST],
+            "rules": [
+                {
+                    "backendRefs": [{"name": "web", "port": 80}],
+                    "filters": [
+                        {
+                            "type": "RequestMirror",
+                            "requestMirror": {"backendRef": {"name": "secure", "port": 80}},
+                        }
+                    ],
+                }
+            ],
+        },
+    )
+    with echo_servers("web") as up:
+        config = served(
+            backend("web", up["web"]),
+            backend("secure", upstream.address),
+            obj("ConfigMap", "upstream-ca", "default", data={"ca.crt": ca.pem.decode()}),
+            tls_policy(
+                "secure-tls",
+                "secure",
+                "secure.default.svc",
+                caCertificateRefs=[{"group": "", "kind": "ConfigMap", "name": "upstream-ca"}],
+            ),
+            *gateway_objects(port)[:2],
+            route,
+        )
+        await start_gateway(nursery, config)
+        with trio.fail_after(10):
+            while True:
+                try:
+                    r = await get(port, "/copied")
+                    break
+                except httpx.ConnectError:
+                    await trio.sleep(0.05)
+            assert r.status_code == 200 and r.json()["name"] == "web"
+            await upstream.arrived.wait()  # the copy goes out in the background
+    assert upstream.requests[0].target == b"/copied"
+    assert upstream.sni == ["secure.default.svc"]
