@@ -9,10 +9,11 @@ Gateway, HTTPRoute and BackendTLSPolicy statuses with the Gateway API's conditio
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mesh.config.gateway import GatewayConfig, GatewayListener, Problem
+from mesh.config.gateway import GatewayConfig, GatewayListener, ListenerFailure, Problem
 from mesh.control.translate.gatewayapi import translate_gateway_api
 from mesh.control.translate.ingress import translate_ingresses
 from mesh.objects import (
@@ -76,11 +77,15 @@ def gateway_status(
     ingress_addresses: tuple[str, ...],
     gateway_cidr: str = DEFAULT_GATEWAY_CIDR,
     privileged: bool = False,
+    runtime: Mapping[str, ListenerFailure] | None = None,
 ) -> GatewayStatuses:
     """The status of every object the gateway serves; ``ingress_addresses``: where the
-    Ingress listeners are reachable (IPs, or host names)."""
+    Ingress listeners are reachable (IPs, or host names); ``runtime``: the listeners the
+    gateway reported it could not open."""
     ing = translate_ingresses(snapshot)
-    api = translate_gateway_api(snapshot, gateway_cidr=gateway_cidr, privileged=privileged)
+    api = translate_gateway_api(
+        snapshot, gateway_cidr=gateway_cidr, privileged=privileged, runtime=runtime
+    )
     lb = LoadBalancerStatus(ingress=tuple(_lb(a) for a in ingress_addresses))
     return GatewayStatuses(
         ingresses={key: IngressStatus(load_balancer=lb) for key in ing.served},

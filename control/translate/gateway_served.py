@@ -12,9 +12,10 @@ Both pure functions of a snapshot.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from mesh.config.gateway import ServedGatewayConfig, TlsSecret
+from mesh.config.gateway import ListenerFailure, ServedGatewayConfig, TlsSecret
 from mesh.control.translate.gateway import gateway_status, translate_gateway
 from mesh.objects import (
     BackendTLSPolicy,
@@ -81,6 +82,17 @@ class StatusWriter:
         self.ingress_addresses = ingress_addresses
         self.gateway_cidr = gateway_cidr
         self.privileged = privileged
+        # What the running gateway reported: listeners it could not open (route-model name
+        # -> failure). Replaced whole by ``report``; the plane writes status again then.
+        self.runtime: dict[str, ListenerFailure] = {}
+
+    def report(self, failures: Mapping[str, ListenerFailure]) -> bool:
+        """Take the gateway's latest report; True when it changed (status is to be rewritten)."""
+        new = dict(failures)
+        if new == self.runtime:
+            return False
+        self.runtime = new
+        return True
 
     def __call__(self, snapshot: Snapshot) -> list[KubeObject]:
         return status_updates(
@@ -88,6 +100,7 @@ class StatusWriter:
             ingress_addresses=self.ingress_addresses,
             gateway_cidr=self.gateway_cidr,
             privileged=self.privileged,
+            runtime=self.runtime,
         )
 
 
@@ -116,12 +129,14 @@ def status_updates(
     ingress_addresses: tuple[str, ...],
     gateway_cidr: str,
     privileged: bool = False,
+    runtime: Mapping[str, ListenerFailure] | None = None,
 ) -> list[KubeObject]:
     found = gateway_status(
         snapshot,
         ingress_addresses=ingress_addresses,
         gateway_cidr=gateway_cidr,
         privileged=privileged,
+        runtime=runtime,
     )
     out: list[KubeObject] = []
 

@@ -22,6 +22,7 @@ with the status each object gets.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ from mesh.config.gateway import (
     GatewayBackend,
     GatewayListener,
     HeaderEdits,
+    ListenerFailure,
     Match,
     Mirror,
     PathMatch,
@@ -102,8 +104,14 @@ def _age(obj: Gateway | HTTPRoute) -> tuple[str, str, str]:
 
 
 def translate_gateway_api(
-    snapshot: Snapshot, *, gateway_cidr: str = "127.11.0.0/16", privileged: bool = False
+    snapshot: Snapshot,
+    *,
+    gateway_cidr: str = "127.11.0.0/16",
+    privileged: bool = False,
+    runtime: Mapping[str, ListenerFailure] | None = None,
 ) -> GatewayApiResult:
+    """``runtime``: listeners the gateway reported it could not open (status only: the
+    config keeps them, so the gateway keeps trying)."""
     out = GatewayApiResult(policies=PolicyIndex(snapshot))
     grants = [g for g in snapshot.list(ReferenceGrant.KIND) if isinstance(g, ReferenceGrant)]
     mine = set()
@@ -145,7 +153,7 @@ def translate_gateway_api(
     for gw in gateways:
         address = pinned[gw.key] or auto.get(f"{gw.namespace}/{gw.name}")
         out.gateways[(gw.namespace, gw.name)] = gateway_conditions(
-            gw, address, listeners[(gw.namespace, gw.name)]
+            gw, address, listeners[(gw.namespace, gw.name)], runtime
         )
     return out
 

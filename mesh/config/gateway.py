@@ -281,3 +281,12 @@ class ServedGatewayConfig(GatewayConfig):
     listeners name."""
 
     secrets: tuple[TlsSecret, ...] = ()
+
+
+class ListenerFailure(Frozen):
+    """The gateway's report of a listener it could not open at run time (the port is taken or
+    needs privileges, the address is not local), by route-model listener name: the control
+    plane writes it into the Gateway's status until the gateway reports it bound."""
+
+    message: str  # one sentence
+    address_unusable: bool = False  # the Gateway's address itself cannot be bound
