@@ -5,15 +5,20 @@ report lands in the Gateway's status, as ``mesh get`` shows it."""
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 import trio
+import yaml
 
 from mesh.config.gateway import ListenerFailure
 from mesh.ingress import gateway as gateway_module
 from mesh.objects import KubeObject
 from tests.ingress.harness import obj, served, start_gateway
+from tests.polling import wait_for
+from tests.test_cli_e2e import MESH, Proc, listen_anywhere
 
 GATEWAY_IP = "127.11.78.9"
 
@@ -90,3 +95,64 @@ async def test_an_address_that_is_not_local_is_reported_as_such(nursery: trio.Nu
         await reported.wait()
     (failure,) = reports[-1].values()
     assert failure.address_unusable
+
+
+MANIFESTS = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: mesh}}
+spec: {{controllerName: mesh.dev/gateway}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: web, namespace: default}}
+spec:
+  gatewayClassName: mesh
+  addresses: [{{type: IPAddress, value: {ip}}}]
+  listeners:
+  - {{name: http, protocol: HTTP, port: {port}}}
+"""
+
+
+def test_mesh_up_writes_a_held_port_into_the_gateway_status(tmp_path: Path) -> None:
+    ip = "127.11.78.10"
+    held = hold_port(ip)
+    port = held.getsockname()[1]
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "gw.yaml").write_text(MANIFESTS.format(ip=ip, port=port))
+    args = ["up", "-f", str(manifests), "--no-proxy", "--upstream", "127.0.0.1:9"]
+    proc = Proc([*args, *listen_anywhere()], {"control", "gateway", "admin"})
+    try:
+        control = ["--control", proc.url("control")]
+
+        def listener_programmed() -> tuple[str, str, str] | None:
+            done = subprocess.run(
+                [*MESH, "get", "gateway", "web", "-o", "yaml", *control],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            status = (yaml.safe_load(done.stdout) or {}).get("status", {})
+            for item in status.get("listeners", ()):
+                for c in item.get("conditions", ()):
+                    if c["type"] == "Programmed":
+                        return (c["status"], c["reason"], c.get("message", ""))
+            return None
+
+        def pending() -> bool:
+            found = listener_programmed()
+            return found is not None and found[:2] == ("False", "Pending")
+
+        wait_for(pending, timeout=15)
+        found = listener_programmed()
+        assert found is not None and f"{ip}:{port}" in found[2] and "in use" in found[2]
+        held.close()  # free: the gateway binds it on its next try and the status clears
+
+        def programmed() -> bool:
+            return listener_programmed() == ("True", "Programmed", "")
+
+        wait_for(programmed, timeout=20)
+        with socket.create_connection((ip, port), timeout=5):
+            pass  # and it is served
+    finally:
+        held.close()
+        proc.stop()
