@@ -92,6 +92,7 @@ class TlsSocket(socket.socket):
             self._flush()
             if self._out:
                 raise BlockingIOError(errno.EAGAIN, "the backend's window is full")
+        if self._owed:  # written since (here, or by a ``recv`` flushing on its way)
             owed, self._owed = self._owed, 0
             return owed  # the caller's next bytes start after what that record carried
         view = memoryview(data)

@@ -61,10 +61,13 @@ class TlsEndpoint(tuple[str, int]):
     """``(ip, port)`` with the TLS settings to reach it (see the module comment)."""
 
     tls: UpstreamTls
+    _hash: int
 
     def __new__(cls, ip: str, port: int, tls: UpstreamTls) -> TlsEndpoint:
         self = super().__new__(cls, (ip, port))
         self.tls = tls
+        # The pool looks an endpoint up per request: hash the settings (a CA bundle) once.
+        self._hash = hash((ip, port, tls))
         return self
 
     def __eq__(self, other: object) -> bool:
@@ -76,7 +79,7 @@ class TlsEndpoint(tuple[str, int]):
         return not self.__eq__(other)
 
     def __hash__(self) -> int:
-        return hash((self[0], self[1], self.tls))
+        return self._hash
 
     def __reduce__(self) -> tuple[object, ...]:
         return (TlsEndpoint, (self[0], self[1], self.tls))
