@@ -365,3 +365,41 @@ def test_manifest_validation_refuses_what_the_api_server_would() -> None:
         policy(hostname="10.0.0.1")
     with pytest.raises(ValueError, match="wildcard"):
         policy(hostname="*.internal")
+
+
+MANIFEST = """
+apiVersion: gateway.networking.k8s.io/v1alpha3
+kind: BackendTLSPolicy
+metadata: {name: old-spelling, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: api, sectionName: https}]
+  validation: {hostname: api.shop.svc, wellKnownCACertificates: System}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: wildcard, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: api}]
+  validation: {hostname: "*.shop.svc", caCertificateRefs: [{group: "", kind: ConfigMap, name: ca}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ca, namespace: shop}
+data: {ca.crt: x}
+"""
+
+
+def test_manifests_of_both_api_versions_and_a_refused_one() -> None:
+    from mesh.manifests import load_text
+
+    loaded = load_text(MANIFEST, "policies.yaml")
+    assert [o.key for o in loaded.objects] == [
+        ("BackendTLSPolicy", "shop", "old-spelling"),
+        ("ConfigMap", "shop", "ca"),
+    ]
+    (error,) = loaded.errors
+    assert (error.object, error.field) == (
+        "BackendTLSPolicy/shop/wildcard",
+        "spec.validation.hostname",
+    )
+    assert "no wildcard" in error.message
