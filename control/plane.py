@@ -290,8 +290,22 @@ class ControlPlane:
         self._translated_event = trio.Event()
         return published
 
-    def _write_status(self, snap: Snapshot, changed: frozenset[str] | None) -> None:
+    def report(self, kind: str, report: Any) -> None:
+        """A component's report of its run-time state (the gateway: listeners it could not
+        open), handed to that kind's status writer; its status is written again at once when
+        the report changed it (the next translation would otherwise be the next object
+        change)."""
+        writer = self.status_writers.get(kind)
+        take = getattr(writer, "report", None)
+        if take is not None and take(report):
+            self._write_status(self.store.snapshot(), None, only=kind)
+
+    def _write_status(
+        self, snap: Snapshot, changed: frozenset[str] | None, only: str | None = None
+    ) -> None:
         for kind, writer in sorted(self.status_writers.items()):
+            if only is not None and kind != only:
+                continue
             reads = _reads(writer)  # type: ignore[arg-type]
             if changed is not None and reads is not None and not reads & changed:
                 continue

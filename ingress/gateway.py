@@ -11,22 +11,31 @@ to endpoints the new config no longer has (busy ones close when their request en
 Listeners: the two Ingress listeners (``--gateway-listen``, ``--gateway-tls-listen``) open at
 start and stay; a Gateway's listeners (its address and port, from the config) are opened and
 closed as configs come and go by a reconcile task. A listener that cannot be opened (the
-address is not local, the port is taken) is logged, kept in ``problems`` (``/config``) and
-tried again every few seconds and at each config.
+address is not local, the port is taken or needs privileges) is logged, kept in ``problems``
+(``/config``), reported through ``on_failures`` (the control plane writes it into the
+Gateway's status) and tried again every few seconds and at each config; once it binds, the
+report says so and the status is cleared.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import socket
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry
 
 from mesh.addresses import Address, format_address
-from mesh.config.gateway import GatewayConfig, GatewayListener, ServedGatewayConfig
+from mesh.config.gateway import (
+    GatewayConfig,
+    GatewayListener,
+    ListenerFailure,
+    ServedGatewayConfig,
+)
 from mesh.http.metrics import HttpMetrics
 from mesh.http.pool import Pool
 from mesh.http.server import Limits
@@ -82,6 +91,10 @@ class IngressGateway:
         self.default_certificate = default_certificate or self_signed()
         self.terminators: dict[str, TlsTerminator] = {}
         self.problems: dict[str, str] = {}  # listener -> why it is not served
+        self.failures: dict[str, ListenerFailure] = {}  # the same, as reported for status
+        # Told the listener failures whenever they change (the control plane writes them into
+        # the Gateway's status): set by whoever runs the gateway beside a control plane.
+        self.on_failures: Callable[[Mapping[str, ListenerFailure]], None] | None = None
         self.certificate_problems: list[str] = []
         self._running: dict[Key, _Running] = {}
         self._changed = trio.Event()
@@ -216,7 +229,9 @@ class IngressGateway:
                 closed = True
         if closed:  # let cancelled listeners close their sockets before others bind
             await trio.sleep(0.05)
-        self.problems = {k: v for k, v in self.problems.items() if k in {w[0] for w in wanted}}
+        names = {w[0] for w in wanted}
+        self.problems = {k: v for k, v in self.problems.items() if k in names}
+        failures = {k: v for k, v in self.failures.items() if k in names}
         for key, lis in wanted.items():
             if key in self._running:
                 continue
@@ -224,11 +239,28 @@ class IngressGateway:
                 await self._open(nursery, lis.name, (key[1], key[2]), tls=key[3])
             except OSError as exc:
                 why = f"cannot listen on {format_address((key[1], key[2]))}: {exc.strerror or exc}"
+                if exc.errno == errno.EACCES:
+                    why += " (a port below 1024 needs privileges)"
                 if self.problems.get(lis.name) != why:
                     log.warning("listener not served", extra={"listener": lis.name, "error": why})
                 self.problems[lis.name] = why
+                failures[lis.name] = ListenerFailure(
+                    message=why, address_unusable=exc.errno == errno.EADDRNOTAVAIL
+                )
             else:
                 self.problems.pop(lis.name, None)
+                failures.pop(lis.name, None)
+        if failures != self.failures:
+            self.failures = failures
+            self._report(failures)
+
+    def _report(self, failures: Mapping[str, ListenerFailure]) -> None:
+        if self.on_failures is None:
+            return
+        try:
+            self.on_failures(failures)
+        except Exception:  # a broken report never stops the listeners
+            log.exception("listener report failed")
 
     # --- certificates --------------------------------------------------------------------
 

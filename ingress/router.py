@@ -20,7 +20,7 @@ import random
 from collections.abc import Callable, Collection, Mapping
 from typing import NamedTuple
 
-from mesh.config.gateway import GatewayConfig, Route
+from mesh.config.gateway import BackendTls, GatewayBackend, GatewayConfig, Route
 from mesh.config.gateway import HeaderEdits as RouteEdits
 from mesh.http import decision as engine
 from mesh.http import plan as planner
@@ -29,6 +29,7 @@ from mesh.http.events import Request
 from mesh.http.routes import CompiledRoutes, compile_routes
 from mesh.http.split import affinity_cookie
 from mesh.http.tracing import TRACE_HEADERS, Hop
+from mesh.tls.upstream import TlsEndpoint, UpstreamTls
 
 # Seconds when a route says nothing (ingress-nginx's proxy-connect/read/send-timeout defaults).
 DEFAULT_CONNECT = 5.0
@@ -68,13 +69,30 @@ def route_parts(route: Route) -> RouteParts:
     return RouteParts(timeouts, _edits(p.request_headers), _edits(p.response_headers), p.body_limit)
 
 
+def upstream_tls(backend: GatewayBackend) -> UpstreamTls:
+    """The data path's TLS settings of an HTTPS backend (one value per distinct setting: the
+    pool keeps connections apart by it)."""
+    t = backend.tls or BackendTls()
+    return UpstreamTls(
+        server_name=t.server_name,
+        verify=t.verify,
+        verify_names=t.verify_names,
+        verify_uris=t.verify_uris,
+        ca_pem=t.ca_pem.encode("ascii", "replace") if t.ca_pem is not None else None,
+    )
+
+
 class Pinned:
     """A balancer that answers one endpoint first (session affinity), then the backend's own."""
 
     __slots__ = ("_base", "_first", "endpoints")
 
     def __init__(self, base: Balancer, first: Endpoint) -> None:
-        self._base, self._first, self.endpoints = base, first, base.endpoints
+        eps = base.endpoints
+        if eps and type(eps[0]) is not tuple and type(first) is tuple:
+            # A cookie names an address; the backend's endpoint carries its TLS settings.
+            first = next((e for e in eps if e[0] == first[0] and e[1] == first[1]), first)
+        self._base, self._first, self.endpoints = base, first, eps
 
     def pick(self, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         return self._first if self._first not in exclude else self._base.pick(exclude)
@@ -125,12 +143,27 @@ class Routing:
         self._plain: dict[tuple[int, str], engine.Forward] = {}
         old = previous.balancers if previous is not None else {}
         self.balancers: dict[str, Balancer] = {}
+        tls = {b.name: upstream_tls(b) for b in config.backends if b.protocol == "https"}
         for name, (_, eps) in self.compiled.backends.items():
             kept = old.get(name)
+            settings = tls.get(name)
+            if settings is not None:  # re-encryption: the endpoints carry their TLS settings
+                eps = tuple(TlsEndpoint(ip, port, settings) for ip, port in eps)
             unique = tuple(dict.fromkeys(eps))
             self.balancers[name] = (
                 kept if kept is not None and kept.endpoints == unique else balancer(policy, eps)
             )
+
+    def mirror_targets(
+        self, mirrors: tuple[tuple[str, tuple[Endpoint, ...]], ...]
+    ) -> list[tuple[str, tuple[Endpoint, ...]]]:
+        """The plan's mirror copies with the endpoints as the balancers hold them (which carry
+        a backend's TLS settings): a copy to an HTTPS backend is re-encrypted too."""
+        out = []
+        for name, _ in mirrors:
+            b = self.balancers.get(name)
+            out.append((name, b.endpoints if b is not None else ()))
+        return out
 
     def endpoints(self) -> set[Endpoint]:
         """Every endpoint of this config (the pool keeps connections only to these)."""

@@ -235,7 +235,11 @@ class GatewayServer(HttpServer):
         taps: tuple[Tee, ...] = ()
         try:
             if planned.mirrors:
-                taps = self.mirrors.start(req, decision.target or req.target, planned.mirrors)
+                taps = self.mirrors.start(
+                    req,
+                    decision.target or req.target,
+                    self.holder.routing.mirror_targets(planned.mirrors),
+                )
             body = None
             if req.length != 0 and (planned.retry is not None or taps):
                 # kept for a retry (none without a policy) and copied to the mirrors

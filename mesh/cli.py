@@ -376,10 +376,27 @@ def config() -> None:
     help="Print the component's whole admin view (derived state, listeners, sync results) "
     "instead of only its config.",
 )
-def config_dump(component: str, admin_url: str, state: bool) -> None:
-    """Print the live config of COMPONENT (dns, proxy) as JSON: the format mesh COMPONENT
-    --config reads, so mesh config dump dns > dns.json; mesh dns --config dns.json runs a copy."""
-    from mesh.inspect import WrongServer, fetch_json
+@click.option(
+    "--show-secrets",
+    is_flag=True,
+    help="Fill in the private keys (redacted by default: the admin port never serves them) "
+    "from the Secrets the control plane holds, so the dump runs with --config as it is.",
+)
+@click.option(
+    "--control",
+    "control_url",
+    default=f"http://{DEFAULT_CONTROL}",
+    show_default=True,
+    type=URL,
+    help="Control plane to read the Secrets from (with --show-secrets).",
+)
+def config_dump(
+    component: str, admin_url: str, state: bool, show_secrets: bool, control_url: str
+) -> None:
+    """Print the live config of COMPONENT (dns, proxy, ingress) as JSON: the format mesh
+    COMPONENT --config reads, so mesh config dump dns > dns.json; mesh dns --config dns.json
+    runs a copy. Private keys are printed as <redacted> unless --show-secrets."""
+    from mesh.inspect import SecretMismatch, WrongServer, fetch_json, fill_secrets
 
     try:
         data = fetch_json(f"{admin_url.rstrip('/')}/config/{component}")
@@ -398,6 +415,20 @@ def config_dump(component: str, admin_url: str, state: bool) -> None:
             data = data["config"]
         if data is None:
             raise click.ClickException(f"{component} has no config yet")
+    if show_secrets:
+        config_part = data.get("config") if state and isinstance(data, dict) else data
+        try:
+            fill_secrets(config_part, control_url)
+        except SecretMismatch as exc:
+            raise click.ClickException(str(exc)) from None
+        except WrongServer:
+            raise click.ClickException(
+                f"{control_url} is not a mesh control plane (give its --control-listen address)"
+            ) from None
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot reach the control plane at {control_url}: {exc}"
+            ) from None
     click.echo(json.dumps(data, indent=2))
 
 

@@ -81,3 +81,47 @@ def watch_objects(
         raise OSError(str(exc.reason)) from exc
     except ValueError as exc:
         raise WrongServer(url) from exc
+
+
+class SecretMismatch(Exception):
+    """A key cannot be filled in honestly; ``str()`` is one sentence."""
+
+
+def fill_secrets(config: Any, control_url: str) -> int:
+    """Put the private key of each TLS Secret a gateway config names (``secrets``, whose
+    ``key_pem`` the admin port redacts) back in, from the Secrets the control plane holds.
+
+    A key is filled in only when the Secret's certificate is still the one the component
+    serves: a key paired with another certificate would make a config that does not load.
+    Returns how many keys were filled in; a config without ``secrets`` is left as it is.
+    """
+    import base64
+
+    secrets = config.get("secrets") if isinstance(config, dict) else None
+    if not secrets:
+        return 0
+    by_namespace: dict[str, dict[str, dict[str, Any]]] = {}
+    for entry in secrets:
+        name = str(entry.get("name", ""))
+        ns, _, short = name.partition("/")
+        if ns not in by_namespace:
+            items, _ = fetch_objects(control_url, "Secret", ns)
+            by_namespace[ns] = {str(i.get("metadata", {}).get("name")): i for i in items}
+        obj = by_namespace[ns].get(short)
+        if obj is None:
+            raise SecretMismatch(f"Secret {name} is not in the control plane any more")
+
+        def value(key: str, obj: dict[str, Any] = obj) -> str | None:
+            if key in obj.get("stringData", {}):
+                return str(obj["stringData"][key])
+            if key in obj.get("data", {}):
+                return base64.b64decode(obj["data"][key]).decode("latin-1")
+            return None
+
+        if value("tls.crt") != entry.get("cert_pem"):
+            raise SecretMismatch(f"Secret {name} changed since the component loaded it; dump again")
+        key = value("tls.key")
+        if key is None:
+            raise SecretMismatch(f"Secret {name} has no tls.key")
+        entry["key_pem"] = key
+    return len(secrets)

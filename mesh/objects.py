@@ -631,6 +631,20 @@ def _host(value: str) -> str:
 HostName = Annotated[str, AfterValidator(_host)]
 
 
+def _precise_host(value: str) -> str:
+    """Gateway API's PreciseHostname: a DNS subdomain, no wildcard, not an IP address."""
+    if "*" in value:
+        raise ValueError(f"{value!r} is not a precise host name: no wildcard allowed")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return _subdomain(value)
+    raise ValueError(f"{value!r} is an IP address, not a host name")
+
+
+PreciseHostName = Annotated[str, AfterValidator(_precise_host)]
+
+
 class IngressRule(Model):
     host: HostName | None = None
     http: HTTPIngressRuleValue | None = None
@@ -1087,6 +1101,75 @@ class ReferenceGrant(KubeObject):
     spec: ReferenceGrantSpec
 
 
+class PolicyTargetReference(Model):
+    """A policy's target in its own namespace (LocalPolicyTargetReferenceWithSectionName)."""
+
+    group: str = ""
+    kind: str
+    name: str
+    section_name: str | None = None
+
+
+class SubjectAltName(Model):
+    type: Literal["Hostname", "URI"]
+    hostname: str | None = None
+    uri: str | None = None
+
+
+class BackendTLSPolicyValidation(Model):
+    ca_certificate_refs: tuple[LocalObjectReference, ...] = ()
+    # "System" is the one well-known set; any other value leaves the policy not Accepted.
+    well_known_ca_certificates: str | None = Field(default=None, alias="wellKnownCACertificates")
+    hostname: PreciseHostName
+    subject_alt_names: tuple[SubjectAltName, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_trust_source(self) -> BackendTLSPolicyValidation:
+        if bool(self.ca_certificate_refs) == bool(self.well_known_ca_certificates):
+            raise ValueError(
+                "exactly one of caCertificateRefs and wellKnownCACertificates must be set"
+            )
+        return self
+
+
+class BackendTLSPolicySpec(Model):
+    target_refs: tuple[PolicyTargetReference, ...] = Field(min_length=1)
+    validation: BackendTLSPolicyValidation
+    options: dict[str, str] = Field(default_factory=dict)
+
+
+class PolicyAncestorStatus(Model):
+    ancestor_ref: ParentReference
+    controller_name: str
+    conditions: tuple[Condition, ...] = ()
+
+
+class PolicyStatus(Model):
+    ancestors: tuple[PolicyAncestorStatus, ...] = ()
+
+
+class BackendTLSPolicy(KubeObject):
+    """How the gateway speaks TLS to a Service's endpoints (Gateway API v1.4: v1; the
+    v1alpha3 spelling of the experimental channel reads the same)."""
+
+    KIND = "BackendTLSPolicy"
+    API_VERSIONS = ("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1alpha3")
+
+    spec: BackendTLSPolicySpec
+    status: PolicyStatus = Field(default_factory=PolicyStatus)
+
+
+# --- ConfigMap -----------------------------------------------------------------------------
+
+
+class ConfigMap(KubeObject):
+    KIND = "ConfigMap"
+    API_VERSIONS = ("v1",)
+
+    data: dict[str, str] = Field(default_factory=dict)
+    binary_data: dict[str, str] = Field(default_factory=dict)
+
+
 # --- Secret --------------------------------------------------------------------------------
 
 
@@ -1138,6 +1221,8 @@ KINDS: dict[str, type[KubeObject]] = {
         GatewayClass,
         Gateway,
         ReferenceGrant,
+        BackendTLSPolicy,
+        ConfigMap,
         Secret,
     )
 }

@@ -28,6 +28,8 @@ for _kind, _aliases in {
     "Gateway": ("gtw", "gateway", "gateways"),
     "GatewayClass": ("gc", "gatewayclass", "gatewayclasses"),
     "ReferenceGrant": ("refgrant", "referencegrant", "referencegrants"),
+    "BackendTLSPolicy": ("btlspolicy", "backendtlspolicy", "backendtlspolicies"),
+    "ConfigMap": ("cm", "configmap", "configmaps"),
     "Secret": ("secret", "secrets"),
 }.items():
     for _alias in (*_aliases, _kind.lower()):
@@ -43,6 +45,11 @@ RESOURCE = {
     "Ingress": "ingress.networking.k8s.io",
     "IngressClass": "ingressclass.networking.k8s.io",
     "HTTPRoute": "httproute.gateway.networking.k8s.io",
+    "Gateway": "gateway.gateway.networking.k8s.io",
+    "GatewayClass": "gatewayclass.gateway.networking.k8s.io",
+    "ReferenceGrant": "referencegrant.gateway.networking.k8s.io",
+    "BackendTLSPolicy": "backendtlspolicy.gateway.networking.k8s.io",
+    "ConfigMap": "configmap",
     "Secret": "secret",
 }
 PLURAL = {
@@ -54,6 +61,11 @@ PLURAL = {
     "Ingress": "ingresses.networking.k8s.io",
     "IngressClass": "ingressclasses.networking.k8s.io",
     "HTTPRoute": "httproutes.gateway.networking.k8s.io",
+    "Gateway": "gateways.gateway.networking.k8s.io",
+    "GatewayClass": "gatewayclasses.gateway.networking.k8s.io",
+    "ReferenceGrant": "referencegrants.gateway.networking.k8s.io",
+    "BackendTLSPolicy": "backendtlspolicies.gateway.networking.k8s.io",
+    "ConfigMap": "configmaps",
     "Secret": "secrets",
 }
 CLUSTER_SCOPED = {"Namespace", "IngressClass", "GatewayClass"}
@@ -231,6 +243,11 @@ COLUMNS: dict[str, tuple[list[str], list[str], Row]] = {
     "IngressClass": (["CONTROLLER", "PARAMETERS"], [], _ingress_class),
     "HTTPRoute": (["HOSTNAMES"], [], _httproute),
     "Secret": (["TYPE", "DATA"], [], _secret),
+    "ConfigMap": (
+        ["DATA"],
+        [],
+        lambda obj, wide: ([str(len(obj.get("data", {})) + len(obj.get("binaryData", {})))], []),
+    ),
 }
 
 

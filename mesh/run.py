@@ -221,6 +221,9 @@ def run_up(
         components.append(UserspaceProxy(local_ranges=_service_ranges(options.service_cidr)))
     if gateway is not None:
         components.append(gateway)
+        # Listeners the gateway cannot open go into its Gateways' status.
+        name = gateway.name
+        gateway.on_failures = lambda failures: plane.report(name, failures)  # type: ignore[attr-defined]
     control = ConfigServer(plane, control_listen)
     admin = AdminServer(admin_listen, components, plane=plane)
 

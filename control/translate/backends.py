@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 class Resolved:
     backend: GatewayBackend | None
     error: str | None = None  # why the reference did not resolve (Service or port missing)
+    port_name: str = ""  # the Service port's name (a BackendTLSPolicy's sectionName)
 
 
 def backend_name(namespace: str, service: str, port: int) -> str:
@@ -51,7 +52,8 @@ def resolve_service(
             name=backend_name(namespace, name, sp.port),
             protocol="https" if protocol == "https" else "http",
             endpoints=endpoints,
-        )
+        ),
+        port_name=sp.name or "",
     )
 
 

@@ -4,15 +4,16 @@ gateway writes back to the objects it serves.
 ``translate_gateway`` is the translator the control plane registers; ``gateway_status`` gives
 the status of each served object from the same snapshot (pure, for a status writer to
 apply): Ingress ``status.loadBalancer`` with the gateway's address, and the GatewayClass,
-Gateway and HTTPRoute statuses with the Gateway API's conditions and reasons.
+Gateway, HTTPRoute and BackendTLSPolicy statuses with the Gateway API's conditions and reasons.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mesh.config.gateway import GatewayConfig, GatewayListener, Problem
+from mesh.config.gateway import GatewayConfig, GatewayListener, ListenerFailure, Problem
 from mesh.control.translate.gatewayapi import translate_gateway_api
 from mesh.control.translate.ingress import translate_ingresses
 from mesh.objects import (
@@ -21,6 +22,7 @@ from mesh.objects import (
     IngressStatus,
     LoadBalancerIngress,
     LoadBalancerStatus,
+    PolicyStatus,
     RouteStatus,
 )
 
@@ -66,6 +68,7 @@ class GatewayStatuses:
     classes: dict[str, GatewayClassStatus] = field(default_factory=dict)
     gateways: dict[tuple[str, str], GatewayStatus] = field(default_factory=dict)
     routes: dict[tuple[str, str], RouteStatus] = field(default_factory=dict)
+    backend_tls: dict[tuple[str, str], PolicyStatus] = field(default_factory=dict)
 
 
 def gateway_status(
@@ -74,17 +77,22 @@ def gateway_status(
     ingress_addresses: tuple[str, ...],
     gateway_cidr: str = DEFAULT_GATEWAY_CIDR,
     privileged: bool = False,
+    runtime: Mapping[str, ListenerFailure] | None = None,
 ) -> GatewayStatuses:
     """The status of every object the gateway serves; ``ingress_addresses``: where the
-    Ingress listeners are reachable (IPs, or host names)."""
+    Ingress listeners are reachable (IPs, or host names); ``runtime``: the listeners the
+    gateway reported it could not open."""
     ing = translate_ingresses(snapshot)
-    api = translate_gateway_api(snapshot, gateway_cidr=gateway_cidr, privileged=privileged)
+    api = translate_gateway_api(
+        snapshot, gateway_cidr=gateway_cidr, privileged=privileged, runtime=runtime
+    )
     lb = LoadBalancerStatus(ingress=tuple(_lb(a) for a in ingress_addresses))
     return GatewayStatuses(
         ingresses={key: IngressStatus(load_balancer=lb) for key in ing.served},
         classes=api.classes,
         gateways=api.gateways,
         routes=api.routes_status,
+        backend_tls=api.policies.statuses() if api.policies is not None else {},
     )
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mesh.config.gateway import CertificateRef, GatewayListener
+from mesh.config.gateway import CertificateRef, GatewayListener, ListenerFailure
 from mesh.control.translate.conditions import (
     ACCEPTED,
     CONFLICTED,
@@ -168,10 +169,28 @@ def config_listeners(
 
 
 def gateway_conditions(
-    gw: Gateway, address: str | Exception | None, lis: list[GatewayListenerState]
+    gw: Gateway,
+    address: str | Exception | None,
+    lis: list[GatewayListenerState],
+    runtime: Mapping[str, ListenerFailure] | None = None,
 ) -> GatewayStatus:
+    """``runtime``: the listeners (by route-model name) the gateway could not open, as it
+    reported them: Programmed False with reason Pending (not yet ready to accept traffic, the
+    specification's reason) and the gateway's sentence; the Gateway's Programmed turns False
+    too when none of its listeners is served (AddressNotUsable when its address is the cause)."""
     gen = gw.metadata.generation
     valid = [x for x in lis if x.valid]
+    reported = runtime or {}
+    failures = {x.config_name: reported[x.config_name] for x in valid if x.config_name in reported}
+    listener_conditions = {
+        x.spec.name: tuple(
+            condition(PROGRAMMED, False, "Pending", failures[x.config_name].message, gen)
+            if c.type == PROGRAMMED and x.config_name in failures
+            else c
+            for c in x.conditions
+        )
+        for x in lis
+    }
     if isinstance(address, Exception):
         conds = (
             condition(ACCEPTED, False, "UnsupportedAddress", str(address), gen),
@@ -196,10 +215,14 @@ def gateway_conditions(
             if not bad
             else ("ListenersNotValid", f"{bad} of {len(lis)} listeners are not valid")
         )
-        conds = (
-            condition(ACCEPTED, True, reason, message, gen),
-            condition(PROGRAMMED, True, "Programmed", "", gen),
-        )
+        programmed = condition(PROGRAMMED, True, "Programmed", "", gen)
+        if all(x.config_name in failures for x in valid):
+            why = "; ".join(sorted({f.message for f in failures.values()}))
+            unusable = any(f.address_unusable for f in failures.values())
+            programmed = condition(
+                PROGRAMMED, False, "AddressNotUsable" if unusable else "Pending", why, gen
+            )
+        conds = (condition(ACCEPTED, True, reason, message, gen), programmed)
     counts = Counter({x.spec.name: x.attached for x in lis})
     return GatewayStatus(
         addresses=(GatewayStatusAddress(value=address),) if isinstance(address, str) else (),
@@ -209,7 +232,7 @@ def gateway_conditions(
                 name=x.spec.name,
                 supported_kinds=x.kinds,
                 attached_routes=counts[x.spec.name],
-                conditions=tuple(x.conditions),
+                conditions=listener_conditions[x.spec.name],
             )
             for x in lis
         ),

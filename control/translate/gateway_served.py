@@ -3,8 +3,8 @@
 - :func:`translate_served`: the GatewayConfig of mesh.control.translate.gateway plus the PEM
   of every TLS Secret its listeners name (the gateway never reads cluster objects).
 - :func:`status_updates`: the objects whose status differs from what the gateway's status
-  computation says (Ingress ``status.loadBalancer``; GatewayClass, Gateway and HTTPRoute
-  conditions), ready for the store. An Ingress no longer served loses the address the
+  computation says (Ingress ``status.loadBalancer``; GatewayClass, Gateway, HTTPRoute and
+  BackendTLSPolicy conditions), ready for the store. An Ingress no longer served loses the address the
   gateway gave it. Applying them changes nothing else, so the next round finds nothing to do.
 
 Both pure functions of a snapshot.
@@ -12,11 +12,13 @@ Both pure functions of a snapshot.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from mesh.config.gateway import ServedGatewayConfig, TlsSecret
+from mesh.config.gateway import ListenerFailure, ServedGatewayConfig, TlsSecret
 from mesh.control.translate.gateway import gateway_status, translate_gateway
 from mesh.objects import (
+    BackendTLSPolicy,
     Gateway,
     GatewayClass,
     HTTPRoute,
@@ -41,6 +43,8 @@ GATEWAY_READS = frozenset(
         "GatewayClass",
         "HTTPRoute",
         "ReferenceGrant",
+        "BackendTLSPolicy",
+        "ConfigMap",
         "Service",
         "EndpointSlice",
         "Endpoints",
@@ -78,6 +82,17 @@ class StatusWriter:
         self.ingress_addresses = ingress_addresses
         self.gateway_cidr = gateway_cidr
         self.privileged = privileged
+        # What the running gateway reported: listeners it could not open (route-model name
+        # -> failure). Replaced whole by ``report``; the plane writes status again then.
+        self.runtime: dict[str, ListenerFailure] = {}
+
+    def report(self, failures: Mapping[str, ListenerFailure]) -> bool:
+        """Take the gateway's latest report; True when it changed (status is to be rewritten)."""
+        new = dict(failures)
+        if new == self.runtime:
+            return False
+        self.runtime = new
+        return True
 
     def __call__(self, snapshot: Snapshot) -> list[KubeObject]:
         return status_updates(
@@ -85,6 +100,7 @@ class StatusWriter:
             ingress_addresses=self.ingress_addresses,
             gateway_cidr=self.gateway_cidr,
             privileged=self.privileged,
+            runtime=self.runtime,
         )
 
 
@@ -113,12 +129,14 @@ def status_updates(
     ingress_addresses: tuple[str, ...],
     gateway_cidr: str,
     privileged: bool = False,
+    runtime: Mapping[str, ListenerFailure] | None = None,
 ) -> list[KubeObject]:
     found = gateway_status(
         snapshot,
         ingress_addresses=ingress_addresses,
         gateway_cidr=gateway_cidr,
         privileged=privileged,
+        runtime=runtime,
     )
     out: list[KubeObject] = []
 
@@ -147,4 +165,6 @@ def status_updates(
         update(Gateway.KIND, ns, name, gw_status)
     for (ns, name), route_status in found.routes.items():
         update(HTTPRoute.KIND, ns, name, route_status)
+    for (ns, name), policy_status in found.backend_tls.items():
+        update(BackendTLSPolicy.KIND, ns, name, policy_status)
     return out

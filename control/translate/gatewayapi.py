@@ -16,10 +16,13 @@ with the status each object gets.
   backend, unless the route is annotated ``mesh.dev/retry-non-idempotent: "true"``.
 - A backendRef is a Service in the route's namespace, or in another one when a ReferenceGrant
   there allows it; one that does not resolve keeps its weight and answers 500 (the spec).
+- A BackendTLSPolicy on the Service (port) makes the gateway speak TLS to it
+  (control/translate/backendtls.py); the policy's status names the Gateways using it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,7 @@ from mesh.config.gateway import (
     GatewayBackend,
     GatewayListener,
     HeaderEdits,
+    ListenerFailure,
     Match,
     Mirror,
     PathMatch,
@@ -41,6 +45,7 @@ from mesh.config.gateway import (
     WeightedBackend,
 )
 from mesh.control.translate.backends import resolve_service
+from mesh.control.translate.backendtls import PolicyIndex, PolicyResult, policy_backend
 from mesh.control.translate.conditions import (
     ACCEPTED,
     RESOLVED_REFS,
@@ -90,6 +95,8 @@ class GatewayApiResult:
     classes: dict[str, GatewayClassStatus] = field(default_factory=dict)
     gateways: dict[tuple[str, str], GatewayStatus] = field(default_factory=dict)
     routes_status: dict[tuple[str, str], RouteStatus] = field(default_factory=dict)
+    policies: PolicyIndex | None = None  # BackendTLSPolicies, with the Gateways that use them
+    using: list[PolicyResult] = field(default_factory=list)  # of the route being translated
 
 
 def _age(obj: Gateway | HTTPRoute) -> tuple[str, str, str]:
@@ -97,9 +104,15 @@ def _age(obj: Gateway | HTTPRoute) -> tuple[str, str, str]:
 
 
 def translate_gateway_api(
-    snapshot: Snapshot, *, gateway_cidr: str = "127.11.0.0/16", privileged: bool = False
+    snapshot: Snapshot,
+    *,
+    gateway_cidr: str = "127.11.0.0/16",
+    privileged: bool = False,
+    runtime: Mapping[str, ListenerFailure] | None = None,
 ) -> GatewayApiResult:
-    out = GatewayApiResult()
+    """``runtime``: listeners the gateway reported it could not open (status only: the
+    config keeps them, so the gateway keeps trying)."""
+    out = GatewayApiResult(policies=PolicyIndex(snapshot))
     grants = [g for g in snapshot.list(ReferenceGrant.KIND) if isinstance(g, ReferenceGrant)]
     mine = set()
     for gc in snapshot.list(GatewayClass.KIND):
@@ -140,7 +153,7 @@ def translate_gateway_api(
     for gw in gateways:
         address = pinned[gw.key] or auto.get(f"{gw.namespace}/{gw.name}")
         out.gateways[(gw.namespace, gw.name)] = gateway_conditions(
-            gw, address, listeners[(gw.namespace, gw.name)]
+            gw, address, listeners[(gw.namespace, gw.name)], runtime
         )
     return out
 
@@ -168,6 +181,7 @@ def _attach(
     gen = route.metadata.generation
     parents: list[RouteParentStatus] = []
     rules = None
+    out.using = []
     for ref in route.spec.parent_refs:
         if ref.group != GATEWAY_GROUP or ref.kind != "Gateway":
             continue
@@ -201,6 +215,9 @@ def _attach(
             rules = _rules(snapshot, route, rank, grants, out)
         if hosts:
             accepted = condition(ACCEPTED, True, "Accepted", "", gen)
+            assert out.policies is not None
+            for used in out.using:  # the policy's ancestor: this Gateway
+                out.policies.used_by(used, (ref.namespace or route.namespace, ref.name))
             for config_name, names in hosts.items():
                 out.routes.extend(
                     r.model_copy(update={"listeners": (config_name,), "hosts": names})
@@ -311,8 +328,16 @@ def _backend(
     if resolved.backend is None:
         problems.append(("BackendNotFound", resolved.error or ""))
         return None
-    out.backends[resolved.backend.name] = resolved.backend
-    return resolved.backend.name
+    backend: GatewayBackend | None = resolved.backend
+    policy = out.policies.lookup(ns, ref.name, resolved.port_name) if out.policies else None
+    if policy is not None:
+        out.using.append(policy)
+        backend = policy_backend(policy, resolved.backend)
+        if backend is None:  # the policy is not accepted: 500, never plain text instead
+            return None
+    assert backend is not None
+    out.backends[backend.name] = backend
+    return backend.name
 
 
 def _edits(f: HTTPHeaderFilter | None) -> HeaderEdits:

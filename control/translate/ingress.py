@@ -46,6 +46,7 @@ from mesh.config.gateway import (
     WeightedBackend,
 )
 from mesh.control.translate.backends import resolve_service
+from mesh.control.translate.backendtls import ingress_tls, tls_backend
 from mesh.control.translate.nginx import Annotations, parse_annotations
 from mesh.http.filters import parse_htpasswd
 from mesh.objects import HTTPIngressPath, Ingress, IngressBackend, IngressClass, Secret
@@ -111,7 +112,9 @@ def translate_ingresses(snapshot: Snapshot) -> IngressResult:
         who = f"{ing.namespace}/{ing.name}"
         out.problems.extend((who, p) for p in ann.problems)
         if ann.out_of_service:
-            out.problems.append((who, "not served: an access-control annotation is invalid"))
+            out.problems.append(
+                (who, "not served: an access-control or backend TLS annotation is invalid")
+            )
             continue
         out.served.append((ing.namespace, ing.name))
         paths = [
@@ -194,13 +197,19 @@ def _backend(snapshot: Snapshot, p: _Path, out: IngressResult) -> str | None:
         port.number if port.number is not None else port.name,
         p.ann.backend_protocol,
     )
+    tls, tag, problem = ingress_tls(snapshot, p.ing, p.ann, ref.service.name)
+    if problem is not None:
+        if (who, f"{problem}: not served") not in out.problems:
+            out.problems.append((who, f"{problem}: not served"))
+        return None
     if resolved.backend is None:
         out.problems.append((who, f"{resolved.error}: its paths answer 503"))
         name = f"{p.ing.namespace}/{ref.service.name}:{port.number or port.name}"
         out.backends.setdefault(name, GatewayBackend(name=name))
         return name
-    out.backends[resolved.backend.name] = resolved.backend
-    return resolved.backend.name
+    backend = resolved.backend if tls is None else tls_backend(resolved.backend, tls, tag)
+    out.backends[backend.name] = backend
+    return backend.name
 
 
 def _route(

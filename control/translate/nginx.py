@@ -51,12 +51,13 @@ KNOWN = frozenset(
         "limit-rps", "limit-burst-multiplier", "limit-connections", "enable-cors",
         "cors-allow-origin", "cors-allow-methods", "cors-allow-headers",
         "cors-allow-credentials", "cors-max-age", "cors-expose-headers", "auth-type",
-        "auth-secret", "auth-secret-type", "auth-realm", "auth-url",
+        "auth-secret", "auth-secret-type", "auth-realm", "auth-url", "proxy-ssl-secret",
+        "proxy-ssl-verify", "proxy-ssl-name", "proxy-ssl-server-name",
     }
 )  # fmt: skip
 GUARDS = frozenset(
     {"whitelist-source-range", "allowlist-source-range", "denylist-source-range", "auth-type",
-     "auth-secret", "auth-secret-type", "auth-url"}
+     "auth-secret", "auth-secret-type", "auth-url", "proxy-ssl-secret", "proxy-ssl-verify"}
 )  # fmt: skip
 
 
@@ -104,6 +105,13 @@ class Annotations:
     basic_auth_secret: tuple[str, str, str] | None = None  # (namespace, name, secret type)
     auth_realm: str = "Authentication Required"
     auth_url: str | None = None
+    # Re-encryption (with backend-protocol HTTPS): the Secret holding ca.crt, whether the
+    # backend's certificate is verified, the name verified (and sent as SNI when
+    # proxy_ssl_server_name is on). ingress-nginx's defaults: off, off.
+    proxy_ssl_secret: tuple[str, str] | None = None
+    proxy_ssl_verify: bool = False
+    proxy_ssl_name: str | None = None
+    proxy_ssl_server_name: bool = False
     problems: list[str] = field(default_factory=list)
     out_of_service: bool = False  # a guard annotation had a bad value
 
@@ -274,6 +282,41 @@ def _proxy(out: Annotations, read: _Reader, ns: str) -> None:
     out.forwarded_prefix = read("x-forwarded-prefix", _text, None)
 
 
+def _on_off(value: str) -> bool:
+    if value.strip() not in ("on", "off"):
+        raise BadValue(f"{value!r} is not on or off")
+    return value.strip() == "on"
+
+
+def _server_name(value: str) -> str:
+    name = value.strip().lower().rstrip(".")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*", name):
+        raise BadValue(f"{value!r} is not a server name")
+    return name
+
+
+def _proxy_ssl(out: Annotations, read: _Reader, ns: str) -> None:
+    ref = read("proxy-ssl-secret", _text, "")
+    if ref:
+        secret_ns, _, name = ref.rpartition("/")
+        if secret_ns != ns or not name:  # ingress-nginx: namespace/name, the Ingress's own
+            out.problems.append(
+                f"annotation {PREFIX}proxy-ssl-secret: {ref!r} must be {ns}/NAME "
+                "(a Secret in the Ingress's namespace)"
+            )
+            out.out_of_service = True
+        else:
+            out.proxy_ssl_secret = (secret_ns, name)
+    out.proxy_ssl_verify = read("proxy-ssl-verify", _on_off, False)
+    out.proxy_ssl_name = read("proxy-ssl-name", _server_name, None)
+    out.proxy_ssl_server_name = read("proxy-ssl-server-name", _on_off, False)
+    used = sorted(k for k in read.got if k.startswith("proxy-ssl-"))
+    if used and out.backend_protocol != "https":
+        out.problems.append(
+            f"annotation {PREFIX}{used[0]} has no effect without backend-protocol: HTTPS"
+        )
+
+
 def _regex(value: str) -> str:
     try:
         re.compile(value)
@@ -375,5 +418,5 @@ def _auth(out: Annotations, read: _Reader, ns: str) -> None:
     out.auth_realm = read("auth-realm", str, out.auth_realm)
 
 
-_PARSERS = (_rewrite, _ssl, _app_root, _redirects, _proxy, _canary, _affinity, _ranges, _limits,
-            _cors, _auth)  # fmt: skip
+_PARSERS = (_rewrite, _ssl, _app_root, _redirects, _proxy, _proxy_ssl, _canary, _affinity,
+            _ranges, _limits, _cors, _auth)  # fmt: skip

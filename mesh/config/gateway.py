@@ -36,10 +36,27 @@ class GatewayEndpoint(Frozen):
     port: Annotated[int, Field(ge=1, le=65535)]
 
 
+class BackendTls(Frozen):
+    """Re-encryption to a backend (ingress-nginx ``backend-protocol: HTTPS`` with its
+    ``proxy-ssl-*`` annotations, or a BackendTLSPolicy). Certificates are public: no private
+    key travels here."""
+
+    source: str = ""  # what asked for it: "Ingress ns/name", "BackendTLSPolicy ns/name"
+    server_name: str | None = None  # SNI sent; None: none
+    verify: bool = False  # verify the chain and the name; False: ingress-nginx's default
+    # When verifying, the certificate must carry one of these DNS names (its own ``*.``
+    # wildcards count) or URIs (e.g. SPIFFE IDs) in subjectAltName.
+    verify_names: tuple[str, ...] = ()
+    verify_uris: tuple[str, ...] = ()
+    # Trusted CAs (PEM) when verifying; None: the system's trust store (wellKnown "System").
+    ca_pem: str | None = None
+
+
 class GatewayBackend(Frozen):
-    name: str  # "namespace/service:port"
+    name: str  # "namespace/service:port"; with TLS settings a suffix tells them apart
     protocol: Literal["http", "https"] = "http"
     endpoints: tuple[GatewayEndpoint, ...] = ()
+    tls: BackendTls | None = None  # with protocol "https"; None there: BackendTls()
 
 
 class WeightedBackend(Frozen):
@@ -264,3 +281,12 @@ class ServedGatewayConfig(GatewayConfig):
     listeners name."""
 
     secrets: tuple[TlsSecret, ...] = ()
+
+
+class ListenerFailure(Frozen):
+    """The gateway's report of a listener it could not open at run time (the port is taken or
+    needs privileges, the address is not local), by route-model listener name: the control
+    plane writes it into the Gateway's status until the gateway reports it bound."""
+
+    message: str  # one sentence
+    address_unusable: bool = False  # the Gateway's address itself cannot be bound

@@ -5,7 +5,7 @@ a fresh connection is made, and when the connect fails (refused, timed out, unre
 balancer is told (``refused``: skipped by its next pick) and the next endpoint is tried, as
 the pure ConnectPlan decides. No endpoint at all is 503 ``no-healthy-upstream``; every attempt
 failed is 502 ``upstream-connect-failure``, 504 ``upstream-timeout`` when the last one timed
-out.
+out, 502 ``upstream-tls-failure`` when the last one connected but its TLS handshake failed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import trio
 
 from mesh.attempts import ConnectPlan
 from mesh.http.balance import Balancer, Endpoint
-from mesh.http.errors import UpstreamError
+from mesh.http.errors import TlsHandshakeError, UpstreamError
 from mesh.http.pool import Pool, Timeout, Upstream, connect
 
 
@@ -45,22 +45,29 @@ async def acquire(
 
     plan: ConnectPlan[Endpoint] = ConnectPlan(pick, len(balancer.endpoints), attempts)
     timed_out = False
+    tls_failure = False  # the last attempt connected, but its TLS handshake failed
     while (endpoint := plan.next()) is not None:
         if not fresh and (up := pool.take(endpoint)) is not None:
             return up
         try:
             sock = await connect(endpoint, connect_timeout, deadline)
         except Timeout:
-            timed_out = True
+            timed_out, tls_failure = True, False
+        except TlsHandshakeError:
+            balancer.refused(endpoint)
+            timed_out, tls_failure = False, True
         except OSError:
             balancer.refused(endpoint)
-            timed_out = False
+            timed_out, tls_failure = False, False
         else:
             return Upstream(sock, endpoint)
         if trio.current_time() >= deadline:
             break
     if timed_out:
         raise UpstreamError("upstream-timeout", "connecting to the backend timed out")
+    if tls_failure:
+        # The client learns the reason, not the backend's certificate details.
+        raise UpstreamError("upstream-tls-failure", "the TLS handshake with the backend failed")
     raise UpstreamError(
         "upstream-connect-failure", "no endpoint of the backend accepted a connection"
     )

@@ -33,6 +33,8 @@ STATUS: Final[dict[str, int]] = {
     "internal-error": 500,  # a bug of the engine's own: logged with its traceback
     "headers-too-large": 431,
     "request-timeout": 408,
+    "expectation-failed": 417,  # an Expect other than 100-continue (RFC 9110 section 10.1.1)
+    "upstream-tls-failure": 502,  # the TLS handshake with the backend failed (re-encryption)
 }
 
 
@@ -43,6 +45,11 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.status = status
         self.reason = reason
+
+
+class TlsHandshakeError(OSError):
+    """The TLS handshake with a backend failed (refused, or its certificate did not verify):
+    a connect failure, answered ``upstream-tls-failure`` when no other endpoint does better."""
 
 
 class HttpError(Exception):
@@ -84,6 +91,7 @@ _PHRASES: Final[dict[int, bytes]] = {
     404: b"Not Found",
     408: b"Request Timeout",
     413: b"Content Too Large",
+    417: b"Expectation Failed",
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",

@@ -444,6 +444,10 @@ def _framing(
                     keep = True
         elif name == b"host" and hosts is not None:
             hosts.append(value)
+        elif name == b"expect" and hosts is not None and value.lower() != b"100-continue":
+            # RFC 9110 section 10.1.1: the only expectation defined is 100-continue; any other
+            # is refused (417) before a byte goes upstream, never silently ignored.
+            raise ProtocolError("an expectation other than 100-continue", 417, "expectation-failed")
     if te and version == b"1.0":
         raise ProtocolError("Transfer-Encoding in an HTTP/1.0 message")
     if te and length is not None:

@@ -171,7 +171,8 @@ new_socket: Callable[[int], socket.socket] = _tcp_socket
 
 
 async def connect(endpoint: Endpoint, seconds: float, deadline: float = math.inf) -> socket.socket:
-    """A connected non-blocking socket, or OSError (Timeout past the deadline)."""
+    """A connected non-blocking socket, or OSError (Timeout past the deadline). An endpoint
+    carrying TLS settings gets a TLS socket after its handshake (TlsHandshakeError if not)."""
     family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
     sock = new_socket(family)
     try:
@@ -185,6 +186,11 @@ async def connect(endpoint: Endpoint, seconds: float, deadline: float = math.inf
     except BaseException:
         close(sock)
         raise
+    tls = getattr(endpoint, "tls", None)  # a mesh.tls.upstream.TlsEndpoint: re-encryption
+    if tls is not None:
+        from mesh.http.upstream_tls import handshake
+
+        return await handshake(sock, tls, seconds, deadline)
     return sock
 
 

@@ -108,7 +108,8 @@ CASES: list[tuple[list[str], int, str]] = [
     (["get", "svc", "-l", "app=(x)"], 2,
      "Error: Invalid value for '-l' / '--selector': 'app=(x)' is not a label requirement"),
     (["get", "widgets"], 2,
-     "Error: unknown kind 'widgets'; known kinds: EndpointSlice, Endpoints, Gateway, "
+     "Error: unknown kind 'widgets'; known kinds: BackendTLSPolicy, ConfigMap, EndpointSlice, "
+     "Endpoints, Gateway, "
      "GatewayClass, HTTPRoute, Ingress, IngressClass, Namespace, Pod, ReferenceGrant, Secret, "
      "Service"),
     (["get", "svc/web", "pods"], 2,

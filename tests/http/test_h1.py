@@ -104,6 +104,21 @@ GOOD_REQUESTS: list[tuple[bytes, list[object]]] = [
         ],
     ),
     (
+        b"POST / HTTP/1.1\r\n" + H + b"Expect: 100-Continue\r\nContent-Length: 1\r\n\r\na",
+        [
+            Request(
+                b"POST",
+                b"/",
+                ((b"host", b"a"), (b"expect", b"100-Continue"), (b"content-length", b"1")),
+                b"1.1",
+                1,
+                True,
+            ),
+            Data(b"a"),
+            EndOfMessage(),
+        ],
+    ),
+    (
         b"GET / HTTP/1.0\r\n\r\n",
         [Request(b"GET", b"/", (), b"1.0", 0, False), EndOfMessage()],
     ),
@@ -287,6 +302,15 @@ BAD_REQUESTS: list[tuple[str, bytes, int]] = [
         400,
     ),
     ("too many fields", b"GET / HTTP/1.1\r\n" + H + b"X: a\r\n" * 101 + b"\r\n", 431),
+    # RFC 9110 section 10.1.1: only 100-continue is an expectation; any other is 417.
+    ("expect other", b"GET / HTTP/1.1\r\n" + H + b"Expect: 200-ok\r\n\r\n", 417),
+    (
+        "expect list",
+        b"POST / HTTP/1.1\r\n" + H + b"Expect: 100-continue, x\r\nContent-Length: 1\r\n\r\na",
+        417,
+    ),
+    ("expect empty", b"GET / HTTP/1.1\r\n" + H + b"Expect:\r\n\r\n", 417),
+    ("expect on 1.0", b"GET / HTTP/1.0\r\nExpect: foo\r\n\r\n", 417),
     ("head too large", b"GET / HTTP/1.1\r\n" + H + b"X: " + b"a" * 17000 + b"\r\n\r\n", 431),
 ]
 
@@ -308,6 +332,7 @@ def test_bad_requests(feed: Feed, name: str, data: bytes, status: int) -> None:
         reader.feed(b"")  # EOF: never a silent wait instead of the error
         drain(reader)
     assert caught.value.status == status, name
+    assert (caught.value.reason == "expectation-failed") == (status == 417), name
     assert str(caught.value)
 
 

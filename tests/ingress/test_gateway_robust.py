@@ -32,7 +32,9 @@ async def test_smuggling_and_malformed_requests_never_reach_the_upstream(
     )
     reply, closed = await exchange(("127.0.0.1", gw.port), data, bytewise=True)
     assert status_of(reply) == status, reply
-    assert header_of(reply, b"x-mesh-reason") is not None
+    reason = header_of(reply, b"x-mesh-reason")
+    assert reason is not None
+    assert (reason == b"expectation-failed") == (status == 417), reason
     assert closed
     assert upstream.complete == []
     if b"\r\n\r\n" not in data or status != 400 or not _head_ok(data):

@@ -1,0 +1,205 @@
+"""TLS to a backend (trio shell): a connected socket that speaks TLS through ``send``/``recv``.
+
+Theory of operation. The engine moves upstream bytes with plain non-blocking socket calls
+(``sock.send``, ``sock.recv``, waits on the descriptor through mesh.http.pool). A
+:class:`TlsSocket` *is* such a socket (the same descriptor, a ``socket.socket`` subclass, as
+``ssl.SSLSocket`` is) whose ``send`` and ``recv`` go through a sans-I/O
+:class:`~mesh.tls.session.TlsSession`: so the forwarding code, the pool's liveness peek, the
+deadlines and the reactor work unchanged on TLS connections, and only ``pool.connect`` knows
+the difference (it calls :func:`handshake` for an endpoint that carries TLS settings).
+
+The contract of a non-blocking socket is kept: ``recv`` raises BlockingIOError only when the
+descriptor has nothing to read (so waiting for it to become readable is right), and ``send``
+raises it only when the descriptor cannot take bytes (so waiting for writability is right).
+A record already encrypted but only partly written is finished by the next ``send``, which
+the caller makes with the same bytes (the count returned never covers bytes not yet on the
+wire), so nothing is ever left unsent while the caller waits for the answer.
+
+Failures: a handshake that fails (the backend refuses, its certificate does not verify or
+does not name what it must) raises :class:`~mesh.http.errors.TlsHandshakeError`, an OSError,
+so the caller treats it as a failed connect; a bad record later raises ConnectionResetError.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import math
+import socket
+from typing import TYPE_CHECKING
+
+import trio
+
+from mesh.http.errors import TlsHandshakeError
+from mesh.tls.session import TlsError, TlsSession
+from mesh.tls.upstream import UpstreamTls
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+log = logging.getLogger("mesh.http.upstream_tls")
+_LOGGED: set[tuple[str, str]] = set()  # (address, why) already logged: once each, not per request
+_RECORD = 16384  # plaintext per TLS record: ``send`` encrypts at most this much at a time
+_RECV = 65536
+
+
+class TlsSocket(socket.socket):
+    """A connected non-blocking socket whose bytes are TLS application data."""
+
+    def __init__(self, raw: socket.socket, session: TlsSession) -> None:
+        super().__init__(raw.family, raw.type, raw.proto, fileno=raw.detach())
+        self.setblocking(False)
+        self.session = session
+        self._plain = b""  # decrypted bytes not yet returned
+        self._out = b""  # ciphertext not yet written
+        self._owed = 0  # plaintext bytes whose ciphertext is in ``_out`` (not yet reported)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """Plaintext, b"" at the end; BlockingIOError when the descriptor has nothing.
+        ``flags`` with MSG_PEEK: look without consuming (the pool's liveness check)."""
+        peek = bool(flags & socket.MSG_PEEK)
+        while not self._plain:
+            try:
+                data = super().recv(_RECV)
+            except BlockingIOError:
+                if self._out:
+                    self._flush()
+                raise
+            try:
+                self._plain = self.session.receive_data(data)
+            except TlsError as exc:
+                raise ConnectionResetError(errno.ECONNRESET, str(exc)) from None
+            answer = self.session.data_to_send()  # e.g. to a key update
+            if answer:
+                self._out += answer
+                self._flush()
+            if not self._plain and (not data or self.session.peer_closed):
+                return b""
+        out = self._plain[:bufsize]
+        if not peek:
+            self._plain = self._plain[bufsize:]
+        return out
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
+        """Plaintext bytes taken (all of them on the wire as ciphertext); BlockingIOError when
+        the descriptor takes nothing. The caller sends again from the first byte not counted."""
+        if self._out:
+            self._flush()
+            if self._out:
+                raise BlockingIOError(errno.EAGAIN, "the backend's window is full")
+        if self._owed:  # written since (here, or by a ``recv`` flushing on its way)
+            owed, self._owed = self._owed, 0
+            return owed  # the caller's next bytes start after what that record carried
+        view = memoryview(data)
+        taken = 0
+        while taken < len(view):
+            piece = view[taken : taken + _RECORD]
+            try:
+                self.session.send(bytes(piece))
+            except TlsError as exc:
+                raise ConnectionResetError(errno.ECONNRESET, str(exc)) from None
+            self._out = self.session.data_to_send()
+            self._flush()
+            if self._out:  # encrypted but not all written: counted once it is
+                self._owed = len(piece)
+                if taken:
+                    return taken
+                raise BlockingIOError(errno.EAGAIN, "the backend's window is full")
+            taken += len(piece)
+        return taken
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:  # pragma: no cover - not used
+        raise NotImplementedError("a non-blocking TLS socket is written with send")
+
+    def _flush(self) -> None:
+        """Write what ciphertext the descriptor takes now."""
+        try:
+            n = super().send(self._out)
+        except BlockingIOError:
+            return
+        self._out = self._out[n:]
+
+    def shutdown(self, how: int) -> None:
+        """SHUT_WR sends close_notify first (the end of a tunnel's direction)."""
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR):
+            self.session.close()
+            self._out += self.session.data_to_send()
+            self._flush()
+        super().shutdown(how)
+
+
+async def handshake(
+    sock: socket.socket, tls: UpstreamTls, seconds: float, deadline: float = math.inf
+) -> TlsSocket:
+    """Run the client handshake on a connected socket (within ``seconds`` and ``deadline``)
+    and check the certificate's names; the socket is closed on any failure."""
+    from mesh.http.pool import DEADLINES, close
+
+    if seconds != math.inf:
+        deadline = min(deadline, trio.current_time() + seconds)
+    name = tls.server_name if tls.server_name and not _is_ip(tls.server_name) else None
+    try:
+        session = TlsSession(tls.context(), server_side=False, server_hostname=name)
+    except (ValueError, OSError) as exc:
+        close(sock)
+        raise TlsHandshakeError(errno.EPROTO, f"cannot start TLS: {exc}") from None
+    try:
+        host, port = sock.getpeername()[:2]
+        sock_name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    except OSError:
+        sock_name = "?"
+    conn = TlsSocket(sock, session)
+    try:
+        while True:
+            conn._out += session.data_to_send()
+            while conn._out:
+                conn._flush()
+                if conn._out:
+                    await DEADLINES.wait(conn, math.inf, deadline, True)
+            if session.handshake_complete:
+                break
+            try:
+                data = socket.socket.recv(conn, _RECV)
+            except BlockingIOError:
+                await DEADLINES.wait(conn, math.inf, deadline, False)
+                continue
+            if not data:
+                raise TlsHandshakeError(
+                    errno.ECONNRESET, "the backend closed the connection during the TLS handshake"
+                )
+            try:
+                conn._plain = session.receive_data(data)
+            except TlsError as exc:
+                conn._out += session.data_to_send()  # the alert that tells the backend why
+                conn._flush()
+                raise TlsHandshakeError(errno.EPROTO, str(exc)) from None
+        problem = tls.check(session.peer_certificate())
+        if problem is not None:
+            raise TlsHandshakeError(errno.EPROTO, problem)
+    except BaseException as exc:
+        close(conn, reset=True)
+        if isinstance(exc, TlsHandshakeError):
+            _log_once(sock_name, exc.strerror or str(exc))
+        raise
+    return conn
+
+
+def _log_once(address: str, why: str) -> None:
+    if (address, why) in _LOGGED:
+        return
+    if len(_LOGGED) < 1024:
+        _LOGGED.add((address, why))
+    log.warning("TLS to a backend failed", extra={"endpoint": address, "error": why})
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
