@@ -39,14 +39,32 @@ class ForwardPath:
         self.max_udp = max_udp
         self.clock = clock
 
+    def question_end(self, data: bytes) -> int:
+        """Where the question of ``data`` ends; 0 when it is a label type dnslib let through
+        (the caller replies FORMERR)."""
+        qend = layout.skip_name(data, layout.HEADER, len(data)) + 4
+        return qend if layout.HEADER + 5 <= qend <= len(data) else 0
+
     async def relay(self, fwd: Forward, data: bytes, responder: Responder, *, tcp: bool) -> Reply:
         """The upstream's answer copied into a reply to ``data`` (no decoding); over UDP the
         reply goes into the answer cache for as long as the upstream's answer may be kept."""
-        qend = layout.skip_name(data, layout.HEADER, len(data)) + 4
-        if qend < layout.HEADER + 5 or qend > len(data):  # a label type dnslib let through
+        qend = self.question_end(data)
+        if not qend:
             return responder.failure(fwd.query, FORMERR, tcp=tcp)
-        cd = bool(data[3] & 0x10)
-        got = await self.forwarder.resolve(data[layout.HEADER : qend], cd)
+        got = await self.forwarder.resolve(data[layout.HEADER : qend], bool(data[3] & 0x10))
+        return self.reply(fwd, data, qend, got, responder, tcp=tcp)
+
+    def reply(
+        self,
+        fwd: Forward,
+        data: bytes,
+        qend: int,
+        got: Answer | None,
+        responder: Responder,
+        *,
+        tcp: bool,
+    ) -> Reply:
+        """The reply to ``data`` from the upstream's answer ``got`` (None: SERVFAIL)."""
         if got is None:
             return responder.failure(fwd.query, SERVFAIL, tcp=tcp)
         limit = responder.limit(fwd, tcp)

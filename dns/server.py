@@ -1,29 +1,33 @@
 """The cluster DNS server: UDP and TCP on one address, a thin trio shell around the core.
 
-The UDP loop is the hot path. It waits for the socket to become readable, then drains it
-with plain non-blocking ``recvfrom`` calls, answering wire-cache hits (cluster names) and
+The UDP loop is the hot path. It waits for the epoll set of ``Outbound`` (the listening
+socket and the upstream sockets) to become readable, then drains the listening socket with
+plain non-blocking ``recvfrom`` calls, answering wire-cache hits (cluster names) and
 answer-cache hits (forwarded names) inline, a dict lookup and a ``sendto`` each, with no trio
-machinery per packet; after ``batch`` packets it yields to other tasks. A miss is answered
-from the FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes
-out; its NXDOMAIN replies are kept in a negative cache of their own, so a flood of made-up
-names never empties the wire cache), else goes through the pure Responder synchronously
-(cluster names) or spawns a forwarding task (other names, classified from their bytes by the
-FastIndex when standard, and ExternalName targets outside the zone). Config swaps replace
-the responder and the wire cache in one assignment, so the next packet already sees the new
-config; forwarded answers do not depend on the config and stay (reverse names, whose owner a
-config can change, are never put in the answer cache).
+machinery per packet; after ``batch`` packets it reads the upstreams' replies, times out the
+exchanges whose upstream is late, and yields to other tasks. A miss is answered from the
+FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes out;
+its NXDOMAIN replies are kept in a negative cache of their own, so a flood of made-up names
+never empties the wire cache), else goes through the pure Responder synchronously (cluster
+names), or is handed to ``Outbound`` with a callback that sends the reply (names outside the
+zone, classified from their bytes by the FastIndex when standard): no task per forwarded
+query. ExternalName targets outside the zone, autopath walks and TCP clients use tasks that
+await ``Forwarder.resolve`` (the same exchanges). Config swaps replace the responder and the
+wire cache in one assignment, so the next packet already sees the new config; forwarded
+answers do not depend on the config and stay (reverse names, whose owner a config can change,
+are never put in the answer cache).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -35,17 +39,19 @@ from mesh.dns.autopath import AutopathWalk
 from mesh.dns.fast_index import FastIndex
 from mesh.dns.forward_cache import ForwardCache
 from mesh.dns.forwarding import ForwardPath
+from mesh.dns.listen import bind
 from mesh.dns.metrics import DnsMetrics
-from mesh.dns.packet import REFUSED, SERVFAIL, header_reply
+from mesh.dns.outbound import Exchange, Outbound
+from mesh.dns.packet import FORMERR, REFUSED, SERVFAIL, header_reply
 from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
-from mesh.dns.upstream import Forwarder
+from mesh.dns.tcp_server import TcpServing
+from mesh.dns.upstream import Answer, Forwarder, UpstreamError, exchange_tcp
 from mesh.dns.wire_cache import WireCache
 from mesh.dns.zone import ZoneIndex
 from mesh.netns import inside
 
 log = logging.getLogger("mesh.dns.server")
 
-BIND_ATTEMPTS = 20  # port 0: find a port free for both UDP and TCP
 RECV_SIZE = 4096  # a query is far smaller; a longer datagram is cut here
 
 
@@ -102,9 +108,13 @@ class DnsServer:
         self._wire_cache_size = wire_cache_size
         self._forward_timeout = forward_timeout
         self._max_forwards = max_forwards
-        self._tcp_idle = tcp_idle_timeout
-        self._max_tcp = max_tcp_connections
-        self._max_tcp_queries = max_tcp_queries
+        self._tcp = TcpServing(
+            self._answer_tcp,
+            self.metrics,
+            idle=tcp_idle_timeout,
+            max_connections=max_tcp_connections,
+            max_queries=max_tcp_queries,
+        )
         self._batch = batch
         self._netns = netns  # bind inside this network namespace (the cluster in a box)
         self._reuse_port = reuse_port  # one of several worker processes on one port
@@ -124,8 +134,9 @@ class DnsServer:
         )
         self._live = _Live(None, Responder(None, zone=zone, max_udp=max_udp_payload), WireCache(0))
         self._forwards = 0
-        self._tcp_connections = 0
         self._nursery: trio.Nursery | None = None
+        self._outbound: Outbound | None = None
+        self._waiting: trio.CancelScope | None = None  # the UDP loop's wait, when it waits
 
     # --- Component ---------------------------------------------------------------------
 
@@ -192,38 +203,14 @@ class DnsServer:
                 self._path.forwarder = self._forwarder
                 await nursery.start(self._forwarder.run)
                 nursery.start_soon(self._serve_udp, udp)
-                nursery.start_soon(trio.serve_listeners, self._serve_tcp_connection, [listener])
+                nursery.start_soon(trio.serve_listeners, self._tcp.serve, [listener])
                 task_status.started(self.port)
 
     # --- sockets -------------------------------------------------------------------------
 
     def _bind(self) -> tuple[socket.socket, socket.socket]:
         with inside(self._netns):
-            return self._bind_here()
-
-    def _bind_here(self) -> tuple[socket.socket, socket.socket]:
-        host, port = self.listen
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        for _ in range(BIND_ATTEMPTS):
-            udp = socket.socket(family, socket.SOCK_DGRAM)
-            udp.setblocking(False)
-            tcp = socket.socket(family, socket.SOCK_STREAM)
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self._reuse_port:
-                udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            udp.bind((host, port))
-            try:
-                tcp.bind((host, udp.getsockname()[1]))
-            except OSError as exc:
-                udp.close()
-                tcp.close()
-                if port != 0 or exc.errno != errno.EADDRINUSE:
-                    raise
-                continue
-            tcp.listen(128)
-            return udp, tcp
-        raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {host}")
+            return bind(*self.listen, reuse_port=self._reuse_port)
 
     def _resolve_upstreams(self) -> list[tuple[str, int]]:
         if self._explicit_upstreams is not None:
@@ -238,6 +225,18 @@ class DnsServer:
     # --- UDP -----------------------------------------------------------------------------
 
     async def _serve_udp(self, sock: socket.socket) -> None:
+        outbound = Outbound(self._forwarder, sock.fileno(), self._spawn_tcp, trio.current_time)
+        self._outbound = outbound
+        self._forwarder.outbound = outbound
+        self._forwarder.wake = self._wake
+        try:
+            await self._udp_loop(sock, outbound)
+        finally:
+            self._forwarder.outbound = None
+            self._outbound = None
+            outbound.close()
+
+    async def _udp_loop(self, sock: socket.socket, outbound: Outbound) -> None:
         recvfrom = sock.recvfrom
         sendto = sock.sendto
         metrics = self.metrics
@@ -318,10 +317,25 @@ class DnsServer:
             if answered:
                 metrics.latency["cluster"].observe((perf() - start) / n, answered)
                 metrics.cache_misses["wire"] += answered
+            if outbound.ports:  # the upstreams' replies, and their timeouts
+                now = clock()
+                outbound.poll(now)
+                outbound.sweep(now)
             if n >= batch:
                 await trio.lowlevel.checkpoint()
-            else:
-                await trio.lowlevel.wait_readable(sock)
+                continue
+            # Wait for a query or a reply, or until the next exchange is late.
+            deadline = outbound.next_deadline()
+            scope = trio.CancelScope(deadline=deadline if deadline is not None else math.inf)
+            self._waiting = scope
+            with scope:
+                await trio.lowlevel.wait_readable(outbound.fileno())
+            self._waiting = None
+
+    def _wake(self) -> None:
+        """A task added an exchange: the loop must take its deadline into account."""
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     def _udp_miss(self, sock: socket.socket, data: bytes, addr: Any, live: _Live) -> None:
         start = time.perf_counter()
@@ -338,7 +352,7 @@ class DnsServer:
         if outcome is None:
             outcome = self._handle(live, data, tcp=False, fast=False)  # the loop tried it
         if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
-            self._spawn_forward(sock, data, addr, outcome, live)
+            self._spawn_chase(sock, addr, outcome, live)
         elif isinstance(outcome, Reply):
             self._send(sock, outcome.wire, addr)
             self.metrics.queries[outcome.label] += 1
@@ -346,25 +360,115 @@ class DnsServer:
             if outcome.cacheable:
                 live.cache.put(data[2:], outcome.wire[2:], outcome.label)
         elif isinstance(outcome, Forward):
-            self._spawn_forward(sock, data, addr, outcome, live)
+            self._forward_udp(sock, data, addr, outcome, live.responder, start)
         else:
             self.metrics.dropped[outcome.reason] += 1
 
-    def _spawn_forward(
-        self, sock: socket.socket, data: bytes, addr: Any, outcome: Forward | Reply, live: _Live
+    def _forward_udp(
+        self,
+        sock: socket.socket,
+        data: bytes,
+        addr: Any,
+        fwd: Forward,
+        responder: Responder,
+        start: float,
     ) -> None:
-        if self._forwards >= self._max_forwards or self._nursery is None:
+        """Hand ``fwd`` to the upstream exchanges; the reply is sent when the answer is known
+        (at once from the question cache), by a callback: no task."""
+        outbound = self._outbound
+        if not self._forwarder.upstreams or outbound is None:
+            self._reply_now(sock, addr, responder.failure(fwd.query, REFUSED, tcp=False), start)
+            return
+        qend = self._path.question_end(data)
+        if not qend:
+            self._reply_now(sock, addr, responder.failure(fwd.query, FORMERR, tcp=False), start)
+            return
+        if self._forwards >= self._max_forwards:
             # the bound on queries in flight: SERVFAIL at once, counted
-            chased = outcome.chase if isinstance(outcome, Reply) else None
-            query = chased.query if chased is not None else cast(Forward, outcome).query
-            reply = live.responder.failure(query, SERVFAIL, tcp=False)
+            self.metrics.forward_errors["overload"] += 1
+            self._reply_now(sock, addr, responder.failure(fwd.query, SERVFAIL, tcp=False), start)
+            return
+        self._forwards += 1
+        self.metrics.forwards_in_flight = self._forwards
+
+        def answered(got: Answer | None) -> None:
+            self._forwards -= 1
+            self.metrics.forwards_in_flight = self._forwards
+            reply = self._relayed(fwd, data, qend, got, responder, tcp=False)
             self._send(sock, reply.wire, addr)
-            self.metrics.queries[reply.label] += 1
+            self.metrics.latency["forward"].observe(time.perf_counter() - start)
+
+        outbound.ask(data[12:qend], bool(data[3] & 0x10), answered, self._clock())
+
+    def _reply_now(self, sock: socket.socket, addr: Any, reply: Reply, start: float) -> None:
+        self._send(sock, reply.wire, addr)
+        self.metrics.queries[reply.label] += 1
+        self.metrics.latency["forward"].observe(time.perf_counter() - start)
+
+    def _relayed(
+        self,
+        fwd: Forward,
+        data: bytes,
+        qend: int,
+        got: Answer | None,
+        responder: Responder,
+        *,
+        tcp: bool,
+    ) -> Reply:
+        """The reply to a forwarded query from the upstream's answer, counted; a bug (or an
+        upstream answer we cannot re-encode) costs one SERVFAIL."""
+        try:
+            reply = self._path.reply(fwd, data, qend, got, responder, tcp=tcp)
+        except Exception:
+            log.exception("forwarding failed")
+            reply = self._internal_error(fwd, data, responder, tcp=tcp)
+        self.metrics.queries[reply.label] += 1
+        return reply
+
+    def _internal_error(
+        self, fwd: Forward, data: bytes, responder: Responder, *, tcp: bool
+    ) -> Reply:
+        self.metrics.forward_errors["internal"] += 1
+        try:
+            return responder.failure(fwd.query, SERVFAIL, tcp=tcp)
+        except ValueError:  # dnslib cannot read it: a SERVFAIL from the header alone
+            return Reply(header_reply(data, SERVFAIL), ("other", "SERVFAIL"))
+
+    def _spawn_tcp(self, ex: Exchange, i: int) -> None:
+        """A truncated upstream reply: the same question again over TCP, in a task."""
+        if self._nursery is None:
+            self._finish_tcp(ex, i, "network")
+            return
+        self._nursery.start_soon(self._exchange_tcp, ex, i)
+
+    async def _exchange_tcp(self, ex: Exchange, i: int) -> None:
+        server = self._forwarder.pool.addresses[i]
+        got: tuple[bytes, Any] | str
+        try:
+            with trio.fail_after(self._forwarder.timeout):
+                got = await exchange_tcp(server, ex.wire, ex.qend)
+        except trio.TooSlowError:
+            got = "timeout"
+        except UpstreamError as exc:
+            got = exc.reason
+        self._finish_tcp(ex, i, got)
+
+    def _finish_tcp(self, ex: Exchange, i: int, got: tuple[bytes, Any] | str) -> None:
+        if self._outbound is not None:
+            self._outbound.tcp_done(ex, i, got, self._clock())
+            self._wake()
+
+    def _spawn_chase(self, sock: socket.socket, addr: Any, reply: Reply, live: _Live) -> None:
+        assert reply.chase is not None
+        if self._forwards >= self._max_forwards or self._nursery is None:
+            failure = live.responder.failure(reply.chase.query, SERVFAIL, tcp=False)
+            self._send(sock, failure.wire, addr)
+            self.metrics.queries[failure.label] += 1
             self.metrics.forward_errors["overload"] += 1
             return
         self._forwards += 1
         self.metrics.forwards_in_flight = self._forwards
-        self._nursery.start_soon(self._forward_udp, sock, data, outcome, addr)
+        self._nursery.start_soon(self._chase_udp, sock, reply, addr)
 
     def _handle(
         self, live: _Live, data: bytes, *, tcp: bool, fast: bool = True
@@ -387,15 +491,9 @@ class DnsServer:
         except OSError:
             self.metrics.dropped["send"] += 1
 
-    async def _forward_udp(
-        self, sock: socket.socket, data: bytes, outcome: Forward | Reply, addr: Any
-    ) -> None:
+    async def _chase_udp(self, sock: socket.socket, reply: Reply, addr: Any) -> None:
         try:
-            if isinstance(outcome, Forward):
-                reply = await self._forward(outcome, data, tcp=False)
-            else:
-                reply = await self._chase(outcome, tcp=False)
-            self._send(sock, reply.wire, addr)
+            self._send(sock, (await self._chase(reply, tcp=False)).wire, addr)
         finally:
             self._forwards -= 1
             self.metrics.forwards_in_flight = self._forwards
@@ -403,19 +501,17 @@ class DnsServer:
     async def _forward(self, fwd: Forward, data: bytes, *, tcp: bool) -> Reply:
         start = time.perf_counter()
         responder = self._live.responder
-        try:
-            if not self._forwarder.upstreams:
-                reply = responder.failure(fwd.query, REFUSED, tcp=tcp)
-            else:
-                reply = await self._path.relay(fwd, data, responder, tcp=tcp)
-        except Exception:  # a bug (or an upstream answer we cannot re-encode): one SERVFAIL
-            log.exception("forwarding failed")
-            self.metrics.forward_errors["internal"] += 1
-            try:
-                reply = responder.failure(fwd.query, SERVFAIL, tcp=tcp)
-            except ValueError:  # dnslib cannot read it: a SERVFAIL from the header alone
-                reply = Reply(header_reply(data, SERVFAIL), ("other", "SERVFAIL"))
-        self.metrics.queries[reply.label] += 1
+        if not self._forwarder.upstreams:
+            reply = responder.failure(fwd.query, REFUSED, tcp=tcp)
+            self.metrics.queries[reply.label] += 1
+            return reply
+        qend = self._path.question_end(data)
+        if not qend:
+            reply = responder.failure(fwd.query, FORMERR, tcp=tcp)
+            self.metrics.queries[reply.label] += 1
+            return reply
+        got = await self._forwarder.resolve(data[12:qend], bool(data[3] & 0x10))
+        reply = self._relayed(fwd, data, qend, got, responder, tcp=tcp)
         self.metrics.latency["forward"].observe(time.perf_counter() - start)
         return reply
 
@@ -471,50 +567,7 @@ class DnsServer:
         self.metrics.latency["forward"].observe(time.perf_counter() - start)
         return reply
 
-    # --- TCP (RFC 7766: length-prefixed messages, several per connection) ---------------
-
-    async def _serve_tcp_connection(self, stream: trio.SocketStream) -> None:
-        if self._tcp_connections >= self._max_tcp:
-            self.metrics.dropped["tcp_connections"] += 1
-            await stream.aclose()
-            return
-        self._tcp_connections += 1
-        try:
-            peer = str(stream.socket.getpeername()[0])  # who asks: autopath knows pods by it
-        except OSError:
-            peer = ""
-        try:
-            async with stream:
-                for _ in range(self._max_tcp_queries):
-                    data = await self._read_message(stream)
-                    if data is None:
-                        return
-                    reply = await self._answer_tcp(data, peer)
-                    if reply is None:
-                        return  # not a query (or no header): close, there is nothing to say
-                    await stream.send_all(len(reply).to_bytes(2, "big") + reply)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            self._tcp_connections -= 1
-
-    async def _read_message(self, stream: trio.SocketStream) -> bytes | None:
-        """The next length-prefixed message, or None at EOF or after the idle timeout."""
-        buf = bytearray()
-        with trio.move_on_after(self._tcp_idle):
-            while len(buf) < 2:
-                chunk = await stream.receive_some(2 - len(buf))
-                if not chunk:
-                    return None
-                buf += chunk
-            size = int.from_bytes(buf[:2], "big")
-            while len(buf) < 2 + size:
-                chunk = await stream.receive_some(2 + size - len(buf))
-                if not chunk:
-                    return None
-                buf += chunk
-            return bytes(buf[2:])
-        return None
+    # --- TCP (dns/tcp_server.py frames the messages) -----------------------------------
 
     async def _answer_tcp(self, data: bytes, peer: str) -> bytes | None:
         start = time.perf_counter()
