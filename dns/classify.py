@@ -48,7 +48,7 @@ def forward(data: bytes, nodes: Container[bytes], zone_wire: bytes) -> Forward |
     if i != qend - 1 or qend - 12 > 255:
         return None
     key = b".".join(labels).decode("ascii") + "."
-    return Forward(data=data, key=key, qtype=qtype, edns=edns, payload=payload)
+    return Forward(data=data, key=key, qtype=qtype, edns=edns, payload=payload, qend=qend + 4)
 
 
 def _standard(data: bytes) -> tuple[int, int, bool, int] | None:

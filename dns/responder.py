@@ -56,12 +56,14 @@ class Forward:
     (``FastIndex.forward``), so the dnslib ``query`` is parsed only when a failure reply
     needs it; the relay itself needs the fields below."""
 
-    __slots__ = ("_query", "data", "edns", "key", "payload", "qtype")
+    __slots__ = ("_query", "data", "edns", "key", "payload", "qend", "qtype")
 
     def __init__(self, query: Query | None = None, *, data: bytes = b"", key: str | None = None,
-                 qtype: int = 0, edns: bool = False, payload: int = 512) -> None:  # fmt: skip
+                 qtype: int = 0, edns: bool = False, payload: int = 512,
+                 qend: int = 0) -> None:  # fmt: skip
         self._query = query
         self.data = data
+        self.qend = qend  # where the question (name, type, class) ends in ``data``; 0: unknown
         if query is not None:
             key, qtype, edns, payload = query.key, query.qtype, query.edns, query.payload
         self.key = key  # absolute lower-case name; None when it has a label no name can have

@@ -21,7 +21,6 @@ are never put in the answer cache).
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -225,7 +224,7 @@ class DnsServer:
     # --- UDP -----------------------------------------------------------------------------
 
     async def _serve_udp(self, sock: socket.socket) -> None:
-        outbound = Outbound(self._forwarder, sock.fileno(), self._spawn_tcp, trio.current_time)
+        outbound = Outbound(self._forwarder, sock.fileno(), self._spawn_tcp)
         self._outbound = outbound
         self._forwarder.outbound = outbound
         self._forwarder.wake = self._wake
@@ -326,7 +325,9 @@ class DnsServer:
                 continue
             # Wait for a query or a reply, or until the next exchange is late.
             deadline = outbound.next_deadline()
-            scope = trio.CancelScope(deadline=deadline if deadline is not None else math.inf)
+            scope = trio.CancelScope()
+            if deadline is not None:  # on time.monotonic's clock: trio's has another origin
+                scope.deadline = trio.current_time() + max(0.0, deadline - time.monotonic())
             self._waiting = scope
             with scope:
                 await trio.lowlevel.wait_readable(outbound.fileno())
@@ -376,10 +377,10 @@ class DnsServer:
         """Hand ``fwd`` to the upstream exchanges; the reply is sent when the answer is known
         (at once from the question cache), by a callback: no task."""
         outbound = self._outbound
-        if not self._forwarder.upstreams or outbound is None:
+        if not self._forwarder.pool.addresses or outbound is None:
             self._reply_now(sock, addr, responder.failure(fwd.query, REFUSED, tcp=False), start)
             return
-        qend = self._path.question_end(data)
+        qend = fwd.qend or self._path.question_end(data)
         if not qend:
             self._reply_now(sock, addr, responder.failure(fwd.query, FORMERR, tcp=False), start)
             return
