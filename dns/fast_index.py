@@ -15,8 +15,12 @@ lower-case, uncompressed, dot-free ASCII name, no answer or authority records, a
 additional record that is an EDNS version 0 OPT owned by the root, and nothing after it. The
 rest (None from ``answer``) goes through the general Responder, as do names outside the index
 and the zone (forwarded) and the types that need it (ANY, zone transfers, OPT as a question).
-Upper-case questions go there too: dnslib compresses names case-sensitively, so a mixed-case
-question changes which names it can point at. ``forward`` classifies a standard query of a name
+A question in mixed case (0x20 randomisation) is looked up in lower case and its own case is
+echoed: every name in the sections either points into the question or is written out in
+lower case, exactly as the general Responder answers it (it encodes behind the lower-cased
+question and copies the client's back in). Such replies are kept in no cache: a resolver that
+randomises case asks every name in a new spelling, which would only evict the others.
+``forward`` classifies a standard query of a name
 the cluster does not own for the upstream, with the fields the relay needs, so forwarding does
 not parse it with dnslib either.
 """
@@ -56,8 +60,9 @@ OTHER_TYPE = 65280
 # rcode, ancount, nscount, arcount, answer + authority bytes, additional bytes, and how many
 # of the first bytes are the answer section
 Entry = tuple[int, int, int, int, bytes, bytes, int]
-# reply bytes, (qtype, rcode) label, and whether the wire cache may keep them
-FastReply = tuple[bytes, tuple[str, str], bool]
+# reply bytes, (qtype, rcode) label, and which cache may keep them: True the wire cache, False
+# the negative cache (NXDOMAIN), None neither (a mixed-case question)
+FastReply = tuple[bytes, tuple[str, str], bool | None]
 
 _COUNTS = struct.Struct(">HHHH")
 # Reply flags by (RD << 5 | CD bit 0x10 | rcode): QR, AA and RA set, RD and CD echoed.
@@ -190,7 +195,7 @@ class FastIndex:
 
     def answer(self, data: bytes, *, tcp: bool = False) -> Reply | None:
         got = self.reply(data, tcp)
-        return None if got is None else Reply(got[0], got[1], cacheable=got[2])
+        return None if got is None else Reply(got[0], got[1], cacheable=bool(got[2]))
 
     def reply(self, data: bytes, tcp: bool = False) -> FastReply | None:
         """``answer`` as a plain tuple (wire, label, cacheable): the UDP loop's form, without
@@ -232,6 +237,12 @@ class FastIndex:
             payload = CLASSIC_UDP_LIMIT
 
         entries = self._nodes.get(qname)
+        lower = qname
+        if entries is None:
+            low = qname.lower()  # length bytes are below 64: only the letters change
+            if low != qname:  # mixed case: ``lower is qname`` tells the two apart below
+                lower = low
+                entries = self._nodes.get(lower)
         if entries is not None:
             entry = entries.get(qtype) or entries.get(-1)
             if entry is _TO_GENERAL:
@@ -240,9 +251,9 @@ class FastIndex:
                 entry = (0, 0, 1, 0, self._tail(12 + len(qname) - len(self._zone_wire)), b"", 0)
         else:
             apex = 12 + len(qname) - len(self._zone_wire)
-            if not qname.endswith(self._zone_wire):
+            if not lower.endswith(self._zone_wire):
                 return None  # outside the zone: forwarded by the general path
-            if not qname.isascii() or b"." in qname or qname.lower() != qname:
+            if not qname.isascii() or b"." in qname:
                 return None
             # The labels must end exactly at the apex: walk them (no list: the common case).
             i = 12
@@ -254,7 +265,7 @@ class FastIndex:
             if i != apex or qend - 12 > 255:
                 return None
             pod_wire = self._pod_wire
-            if pod_wire is None or not qname.endswith(pod_wire):
+            if pod_wire is None or not lower.endswith(pod_wire):
                 # The common NXDOMAIN (a flood of made-up names, search-path expansions): its
                 # header and tail depend only on the apex offset, RD, CD and EDNS; at most
                 # 12 + 255 + 4 + 54 + 11 bytes, so it fits any limit from 512 bytes up.
@@ -266,13 +277,14 @@ class FastIndex:
                     label = self._labels.get((qtype, NXDOMAIN))
                     if label is None:
                         label = self._labels[(qtype, NXDOMAIN)] = (qtype_label(qtype), "NXDOMAIN")
-                    return data[:2] + parts[0] + data[12 : qend + 4] + parts[1], label, False
+                    reply = data[:2] + parts[0] + data[12 : qend + 4] + parts[1]
+                    return reply, label, False if lower is qname else None
                 entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0)
             else:
                 starts = _label_starts(data, qend)
                 if starts is None:
                     return None
-                pod = self._pod(data, starts, qname, qtype, apex)
+                pod = self._pod(data, starts, lower, qtype, apex)
                 entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0) if pod is None else pod
 
         rcode, an, ns, ar, main, extra, alen = entry
@@ -306,7 +318,7 @@ class FastIndex:
         label = self._labels.get((qtype, rcode))
         if label is None:
             label = self._labels[(qtype, rcode)] = (qtype_label(qtype), rcode_label(rcode))
-        return wire, label, rcode != NXDOMAIN
+        return wire, label, rcode != NXDOMAIN if lower is qname else None
 
     def forward(self, data: bytes) -> Forward | None:
         """A standard query of a name the cluster does not own, classified from its bytes
@@ -347,10 +359,10 @@ class FastIndex:
             or not qname.endswith(pod_wire)
         ):
             return None
-        namespace = data[starts[1] + 1 : starts[2]].decode("ascii")
+        namespace = data[starts[1] + 1 : starts[2]].decode("ascii").lower()
         if namespace not in self._namespaces:
             return None
-        ip = names.pod_label_ip(data[starts[0] + 1 : starts[1]].decode("ascii"))
+        ip = names.pod_label_ip(data[starts[0] + 1 : starts[1]].decode("ascii").lower())
         if ip is None:
             return None
         raw = ipaddress.ip_address(ip).packed

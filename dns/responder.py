@@ -7,7 +7,7 @@ CoreDNS does until its caches have synced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dnslib import CLASS, QTYPE, RR, DNSRecord
 
@@ -104,6 +104,21 @@ class Responder:
         self.max_udp = max_udp
 
     def handle(self, data: bytes, *, tcp: bool = False) -> Outcome:
+        qend = _mixed_case_question(data)
+        if qend:
+            # 0x20 randomisation: answer the lower-cased question, then copy the client's
+            # spelling back in. dnslib compresses names case-sensitively, so encoding behind the
+            # mixed-case question would point at other names than the fast path does; this way
+            # both give the same bytes. What is not a plain reply is answered as asked.
+            lowered = data[:12] + data[12:qend].lower() + data[qend:]
+            outcome = self._handle(lowered, tcp)
+            if isinstance(outcome, Reply) and outcome.chase is None:
+                wire = outcome.wire
+                if wire[12:qend] == lowered[12:qend]:
+                    return replace(outcome, wire=wire[:12] + data[12:qend] + wire[qend:])
+        return self._handle(data, tcp)
+
+    def _handle(self, data: bytes, tcp: bool) -> Outcome:
         parsed = parse_query(data)
         if isinstance(parsed, Malformed):
             if parsed.wire is None:
@@ -180,3 +195,21 @@ def _aged(records: object, age: int) -> list[RR]:
     for rr in records:  # type: ignore[attr-defined]
         out.append(RR(rr.rname, rr.rtype, rr.rclass, max(0, rr.ttl - age), rr.rdata))
     return out
+
+
+def _mixed_case_question(data: bytes) -> int:
+    """Where the question's name ends when it holds an upper-case letter and is made of plain
+    labels (no compression pointer, which ``lower`` could corrupt); else 0."""
+    if len(data) < 13 or data[4:6] != b"\x00\x01":
+        return 0
+    i = 12
+    n = len(data)
+    while i < n:
+        length = data[i]
+        if length == 0:
+            end = i + 1
+            return end if data[12:end].lower() != data[12:end] else 0
+        if length > 63:
+            return 0
+        i += length + 1
+    return 0

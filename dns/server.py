@@ -305,8 +305,8 @@ class DnsServer:
                     answered += 1
                     if cacheable:
                         live.cache.put(tail, wire[2:], label)
-                    else:  # NXDOMAIN: its own cache, so a flood of names evicts only its kind
-                        live.negative.put(tail, wire[2:], label)
+                    elif cacheable is False:  # NXDOMAIN: its own cache, so a flood of names
+                        live.negative.put(tail, wire[2:], label)  # evicts only its kind
                 else:
                     self._udp_miss(sock, data, addr, live)
             if hits or forwarded:
