@@ -46,6 +46,7 @@ from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
 from mesh.dns.tcp_server import TcpServing
 from mesh.dns.upstream import Answer, Forwarder, UpstreamError, exchange_tcp
 from mesh.dns.wire_cache import WireCache
+from mesh.dns.worker_metrics import Merged, publish
 from mesh.dns.zone import ZoneIndex
 from mesh.netns import inside
 
@@ -94,13 +95,21 @@ class DnsServer:
         netns: str | None = None,
         reuse_port: bool = False,
         autopath: bool = False,
+        worker: int = 0,
+        metrics_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listen = listen
         self.port = listen[1]
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = DnsMetrics()
-        self.registry.register(self.metrics)
+        # ``--workers N``: worker 0's /metrics sums every worker's (dns/worker_metrics.py)
+        self._worker = worker
+        self._metrics_dir = metrics_dir
+        if metrics_dir is not None and worker == 0:
+            self.registry.register(Merged(self.metrics, metrics_dir))
+        else:
+            self.registry.register(self.metrics)
         self._explicit_upstreams = None if upstreams is None else list(upstreams)
         self._resolv_conf = resolv_conf
         self._max_udp = max_udp_payload
@@ -202,6 +211,8 @@ class DnsServer:
                 self._path.forwarder = self._forwarder
                 await nursery.start(self._forwarder.run)
                 nursery.start_soon(self._serve_udp, udp)
+                if self._metrics_dir is not None and self._worker > 0:
+                    nursery.start_soon(publish, self.metrics, self._metrics_dir, self._worker)
                 nursery.start_soon(trio.serve_listeners, self._tcp.serve, [listener])
                 task_status.started(self.port)
 
