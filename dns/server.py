@@ -40,11 +40,12 @@ from mesh.dns.forward_cache import ForwardCache
 from mesh.dns.forwarding import ForwardPath
 from mesh.dns.listen import bind
 from mesh.dns.metrics import DnsMetrics
-from mesh.dns.outbound import Exchange, Outbound
-from mesh.dns.packet import FORMERR, REFUSED, SERVFAIL, header_reply
+from mesh.dns.outbound import Outbound
+from mesh.dns.packet import SERVFAIL, header_reply
+from mesh.dns.relay import Relay, send
 from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
 from mesh.dns.tcp_server import TcpServing
-from mesh.dns.upstream import Answer, Forwarder, UpstreamError, exchange_tcp
+from mesh.dns.upstream import Forwarder
 from mesh.dns.wire_cache import WireCache
 from mesh.dns.worker_metrics import Merged, publish
 from mesh.dns.zone import ZoneIndex
@@ -115,7 +116,6 @@ class DnsServer:
         self._max_udp = max_udp_payload
         self._wire_cache_size = wire_cache_size
         self._forward_timeout = forward_timeout
-        self._max_forwards = max_forwards
         self._tcp = TcpServing(
             self._answer_tcp,
             self.metrics,
@@ -141,10 +141,13 @@ class DnsServer:
             self._forwarder, self._answers, self.metrics, max_udp=max_udp_payload, clock=clock
         )
         self._live = _Live(None, Responder(None, zone=zone, max_udp=max_udp_payload), WireCache(0))
-        self._forwards = 0
-        self._nursery: trio.Nursery | None = None
-        self._outbound: Outbound | None = None
-        self._waiting: trio.CancelScope | None = None  # the UDP loop's wait, when it waits
+        self._relay = Relay(
+            self._path,
+            self.metrics,
+            lambda: self._live.responder,
+            max_forwards=max_forwards,
+            clock=clock,
+        )
 
     # --- Component ---------------------------------------------------------------------
 
@@ -207,7 +210,7 @@ class DnsServer:
                 extra={"address": f"{self.listen[0]}:{self.port}", "upstreams": self.upstreams},
             )
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._relay.nursery = nursery
                 self._path.forwarder = self._forwarder
                 await nursery.start(self._forwarder.run)
                 nursery.start_soon(self._serve_udp, udp)
@@ -235,15 +238,15 @@ class DnsServer:
     # --- UDP -----------------------------------------------------------------------------
 
     async def _serve_udp(self, sock: socket.socket) -> None:
-        outbound = Outbound(self._forwarder, sock.fileno(), self._spawn_tcp)
-        self._outbound = outbound
+        outbound = Outbound(self._forwarder, sock.fileno(), self._relay.spawn_tcp)
+        self._relay.outbound = outbound
         self._forwarder.outbound = outbound
-        self._forwarder.wake = self._wake
+        self._forwarder.wake = self._relay.wake
         try:
             await self._udp_loop(sock, outbound)
         finally:
             self._forwarder.outbound = None
-            self._outbound = None
+            self._relay.outbound = None
             outbound.close()
 
     async def _udp_loop(self, sock: socket.socket, outbound: Outbound) -> None:
@@ -339,21 +342,18 @@ class DnsServer:
             scope = trio.CancelScope()
             if deadline is not None:  # on time.monotonic's clock: trio's has another origin
                 scope.deadline = trio.current_time() + max(0.0, deadline - time.monotonic())
-            self._waiting = scope
+            self._relay.waiting = scope
             with scope:
                 await trio.lowlevel.wait_readable(outbound.fileno())
-            self._waiting = None
-
-    def _wake(self) -> None:
-        """A task added an exchange: the loop must take its deadline into account."""
-        if self._waiting is not None:
-            self._waiting.cancel()
+            self._relay.waiting = None
 
     def _udp_miss(self, sock: socket.socket, data: bytes, addr: Any, live: _Live) -> None:
         start = time.perf_counter()
         self.metrics.cache_misses["wire"] += 1
         namespace = live.pods.get(addr[0]) if live.pods else None
-        if namespace is not None and self._start_autopath(sock, data, addr, live, namespace):
+        if namespace is not None and self._relay.start_autopath(
+            sock, data, addr, live.responder, namespace
+        ):
             return
         outcome: Reply | Forward | Drop | None = None
         if live.fast is not None:
@@ -364,7 +364,7 @@ class DnsServer:
         if outcome is None:
             outcome = self._handle(live, data, tcp=False, fast=False)  # the loop tried it
         if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
-            self._spawn_chase(sock, addr, outcome, live)
+            self._relay.spawn_chase(sock, addr, outcome, live.responder)
         elif isinstance(outcome, Reply):
             self._send(sock, outcome.wire, addr)
             self.metrics.queries[outcome.label] += 1
@@ -372,115 +372,9 @@ class DnsServer:
             if outcome.cacheable:
                 live.cache.put(data[2:], outcome.wire[2:], outcome.label)
         elif isinstance(outcome, Forward):
-            self._forward_udp(sock, data, addr, outcome, live.responder, start)
+            self._relay.forward_udp(sock, data, addr, outcome, live.responder, start)
         else:
             self.metrics.dropped[outcome.reason] += 1
-
-    def _forward_udp(
-        self,
-        sock: socket.socket,
-        data: bytes,
-        addr: Any,
-        fwd: Forward,
-        responder: Responder,
-        start: float,
-    ) -> None:
-        """Hand ``fwd`` to the upstream exchanges; the reply is sent when the answer is known
-        (at once from the question cache), by a callback: no task."""
-        outbound = self._outbound
-        if not self._forwarder.pool.addresses or outbound is None:
-            self._reply_now(sock, addr, responder.failure(fwd.query, REFUSED, tcp=False), start)
-            return
-        qend = fwd.qend or self._path.question_end(data)
-        if not qend:
-            self._reply_now(sock, addr, responder.failure(fwd.query, FORMERR, tcp=False), start)
-            return
-        if self._forwards >= self._max_forwards:
-            # the bound on queries in flight: SERVFAIL at once, counted
-            self.metrics.forward_errors["overload"] += 1
-            self._reply_now(sock, addr, responder.failure(fwd.query, SERVFAIL, tcp=False), start)
-            return
-        self._forwards += 1
-        self.metrics.forwards_in_flight = self._forwards
-
-        def answered(got: Answer | None) -> None:
-            self._forwards -= 1
-            self.metrics.forwards_in_flight = self._forwards
-            reply = self._relayed(fwd, data, qend, got, responder, tcp=False)
-            self._send(sock, reply.wire, addr)
-            self.metrics.latency["forward"].observe(time.perf_counter() - start)
-
-        outbound.ask(data[12:qend], bool(data[3] & 0x10), answered, self._clock())
-
-    def _reply_now(self, sock: socket.socket, addr: Any, reply: Reply, start: float) -> None:
-        self._send(sock, reply.wire, addr)
-        self.metrics.queries[reply.label] += 1
-        self.metrics.latency["forward"].observe(time.perf_counter() - start)
-
-    def _relayed(
-        self,
-        fwd: Forward,
-        data: bytes,
-        qend: int,
-        got: Answer | None,
-        responder: Responder,
-        *,
-        tcp: bool,
-    ) -> Reply:
-        """The reply to a forwarded query from the upstream's answer, counted; a bug (or an
-        upstream answer we cannot re-encode) costs one SERVFAIL."""
-        try:
-            reply = self._path.reply(fwd, data, qend, got, responder, tcp=tcp)
-        except Exception:
-            log.exception("forwarding failed")
-            reply = self._internal_error(fwd, data, responder, tcp=tcp)
-        self.metrics.queries[reply.label] += 1
-        return reply
-
-    def _internal_error(
-        self, fwd: Forward, data: bytes, responder: Responder, *, tcp: bool
-    ) -> Reply:
-        self.metrics.forward_errors["internal"] += 1
-        try:
-            return responder.failure(fwd.query, SERVFAIL, tcp=tcp)
-        except ValueError:  # dnslib cannot read it: a SERVFAIL from the header alone
-            return Reply(header_reply(data, SERVFAIL), ("other", "SERVFAIL"))
-
-    def _spawn_tcp(self, ex: Exchange, i: int) -> None:
-        """A truncated upstream reply: the same question again over TCP, in a task."""
-        if self._nursery is None:
-            self._finish_tcp(ex, i, "network")
-            return
-        self._nursery.start_soon(self._exchange_tcp, ex, i)
-
-    async def _exchange_tcp(self, ex: Exchange, i: int) -> None:
-        server = self._forwarder.pool.addresses[i]
-        got: tuple[bytes, Any] | str
-        try:
-            with trio.fail_after(self._forwarder.timeout):
-                got = await exchange_tcp(server, ex.wire, ex.qend)
-        except trio.TooSlowError:
-            got = "timeout"
-        except UpstreamError as exc:
-            got = exc.reason
-        self._finish_tcp(ex, i, got)
-
-    def _finish_tcp(self, ex: Exchange, i: int, got: tuple[bytes, Any] | str) -> None:
-        if self._outbound is not None:
-            self._outbound.tcp_done(ex, i, got, self._clock())
-            self._wake()
-
-    def _spawn_chase(self, sock: socket.socket, addr: Any, reply: Reply, live: _Live) -> None:
-        assert reply.chase is not None
-        if self._forwards >= self._max_forwards or self._nursery is None:
-            failure = live.responder.failure(reply.chase.query, SERVFAIL, tcp=False)
-            self._send(sock, failure.wire, addr)
-            self.metrics.queries[failure.label] += 1
-            self.metrics.forward_errors["overload"] += 1
-            return
-        self._forwards += 1
-        self.metrics.forwards_in_flight = self._forwards
-        self._nursery.start_soon(self._chase_udp, sock, reply, addr)
 
     def _handle(
         self, live: _Live, data: bytes, *, tcp: bool, fast: bool = True
@@ -498,86 +392,7 @@ class DnsServer:
             return Reply(header_reply(data, SERVFAIL), ("other", "SERVFAIL"))
 
     def _send(self, sock: socket.socket, wire: bytes, addr: Any) -> None:
-        try:
-            sock.sendto(wire, addr)
-        except OSError:
-            self.metrics.dropped["send"] += 1
-
-    async def _chase_udp(self, sock: socket.socket, reply: Reply, addr: Any) -> None:
-        try:
-            self._send(sock, (await self._chase(reply, tcp=False)).wire, addr)
-        finally:
-            self._forwards -= 1
-            self.metrics.forwards_in_flight = self._forwards
-
-    async def _forward(self, fwd: Forward, data: bytes, *, tcp: bool) -> Reply:
-        start = time.perf_counter()
-        responder = self._live.responder
-        if not self._forwarder.upstreams:
-            reply = responder.failure(fwd.query, REFUSED, tcp=tcp)
-            self.metrics.queries[reply.label] += 1
-            return reply
-        qend = self._path.question_end(data)
-        if not qend:
-            reply = responder.failure(fwd.query, FORMERR, tcp=tcp)
-            self.metrics.queries[reply.label] += 1
-            return reply
-        got = await self._forwarder.resolve(data[12:qend], bool(data[3] & 0x10))
-        reply = self._relayed(fwd, data, qend, got, responder, tcp=tcp)
-        self.metrics.latency["forward"].observe(time.perf_counter() - start)
-        return reply
-
-    async def _chase(self, reply: Reply, *, tcp: bool) -> Reply:
-        """Follow an ExternalName's target outside the zone through the upstream."""
-        start = time.perf_counter()
-        responder = self._live.responder
-        try:
-            out = await self._path.chase(reply, responder, tcp=tcp)
-        except Exception:  # a bug: one SERVFAIL
-            log.exception("following a CNAME failed")
-            self.metrics.forward_errors["internal"] += 1
-            assert reply.chase is not None
-            out = responder.failure(reply.chase.query, SERVFAIL, tcp=tcp)
-        self.metrics.queries[out.label] += 1
-        self.metrics.latency["forward"].observe(time.perf_counter() - start)
-        return out
-
-    # --- autopath (CoreDNS autopath: the rest of a pod's search path, server-side) ---------
-
-    def _start_autopath(
-        self, sock: socket.socket, data: bytes, addr: Any, live: _Live, namespace: str
-    ) -> bool:
-        """Whether the query became a search-path walk (answered later by a task)."""
-        walk = AutopathWalk.start(live.responder, data, namespace)
-        if walk is None or self._forwards >= self._max_forwards or self._nursery is None:
-            return False
-        self._forwards += 1
-        self._nursery.start_soon(self._autopath_udp, sock, walk, addr)
-        return True
-
-    async def _autopath_udp(self, sock: socket.socket, walk: AutopathWalk, addr: Any) -> None:
-        try:
-            self._send(sock, (await self._walk(walk)).wire, addr)
-        finally:
-            self._forwards -= 1
-
-    async def _walk(self, walk: AutopathWalk) -> Reply:
-        start = time.perf_counter()
-        reply = walk.inside()
-        if reply is None and walk.outside is not None and self._forwarder.upstreams:
-            try:
-                result = await self._forwarder.resolve(walk.outside)
-            except Exception:  # a bug: the pod gets its NXDOMAIN and walks on itself
-                log.exception("autopath forwarding failed")
-                result = None
-            if result is not None:
-                reply = walk.forwarded(result.wire)
-        self.metrics.autopath["found" if reply is not None else "missed"] += 1
-        if reply is None:
-            reply = walk.nxdomain()
-        self.metrics.queries[reply.label] += 1
-        self.metrics.latency["forward"].observe(time.perf_counter() - start)
-        return reply
+        send(sock, wire, addr, self.metrics)
 
     # --- TCP (dns/tcp_server.py frames the messages) -----------------------------------
 
@@ -588,15 +403,15 @@ class DnsServer:
         if namespace is not None:
             walk = AutopathWalk.start(live.responder, data, namespace, tcp=True)
             if walk is not None:
-                return (await self._walk(walk)).wire
+                return (await self._relay.walk(walk)).wire
         outcome = self._handle(live, data, tcp=True)
         if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
-            return (await self._chase(outcome, tcp=True)).wire
+            return (await self._relay.chase(outcome, tcp=True)).wire
         if isinstance(outcome, Reply):
             self.metrics.queries[outcome.label] += 1
             self.metrics.latency["cluster"].observe(time.perf_counter() - start)
             return outcome.wire
         if isinstance(outcome, Forward):
-            return (await self._forward(outcome, data, tcp=True)).wire
+            return (await self._relay.forward(outcome, data, tcp=True)).wire
         self.metrics.dropped[outcome.reason] += 1
         return None

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPort, DnsService
-from mesh.dns.fast_index import FastIndex, wire_name
+from mesh.dns.fast_encode import wire_name
+from mesh.dns.fast_index import FastIndex
 from mesh.dns.responder import Forward, Reply, Responder
 from mesh.dns.zone import ZoneIndex
 from tests.dns.cases import CLUSTER, TABLES, Case, check, query
