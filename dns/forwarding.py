@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from dnslib import DNSRecord
 
-from mesh.dns import layout, names
+from mesh.dns import layout
 from mesh.dns.chase import chase
 from mesh.dns.forward_cache import ForwardCache, lower_question, query_key
 from mesh.dns.metrics import DnsMetrics
@@ -77,10 +77,17 @@ class ForwardPath:
         label = (qtype_label(fwd.qtype), rcode_label(got.layout.rcode))
         if tcp:  # the answer cache holds UDP replies: the UDP loop answers from it
             return Reply(wire, label)
-        key = query_key(data)
-        stored = lower_question(wire)
         self.metrics.cache_misses["answer"] += 1
-        if got.remaining > 0 and key and stored and not _reverse(fwd.key):
+        if got.remaining <= 0 or fwd.reverse:
+            return Reply(wire, label)
+        name = fwd.wire_name  # known (lower case, plain labels) when classified from bytes
+        if name:
+            end = qend - 4
+            key: bytes | None = data[2:12] + name + data[end:]
+            stored: bytes | None = wire[:12] + name + wire[end:]
+        else:
+            key, stored = query_key(data), lower_question(wire)
+        if key and stored:
             ttls = tuple(t for t in got.ttls if t[0] < cut)
             self.answers.put(
                 key, stored, ttls, qend, ttl=got.remaining, now=self.clock(), label=label
@@ -108,7 +115,3 @@ class ForwardPath:
 
     async def _ask(self, question: bytes, cd: bool) -> Answer | None:
         return await self.forwarder.resolve(question, cd)
-
-
-def _reverse(key: str | None) -> bool:
-    return key is None or names.is_reverse(key)

@@ -61,6 +61,8 @@ PORT_QUERIES = 4096  # queries one socket sends before it is retired
 PORT_SECONDS = 60.0  # seconds one socket is used before it is retired
 DRAIN = 256  # replies read from one socket per poll: the loop must get back to the clients
 
+_OPT = opt_record(UPSTREAM_PAYLOAD)
+
 Waiter = Callable[[Answer | None], None]
 # what the TCP fallback is handed: the exchange and the upstream's index
 SpawnTcp = Callable[["Exchange", int], None]
@@ -112,8 +114,7 @@ class Exchange:
         self.key = key
         flags = b"\x01\x10" if cd else b"\x01\x00"
         # everything after the ID: a new random ID goes in front for every attempt
-        self.body = flags + b"\x00\x01\x00\x00\x00\x00\x00\x01" + question
-        self.body += opt_record(UPSTREAM_PAYLOAD)
+        self.body = flags + b"\x00\x01\x00\x00\x00\x00\x00\x01" + question + _OPT
         self.qend = HEADER + len(question)
         self.order = order
         self.attempt = 0

@@ -56,20 +56,45 @@ class Forward:
     (``FastIndex.forward``), so the dnslib ``query`` is parsed only when a failure reply
     needs it; the relay itself needs the fields below."""
 
-    __slots__ = ("_query", "data", "edns", "key", "payload", "qend", "qtype")
+    __slots__ = ("_key", "_query", "_wire_name", "data", "edns", "payload", "qend", "qtype")
 
     def __init__(self, query: Query | None = None, *, data: bytes = b"", key: str | None = None,
                  qtype: int = 0, edns: bool = False, payload: int = 512,
-                 qend: int = 0) -> None:  # fmt: skip
+                 qend: int = 0, wire_name: bytes = b"") -> None:  # fmt: skip
         self._query = query
         self.data = data
         self.qend = qend  # where the question (name, type, class) ends in ``data``; 0: unknown
+        # the name in wire form, lower case and made of plain labels: ``key`` is made from it
+        # only when asked (the forwarding hot path needs just ``reverse``)
+        self._wire_name = wire_name
         if query is not None:
             key, qtype, edns, payload = query.key, query.qtype, query.edns, query.payload
-        self.key = key  # absolute lower-case name; None when it has a label no name can have
+        self._key = key
         self.qtype = qtype
         self.edns = edns
         self.payload = payload
+
+    @property
+    def key(self) -> str | None:
+        """The absolute lower-case name; None when it has a label no name can have."""
+        if self._key is None and self._wire_name:
+            self._key = names.from_wire(self._wire_name)
+        return self._key
+
+    @property
+    def wire_name(self) -> bytes:
+        """The name in wire form, lower case, when the query was classified from its bytes;
+        else empty."""
+        return self._wire_name
+
+    @property
+    def reverse(self) -> bool:
+        """Whether the name is a reverse one (or may be: a name with an odd label), which a
+        config can make the cluster's."""
+        if self._wire_name:
+            return self._wire_name.endswith(names.REVERSE_WIRE_SUFFIXES)
+        key = self.key
+        return key is None or names.is_reverse(key)
 
     @property
     def query(self) -> Query:
