@@ -33,7 +33,9 @@ which is weaker than unbound's per-query port, and much stronger than a fixed po
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import select
 import socket
 import time
@@ -147,14 +149,26 @@ class Outbound:
         self.inflight: dict[bytes, Exchange] = {}
         # (deadline, exchange, attempt): one timeout for all, so this is in deadline order
         self._timeouts: deque[tuple[float, Exchange, int]] = deque()
+        # ``wake``: a task added an exchange (or a TCP retry ended) while the loop waits with
+        # an older deadline or none; the eventfd in the epoll set makes the loop look again
+        self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.epoll.register(self._wakeup, select.EPOLLIN)
+        self.woken = False
 
     def fileno(self) -> int:
         return self.epoll.fileno()
+
+    def wake(self) -> None:
+        """Make the loop's wait end (it then polls and takes the new deadlines in)."""
+        if not self.woken:
+            self.woken = True
+            os.eventfd_write(self._wakeup, 1)
 
     def close(self) -> None:
         for port in list(self.ports.values()):
             self._close(port)
         self.epoll.close()
+        os.close(self._wakeup)
 
     # --- asking ------------------------------------------------------------------------
 
@@ -240,6 +254,10 @@ class Outbound:
 
     def poll(self, now: float) -> None:
         """Read what the upstream sockets hold (the loop calls this when any is readable)."""
+        if self.woken:
+            self.woken = False
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._wakeup)
         ports = self.ports
         for fd, _ in self.epoll.poll(0):
             port = ports.get(fd)

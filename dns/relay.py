@@ -54,7 +54,6 @@ class Relay:
         self.in_flight = 0
         self.nursery: trio.Nursery | None = None
         self.outbound: Outbound | None = None  # while the UDP loop runs
-        self.waiting: trio.CancelScope | None = None  # the UDP loop's wait, when it waits
 
     @property
     def forwarder(self) -> Forwarder:
@@ -62,8 +61,8 @@ class Relay:
 
     def wake(self) -> None:
         """A task added an exchange: the UDP loop must take its deadline into account."""
-        if self.waiting is not None:
-            self.waiting.cancel()
+        if self.outbound is not None:
+            self.outbound.wake()
 
     def send(self, sock: socket.socket, wire: bytes, addr: Any) -> None:
         send(sock, wire, addr, self.metrics)

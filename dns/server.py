@@ -330,22 +330,21 @@ class DnsServer:
             if answered:
                 metrics.latency["cluster"].observe((perf() - start) / n, answered)
                 metrics.cache_misses["wire"] += answered
-            if outbound.ports:  # the upstreams' replies, and their timeouts
+            if outbound.ports or outbound.woken:  # the upstreams' replies, their timeouts
                 now = clock()
                 outbound.poll(now)
                 outbound.sweep(now)
             if n >= batch:
                 await trio.lowlevel.checkpoint()
                 continue
-            # Wait for a query or a reply, or until the next exchange is late.
+            # Wait for a query, a reply or a wake-up, or until the next exchange is late (a
+            # cancel scope only then: entering one costs more than a cache hit).
             deadline = outbound.next_deadline()
-            scope = trio.CancelScope()
-            if deadline is not None:  # on time.monotonic's clock: trio's has another origin
-                scope.deadline = trio.current_time() + max(0.0, deadline - time.monotonic())
-            self._relay.waiting = scope
-            with scope:
+            if deadline is None:
                 await trio.lowlevel.wait_readable(outbound.fileno())
-            self._relay.waiting = None
+            else:  # on time.monotonic's clock: trio's has another origin
+                with trio.move_on_at(trio.current_time() + max(0.0, deadline - time.monotonic())):
+                    await trio.lowlevel.wait_readable(outbound.fileno())
 
     def _udp_miss(self, sock: socket.socket, data: bytes, addr: Any, live: _Live) -> None:
         start = time.perf_counter()

@@ -213,3 +213,16 @@ def test_sockets_are_retired_after_their_queries(
     # every socket sent at most 2 queries, then a new one took its place
     assert len(ports) >= 2 * PORTS_PER_UPSTREAM
     assert len(out.ports) <= PORTS_PER_UPSTREAM  # the retired ones are closed
+
+
+def test_wake_makes_the_loop_look_and_poll_resets_it(listen: socket.socket) -> None:
+    up, timer = Upstream(), Timer()
+    out = make([up], listen, timer)
+    assert select.select([out.fileno()], [], [], 0)[0] == []
+    out.wake()
+    out.wake()  # once is enough
+    assert select.select([out.fileno()], [], [], 0)[0] == [out.fileno()]
+    out.poll(timer())
+    assert not out.woken
+    assert select.select([out.fileno()], [], [], 0)[0] == []
+    out.close()
