@@ -88,7 +88,9 @@ class ForwardPath:
         else:
             key, stored = query_key(data), lower_question(wire)
         if key and stored:
-            ttls = tuple(t for t in got.ttls if t[0] < cut)
+            ttls = got.ttls  # in offset order: usually every one was kept
+            if ttls and ttls[-1][0] >= cut:
+                ttls = tuple(t for t in ttls if t[0] < cut)
             self.answers.put(
                 key, stored, ttls, qend, ttl=got.remaining, now=self.clock(), label=label
             )
