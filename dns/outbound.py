@@ -4,8 +4,8 @@ Theory of operation. ``ask`` takes a question and a callback; the answer (or Non
 comes back through the callback, at once from the question cache, or later from ``poll``
 (a reply arrived) or ``sweep`` (a timeout moved the exchange to the next upstream, or gave
 up). Nothing here waits: the server's UDP loop waits on ``fileno()`` (an epoll set holding the
-listening socket and every upstream socket) and calls ``poll`` and ``sweep``; no task, no
-socket and no epoll registration per forwarded query.
+listening socket, every upstream socket and the eventfd ``wake`` writes to) and calls ``poll``
+and ``sweep``; no task, no socket and no epoll registration per forwarded query.
 
 - Identical questions in flight share one exchange: later askers add their callback.
 - Upstreams are tried in the ``Pool``'s order (policy, health), each within ``timeout``;
