@@ -35,7 +35,6 @@ def forward(data: bytes, nodes: Container[bytes], zone_wire: bytes) -> Forward |
         or qname == b"\x00"
     ):
         return None
-    labels = []
     i = 12
     while True:  # plain labels only, ending at the question's end
         length = data[i]
@@ -43,12 +42,11 @@ def forward(data: bytes, nodes: Container[bytes], zone_wire: bytes) -> Forward |
             break
         if length > 63:
             return None
-        labels.append(qname[i - 11 : i - 11 + length])
         i += length + 1
     if i != qend - 1 or qend - 12 > 255:
         return None
-    key = b".".join(labels).decode("ascii") + "."
-    return Forward(data=data, key=key, qtype=qtype, edns=edns, payload=payload)
+    return Forward(data=data, wire_name=qname, qtype=qtype, edns=edns, payload=payload,
+                   qend=qend + 4)  # fmt: skip
 
 
 def _standard(data: bytes) -> tuple[int, int, bool, int] | None:

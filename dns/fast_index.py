@@ -2,9 +2,9 @@
 
 Built once per config from the ZoneIndex. Every owner name is keyed by its wire form
 (length-prefixed lower-case labels), and every (name, type) with data holds its reply sections
-already encoded: answer and authority in one string, additional in another (RFC 2181 9: the
-additional section is the first to go when a reply does not fit). They are encoded as dnslib
-would encode them behind a lower-case question at offset 12, through dnslib's own buffer, so
+already encoded (dns/fast_encode.py): answer and authority in one string, additional in
+another (RFC 2181 9: the additional section is the first to go when a reply does not fit).
+They are encoded as dnslib would encode them behind a lower-case question at offset 12, so
 both paths give the same bytes. Negative answers (NXDOMAIN, and NODATA for names with no data of
 the asked type) are one SOA record whose three names point at the zone apex inside the
 question, so the tail depends only on where the apex starts: one tail per offset, made once
@@ -15,8 +15,12 @@ lower-case, uncompressed, dot-free ASCII name, no answer or authority records, a
 additional record that is an EDNS version 0 OPT owned by the root, and nothing after it. The
 rest (None from ``answer``) goes through the general Responder, as do names outside the index
 and the zone (forwarded) and the types that need it (ANY, zone transfers, OPT as a question).
-Upper-case questions go there too: dnslib compresses names case-sensitively, so a mixed-case
-question changes which names it can point at. ``forward`` classifies a standard query of a name
+A question in mixed case (0x20 randomisation) is looked up in lower case and its own case is
+echoed: every name in the sections either points into the question or is written out in
+lower case, exactly as the general Responder answers it (it encodes behind the lower-cased
+question and copies the client's back in). Such replies are kept in no cache: a resolver that
+randomises case asks every name in a new spelling, which would only evict the others.
+``forward`` classifies a standard query of a name
 the cluster does not own for the upstream, with the fields the relay needs, so forwarding does
 not parse it with dnslib either.
 """
@@ -25,23 +29,11 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterable
-
-from dnslib import RR, DNSBuffer, DNSLabel
 
 from mesh.dns import classify, names
-from mesh.dns.answer import MAX_CHAIN, Answer, resolve
+from mesh.dns.fast_encode import TO_GENERAL, Entry, encode_node, wire_name
 from mesh.dns.packet import qtype_label, rcode_label
-from mesh.dns.records import (
-    TYPE_A,
-    TYPE_AAAA,
-    TYPE_CNAME,
-    TYPE_PTR,
-    TYPE_SOA,
-    TYPE_SRV,
-    Node,
-    RData,
-)
+from mesh.dns.records import TYPE_A, TYPE_AAAA, TYPE_SOA, Node
 from mesh.dns.responder import DEFAULT_MAX_UDP, Forward, Reply
 from mesh.dns.zone import ZoneIndex
 
@@ -50,30 +42,14 @@ TCP_LIMIT = 65535
 NXDOMAIN = 3
 # Types the general path answers: ANY, AXFR, IXFR, OPT (a FORMERR), and 0 (reserved).
 GENERAL_TYPES = frozenset((0, 41, 251, 252, 255))
-# A type no record has: what a CNAME node answers for every type its chain does not hold.
-OTHER_TYPE = 65280
-
-# rcode, ancount, nscount, arcount, answer + authority bytes, additional bytes, and how many
-# of the first bytes are the answer section
-Entry = tuple[int, int, int, int, bytes, bytes, int]
-# reply bytes, (qtype, rcode) label, and whether the wire cache may keep them
-FastReply = tuple[bytes, tuple[str, str], bool]
+# reply bytes, (qtype, rcode) label, and which cache may keep them: True the wire cache, False
+# the negative cache (NXDOMAIN), None neither (a mixed-case question)
+FastReply = tuple[bytes, tuple[str, str], bool | None]
 
 _COUNTS = struct.Struct(">HHHH")
 # Reply flags by (RD << 5 | CD bit 0x10 | rcode): QR, AA and RA set, RD and CD echoed.
 _FLAGS = [bytes((0x84 | (i >> 5), 0x80 | (i & 0x1F))) for i in range(64)]
 _TC_FLAGS = [bytes((0x86 | (i >> 5), 0x80 | (i & 0x1F))) for i in range(64)]
-
-
-def wire_name(name: str) -> bytes:
-    """``web.shop.svc.cluster.local.`` -> ``\\x03web\\x04shop...\\x00``."""
-    out = bytearray()
-    for label in name.rstrip(".").split(".") if name != "." else ():
-        raw = label.encode("ascii")
-        out.append(len(raw))
-        out += raw
-    out.append(0)
-    return bytes(out)
 
 
 class FastIndex:
@@ -146,7 +122,7 @@ class FastIndex:
     def _put(self, index: ZoneIndex, name: str, node: Node) -> None:
         labels = tuple(label.encode("ascii") for label in name.rstrip(".").split("."))
         wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
-        entries = self._nodes[wire] = _entries(index, name, labels, node)
+        entries = self._nodes[wire] = encode_node(index, name, labels, node)
         self._rebuilt += 1
         if node.cname is not None:
             self._cnames[wire] = name
@@ -190,7 +166,7 @@ class FastIndex:
 
     def answer(self, data: bytes, *, tcp: bool = False) -> Reply | None:
         got = self.reply(data, tcp)
-        return None if got is None else Reply(got[0], got[1], cacheable=got[2])
+        return None if got is None else Reply(got[0], got[1], cacheable=bool(got[2]))
 
     def reply(self, data: bytes, tcp: bool = False) -> FastReply | None:
         """``answer`` as a plain tuple (wire, label, cacheable): the UDP loop's form, without
@@ -232,17 +208,23 @@ class FastIndex:
             payload = CLASSIC_UDP_LIMIT
 
         entries = self._nodes.get(qname)
+        lower = qname
+        if entries is None:
+            low = qname.lower()  # length bytes are below 64: only the letters change
+            if low != qname:  # mixed case: ``lower is qname`` tells the two apart below
+                lower = low
+                entries = self._nodes.get(lower)
         if entries is not None:
             entry = entries.get(qtype) or entries.get(-1)
-            if entry is _TO_GENERAL:
+            if entry is TO_GENERAL:
                 return None
             if entry is None:  # a name with no data of this type: NODATA
                 entry = (0, 0, 1, 0, self._tail(12 + len(qname) - len(self._zone_wire)), b"", 0)
         else:
             apex = 12 + len(qname) - len(self._zone_wire)
-            if not qname.endswith(self._zone_wire):
+            if not lower.endswith(self._zone_wire):
                 return None  # outside the zone: forwarded by the general path
-            if not qname.isascii() or b"." in qname or qname.lower() != qname:
+            if not qname.isascii() or b"." in qname:
                 return None
             # The labels must end exactly at the apex: walk them (no list: the common case).
             i = 12
@@ -254,7 +236,7 @@ class FastIndex:
             if i != apex or qend - 12 > 255:
                 return None
             pod_wire = self._pod_wire
-            if pod_wire is None or not qname.endswith(pod_wire):
+            if pod_wire is None or not lower.endswith(pod_wire):
                 # The common NXDOMAIN (a flood of made-up names, search-path expansions): its
                 # header and tail depend only on the apex offset, RD, CD and EDNS; at most
                 # 12 + 255 + 4 + 54 + 11 bytes, so it fits any limit from 512 bytes up.
@@ -266,13 +248,14 @@ class FastIndex:
                     label = self._labels.get((qtype, NXDOMAIN))
                     if label is None:
                         label = self._labels[(qtype, NXDOMAIN)] = (qtype_label(qtype), "NXDOMAIN")
-                    return data[:2] + parts[0] + data[12 : qend + 4] + parts[1], label, False
+                    reply = data[:2] + parts[0] + data[12 : qend + 4] + parts[1]
+                    return reply, label, False if lower is qname else None
                 entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0)
             else:
                 starts = _label_starts(data, qend)
                 if starts is None:
                     return None
-                pod = self._pod(data, starts, qname, qtype, apex)
+                pod = self._pod(data, starts, lower, qtype, apex)
                 entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0) if pod is None else pod
 
         rcode, an, ns, ar, main, extra, alen = entry
@@ -306,7 +289,7 @@ class FastIndex:
         label = self._labels.get((qtype, rcode))
         if label is None:
             label = self._labels[(qtype, rcode)] = (qtype_label(qtype), rcode_label(rcode))
-        return wire, label, rcode != NXDOMAIN
+        return wire, label, rcode != NXDOMAIN if lower is qname else None
 
     def forward(self, data: bytes) -> Forward | None:
         """A standard query of a name the cluster does not own, classified from its bytes
@@ -347,10 +330,10 @@ class FastIndex:
             or not qname.endswith(pod_wire)
         ):
             return None
-        namespace = data[starts[1] + 1 : starts[2]].decode("ascii")
+        namespace = data[starts[1] + 1 : starts[2]].decode("ascii").lower()
         if namespace not in self._namespaces:
             return None
-        ip = names.pod_label_ip(data[starts[0] + 1 : starts[1]].decode("ascii"))
+        ip = names.pod_label_ip(data[starts[0] + 1 : starts[1]].decode("ascii").lower())
         if ip is None:
             return None
         raw = ipaddress.ip_address(ip).packed
@@ -377,153 +360,3 @@ def _label_starts(data: bytes, qend: int) -> list[int] | None:
         starts.append(i)
         i += length + 1
     return starts if i == qend - 1 else None
-
-
-def _entries(
-    index: ZoneIndex, name: str, labels: tuple[bytes, ...], node: Node
-) -> dict[int, Entry]:
-    """The encoded answers of one owner name by query type; -1 holds the answer for every
-    other type when it is not the plain NODATA the zone tail gives."""
-    if node.cname is None:
-        if not node.rrsets and labels[-len(index.zone.split(".")) + 1 :] == _zone_labels(index):
-            return _NO_ENTRIES  # an empty non-terminal: NODATA from the zone tail
-        out = {}
-        for t in node.rrsets:
-            entry = _direct(index.ttl, labels, t, node)
-            if entry is None:
-                qname = DNSLabel(name)
-                entry = _encode(qname, t, resolve(index, qname, name, t))
-            out[t] = entry
-        if not names.in_zone(name, index.zone):
-            # A reverse name: its NODATA carries the reverse zone's SOA (in-addr.arpa. or
-            # ip6.arpa., the question's last two labels), as CoreDNS answers.
-            buf = _Buffer(labels)
-            buf.record(labels[-2:], TYPE_SOA, min(index.ttl, 300), index.soa)
-            out[-1] = (0, 0, 1, 0, bytes(buf.out), b"", 0)
-        return out
-    qname = DNSLabel(name)
-    types = {TYPE_CNAME, OTHER_TYPE}
-    target: str | None = node.cname
-    for _ in range(MAX_CHAIN + 1):  # every type any node along the chain holds
-        found = index.find(target) if target is not None else None
-        if found is None:
-            break
-        types.update(found.rrsets)
-        target = found.cname
-    out = {}
-    for t in types:
-        ans = resolve(index, qname, name, t)
-        # A chain that leaves the zone is followed upstream by the server: general path.
-        out[t] = _encode(qname, t, ans) if ans.chase is None else _TO_GENERAL
-    out[-1] = out.pop(OTHER_TYPE)
-    return out
-
-
-_NO_ENTRIES: dict[int, Entry] = {}  # shared, never written
-_TO_GENERAL: Entry = (-1, 0, 0, 0, b"", b"", 0)  # answered by the general path
-
-
-def _zone_labels(index: ZoneIndex) -> tuple[bytes, ...]:
-    return tuple(label.encode("ascii") for label in index.zone.rstrip(".").split("."))
-
-
-def _direct(ttl: int, qname: tuple[bytes, ...], qtype: int, node: Node) -> Entry | None:
-    """The common positive answers (A, AAAA, SRV with its addresses, PTR) encoded here, the way
-    dnslib's buffer would (same name compression), at a fraction of its cost; None for the
-    rest, which ``_encode`` packs through dnslib itself."""
-    if qtype not in (TYPE_A, TYPE_AAAA, TYPE_SRV, TYPE_PTR):
-        return None
-    buf = _Buffer(qname)
-    for rdata in node.rrsets[qtype]:
-        if qtype == TYPE_PTR and rdata.label.label[-1:] == qname[-1:]:
-            return None  # a target sharing the question's suffix: leave it to dnslib
-        buf.record(qname, qtype, ttl, rdata)
-    main = bytes(buf.out)
-    for owner, rtype, rdata in node.additional:
-        buf.record(
-            tuple(label.encode("ascii") for label in owner.rstrip(".").split(".")),
-            rtype,
-            ttl,
-            rdata,
-        )
-    extra = bytes(buf.out)[len(main) :]
-    return (0, len(node.rrsets[qtype]), 0, len(node.additional), main, extra, len(main))
-
-
-class _Buffer:
-    """dnslib's name compression replayed: every suffix written (or in the question at offset
-    12) is remembered, and a later name ending in one points at it."""
-
-    __slots__ = ("base", "names", "out")
-
-    def __init__(self, qname: tuple[bytes, ...]) -> None:
-        self.names: dict[tuple[bytes, ...], int] = {}
-        offset = 12
-        for i, label in enumerate(qname):
-            self.names[qname[i:]] = offset
-            offset += 1 + len(label)
-        self.base = offset + 1 + 4  # the root label, then type and class
-        self.out = bytearray()
-
-    def name(self, labels: tuple[bytes, ...]) -> None:
-        out = self.out
-        while labels:
-            at = self.names.get(labels)
-            if at is not None:
-                out += (0xC000 | at).to_bytes(2, "big")
-                return
-            self.names[labels] = self.base + len(out)
-            out.append(len(labels[0]))
-            out += labels[0]
-            labels = labels[1:]
-        out.append(0)
-
-    def record(self, owner: tuple[bytes, ...], rtype: int, ttl: int, rdata: RData) -> None:
-        self.name(owner)
-        out = self.out
-        out += struct.pack(">HHIH", rtype, 1, ttl, 0)
-        start = len(out)
-        if rtype in (TYPE_A, TYPE_AAAA):
-            out += bytes(rdata.data)
-        elif rtype == TYPE_SRV:  # the target is never compressed (RFC 2782)
-            out += struct.pack(">HHH", rdata.priority, rdata.weight, rdata.port)
-            for label in rdata.target.label:
-                out.append(len(label))
-                out += label
-            out.append(0)
-        elif rtype == TYPE_SOA:
-            self.name(rdata.mname.label)
-            self.name(rdata.rname.label)
-            out += struct.pack(">IIIII", *rdata.times)
-        else:  # PTR
-            self.name(rdata.label.label)
-        out[start - 2 : start] = (len(out) - start).to_bytes(2, "big")
-
-
-def _encode(qname: DNSLabel, qtype: int, ans: Answer) -> Entry:
-    """The sections of ``ans`` as dnslib packs them behind the question ``qname``."""
-    buf = DNSBuffer()
-    buf.append(bytes(12))
-    buf.encode_name(qname)
-    buf.pack("!HH", qtype, 1)
-    start = buf.offset
-    _pack(buf, ans.answer)
-    alen = buf.offset - start
-    _pack(buf, ans.authority)
-    mid = buf.offset
-    _pack(buf, ans.additional)
-    data = bytes(buf.data)
-    return (
-        ans.rcode,
-        len(ans.answer),
-        len(ans.authority),
-        len(ans.additional),
-        data[start:mid],
-        data[mid:],
-        alen,
-    )
-
-
-def _pack(buf: DNSBuffer, records: Iterable[RR]) -> None:
-    for rr in records:
-        rr.pack(buf)

@@ -80,16 +80,14 @@ class Entry:
     tail: bytes = field(init=False)  # everything after the ID
     head: bytes = field(init=False)  # bytes 2..12: flags and counts
     rest: bytes = field(init=False)  # everything after the question
+    size: int = field(init=False)  # what the entry counts against ``max_bytes``
 
     def __post_init__(self) -> None:
         self.refresh = self.stored + 1
         self.tail = self.wire[2:]
         self.head = self.wire[2:12]
         self.rest = self.wire[self.qend :]
-
-    @property
-    def size(self) -> int:
-        return len(self.wire) + ENTRY_OVERHEAD
+        self.size = len(self.wire) + ENTRY_OVERHEAD
 
     def at(self, now: float) -> None:
         age = int(now - self.stored)
@@ -198,12 +196,14 @@ class ForwardCache:
         entry = Entry(wire, ttls, qend, now, now + ttl, label)
         if entry.size > self.max_bytes:
             return None
-        if key in self._entries:
-            self._remove(key)
-        self._entries[key] = entry
+        entries = self._entries
+        old = entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+        entries[key] = entry
         self.bytes += entry.size
-        while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-            _, old = self._entries.popitem(last=False)
+        while len(entries) > self.max_entries or self.bytes > self.max_bytes:
+            _, old = entries.popitem(last=False)
             self.bytes -= old.size
         return entry
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from dnslib import DNSRecord
 
-from mesh.dns import layout, names
+from mesh.dns import layout
 from mesh.dns.chase import chase
 from mesh.dns.forward_cache import ForwardCache, lower_question, query_key
 from mesh.dns.metrics import DnsMetrics
@@ -39,14 +39,32 @@ class ForwardPath:
         self.max_udp = max_udp
         self.clock = clock
 
+    def question_end(self, data: bytes) -> int:
+        """Where the question of ``data`` ends; 0 when it is a label type dnslib let through
+        (the caller replies FORMERR)."""
+        qend = layout.skip_name(data, layout.HEADER, len(data)) + 4
+        return qend if layout.HEADER + 5 <= qend <= len(data) else 0
+
     async def relay(self, fwd: Forward, data: bytes, responder: Responder, *, tcp: bool) -> Reply:
         """The upstream's answer copied into a reply to ``data`` (no decoding); over UDP the
         reply goes into the answer cache for as long as the upstream's answer may be kept."""
-        qend = layout.skip_name(data, layout.HEADER, len(data)) + 4
-        if qend < layout.HEADER + 5 or qend > len(data):  # a label type dnslib let through
+        qend = self.question_end(data)
+        if not qend:
             return responder.failure(fwd.query, FORMERR, tcp=tcp)
-        cd = bool(data[3] & 0x10)
-        got = await self.forwarder.resolve(data[layout.HEADER : qend], cd)
+        got = await self.forwarder.resolve(data[layout.HEADER : qend], bool(data[3] & 0x10))
+        return self.reply(fwd, data, qend, got, responder, tcp=tcp)
+
+    def reply(
+        self,
+        fwd: Forward,
+        data: bytes,
+        qend: int,
+        got: Answer | None,
+        responder: Responder,
+        *,
+        tcp: bool,
+    ) -> Reply:
+        """The reply to ``data`` from the upstream's answer ``got`` (None: SERVFAIL)."""
         if got is None:
             return responder.failure(fwd.query, SERVFAIL, tcp=tcp)
         limit = responder.limit(fwd, tcp)
@@ -59,11 +77,20 @@ class ForwardPath:
         label = (qtype_label(fwd.qtype), rcode_label(got.layout.rcode))
         if tcp:  # the answer cache holds UDP replies: the UDP loop answers from it
             return Reply(wire, label)
-        key = query_key(data)
-        stored = lower_question(wire)
         self.metrics.cache_misses["answer"] += 1
-        if got.remaining > 0 and key and stored and not _reverse(fwd.key):
-            ttls = tuple(t for t in got.ttls if t[0] < cut)
+        if got.remaining <= 0 or fwd.reverse:
+            return Reply(wire, label)
+        name = fwd.wire_name  # known (lower case, plain labels) when classified from bytes
+        if name:
+            end = qend - 4
+            key: bytes | None = data[2:12] + name + data[end:]
+            stored: bytes | None = wire[:12] + name + wire[end:]
+        else:
+            key, stored = query_key(data), lower_question(wire)
+        if key and stored:
+            ttls = got.ttls  # in offset order: usually every one was kept
+            if ttls and ttls[-1][0] >= cut:
+                ttls = tuple(t for t in ttls if t[0] < cut)
             self.answers.put(
                 key, stored, ttls, qend, ttl=got.remaining, now=self.clock(), label=label
             )
@@ -90,7 +117,3 @@ class ForwardPath:
 
     async def _ask(self, question: bytes, cd: bool) -> Answer | None:
         return await self.forwarder.resolve(question, cd)
-
-
-def _reverse(key: str | None) -> bool:
-    return key is None or names.is_reverse(key)

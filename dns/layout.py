@@ -91,10 +91,24 @@ _NAMED_RDATA = {2: (0, 1, 0), 5: (0, 1, 0), 12: (0, 1, 0), 39: (0, 1, 0), 15: (2
 _NAMED_RDATA |= {33: (6, 1, 0), TYPE_SOA: (0, 2, 20)}
 
 
+_FIXED_RDATA = {1: 4, 28: 16}  # A, AAAA
+TYPE_TXT = 16
+
+
 def _rdata_ok(data: bytes, rtype: int, start: int, stop: int) -> bool:
-    """Whether the names in the rdata of a known type are valid and fill it exactly."""
+    """Whether the rdata of a known type has its shape: the names in it valid and filling it
+    exactly, an address of its size, TXT strings filling it (what a client's parser checks:
+    a reply we relay must parse)."""
     shape = _NAMED_RDATA.get(rtype)
     if shape is None:
+        size = _FIXED_RDATA.get(rtype)
+        if size is not None:
+            return stop - start == size
+        if rtype == TYPE_TXT:
+            pos = start
+            while pos < stop:  # one or more length-prefixed strings
+                pos += 1 + data[pos]
+            return pos == stop and stop > start
         return True
     before, count, after = shape
     pos = start + before

@@ -10,6 +10,7 @@ import ipaddress
 import re
 
 REVERSE_SUFFIXES = ("in-addr.arpa.", "ip6.arpa.")
+REVERSE_WIRE_SUFFIXES = (b"\x07in-addr\x04arpa\x00", b"\x03ip6\x04arpa\x00")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 # A dotted quad in canonical form: taken as it is, without an ipaddress round trip (the
 # zone index of 10,000 Services handles tens of thousands of them per full build).
@@ -28,6 +29,16 @@ def join(*labels: str) -> str:
 def in_zone(name: str, zone: str) -> bool:
     """Whether absolute ``name`` is ``zone`` or below it (both lower case)."""
     return name == zone or name.endswith("." + zone)
+
+
+def from_wire(wire: bytes) -> str:
+    """``\\x03web\\x04shop\\x00`` -> ``web.shop.``: a name of plain ASCII labels."""
+    labels = []
+    i = 0
+    while wire[i]:
+        labels.append(wire[i + 1 : i + 1 + wire[i]])
+        i += 1 + wire[i]
+    return b".".join(labels).decode("ascii") + "."
 
 
 def is_reverse(name: str) -> bool:

@@ -7,7 +7,7 @@ CoreDNS does until its caches have synced.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dnslib import CLASS, QTYPE, RR, DNSRecord
 
@@ -56,18 +56,45 @@ class Forward:
     (``FastIndex.forward``), so the dnslib ``query`` is parsed only when a failure reply
     needs it; the relay itself needs the fields below."""
 
-    __slots__ = ("_query", "data", "edns", "key", "payload", "qtype")
+    __slots__ = ("_key", "_query", "_wire_name", "data", "edns", "payload", "qend", "qtype")
 
     def __init__(self, query: Query | None = None, *, data: bytes = b"", key: str | None = None,
-                 qtype: int = 0, edns: bool = False, payload: int = 512) -> None:  # fmt: skip
+                 qtype: int = 0, edns: bool = False, payload: int = 512,
+                 qend: int = 0, wire_name: bytes = b"") -> None:  # fmt: skip
         self._query = query
         self.data = data
+        self.qend = qend  # where the question (name, type, class) ends in ``data``; 0: unknown
+        # the name in wire form, lower case and made of plain labels: ``key`` is made from it
+        # only when asked (the forwarding hot path needs just ``reverse``)
+        self._wire_name = wire_name
         if query is not None:
             key, qtype, edns, payload = query.key, query.qtype, query.edns, query.payload
-        self.key = key  # absolute lower-case name; None when it has a label no name can have
+        self._key = key
         self.qtype = qtype
         self.edns = edns
         self.payload = payload
+
+    @property
+    def key(self) -> str | None:
+        """The absolute lower-case name; None when it has a label no name can have."""
+        if self._key is None and self._wire_name:
+            self._key = names.from_wire(self._wire_name)
+        return self._key
+
+    @property
+    def wire_name(self) -> bytes:
+        """The name in wire form, lower case, when the query was classified from its bytes;
+        else empty."""
+        return self._wire_name
+
+    @property
+    def reverse(self) -> bool:
+        """Whether the name is a reverse one (or may be: a name with an odd label), which a
+        config can make the cluster's."""
+        if self._wire_name:
+            return self._wire_name.endswith(names.REVERSE_WIRE_SUFFIXES)
+        key = self.key
+        return key is None or names.is_reverse(key)
 
     @property
     def query(self) -> Query:
@@ -102,6 +129,21 @@ class Responder:
         self.max_udp = max_udp
 
     def handle(self, data: bytes, *, tcp: bool = False) -> Outcome:
+        qend = _mixed_case_question(data)
+        if qend:
+            # 0x20 randomisation: answer the lower-cased question, then copy the client's
+            # spelling back in. dnslib compresses names case-sensitively, so encoding behind the
+            # mixed-case question would point at other names than the fast path does; this way
+            # both give the same bytes. What is not a plain reply is answered as asked.
+            lowered = data[:12] + data[12:qend].lower() + data[qend:]
+            outcome = self._handle(lowered, tcp)
+            if isinstance(outcome, Reply) and outcome.chase is None:
+                wire = outcome.wire
+                if wire[12:qend] == lowered[12:qend]:
+                    return replace(outcome, wire=wire[:12] + data[12:qend] + wire[qend:])
+        return self._handle(data, tcp)
+
+    def _handle(self, data: bytes, tcp: bool) -> Outcome:
         parsed = parse_query(data)
         if isinstance(parsed, Malformed):
             if parsed.wire is None:
@@ -178,3 +220,21 @@ def _aged(records: object, age: int) -> list[RR]:
     for rr in records:  # type: ignore[attr-defined]
         out.append(RR(rr.rname, rr.rtype, rr.rclass, max(0, rr.ttl - age), rr.rdata))
     return out
+
+
+def _mixed_case_question(data: bytes) -> int:
+    """Where the question's name ends when it holds an upper-case letter and is made of plain
+    labels (no compression pointer, which ``lower`` could corrupt); else 0."""
+    if len(data) < 13 or data[4:6] != b"\x00\x01":
+        return 0
+    i = 12
+    n = len(data)
+    while i < n:
+        length = data[i]
+        if length == 0:
+            end = i + 1
+            return end if data[12:end].lower() != data[12:end] else 0
+        if length > 63:
+            return 0
+        i += length + 1
+    return 0

@@ -1,29 +1,32 @@
 """The cluster DNS server: UDP and TCP on one address, a thin trio shell around the core.
 
-The UDP loop is the hot path. It waits for the socket to become readable, then drains it
-with plain non-blocking ``recvfrom`` calls, answering wire-cache hits (cluster names) and
+The UDP loop is the hot path. It waits for the epoll set of ``Outbound`` (the listening
+socket and the upstream sockets) to become readable, then drains the listening socket with
+plain non-blocking ``recvfrom`` calls, answering wire-cache hits (cluster names) and
 answer-cache hits (forwarded names) inline, a dict lookup and a ``sendto`` each, with no trio
-machinery per packet; after ``batch`` packets it yields to other tasks. A miss is answered
-from the FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes
-out; its NXDOMAIN replies are kept in a negative cache of their own, so a flood of made-up
-names never empties the wire cache), else goes through the pure Responder synchronously
-(cluster names) or spawns a forwarding task (other names, classified from their bytes by the
-FastIndex when standard, and ExternalName targets outside the zone). Config swaps replace
-the responder and the wire cache in one assignment, so the next packet already sees the new
-config; forwarded answers do not depend on the config and stay (reverse names, whose owner a
-config can change, are never put in the answer cache).
+machinery per packet; after ``batch`` packets it reads the upstreams' replies, times out the
+exchanges whose upstream is late, and yields to other tasks. A miss is answered from the
+FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes out;
+its NXDOMAIN replies are kept in a negative cache of their own, so a flood of made-up names
+never empties the wire cache), else goes through the pure Responder synchronously (cluster
+names), or is handed to ``Outbound`` with a callback that sends the reply (names outside the
+zone, classified from their bytes by the FastIndex when standard): no task per forwarded
+query. ExternalName targets outside the zone, autopath walks and TCP clients use tasks that
+await ``Forwarder.resolve`` (the same exchanges). Config swaps replace the responder and the
+wire cache in one assignment, so the next packet already sees the new config; forwarded
+answers do not depend on the config and stay (reverse names, whose owner a config can change,
+are never put in the answer cache).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -35,17 +38,21 @@ from mesh.dns.autopath import AutopathWalk
 from mesh.dns.fast_index import FastIndex
 from mesh.dns.forward_cache import ForwardCache
 from mesh.dns.forwarding import ForwardPath
+from mesh.dns.listen import bind
 from mesh.dns.metrics import DnsMetrics
-from mesh.dns.packet import REFUSED, SERVFAIL, header_reply
+from mesh.dns.outbound import Outbound
+from mesh.dns.packet import SERVFAIL, header_reply
+from mesh.dns.relay import Relay, send
 from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
+from mesh.dns.tcp_server import TcpServing
 from mesh.dns.upstream import Forwarder
 from mesh.dns.wire_cache import WireCache
+from mesh.dns.worker_metrics import Merged, publish
 from mesh.dns.zone import ZoneIndex
 from mesh.netns import inside
 
 log = logging.getLogger("mesh.dns.server")
 
-BIND_ATTEMPTS = 20  # port 0: find a port free for both UDP and TCP
 RECV_SIZE = 4096  # a query is far smaller; a longer datagram is cut here
 
 
@@ -89,22 +96,33 @@ class DnsServer:
         netns: str | None = None,
         reuse_port: bool = False,
         autopath: bool = False,
+        worker: int = 0,
+        metrics_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.listen = listen
         self.port = listen[1]
         self.registry = CollectorRegistry(auto_describe=True)
         self.metrics = DnsMetrics()
-        self.registry.register(self.metrics)
+        # ``--workers N``: worker 0's /metrics sums every worker's (dns/worker_metrics.py)
+        self._worker = worker
+        self._metrics_dir = metrics_dir
+        if metrics_dir is not None and worker == 0:
+            self.registry.register(Merged(self.metrics, metrics_dir))
+        else:
+            self.registry.register(self.metrics)
         self._explicit_upstreams = None if upstreams is None else list(upstreams)
         self._resolv_conf = resolv_conf
         self._max_udp = max_udp_payload
         self._wire_cache_size = wire_cache_size
         self._forward_timeout = forward_timeout
-        self._max_forwards = max_forwards
-        self._tcp_idle = tcp_idle_timeout
-        self._max_tcp = max_tcp_connections
-        self._max_tcp_queries = max_tcp_queries
+        self._tcp = TcpServing(
+            self._answer_tcp,
+            self.metrics,
+            idle=tcp_idle_timeout,
+            max_connections=max_tcp_connections,
+            max_queries=max_tcp_queries,
+        )
         self._batch = batch
         self._netns = netns  # bind inside this network namespace (the cluster in a box)
         self._reuse_port = reuse_port  # one of several worker processes on one port
@@ -123,9 +141,13 @@ class DnsServer:
             self._forwarder, self._answers, self.metrics, max_udp=max_udp_payload, clock=clock
         )
         self._live = _Live(None, Responder(None, zone=zone, max_udp=max_udp_payload), WireCache(0))
-        self._forwards = 0
-        self._tcp_connections = 0
-        self._nursery: trio.Nursery | None = None
+        self._relay = Relay(
+            self._path,
+            self.metrics,
+            lambda: self._live.responder,
+            max_forwards=max_forwards,
+            clock=clock,
+        )
 
     # --- Component ---------------------------------------------------------------------
 
@@ -188,42 +210,20 @@ class DnsServer:
                 extra={"address": f"{self.listen[0]}:{self.port}", "upstreams": self.upstreams},
             )
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._relay.nursery = nursery
                 self._path.forwarder = self._forwarder
                 await nursery.start(self._forwarder.run)
                 nursery.start_soon(self._serve_udp, udp)
-                nursery.start_soon(trio.serve_listeners, self._serve_tcp_connection, [listener])
+                if self._metrics_dir is not None and self._worker > 0:
+                    nursery.start_soon(publish, self.metrics, self._metrics_dir, self._worker)
+                nursery.start_soon(trio.serve_listeners, self._tcp.serve, [listener])
                 task_status.started(self.port)
 
     # --- sockets -------------------------------------------------------------------------
 
     def _bind(self) -> tuple[socket.socket, socket.socket]:
         with inside(self._netns):
-            return self._bind_here()
-
-    def _bind_here(self) -> tuple[socket.socket, socket.socket]:
-        host, port = self.listen
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        for _ in range(BIND_ATTEMPTS):
-            udp = socket.socket(family, socket.SOCK_DGRAM)
-            udp.setblocking(False)
-            tcp = socket.socket(family, socket.SOCK_STREAM)
-            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self._reuse_port:
-                udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            udp.bind((host, port))
-            try:
-                tcp.bind((host, udp.getsockname()[1]))
-            except OSError as exc:
-                udp.close()
-                tcp.close()
-                if port != 0 or exc.errno != errno.EADDRINUSE:
-                    raise
-                continue
-            tcp.listen(128)
-            return udp, tcp
-        raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {host}")
+            return bind(*self.listen, reuse_port=self._reuse_port)
 
     def _resolve_upstreams(self) -> list[tuple[str, int]]:
         if self._explicit_upstreams is not None:
@@ -238,6 +238,18 @@ class DnsServer:
     # --- UDP -----------------------------------------------------------------------------
 
     async def _serve_udp(self, sock: socket.socket) -> None:
+        outbound = Outbound(self._forwarder, sock.fileno(), self._relay.spawn_tcp)
+        self._relay.outbound = outbound
+        self._forwarder.outbound = outbound
+        self._forwarder.wake = self._relay.wake
+        try:
+            await self._udp_loop(sock, outbound)
+        finally:
+            self._forwarder.outbound = None
+            self._relay.outbound = None
+            outbound.close()
+
+    async def _udp_loop(self, sock: socket.socket, outbound: Outbound) -> None:
         recvfrom = sock.recvfrom
         sendto = sock.sendto
         metrics = self.metrics
@@ -307,8 +319,8 @@ class DnsServer:
                     answered += 1
                     if cacheable:
                         live.cache.put(tail, wire[2:], label)
-                    else:  # NXDOMAIN: its own cache, so a flood of names evicts only its kind
-                        live.negative.put(tail, wire[2:], label)
+                    elif cacheable is False:  # NXDOMAIN: its own cache, so a flood of names
+                        live.negative.put(tail, wire[2:], label)  # evicts only its kind
                 else:
                     self._udp_miss(sock, data, addr, live)
             if hits or forwarded:
@@ -318,16 +330,29 @@ class DnsServer:
             if answered:
                 metrics.latency["cluster"].observe((perf() - start) / n, answered)
                 metrics.cache_misses["wire"] += answered
+            if outbound.ports or outbound.woken:  # the upstreams' replies, their timeouts
+                now = clock()
+                outbound.poll(now)
+                outbound.sweep(now)
             if n >= batch:
                 await trio.lowlevel.checkpoint()
-            else:
-                await trio.lowlevel.wait_readable(sock)
+                continue
+            # Wait for a query, a reply or a wake-up, or until the next exchange is late (a
+            # cancel scope only then: entering one costs more than a cache hit).
+            deadline = outbound.next_deadline()
+            if deadline is None:
+                await trio.lowlevel.wait_readable(outbound.fileno())
+            else:  # on time.monotonic's clock: trio's has another origin
+                with trio.move_on_at(trio.current_time() + max(0.0, deadline - time.monotonic())):
+                    await trio.lowlevel.wait_readable(outbound.fileno())
 
     def _udp_miss(self, sock: socket.socket, data: bytes, addr: Any, live: _Live) -> None:
         start = time.perf_counter()
         self.metrics.cache_misses["wire"] += 1
         namespace = live.pods.get(addr[0]) if live.pods else None
-        if namespace is not None and self._start_autopath(sock, data, addr, live, namespace):
+        if namespace is not None and self._relay.start_autopath(
+            sock, data, addr, live.responder, namespace
+        ):
             return
         outcome: Reply | Forward | Drop | None = None
         if live.fast is not None:
@@ -338,7 +363,7 @@ class DnsServer:
         if outcome is None:
             outcome = self._handle(live, data, tcp=False, fast=False)  # the loop tried it
         if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
-            self._spawn_forward(sock, data, addr, outcome, live)
+            self._relay.spawn_chase(sock, addr, outcome, live.responder)
         elif isinstance(outcome, Reply):
             self._send(sock, outcome.wire, addr)
             self.metrics.queries[outcome.label] += 1
@@ -346,25 +371,9 @@ class DnsServer:
             if outcome.cacheable:
                 live.cache.put(data[2:], outcome.wire[2:], outcome.label)
         elif isinstance(outcome, Forward):
-            self._spawn_forward(sock, data, addr, outcome, live)
+            self._relay.forward_udp(sock, data, addr, outcome, live.responder, start)
         else:
             self.metrics.dropped[outcome.reason] += 1
-
-    def _spawn_forward(
-        self, sock: socket.socket, data: bytes, addr: Any, outcome: Forward | Reply, live: _Live
-    ) -> None:
-        if self._forwards >= self._max_forwards or self._nursery is None:
-            # the bound on queries in flight: SERVFAIL at once, counted
-            chased = outcome.chase if isinstance(outcome, Reply) else None
-            query = chased.query if chased is not None else cast(Forward, outcome).query
-            reply = live.responder.failure(query, SERVFAIL, tcp=False)
-            self._send(sock, reply.wire, addr)
-            self.metrics.queries[reply.label] += 1
-            self.metrics.forward_errors["overload"] += 1
-            return
-        self._forwards += 1
-        self.metrics.forwards_in_flight = self._forwards
-        self._nursery.start_soon(self._forward_udp, sock, data, outcome, addr)
 
     def _handle(
         self, live: _Live, data: bytes, *, tcp: bool, fast: bool = True
@@ -382,139 +391,9 @@ class DnsServer:
             return Reply(header_reply(data, SERVFAIL), ("other", "SERVFAIL"))
 
     def _send(self, sock: socket.socket, wire: bytes, addr: Any) -> None:
-        try:
-            sock.sendto(wire, addr)
-        except OSError:
-            self.metrics.dropped["send"] += 1
+        send(sock, wire, addr, self.metrics)
 
-    async def _forward_udp(
-        self, sock: socket.socket, data: bytes, outcome: Forward | Reply, addr: Any
-    ) -> None:
-        try:
-            if isinstance(outcome, Forward):
-                reply = await self._forward(outcome, data, tcp=False)
-            else:
-                reply = await self._chase(outcome, tcp=False)
-            self._send(sock, reply.wire, addr)
-        finally:
-            self._forwards -= 1
-            self.metrics.forwards_in_flight = self._forwards
-
-    async def _forward(self, fwd: Forward, data: bytes, *, tcp: bool) -> Reply:
-        start = time.perf_counter()
-        responder = self._live.responder
-        try:
-            if not self._forwarder.upstreams:
-                reply = responder.failure(fwd.query, REFUSED, tcp=tcp)
-            else:
-                reply = await self._path.relay(fwd, data, responder, tcp=tcp)
-        except Exception:  # a bug (or an upstream answer we cannot re-encode): one SERVFAIL
-            log.exception("forwarding failed")
-            self.metrics.forward_errors["internal"] += 1
-            try:
-                reply = responder.failure(fwd.query, SERVFAIL, tcp=tcp)
-            except ValueError:  # dnslib cannot read it: a SERVFAIL from the header alone
-                reply = Reply(header_reply(data, SERVFAIL), ("other", "SERVFAIL"))
-        self.metrics.queries[reply.label] += 1
-        self.metrics.latency["forward"].observe(time.perf_counter() - start)
-        return reply
-
-    async def _chase(self, reply: Reply, *, tcp: bool) -> Reply:
-        """Follow an ExternalName's target outside the zone through the upstream."""
-        start = time.perf_counter()
-        responder = self._live.responder
-        try:
-            out = await self._path.chase(reply, responder, tcp=tcp)
-        except Exception:  # a bug: one SERVFAIL
-            log.exception("following a CNAME failed")
-            self.metrics.forward_errors["internal"] += 1
-            assert reply.chase is not None
-            out = responder.failure(reply.chase.query, SERVFAIL, tcp=tcp)
-        self.metrics.queries[out.label] += 1
-        self.metrics.latency["forward"].observe(time.perf_counter() - start)
-        return out
-
-    # --- autopath (CoreDNS autopath: the rest of a pod's search path, server-side) ---------
-
-    def _start_autopath(
-        self, sock: socket.socket, data: bytes, addr: Any, live: _Live, namespace: str
-    ) -> bool:
-        """Whether the query became a search-path walk (answered later by a task)."""
-        walk = AutopathWalk.start(live.responder, data, namespace)
-        if walk is None or self._forwards >= self._max_forwards or self._nursery is None:
-            return False
-        self._forwards += 1
-        self._nursery.start_soon(self._autopath_udp, sock, walk, addr)
-        return True
-
-    async def _autopath_udp(self, sock: socket.socket, walk: AutopathWalk, addr: Any) -> None:
-        try:
-            self._send(sock, (await self._walk(walk)).wire, addr)
-        finally:
-            self._forwards -= 1
-
-    async def _walk(self, walk: AutopathWalk) -> Reply:
-        start = time.perf_counter()
-        reply = walk.inside()
-        if reply is None and walk.outside is not None and self._forwarder.upstreams:
-            try:
-                result = await self._forwarder.resolve(walk.outside)
-            except Exception:  # a bug: the pod gets its NXDOMAIN and walks on itself
-                log.exception("autopath forwarding failed")
-                result = None
-            if result is not None:
-                reply = walk.forwarded(result.wire)
-        self.metrics.autopath["found" if reply is not None else "missed"] += 1
-        if reply is None:
-            reply = walk.nxdomain()
-        self.metrics.queries[reply.label] += 1
-        self.metrics.latency["forward"].observe(time.perf_counter() - start)
-        return reply
-
-    # --- TCP (RFC 7766: length-prefixed messages, several per connection) ---------------
-
-    async def _serve_tcp_connection(self, stream: trio.SocketStream) -> None:
-        if self._tcp_connections >= self._max_tcp:
-            self.metrics.dropped["tcp_connections"] += 1
-            await stream.aclose()
-            return
-        self._tcp_connections += 1
-        try:
-            peer = str(stream.socket.getpeername()[0])  # who asks: autopath knows pods by it
-        except OSError:
-            peer = ""
-        try:
-            async with stream:
-                for _ in range(self._max_tcp_queries):
-                    data = await self._read_message(stream)
-                    if data is None:
-                        return
-                    reply = await self._answer_tcp(data, peer)
-                    if reply is None:
-                        return  # not a query (or no header): close, there is nothing to say
-                    await stream.send_all(len(reply).to_bytes(2, "big") + reply)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            self._tcp_connections -= 1
-
-    async def _read_message(self, stream: trio.SocketStream) -> bytes | None:
-        """The next length-prefixed message, or None at EOF or after the idle timeout."""
-        buf = bytearray()
-        with trio.move_on_after(self._tcp_idle):
-            while len(buf) < 2:
-                chunk = await stream.receive_some(2 - len(buf))
-                if not chunk:
-                    return None
-                buf += chunk
-            size = int.from_bytes(buf[:2], "big")
-            while len(buf) < 2 + size:
-                chunk = await stream.receive_some(2 + size - len(buf))
-                if not chunk:
-                    return None
-                buf += chunk
-            return bytes(buf[2:])
-        return None
+    # --- TCP (dns/tcp_server.py frames the messages) -----------------------------------
 
     async def _answer_tcp(self, data: bytes, peer: str) -> bytes | None:
         start = time.perf_counter()
@@ -523,15 +402,15 @@ class DnsServer:
         if namespace is not None:
             walk = AutopathWalk.start(live.responder, data, namespace, tcp=True)
             if walk is not None:
-                return (await self._walk(walk)).wire
+                return (await self._relay.walk(walk)).wire
         outcome = self._handle(live, data, tcp=True)
         if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
-            return (await self._chase(outcome, tcp=True)).wire
+            return (await self._relay.chase(outcome, tcp=True)).wire
         if isinstance(outcome, Reply):
             self.metrics.queries[outcome.label] += 1
             self.metrics.latency["cluster"].observe(time.perf_counter() - start)
             return outcome.wire
         if isinstance(outcome, Forward):
-            return (await self._forward(outcome, data, tcp=True)).wire
+            return (await self._relay.forward(outcome, data, tcp=True)).wire
         self.metrics.dropped[outcome.reason] += 1
         return None

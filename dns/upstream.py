@@ -1,17 +1,13 @@
-"""Forwarding to upstream servers (trio): one exchange per question, however many ask.
+"""Forwarding to upstream servers: the upstreams, their health and the single exchanges.
 
-- An exchange uses a fresh UDP socket connected to the upstream, so the kernel drops
-  datagrams from any other address; a reply counts only with our random ID (RFC 5452), the QR
-  bit and our question. Anything else is read and dropped (a bounded number), so a spoofed or
-  stale reply can neither answer the client nor enter the cache. A truncated reply is asked
-  again over TCP.
-- Identical questions in flight share one exchange: the first asker sends, the others wait
-  for its result.
-- Upstreams are tried in the order the ``Pool`` gives (policy, health); each within
-  ``timeout``. A SERVFAIL or REFUSED makes the next one try. Answers go into the question
-  cache; when every upstream fails, an expired entry in its ``serve_stale`` window answers.
+- ``Forwarder`` holds the upstream ``Pool`` (policy, health), the question cache and the
+  health checker; the exchanges of forwarded questions run in ``outbound.Outbound`` (kept-open
+  sockets polled by the server's UDP loop), which ``resolve`` hands the question to.
+- A reply counts only with our random ID (RFC 5452), the QR bit and our question
+  (``matches``). A truncated reply is asked again over TCP (``exchange_tcp``).
 - ``run`` probes the upstreams marked down every ``health_check`` seconds (``. IN NS``, as
-  CoreDNS's ``forward`` does); any reply brings one back.
+  CoreDNS's ``forward`` does) with a one-off exchange (``exchange_udp``: a fresh socket
+  connected to the upstream); any reply brings one back.
 """
 
 from __future__ import annotations
@@ -23,11 +19,11 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from mesh.dns.forward_cache import STALE_TTL, ForwardCache, Ttls, with_ttls
+from mesh.dns.forward_cache import ForwardCache, Ttls, with_ttls
 from mesh.dns.layout import HEADER, Layout, opt_record, scan
 from mesh.dns.metrics import DnsMetrics
 from mesh.dns.pool import Address, Pool
@@ -87,6 +83,7 @@ class _Ids:
 _IDS = _Ids()
 # a forked child must not replay its parent's IDs
 os.register_at_fork(after_in_child=lambda: setattr(_IDS, "buf", b""))
+new_id = _IDS.next
 
 
 def request(question: bytes, cd: bool) -> bytes:
@@ -170,15 +167,18 @@ async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
     return bytes(buf)
 
 
-class _Pending:
-    __slots__ = ("done", "result")
+class Asker(Protocol):
+    """What runs the exchanges (``outbound.Outbound``): the answer comes through ``waiter``."""
 
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: Answer | None = None
+    def ask(
+        self, question: bytes, cd: bool, waiter: Callable[[Answer | None], None], now: float
+    ) -> None: ...
 
 
 class Forwarder:
+    """The upstreams (order and health), the question cache and the health checker; the
+    exchanges themselves run in ``outbound`` (the server's loop), which ``resolve`` uses."""
+
     def __init__(
         self,
         upstreams: Sequence[Address],
@@ -197,7 +197,8 @@ class Forwarder:
         self.timeout = timeout
         self.health_check = health_check
         self.clock = clock
-        self._inflight: dict[bytes, _Pending] = {}
+        self.outbound: Asker | None = None  # set by the server's loop
+        self.wake: Callable[[], None] = lambda: None  # tells the loop a deadline was added
 
     @property
     def upstreams(self) -> list[Address]:
@@ -206,68 +207,42 @@ class Forwarder:
     async def resolve(self, question: bytes, cd: bool = False) -> Answer | None:
         """The answer to ``question`` (name, type, class in wire form); None when no upstream
         answered usefully and nothing stale may stand in (the caller replies SERVFAIL)."""
-        key = question_key(question, cd)
-        now = self.clock()
+        outbound = self.outbound
+        if outbound is None:  # the loop is not running (yet): nothing can be asked
+            return None
+        got: list[Answer | None] = []
+        done = trio.Event()
+
+        def waiter(answer: Answer | None) -> None:
+            got.append(answer)
+            done.set()
+
+        outbound.ask(question, cd, waiter, self.clock())
+        if not got:
+            self.wake()
+            await done.wait()
+        return got[0]
+
+    def cached(self, key: bytes, now: float) -> Answer | None:
+        """A fresh answer from the question cache, its TTLs lowered for its age."""
         entry = self.cache.get(key, now)
-        if entry is not None:
-            self.metrics.cache_hits["forward"] += 1
-            age = int(now - entry.stored)
-            layout = scan(entry.wire)
-            if layout is not None:
-                ttls = tuple((o, max(0, t - age)) for o, t in entry.ttls)
-                wire = bytes(with_ttls(entry.wire, entry.ttls, age)) if age else entry.wire
-                return Answer(wire, layout, ttls, entry.remaining(now))
-        pending = self._inflight.get(key)
-        if pending is not None:
-            self.metrics.forward_shared += 1
-            await pending.done.wait()
-            return pending.result
-        self.metrics.cache_misses["forward"] += 1
-        pending = self._inflight[key] = _Pending()
-        try:
-            pending.result = await self._ask(key, question.lower(), cd)
-        finally:
-            del self._inflight[key]
-            pending.done.set()
-        return pending.result
+        if entry is None:
+            return None
+        layout = scan(entry.wire)
+        if layout is None:
+            return None
+        self.metrics.cache_hits["forward"] += 1
+        age = int(now - entry.stored)
+        ttls = tuple((o, max(0, t - age)) for o, t in entry.ttls)
+        wire = bytes(with_ttls(entry.wire, entry.ttls, age)) if age else entry.wire
+        return Answer(wire, layout, ttls, entry.remaining(now))
 
-    async def _ask(self, key: bytes, question: bytes, cd: bool) -> Answer | None:
-        wire = request(question, cd)
-        qend = HEADER + len(question)
-        fallback: Answer | None = None
-        for i in self.pool.order():
+    def succeeded(self, i: int) -> None:
+        if self.pool.succeeded(i):
             server = self.pool.addresses[i]
-            try:
-                with trio.fail_after(self.timeout):
-                    data, layout = await exchange_udp(server, wire, qend)
-                    if layout.tc:
-                        data, layout = await exchange_tcp(server, wire, qend)
-            except trio.TooSlowError:
-                self._failed(i, "timeout")
-                continue
-            except UpstreamError as exc:
-                self._failed(i, exc.reason, str(exc))
-                continue
-            if layout.rcode in RETRY_RCODES:
-                # the upstream is alive: its answer for this name is bad, not its health
-                self.metrics.forward_errors[RCODE_REASONS[layout.rcode]] += 1
-                fallback = fallback or Answer(data, layout, layout.ttls, 0)
-                continue
-            if self.pool.succeeded(i):
-                log.info("upstream up", extra={"upstream": f"{server[0]}:{server[1]}"})
-            keep = self.cache.keep_for(layout)
-            self.cache.put(key, data, layout.ttls, qend, ttl=keep, now=self.clock())
-            return Answer(data, layout, layout.ttls, keep)
-        stale = self.cache.stale(key, self.clock())
-        found = scan(stale.wire) if stale is not None else None
-        if stale is None or found is None:
-            return fallback
-        self.metrics.cache_hits["stale"] += 1
-        wire = bytes(with_ttls(stale.wire, stale.ttls, 0, fixed=STALE_TTL))
-        ttls = tuple((o, STALE_TTL) for o, _ in stale.ttls)
-        return Answer(wire, found, ttls, 0, stale=True)
+            log.info("upstream up", extra={"upstream": f"{server[0]}:{server[1]}"})
 
-    def _failed(self, i: int, reason: str, detail: str = "") -> None:
+    def failed(self, i: int, reason: str, detail: str = "") -> None:
         server = self.pool.addresses[i]
         self.metrics.forward_errors[reason] += 1
         if self.pool.failed(i):
@@ -298,5 +273,4 @@ class Forwarder:
             self.pool.failed(i)
             return
         self.metrics.health_checks["ok"] += 1
-        if self.pool.succeeded(i):
-            log.info("upstream up", extra={"upstream": f"{server[0]}:{server[1]}"})
+        self.succeeded(i)

@@ -7,7 +7,9 @@ or config file; nothing is shared, so a config applies in each worker independen
 
 This supervisor only starts, watches and stops them: for port 0 it first takes a port free for
 both UDP and TCP (holding it with a SO_REUSEPORT pair until every worker has bound it), passes
-each worker its own admin port (the given one plus the worker's number, or 0), relays their
+each worker its own admin port (the given one plus the worker's number, or 0) and a directory
+where workers 1..N-1 leave their counters, so worker 0's /metrics (the announced ``admin``)
+sums every worker's (dns/worker_metrics.py), relays their
 announcements once every worker is ready, forwards SIGTERM and SIGINT, and when one worker dies stops the others and exits
 with its status, so a process manager sees one service.
 """
@@ -17,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -81,10 +85,13 @@ def supervise(
         stopping.append(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # where workers 1..N-1 leave their counters for worker 0's merged /metrics
+    metrics_dir = tempfile.mkdtemp(prefix="mesh-dns-metrics-")
     try:
         for i in range(n):
             aport = admin[1] + i if admin[1] else 0
-            args = worker_args((host, port), (admin[0], aport))
+            args = [*worker_args((host, port), (admin[0], aport))]
+            args += ["--worker-index", str(i), "--metrics-dir", metrics_dir]
             proc = subprocess.Popen(
                 [sys.executable, "-m", "mesh.cli", "dns", *args], stdout=subprocess.PIPE
             )
@@ -114,6 +121,7 @@ def supervise(
         for s in held:
             s.close()
         _stop(procs)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 

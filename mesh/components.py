@@ -77,6 +77,8 @@ def _dns_translator(settings: PlaneSettings) -> Translator:
     "and answer with a CNAME (as CoreDNS's autopath): one query instead of up to four.",
 )
 @click.option("--reuse-port", is_flag=True, hidden=True)  # set by the supervisor on its workers
+@click.option("--worker-index", type=int, default=0, hidden=True)  # the same
+@click.option("--metrics-dir", type=click.Path(path_type=Path), hidden=True)  # the same
 @log_options
 def dns_command(
     control_url: str | None,
@@ -89,6 +91,8 @@ def dns_command(
     workers: int | None,
     autopath: bool,
     reuse_port: bool,
+    worker_index: int,
+    metrics_dir: Path | None,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -136,6 +140,8 @@ def dns_command(
         zone=zone,
         reuse_port=reuse_port,
         autopath=autopath,
+        worker=worker_index,
+        metrics_dir=metrics_dir,
         **forward_options(),
     )
     run_component(server, control_url, config_file, admin_listen, announce, ("dns", dns_listen))

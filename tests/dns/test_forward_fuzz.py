@@ -13,6 +13,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mesh.dns.layout import scan
 from tests.dns.cases import CLUSTER
 from tests.dns.serving import HOST, running
 
@@ -110,8 +111,13 @@ async def _exchange(
                         data = await sock.recv(65535)
                         if data[:2] == valid.id.to_bytes(2, "big"):
                             break
-                got = dns.message.from_wire(data)
-                assert got.id == valid.id and got.rcode() in (
+                # A well-formed message (every length fits, the types we know have their
+                # shape). The hostile upstream may have turned a record's type into one whose
+                # rdata only a parser knowing that type rejects (e.g. NS into AVC, 258): a
+                # forwarder passes unknown types on opaque, as resolvers do.
+                assert data[:2] == valid.id.to_bytes(2, "big")
+                assert scan(data) is not None, data.hex()
+                assert data[3] & 0xF in (
                     dns.rcode.NOERROR,
                     dns.rcode.SERVFAIL,
                     dns.rcode.FORMERR,

@@ -244,6 +244,13 @@ def _with_answer(rdata_type: int, rdata: bytes, owner: bytes = b"\xc0\x0c") -> b
         (_with_answer(6, b"\xc0\x0c\xc0\x0c" + bytes(20)), True),  # SOA
         (_with_answer(6, b"\xc0\x0c\xc0\x0c" + bytes(19)), False),
         (_with_answer(5, LONG_NAME), False),  # a name of 257 bytes
+        (_with_answer(1, bytes(5)), False),  # an IPv4 address of 5 bytes
+        (_with_answer(28, bytes(16)), True),  # AAAA
+        (_with_answer(28, bytes(4)), False),
+        (_with_answer(16, b"\x02hi\x00"), True),  # TXT "hi" ""
+        (_with_answer(16, b"\x05hi"), False),  # a string longer than the rdata
+        (_with_answer(16, b""), False),  # TXT holds at least one string
+        (_with_answer(65280, b"\x05hi"), True),  # a type we do not know: opaque
     ],
 )
 def test_names_in_records_are_checked(wire: bytes, valid: bool) -> None:

@@ -233,3 +233,21 @@ async def test_component_interface_and_rejected_config() -> None:
     with pytest.raises(ConfigRejected):
         server.apply(bad)
     assert server.config_json()["version"] == 7  # the previous config stays live
+
+
+async def test_mixed_case_questions_are_answered_from_the_index_and_not_cached() -> None:
+    """0x20 randomisation: each spelling is answered with its case echoed, counted as a wire
+    cache miss answered on the fast path, and kept in no cache (each spelling is asked once)."""
+    async with running(CLUSTER) as server:
+        for name in ("WeB.ShOp.svc.cluster.local.", "wEb.sHoP.SVC.cluster.local."):
+            reply = await ask_udp(server, q(name))
+            assert reply.question[0].name.to_text() == name
+            assert reply.answer[0].name.to_text() == name  # a pointer to the question
+            assert addresses(reply) == ["127.10.0.5"]
+        missing = await ask_udp(server, q("NoPe.ShOp.svc.cluster.local."))
+        assert missing.rcode() == dns.rcode.NXDOMAIN
+        assert missing.question[0].name.to_text() == "NoPe.ShOp.svc.cluster.local."
+        live = server._live  # the general path would have kept its replies in the wire cache
+        assert len(live.cache) == 0 and len(live.negative) == 0
+        value = server.registry.get_sample_value
+        assert value("mesh_dns_cache_misses_total", {"cache": "wire"}) == 3

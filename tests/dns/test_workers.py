@@ -1,5 +1,5 @@
-"""``mesh dns --workers N``: N processes on one port (SO_REUSEPORT), every one answering, all
-gone after SIGTERM."""
+"""``mesh dns --workers N``: N processes on one port (SO_REUSEPORT), every one answering, one
+merged /metrics, all gone after SIGTERM."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ from pathlib import Path
 
 import dns.message
 import dns.query
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
+from mesh.dns.metrics import DnsMetrics
+from mesh.dns.worker_metrics import merge
 from mesh.dns.workers import reserve
 from tests.polling import wait_for
 from tests.test_cli_e2e import MESH, Proc
@@ -54,6 +58,14 @@ def answered(admin: tuple[str, int]) -> float:
     )
 
 
+def config_version(admin: tuple[str, int]) -> float:
+    with urllib.request.urlopen(f"http://{admin[0]}:{admin[1]}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    found = re.search(r"^mesh_dns_config_version ([0-9.e+]+)$", text, re.M)
+    assert found is not None, text
+    return float(found.group(1))
+
+
 def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
     config = tmp_path / "dns.json"
     config.write_text(
@@ -89,9 +101,15 @@ def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
             else:
                 reply = dns.query.udp(q, server[0], port=server[1], timeout=5)
             assert [rr.to_text() for rrset in reply.answer for rr in rrset] == ["127.10.0.5"]
-        counts = [answered(admin) for admin in admins]
-        assert all(c > 0 for c in counts), counts
-        assert sum(counts) >= 90
+        # Worker 0's /metrics (the announced admin) is the whole server's: its own counters
+        # and the others' as they last published them (at most a second old).
+        peers = [answered(admin) for admin in admins[1:]]
+        assert all(c > 0 for c in peers), peers
+        wait_for(lambda: answered(admins[0]) >= 90, timeout=10)
+        merged = answered(admins[0])
+        assert merged == 90  # every query exactly once: no worker counted twice
+        assert merged > sum(answered(admin) for admin in admins[1:])  # worker 0's own too
+        wait_for(lambda: config_version(admins[0]) == 1, timeout=5)  # a version, not a sum
         proc.popen.send_signal(signal.SIGTERM)
         assert proc.popen.wait(20) == 0
         deadline = time.monotonic() + 10
@@ -131,3 +149,25 @@ def test_reserve_holds_one_port_for_both_protocols() -> None:
     finally:
         for s in held:
             s.close()
+
+
+def test_merge_sums_samples_and_keeps_the_lowest_config_version() -> None:
+    a, b = DnsMetrics(), DnsMetrics()
+    a.queries[("A", "NOERROR")] = 3
+    b.queries[("A", "NOERROR")] = 4
+    b.queries[("AAAA", "NXDOMAIN")] = 1
+    a.latency["cache"].observe(0.001, 3)
+    b.latency["cache"].observe(0.001, 4)
+    a.forwards_in_flight, b.forwards_in_flight = 2, 5
+    a.config_version, b.config_version = 7, 6  # b has not applied the newest config yet
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(b)
+    published = list(text_string_to_metric_families(generate_latest(registry).decode()))
+    merged = {f.name: f for f in merge([*a.collect(), *published])}
+    queries = {tuple(s.labels.values()): s.value for s in merged["mesh_dns_queries"].samples}
+    assert queries == {("A", "NOERROR"): 7, ("AAAA", "NXDOMAIN"): 1}
+    counts = [s.value for s in merged["mesh_dns_request_duration_seconds"].samples
+              if s.name.endswith("_count") and s.labels["path"] == "cache"]  # fmt: skip
+    assert counts == [7]
+    assert [s.value for s in merged["mesh_dns_forwards_in_flight"].samples] == [7]
+    assert [s.value for s in merged["mesh_dns_config_version"].samples] == [6]
