@@ -303,8 +303,8 @@ class ControlPlane:
     ) -> None:
         """A component's report of its run-time state (the gateway: listeners it could not
         open), from ``instance`` (in process: "local"; over HTTP: the reporter's name) and
-        live until ``expires`` (trio time; None: until replaced). The union of the kind's live
-        reports (control/reports.py) goes to its status writer; the status is written again
+        live until ``expires`` (trio time; None: until replaced). What the kind's live reports
+        agree on (control/reports.py) goes to its status writer; the status is written again
         at once when that changed it (the next translation would otherwise be the next
         object change)."""
         if not self.takes_reports(kind):

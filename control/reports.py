@@ -15,9 +15,11 @@ anything else is a :class:`ReportError` with an HTTP status and one sentence.
 Each report is a lease. It names its ``instance`` (two gateways' reports never overwrite
 each other) and lives ``ttlSeconds`` (default 30) unless posted again: the reporter re-posts
 every third of that, so a gateway that went away without a word stops counting within one
-lease. The kind's status writer sees the union of the live reports; when several instances
-report the same listener, the first instance by name gives the sentence. An in-process
-report (``expires`` None) never expires.
+lease. The kind's status writer sees what the live reports agree on: an entry (a listener
+not served) stands only while every live instance reports it, because each gateway is fed
+every Gateway, one instance that binds a listener serves it, and the others then fail on
+the taken port; the first instance by name gives the sentence. An in-process report
+(``expires`` None) never expires.
 """
 
 from __future__ import annotations
@@ -154,13 +156,14 @@ class Reports:
     def put(
         self, kind: str, instance: str, payload: Mapping[str, Any], expires: float | None
     ) -> bool:
-        """Record ``instance``'s latest report; True when the kind's union changed."""
+        """Record ``instance``'s latest report; True when what they agree on changed."""
         before = self.merged(kind)
         self._live.setdefault(kind, {})[instance] = (expires, dict(payload))
         return self.merged(kind) != before
 
     def expire(self, now: float) -> list[str]:
-        """Drop the reports whose lease ended by ``now``; the kinds whose union changed."""
+        """Drop the reports whose lease ended by ``now``; the kinds whose merged report
+        changed."""
         changed = []
         for kind, by_instance in sorted(self._live.items()):
             gone = [i for i, (exp, _) in by_instance.items() if exp is not None and exp <= now]
@@ -178,12 +181,13 @@ class Reports:
         return min(times, default=None)
 
     def merged(self, kind: str) -> dict[str, Any]:
-        """The union of ``kind``'s live reports (the first instance by name wins a key)."""
-        union: dict[str, Any] = {}
-        for _, (_, payload) in sorted(self._live.get(kind, {}).items()):
-            for key, value in payload.items():
-                union.setdefault(key, value)
-        return union
+        """The entries every live report of ``kind`` has (the first instance by name gives
+        the value)."""
+        payloads = [p for _, (_, p) in sorted(self._live.get(kind, {}).items())]
+        if not payloads:
+            return {}
+        first, *others = payloads
+        return {k: v for k, v in first.items() if all(k in p for p in others)}
 
     def describe(self, kind: str, now: float) -> dict[str, Any]:
         """The live reports of ``kind`` for ``GET /v1/reports/{kind}``."""

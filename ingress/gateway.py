@@ -13,8 +13,9 @@ start and stay; a Gateway's listeners (its address and port, from the config) ar
 closed as configs come and go by a reconcile task. A listener that cannot be opened (the
 address is not local, the port is taken or needs privileges) is logged, kept in ``problems``
 (``/config``), reported through ``on_failures`` (the control plane writes it into the
-Gateway's status) and tried again every few seconds and at each config; once it binds, the
-report says so and the status is cleared.
+Gateway's status: in process under ``mesh up``, over ``POST /v1/reports/ingress`` from
+``mesh ingress --control``, mesh/report_client.py) and tried again every few seconds and at
+each config; once it binds, the report says so and the status is cleared.
 """
 
 from __future__ import annotations

@@ -126,28 +126,33 @@ def test_the_reporter_encoding_is_what_the_route_decodes() -> None:
     assert parse_report("ingress", raw).payload == failures
 
 
-def test_two_instances_are_kept_apart_and_joined() -> None:
+def test_two_instances_are_kept_apart_and_a_listener_one_serves_is_served() -> None:
     reports = Reports()
     other = ListenerFailure(message="other")
-    assert reports.put("ingress", "b/1", {L: other}, 10.0) is True
-    assert reports.put("ingress", "a/1", {L: TAKEN}, 20.0) is True  # a sorts first: its sentence
+    assert reports.put("ingress", "b/1", {L: other, "y": other}, 10.0) is True
+    assert reports.merged("ingress") == {L: other, "y": other}
+    # a sorts first: its sentence; it serves "y", so "y" is served.
+    assert reports.put("ingress", "a/1", {L: TAKEN}, 20.0) is True
     assert reports.merged("ingress") == {L: TAKEN}
-    assert reports.put("ingress", "a/1", {}, 20.0) is True
-    assert reports.merged("ingress") == {L: other}  # b's report still stands
+    assert reports.put("ingress", "a/1", {}, 20.0) is True  # a binds L: served
+    assert reports.merged("ingress") == {}
     assert reports.put("ingress", "a/1", {}, 25.0) is False  # a refresh changes nothing
+    assert reports.expire(20.0) == []  # a's lease runs to 25 now; b's ended: nothing changes
+    assert reports.expire(25.0) == []  # no instance left: nothing reported
     assert reports.merged("dns") == {}
 
 
 def test_a_lease_that_ends_drops_its_report_and_only_that() -> None:
     reports = Reports()
-    reports.put("ingress", "gone/1", {L: TAKEN}, 10.0)
-    reports.put("ingress", "local", {"x": TAKEN}, None)  # in process: never expires
+    reports.put("ingress", "gone/1", {L: TAKEN}, 10.0)  # it serves "x"
+    reports.put("ingress", "local", {L: TAKEN, "x": TAKEN}, None)  # in process: no lease
+    assert reports.merged("ingress") == {L: TAKEN}
     assert reports.next_expiry() == 10.0
     assert reports.expire(9.9) == []
-    assert reports.expire(10.0) == ["ingress"]
-    assert reports.merged("ingress") == {"x": TAKEN}
+    assert reports.expire(10.0) == ["ingress"]  # nobody serves "x" any more
+    assert reports.merged("ingress") == {L: TAKEN, "x": TAKEN}
     assert reports.next_expiry() is None
     assert reports.expire(1e9) == []
     assert reports.describe("ingress", 0.0) == {
-        "local": {"expiresInSeconds": None, "entries": ["x"]}
+        "local": {"expiresInSeconds": None, "entries": [L, "x"]}
     }
