@@ -36,6 +36,7 @@ MAX_BODY = 64 << 10  # a report of every listener a Gateway may have fits many t
 MAX_LISTENERS = 1024
 MAX_NAME = 253
 MAX_MESSAGE = 1024
+MAX_INSTANCES = 256  # live reporters of one kind: the table stays bounded whoever posts
 DEFAULT_TTL = 30
 MIN_TTL, MAX_TTL = 1, 600
 _INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\[\]_-]*")
@@ -156,7 +157,11 @@ class Reports:
     def put(
         self, kind: str, instance: str, payload: Mapping[str, Any], expires: float | None
     ) -> bool:
-        """Record ``instance``'s latest report; True when what they agree on changed."""
+        """Record ``instance``'s latest report; True when what they agree on changed.
+        ReportError (429) for a new instance when MAX_INSTANCES are live."""
+        live = self._live.get(kind, {})
+        if instance not in live and len(live) >= MAX_INSTANCES:
+            raise ReportError(429, f"{MAX_INSTANCES} instances already report {kind[:40]!r}")
         before = self.merged(kind)
         self._live.setdefault(kind, {})[instance] = (expires, dict(payload))
         return self.merged(kind) != before

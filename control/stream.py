@@ -165,9 +165,11 @@ class ConfigServer:
         content_type = next((v for k, v in request.headers if k.lower() == "content-type"), None)
         try:
             report = reports.parse_report(kind, request.body, content_type)
+            self.plane.report(
+                kind, report.payload, instance=report.instance, expires=now + report.ttl
+            )
         except reports.ReportError as exc:
             return text(exc.status, str(exc))
-        self.plane.report(kind, report.payload, instance=report.instance, expires=now + report.ttl)
         return json_response(
             {"kind": kind, "instance": report.instance, "ttlSeconds": report.ttl,
              "entries": len(report.payload)}

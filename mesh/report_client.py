@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,13 @@ from mesh.stream_client import Backoff, StreamError, fetch_json
 log = logging.getLogger("mesh.report")
 
 _FAILED = (OSError, trio.BrokenResourceError, trio.TooSlowError, StreamError)
+
+
+def instance_name(host: str, port: int) -> str:
+    """``host/port`` in the characters a report's ``instance`` allows (control/reports.py)."""
+    clean = re.sub(r"[^A-Za-z0-9._:\[\]_-]", "-", host)
+    clean = re.sub(r"^[^A-Za-z0-9]+", "", clean)[:200]  # it starts with a letter or digit
+    return f"{clean or 'gateway'}/{port}"
 
 
 class Reporter:

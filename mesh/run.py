@@ -419,10 +419,10 @@ async def _start_reporter(nursery: trio.Nursery, url: str, component: Component[
         return None
     import socket
 
-    from mesh.report_client import Reporter
+    from mesh.report_client import Reporter, instance_name
 
-    port = getattr(component, "port", 0)
-    reporter = Reporter(url, component.name, f"{socket.gethostname()}/{port}")
+    instance = instance_name(socket.gethostname(), getattr(component, "port", 0))
+    reporter = Reporter(url, component.name, instance)
     component.on_failures = reporter.update
     await nursery.start(reporter.run)
     return reporter

@@ -10,12 +10,14 @@ import pytest
 from mesh.config.gateway import ListenerFailure
 from mesh.control.reports import (
     MAX_BODY,
+    MAX_INSTANCES,
     Report,
     ReportError,
     Reports,
     encode_failures,
     parse_report,
 )
+from mesh.report_client import instance_name
 
 L = "gateway/default/web/8080"
 TAKEN = ListenerFailure(message="cannot listen on 127.11.0.1:8080: Address already in use")
@@ -156,3 +158,32 @@ def test_a_lease_that_ends_drops_its_report_and_only_that() -> None:
     assert reports.describe("ingress", 0.0) == {
         "local": {"expiresInSeconds": None, "entries": [L, "x"]}
     }
+
+
+def test_the_table_of_live_reporters_is_bounded() -> None:
+    reports = Reports()
+    for i in range(MAX_INSTANCES):
+        reports.put("ingress", f"gw/{i}", {}, 10.0)
+    with pytest.raises(ReportError) as caught:
+        reports.put("ingress", "one/more", {}, 10.0)
+    assert caught.value.status == 429
+    reports.put("ingress", "gw/0", {L: TAKEN}, 20.0)  # a known instance refreshes
+    reports.expire(10.0)
+    assert reports.put("ingress", "one/more", {}, 30.0) is True  # room again; it serves L
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("node-1.example", 8080, "node-1.example/8080"),
+        ("my host", 1, "my-host/1"),
+        ("_x", 2, "x/2"),
+        ("", 3, "gateway/3"),
+    ],
+)
+def test_a_host_name_becomes_an_instance_the_route_takes(
+    host: str, port: int, expected: str
+) -> None:
+    name = instance_name(host, port)
+    assert name == expected
+    assert parse_report("ingress", body(instance=name)).instance == name
