@@ -180,3 +180,15 @@ async def test_the_reporter_retries_until_the_plane_is_up_then_follows_changes(
     reporter.reconnected()
     await until(lambda: listener_programmed(plane)[0] == "False")
     assert reporter.posted == posted + 1
+
+
+async def test_the_reporter_posts_again_every_third_of_its_lease(nursery: trio.Nursery) -> None:
+    plane, url = await start(nursery)
+    reporter = Reporter(url, "ingress", "gw/2", ttl=3)  # a post every second
+    reporter.update({L: TAKEN})
+    await nursery.start(reporter.run)
+    await until(lambda: listener_programmed(plane)[0] == "False")
+    plane.report("ingress", {}, instance="gw/2", expires=None)  # the plane forgets it
+    assert listener_programmed(plane)[0] == "True"
+    await until(lambda: listener_programmed(plane)[0] == "False")  # without a change
+    assert reporter.posted >= 2

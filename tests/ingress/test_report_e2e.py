@@ -1,7 +1,8 @@
 """``mesh control`` and ``mesh ingress --control`` as separate processes: a Gateway
 listener whose port the test holds is reported back over the config stream server's
 ``POST /v1/reports/ingress`` and shows in ``mesh get gateway -o yaml`` (Programmed False,
-Pending, the gateway's sentence); released, the gateway binds it and the status clears."""
+Pending, the gateway's sentence), again after the control plane restarts; released, the
+gateway binds it and the status clears."""
 
 from __future__ import annotations
 
@@ -66,6 +67,18 @@ def test_a_separate_gateway_reports_a_held_port_into_the_gateway_status(tmp_path
         assert instance.endswith(f"/{gateway.addresses['gateway'][1]}")
         assert live[instance]["entries"] == [f"gateway/default/web/{port}"]
         assert 0 < live[instance]["expiresInSeconds"] <= 30
+
+        # The control plane restarts (on its port, with nothing reported): the gateway's
+        # config stream reconnects, and the gateway posts its report again.
+        plane.stop()
+        procs.remove(plane)
+        plane = Proc(
+            ["control", "-f", str(manifests), "--control-listen", control.removeprefix("http://"),
+             "--admin-listen", *local],
+            {"control"},
+        )  # fmt: skip
+        procs.append(plane)
+        wait_for(pending, timeout=20)
 
         held.close()  # free: the gateway binds it on its next try and reports it bound
 
