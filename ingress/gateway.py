@@ -96,6 +96,8 @@ class IngressGateway:
         # Told the listener failures whenever they change (the control plane writes them into
         # the Gateway's status): set by whoever runs the gateway beside a control plane.
         self.on_failures: Callable[[Mapping[str, ListenerFailure]], None] | None = None
+        # How that report is getting to a control plane in another process (``/config``).
+        self.report_state: Callable[[], Any] | None = None
         self.certificate_problems: list[str] = []
         self._running: dict[Key, _Running] = {}
         self._changed = trio.Event()
@@ -163,6 +165,7 @@ class IngressGateway:
             },
             "certificateProblems": self.certificate_problems,
             "routing": self.holder.routing.describe(),
+            **({"report": self.report_state()} if self.report_state is not None else {}),
         }
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:

@@ -65,6 +65,7 @@ class Reporter:
         self.timeout = timeout
         self.rng = rng or random.Random()
         self.posted = 0  # reports the plane took (tests and /config read it)
+        self.last_error = ""  # why the last post failed ("" when it went through)
         self._latest: dict[str, ListenerFailure] = {}
         self._wanted = 0  # generation of the latest report: a change while posting shows
         self._wake = trio.Event()
@@ -74,6 +75,15 @@ class Reporter:
     def update(self, failures: Mapping[str, ListenerFailure]) -> None:
         self._latest = dict(failures)
         self._ask()
+
+    def describe(self) -> dict[str, Any]:
+        """For the component's ``/config``: where the report goes and whether it arrives."""
+        return {
+            "url": f"{self.url}/v1/reports/{self.kind}",
+            "instance": self.instance,
+            "posted": self.posted,
+            "lastError": self.last_error,
+        }
 
     def reconnected(self) -> None:
         self._ask()
@@ -99,6 +109,7 @@ class Reporter:
             wanted = self._wanted
             wait = self.refresh
             error = await self._post_once()
+            self.last_error = error or ""
             if error is None:
                 attempt = 0
                 last_error = ""

@@ -424,6 +424,7 @@ async def _start_reporter(nursery: trio.Nursery, url: str, component: Component[
     instance = instance_name(socket.gethostname(), getattr(component, "port", 0))
     reporter = Reporter(url, component.name, instance)
     component.on_failures = reporter.update
+    component.report_state = reporter.describe  # type: ignore[attr-defined]
     await nursery.start(reporter.run)
     return reporter
 

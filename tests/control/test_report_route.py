@@ -167,8 +167,12 @@ async def test_the_reporter_retries_until_the_plane_is_up_then_follows_changes(
     await nursery.start(reporter.run)
     await trio.sleep(0.5)  # several refused tries
     assert reporter.posted == 0
+    state = reporter.describe()
+    assert state["instance"] == "gw/1" and state["url"] == f"{url}/v1/reports/ingress"
+    assert state["lastError"]  # why it has not arrived
     plane, _ = await start(nursery, port)
     await until(lambda: listener_programmed(plane)[:2] == ("False", "Pending"))
+    assert reporter.describe()["lastError"] == ""
     reporter.update({})
     await until(lambda: listener_programmed(plane) == ("True", "Programmed", ""))
     # The plane forgets (as a restarted one would); a reconnection brings the report back.

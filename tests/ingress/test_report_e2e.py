@@ -67,6 +67,11 @@ def test_a_separate_gateway_reports_a_held_port_into_the_gateway_status(tmp_path
         assert instance.endswith(f"/{gateway.addresses['gateway'][1]}")
         assert live[instance]["entries"] == [f"gateway/default/web/{port}"]
         assert 0 < live[instance]["expiresInSeconds"] <= 30
+        state = httpx.get(f"{gateway.url('admin')}/config/ingress", timeout=5).json()
+        report = state["report"]
+        assert report["url"] == f"{control}/v1/reports/ingress"
+        assert report["instance"] == instance and report["lastError"] == ""
+        assert report["posted"] >= 1
 
         # The control plane restarts (on its port, with nothing reported): the gateway's
         # config stream reconnects, and the gateway posts its report again.
