@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import math
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from mesh.config.base import ComponentConfig
 from mesh.control import endpoints
 from mesh.control.ipam import DEFAULT_NODE_PORTS, DEFAULT_SERVICE_CIDR, ServiceAllocator
+from mesh.control.reports import Reports
 from mesh.control.source_dir import DirSource
 from mesh.control.store import Gone, Snapshot, Store, WatchEvent
 from mesh.manifests import ManifestError
@@ -177,6 +179,8 @@ class ControlPlane:
         self._publish_event = trio.Event()
         self._translated_revision = -1
         self._translated_event = trio.Event()
+        self.reports = Reports()  # components' run-time reports (report)
+        self._report_event = trio.Event()
         self._metrics = _Metrics(self)
         self.registry = self._metrics.registry
 
@@ -290,15 +294,44 @@ class ControlPlane:
         self._translated_event = trio.Event()
         return published
 
-    def report(self, kind: str, report: Any) -> None:
+    def takes_reports(self, kind: str) -> bool:
+        """Whether ``kind``'s status writer takes run-time reports (:meth:`report`)."""
+        return getattr(self.status_writers.get(kind), "report", None) is not None
+
+    def report(
+        self, kind: str, report: Any, *, instance: str = "local", expires: float | None = None
+    ) -> None:
         """A component's report of its run-time state (the gateway: listeners it could not
-        open), handed to that kind's status writer; its status is written again at once when
-        the report changed it (the next translation would otherwise be the next object
-        change)."""
-        writer = self.status_writers.get(kind)
-        take = getattr(writer, "report", None)
-        if take is not None and take(report):
+        open), from ``instance`` (in process: "local"; over HTTP: the reporter's name) and
+        live until ``expires`` (trio time; None: until replaced). What the kind's live reports
+        agree on (control/reports.py) goes to its status writer; the status is written again
+        at once when that changed it (the next translation would otherwise be the next
+        object change)."""
+        if not self.takes_reports(kind):
+            return
+        if self.reports.put(kind, instance, report, expires):
+            self._hand_report(kind)
+        if expires is not None:
+            self._report_event.set()  # the expiry loop may have a later wake-up
+
+    def _hand_report(self, kind: str) -> None:
+        take = getattr(self.status_writers.get(kind), "report", None)
+        if take is not None and take(self.reports.merged(kind)):
             self._write_status(self.store.snapshot(), None, only=kind)
+
+    async def _reports_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Drop each report whose lease ended (its reporter went away without a word)."""
+        task_status.started()
+        while True:
+            self._report_event = trio.Event()
+            wake = self.reports.next_expiry()
+            with trio.move_on_at(math.inf if wake is None else wake):
+                await self._report_event.wait()
+            for kind in self.reports.expire(trio.current_time()):
+                log.info("report expired", extra={"kind": kind})
+                self._hand_report(kind)
 
     def _write_status(
         self, snap: Snapshot, changed: frozenset[str] | None, only: str | None = None
@@ -338,6 +371,7 @@ class ControlPlane:
                     await nursery.start(self.source.run)
                 await nursery.start(self._endpoints_loop)
                 await nursery.start(self._translate_loop)
+                await nursery.start(self._reports_loop)
             log.info(
                 "control plane started",
                 extra={"revision": self.store.revision, "kinds": self.kinds},

@@ -12,6 +12,10 @@ Routes (HTTP/1.1, JSON):
   watch, newline-delimited ``{"type": "ADDED"|"MODIFIED"|"DELETED", "object": {...}}``
   events after revision ``N`` (default: now), with heartbeats; 410 when ``N`` is older than
   the store's history (list again and watch from the list's resourceVersion).
+- ``POST /v1/reports/{kind}``: a component's run-time report (the gateway's listeners it
+  cannot open), a lease from one named instance: decoded strictly by control/reports.py
+  (400, 404, 413 or 415 with one sentence), then handed to the kind's status writer;
+  ``GET /v1/reports/{kind}`` lists the live ones.
 - ``GET /v1/errors``: manifest errors and warnings.
 - ``GET /healthz``: ``ok``.
 """
@@ -26,6 +30,7 @@ from typing import Any
 import trio
 
 from mesh.config.base import ComponentConfig
+from mesh.control import reports
 from mesh.control.plane import ControlPlane
 from mesh.control.store import Gone, WatchEvent
 from mesh.httpserve import (
@@ -96,7 +101,13 @@ class ConfigServer:
     ) -> None:
         self.plane = plane
         self.heartbeat = heartbeat
-        self.http = HttpServer(listen, self.handle, name="control")
+        self.http = HttpServer(
+            listen,
+            self.handle,
+            name="control",
+            methods=("GET", "HEAD", "POST"),
+            max_body=reports.MAX_BODY,
+        )
 
     @property
     def port(self) -> int:
@@ -107,6 +118,8 @@ class ConfigServer:
 
     async def handle(self, request: Request) -> Response | StreamingResponse:
         parts = [p for p in request.path.split("/") if p]
+        if request.method == "POST" or parts[:2] == ["v1", "reports"]:
+            return self._reports(request, parts)
         match parts:
             case ["healthz"]:
                 return text(200, "ok")
@@ -137,6 +150,30 @@ class ConfigServer:
                 ]
                 return json_response({"errors": errors, "warnings": self.plane.warnings})
         return text(404, "not found")
+
+    def _reports(self, request: Request, parts: list[str]) -> Response:
+        if len(parts) != 3 or parts[:2] != ["v1", "reports"]:
+            if request.method == "POST":
+                return Response(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
+            return text(404, "not found")
+        kind = parts[2]
+        if not self.plane.takes_reports(kind):
+            return text(404, f"no component reports of kind {kind[:40]!r}")
+        now = trio.current_time()
+        if request.method != "POST":
+            return json_response(self.plane.reports.describe(kind, now))
+        content_type = next((v for k, v in request.headers if k.lower() == "content-type"), None)
+        try:
+            report = reports.parse_report(kind, request.body, content_type)
+            self.plane.report(
+                kind, report.payload, instance=report.instance, expires=now + report.ttl
+            )
+        except reports.ReportError as exc:
+            return text(exc.status, str(exc))
+        return json_response(
+            {"kind": kind, "instance": report.instance, "ttlSeconds": report.ttl,
+             "entries": len(report.payload)}
+        )  # fmt: skip
 
     def _watch_objects(self, kind: str, query: dict[str, str]) -> Response | StreamingResponse:
         since_text = query.get("resourceVersion", "")

@@ -13,8 +13,9 @@ start and stay; a Gateway's listeners (its address and port, from the config) ar
 closed as configs come and go by a reconcile task. A listener that cannot be opened (the
 address is not local, the port is taken or needs privileges) is logged, kept in ``problems``
 (``/config``), reported through ``on_failures`` (the control plane writes it into the
-Gateway's status) and tried again every few seconds and at each config; once it binds, the
-report says so and the status is cleared.
+Gateway's status: in process under ``mesh up``, over ``POST /v1/reports/ingress`` from
+``mesh ingress --control``, mesh/report_client.py) and tried again every few seconds and at
+each config; once it binds, the report says so and the status is cleared.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ class IngressGateway:
         # Told the listener failures whenever they change (the control plane writes them into
         # the Gateway's status): set by whoever runs the gateway beside a control plane.
         self.on_failures: Callable[[Mapping[str, ListenerFailure]], None] | None = None
+        # How that report is getting to a control plane in another process (``/config``).
+        self.report_state: Callable[[], Any] | None = None
         self.certificate_problems: list[str] = []
         self._running: dict[Key, _Running] = {}
         self._changed = trio.Event()
@@ -162,6 +165,7 @@ class IngressGateway:
             },
             "certificateProblems": self.certificate_problems,
             "routing": self.holder.routing.describe(),
+            **({"report": self.report_state()} if self.report_state is not None else {}),
         }
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:

@@ -9,7 +9,11 @@ for watches). Keep-alive, bounded reads and timeouts live here, once:
 - malformed HTTP gets the codec's status (400, 431, 501, 505) and the connection is closed;
   the codec is the gateway's strict one, so the admin port accepts nothing the gateway
   would refuse;
-- only GET and HEAD are served (405 otherwise); request bodies over 1 MiB get 413;
+- only GET and HEAD are served unless the server is given more ``methods`` (405
+  otherwise); a request body is read only for a method other than those two and handed
+  to the handler whole (``Request.body``); a body over ``max_body`` gets 413 (at once when
+  its Content-Length says so), and an HTTP/1.1 client that asks ``Expect: 100-continue``
+  gets its ``100 Continue`` just before its body is read;
 - an idle keep-alive connection is closed after ``idle_timeout``; a request must arrive
   whole within ``read_timeout`` once started; at most ``max_connections`` are served at once;
 - a streamed response goes out chunked to an HTTP/1.1 client, and until the connection
@@ -51,9 +55,10 @@ class Request:
     path: str
     query: dict[str, str] = field(default_factory=dict)
     headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
 
     @classmethod
-    def from_event(cls, event: events.Request) -> Request:
+    def from_event(cls, event: events.Request, body: bytes = b"") -> Request:
         target = event.target.decode("ascii", "replace")
         parts = urlsplit(target)
         return cls(
@@ -62,6 +67,7 @@ class Request:
             path=unquote(parts.path),
             query=dict(parse_qsl(parts.query)),
             headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers),
+            body=body,
         )
 
 
@@ -98,7 +104,7 @@ class _Closed(Exception):
 
 
 class _TooLarge(Exception):
-    """The request body is over MAX_BODY."""
+    """The request body is over the server's ``max_body``."""
 
 
 class HttpServer:
@@ -111,6 +117,8 @@ class HttpServer:
         idle_timeout: float = 60.0,
         read_timeout: float = 10.0,
         max_connections: int = 512,
+        methods: tuple[str, ...] = ("GET", "HEAD"),
+        max_body: int = MAX_BODY,
     ) -> None:
         self.listen = listen
         self.handler = handler
@@ -118,6 +126,8 @@ class HttpServer:
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.max_connections = max_connections
+        self.methods = methods
+        self.max_body = max_body
         self.port = 0
         self._active = 0
 
@@ -141,6 +151,7 @@ class HttpServer:
             await self._send_error(stream, exc.status, str(exc))
         except _TooLarge:
             await self._send_error(stream, 413, "request body too large")
+            await _linger(stream)
         except (_Closed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:  # a bug in one connection must not take the server down
@@ -156,16 +167,22 @@ class HttpServer:
             if event is events.CLOSED:
                 return
             assert type(event) is events.Request
-            request = Request.from_event(event)
-            await self._drain_body(reader, stream)
+            method = event.method.decode("ascii", "replace")
+            if method in self.methods and method not in ("GET", "HEAD") and event.length != 0:
+                body = await self._read_body(reader, stream, event)
+            else:
+                body = b""
+                await self._drain_body(reader, stream)
+            request = Request.from_event(event, body)
             response = await self._respond(request)
             if not await self._send(stream, event, request, response):
                 return
             reader.next_message()
 
     async def _respond(self, request: Request) -> Response | StreamingResponse:
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, b"method not allowed\n", headers=(("allow", "GET, HEAD"),))
+        if request.method not in self.methods:
+            allow = ", ".join(self.methods)
+            return Response(405, b"method not allowed\n", headers=(("allow", allow),))
         try:
             return await self.handler(request)
         except Exception:
@@ -188,9 +205,34 @@ class HttpServer:
             reader.feed(data)
             patience = self.read_timeout  # the rest of a message must come promptly
 
+    async def _read_body(
+        self, reader: h1.Reader, stream: trio.SocketStream, event: events.Request
+    ) -> bytes:
+        """The request body whole; _TooLarge past ``max_body`` (before reading a byte when
+        the Content-Length says so)."""
+        if event.length > self.max_body:
+            raise _TooLarge
+        expect = event.header(b"expect")
+        if (
+            expect is not None
+            and expect.lower() == b"100-continue"
+            and event.http_version == b"1.1"  # RFC 9110 15.2: no 1xx to HTTP/1.0
+            and not reader.buffered
+        ):
+            await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = bytearray()
+        while True:
+            ev = await self._next_event(reader, stream, self.read_timeout)
+            if type(ev) is events.EndOfMessage:
+                return bytes(body)
+            if type(ev) is events.Data:
+                body += ev.data
+                if len(body) > self.max_body:
+                    raise _TooLarge
+
     async def _drain_body(self, reader: h1.Reader, stream: trio.SocketStream) -> None:
         """Read the request body to its end (its bytes are not used); _TooLarge past
-        MAX_BODY."""
+        ``max_body``."""
         size = 0
         while True:
             event = await self._next_event(reader, stream, self.read_timeout)
@@ -198,7 +240,7 @@ class HttpServer:
                 return
             if type(event) is events.Data:
                 size += len(event.data)
-                if size > MAX_BODY:
+                if size > self.max_body:
                     raise _TooLarge
 
     async def _send(
@@ -262,6 +304,20 @@ class HttpServer:
                 await stream.send_all(head + body)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """After an early answer, read (and drop) what the client is still sending, bounded in
+    time and bytes, before closing: closing with unread data resets the connection, and the
+    reset can destroy the answer before the client reads it (nginx's lingering close)."""
+    try:
+        await stream.send_eof()
+        left = MAX_BODY
+        with trio.move_on_after(1):
+            while left > 0 and (data := await stream.receive_some(RECEIVE_SIZE)):
+                left -= len(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
 
 
 async def _aclose(chunks: AsyncIterator[bytes]) -> None:

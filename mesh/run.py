@@ -399,8 +399,42 @@ def run_component(
         # control plane that is down serves (SERVFAIL for DNS, nothing for the proxy) until
         # the plane is back, and /ready tells the difference.
         if control_url is not None:
-            nursery.start_soon(feed_from_control, control_url, component)
+            reporter = await _start_reporter(nursery, control_url, component)
+            if reporter is None:
+                nursery.start_soon(feed_from_control, control_url, component)
+            else:
+                nursery.start_soon(_feed_reporting, control_url, component, reporter)
         elif config_file is not None:
             nursery.start_soon(feed_from_file, config_file, component)
 
     _run(main)
+
+
+async def _start_reporter(nursery: trio.Nursery, url: str, component: Component[Any]) -> Any:
+    """For a component with run-time reports (the gateway's ``on_failures``), the task that
+    posts them to the control plane at ``url`` (mesh/report_client.py), or None. The
+    instance is this host and the component's port: two gateways never share it, and a
+    gateway restarted on its port takes over its predecessor's report at once."""
+    if not hasattr(component, "on_failures"):
+        return None
+    import socket
+
+    from mesh.report_client import Reporter, instance_name
+
+    instance = instance_name(socket.gethostname(), getattr(component, "port", 0))
+    reporter = Reporter(url, component.name, instance)
+    component.on_failures = reporter.update
+    component.report_state = reporter.describe  # type: ignore[attr-defined]
+    await nursery.start(reporter.run)
+    return reporter
+
+
+async def _feed_reporting(url: str, component: Component[Any], reporter: Any) -> None:
+    """:func:`mesh.feed.feed_from_control`, telling the reporter of each (re)connection."""
+    from mesh.feed import config_type_for, feed
+    from mesh.stream_client import stream_configs
+
+    configs = stream_configs(
+        url, component.name, config_type_for(component), on_connect=reporter.reconnected
+    )
+    await feed(configs, component)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -92,15 +92,21 @@ class _Connection:
         self.reader = h1.Reader("client")
         self.idle_timeout = idle_timeout
 
-    async def request(self, host: str, port: int, target: str) -> int:
+    async def request(
+        self, host: str, port: int, target: str, method: bytes = b"GET", body: bytes | None = None
+    ) -> int:
+        """Send one request (``body``: JSON, for a POST) and read its response's head."""
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # RFC 3986 3.2.2
         try:
             fields = [(b"host", authority.encode("ascii")), (b"accept", b"application/json")]
-            head = h1.request_head(b"GET", target.encode("ascii"), fields)
+            if body is not None:
+                fields.append((b"content-type", b"application/json"))
+                fields.append((b"content-length", b"%d" % len(body)))
+            head = h1.request_head(method, target.encode("ascii"), fields)
         except UnicodeError:
             raise StreamError(f"cannot ask {authority}{target}: not ASCII") from None
-        self.reader.next_message(b"GET")
-        await self.stream.send_all(head)
+        self.reader.next_message(method)
+        await self.stream.send_all(head if body is None else head + body)
         while True:
             event = await self.next_event()
             if type(event) is events.InformationalResponse:
@@ -153,8 +159,11 @@ async def stream_configs(
     idle_timeout: float = 30.0,
     connect_timeout: float = 5.0,
     rng: random.Random | None = None,
+    on_connect: Callable[[], None] | None = None,
 ) -> AsyncGenerator[C, None]:
-    """Each new ``kind`` config from the control plane at ``url``, forever."""
+    """Each new ``kind`` config from the control plane at ``url``, forever. ``on_connect``
+    is called at each (re)connection that the plane answered (the gateway re-posts its
+    report then: a restarted plane has forgotten it)."""
     host, port, prefix = parse_url(url)
     target = f"{prefix}/v1/watch/{kind}"
     backoff = backoff or Backoff()
@@ -172,6 +181,8 @@ async def stream_configs(
                 raise StreamError(f"HTTP 404 for {target}: is {url} a mesh control plane?")
             if status != 200:
                 raise StreamError(f"HTTP {status} for {target}")
+            if on_connect is not None:
+                on_connect()
             lines = LineSplitter()
             while (chunk := await conn.body_chunk()) is not None:
                 for line in lines.feed(chunk):
@@ -201,14 +212,17 @@ async def stream_configs(
         attempt += 1
 
 
-async def fetch_json(url: str, path: str) -> tuple[int, Any]:
-    """One ``GET`` of a JSON document from the control plane: (status, decoded body).
-    Raises OSError or StreamError; callers bound the whole call with ``trio.fail_after``."""
+async def fetch_json(url: str, path: str, post: Any = None) -> tuple[int, Any]:
+    """One ``GET`` of a JSON document from the control plane (a ``POST`` of ``post`` as
+    JSON when given): (status, decoded body; its text when not JSON). Raises OSError or
+    StreamError; callers bound the whole call with ``trio.fail_after``."""
     host, port, prefix = parse_url(url)
+    sent = None if post is None else json.dumps(post, separators=(",", ":")).encode()
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
         conn = _Connection(stream, 10.0)
-        status = await conn.request(host, port, prefix + path)
+        method = b"GET" if sent is None else b"POST"
+        status = await conn.request(host, port, prefix + path, method, sent)
         body = bytearray()
         while (chunk := await conn.body_chunk()) is not None:
             body += chunk

@@ -283,6 +283,7 @@ async def _exchange(
             expect = req.header(b"expect")
             if (
                 expect is not None
+                and req.http_version == b"1.1"  # RFC 9110 15.2: no 1xx to an HTTP/1.0 client
                 and expect.lower() == b"100-continue"
                 and not dreader.buffered
                 and (body is None or not body.continued)

@@ -1,0 +1,101 @@
+"""``mesh control`` and ``mesh ingress --control`` as separate processes: a Gateway
+listener whose port the test holds is reported back over the config stream server's
+``POST /v1/reports/ingress`` and shows in ``mesh get gateway -o yaml`` (Programmed False,
+Pending, the gateway's sentence), again after the control plane restarts; released, the
+gateway binds it and the status clears."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.ingress.test_listener_failures import MANIFESTS, hold_port
+from tests.polling import wait_for
+from tests.test_cli_e2e import MESH, Proc
+
+
+def listener_programmed(control: str) -> tuple[str, str, str] | None:
+    done = subprocess.run(
+        [*MESH, "get", "gateway", "web", "-o", "yaml", "--control", control],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    status = (yaml.safe_load(done.stdout) or {}).get("status", {})
+    for item in status.get("listeners", ()):
+        for c in item.get("conditions", ()):
+            if c["type"] == "Programmed":
+                return (c["status"], c["reason"], c.get("message", ""))
+    return None
+
+
+def test_a_separate_gateway_reports_a_held_port_into_the_gateway_status(tmp_path: Path) -> None:
+    ip = "127.11.78.11"
+    held = hold_port(ip)
+    port = held.getsockname()[1]
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "gw.yaml").write_text(MANIFESTS.format(ip=ip, port=port))
+    local = ["127.0.0.1:0"]
+    procs: list[Proc] = []
+    try:
+        plane = Proc(
+            ["control", "-f", str(manifests), "--control-listen", *local,
+             "--admin-listen", *local],
+            {"control"},
+        )  # fmt: skip
+        procs.append(plane)
+        control = plane.url("control")
+        gateway = Proc(
+            ["ingress", "--control", control, "--gateway-listen", *local,
+             "--gateway-tls-listen", *local, "--admin-listen", *local],
+            {"gateway", "admin"},
+        )  # fmt: skip
+        procs.append(gateway)
+
+        def pending() -> bool:
+            found = listener_programmed(control)
+            return found is not None and found[:2] == ("False", "Pending")
+
+        wait_for(pending, timeout=20)
+        found = listener_programmed(control)
+        assert found is not None and f"{ip}:{port}" in found[2] and "in use" in found[2]
+        live = httpx.get(f"{control}/v1/reports/ingress", timeout=5).json()
+        (instance,) = live
+        assert instance.endswith(f"/{gateway.addresses['gateway'][1]}")
+        assert live[instance]["entries"] == [f"gateway/default/web/{port}"]
+        assert 0 < live[instance]["expiresInSeconds"] <= 30
+        state = httpx.get(f"{gateway.url('admin')}/config/ingress", timeout=5).json()
+        report = state["report"]
+        assert report["url"] == f"{control}/v1/reports/ingress"
+        assert report["instance"] == instance and report["lastError"] == ""
+        assert report["posted"] >= 1
+
+        # The control plane restarts (on its port, with nothing reported): the gateway's
+        # config stream reconnects, and the gateway posts its report again.
+        plane.stop()
+        procs.remove(plane)
+        plane = Proc(
+            ["control", "-f", str(manifests), "--control-listen", control.removeprefix("http://"),
+             "--admin-listen", *local],
+            {"control"},
+        )  # fmt: skip
+        procs.append(plane)
+        wait_for(pending, timeout=20)
+
+        held.close()  # free: the gateway binds it on its next try and reports it bound
+
+        def programmed() -> bool:
+            return listener_programmed(control) == ("True", "Programmed", "")
+
+        wait_for(programmed, timeout=20)
+        with socket.create_connection((ip, port), timeout=5):
+            pass  # and it is served
+        live = httpx.get(f"{control}/v1/reports/ingress", timeout=5).json()
+        assert live[instance]["entries"] == []
+    finally:
+        held.close()
+        for proc in procs:
+            proc.stop()
