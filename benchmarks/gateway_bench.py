@@ -8,7 +8,7 @@ per request much less, and its ratio to nginx's is the req/s ratio each would re
 core. Each proxy runs alone on one core
 (``--proxy-cpu``, one worker / thread / process); the upstream and wrk share the other
 (``--backend-cpu``). Everything listens on 127.0.0.0/8; every program is stopped by its PID.
-Plain HTTP only (TLS termination is not part of the engine yet).
+Plain HTTP only; ingress_tls_bench.py measures TLS termination.
 
     python benchmarks/gateway_bench.py [--seconds 5] [--connections 32] [--rounds 1]
         [--targets mesh,nginx,haproxy] [--proxy-cpu 0] [--backend-cpu 1]
