@@ -8,7 +8,7 @@ per request much less, and its ratio to nginx's is the req/s ratio each would re
 core. Each proxy runs alone on one core
 (``--proxy-cpu``, one worker / thread / process); the upstream and wrk share the other
 (``--backend-cpu``). Everything listens on 127.0.0.0/8; every program is stopped by its PID.
-Plain HTTP only (TLS termination is not part of the engine yet).
+Plain HTTP only; ingress_tls_bench.py measures TLS termination.
 
     python benchmarks/gateway_bench.py [--seconds 5] [--connections 32] [--rounds 1]
         [--targets mesh,nginx,haproxy] [--proxy-cpu 0] [--backend-cpu 1]
@@ -65,8 +65,9 @@ http {{
     return conf
 
 
-def nginx_proxy_conf(d: Path) -> Path:
-    host, port = TARGETS["nginx"]
+def nginx_proxy_conf(d: Path, listen: str = "") -> Path:
+    """``listen``: the server's listen (and ssl_*) directives; plain HTTP on TARGETS by default."""
+    listen = listen or "listen {}:{} backlog=4096;".format(*TARGETS["nginx"])
     uh, up = UPSTREAM
     conf = d / "nginx-proxy.conf"
     conf.write_text(
@@ -83,7 +84,7 @@ http {{
     uwsgi_temp_path {d}/puwsgi; scgi_temp_path {d}/pscgi;
     upstream backend {{ server {uh}:{up}; keepalive 64; }}
     server {{
-        listen {host}:{port} backlog=4096;
+        {listen}
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -97,8 +98,9 @@ http {{
     return conf
 
 
-def haproxy_conf(d: Path) -> Path:
-    host, port = TARGETS["haproxy"]
+def haproxy_conf(d: Path, bind: str = "") -> Path:
+    """``bind``: the frontend's bind line(s); plain HTTP on TARGETS by default."""
+    bind = bind or "bind {}:{}".format(*TARGETS["haproxy"])
     uh, up = UPSTREAM
     conf = d / "haproxy.cfg"
     conf.write_text(
@@ -113,7 +115,7 @@ defaults
     timeout client 60s
     timeout server 60s
 listen gw
-    bind {host}:{port}
+    {bind}
     http-reuse always
     server backend {uh}:{up}
 """
@@ -128,14 +130,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wrk(
-    cpu: int, addr: tuple[str, int], seconds: int, close: bool, connections: int, pid: int
+    cpu: int,
+    addr: tuple[str, int],
+    seconds: int,
+    close: bool,
+    connections: int,
+    pid: int,
+    scheme: str = "http",
 ) -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
     used = cpu_seconds(pid)
     out = subprocess.run(
-        pinned(cpu, *cmd, f"http://{addr[0]}:{addr[1]}/"),
+        pinned(cpu, *cmd, f"{scheme}://{addr[0]}:{addr[1]}/"),
         capture_output=True,
         text=True,
         timeout=seconds + 30,
