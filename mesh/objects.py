@@ -442,6 +442,8 @@ class EndpointSlice(KubeObject):
         want = 4 if self.address_type == "IPv4" else 6
         for i, ep in enumerate(self.endpoints):
             for j, addr in enumerate(ep.addresses):
+                if want == 4 and _CANONICAL_V4.fullmatch(addr):
+                    continue  # the common case, without an ipaddress object
                 try:
                     ip = ipaddress.ip_address(addr)
                 except ValueError:
