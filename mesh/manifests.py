@@ -129,8 +129,19 @@ def _build(loader: Any, node: Any, path: set[int]) -> Any:
 _SCALARS = _Loader("")
 
 
+# The first characters of the plain scalars an implicit resolver may type (digits, signs,
+# "y", "n", "t", "f", "o", "~", ...): a scalar starting otherwise is a string, as in
+# PyYAML's own resolve, which looks its resolvers up by the first character.
+_TYPED_FIRST = frozenset(_Loader.yaml_implicit_resolvers)
+_DOTTED = re.compile(r"[0-9]+(?:\.[0-9]+){2,}")
+
+
 def _plain_scalar(text: str) -> Any:
     """A plain scalar's value exactly as :func:`_build` makes it (same memos)."""
+    if text[:1] not in _TYPED_FIRST:
+        return sys.intern(text)  # most names, labels and kinds: no resolver applies
+    if _DOTTED.fullmatch(text):
+        return text  # an IPv4 address: a number has one dot at most, a date dashes
     tag = _SCALARS.resolve(yaml.ScalarNode, text, (True, False))
     if tag == _STR:
         return sys.intern(text)
@@ -273,7 +284,7 @@ def _documents(text: str, source: str) -> Iterator[Any]:
             raise ValueError(f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
         yield from (data if isinstance(data, list) else [data])
         return
-    plain = plain_documents(text, _plain_scalar)
+    plain = plain_documents(text, _plain_scalar, _TYPED_FIRST)
     if plain is not None:  # the common case, at a tenth of PyYAML's cost
         yield from plain
         return

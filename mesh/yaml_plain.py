@@ -58,8 +58,9 @@ class _Typing:
     numbers, booleans and nulls, and manifests repeat their keys, kinds and labels): a
     plain scalar's value, and the JSON literal of a flow collection's scalar."""
 
-    def __init__(self, scalar: Scalar) -> None:
+    def __init__(self, scalar: Scalar, strings: frozenset[str]) -> None:
         self.scalar = scalar
+        self.strings = strings
         self.values: dict[str, Any] = {}
         self.literals: dict[str, str] = {}
 
@@ -72,43 +73,62 @@ class _Typing:
                 values[text] = value
         return value
 
-    def literal(self, match: re.Match[str]) -> str:
-        """A _FLOW_TOKEN match as its JSON literal."""
-        plain, single, double = match.groups()
-        if plain is not None:
-            literal = self.literals.get(plain)
-            if literal is None:
-                value = self.typed(plain)
-                if value.__class__ is str:
-                    literal = '"' + value + '"'  # no quote, backslash or control inside
-                elif value.__class__ is float and value != value:
-                    literal = "NaN"
+    def json_text(self, text: str) -> str:
+        """A one-line flow collection as JSON: split (in C) into the text between scalars
+        and the scalars, left to right, so a quoted scalar is taken whole and nothing
+        inside it is rewritten; each scalar becomes its JSON literal."""
+        parts = _FLOW_TOKEN.split(text)
+        strings, literals, literal = self.strings, self.literals, self._literal
+        out = [parts[0]]
+        for k in range(1, len(parts), 4):
+            plain = parts[k]
+            if plain is not None:
+                if plain[0] in strings:  # a string whatever it holds
+                    out.append('"' + plain + '"')  # no quote, backslash or control inside
                 else:
-                    literal = json.dumps(value)  # int, float, bool, None
-                if len(self.literals) < _MEMO_MAX:
-                    self.literals[plain] = literal
-            return literal
-        if single is not None:
-            return '"' + single + '"'
-        return double
+                    out.append(literals.get(plain) or literal(plain))
+            elif parts[k + 1] is not None:
+                out.append('"' + parts[k + 1] + '"')
+            else:
+                out.append(parts[k + 2])
+            out.append(parts[k + 3])
+        return "".join(out)
+
+    def _literal(self, plain: str) -> str:
+        value = self.typed(plain)
+        if value.__class__ is str:
+            literal = '"' + value + '"'
+        elif value.__class__ is float and value != value:
+            literal = "NaN"
+        else:
+            literal = json.dumps(value)  # int, float, bool, None
+        if len(self.literals) < _MEMO_MAX:
+            self.literals[plain] = literal
+        return literal
 
 
-_TYPINGS: dict[Scalar, _Typing] = {}
+_TYPINGS: dict[tuple[Scalar, frozenset[str]], _Typing] = {}
+_PRINTABLE = frozenset(map(chr, range(33, 127)))
 
 
 class Decline(Exception):
     """The text is outside the subset: PyYAML loads it (``scalar`` may raise it too)."""
 
 
-def plain_documents(text: str, scalar: Scalar) -> list[Any] | None:
+def plain_documents(
+    text: str, scalar: Scalar, typed_first: frozenset[str] = _PRINTABLE
+) -> list[Any] | None:
     """The documents of ``text`` as PyYAML would load them, or None when the text is not
     plain enough to be sure (then load it with PyYAML). ``scalar`` types a plain scalar's
-    text; a quoted scalar is a string (``scalar`` is given only plain ones)."""
+    text; a quoted scalar is a string (``scalar`` is given only plain ones). A plain
+    scalar inside a flow collection whose first character is not in ``typed_first`` is
+    taken as a string without asking ``scalar`` (PyYAML's resolvers go by it too)."""
     if not text.isascii() or _UNUSUAL.search(text):
         return None
-    typing = _TYPINGS.get(scalar)
+    typing = _TYPINGS.get((scalar, typed_first))
     if typing is None:
-        typing = _TYPINGS[scalar] = _Typing(scalar)
+        typing = _Typing(scalar, _PRINTABLE - typed_first)
+        _TYPINGS[(scalar, typed_first)] = typing
     docs: list[Any] = []
     lines: list[tuple[int, str]] = []
     explicit = False
@@ -228,7 +248,7 @@ def inline(text: str, typing: _Typing) -> Any:
             raise Decline
         return scalar_text(match[1])
     if first == "{" or first == "[":
-        return _flow(text, typing.literal)
+        return _flow(text, typing)
     if first in _NOT_FIRST and not (first == "-" and len(text) > 1 and text[1] != " "):
         raise Decline
     if "#" in text:
@@ -247,17 +267,15 @@ def scalar_text(text: str) -> str:
     return sys.intern(text)
 
 
-def _flow(text: str, literal: Callable[[re.Match[str]], str]) -> Any:
-    """A flow collection on one line (``{k: v, k2: [a, b]}``), rewritten as JSON by one
-    substitution (each scalar becomes its JSON literal) and read by the C JSON decoder.
-    The scan goes left to right, so a quoted scalar is taken whole and nothing inside it
-    is rewritten. What JSON and YAML would read differently is declined first (a colon
+def _flow(text: str, typing: _Typing) -> Any:
+    """A flow collection on one line (``{k: v, k2: [a, b]}``), rewritten as JSON
+    (:meth:`_Typing.json_text`) and read by the C JSON decoder. What JSON and YAML would read differently is declined first (a colon
     without a space after it: "a:1" is one scalar in YAML; a hash: a comment); whatever
     else JSON refuses (a trailing comma, a non-string key, an anchor) is declined by the
     decoder."""
     if "#" in text or _BAD_COLON.search(text):
         raise Decline
     try:
-        return json.loads(_FLOW_TOKEN.sub(literal, text))
+        return json.loads(typing.json_text(text))
     except ValueError:
         raise Decline from None

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.manifests import _Loader, _plain_scalar, load_text
+from mesh.manifests import _TYPED_FIRST, _Loader, _plain_scalar, load_text
 from mesh.yaml_plain import plain_documents
 
 
@@ -55,8 +55,13 @@ def _pyyaml(text: str) -> Any:
 
 
 def _plain(text: str) -> Any:
-    docs = plain_documents(text, _plain_scalar)
-    return None if docs is None else _typed(docs)
+    docs = plain_documents(text, _plain_scalar, _TYPED_FIRST)
+    slow = plain_documents(text, _plain_scalar)  # every scalar through the resolver
+    assert (docs is None) == (slow is None)
+    if docs is None:
+        return None
+    assert _typed(docs) == _typed(slow)
+    return _typed(docs)
 
 
 TAKEN = [
@@ -138,7 +143,7 @@ def test_manifests_read_the_same_through_either_path(monkeypatch: pytest.MonkeyP
     text = TAKEN[0] + "---\n" + pod + "---\nkind: Service\nmetadata: {name: bad}\nspec: {}\n"
     assert plain_documents(text, _plain_scalar) is not None
     fast = load_text(text, "x.yaml")
-    monkeypatch.setattr("mesh.manifests.plain_documents", lambda text, scalar: None)
+    monkeypatch.setattr("mesh.manifests.plain_documents", lambda text, scalar, first: None)
     slow = load_text(text, "x.yaml")
     assert len(fast.objects) == 2 and len(fast.errors) == 1
     assert fast.errors == slow.errors
