@@ -51,6 +51,8 @@ Scalar = Callable[[str], Any]
 
 
 _MEMO_MAX = 65_536
+# YAML limits an implicit key to 1024 characters (PyYAML refuses a longer one).
+_KEY_MAX = 1000
 
 
 class _Typing:
@@ -207,7 +209,7 @@ class _Block:
             if match is None:
                 raise Decline  # a "-" item under a mapping, a quoted key, ...: PyYAML
             key = typing.typed(match[1])
-            if key.__class__ is not str:
+            if key.__class__ is not str or len(key) > _KEY_MAX:
                 raise Decline  # "1:", "true:", "null:" are not string keys
             rest = match[2]
             if rest and rest[0] != "#":
@@ -273,8 +275,8 @@ def _flow(text: str, typing: _Typing) -> Any:
     without a space after it: "a:1" is one scalar in YAML; a hash: a comment); whatever
     else JSON refuses (a trailing comma, a non-string key, an anchor) is declined by the
     decoder."""
-    if "#" in text or _BAD_COLON.search(text):
-        raise Decline
+    if "#" in text or len(text) > _KEY_MAX or _BAD_COLON.search(text):
+        raise Decline  # (a long line may hold a key longer than YAML allows)
     try:
         return json.loads(typing.json_text(text))
     except ValueError:

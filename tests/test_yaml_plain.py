@@ -125,6 +125,8 @@ DECLINED = [
     "a: b: c\n",  # an error in YAML
     "a: 1\n  b: 2\n",  # an error in YAML
     "- a\nb: 1\n",  # an error in YAML
+    "k" * 1100 + ": v\n",  # a key longer than YAML allows
+    "a: {" + "k" * 1100 + ": v}\n",
 ]
 
 
