@@ -106,7 +106,9 @@ def wait_ready(proc: subprocess.Popen[bytes], admin: int, timeout: float) -> flo
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if proc.poll() is not None:
-            raise SystemExit(f"the process exited with status {proc.returncode}")
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            last = err.splitlines()[-1] if err else ""
+            raise SystemExit(f"the process exited with status {proc.returncode}: {last}")
         url = f"http://{HOST}:{admin}/ready"
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
             if resp.status == 200:
