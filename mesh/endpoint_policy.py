@@ -25,6 +25,7 @@ Everything here is pure and returns plain tuples; the conditions travel in
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -69,9 +70,16 @@ E = TypeVar("E", bound=HasConditions)
 
 
 def address_order(address: str) -> tuple[int, int]:
-    """Sort key of an address: IPv4 before IPv6, then numeric."""
-    ip = ipaddress.ip_address(address)
-    return (ip.version, int(ip))
+    """Sort key of an address: IPv4 before IPv6, then numeric. The C parser first (an
+    ipaddress object per endpoint was a third of a 10,000-Service proxy config's build);
+    ipaddress for what it refuses (a scope id), and its error for what is no address."""
+    try:
+        if ":" in address:
+            return (6, int.from_bytes(socket.inet_pton(socket.AF_INET6, address)))
+        return (4, int.from_bytes(socket.inet_pton(socket.AF_INET, address)))
+    except OSError:
+        ip = ipaddress.ip_address(address)
+        return (ip.version, int(ip))
 
 
 def family_of(address: str) -> int:

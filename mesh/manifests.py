@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from mesh.objects import KINDS, KubeObject
+from mesh.yaml_plain import Decline, plain_documents
 
 log = logging.getLogger("mesh.manifests")
 
@@ -122,6 +123,38 @@ def _build(loader: Any, node: Any, path: set[int]) -> Any:
         raise _Unusual
     finally:
         path.discard(id(node))
+
+
+# A loader used only to type plain scalars for the plain-YAML parser (resolve, construct).
+_SCALARS = _Loader("")
+
+
+# The first characters of the plain scalars an implicit resolver may type (digits, signs,
+# "y", "n", "t", "f", "o", "~", ...): a scalar starting otherwise is a string, as in
+# PyYAML's own resolve, which looks its resolvers up by the first character.
+_TYPED_FIRST = frozenset(_Loader.yaml_implicit_resolvers)
+_DOTTED = re.compile(r"[0-9]+(?:\.[0-9]+){2,}")
+
+
+def _plain_scalar(text: str) -> Any:
+    """A plain scalar's value exactly as :func:`_build` makes it (same memos)."""
+    if text[:1] not in _TYPED_FIRST:
+        return sys.intern(text)  # most names, labels and kinds: no resolver applies
+    if _DOTTED.fullmatch(text):
+        return text  # an IPv4 address: a number has one dot at most, a date dashes
+    tag = _SCALARS.resolve(yaml.ScalarNode, text, (True, False))
+    if tag == _STR:
+        return sys.intern(text)
+    memo = (tag, text)
+    if memo in _VALUES:
+        return _VALUES[memo]
+    ctor = _Loader.yaml_constructors.get(tag)
+    if ctor is None:
+        raise Decline  # "=" (a value key), "<<" (a merge key): PyYAML's to load
+    value = ctor(_SCALARS, yaml.ScalarNode(tag, text))
+    if value.__class__ in _IMMUTABLE and len(_VALUES) < _MEMO_MAX:
+        _VALUES[memo] = value
+    return value
 
 
 # A validator message that starts with the field it is about ("ports: at least one ...").
@@ -250,6 +283,10 @@ def _documents(text: str, source: str) -> Iterator[Any]:
         except json.JSONDecodeError as exc:
             raise ValueError(f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
         yield from (data if isinstance(data, list) else [data])
+        return
+    plain = plain_documents(text, _plain_scalar, _TYPED_FIRST)
+    if plain is not None:  # the common case, at a tenth of PyYAML's cost
+        yield from plain
         return
     try:
         yield from _load_all(text)

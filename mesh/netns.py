@@ -12,8 +12,6 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from pyroute2 import netns as _netns
-
 
 @contextmanager
 def inside(name: str | None) -> Iterator[None]:
@@ -21,6 +19,10 @@ def inside(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
+    # Imported here: pyroute2 takes a third of a second to import, and only the cluster
+    # in a box serves inside a namespace.
+    from pyroute2 import netns as _netns
+
     _netns.pushns(name)
     try:
         yield

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -115,7 +115,25 @@ def _replaced(model: _M, name: str, value: Any) -> _M:
 
 _FIELDS_SETS: dict[type[BaseModel], set[str]] = {}
 _VARIANTS: dict[tuple[type[BaseModel], frozenset[str]], set[str]] = {}
-_LEAF = frozenset({str, int, bool, float, dict, type(None)})
+_NESTED: dict[type[BaseModel], tuple[str, ...]] = {}
+
+
+def _may_hold_model(annotation: Any) -> bool:
+    if annotation is Any or annotation is object:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_may_hold_model(arg) for arg in get_args(annotation))
+
+
+def _nested_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``cls`` whose value may be a model or hold models, once per class:
+    the others (names, numbers, label dicts) are not looked at."""
+    found = _NESTED.get(cls)
+    if found is None:
+        fields = cls.model_fields.items()
+        found = _NESTED[cls] = tuple(n for n, f in fields if _may_hold_model(f.annotation))
+    return found
 
 
 def share_fields_sets(model: BaseModel) -> None:
@@ -123,18 +141,18 @@ def share_fields_sets(model: BaseModel) -> None:
     sets are equal. Pydantic gives every instance its own ``set`` of the fields it was
     given (some 200 bytes), a third of the memory of a stored object; the models are
     frozen, so nothing adds to those sets (``model_copy`` copies the set before updating)."""
+    cls = model.__class__
     fields_set = model.__pydantic_fields_set__
-    shared = _FIELDS_SETS.setdefault(model.__class__, fields_set)
+    shared = _FIELDS_SETS.setdefault(cls, fields_set)
     if shared is not fields_set:
         if shared != fields_set:  # a less common combination: one shared set per variant
-            key = (model.__class__, frozenset(fields_set))
+            key = (cls, frozenset(fields_set))
             shared = _VARIANTS.setdefault(key, fields_set)
         object.__setattr__(model, "__pydantic_fields_set__", shared)
-    for value in model.__dict__.values():
-        cls = value.__class__
-        if cls in _LEAF:
-            continue
-        if cls is tuple:
+    values = model.__dict__
+    for name in _NESTED.get(cls) or _nested_fields(cls):
+        value = values[name]
+        if value.__class__ is tuple:
             for item in value:
                 if isinstance(item, BaseModel):
                     share_fields_sets(item)
@@ -442,6 +460,8 @@ class EndpointSlice(KubeObject):
         want = 4 if self.address_type == "IPv4" else 6
         for i, ep in enumerate(self.endpoints):
             for j, addr in enumerate(ep.addresses):
+                if want == 4 and _CANONICAL_V4.fullmatch(addr):
+                    continue  # the common case, without an ipaddress object
                 try:
                     ip = ipaddress.ip_address(addr)
                 except ValueError:

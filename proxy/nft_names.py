@@ -5,6 +5,7 @@ syncs, readable in ``nft list``). Shared by the renderer and the syncer."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Literal
 
@@ -68,6 +69,7 @@ MAP_TYPES = map_types("ip")
 SETS = set_types("ip")
 
 
+@functools.lru_cache(maxsize=65_536)  # the same names every sync
 def _hashed(prefix: str, identity: str) -> str:
     # The identity keeps names unique; the hash prefix keeps similar ones visually apart.
     digest = hashlib.sha256(identity.encode()).hexdigest()[:8].upper()

@@ -369,21 +369,24 @@ def _render_port(
         ep for ep in endpoint_policy.of_family(svc.endpoints, family) if port.name in ep.ports
     ]
     cluster = _targets(endpoint_policy.usable(serving), port, opts.family)
-    local_eps = endpoint_policy.usable(serving, local_only=True, node_name=node_name)
-    local = _targets(local_eps, port, opts.family)
+    local: list[tuple[str, int]] = []
+    if svc.internal_traffic_local or svc.external_traffic_local:  # else local goes unused
+        local_eps = endpoint_policy.usable(serving, local_only=True, node_name=node_name)
+        local = _targets(local_eps, port, opts.family)
     internal = local if svc.internal_traffic_local else cluster
     external = local if svc.external_traffic_local else cluster
     has_any = bool(cluster)
-    chains = {
-        "cluster": service_chain(svc, port),
-        "local": service_chain(svc, port, local=True),
-        "external": external_chain(svc, port),
-    }
-    internal_chain = chains["local" if svc.internal_traffic_local else "cluster"]
     cluster_ips = _of_family(svc.cluster_ips, opts.family)
     external_ips = _of_family((*svc.external_ips, *svc.load_balancer_ips), opts.family)
     node_port = port.node_port if svc.type != "ClusterIP" else None
     accessible = bool(external_ips) or node_port is not None
+    # Only the chains this port can use are named (each name is a digest).
+    chains = {"cluster": service_chain(svc, port)}
+    if svc.internal_traffic_local or svc.external_traffic_local:
+        chains["local"] = service_chain(svc, port, local=True)
+    if accessible:
+        chains["external"] = external_chain(svc, port)
+    internal_chain = chains["local" if svc.internal_traffic_local else "cluster"]
     no_ep = f"goto {REJECT_CHAIN}" if not has_any else "drop"
     if proto == "udp":
         for ip in cluster_ips:

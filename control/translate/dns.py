@@ -71,8 +71,8 @@ class DnsTranslator:
         self._pod_readers = set()
         services = self._memo.full(snapshot)
         self._namespaces = _namespaces(snapshot)
-        live = _pods(snapshot)
-        self._pods = live if self.pod_mode == "verified" else ()
+        live = _live(snapshot)
+        self._pods = _pods(live) if self.pod_mode == "verified" else ()
         self._pod_namespaces = _addresses(live)
         return self._config(snapshot, services)
 
@@ -89,8 +89,8 @@ class DnsTranslator:
         ):
             self._namespaces = _namespaces(snapshot)
         if "Pod" in kinds:  # O(pods), as verified mode's list already was
-            live = _pods(snapshot)
-            self._pods = live if self.pod_mode == "verified" else ()
+            live = _live(snapshot)
+            self._pods = _pods(live) if self.pod_mode == "verified" else ()
             self._pod_namespaces = _addresses(live)
         return self._config(snapshot, services)
 
@@ -211,17 +211,24 @@ def _pod_hostname(ref: ObjectReference | None, svc: Service, snapshot: Snapshot)
     return pod.spec.hostname
 
 
-def _addresses(pods: tuple[DnsPod, ...]) -> tuple[tuple[str, str], ...]:
+def _addresses(live: list[tuple[Pod, tuple[str, ...]]]) -> tuple[tuple[str, str], ...]:
     """(pod IP, namespace) of the live pods: autopath knows a pod by its address."""
-    return tuple(sorted((ip, p.namespace) for p in pods for ip in p.ips))
+    return tuple(sorted((ip, pod.namespace) for pod, ips in live for ip in ips))
 
 
-def _pods(snapshot: Snapshot) -> tuple[DnsPod, ...]:
+def _live(snapshot: Snapshot) -> list[tuple[Pod, tuple[str, ...]]]:
+    """The pods that have addresses and are not finished or going away, with those."""
     out = []
     for pod in snapshot.list(Pod.KIND):
         if not isinstance(pod, Pod):
             continue
-        if pod.terminating or pod.status.phase in ("Succeeded", "Failed") or not pod.ips:
+        ips = pod.ips
+        if pod.terminating or pod.status.phase in ("Succeeded", "Failed") or not ips:
             continue
-        out.append(DnsPod(namespace=pod.namespace, name=pod.name, ips=pod.ips))
-    return tuple(out)
+        out.append((pod, ips))
+    return out
+
+
+def _pods(live: list[tuple[Pod, tuple[str, ...]]]) -> tuple[DnsPod, ...]:
+    """The verified mode's pods (records only that mode serves: the others skip them)."""
+    return tuple(DnsPod(namespace=pod.namespace, name=pod.name, ips=ips) for pod, ips in live)
