@@ -239,7 +239,7 @@ class Route(Frozen):
 
 class CertificateRef(Frozen):
     secret: str  # "namespace/name" of a kubernetes.io/tls Secret
-    hosts: tuple[str, ...] = ()  # SNI names (exact or "*."); empty: the listener's default
+    hosts: tuple[str, ...] = ()  # SNI names (exact or "*."); empty: the certificate's own DNS names
 
 
 class GatewayListener(Frozen):
