@@ -51,6 +51,7 @@ from mesh.dns.upstream import (
     UPSTREAM_PAYLOAD,
     Answer,
     Forwarder,
+    lower_name,
     matches,
     new_id,
     question_key,
@@ -186,7 +187,7 @@ class Outbound:
             ex.waiters.append(waiter)
             return
         f.metrics.cache_misses["forward"] += 1
-        ex = self.inflight[key] = Exchange(key, question.lower(), cd, f.pool.order())
+        ex = self.inflight[key] = Exchange(key, lower_name(question), cd, f.pool.order())
         ex.waiters.append(waiter)
         self._send(ex, now)
 

@@ -20,7 +20,7 @@ import pytest
 from mesh.dns import outbound as outbound_module
 from mesh.dns.metrics import DnsMetrics
 from mesh.dns.outbound import PORTS_PER_UPSTREAM, Exchange, Outbound
-from mesh.dns.upstream import Answer, Forwarder
+from mesh.dns.upstream import Answer, Forwarder, question_key
 
 HOST = "127.0.0.1"
 
@@ -226,3 +226,24 @@ def test_wake_makes_the_loop_look_and_poll_resets_it(listen: socket.socket) -> N
     assert not out.woken
     assert select.select([out.fileno()], [], [], 0)[0] == []
     out.close()
+
+
+def test_only_the_name_is_lower_cased_never_the_type(listen: socket.socket) -> None:
+    # HTTPS is type 65 (0x0041, an ASCII "A"): lower-casing the whole question would ask
+    # type 97 instead, and one cache key would serve both types.
+    up, timer = Upstream(), Timer()
+    out = make([up], listen, timer)
+    got: list[Answer | None] = []
+    https = dns.message.make_query("Svc.Example.", "HTTPS").to_wire()[12:]
+    out.ask(https, False, got.append, 0)
+    query, _, source = up.receive()
+    assert query.question[0].rdtype == dns.rdatatype.HTTPS
+    assert query.question[0].name.to_text() == "svc.example."
+    response = dns.message.make_response(query)
+    up.sock.sendto(response.to_wire(), source)
+    while not got:
+        pump(out, timer)
+    assert got[0] is not None
+    type97 = https[:-4] + b"\x00\x61\x00\x01"
+    assert question_key(https, False) != question_key(type97, False)
+    assert out.forwarder.cached(question_key(type97, False), 0) is None
