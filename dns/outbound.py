@@ -200,6 +200,9 @@ class Outbound:
 
     def _send(self, ex: Exchange, now: float) -> None:
         f = self.forwarder
+        # Every attempt starts over UDP: a flag left from an earlier upstream's TCP retry
+        # would make ``sweep`` skip this attempt's timeout, and the askers wait forever.
+        ex.tcp = False
         while ex.attempt < len(ex.order):
             i = ex.order[ex.attempt]
             try:
