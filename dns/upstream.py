@@ -128,6 +128,7 @@ async def exchange_udp(server: Address, wire: bytes, qend: int) -> tuple[bytes, 
         sock.setblocking(False)
         sock.connect(server)  # UDP: no packet sent; replies from elsewhere are dropped
         sock.send(wire)
+        peer = sock.getpeername()[:2]  # ``localhost`` answers from 127.0.0.1
         for _ in range(MAX_STRAY_REPLIES):
             while True:
                 try:
@@ -135,7 +136,7 @@ async def exchange_udp(server: Address, wire: bytes, qend: int) -> tuple[bytes, 
                     break
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(sock)
-            if source[:2] != server[:2]:
+            if source[:2] != peer:
                 continue  # the kernel filters a connected socket; be sure anyway
             layout = matches(data, wire, qend)
             if layout is not None:

@@ -281,3 +281,20 @@ def test_an_upstream_after_a_tcp_retry_still_times_out(listen: socket.socket) ->
     out.sweep(timer())
     assert len(got) == 1 and got[0] is not None and got[0].layout.rcode == dns.rcode.SERVFAIL
     assert not out.inflight and not any(p.pending for p in out.ports.values())
+
+
+def test_an_upstream_named_localhost_is_answered(listen: socket.socket) -> None:
+    # --upstream accepts localhost:PORT; the replies come from the address it resolved to.
+    up, timer = Upstream(), Timer()
+    forwarder = Forwarder([("localhost", up.address[1])], metrics=DnsMetrics(), timeout=1.0)
+    out = Outbound(forwarder, listen.fileno(), lambda ex, i: None, timer)
+    got: list[Answer | None] = []
+    out.ask(question("local.example."), False, got.append, 0)
+    query, _, source = up.receive()
+    up.answer(query, source)
+    for _ in range(20):
+        if got:
+            break
+        pump(out, timer)
+    assert got and got[0] is not None and got[0].layout.rcode == 0
+    assert out.forwarder.metrics.forward_errors["stray"] == 0
