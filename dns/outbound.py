@@ -51,6 +51,7 @@ from mesh.dns.upstream import (
     UPSTREAM_PAYLOAD,
     Answer,
     Forwarder,
+    lower_name,
     matches,
     new_id,
     question_key,
@@ -73,7 +74,17 @@ SpawnTcp = Callable[["Exchange", int], None]
 class _Port:
     """One UDP socket connected to one upstream, and the exchanges waiting on it by ID."""
 
-    __slots__ = ("address", "born", "fd", "pending", "retired", "sent", "sock", "upstream")
+    __slots__ = (
+        "address",
+        "born",
+        "fd",
+        "peer",
+        "pending",
+        "retired",
+        "sent",
+        "sock",
+        "upstream",
+    )
 
     def __init__(self, upstream: int, address: Address, now: float) -> None:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -81,6 +92,8 @@ class _Port:
         try:
             sock.setblocking(False)
             sock.connect(address)  # binds a random ephemeral port; filters other sources
+            # what replies come from: ``localhost`` (accepted by --upstream) is 127.0.0.1 there
+            self.peer = sock.getpeername()[:2]
         except OSError:
             sock.close()
             raise
@@ -186,7 +199,7 @@ class Outbound:
             ex.waiters.append(waiter)
             return
         f.metrics.cache_misses["forward"] += 1
-        ex = self.inflight[key] = Exchange(key, question.lower(), cd, f.pool.order())
+        ex = self.inflight[key] = Exchange(key, lower_name(question), cd, f.pool.order())
         ex.waiters.append(waiter)
         self._send(ex, now)
 
@@ -199,6 +212,9 @@ class Outbound:
 
     def _send(self, ex: Exchange, now: float) -> None:
         f = self.forwarder
+        # Every attempt starts over UDP: a flag left from an earlier upstream's TCP retry
+        # would make ``sweep`` skip this attempt's timeout, and the askers wait forever.
+        ex.tcp = False
         while ex.attempt < len(ex.order):
             i = ex.order[ex.attempt]
             try:
@@ -277,7 +293,7 @@ class Outbound:
                 return
             ex = port.pending.get(data[:2])
             layout = matches(data, ex.wire, ex.qend) if ex is not None else None
-            if ex is None or layout is None or source[:2] != port.address[:2]:
+            if ex is None or layout is None or source[:2] != port.peer:
                 metrics.forward_errors["stray"] += 1  # forged, late or broken: never used
                 continue
             del port.pending[ex.id]

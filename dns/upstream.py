@@ -57,9 +57,15 @@ class Answer:
     stale: bool = False
 
 
+def lower_name(question: bytes) -> bytes:
+    """``question`` (name, type, class) with only its name lower-cased: the type and class
+    are numbers, and HTTPS (65) is the byte of an ASCII "A" (lower-cased: type 97)."""
+    return question[:-4].lower() + question[-4:]
+
+
 def question_key(question: bytes, cd: bool) -> bytes:
     """The question cache's key: the question (name lower-cased, type, class) and CD."""
-    return question.lower() + (b"\x01" if cd else b"\x00")
+    return lower_name(question) + (b"\x01" if cd else b"\x00")
 
 
 class _Ids:
@@ -102,7 +108,9 @@ def matches(reply: bytes, sent: bytes, qend: int) -> Layout | None:
     """The layout of ``reply`` when it answers ``sent`` (ID, QR, question), else None."""
     if len(reply) < qend or reply[:2] != sent[:2] or not reply[2] & 0x80:
         return None
-    if reply[HEADER:qend].lower() != sent[HEADER:qend].lower():
+    if reply[qend - 4 : qend] != sent[qend - 4 : qend]:
+        return None  # another type or class: compared as numbers, never case-folded
+    if reply[HEADER : qend - 4].lower() != sent[HEADER : qend - 4].lower():
         return None
     layout = scan(reply)
     return layout if layout is not None and layout.qend == qend else None
@@ -120,6 +128,7 @@ async def exchange_udp(server: Address, wire: bytes, qend: int) -> tuple[bytes, 
         sock.setblocking(False)
         sock.connect(server)  # UDP: no packet sent; replies from elsewhere are dropped
         sock.send(wire)
+        peer = sock.getpeername()[:2]  # ``localhost`` answers from 127.0.0.1
         for _ in range(MAX_STRAY_REPLIES):
             while True:
                 try:
@@ -127,7 +136,7 @@ async def exchange_udp(server: Address, wire: bytes, qend: int) -> tuple[bytes, 
                     break
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(sock)
-            if source[:2] != server[:2]:
+            if source[:2] != peer:
                 continue  # the kernel filters a connected socket; be sure anyway
             layout = matches(data, wire, qend)
             if layout is not None:

@@ -112,7 +112,7 @@ def _tag(tls: BackendTls) -> str:
 @dataclass
 class PolicyResult:
     policy: BackendTLSPolicy
-    tls: BackendTls | None  # None: not accepted (its backends answer 500)
+    tls: BackendTls | None  # None: unusable (its backends answer 500); kept when Conflicted
     accepted: Condition
     resolved: Condition
 
@@ -148,7 +148,8 @@ class PolicyIndex:
                 gen = p.metadata.generation
                 msg = "an older BackendTLSPolicy targets the same Service port"
                 result.accepted = condition(ACCEPTED, False, "Conflicted", msg, gen)
-                result.tls = None
+                # Its settings stay: the targets it alone names are still re-encrypted by
+                # it (``_targets`` holds only winners, so it never applies where it lost).
             self.results[key] = result
 
     def lookup(self, namespace: str, service: str, port_name: str) -> PolicyResult | None:
@@ -158,9 +159,10 @@ class PolicyIndex:
         )
         if key is None:
             return None
-        # Only the policy that wins a target applies: a Conflicted one stays off it.
-        result = self.results[key]
-        return result if result.accepted.reason != "Conflicted" else None
+        # Only the policy that wins a target applies (a policy conflicted on another target
+        # still wins this one: dropping it here would send this Service's traffic in plain
+        # text).
+        return self.results[key]
 
     def used_by(self, result: PolicyResult, gateway: tuple[str, str]) -> None:
         """``gateway`` routes to a target of the policy: it is one of the policy's ancestors

@@ -10,8 +10,10 @@ import select
 import socket
 from collections.abc import Callable, Iterator
 
+import dns.flags
 import dns.message
 import dns.name
+import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
@@ -20,7 +22,7 @@ import pytest
 from mesh.dns import outbound as outbound_module
 from mesh.dns.metrics import DnsMetrics
 from mesh.dns.outbound import PORTS_PER_UPSTREAM, Exchange, Outbound
-from mesh.dns.upstream import Answer, Forwarder
+from mesh.dns.upstream import Answer, Forwarder, matches, question_key
 
 HOST = "127.0.0.1"
 
@@ -226,3 +228,73 @@ def test_wake_makes_the_loop_look_and_poll_resets_it(listen: socket.socket) -> N
     assert not out.woken
     assert select.select([out.fileno()], [], [], 0)[0] == []
     out.close()
+
+
+def test_only_the_name_is_lower_cased_never_the_type(listen: socket.socket) -> None:
+    # HTTPS is type 65 (0x0041, an ASCII "A"): lower-casing the whole question would ask
+    # type 97 instead, and one cache key would serve both types.
+    up, timer = Upstream(), Timer()
+    out = make([up], listen, timer)
+    got: list[Answer | None] = []
+    https = dns.message.make_query("Svc.Example.", "HTTPS").to_wire()[12:]
+    out.ask(https, False, got.append, 0)
+    query, _, source = up.receive()
+    assert query.question[0].rdtype == dns.rdatatype.HTTPS
+    assert query.question[0].name.to_text() == "svc.example."
+    response = dns.message.make_response(query)
+    up.sock.sendto(response.to_wire(), source)
+    while not got:
+        pump(out, timer)
+    assert got[0] is not None
+    type97 = https[:-4] + b"\x00\x61\x00\x01"
+    assert question_key(https, False) != question_key(type97, False)
+    assert out.forwarder.cached(question_key(type97, False), 0) is None
+
+
+def test_an_upstream_after_a_tcp_retry_still_times_out(listen: socket.socket) -> None:
+    # The first upstream's reply is truncated and its TCP answer a SERVFAIL; the next
+    # upstream never answers. Its timeout must still end the exchange (the fallback
+    # SERVFAIL answers), not leave the askers waiting forever.
+    first, second, timer = Upstream(), Upstream(), Timer()
+    forwarder = Forwarder(
+        [first.address, second.address], metrics=DnsMetrics(), policy="sequential", timeout=1.0
+    )
+    spawned: list[tuple[Exchange, int]] = []
+    out = Outbound(forwarder, listen.fileno(), lambda ex, i: spawned.append((ex, i)), timer)
+    got: list[Answer | None] = []
+    out.ask(question("big.example."), False, got.append, 0)
+    query, _, source = first.receive()
+    truncated = dns.message.make_response(query)
+    truncated.flags |= dns.flags.TC
+    first.sock.sendto(truncated.to_wire(), source)
+    while not spawned:
+        pump(out, timer)
+    ex, i = spawned[0]
+    servfail = dns.message.make_response(query)
+    servfail.set_rcode(dns.rcode.SERVFAIL)
+    wire = servfail.to_wire()
+    layout = matches(wire, ex.wire, ex.qend)
+    assert layout is not None
+    out.tcp_done(ex, i, (wire, layout), timer())
+    second.receive()  # asked, never answers
+    timer.now += 1.5
+    out.sweep(timer())
+    assert len(got) == 1 and got[0] is not None and got[0].layout.rcode == dns.rcode.SERVFAIL
+    assert not out.inflight and not any(p.pending for p in out.ports.values())
+
+
+def test_an_upstream_named_localhost_is_answered(listen: socket.socket) -> None:
+    # --upstream accepts localhost:PORT; the replies come from the address it resolved to.
+    up, timer = Upstream(), Timer()
+    forwarder = Forwarder([("localhost", up.address[1])], metrics=DnsMetrics(), timeout=1.0)
+    out = Outbound(forwarder, listen.fileno(), lambda ex, i: None, timer)
+    got: list[Answer | None] = []
+    out.ask(question("local.example."), False, got.append, 0)
+    query, _, source = up.receive()
+    up.answer(query, source)
+    for _ in range(20):
+        if got:
+            break
+        pump(out, timer)
+    assert got and got[0] is not None and got[0].layout.rcode == 0
+    assert out.forwarder.metrics.forward_errors["stray"] == 0

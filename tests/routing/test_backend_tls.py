@@ -403,3 +403,21 @@ def test_manifests_of_both_api_versions_and_a_refused_one() -> None:
         "spec.validation.hostname",
     )
     assert "no wildcard" in error.message
+
+
+def test_a_policy_conflicted_on_one_service_still_encrypts_the_one_it_alone_targets() -> None:
+    # "new" loses Service api to an older policy, but is the only policy for Service web:
+    # web's traffic must not go out in plain text (nor lose its TLS to a 500).
+    old = policy("old", "old.internal", created="2026-01-01T00:00:00Z")
+    both = [{"group": "", "kind": "Service", "name": n} for n in ("api", "web")]
+    new = policy("new", "new.internal", targets=both, created="2026-03-01T00:00:00Z")
+    objects = [
+        gclass(), gateway(), httproute("r", rule("web")), *service("web", ip="127.0.1.2"),
+        *service("api"), old, new, ca_map(),
+    ]  # fmt: skip
+    config = translate_gateway(snapshot(*objects))
+    (route,) = config.routes
+    (backend,) = config.backends
+    assert route.backends[0].backend == backend.name == "default/web:80/tls:new"
+    assert backend.protocol == "https" and backend.tls is not None
+    assert backend.tls.server_name == "new.internal" and backend.tls.verify
