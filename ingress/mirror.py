@@ -38,6 +38,16 @@ TIMEOUT = 10.0
 _HOP = frozenset({b"connection", b"keep-alive", b"te", b"upgrade", b"proxy-connection", b"expect"})
 
 
+# Never dropped because the Connection field names them: the copy's framing and target
+_KEPT = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
+
+def _connection_named(headers: Sequence[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """The fields the client's Connection field names, hop-by-hop too (RFC 9110 7.6.1)."""
+    named = {t.strip().lower() for n, v in headers if n == b"connection" for t in v.split(b",")}
+    return frozenset(named - _KEPT)
+
+
 class _Dropped(Exception):
     """The copy fell too far behind the request, or the request's body did not end."""
 
@@ -57,11 +67,12 @@ class Mirrors:
         """Send a copy of ``req`` to one endpoint of each mirror backend, in the background;
         for a request with a body, the tees to feed its pieces to (then ``close`` each)."""
         tees: list[Tee] = []
+        named = _connection_named(req.headers) if copies else frozenset()
         for _backend, endpoints in copies:
             if self.in_flight >= MAX_IN_FLIGHT or not endpoints:
                 self.skipped += 1
                 continue
-            fields = [(n, v) for n, v in req.headers if n not in _HOP]
+            fields = [(n, v) for n, v in req.headers if n not in _HOP and n not in named]
             fields.append((b"connection", b"close"))
             head = request_head(req.method, target, fields)
             tee = None
