@@ -209,6 +209,15 @@ def pod_ports(svc: Service, pod: Pod) -> Ports:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=8)
+def _conditions(serving: bool, terminating: bool) -> EndpointConditions:
+    """One shared (frozen) conditions model per combination: a start builds one Endpoint per
+    Pod address, nearly all with the same three flags."""
+    return EndpointConditions(
+        ready=serving and not terminating, serving=serving, terminating=terminating
+    )
+
+
 def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
     serving = pod.ready
     terminating = pod.terminating
@@ -216,9 +225,7 @@ def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
     hostname = spec.hostname if spec.hostname and spec.subdomain == svc.name else None
     return Endpoint(
         addresses=(ip,),
-        conditions=EndpointConditions(
-            ready=serving and not terminating, serving=serving, terminating=terminating
-        ),
+        conditions=_conditions(serving, terminating),
         hostname=hostname,
         node_name=spec.node_name,
         zone=None,
