@@ -6,6 +6,7 @@ after any sequence of creates, replaces and deletes."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 import trio
@@ -13,9 +14,17 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.control.endpoints import pod_endpoint
+from mesh.control.endpoints import (
+    _build,
+    desired_for,
+    eligible,
+    pod_endpoint,
+    pod_ports,
+    selects,
+    slices_for_pods,
+)
 from mesh.control.store import DEFAULT_INDEXES, Store
-from mesh.objects import EndpointConditions, Pod, Service
+from mesh.objects import Endpoint, EndpointConditions, EndpointSlice, Pod, Service
 
 NAMES = st.sampled_from(["a", "b", "c"])
 NAMESPACES = st.sampled_from(["default", "shop"])
@@ -101,3 +110,58 @@ def test_shared_endpoint_conditions_equal_fresh_ones() -> None:
                 ready=serving and not terminating, serving=serving, terminating=terminating
             )
             assert pod_endpoint(svc, pod, "10.0.0.1").conditions == fresh
+
+
+def reference_slices(svc: Service, pods: list[Pod]) -> list[EndpointSlice]:
+    """The endpoints controller's plain form: every Pod checked and its ports resolved."""
+    families = set(svc.spec.ip_families)
+    groups: dict[Any, list[Endpoint]] = defaultdict(list)
+    for pod in pods:
+        if not (eligible(pod) and selects(svc, pod)):
+            continue
+        ports = pod_ports(svc, pod)
+        for ip in pod.ips:
+            family = "IPv6" if ":" in ip else "IPv4"
+            if families and family not in families:
+                continue
+            groups[(family, ports)].append(pod_endpoint(svc, pod, ip))
+    return _build(svc, groups, svc.metadata.labels)
+
+
+TARGETS = st.one_of(st.sampled_from([8080, 9090]), st.sampled_from(["http", "admin"]))
+POD_SPECS = st.lists(
+    st.tuples(
+        st.sampled_from(["x", "y"]),  # app label
+        IPS,
+        st.sampled_from(["Running", "Pending", "Succeeded"]),
+        st.lists(st.sampled_from([("http", 8080), ("admin", 9000)]), max_size=2, unique=True),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(TARGETS, min_size=1, max_size=3), POD_SPECS)
+def test_slices_with_shared_ports_equal_per_pod_slices(
+    targets: list[int | str], specs: list[tuple[str, list[str], str, list[tuple[str, int]]]]
+) -> None:
+    ports = [{"name": f"p{i}", "port": 80 + i, "targetPort": t} for i, t in enumerate(targets)]
+    svc = Service.model_validate(
+        {"metadata": {"name": "web"}, "spec": {"selector": {"app": "x"}, "ports": ports}}
+    )
+    pods = []
+    for i, (app, ips, phase, named) in enumerate(specs):
+        container = {"name": "c", "ports": [{"name": n, "containerPort": p} for n, p in named]}
+        status: dict[str, Any] = {"phase": phase, "podIPs": [{"ip": ip} for ip in ips]}
+        meta = {"name": f"p{i}", "labels": {"app": app}}
+        pods.append(
+            Pod.model_validate(
+                {"metadata": meta, "spec": {"containers": [container]}, "status": status}
+            )
+        )
+    want = reference_slices(svc, pods)
+    assert slices_for_pods(svc, pods) == want
+    store = Store()
+    for obj in (svc, *pods):
+        store.apply(obj)
+    assert desired_for(store.snapshot(), ("default", "web")) == want
