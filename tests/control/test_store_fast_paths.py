@@ -14,6 +14,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesh.config.dns import DnsPort
 from mesh.control.endpoints import (
     _build,
     desired_for,
@@ -24,6 +25,7 @@ from mesh.control.endpoints import (
     slices_for_pods,
 )
 from mesh.control.store import DEFAULT_INDEXES, Store
+from mesh.control.translate.dns import _ports
 from mesh.objects import Endpoint, EndpointConditions, EndpointSlice, Pod, Service
 
 NAMES = st.sampled_from(["a", "b", "c"])
@@ -165,3 +167,21 @@ def test_slices_with_shared_ports_equal_per_pod_slices(
     for obj in (svc, *pods):
         store.apply(obj)
     assert desired_for(store.snapshot(), ("default", "web")) == want
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.sampled_from(["http", "dns"])),
+            st.sampled_from(["TCP", "UDP", "SCTP"]),
+            st.one_of(st.none(), st.integers(1, 65535)),
+        ),
+        max_size=5,
+    )
+)
+def test_shared_dns_ports_equal_fresh_ones(ports: list[Any]) -> None:
+    fresh = tuple(
+        DnsPort(name=n, protocol=p, port=port) for n, p, port in ports if port is not None
+    )
+    assert _ports(ports) == fresh
+    assert [p.model_dump() for p in _ports(ports)] == [p.model_dump() for p in fresh]
