@@ -78,19 +78,37 @@ DEFAULT_INDEXES: Mapping[str, IndexFunc] = MappingProxyType(
 )
 
 
+# Index functions that find objects of one kind only: the indexer does not call them for
+# the others (a Pod write asks three functions, not five).
+_ONE_KIND: Mapping[IndexFunc, str] = MappingProxyType(
+    {_pod_ips: "Pod", _slices_of_service: "EndpointSlice", _service_selector: "Service"}
+)
+
+
 class _Indexer:
     """Named indexes: value -> ordered set of object keys, updated one object at a time."""
 
     def __init__(self, funcs: Mapping[str, IndexFunc]) -> None:
         self.funcs = dict(funcs)
         self.entries: dict[str, dict[Hashable, dict[Key, None]]] = {n: {} for n in funcs}
+        self._by_kind: dict[str, list[tuple[str, IndexFunc]]] = {}
+
+    def _funcs(self, kind: str) -> list[tuple[str, IndexFunc]]:
+        found = self._by_kind.get(kind)
+        if found is None:
+            found = self._by_kind[kind] = [
+                (name, func)
+                for name, func in self.funcs.items()
+                if _ONE_KIND.get(func, kind) == kind
+            ]
+        return found
 
     def update(self, old: KubeObject | None, new: KubeObject | None) -> None:
         key = (old or new).key  # type: ignore[union-attr]
         if old is None:
             # A create (every object at start): nothing to take out, no set differences.
             entries = self.entries
-            for name, func in self.funcs.items():
+            for name, func in self._funcs(key[0]):
                 after = func(new)  # type: ignore[arg-type]
                 if after:
                     index = entries[name]
@@ -101,7 +119,7 @@ class _Indexer:
                         else:
                             keys[key] = None
             return
-        for name, func in self.funcs.items():
+        for name, func in self._funcs(key[0]):
             before = func(old) if old is not None else ()
             after = func(new) if new is not None else ()
             if not before and not after:

@@ -26,7 +26,14 @@ from mesh.control.endpoints import (
 )
 from mesh.control.store import DEFAULT_INDEXES, Store
 from mesh.control.translate.dns import _ports
-from mesh.objects import Endpoint, EndpointConditions, EndpointSlice, Pod, Service
+from mesh.objects import (
+    SERVICE_NAME_LABEL,
+    Endpoint,
+    EndpointConditions,
+    EndpointSlice,
+    Pod,
+    Service,
+)
 
 NAMES = st.sampled_from(["a", "b", "c"])
 NAMESPACES = st.sampled_from(["default", "shop"])
@@ -49,7 +56,15 @@ OPS = st.lists(
     st.one_of(
         st.tuples(st.just("pod"), NAMES, NAMESPACES, LABELS, IPS),
         st.tuples(st.just("svc"), NAMES, NAMESPACES, LABELS),
-        st.tuples(st.just("del"), st.sampled_from(["Pod", "Service"]), NAMES, NAMESPACES),
+        st.tuples(
+            st.just("slice"),
+            NAMES,
+            NAMESPACES,
+            st.dictionaries(st.sampled_from([SERVICE_NAME_LABEL, "app"]), NAMES, max_size=2),
+        ),
+        st.tuples(
+            st.just("del"), st.sampled_from(["Pod", "Service", "EndpointSlice"]), NAMES, NAMESPACES
+        ),
     ),
     max_size=30,
 )
@@ -64,6 +79,9 @@ def test_live_indexes_equal_indexes_built_from_scratch(ops: list[tuple[Any, ...]
             store.apply(make_pod(op[1], op[2], op[3], op[4]))
         elif op[0] == "svc":
             store.apply(make_service(op[1], op[2], op[3]))
+        elif op[0] == "slice":
+            meta = {"name": op[1], "namespace": op[2], "labels": op[3]}
+            store.apply(EndpointSlice.model_validate({"metadata": meta, "addressType": "IPv4"}))
         else:
             store.delete(op[1], op[3], op[2])
     snap = store.snapshot()
