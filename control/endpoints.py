@@ -118,7 +118,7 @@ def desired_for(snap: Snapshot, key: ServiceKey) -> list[EndpointSlice]:
     if not isinstance(svc, Service) or svc.spec.type == "ExternalName":
         return []
     if svc.spec.selector:
-        return slices_for_pods(svc, selected_pods(snap, svc))
+        return _slices_for_pods(svc, selected_pods(snap, svc), matched=True)
     legacy = snap.get("Endpoints", *key)
     if not isinstance(legacy, Endpoints):
         return []
@@ -209,6 +209,15 @@ def pod_ports(svc: Service, pod: Pod) -> Ports:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=8)
+def _conditions(serving: bool, terminating: bool) -> EndpointConditions:
+    """One shared (frozen) conditions model per combination: a start builds one Endpoint per
+    Pod address, nearly all with the same three flags."""
+    return EndpointConditions(
+        ready=serving and not terminating, serving=serving, terminating=terminating
+    )
+
+
 def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
     serving = pod.ready
     terminating = pod.terminating
@@ -216,9 +225,7 @@ def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
     hostname = spec.hostname if spec.hostname and spec.subdomain == svc.name else None
     return Endpoint(
         addresses=(ip,),
-        conditions=EndpointConditions(
-            ready=serving and not terminating, serving=serving, terminating=terminating
-        ),
+        conditions=_conditions(serving, terminating),
         hostname=hostname,
         node_name=spec.node_name,
         zone=None,
@@ -229,13 +236,42 @@ def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
 
 
 def slices_for_pods(svc: Service, pods: Iterable[Pod]) -> list[EndpointSlice]:
+    return _slices_for_pods(svc, pods, matched=False)
+
+
+def _service_ports(svc: Service) -> Ports | None:
+    """The slice ports of a Service that names no target port: the same for every Pod, so
+    made once per Service rather than once per Pod (None: some Pod must resolve a name)."""
+    if any(isinstance(sp.target_port, str) for sp in svc.spec.ports):
+        return None
+    out: list[EndpointPort] = []
+    for sp in svc.spec.ports:
+        number = sp.target_port
+        if isinstance(number, int):
+            out.append(
+                EndpointPort(
+                    name=sp.name or "",
+                    protocol=sp.protocol,
+                    port=number,
+                    app_protocol=sp.app_protocol,
+                )
+            )
+    return tuple(out)
+
+
+def _slices_for_pods(svc: Service, pods: Iterable[Pod], *, matched: bool) -> list[EndpointSlice]:
+    """``matched``: the Pods are known to match the selector (``selected_pods`` checked)."""
     families = set(svc.spec.ip_families)
     groups: dict[tuple[Family, Ports], list[Endpoint]] = defaultdict(list)
+    shared_ports = _service_ports(svc)
     for pod in pods:
-        if not (eligible(pod) and selects(svc, pod)):
+        ips = pod.ips
+        if not ips or pod.status.phase in ("Succeeded", "Failed"):
+            continue  # not eligible
+        if not matched and not selects(svc, pod):
             continue
-        ports = pod_ports(svc, pod)
-        for ip in pod.ips:
+        ports = shared_ports if shared_ports is not None else pod_ports(svc, pod)
+        for ip in ips:
             family = _family(ip)
             if families and family not in families:
                 continue

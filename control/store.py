@@ -78,16 +78,48 @@ DEFAULT_INDEXES: Mapping[str, IndexFunc] = MappingProxyType(
 )
 
 
+# Index functions that find objects of one kind only: the indexer does not call them for
+# the others (a Pod write asks three functions, not five).
+_ONE_KIND: Mapping[IndexFunc, str] = MappingProxyType(
+    {_pod_ips: "Pod", _slices_of_service: "EndpointSlice", _service_selector: "Service"}
+)
+
+
 class _Indexer:
     """Named indexes: value -> ordered set of object keys, updated one object at a time."""
 
     def __init__(self, funcs: Mapping[str, IndexFunc]) -> None:
         self.funcs = dict(funcs)
         self.entries: dict[str, dict[Hashable, dict[Key, None]]] = {n: {} for n in funcs}
+        self._by_kind: dict[str, list[tuple[str, IndexFunc]]] = {}
+
+    def _funcs(self, kind: str) -> list[tuple[str, IndexFunc]]:
+        found = self._by_kind.get(kind)
+        if found is None:
+            found = self._by_kind[kind] = [
+                (name, func)
+                for name, func in self.funcs.items()
+                if _ONE_KIND.get(func, kind) == kind
+            ]
+        return found
 
     def update(self, old: KubeObject | None, new: KubeObject | None) -> None:
         key = (old or new).key  # type: ignore[union-attr]
-        for name, func in self.funcs.items():
+        if old is None:
+            # A create (every object at start): nothing to take out, no set differences.
+            entries = self.entries
+            for name, func in self._funcs(key[0]):
+                after = func(new)  # type: ignore[arg-type]
+                if after:
+                    index = entries[name]
+                    for value in after:
+                        keys = index.get(value)
+                        if keys is None:
+                            index[value] = {key: None}
+                        else:
+                            keys[key] = None
+            return
+        for name, func in self._funcs(key[0]):
             before = func(old) if old is not None else ()
             after = func(new) if new is not None else ()
             if not before and not after:
@@ -213,7 +245,9 @@ class Store:
         self._events: collections.deque[WatchEvent] = collections.deque(maxlen=history)
         self._revision = 0
         self._compacted = 0  # events at or below this revision are no longer kept
-        self._changed = trio.Event()
+        # Made when someone waits and set (then dropped) by the next write: a start-up that
+        # writes 40,000 objects before anyone waits makes no events.
+        self._changed: trio.Event | None = None
         self._snapshot: Snapshot | None = None
         self._dirty: set[str] = set()  # kinds written since the last snapshot
 
@@ -271,8 +305,9 @@ class Store:
         self._events.append(WatchEvent(type_, obj, self._revision, old))
         self._dirty.add(obj.KIND)
         self._snapshot = None
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     # --- reads -----------------------------------------------------------------------
 
@@ -325,6 +360,8 @@ class Store:
     async def wait_for_change(self, revision: int) -> int:
         """Wait until the store's revision is past ``revision``; returns the new revision."""
         while self._revision <= revision:
+            if self._changed is None:
+                self._changed = trio.Event()
             await self._changed.wait()
         return self._revision
 

@@ -109,7 +109,7 @@ def _direct(ttl: int, qname: tuple[bytes, ...], qtype: int, node: Node) -> Entry
     main = bytes(buf.out)
     for owner, rtype, rdata in node.additional:
         buf.record(
-            tuple(label.encode("ascii") for label in owner.rstrip(".").split(".")),
+            tuple(owner.rstrip(".").encode("ascii").split(b".")),
             rtype,
             ttl,
             rdata,

@@ -120,8 +120,9 @@ class FastIndex:
                 self._put(index, name, node)
 
     def _put(self, index: ZoneIndex, name: str, node: Node) -> None:
-        labels = tuple(label.encode("ascii") for label in name.rstrip(".").split("."))
-        wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+        # One encode and one split of the whole name, not one per label (40,000 names at start).
+        labels = tuple(name.rstrip(".").encode("ascii").split(b"."))
+        wire = b"".join([bytes((len(label),)) + label for label in labels]) + b"\x00"
         entries = self._nodes[wire] = encode_node(index, name, labels, node)
         self._rebuilt += 1
         if node.cname is not None:

@@ -168,13 +168,23 @@ def _service_part(svc: DnsService, zone: str) -> _Part:
             ops = out[name] = []
         return ops
 
+    # An address's record made once per Service: a cluster IP is in the base name's answer
+    # and again in the additional section of every named port's SRV answer.
+    made: dict[str, tuple[int, RData, str | None]] = {}
+
+    def addr(ip: str) -> tuple[int, RData, str | None]:
+        found = made.get(ip)
+        if found is None:
+            found = made[ip] = _address(ip)
+        return found
+
     def add_srv(name: str | None, proto: str, port: int, ips: Iterable[str], target: str) -> None:
         if not name:  # unnamed ports have no SRV record (spec 2.3.2)
             return
         ops = at(f"_{name}._{proto.lower()}.{base}")
         ops.append(("srv", port, target))
         for ip in ips:
-            ops.append(("add", target, *_address(ip)))
+            ops.append(("add", target, *addr(ip)))
 
     base = names.join(svc.name, svc.namespace, "svc", zone)
     if svc.kind == "ExternalName":
@@ -182,7 +192,7 @@ def _service_part(svc: DnsService, zone: str) -> _Part:
     elif svc.kind == "ClusterIP":
         ops = at(base)
         for ip in svc.cluster_ips:
-            ops.append(("rr", *_address(ip)))
+            ops.append(("rr", *addr(ip)))
             at(names.reverse_name(ip)).append(("rr", TYPE_PTR, ptr(base), base))
         if svc.cluster_ips:
             for port in svc.ports:
@@ -197,7 +207,7 @@ def _service_part(svc: DnsService, zone: str) -> _Part:
             for target, addrs in targets:
                 host = at(target)
                 for a in addrs:
-                    rr = ("rr", *_address(a))
+                    rr = ("rr", *addr(a))
                     ops.append(rr)
                     host.append(rr)
                     at(names.reverse_name(a)).append(("rr", TYPE_PTR, ptr(target), target))

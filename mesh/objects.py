@@ -140,24 +140,33 @@ def share_fields_sets(model: BaseModel) -> None:
     """Make ``model`` and the models inside it share one fields-set per class where the
     sets are equal. Pydantic gives every instance its own ``set`` of the fields it was
     given (some 200 bytes), a third of the memory of a stored object; the models are
-    frozen, so nothing adds to those sets (``model_copy`` copies the set before updating)."""
-    cls = model.__class__
-    fields_set = model.__pydantic_fields_set__
-    shared = _FIELDS_SETS.setdefault(cls, fields_set)
-    if shared is not fields_set:
-        if shared != fields_set:  # a less common combination: one shared set per variant
-            key = (cls, frozenset(fields_set))
-            shared = _VARIANTS.setdefault(key, fields_set)
-        object.__setattr__(model, "__pydantic_fields_set__", shared)
-    values = model.__dict__
-    for name in _NESTED.get(cls) or _nested_fields(cls):
-        value = values[name]
-        if value.__class__ is tuple:
-            for item in value:
-                if isinstance(item, BaseModel):
-                    share_fields_sets(item)
-        elif isinstance(value, BaseModel):
-            share_fields_sets(value)
+    frozen, so nothing adds to those sets (``model_copy`` copies the set before updating).
+    A loop over a stack, not recursion: every store write walks some ten models."""
+    stack = [model]
+    pop, push = stack.pop, stack.append
+    shared_sets, nested_fields = _FIELDS_SETS, _NESTED
+    while stack:
+        item = pop()
+        cls = item.__class__
+        fields_set = item.__pydantic_fields_set__
+        shared = shared_sets.setdefault(cls, fields_set)
+        if shared is not fields_set:
+            if shared != fields_set:  # a less common combination: one shared set per variant
+                shared = _VARIANTS.setdefault((cls, frozenset(fields_set)), fields_set)
+            object.__setattr__(item, "__pydantic_fields_set__", shared)
+        nested = nested_fields.get(cls)
+        if nested is None:
+            nested = _nested_fields(cls)
+        if nested:
+            values = item.__dict__
+            for name in nested:
+                value = values[name]
+                if value.__class__ is tuple:
+                    for inner in value:
+                        if isinstance(inner, BaseModel):
+                            push(inner)
+                elif isinstance(value, BaseModel):
+                    push(value)
 
 
 class OwnerReference(Model):

@@ -172,7 +172,9 @@ async def test_the_reporter_retries_until_the_plane_is_up_then_follows_changes(
     assert state["lastError"]  # why it has not arrived
     plane, _ = await start(nursery, port)
     await until(lambda: listener_programmed(plane)[:2] == ("False", "Pending"))
-    assert reporter.describe()["lastError"] == ""
+    # The plane writes the status while it answers the post: the reporter reads the answer
+    # (and clears its error) a moment later.
+    await until(lambda: reporter.describe()["lastError"] == "")
     reporter.update({})
     await until(lambda: listener_programmed(plane) == ("True", "Programmed", ""))
     # The plane forgets (as a restarted one would); a reconnection brings the report back.
@@ -183,7 +185,7 @@ async def test_the_reporter_retries_until_the_plane_is_up_then_follows_changes(
     posted = reporter.posted
     reporter.reconnected()
     await until(lambda: listener_programmed(plane)[0] == "False")
-    assert reporter.posted == posted + 1
+    await until(lambda: reporter.posted == posted + 1)
 
 
 async def test_the_reporter_posts_again_every_third_of_its_lease(nursery: trio.Nursery) -> None:
