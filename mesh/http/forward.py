@@ -47,7 +47,12 @@ from mesh.http.events import (
 )
 from mesh.http.h1 import Reader, chunk, last_chunk, request_head, response_head
 from mesh.http.pool import Timeout, Upstream, close, recv, send_all
-from mesh.http.proxyheaders import request_fields, response_fields
+from mesh.http.proxyheaders import (
+    added_lines,
+    plain_request_head,
+    request_fields,
+    response_fields,
+)
 
 if TYPE_CHECKING:
     from mesh.http.balance import Balancer
@@ -98,19 +103,30 @@ async def forward(
     if fwd.max_body is not None and req.length > fwd.max_body:
         raise DownstreamError("body-too-large", "the request body is larger than allowed")
     upgrade = _wants_upgrade(req)
-    fields, _ = request_fields(
-        req.headers,
-        peer,
-        host=fwd.host,
-        upgrade=upgrade,
-        trust_downstream=limits.trust_downstream,
-        forwarded=limits.forwarded,
-    )
-    if req.length == CHUNKED:
-        fields.append((b"transfer-encoding", b"chunked"))
-    if fwd.request_headers is not NO_EDITS and fwd.request_headers:  # no __bool__ call
-        fields = fwd.request_headers.apply(fields)
-    head = request_head(req.method, fwd.target or req.target, fields)
+    head = None
+    if (
+        dreader.head_event is req
+        and fwd.host is None
+        and not limits.trust_downstream
+        and not limits.forwarded
+    ):  # the common request: its field lines go upstream as they came (see proxyheaders)
+        head = plain_request_head(
+            req, dreader.head_fields, fwd.target or req.target, peer, fwd.request_headers
+        )
+    if head is None:
+        fields, _ = request_fields(
+            req.headers,
+            peer,
+            host=fwd.host,
+            upgrade=upgrade,
+            trust_downstream=limits.trust_downstream,
+            forwarded=limits.forwarded,
+        )
+        if req.length == CHUNKED:
+            fields.append((b"transfer-encoding", b"chunked"))
+        if fwd.request_headers is not NO_EDITS and fwd.request_headers:  # no __bool__ call
+            fields = fwd.request_headers.apply(fields)
+        head = request_head(req.method, fwd.target or req.target, fields)
     t = fwd.timeouts
     deadline = trio.current_time() + t.request if t.request is not None else math.inf
     balancer = fwd.upstream
@@ -208,6 +224,27 @@ async def _simple(
                 close(usock)
                 return None
             reader.feed(data)
+            added = added_lines(fwd.response_headers)
+            if added is not None and (whole := reader.passthrough()) is not None:
+                # The usual response: its head goes on as it came (see Reader.passthrough).
+                _, keep_up, passed, passed_body = whole
+                if not req.keep_alive:
+                    added += b"connection: close\r\n"
+                out = b"%s%s\r\n%s" % (passed, added, passed_body)
+                try:
+                    sent = down.send(out)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    close(usock, reset=True)
+                    raise Abort from exc
+                if sent < len(out):
+                    await _to_client(down, [out[sent:]], server.limits.body_timeout, up)
+                if keep_up and not reader.buffered:
+                    server.pool.put(up)
+                else:
+                    close(usock)
+                return req.keep_alive and dreader.message_done
             try:
                 ev = reader.next_event()
             except ProtocolError as exc:
