@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from mesh.http import reactor
-from mesh.http.client import acquire
+from mesh.http.client import acquire, pooled
 from mesh.http.decision import NO_EDITS, Forward, Peer
 from mesh.http.errors import DownstreamError, ProtocolError, UpstreamError, phrase
 from mesh.http.events import (
@@ -86,7 +86,7 @@ def _wants_upgrade(req: Request) -> bool:
 async def forward(
     server: HttpServer,
     down: socket.socket,
-    dreader_: object,
+    dreader: Reader,
     req: Request,
     peer: Peer,
     fwd: Forward,
@@ -95,10 +95,6 @@ async def forward(
     """Proxy ``req``; True when the client connection may carry another request.
     ``body``: keep the request body for a retry and hand it to mirror copies
     (mesh.http.replay); a retry passes the same one again."""
-    from mesh.http.h1 import Reader
-
-    assert isinstance(dreader_, Reader)
-    dreader = dreader_
     limits = server.limits
     if fwd.max_body is not None and req.length > fwd.max_body:
         raise DownstreamError("body-too-large", "the request body is larger than allowed")
@@ -131,13 +127,16 @@ async def forward(
     deadline = trio.current_time() + t.request if t.request is not None else math.inf
     balancer = fwd.upstream
     retry = req.length == 0 and req.method in _IDEMPOTENT and not upgrade
-    up = await acquire(
-        server.pool,
-        balancer,
-        attempts=fwd.connect_attempts,
-        connect_timeout=t.connect,
-        deadline=deadline,
-    )
+    up, first = pooled(server.pool, balancer)
+    if up is None:
+        up = await acquire(
+            server.pool,
+            balancer,
+            attempts=fwd.connect_attempts,
+            connect_timeout=t.connect,
+            deadline=deadline,
+            first=first,
+        )
     if up.reused and req.length == 0 and not upgrade and server.fast:
         # The common exchange (no request body, a pooled connection): see ``_simple``.
         keep = await _simple(server, down, dreader, req, fwd, up, head, deadline)

@@ -288,27 +288,33 @@ class Reader:
         block = buf[first + 2 : end + 2]
         if not _FIELD_BLOCK.fullmatch(block) or block.count(b"\r\n") > self.max_fields:
             return None
-        fields = []
         keep_parts = [buf[pos : first + 2]]
         at = 0
+        length: int | None = None
+        close = False
+        # _framing's rules for a response, inlined; whatever it would refuse or that needs
+        # more than forwarding (chunked, a Connection naming fields) goes the general way.
         for f in _PASS_FIELD.finditer(b"\n" + block.lower()):
             name = f[1]
             value = f[2].rstrip(b" \t")  # lower-cased: only framing values are read
-            fields.append((name, value))
             if name == b"content-length":
+                if length is not None or not _LENGTH.fullmatch(value):
+                    return None
+                length = int(value)
                 continue
+            if name == b"transfer-encoding":
+                return None
             if name == b"connection":
                 for token in value.split(b","):
-                    if token.strip() not in _STANDARD_TOKENS:
+                    token = token.strip()
+                    if token == b"close":
+                        close = True
+                    elif token not in _STANDARD_TOKENS:
                         return None  # it names fields to drop: the general path does that
             start, stop = f.span()  # in block terms: the line is block[start:stop]
             keep_parts.append(block[at:start])
             at = stop
-        try:
-            length, te, close, _ = _framing(fields, b"1.1")
-        except ProtocolError:
-            return None
-        if te or length is None or len(buf) - end - 4 < length:
+        if length is None or len(buf) - end - 4 < length:
             return None
         keep_parts.append(block[at:])
         self._pos = end + 4 + length
