@@ -81,9 +81,14 @@ _STATUS_PASS = re.compile(rb"HTTP/1\.1 ([2-9][0-9]{2}) [\t\x20-\x7e\x80-\xff]+")
 _HOP_NAMES = (
     rb"connection|content-length|transfer-encoding|keep-alive|proxy-connection|te|upgrade|expect"
 )
-# Run over b"\n" + the lower-cased block; it stops before each line's LF, so that LF can
-# start the next match.
-_PASS_FIELD = re.compile(rb"\n(" + _HOP_NAMES + rb"):[ \t]*([^\r]*)\r")
+# Both run over b"\n" + the block (validated: every line a field line), so each field line is
+# b"\n" + line + b"\r": the first reads the framing and hop-by-hop fields of the lower-cased
+# block; the second cuts the hop-by-hop lines out (match objects would cost more than both).
+_PASS_FIELD = re.compile(rb"\n(" + _HOP_NAMES + rb"):[ \t]*([^\r]*)")
+_HOP_LINE = re.compile(
+    rb"\n(?:connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|expect):[^\r]*\r",
+    re.IGNORECASE,  # ASCII only for bytes, as bytes.lower()
+)
 _STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
 MAX_HEAD: Final = 16384  # bytes of a head (request line or status line plus fields)
@@ -288,15 +293,12 @@ class Reader:
         block = buf[first + 2 : end + 2]
         if not _FIELD_BLOCK.fullmatch(block) or block.count(b"\r\n") > self.max_fields:
             return None
-        keep_parts = [buf[pos : first + 2]]
-        at = 0
         length: int | None = None
-        close = False
+        close = hop = False
         # _framing's rules for a response, inlined; whatever it would refuse or that needs
         # more than forwarding (chunked, a Connection naming fields) goes the general way.
-        for f in _PASS_FIELD.finditer(b"\n" + block.lower()):
-            name = f[1]
-            value = f[2].rstrip(b" \t")  # lower-cased: only framing values are read
+        for name, value in _PASS_FIELD.findall(b"\n" + block.lower()):
+            value = value.rstrip(b" \t")  # lower-cased: only framing values are read
             if name == b"content-length":
                 if length is not None or not _LENGTH.fullmatch(value):
                     return None
@@ -311,16 +313,14 @@ class Reader:
                         close = True
                     elif token not in _STANDARD_TOKENS:
                         return None  # it names fields to drop: the general path does that
-            start, stop = f.span()  # in block terms: the line is block[start:stop]
-            keep_parts.append(block[at:start])
-            at = stop
+            hop = True
         if length is None or len(buf) - end - 4 < length:
             return None
-        keep_parts.append(block[at:])
+        head = buf[pos : first + 2] + (_HOP_LINE.sub(b"", b"\n" + block)[1:] if hop else block)
         self._pos = end + 4 + length
         self._left = 0
         self._state = _DONE
-        return status, not close, b"".join(keep_parts), buf[end + 4 : end + 4 + length]
+        return status, not close, head, buf[end + 4 : end + 4 + length]
 
     def _fields(self, block: bytes) -> list[tuple[bytes, bytes]]:
         """The fields of a block of CRLF-terminated field lines: validated in one regex
