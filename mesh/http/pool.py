@@ -157,8 +157,12 @@ def close(sock: socket.socket, *, reset: bool = False) -> None:
             sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
             )
-    with contextlib.suppress(OSError, ValueError):
-        trio.lowlevel.notify_closing(sock)
+    loop = reactor.CURRENT
+    if loop is None or not loop.watches(sock):
+        # Wake trio's waiters on it, if any. A socket the running reactor watches has none
+        # (its owner runs in the reactor), and trio's bookkeeping costs a system call.
+        with contextlib.suppress(OSError, ValueError):
+            trio.lowlevel.notify_closing(sock)
     sock.close()
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from typing import Final
 
@@ -152,6 +153,8 @@ def response_fields(headers: Headers, *, upgrade: bool = False) -> list[tuple[by
 # Fields that keep a request off ``plain_request_head``: each needs the general treatment.
 _NOT_PLAIN: Final = HOP_BY_HOP | _FORWARDING | {b"x-request-id"}
 _EDITS: dict[int, tuple[HeaderEdits, frozenset[bytes], bytes]] = {}
+# Over b"\n" + field lines, each of them b"\n" + line + b"\r" (see h1._HOP_LINE).
+_CONNECTION_LINE: Final = re.compile(rb"\nconnection:[^\r]*\r", re.IGNORECASE)
 _PLAIN_HEAD: Final = (
     b"%s %s HTTP/1.1\r\n%s"  # request line, the client's field lines
     b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n%s"  # ..., X-Forwarded-Host line
@@ -176,18 +179,24 @@ def plain_request_head(
     req: Request, fields: bytes, target: bytes, peer: Peer, edits: HeaderEdits
 ) -> bytes | None:
     """The upstream request head of the common request in one step: when none of its fields
-    is hop-by-hop, a forwarding field, X-Request-Id or a field the route's edits replace or
-    remove, its field lines (``fields``, as they came, already validated by the codec) are
+    is hop-by-hop (but a Connection of close or keep-alive, which is dropped), a forwarding
+    field, X-Request-Id or a field the route's edits replace or remove, its field lines (``fields``, as they came, already validated by the codec) are
     forwarded unchanged and followed by what ``request_fields`` would add: the same fields in
     the same order as the general path gives. None: take the general path. For the edge
     (X-Forwarded-* of the client dropped), without ``Forwarded``, the Host kept."""
     _, stop, lines = _edit_parts(edits)
     host = b""
+    connection = False
     for name, value in req.headers:
         if name in stop:
+            if name == b"connection" and value.lower() in _STANDARD_TOKENS:
+                connection = True  # "close" or "keep-alive": it names no field, it just goes
+                continue
             return None
         if name == b"host":
             host = value
+    if connection:
+        fields = _CONNECTION_LINE.sub(b"", b"\n" + fields)[1:]
     return _PLAIN_HEAD % (
         req.method,
         target,

@@ -152,6 +152,14 @@ class Reactor:
             return None
         return bool(self._pending.get(fd, 0) & (_IN | _ALWAYS))
 
+    def watches(self, sock: Any) -> bool:
+        """``sock`` is registered here (and so waited on here, not through trio)."""
+        try:
+            ref = self._armed.get(sock.fileno())
+        except (OSError, ValueError):
+            return False
+        return ref is not None and ref() is sock
+
     def settle(self, fd: int) -> None:
         """Forget the edges seen on ``fd`` (the kernel said they are spent)."""
         self._pending.pop(fd, None)
