@@ -15,12 +15,17 @@ connection (``Abort``), never to end a truncated body as if complete.
 
 A request without a body that finds its pooled connection dead (reset or closed before any
 response byte) is sent again once on a fresh connection when its method is idempotent
-(RFC 9110 section 9.2.2): the pool's peek already keeps known-dead connections out, this
+(RFC 9110 section 9.2.2): the pool already keeps known-dead connections out, this
 covers the race where the upstream closes while the request is on its way.
 
 A route with a retry policy or mirrors passes a ``SentBody`` (mesh.http.replay): each body
 piece sent is offered to it (kept for a retry up to its limit, handed to mirror copies), and
 a retry sends the upstream head with the body kept so far before reading on from the client.
+
+Heads are forwarded as they came when nothing in them needs rewriting: the client's field
+lines plus the proxy's own (``proxyheaders.plain_request_head``), and a response head with
+its hop-by-hop lines cut out (``Reader.passthrough``). Both are validated by the strict codec
+first; anything unusual takes the general path, which rebuilds the head field by field.
 """
 
 from __future__ import annotations
