@@ -81,14 +81,11 @@ _STATUS_PASS = re.compile(rb"HTTP/1\.1 ([2-9][0-9]{2}) [\t\x20-\x7e\x80-\xff]+")
 _HOP_NAMES = (
     rb"connection|content-length|transfer-encoding|keep-alive|proxy-connection|te|upgrade|expect"
 )
-# Both run over b"\n" + the block (validated: every line a field line), so each field line is
-# b"\n" + line + b"\r": the first reads the framing and hop-by-hop fields of the lower-cased
-# block; the second cuts the hop-by-hop lines out (match objects would cost more than both).
+# Run over b"\n" + the lower-cased block (validated: every line a field line, no CR or LF
+# inside one), where each field line is b"\n" + line + b"\r": the framing and hop-by-hop
+# fields in one scan (match objects, with their positions, would cost more than finding the
+# few lines to cut again with bytes.find, ``_cut_lines``).
 _PASS_FIELD = re.compile(rb"\n(" + _HOP_NAMES + rb"):[ \t]*([^\r]*)")
-_HOP_LINE = re.compile(
-    rb"\n(?:connection|keep-alive|proxy-connection|te|transfer-encoding|upgrade|expect):[^\r]*\r",
-    re.IGNORECASE,  # ASCII only for bytes, as bytes.lower()
-)
 _STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
 MAX_HEAD: Final = 16384  # bytes of a head (request line or status line plus fields)
@@ -294,10 +291,12 @@ class Reader:
         if not _FIELD_BLOCK.fullmatch(block) or block.count(b"\r\n") > self.max_fields:
             return None
         length: int | None = None
-        close = hop = False
+        close = False
+        hops: set[bytes] = set()
         # _framing's rules for a response, inlined; whatever it would refuse or that needs
         # more than forwarding (chunked, a Connection naming fields) goes the general way.
-        for name, value in _PASS_FIELD.findall(b"\n" + block.lower()):
+        low = b"\n" + block.lower()
+        for name, value in _PASS_FIELD.findall(low):
             value = value.rstrip(b" \t")  # lower-cased: only framing values are read
             if name == b"content-length":
                 if length is not None or not _LENGTH.fullmatch(value):
@@ -313,10 +312,10 @@ class Reader:
                         close = True
                     elif token not in _STANDARD_TOKENS:
                         return None  # it names fields to drop: the general path does that
-            hop = True
+            hops.add(name)
         if length is None or len(buf) - end - 4 < length:
             return None
-        head = buf[pos : first + 2] + (_HOP_LINE.sub(b"", b"\n" + block)[1:] if hop else block)
+        head = buf[pos : first + 2] + (_cut_lines(block, low, hops) if hops else block)
         self._pos = end + 4 + length
         self._left = 0
         self._state = _DONE
@@ -492,6 +491,28 @@ class Reader:
         self._pos = end + 4
         self._state = _DONE
         return EndOfMessage(tuple(trailers))
+
+
+def _cut_lines(block: bytes, low: bytes, names: set[bytes]) -> bytes:
+    """``block`` without its field lines of these (lower-case) names; ``low`` is b"\n" +
+    block.lower(), whose offsets are block's plus one: a line found at low[i:j] (from its
+    leading LF to its CR) is block[i : j + 1] (through its own LF)."""
+    cuts = []
+    for name in names:
+        key = b"\n" + name + b":"
+        i = low.find(key)
+        while i >= 0:
+            j = low.find(b"\r", i)
+            cuts.append((i, j + 1))
+            i = low.find(key, j)
+    cuts.sort()
+    parts = []
+    at = 0
+    for i, j in cuts:
+        parts.append(block[at:i])
+        at = j
+    parts.append(block[at:])
+    return b"".join(parts)
 
 
 def _framing(
