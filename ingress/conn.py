@@ -40,7 +40,7 @@ class Refused(Exception):
 
 
 class Downstream:
-    __slots__ = ("received", "sent", "sock", "status", "tls", "veto")
+    __slots__ = ("__weakref__", "received", "sent", "sock", "status", "tls", "veto")
 
     def __init__(self, sock: socket.socket, *, tls: bool = False) -> None:
         self.sock = sock
@@ -109,11 +109,15 @@ async def handshake(sock: socket.socket, context: ssl.SSLContext, seconds: float
     OSError (ssl.SSLError included) or Timeout. The socket is then owned by the result."""
     tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
     deadline = math.inf if seconds == math.inf else trio.current_time() + seconds
-    while True:
-        try:
-            tls.do_handshake()
-            return tls
-        except ssl.SSLWantReadError:
-            await DEADLINES.wait(tls, math.inf, deadline, False)
-        except ssl.SSLWantWriteError:
-            await DEADLINES.wait(tls, math.inf, deadline, True)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                return tls
+            except ssl.SSLWantReadError:
+                await DEADLINES.wait(tls, math.inf, deadline, False)
+            except ssl.SSLWantWriteError:
+                await DEADLINES.wait(tls, math.inf, deadline, True)
+    except BaseException:
+        tls.close()  # ``sock`` gave its descriptor to ``tls``: closing ``sock`` would not do
+        raise

@@ -26,7 +26,7 @@ from mesh.http import decision as engine
 from mesh.http import plan as planner
 from mesh.http.balance import Balancer, Endpoint, balancer
 from mesh.http.events import Request
-from mesh.http.routes import CompiledRoutes, compile_routes
+from mesh.http.routes import CompiledRoutes, compile_routes, normalize_host
 from mesh.http.split import affinity_cookie
 from mesh.http.tracing import TRACE_HEADERS, Hop
 from mesh.tls.upstream import TlsEndpoint, UpstreamTls
@@ -35,6 +35,9 @@ from mesh.tls.upstream import TlsEndpoint, UpstreamTls
 DEFAULT_CONNECT = 5.0
 DEFAULT_READ = 60.0
 DEFAULT_SEND = 60.0
+_DECIDED_MAX = 4096  # remembered plain decisions per config
+
+_Decided = tuple["engine.Forward | engine.Respond", "planner.Forward | None"]
 
 
 class RouteParts(NamedTuple):
@@ -130,6 +133,7 @@ class Routing:
             previous.state if previous is not None else planner.PlanState()
         )
         self.parts: dict[int, RouteParts] = {id(r): route_parts(r) for r in config.routes}
+        self._index: dict[int, int] = {id(r): i for i, r in enumerate(config.routes)}
         # Routes whose requests need more than the engine's exchange (auth-url,
         # limit-connections, mirrors, retries): the gateway takes its slower path for these.
         self.special = frozenset(
@@ -141,6 +145,8 @@ class Routing:
             or r.retry is not None
         )
         self._plain: dict[tuple[int, str], engine.Forward] = {}
+        # Decisions that depend on nothing but (listener, method, target, Host): see ``decide``.
+        self._decided: dict[tuple[str, bytes, bytes, bytes | None], _Decided] = {}
         old = previous.balancers if previous is not None else {}
         self.balancers: dict[str, Balancer] = {}
         tls = {b.name: upstream_tls(b) for b in config.backends if b.protocol == "https"}
@@ -172,7 +178,18 @@ class Routing:
     def decide(
         self, listener: str, req: Request, peer: engine.Peer, now: float, hop: Hop | None
     ) -> tuple[engine.Forward | engine.Respond, planner.Forward | None]:
-        """The engine's decision, and the plan's Forward it came from (None for a Respond)."""
+        """The engine's decision, and the plan's Forward it came from (None for a Respond).
+
+        Most requests go to a plain route: no check before the backend choice (source ranges,
+        auth, limits, redirects...), one backend, nothing applied after it (rewrite, mirrors,
+        affinity), no CORS, and no route of their host slot looks at headers or the query.
+        Such a decision is a function of the listener, method, target and Host alone, so it
+        is remembered per config (this object) and reused; everything else is planned anew."""
+        key = (listener, req.method, req.target, req.header(b"host"))
+        if hop is None:
+            found = self._decided.get(key)
+            if found is not None:
+                return found
         head = planner.head_from_wire(
             listener,
             req.method,
@@ -186,7 +203,24 @@ class Routing:
         if type(out) is planner.Respond:
             return _respond(out), None
         assert isinstance(out, planner.Forward)
-        return self.forward(out, hop, head.target), out
+        decided = (self.forward(out, hop, head.target), out)
+        if hop is None and self._cacheable(listener, out, head.host):
+            if len(self._decided) >= _DECIDED_MAX:  # bounded: targets are the client's choice
+                self._decided.clear()
+            self._decided[key] = decided
+        return decided
+
+    def _cacheable(self, listener: str, out: planner.Forward, host: str) -> bool:
+        index = self._index.get(id(out.route))
+        if index is None or out.cors:
+            return False
+        fast = self.compiled.fast[index]
+        if fast.gates or fast.tail or fast.single is None or out.route.policy.cors is not None:
+            return False
+        table = self.compiled.tables.get(listener)
+        if table is None:
+            return False
+        return all(not e.headers for e in table.lookup(normalize_host(host)))
 
     def forward(
         self, fwd: planner.Forward, hop: Hop | None, target: str | None = None

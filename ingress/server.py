@@ -137,7 +137,7 @@ class GatewayServer(HttpServer):
         """The plain Router interface (used when the engine calls ``self.router`` itself)."""
         return self.holder.routing.decide(self.listener, req, peer, time.monotonic(), None)[0]
 
-    async def _connection(self, sock: Any, addr: Any) -> None:
+    async def _connection(self, sock: Any, addr: Any, port: int = 0) -> None:
         metrics = self.telemetry.metrics
         if self.tls is not None:
             try:
@@ -152,7 +152,7 @@ class GatewayServer(HttpServer):
         if metrics is not None:
             metrics.opened(self.listener)
         try:
-            await super()._connection(sock, addr)
+            await super()._connection(sock, addr, port)
         finally:
             if metrics is not None:
                 metrics.closed(self.listener)

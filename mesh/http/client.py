@@ -20,6 +20,16 @@ from mesh.http.errors import TlsHandshakeError, UpstreamError
 from mesh.http.pool import Pool, Timeout, Upstream, connect
 
 
+def pooled(pool: Pool, balancer: Balancer) -> tuple[Upstream | None, Endpoint | None]:
+    """``acquire``'s fast path without a coroutine: the endpoint picked, and a pooled
+    connection to it when there is one (else pass the endpoint to ``acquire`` as ``first``,
+    so the balancer is not moved on twice)."""
+    if not balancer.endpoints:
+        return None, None
+    first = balancer.pick(())
+    return (pool.take(first) if first is not None else None), first
+
+
 async def acquire(
     pool: Pool,
     balancer: Balancer,
@@ -28,12 +38,13 @@ async def acquire(
     connect_timeout: float,
     deadline: float,
     fresh: bool = False,
+    first: Endpoint | None = None,
 ) -> Upstream:
-    """A connection to an endpoint of ``balancer``: pooled unless ``fresh``."""
+    """A connection to an endpoint of ``balancer``: pooled unless ``fresh``. ``first``: the
+    endpoint the caller picked already and found no pooled connection for (see ``pooled``)."""
     if not balancer.endpoints:
         raise UpstreamError("no-healthy-upstream", "the backend has no ready endpoint")
-    first: Endpoint | None = None
-    if not fresh:  # the fast path: the endpoint picked has a pooled connection
+    if not fresh and first is None:  # the fast path: the endpoint picked has a pooled connection
         first = balancer.pick(())
         if first is not None and (up := pool.take(first)) is not None:
             return up

@@ -15,12 +15,17 @@ connection (``Abort``), never to end a truncated body as if complete.
 
 A request without a body that finds its pooled connection dead (reset or closed before any
 response byte) is sent again once on a fresh connection when its method is idempotent
-(RFC 9110 section 9.2.2): the pool's peek already keeps known-dead connections out, this
+(RFC 9110 section 9.2.2): the pool already keeps known-dead connections out, this
 covers the race where the upstream closes while the request is on its way.
 
 A route with a retry policy or mirrors passes a ``SentBody`` (mesh.http.replay): each body
 piece sent is offered to it (kept for a retry up to its limit, handed to mirror copies), and
 a retry sends the upstream head with the body kept so far before reading on from the client.
+
+Heads are forwarded as they came when nothing in them needs rewriting: the client's field
+lines plus the proxy's own (``proxyheaders.plain_request_head``), and a response head with
+its hop-by-hop lines cut out (``Reader.passthrough``). Both are validated by the strict codec
+first; anything unusual takes the general path, which rebuilds the head field by field.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from mesh.http import reactor
-from mesh.http.client import acquire
+from mesh.http.client import acquire, pooled
 from mesh.http.decision import NO_EDITS, Forward, Peer
 from mesh.http.errors import DownstreamError, ProtocolError, UpstreamError, phrase
 from mesh.http.events import (
@@ -47,7 +52,12 @@ from mesh.http.events import (
 )
 from mesh.http.h1 import Reader, chunk, last_chunk, request_head, response_head
 from mesh.http.pool import Timeout, Upstream, close, recv, send_all
-from mesh.http.proxyheaders import request_fields, response_fields
+from mesh.http.proxyheaders import (
+    added_lines,
+    plain_request_head,
+    request_fields,
+    response_fields,
+)
 
 if TYPE_CHECKING:
     from mesh.http.balance import Balancer
@@ -81,7 +91,7 @@ def _wants_upgrade(req: Request) -> bool:
 async def forward(
     server: HttpServer,
     down: socket.socket,
-    dreader_: object,
+    dreader: Reader,
     req: Request,
     peer: Peer,
     fwd: Forward,
@@ -90,38 +100,48 @@ async def forward(
     """Proxy ``req``; True when the client connection may carry another request.
     ``body``: keep the request body for a retry and hand it to mirror copies
     (mesh.http.replay); a retry passes the same one again."""
-    from mesh.http.h1 import Reader
-
-    assert isinstance(dreader_, Reader)
-    dreader = dreader_
     limits = server.limits
     if fwd.max_body is not None and req.length > fwd.max_body:
         raise DownstreamError("body-too-large", "the request body is larger than allowed")
     upgrade = _wants_upgrade(req)
-    fields, _ = request_fields(
-        req.headers,
-        peer,
-        host=fwd.host,
-        upgrade=upgrade,
-        trust_downstream=limits.trust_downstream,
-        forwarded=limits.forwarded,
-    )
-    if req.length == CHUNKED:
-        fields.append((b"transfer-encoding", b"chunked"))
-    if fwd.request_headers is not NO_EDITS and fwd.request_headers:  # no __bool__ call
-        fields = fwd.request_headers.apply(fields)
-    head = request_head(req.method, fwd.target or req.target, fields)
+    head = None
+    if (
+        dreader.head_event is req
+        and fwd.host is None
+        and not limits.trust_downstream
+        and not limits.forwarded
+    ):  # the common request: its field lines go upstream as they came (see proxyheaders)
+        head = plain_request_head(
+            req, dreader.head_fields, fwd.target or req.target, peer, fwd.request_headers
+        )
+    if head is None:
+        fields, _ = request_fields(
+            req.headers,
+            peer,
+            host=fwd.host,
+            upgrade=upgrade,
+            trust_downstream=limits.trust_downstream,
+            forwarded=limits.forwarded,
+        )
+        if req.length == CHUNKED:
+            fields.append((b"transfer-encoding", b"chunked"))
+        if fwd.request_headers is not NO_EDITS and fwd.request_headers:  # no __bool__ call
+            fields = fwd.request_headers.apply(fields)
+        head = request_head(req.method, fwd.target or req.target, fields)
     t = fwd.timeouts
     deadline = trio.current_time() + t.request if t.request is not None else math.inf
     balancer = fwd.upstream
     retry = req.length == 0 and req.method in _IDEMPOTENT and not upgrade
-    up = await acquire(
-        server.pool,
-        balancer,
-        attempts=fwd.connect_attempts,
-        connect_timeout=t.connect,
-        deadline=deadline,
-    )
+    up, first = pooled(server.pool, balancer)
+    if up is None:
+        up = await acquire(
+            server.pool,
+            balancer,
+            attempts=fwd.connect_attempts,
+            connect_timeout=t.connect,
+            deadline=deadline,
+            first=first,
+        )
     if up.reused and req.length == 0 and not upgrade and server.fast:
         # The common exchange (no request body, a pooled connection): see ``_simple``.
         keep = await _simple(server, down, dreader, req, fwd, up, head, deadline)
@@ -208,6 +228,27 @@ async def _simple(
                 close(usock)
                 return None
             reader.feed(data)
+            added = added_lines(fwd.response_headers)
+            if added is not None and (whole := reader.passthrough()) is not None:
+                # The usual response: its head goes on as it came (see Reader.passthrough).
+                _, keep_up, passed, passed_body = whole
+                if not req.keep_alive:
+                    added += b"connection: close\r\n"
+                out = b"%s%s\r\n%s" % (passed, added, passed_body)
+                try:
+                    sent = down.send(out)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    close(usock, reset=True)
+                    raise Abort from exc
+                if sent < len(out):
+                    await _to_client(down, [out[sent:]], server.limits.body_timeout, up)
+                if keep_up and not reader.buffered:
+                    server.pool.put(up)
+                else:
+                    close(usock)
+                return req.keep_alive and dreader.message_done
             try:
                 ev = reader.next_event()
             except ProtocolError as exc:

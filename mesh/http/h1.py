@@ -75,6 +75,18 @@ _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0
 _ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[\x21-\x7e]*")
 _BARE = re.compile(rb"\r(?=[^\n])|(?<!\r)\n")
 _SPACE_BEFORE_COLON = re.compile(rb"[^:\s]+[ \t]+:")
+# ``passthrough``: a status line it may copy as it came, and the field lines it must look at
+# (framing and hop-by-hop), found in a validated block by one scan.
+_STATUS_PASS = re.compile(rb"HTTP/1\.1 ([2-9][0-9]{2}) [\t\x20-\x7e\x80-\xff]+")
+_HOP_NAMES = (
+    rb"connection|content-length|transfer-encoding|keep-alive|proxy-connection|te|upgrade|expect"
+)
+# Run over b"\n" + the lower-cased block (validated: every line a field line, no CR or LF
+# inside one), where each field line is b"\n" + line + b"\r": the framing and hop-by-hop
+# fields in one scan (match objects, with their positions, would cost more than finding the
+# few lines to cut again with bytes.find, ``_cut_lines``).
+_PASS_FIELD = re.compile(rb"\n(" + _HOP_NAMES + rb"):[ \t]*([^\r]*)")
+_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 
 MAX_HEAD: Final = 16384  # bytes of a head (request line or status line plus fields)
 MAX_FIELDS: Final = 100
@@ -97,6 +109,8 @@ class Reader:
         "_pos",
         "_server",
         "_state",
+        "head_event",
+        "head_fields",
         "max_fields",
         "max_head",
         "switched",
@@ -117,6 +131,10 @@ class Reader:
         self.max_head = max_head
         self.max_fields = max_fields
         self.switched = False  # the protocol switched (101, CONNECT): the rest is a tunnel
+        # The last request head read, and its field lines as they came (CRLF-terminated,
+        # validated): a proxy may forward them as they are (mesh.http.proxyheaders).
+        self.head_event: Request | None = None
+        self.head_fields = b""
 
     def feed(self, data: bytes) -> None:
         if not data:
@@ -237,11 +255,71 @@ class Reader:
             raise ProtocolError("the head is too large", 431, "headers-too-large")
         first = buf.find(b"\r\n", pos, end + 2)
         line = buf[pos:first]
-        fields = self._fields(buf[first + 2 : end + 2])
+        block = buf[first + 2 : end + 2]
+        fields = self._fields(block)
         self._pos = end + 4
         if self._server:
-            return self._request(line, fields)
+            req = self.head_event = self._request(line, fields)
+            self.head_fields = block
+            return req
         return self._response(line, fields)
+
+    def passthrough(self) -> tuple[int, bool, bytes, bytes] | None:
+        """The common response in one step, for a proxy that forwards its head unchanged:
+        HTTP/1.1, a final status with a reason phrase, a Content-Length body that has arrived
+        whole, a Connection field naming nothing but close or keep-alive. Returns (status,
+        keep-alive, the status line and field lines as they came without the hop-by-hop ones
+        and without the blank line, the body); the message is then read to its end.
+        Anything else, malformed heads included, returns None having consumed nothing: the
+        caller then reads it with ``next_event``, which applies every rule and names the
+        problem. The checks are the same: the same validation of the field block, the same
+        framing rules (``_framing``), the same limits."""
+        if self._state != _HEAD or self._server or self._method in (b"HEAD", b"CONNECT"):
+            return None
+        buf, pos = self._buf, self._pos
+        end = buf.find(b"\r\n\r\n", pos)
+        if end < 0 or end - pos > self.max_head:
+            return None
+        first = buf.find(b"\r\n", pos, end + 2)
+        m = _STATUS_PASS.fullmatch(buf, pos, first)
+        if m is None:
+            return None
+        status = int(m[1])
+        if status in (204, 304):
+            return None
+        block = buf[first + 2 : end + 2]
+        if not _FIELD_BLOCK.fullmatch(block) or block.count(b"\r\n") > self.max_fields:
+            return None
+        length: int | None = None
+        close = False
+        hops: set[bytes] = set()
+        # _framing's rules for a response, inlined; whatever it would refuse or that needs
+        # more than forwarding (chunked, a Connection naming fields) goes the general way.
+        low = b"\n" + block.lower()
+        for name, value in _PASS_FIELD.findall(low):
+            value = value.rstrip(b" \t")  # lower-cased: only framing values are read
+            if name == b"content-length":
+                if length is not None or not _LENGTH.fullmatch(value):
+                    return None
+                length = int(value)
+                continue
+            if name == b"transfer-encoding":
+                return None
+            if name == b"connection":
+                for token in value.split(b","):
+                    token = token.strip()
+                    if token == b"close":
+                        close = True
+                    elif token not in _STANDARD_TOKENS:
+                        return None  # it names fields to drop: the general path does that
+            hops.add(name)
+        if length is None or len(buf) - end - 4 < length:
+            return None
+        head = buf[pos : first + 2] + (_cut_lines(block, low, hops) if hops else block)
+        self._pos = end + 4 + length
+        self._left = 0
+        self._state = _DONE
+        return status, not close, head, buf[end + 4 : end + 4 + length]
 
     def _fields(self, block: bytes) -> list[tuple[bytes, bytes]]:
         """The fields of a block of CRLF-terminated field lines: validated in one regex
@@ -413,6 +491,28 @@ class Reader:
         self._pos = end + 4
         self._state = _DONE
         return EndOfMessage(tuple(trailers))
+
+
+def _cut_lines(block: bytes, low: bytes, names: set[bytes]) -> bytes:
+    """``block`` without its field lines of these (lower-case) names; ``low`` is b"\n" +
+    block.lower(), whose offsets are block's plus one: a line found at low[i:j] (from its
+    leading LF to its CR) is block[i : j + 1] (through its own LF)."""
+    cuts = []
+    for name in names:
+        key = b"\n" + name + b":"
+        i = low.find(key)
+        while i >= 0:
+            j = low.find(b"\r", i)
+            cuts.append((i, j + 1))
+            i = low.find(key, j)
+    cuts.sort()
+    parts = []
+    at = 0
+    for i, j in cuts:
+        parts.append(block[at:i])
+        at = j
+    parts.append(block[at:])
+    return b"".join(parts)
 
 
 def _framing(

@@ -6,9 +6,11 @@ Speed: a socket operation is tried at once and only waits through trio (``wait_r
 costs no round through the scheduler (the node proxy's reactor makes the same bargain).
 
 The pool keeps at most ``max_idle`` idle connections per endpoint, each for at most
-``idle_timeout`` seconds. A connection is taken only after a zero-wait peek says the upstream
-has not closed it meanwhile (or sent bytes nobody asked for): a request never starts on a
-connection known to be dead. ``drain(keep)`` closes the idle connections of endpoints that
+``idle_timeout`` seconds. A connection is taken only when nothing happened on it while it was
+idle (the upstream closing it, or sending bytes nobody asked for): a request never starts on
+a connection known to be dead. Inside a reactor its edges tell (``Reactor.idle_event``, no
+system call); when they say something happened, or outside a reactor, a zero-wait peek asks
+the kernel. ``drain(keep)`` closes the idle connections of endpoints that
 left the config.
 """
 
@@ -78,7 +80,7 @@ class Deadlines:
         if loop is not None:  # driven by a reactor: it enforces the deadline, on its clock
             if seconds != math.inf:
                 deadline = min(deadline, loop.now + seconds)
-            await reactor.Wait(sock.fileno(), _OUT if writable else _IN, deadline)
+            await reactor.Wait(sock, sock.fileno(), _OUT if writable else _IN, deadline)
             return
         if seconds != math.inf:
             deadline = min(deadline, trio.current_time() + seconds)
@@ -118,7 +120,7 @@ async def recv(
         if loop is not None:  # DEADLINES.wait inlined: one coroutine less per wait
             if seconds != math.inf:
                 deadline = min(deadline, loop.now + seconds)
-            await reactor.Wait(sock.fileno(), _IN, deadline)
+            await reactor.Wait(sock, sock.fileno(), _IN, deadline)
         else:
             await DEADLINES.wait(sock, seconds, deadline, False)
     while True:
@@ -155,8 +157,12 @@ def close(sock: socket.socket, *, reset: bool = False) -> None:
             sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
             )
-    with contextlib.suppress(OSError, ValueError):
-        trio.lowlevel.notify_closing(sock)
+    loop = reactor.CURRENT
+    if loop is None or not loop.watches(sock):
+        # Wake trio's waiters on it, if any. A socket the running reactor watches has none
+        # (its owner runs in the reactor), and trio's bookkeeping costs a system call.
+        with contextlib.suppress(OSError, ValueError):
+            trio.lowlevel.notify_closing(sock)
     sock.close()
 
 
@@ -197,10 +203,11 @@ async def connect(endpoint: Endpoint, seconds: float, deadline: float = math.inf
 class Upstream:
     """One connection to an endpoint and the reader of its responses."""
 
-    __slots__ = ("endpoint", "idle_since", "reader", "reused", "sock")
+    __slots__ = ("endpoint", "fd", "idle_since", "reader", "reused", "sock")
 
     def __init__(self, sock: socket.socket, endpoint: Endpoint) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.endpoint = endpoint
         self.reader = Reader("client")
         self.reused = False
@@ -221,12 +228,19 @@ class Pool:
         idle = self._idle.get(endpoint)
         if idle and now is None:
             now = DEADLINES.clock()
+        loop = reactor.CURRENT
         while idle:
             up = idle.pop()  # the most recently used: the least likely to be timed out
             if now - up.idle_since < self.idle_timeout:  # type: ignore[operator]
+                sock = up.sock
+                if loop is not None and loop.idle_event(sock, up.fd) is False:
+                    up.reused = True
+                    return up
                 try:
-                    up.sock.recv(1, _PEEK)  # bytes or EOF: either way not reusable
+                    sock.recv(1, _PEEK)  # bytes or EOF: either way not reusable
                 except BlockingIOError:
+                    if loop is not None:
+                        loop.settle(up.fd)  # a spent edge (a response read in two pieces)
                     up.reused = True
                     return up
                 except OSError:

@@ -14,11 +14,12 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from typing import Final
 
-from mesh.http.decision import Peer
-from mesh.http.events import Headers
+from mesh.http.decision import HeaderEdits, Peer
+from mesh.http.events import Headers, Request
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -147,3 +148,71 @@ def response_fields(headers: Headers, *, upgrade: bool = False) -> list[tuple[by
     if upgrade:
         out.append((b"connection", b"upgrade"))
     return out
+
+
+# Fields that keep a request off ``plain_request_head``: each needs the general treatment.
+_NOT_PLAIN: Final = HOP_BY_HOP | _FORWARDING | {b"x-request-id"}
+_EDITS: dict[int, tuple[HeaderEdits, frozenset[bytes], bytes]] = {}
+# Over b"\n" + field lines, each of them b"\n" + line + b"\r" (see h1._HOP_LINE).
+_CONNECTION_LINE: Final = re.compile(rb"\nconnection:[^\r]*\r", re.IGNORECASE)
+_PLAIN_HEAD: Final = (
+    b"%s %s HTTP/1.1\r\n%s"  # request line, the client's field lines
+    b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n%s"  # ..., X-Forwarded-Host line
+    b"x-forwarded-port: %d\r\nx-request-id: %032x\r\n%s\r\n"  # ..., the edits' lines
+)
+
+
+def _edit_parts(edits: HeaderEdits) -> tuple[HeaderEdits, frozenset[bytes], bytes]:
+    """The names that keep a request off the plain path with these edits, and the field
+    lines the edits add (remembered per edits object: routes keep theirs for a config)."""
+    found = _EDITS.get(id(edits))
+    if found is None or found[0] is not edits:
+        if len(_EDITS) >= 1024:
+            _EDITS.clear()
+        stop = _NOT_PLAIN | {name for name, _ in edits.set} | set(edits.remove)
+        lines = b"".join(b"%s: %s\r\n" % field for field in (*edits.set, *edits.add))
+        found = _EDITS[id(edits)] = (edits, frozenset(stop), lines)
+    return found
+
+
+def plain_request_head(
+    req: Request, fields: bytes, target: bytes, peer: Peer, edits: HeaderEdits
+) -> bytes | None:
+    """The upstream request head of the common request in one step: when none of its fields
+    is hop-by-hop (but a Connection of close or keep-alive, which is dropped), a forwarding
+    field, X-Request-Id or a field the route's edits replace or remove, its field lines (``fields``, as they came, already validated by the codec) are
+    forwarded unchanged and followed by what ``request_fields`` would add: the same fields in
+    the same order as the general path gives. None: take the general path. For the edge
+    (X-Forwarded-* of the client dropped), without ``Forwarded``, the Host kept."""
+    _, stop, lines = _edit_parts(edits)
+    host = b""
+    connection = False
+    for name, value in req.headers:
+        if name in stop:
+            if name == b"connection" and value.lower() in _STANDARD_TOKENS:
+                connection = True  # "close" or "keep-alive": it names no field, it just goes
+                continue
+            return None
+        if name == b"host":
+            host = value
+    if connection:
+        fields = _CONNECTION_LINE.sub(b"", b"\n" + fields)[1:]
+    return _PLAIN_HEAD % (
+        req.method,
+        target,
+        fields,
+        peer.address.encode(),
+        peer.scheme,
+        b"x-forwarded-host: %s\r\n" % host if host else b"",
+        peer.local_port,
+        _bits(128),
+        lines,
+    )
+
+
+def added_lines(edits: HeaderEdits) -> bytes | None:
+    """The field lines a response's edits append, or None when they also replace or remove
+    fields (then the fields must be walked: the general path)."""
+    if edits.set or edits.remove:
+        return None
+    return _edit_parts(edits)[2]

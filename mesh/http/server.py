@@ -102,7 +102,9 @@ class HttpServer:
                 loop = Reactor() if self.use_reactor else None
                 if loop is not None:
                     await nursery.start(loop.run)
-                task_status.started(sock.getsockname())
+                address = sock.getsockname()
+                port = address[1]  # every connection accepted here arrived on this port
+                task_status.started(address)
                 while True:
                     try:
                         conn, addr = sock.accept()
@@ -117,17 +119,18 @@ class HttpServer:
                         continue
                     conn.setblocking(False)
                     if loop is not None:
-                        loop.spawn(self._connection(conn, addr))
+                        loop.spawn(self._connection(conn, addr, port))
                     else:
-                        nursery.start_soon(self._connection, conn, addr)
+                        nursery.start_soon(self._connection, conn, addr, port)
         finally:
             close(sock)
             self.pool.close()
 
-    async def _connection(self, sock: socket.socket, addr: Any) -> None:
+    async def _connection(self, sock: socket.socket, addr: Any, port: int = 0) -> None:
+        """``port``: where it arrived (0: ask the socket)."""
         limits = self.limits
         reader = Reader("server", max_head=limits.max_head, max_fields=limits.max_fields)
-        peer = Peer(addr[0], addr[1], self.scheme, sock.getsockname()[1])
+        peer = Peer(addr[0], addr[1], self.scheme, port or sock.getsockname()[1])
         self.connections += 1
         reset, owned = False, True
         idle = limits.idle_timeout

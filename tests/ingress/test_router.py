@@ -203,3 +203,87 @@ def test_status_updates_converge_and_release_what_is_no_longer_served() -> None:
     # translate_served on a snapshot without gateway objects still has both Ingress listeners
     listeners = [lis.name for lis in translate_served(snap, gateway_cidr="127.11.0.0/16").listeners]
     assert listeners == ["ingress-http", "ingress-https"]
+
+
+def test_plain_decisions_are_remembered_and_header_dependent_ones_are_not() -> None:
+    web, blue = ("127.0.5.1", 8080), ("127.0.5.2", 8080)
+    canary = ingress(
+        "shop-canary",
+        "shop.example.com",
+        path("/app", "blue"),
+        annotations={
+            "nginx.ingress.kubernetes.io/canary": "true",
+            "nginx.ingress.kubernetes.io/canary-by-header": "x-v",
+            "nginx.ingress.kubernetes.io/canary-by-header-value": "blue",
+        },
+        created="2026-03-01T00:00:00Z",
+    )
+    routing = Routing(
+        served(
+            backend("web", web),
+            backend("blue", blue),
+            ingress("shop", "shop.example.com", path("/", "web"), path("/app", "web")),
+            ingress("other", "other.example.com", path("/", "blue")),
+            canary,
+        )
+    )
+    first = routing.decide("ingress-http", req(b"/x"), PEER, 0.0, None)
+    again = routing.decide("ingress-http", req(b"/x"), PEER, 0.0, None)
+    assert again is first  # remembered
+    assert isinstance(first[0], engine.Forward) and first[0].backend == "default/web:80"
+    other = decide(routing, req(b"/x", b"other.example.com"))
+    assert other.backend == "default/blue:80"  # the Host is part of the key
+    # The canary route looks at a header: its answers are planned every time.
+    for _ in range(2):
+        assert decide(routing, req(b"/app", b"shop.example.com", (b"x-v", b"blue"))).backend == (
+            "default/blue:80"
+        )
+        assert decide(routing, req(b"/app")).backend == "default/web:80"
+    # A new config (a new Routing) starts with nothing remembered.
+    assert (
+        Routing(routing.config, routing).decide("ingress-http", req(b"/x"), PEER, 0.0, None)
+        is not first
+    )
+
+
+def test_a_host_whose_routes_match_headers_is_planned_every_time() -> None:
+    from mesh.config.gateway import (
+        GatewayBackend,
+        GatewayEndpoint,
+        GatewayListener,
+        Match,
+        PathMatch,
+        ServedGatewayConfig,
+        ValueMatch,
+        WeightedBackend,
+    )
+
+    def route(name: str, backend: str, match: Match) -> Route:
+        return Route(
+            name=name,
+            listeners=("ingress-http",),
+            matches=(match,),
+            backends=(WeightedBackend(backend=backend),),
+        )
+
+    config = ServedGatewayConfig(
+        version=1,
+        listeners=(GatewayListener(name="ingress-http"),),
+        routes=(
+            route(
+                "v2",
+                "two",
+                Match(path=PathMatch(value="/"), headers=(ValueMatch(name="v", value="2"),)),
+            ),
+            route("v1", "one", Match(path=PathMatch(value="/"))),
+        ),
+        backends=(
+            GatewayBackend(name="one", endpoints=(GatewayEndpoint(ip="127.0.5.1", port=80),)),
+            GatewayBackend(name="two", endpoints=(GatewayEndpoint(ip="127.0.5.2", port=80),)),
+        ),
+    )
+    routing = Routing(config)
+    for _ in range(2):
+        assert decide(routing, req(b"/a")).backend == "one"
+        assert decide(routing, req(b"/a", b"shop.example.com", (b"v", b"2"))).backend == "two"
+    assert not routing._decided  # the first route of the slot looks at a header
