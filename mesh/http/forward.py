@@ -508,7 +508,11 @@ async def _relay_response(
         if kind is InformationalResponse:
             assert isinstance(ev, InformationalResponse)
             if ev.status != 100 and req.http_version == b"1.1":
+                # sent on its own at once: the client may act on it (103), and the final head
+                # that follows is then the one the retry veto and the access log see
                 out.append(response_head(ev.status, ev.reason or phrase(ev.status), ev.headers))
+                await _to_client(down, out, client_timeout, up)
+                out = []
             continue
         assert isinstance(ev, Response)
         resp = ev

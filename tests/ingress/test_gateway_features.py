@@ -244,6 +244,42 @@ async def test_a_retried_status_is_replaced_by_the_next_try(nursery: trio.Nurser
     assert status_of(reply) == 503 and answers == [503]
 
 
+async def test_a_retried_status_after_early_hints_is_still_retried(nursery: trio.Nursery) -> None:
+    """A 103 Early Hints before a 503 goes to the client at once, on its own; the 503 is then
+    seen as the final status and retried (and counted as what the client finally got)."""
+    answers: list[int] = []
+
+    async def handle(conn: trio.SocketStream) -> None:
+        reader = Reader("server")
+        async with conn:
+            while True:
+                ev = reader.next_event()
+                if ev is NEED_DATA:
+                    data = await conn.receive_some(65536)
+                    if not data:
+                        return
+                    reader.feed(data)
+                elif type(ev) is EndOfMessage:
+                    status = 503 if not answers else 200
+                    answers.append(status)
+                    await conn.send_all(
+                        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                        b"HTTP/1.1 %d X\r\nContent-Length: 3\r\n\r\n%d" % (status, status)
+                    )
+                    reader.next_message()
+                elif ev is CLOSED:
+                    return
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    ep = listeners[0].socket.getsockname()
+    gw = await start_gateway(nursery, one_route([ep], retry=Retry(attempts=1, codes=(503,))))
+    reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+    assert answers == [503, 200]
+    heads = [line for line in reply.split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    assert [h[9:12] for h in heads] == [b"103", b"103", b"200"]
+    assert reply.endswith(b"\r\n\r\n200")
+
+
 async def test_spans_reach_an_otlp_collector_when_the_gateway_stops() -> None:
     """--otlp-endpoint wiring: one SERVER span per request, with the client's trace id,
     exported over OTLP/HTTP; what is queued is sent when the gateway stops."""
