@@ -44,6 +44,7 @@ from mesh.ingress.mirror import Mirrors
 from mesh.ingress.router import Routing
 from mesh.ingress.server import GatewayServer, Holder, Telemetry
 from mesh.tls import CertEntry, CertStore, TlsTerminator, self_signed
+from mesh.tls.certs import REDACTED
 
 log = logging.getLogger("mesh.ingress")
 
@@ -99,6 +100,7 @@ class IngressGateway:
         # How that report is getting to a control plane in another process (``/config``).
         self.report_state: Callable[[], Any] | None = None
         self.certificate_problems: list[str] = []
+        self.config_problems: frozenset[tuple[str, str, str]] = frozenset()  # already logged
         self._running: dict[Key, _Running] = {}
         self._changed = trio.Event()
         self.port = listen[1]
@@ -142,17 +144,30 @@ class IngressGateway:
         self.pool.drain(routing.endpoints())
         self.config = config
         self._changed.set()
+        self._log_problems(config)
         log.info(
             "gateway config applied",
             extra={"version": config.version, "routes": len(config.routes)},
         )
+
+    def _log_problems(self, config: GatewayConfig) -> None:
+        """What the config refused or ignored (a bad annotation value, a missing Secret), each
+        logged once as a warning where the user reads the gateway's output; not again while
+        it stays in the config."""
+        now = frozenset((p.kind, p.object, p.message) for p in config.problems)
+        for kind, obj, message in sorted(now - self.config_problems):
+            log.warning(
+                "object not served as written",
+                extra={"object": f"{kind} {obj}", "problem": message},
+            )
+        self.config_problems = now
 
     def config_json(self) -> Any:
         if self.config is None:
             return None
         data = self.config.model_dump(mode="json")
         for secret in data.get("secrets", ()):
-            secret["key_pem"] = "<redacted>"  # never serve private keys on the admin port
+            secret["key_pem"] = REDACTED.decode()  # never serve private keys on the admin port
         return {
             "config": data,
             "listeners": {

@@ -221,6 +221,26 @@ def _httproute(obj: Obj, wide: bool) -> tuple[list[str], list[str]]:
     return [_join(obj.get("spec", {}).get("hostnames", []))], []
 
 
+def _condition(obj: Obj, kind: str) -> str:
+    """A status condition's status ("True", "False", "Unknown"), "" before any is written."""
+    for c in obj.get("status", {}).get("conditions", []):
+        if c.get("type") == kind:
+            return str(c.get("status", ""))
+    return ""
+
+
+def _gateway(obj: Obj, wide: bool) -> tuple[list[str], list[str]]:
+    """kubectl's columns for a Gateway (the CRD's printer columns): class, address, Programmed."""
+    addresses = [a.get("value", "") for a in obj.get("status", {}).get("addresses", [])]
+    klass = obj.get("spec", {}).get("gatewayClassName", "")
+    return [klass, _join(addresses, ""), _condition(obj, "Programmed") or "Unknown"], []
+
+
+def _gateway_class(obj: Obj, wide: bool) -> tuple[list[str], list[str]]:
+    controller = obj.get("spec", {}).get("controllerName", "")
+    return [controller, _condition(obj, "Accepted") or "Unknown"], []
+
+
 def _secret(obj: Obj, wide: bool) -> tuple[list[str], list[str]]:
     count = len(set(obj.get("data", {})) | set(obj.get("stringData", {})))
     return [obj.get("type", "Opaque"), str(count)], []
@@ -242,6 +262,8 @@ COLUMNS: dict[str, tuple[list[str], list[str], Row]] = {
     "Ingress": (["CLASS", "HOSTS", "ADDRESS", "PORTS"], [], _ingress),
     "IngressClass": (["CONTROLLER", "PARAMETERS"], [], _ingress_class),
     "HTTPRoute": (["HOSTNAMES"], [], _httproute),
+    "Gateway": (["CLASS", "ADDRESS", "PROGRAMMED"], [], _gateway),
+    "GatewayClass": (["CONTROLLER", "ACCEPTED"], [], _gateway_class),
     "Secret": (["TYPE", "DATA"], [], _secret),
     "ConfigMap": (
         ["DATA"],

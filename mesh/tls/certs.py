@@ -41,6 +41,10 @@ DEFAULT_CERT_CN = "Mesh Gateway Default Certificate"
 GENERATED = "generated default certificate"
 
 
+# what `mesh config dump` prints for a private key without --show-secrets
+REDACTED = b"<redacted>"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class CertEntry:
     """One certificate to serve: its PEM chain (leaf first), PEM key, and the names it covers."""
@@ -136,6 +140,10 @@ def _load(entry: CertEntry, now: datetime.datetime) -> tuple[LoadedCert | None, 
         chain = x509.load_pem_x509_certificates(entry.cert_pem)
     except ValueError as exc:
         return None, [CertProblem(src, f"tls.crt is not a valid PEM certificate ({exc})")]
+    if entry.key_pem.strip() == REDACTED:
+        return None, [
+            CertProblem(src, "tls.key is <redacted>: dump the config with --show-secrets")
+        ]
     try:
         key = serialization.load_pem_private_key(entry.key_pem, password=None)
     except TypeError:

@@ -209,3 +209,36 @@ def test_select_by_name_and_labels() -> None:
     objs = [{"metadata": {"name": k, "labels": v}} for k, v in LABELS.items()]
     got = select(objs, ["a", "b", "c"], parse_selector("app=web"))
     assert [o["metadata"]["name"] for o in got] == ["a", "c"]
+
+
+def test_gateways_and_classes_with_kubectls_columns() -> None:
+    """The Gateway API CRDs' printer columns: a Gateway's class, address and Programmed
+    condition; a GatewayClass's controller and Accepted condition (Unknown before status)."""
+    served = {
+        "kind": "Gateway",
+        "metadata": meta("demo"),
+        "spec": {"gatewayClassName": "mesh"},
+        "status": {
+            "addresses": [{"type": "IPAddress", "value": "127.11.0.10"}],
+            "conditions": [
+                {"type": "Accepted", "status": "True"},
+                {"type": "Programmed", "status": "False"},
+            ],
+        },
+    }
+    fresh = {"kind": "Gateway", "metadata": meta("new"), "spec": {"gatewayClassName": "other"}}
+    assert Table("Gateway", now=NOW).render([served, fresh]).splitlines() == [
+        "NAME   CLASS   ADDRESS       PROGRAMMED   AGE",
+        "demo   mesh    127.11.0.10   False        60m",
+        "new    other                 Unknown      60m",
+    ]
+    klass = {
+        "kind": "GatewayClass",
+        "metadata": {"name": "mesh", "creationTimestamp": CREATED},
+        "spec": {"controllerName": "mesh.dev/gateway"},
+        "status": {"conditions": [{"type": "Accepted", "status": "True"}]},
+    }
+    assert Table("GatewayClass", now=NOW).render([klass]).splitlines() == [
+        "NAME   CONTROLLER         ACCEPTED   AGE",
+        "mesh   mesh.dev/gateway   True       60m",
+    ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 
+import pytest
 import trio
 
 from mesh.config.gateway import (
@@ -306,3 +308,25 @@ async def test_spans_reach_an_otlp_collector_when_the_gateway_stops() -> None:
     assert resource["service.name"] == "mesh-gateway"
     assert span.trace_id.hex() == trace
     assert span.parent_span_id.hex() == "00f067aa0ba902b7"
+
+
+def test_config_problems_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
+    """A bad annotation value (or anything else the translator refused) is a warning in the
+    gateway's log, naming the object; the same problem in the next config is not logged again,
+    a new one is."""
+    from mesh.config.gateway import Problem
+    from mesh.ingress.gateway import IngressGateway
+
+    gw = IngressGateway(("127.0.0.1", 0), ("127.0.0.1", 0), telemetry=Telemetry())
+    bad = Problem(kind="Ingress", object="shop/web", message="canary-weight: 'ten' is not a number")
+    config = one_route([("127.0.0.1", 9)]).model_copy(update={"problems": (bad,)})
+    caplog.set_level(logging.WARNING, logger="mesh.ingress")
+    gw.apply(config)
+    gw.apply(config.model_copy(update={"version": 2}))
+    other = Problem(kind="HTTPRoute", object="shop/api", message="backendRef x not found")
+    gw.apply(config.model_copy(update={"version": 3, "problems": (bad, other)}))
+    logged = [(r.object, r.problem) for r in caplog.records if hasattr(r, "problem")]  # type: ignore[attr-defined]
+    assert logged == [
+        ("Ingress shop/web", "canary-weight: 'ten' is not a number"),
+        ("HTTPRoute shop/api", "backendRef x not found"),
+    ]

@@ -79,6 +79,7 @@ def key_pem(encrypted: bool = False) -> bytes:
         ),
         (SHOP.cert_pem, b"garbage", "tls.key is not a valid PEM private key"),
         (SHOP.cert_pem, key_pem(encrypted=True), "tls.key is encrypted"),
+        (SHOP.cert_pem, b"<redacted>", "tls.key is <redacted>: dump the config with --show-"),
         (SHOP.cert_pem, key_pem(), "tls.key does not belong to the certificate in tls.crt"),
     ],
 )
