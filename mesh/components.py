@@ -107,7 +107,15 @@ def dns_command(
 
         workers = 1 if reuse_port else default_workers()
     if workers > 1:
+        from mesh.config.dns import DnsConfig
         from mesh.dns.workers import supervise
+        from mesh.run import StartupError, check_config_file
+
+        if config_file is not None:  # said once here, not once by each worker
+            try:
+                check_config_file(config_file, DnsConfig)
+            except StartupError as exc:
+                sys.exit(f"mesh: {exc}")
 
         def worker_args(listen: Address, admin: Address) -> list[str]:
             args = ["--workers", "1", "--reuse-port", "--zone", zone]

@@ -20,6 +20,7 @@ import trio
 
 from mesh.addresses import Address, format_address
 from mesh.component import Component
+from mesh.config.base import ComponentConfig
 
 log = logging.getLogger("mesh.run")
 
@@ -359,13 +360,13 @@ def run_control(
     _run(main)
 
 
-def _check_config_file(path: Path, component: Component[Any]) -> None:
+def check_config_file(path: Path, kind: type[ComponentConfig]) -> None:
     """A config file that is bad at start stops the command (exit 1, one sentence), as a bad
     flag does; a bad edit later is logged and the last good config keeps serving."""
-    from mesh.feed import ConfigFileError, config_type_for, parse_config
+    from mesh.feed import ConfigFileError, parse_config
 
     try:
-        parse_config(path.read_text(encoding="utf-8"), path, config_type_for(component))
+        parse_config(path.read_text(encoding="utf-8"), path, kind)
     except ConfigFileError as exc:
         raise StartupError(f"invalid config file {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -382,13 +383,13 @@ def run_component(
 ) -> None:
     """Run one data-plane component fed by a control plane URL or a config file."""
     from mesh.admin import AdminServer
-    from mesh.feed import feed_from_control, feed_from_file
+    from mesh.feed import config_type_for, feed_from_control, feed_from_file
 
     admin = AdminServer(admin_listen, [component])
 
     async def main(nursery: trio.Nursery) -> None:
         if config_file is not None:
-            _check_config_file(config_file, component)
+            check_config_file(config_file, config_type_for(component))
         await _start_component(nursery, component)
         if listen is not None:
             what, address = listen

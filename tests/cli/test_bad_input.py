@@ -177,16 +177,19 @@ def test_config_dump_from_the_wrong_server(servers: dict[str, str]) -> None:
         ("[unclosed\n", "mesh: invalid config file {path}: not valid JSON or YAML: "),
     ],
 )  # fmt: skip
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_bad_config_file_at_start_stops_the_command(
-    tmp_path: Path, text: str, last_line: str
+    tmp_path: Path, text: str, last_line: str, workers: str
 ) -> None:
+    """Said once, also with several workers (the supervisor checks before starting any)."""
     path = tmp_path / "dns.yaml"
     path.write_text(text)
     out = subprocess.run(
         [*MESH, "dns", "--config", str(path), "--dns-listen", "127.0.0.1:0",
-         "--admin-listen", "127.0.0.1:0"],
+         "--admin-listen", "127.0.0.1:0", "--workers", workers],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(last_line.format(path=path))
+    assert out.stderr.count("invalid config file") == 1
     assert out.returncode == 1
