@@ -120,13 +120,15 @@ def test_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
         proc.stop()
 
 
-def test_a_port_in_use_is_one_clear_error() -> None:
+def test_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "dns.yaml"
+    config.write_text("zone: cluster.local\n")  # valid: only the port is wrong
     with socket.socket() as other:  # bound without SO_REUSEPORT: no worker can join it
         other.bind(("127.0.0.1", 0))
         port = other.getsockname()[1]
         args = ["--workers", "2", "--dns-listen", f"127.0.0.1:{port}"]
         result = subprocess.run(
-            [*MESH, "dns", "--config", "/dev/null", *args, "--admin-listen", "127.0.0.1:0"],
+            [*MESH, "dns", "--config", str(config), *args, "--admin-listen", "127.0.0.1:0"],
             capture_output=True,
             text=True,
             timeout=30,
