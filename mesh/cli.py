@@ -36,7 +36,7 @@ from mesh.cliopts import (
     upstream_options,
     upstreams_of,
 )
-from mesh.getcmd import get
+from mesh.getcmd import control_plane_error, get
 from mesh.params import ADDRESS, DNS_NAME, URL
 from mesh.registry import registrations
 
@@ -421,14 +421,8 @@ def config_dump(
             fill_secrets(config_part, control_url)
         except SecretMismatch as exc:
             raise click.ClickException(str(exc)) from None
-        except WrongServer:
-            raise click.ClickException(
-                f"{control_url} is not a mesh control plane (give its --control-listen address)"
-            ) from None
-        except OSError as exc:
-            raise click.ClickException(
-                f"cannot reach the control plane at {control_url}: {exc}"
-            ) from None
+        except (WrongServer, OSError) as exc:
+            raise control_plane_error(control_url, exc) from None
     click.echo(json.dumps(data, indent=2))
 
 

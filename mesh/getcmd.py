@@ -44,6 +44,17 @@ def parse_targets(args: Sequence[str]) -> tuple[str, list[str]]:
     return kinds.pop(), names
 
 
+def control_plane_error(control_url: str, exc: Exception) -> click.ClickException:
+    """One sentence for a control plane that is not one (WrongServer) or cannot be reached."""
+    from mesh.inspect import WrongServer
+
+    if isinstance(exc, WrongServer):
+        return click.ClickException(
+            f"{control_url} is not a mesh control plane (give its --control-listen address)"
+        )
+    return click.ClickException(f"cannot reach the control plane at {control_url}: {exc}")
+
+
 def select(items: Iterable[Obj], names: Sequence[str], selector: Any) -> list[Obj]:
     out = []
     for obj in items:
@@ -121,14 +132,8 @@ def get(
     ns = None if all_namespaces or cluster_scoped else (namespace or "default")
     try:
         items, version = _list(control_url, kind, ns)
-    except WrongServer:
-        raise click.ClickException(
-            f"{control_url} is not a mesh control plane (give its --control-listen address)"
-        ) from None
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot reach the control plane at {control_url}: {exc}"
-        ) from None
+    except (WrongServer, OSError) as exc:
+        raise control_plane_error(control_url, exc) from None
     items = select(items, names, sel)
     missing = [n for n in names if n not in {o["metadata"].get("name") for o in items}]
     for name in missing:

@@ -235,13 +235,7 @@ async def _simple(
                 if not req.keep_alive:
                     added += b"connection: close\r\n"
                 out = b"%s%s\r\n%s" % (passed, added, passed_body)
-                try:
-                    sent = down.send(out)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    close(usock, reset=True)
-                    raise Abort from exc
+                sent = _send_now(down, out, usock)
                 if sent < len(out):
                     await _to_client(down, [out[sent:]], server.limits.body_timeout, up)
                 if keep_up and not reader.buffered:
@@ -267,13 +261,7 @@ async def _simple(
                     out = response_head(ev.status, reason, fields)
                     if body:
                         out += body
-                    try:
-                        sent = down.send(out)
-                    except BlockingIOError:
-                        sent = 0
-                    except OSError as exc:
-                        close(usock, reset=True)
-                        raise Abort from exc
+                    sent = _send_now(down, out, usock)
                     if sent < len(out):
                         await _to_client(down, [out[sent:]], server.limits.body_timeout, up)
                     if ev.keep_alive and not reader.buffered:
@@ -551,6 +539,18 @@ async def _relay_response(
                 raise HandedOff
             await tunnel(down, up.sock, dreader.trailing(), reader.trailing())
             raise HandedOff  # the tunnel has closed both sockets
+
+
+def _send_now(down: socket.socket, out: bytes, usock: socket.socket) -> int:
+    """What the client's socket takes of ``out`` at once (the rest goes through _to_client);
+    a client gone resets the upstream connection, whose response is then unwanted."""
+    try:
+        return down.send(out)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        close(usock, reset=True)
+        raise Abort from exc
 
 
 async def _to_client(down: socket.socket, out: list[bytes], seconds: float, up: Upstream) -> None:
