@@ -20,7 +20,8 @@ the parse of the changed document), then the store writes, the endpoints control
 translators, the DNS index update from the previous index, and for a split deployment the
 config's encoding and decoding. With ``--nft`` (root) it also feeds the nftables node proxy through the whole pipeline and
 times its syncs. With ``--split`` it also runs ``mesh control`` alone and ``mesh dns --control`` fed by it,
-and prints the resident memory of each once ready (the issue's per-component budgets).
+and prints the resident memory of each once ready (the issue's per-component budgets) and the
+edit latency through the config stream (file edit to the changed DNS answer, as above).
 Growth matters more than any single figure: start should be close to linear in N and an edit
 flat. Figures on a shared machine are noisy; compare runs made side by side.
 
@@ -180,8 +181,9 @@ def run_up(n: int, edits: int, workdir: Path) -> None:
     )
 
 
-def run_split(n: int, workdir: Path) -> None:
-    (workdir / "all.yaml").write_text(manifest(n))
+def run_split(n: int, edits: int, workdir: Path) -> None:
+    path = workdir / "all.yaml"
+    path.write_text(manifest(n))
     control, admin_c, dns, admin_d = free_port(), free_port(), free_port(), free_port()
     plane = ["control", "-f", str(workdir), "--control-listen", f"{HOST}:{control}"]
     plane += ["--admin-listen", f"{HOST}:{admin_c}"]
@@ -193,10 +195,14 @@ def run_split(n: int, workdir: Path) -> None:
             ready_d = wait_ready(dproc, admin_d, timeout=60 + n / 50)
             objects = n * (1 + PODS_PER_SERVICE)
             budget = 2 * (objects / 1000 + 54)
+            rss_c, rss_d = rss_mb(cproc.pid), rss_mb(dproc.pid)
+            lat = [edit_latency(path, n, e, dns) for e in range(edits)]
             print(
-                f"N={n:>6}  mesh control: ready {ready_c:6.2f} s, rss {rss_mb(cproc.pid):6.0f} MB"
-                f"  |  mesh dns: ready {ready_d:5.2f} s after, rss {rss_mb(dproc.pid):5.0f} MB"
-                f" (budget 2x CoreDNS rule {budget:.0f} MB)",
+                f"N={n:>6}  mesh control: ready {ready_c:6.2f} s, rss {rss_c:6.0f} MB"
+                f"  |  mesh dns: ready {ready_d:5.2f} s after, rss {rss_d:5.0f} MB"
+                f" (budget 2x CoreDNS rule {budget:.0f} MB)  |  edit->DNS (split) median "
+                f"{statistics.median(lat) * 1000:.0f} ms (min {min(lat) * 1000:.0f}, "
+                f"max {max(lat) * 1000:.0f})",
                 flush=True,
             )
 
@@ -351,7 +357,7 @@ def main() -> None:
             run_up(n, opts.edits, Path(tmp))
         if opts.split:
             with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
-                run_split(n, Path(tmp))
+                run_split(n, opts.edits, Path(tmp))
         if opts.stages:
             with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
                 run_stages(n, opts.edits, Path(tmp))
