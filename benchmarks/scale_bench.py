@@ -18,9 +18,12 @@ the first translation, the DNS indexes), then times one edit stage by stage (med
 ``--edits``): the file read (stat, read, digest, the comparison with its last text and
 the parse of the changed document), then the store writes, the endpoints controller, the
 translators, the DNS index update from the previous index, and for a split deployment the
-config's encoding and decoding. With ``--nft`` (root) it also feeds the nftables node proxy through the whole pipeline and
+config stream's delta (made against the version before, applied onto the remote server's own
+copy) and that server's index update (the full snapshot's encoding and decoding, which only
+a new subscriber pays now, is shown for comparison). With ``--nft`` (root) it also feeds the nftables node proxy through the whole pipeline and
 times its syncs. With ``--split`` it also runs ``mesh control`` alone and ``mesh dns --control`` fed by it,
-and prints the resident memory of each once ready (the issue's per-component budgets).
+and prints the resident memory of each once ready (the issue's per-component budgets) and the
+edit latency through the config stream (file edit to the changed DNS answer, as above).
 Growth matters more than any single figure: start should be close to linear in N and an edit
 flat. Figures on a shared machine are noisy; compare runs made side by side.
 
@@ -180,8 +183,9 @@ def run_up(n: int, edits: int, workdir: Path) -> None:
     )
 
 
-def run_split(n: int, workdir: Path) -> None:
-    (workdir / "all.yaml").write_text(manifest(n))
+def run_split(n: int, edits: int, workdir: Path) -> None:
+    path = workdir / "all.yaml"
+    path.write_text(manifest(n))
     control, admin_c, dns, admin_d = free_port(), free_port(), free_port(), free_port()
     plane = ["control", "-f", str(workdir), "--control-listen", f"{HOST}:{control}"]
     plane += ["--admin-listen", f"{HOST}:{admin_c}"]
@@ -193,15 +197,20 @@ def run_split(n: int, workdir: Path) -> None:
             ready_d = wait_ready(dproc, admin_d, timeout=60 + n / 50)
             objects = n * (1 + PODS_PER_SERVICE)
             budget = 2 * (objects / 1000 + 54)
+            rss_c, rss_d = rss_mb(cproc.pid), rss_mb(dproc.pid)
+            lat = [edit_latency(path, n, e, dns) for e in range(edits)]
             print(
-                f"N={n:>6}  mesh control: ready {ready_c:6.2f} s, rss {rss_mb(cproc.pid):6.0f} MB"
-                f"  |  mesh dns: ready {ready_d:5.2f} s after, rss {rss_mb(dproc.pid):5.0f} MB"
-                f" (budget 2x CoreDNS rule {budget:.0f} MB)",
+                f"N={n:>6}  mesh control: ready {ready_c:6.2f} s, rss {rss_c:6.0f} MB"
+                f"  |  mesh dns: ready {ready_d:5.2f} s after, rss {rss_d:5.0f} MB"
+                f" (budget 2x CoreDNS rule {budget:.0f} MB)  |  edit->DNS (split) median "
+                f"{statistics.median(lat) * 1000:.0f} ms (min {min(lat) * 1000:.0f}, "
+                f"max {max(lat) * 1000:.0f})",
                 flush=True,
             )
 
 
 def run_stages(n: int, edits: int, workdir: Path) -> None:
+    from mesh.config import delta
     from mesh.config.dns import DnsConfig
     from mesh.control.plane import ControlPlane
     from mesh.dns.fast_index import FastIndex
@@ -228,6 +237,9 @@ def run_stages(n: int, edits: int, workdir: Path) -> None:
     index = ZoneIndex.build(config)
     fast = FastIndex(index)
     start.append(time.process_time())
+    # The split deployment's DNS server: its own decoded copy, its own indexes.
+    remote = DnsConfig.model_validate_json(plane.encoded(config))
+    remote_fast = FastIndex(remote_index := ZoneIndex.build(remote))
     gc.freeze()
     names = ["read+parse+validate", "store", "endpoints", "translate", "dns index"]
     cpu = ", ".join(f"{k} {b - a:.2f}" for k, a, b in zip(names, start, start[1:], strict=False))
@@ -250,29 +262,36 @@ def run_stages(n: int, edits: int, workdir: Path) -> None:
         marks.append(time.perf_counter())
         plane.translate(plane.store.snapshot(), plane._events_since(before))
         marks.append(time.perf_counter())
-        config = plane.current("dns")
+        prior, config = config, plane.current("dns")
         assert isinstance(config, DnsConfig)
         index = ZoneIndex.build(config, index)
         fast = FastIndex(index, previous=fast)
         marks.append(time.perf_counter())
         decoded = DnsConfig.model_validate_json(plane.encoded(config))
         marks.append(time.perf_counter())
-        FastIndex(ZoneIndex.build(decoded, index), previous=fast)
+        doc = delta.diff(prior, config)
+        assert doc is not None
+        remote = delta.decode_delta(remote, delta.encode(doc))
         marks.append(time.perf_counter())
+        remote_index = ZoneIndex.build(remote, remote_index)
+        remote_fast = FastIndex(remote_index, previous=remote_fast)
+        marks.append(time.perf_counter())
+        assert remote == decoded
         names = [
             "read",
             "store",
             "endpoints",
             "translate",
             "dns index",
-            "encode+decode",
-            "dns index (decoded)",
+            "full encode+decode",
+            "delta encode+apply",
+            "dns index (remote)",
         ]
         for name, a, b in zip(names, marks, marks[1:], strict=False):
             stages.setdefault(name, []).append(b - a)
     med = {k: statistics.median(v) * 1000 for k, v in stages.items()}
     after = sum(med[k] for k in ("store", "endpoints", "translate", "dns index"))
-    split = med["encode+decode"] + med["dns index (decoded)"] - med["dns index"]
+    split = med["delta encode+apply"] + med["dns index (remote)"] - med["dns index"]
     detail = ", ".join(f"{k} {v:.0f}" for k, v in med.items())
     print(
         f"N={n:>6}  one edit in process (ms, median): file read {med['read']:.0f}; after the read "
@@ -351,7 +370,7 @@ def main() -> None:
             run_up(n, opts.edits, Path(tmp))
         if opts.split:
             with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
-                run_split(n, Path(tmp))
+                run_split(n, opts.edits, Path(tmp))
         if opts.stages:
             with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
                 run_stages(n, opts.edits, Path(tmp))

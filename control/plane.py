@@ -122,6 +122,18 @@ class _Metrics:
         self.slice_writes = Counter(
             "mesh_control_endpointslice_writes", "EndpointSlices written or deleted", registry=r
         )
+        self.stream_lines = Counter(
+            "mesh_control_stream_sent",
+            "Config stream lines sent, by form (full snapshot or delta)",
+            ["kind", "form"],
+            registry=r,
+        )
+        self.stream_bytes = Counter(
+            "mesh_control_stream_sent_bytes",
+            "Config stream bytes sent, by form (full snapshot or delta)",
+            ["kind", "form"],
+            registry=r,
+        )
 
 
 class ControlPlane:
@@ -174,6 +186,7 @@ class ControlPlane:
         self.planned = 0  # Services re-planned by the endpoints controller (tests pin it)
         self._own_writes: set[int] = set()  # revisions of the controller's own slice writes
         self._published: dict[str, ComponentConfig] = {}
+        self._previous: dict[str, ComponentConfig] = {}  # the version before, for deltas
         self._encoded: dict[str, tuple[ComponentConfig, bytes]] = {}
         self._broken: set[str] = set()  # kinds whose last translation failed
         self._publish_event = trio.Event()
@@ -212,6 +225,16 @@ class ControlPlane:
 
     def current(self, kind: str) -> ComponentConfig | None:
         return self._published.get(kind)
+
+    def previous(self, kind: str) -> ComponentConfig | None:
+        """The version of ``kind`` published before the current one (the base of the delta
+        the config stream sends to subscribers that have it)."""
+        return self._previous.get(kind)
+
+    def stream_sent(self, kind: str, form: str, size: int) -> None:
+        """Count one config stream line of ``form`` ("full" or "delta") sent."""
+        self._metrics.stream_lines.labels(kind, form).inc()
+        self._metrics.stream_bytes.labels(kind, form).inc(size)
 
     def encoded(self, config: ComponentConfig) -> bytes:
         """``config`` as one JSON line: serialised once per published version and shared by
@@ -280,6 +303,8 @@ class ControlPlane:
             prev = self._published.get(kind)
             if prev is not None and _same_content(prev, config):
                 continue
+            if prev is not None:
+                self._previous[kind] = prev
             self._published[kind] = config
             self._metrics.version.labels(kind).set(config.version)
             self._metrics.publishes.labels(kind).inc()

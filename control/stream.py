@@ -6,6 +6,12 @@ Routes (HTTP/1.1, JSON):
 - ``GET /v1/watch/{kind}``: a chunked stream of newline-delimited snapshots, the current one
   first, then one per new version. An empty line every ``heartbeat`` seconds lets clients
   notice a dead connection (as a Kubernetes watch's bookmarks and keep-alives do).
+  With ``?deltas=1`` (the delta format the client reads, mesh/config/delta.py) a new version
+  travels as a delta against the one before when the subscriber has that one, else (the
+  first line, a subscriber that fell behind, a config type without deltas) as a full
+  snapshot. Each version's full line and its delta are encoded once and shared by every
+  subscriber. A client that asks for another delta format gets full snapshots, which every
+  version reads.
 - ``GET /v1/objects/{Kind}?namespace=NS``: a Kubernetes ``List`` of stored objects in API
   form; ``Kind`` also accepts ``kubectl`` names (``svc``, ``services``, ``pods``, ...).
 - ``GET /v1/objects/{Kind}?watch=1&resourceVersion=N[&namespace=NS]``: as the API server's
@@ -29,6 +35,7 @@ from typing import Any
 
 import trio
 
+from mesh.config import delta
 from mesh.config.base import ComponentConfig
 from mesh.control import reports
 from mesh.control.plane import ControlPlane
@@ -91,6 +98,30 @@ def object_list(plane: ControlPlane, kind: str, namespace: str | None) -> dict[s
     }
 
 
+class DeltaLines:
+    """Per kind, the delta line from the previously published version to the current one:
+    made on the first subscriber's demand, then shared by all (the plane keeps the two
+    versions; older bases get a full snapshot)."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.plane = plane
+        self._lines: dict[str, tuple[ComponentConfig, ComponentConfig, bytes | None]] = {}
+
+    def line(self, kind: str, base: ComponentConfig, config: ComponentConfig) -> bytes | None:
+        """The delta from ``base`` to ``config``, or None when the server does not hold it
+        (``base`` is not the version published just before ``config``, or the type has no
+        deltas): the subscriber then gets the full snapshot."""
+        plane = self.plane
+        if plane.current(kind) is not config or plane.previous(kind) is not base:
+            return None
+        cached = self._lines.get(kind)
+        if cached is None or cached[0] is not base or cached[1] is not config:
+            doc = delta.diff(base, config)
+            cached = (base, config, None if doc is None else delta.encode(doc))
+            self._lines[kind] = cached
+        return cached[2]
+
+
 class ConfigServer:
     def __init__(
         self,
@@ -101,6 +132,7 @@ class ConfigServer:
     ) -> None:
         self.plane = plane
         self.heartbeat = heartbeat
+        self.deltas = DeltaLines(plane)
         self.http = HttpServer(
             listen,
             self.handle,
@@ -133,7 +165,8 @@ class ConfigServer:
             case ["v1", "watch", kind]:
                 if kind not in self.plane.translators:
                     return text(404, f"unknown config kind {kind!r}")
-                return StreamingResponse(self.watch(kind))
+                wants = request.query.get("deltas") == str(delta.FORMAT)
+                return StreamingResponse(self.watch(kind, deltas=wants))
             case ["v1", "objects", name]:
                 resolved = resolve_kind(name)
                 if resolved is None:
@@ -211,8 +244,9 @@ class ConfigServer:
         data = {"type": ev.type, "object": api_object(self.plane, ev.object)}
         return json.dumps(data, separators=(",", ":")).encode() + b"\n"
 
-    async def watch(self, kind: str) -> AsyncGenerator[bytes, None]:
-        """Snapshots of ``kind`` as they are published, with heartbeats in between."""
+    async def watch(self, kind: str, *, deltas: bool = False) -> AsyncGenerator[bytes, None]:
+        """Snapshots of ``kind`` as they are published, with heartbeats in between; with
+        ``deltas``, each one after the first as a delta when there is one from the last."""
         last: ComponentConfig | None = None
         while True:
             config: ComponentConfig | None = None
@@ -220,6 +254,11 @@ class ConfigServer:
                 config = await self.plane.next_config(kind, last)
             if config is None:
                 yield b"\n"
-            else:
-                last = config
-                yield self.plane.encoded(config)
+                continue
+            line = self.deltas.line(kind, last, config) if deltas and last is not None else None
+            form = "delta"
+            if line is None:
+                line, form = self.plane.encoded(config), "full"
+            self.plane.stream_sent(kind, form, len(line))
+            last = config
+            yield line

@@ -284,7 +284,11 @@ class _Builder:
         touched: set[str] = set()
         old_parts = prev._parts
         for i, svc in enumerate(config.services):
-            key = self.key(svc, order)
+            # The loop of every edit, once per Service: the usual key made inline, the same
+            # Service (a delta or the in-process plane keeps unchanged ones) kept at once.
+            key = (svc.namespace, svc.name, 0)
+            if key in order:
+                key = self.key(svc, order)
             order[key] = i
             old = old_parts.get(key)
             if old is not None and (old.service is svc or old.service == svc):
@@ -297,9 +301,8 @@ class _Builder:
             for name in part.names:
                 owners[name] = (*owners.get(name, ()), key)
                 touched.add(name)
-        for key, old in old_parts.items():
-            if key not in parts:
-                self.unlink(key, old, owners, touched)
+        for key in old_parts.keys() - parts.keys():
+            self.unlink(key, old_parts[key], owners, touched)
         for name in touched:
             keys = owners.get(name)
             if not keys:

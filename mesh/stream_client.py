@@ -1,6 +1,13 @@
 """The config-stream client: a component's view of the control plane.
 
-:func:`stream_configs` watches ``GET /v1/watch/{kind}`` and yields each new config snapshot.
+:func:`stream_configs` watches ``GET /v1/watch/{kind}?deltas=1`` and yields each new config
+snapshot. The server sends the first one whole and, while the client keeps up, each next one
+as a delta against the one before (mesh/config/delta.py): the client applies it to the config
+it decoded last on this connection, validating only the records that travel, so unchanged
+records stay the same objects and the component rebuilds nothing for them. A delta made
+against another version than the client holds is never applied: the client reconnects and
+gets a full snapshot (a resync), as after any other broken stream. A control plane that does
+not send deltas (an older one) sends full snapshots, which are read as before.
 When the connection breaks (refused, reset, silent past ``idle_timeout`` although the server
 sends heartbeats, invalid data) it reconnects with bounded exponential backoff and full
 jitter, yielding nothing meanwhile: the component keeps running on its last good config.
@@ -21,6 +28,7 @@ import pydantic
 import trio
 
 from mesh.addresses import parse_url
+from mesh.config import delta
 from mesh.config.base import ComponentConfig
 from mesh.http import events, h1
 from mesh.http.errors import ProtocolError
@@ -77,9 +85,27 @@ def decode(line: bytes, config_type: type[C]) -> C:
     try:
         return config_type.model_validate_json(line)
     except pydantic.ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(document)"
         raise StreamError(
-            f"invalid config: {exc.error_count()} errors, first: {exc.errors()[0]['msg']}"
+            f"invalid config ({exc.error_count()} errors), first at {where}: {first['msg']}"
         ) from exc
+
+
+def decode_line(line: bytes, config_type: type[C], base: C | None) -> C:
+    """A full snapshot, or a delta applied onto ``base`` (the config decoded last on this
+    connection); StreamError (reconnect: the server starts again with a full snapshot) when
+    a delta does not fit ``base`` or is invalid."""
+    if not delta.is_delta(line):
+        return decode(line, config_type)
+    if base is None:
+        raise StreamError("a config delta came before any snapshot; resyncing")
+    try:
+        return delta.decode_delta(base, line)
+    except delta.DeltaMismatch as exc:
+        raise StreamError(f"{exc}; resyncing") from None
+    except delta.DeltaError as exc:
+        raise StreamError(str(exc)) from None
 
 
 class _Connection:
@@ -160,12 +186,15 @@ async def stream_configs(
     connect_timeout: float = 5.0,
     rng: random.Random | None = None,
     on_connect: Callable[[], None] | None = None,
+    deltas: bool = True,
 ) -> AsyncGenerator[C, None]:
     """Each new ``kind`` config from the control plane at ``url``, forever. ``on_connect``
     is called at each (re)connection that the plane answered (the gateway re-posts its
-    report then: a restarted plane has forgotten it)."""
+    report then: a restarted plane has forgotten it). ``deltas``: ask for deltas."""
     host, port, prefix = parse_url(url)
     target = f"{prefix}/v1/watch/{kind}"
+    if deltas:
+        target += f"?deltas={delta.FORMAT}"
     backoff = backoff or Backoff()
     rng = rng or random.Random()
     attempt = 0
@@ -184,11 +213,12 @@ async def stream_configs(
             if on_connect is not None:
                 on_connect()
             lines = LineSplitter()
+            base: C | None = None  # deltas apply only to what this connection sent
             while (chunk := await conn.body_chunk()) is not None:
                 for line in lines.feed(chunk):
                     if not line.strip():
                         continue  # heartbeat
-                    config = decode(line, config_type)
+                    config = base = decode_line(line, config_type, base)
                     attempt = 0
                     last_error = ""
                     if config != last:
