@@ -155,6 +155,8 @@ class Result:
     cpu_per_query: float
     p50: float
     p99: float
+    busy: float  # the server's CPU seconds per second of the run: 1.0 is its core saturated
+    upstream_busy: float  # the same for the upstream (forwarding workloads)
 
 
 def dnsperf(args: list[str], core: str, timeout: float) -> str:
@@ -162,7 +164,9 @@ def dnsperf(args: list[str], core: str, timeout: float) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
-def measure(pid: int, host: str, port: int, queries: Path, opts: argparse.Namespace) -> Result:
+def measure(
+    pid: int, host: str, port: int, queries: Path, opts: argparse.Namespace, upstream_pid: int
+) -> Result:
     base = [
         "-s",
         host,
@@ -175,9 +179,11 @@ def measure(pid: int, host: str, port: int, queries: Path, opts: argparse.Namesp
         "-q",
         str(opts.outstanding),
     ]
-    before = cpu_seconds(pid)
+    before, up_before, began = cpu_seconds(pid), cpu_seconds(upstream_pid), time.monotonic()
     out = dnsperf([*base, "-l", str(opts.seconds)], opts.client_core, opts.seconds + 30)
+    elapsed = time.monotonic() - began
     cpu = cpu_seconds(pid) - before
+    up_cpu = cpu_seconds(upstream_pid) - up_before
 
     def num(label: str) -> float:
         m = re.search(rf"{label}:\s+([0-9.]+)", out)
@@ -208,6 +214,8 @@ def measure(pid: int, host: str, port: int, queries: Path, opts: argparse.Namesp
         cpu_per_query=cpu / completed if completed else float("nan"),
         p50=pick(0.50),
         p99=pick(0.99),
+        busy=cpu / elapsed,
+        upstream_busy=up_cpu / elapsed,
     )
 
 
@@ -225,7 +233,8 @@ def report(name: str, r: Result) -> None:
     print(
         f"  {name:16s} {r.qps:>11,.0f} q/s  avg {r.avg_latency * 1e3:6.3f} ms  "
         f"p50 {r.p50 * 1e3:6.3f} ms  p99 {r.p99 * 1e3:6.3f} ms (at {OPTS.rate} q/s)  "
-        f"cpu {r.cpu_per_query * 1e6:6.2f} us/query  lost {r.lost}"
+        f"cpu {r.cpu_per_query * 1e6:6.2f} us/query  busy {r.busy:4.0%}  "
+        f"upstream busy {r.upstream_busy:4.0%}  lost {r.lost}"
     )
 
 
@@ -360,6 +369,7 @@ def measure_pass(
     chosen: list[str],
     two: bool,
     upstream: int,
+    upstream_pid: int,
     runs: dict[tuple[str, str], list[Result]],
 ) -> None:
     """Every chosen workload against every server of one pass (one core, or two)."""
@@ -370,7 +380,7 @@ def measure_pass(
         for w in chosen:
             for _ in range(opts.rounds):  # alternate: drift on the machine hits all
                 for name, (proc, host, port) in servers.items():
-                    r = measure(proc.pid, host, port, d / f"{w}.txt", opts)
+                    r = measure(proc.pid, host, port, d / f"{w}.txt", opts, upstream_pid)
                     runs.setdefault((w, name), []).append(r)
     finally:
         for proc, _, _ in servers.values():
@@ -417,7 +427,7 @@ def main() -> int:
         try:
             wait_answering(UPSTREAM_ADDR, up_port, f"n0.{EXTERNAL}")
             for two in passes:
-                measure_pass(d, opts, records, names, chosen, two, up_port, runs)
+                measure_pass(d, opts, records, names, chosen, two, up_port, upstream.pid, runs)
         finally:
             stop(upstream)
 

@@ -263,6 +263,7 @@ class DnsServer:
             live = self._live
             get = live.cache.entries.get
             negative = live.negative.entries
+            negative_max = live.negative.max_entries
             fast = live.fast.reply if live.fast is not None else None
             zone = live.fast.zone_wire if live.fast is not None else None
             pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
@@ -309,18 +310,21 @@ class DnsServer:
                 if reply is not None and not (
                     pods and reply[1][1] == "NXDOMAIN" and addr[0] in pods
                 ):
-                    # A standard question of a cluster name, answered from wire bytes.
-                    wire, label, cacheable = reply
+                    # A standard question of a cluster name, answered from wire bytes (the
+                    # reply after its ID: what the caches keep).
+                    after_id, label, cacheable = reply
                     try:
-                        sendto(wire, addr)
+                        sendto(data[:2] + after_id, addr)
                     except OSError:
                         metrics.dropped["send"] += 1
                     queries[label] += 1
                     answered += 1
                     if cacheable:
-                        live.cache.put(tail, wire[2:], label)
+                        live.cache.put(tail, after_id, label)
                     elif cacheable is False:  # NXDOMAIN: its own cache, so a flood of names
-                        live.negative.put(tail, wire[2:], label)  # evicts only its kind
+                        if len(negative) >= negative_max:  # evicts only its kind (WireCache.put
+                            negative.clear()  # inlined: every made-up name comes here)
+                        negative[tail] = (after_id, label)
                 else:
                     self._udp_miss(sock, data, addr, live)
             if hits or forwarded:
