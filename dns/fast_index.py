@@ -173,12 +173,16 @@ class FastIndex:
 
     def answer(self, data: bytes, *, tcp: bool = False) -> Reply | None:
         got = self.reply(data, tcp)
-        return None if got is None else Reply(data[:2] + got[0], got[1], cacheable=bool(got[2]))
+        if got is None or isinstance(got, Forward):
+            return None
+        return Reply(data[:2] + got[0], got[1], cacheable=bool(got[2]))
 
-    def reply(self, data: bytes, tcp: bool = False) -> FastReply | None:
+    def reply(self, data: bytes, tcp: bool = False) -> FastReply | Forward | None:
         """``answer`` as a plain tuple (reply bytes after the ID, label, cacheable): the UDP
         loop's form, without a Reply object per query; the loop puts the client's ID in front
-        and keeps the same bytes in its caches (which store replies after the ID)."""
+        and keeps the same bytes in its caches (which store replies after the ID). A standard
+        query of a name outside the zone gives its Forward (``forward``'s, without a second
+        parse)."""
         # QR clear, opcode 0; one question, no answer or authority records, at most one
         # additional record (compared as one slice: the common shapes are these two).
         counts = data[4:12]
@@ -232,7 +236,8 @@ class FastIndex:
         else:
             zone_wire = self._zone_wire
             if not lower.endswith(zone_wire):
-                return None  # outside the zone: forwarded by the general path
+                # outside the zone: what the forwarding path needs, from this parse
+                return classify.outside(data, lower, qend, qtype, edns, payload)
             if not qname.isascii() or b"." in qname or qend - 12 > 255:
                 return None
             apex = qend - len(zone_wire)

@@ -307,7 +307,9 @@ class DnsServer:
                         reply = fast(data)
                     except Exception:  # a bug must cost one query: the general path answers it
                         log.exception("fast path failed")
-                if reply is not None and not (
+                if isinstance(reply, Forward):  # a standard query of a name outside the zone
+                    self._udp_miss(sock, data, addr, live, reply)
+                elif reply is not None and not (
                     pods and reply[1][1] == "NXDOMAIN" and addr[0] in pods
                 ):
                     # A standard question of a cluster name, answered from wire bytes (the
@@ -350,13 +352,19 @@ class DnsServer:
                 with trio.move_on_at(trio.current_time() + max(0.0, deadline - time.monotonic())):
                     await trio.lowlevel.wait_readable(outbound.fileno())
 
-    def _udp_miss(self, sock: socket.socket, data: bytes, addr: Any, live: _Live) -> None:
+    def _udp_miss(
+        self, sock: socket.socket, data: bytes, addr: Any, live: _Live, fwd: Forward | None = None
+    ) -> None:
+        """A query the caches did not answer; ``fwd``: the FastIndex classified it already."""
         start = time.perf_counter()
         self.metrics.cache_misses["wire"] += 1
         namespace = live.pods.get(addr[0]) if live.pods else None
         if namespace is not None and self._relay.start_autopath(
             sock, data, addr, live.responder, namespace
         ):
+            return
+        if fwd is not None:
+            self._relay.forward_udp(sock, data, addr, fwd, live.responder, start)
             return
         outcome: Reply | Forward | Drop | None = None
         if live.fast is not None:

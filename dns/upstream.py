@@ -45,7 +45,7 @@ class UpstreamError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see Layout (one per forwarded query)
 class Answer:
     """An upstream's answer: the message, where things are in it, its TTLs as they stand now,
     and how long it may still be cached (0: not at all)."""
