@@ -11,6 +11,7 @@ these offsets; ``relay`` re-addresses an upstream answer to a client by copying 
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -146,6 +147,8 @@ def scan(data: bytes) -> Layout | None:
             start = pos
             if pos + 12 <= end and data[pos] == 0xC0 and data[pos + 1] == HEADER:
                 pos += 2  # a pointer to the question's name (the usual owner): checked above
+            elif pos + 11 <= end and data[pos] == 0:
+                pos += 1  # the root (an OPT's owner)
             else:
                 pos = skip_name(data, pos, end)
                 if pos < 0 or pos + 10 > end:
@@ -158,7 +161,7 @@ def scan(data: bytes) -> Layout | None:
             if rtype == TYPE_A:  # the usual record: its shape checked here, without a call
                 if rdlength != 4:
                     return None
-            elif not _rdata_ok(data, rtype, pos - rdlength, pos):
+            elif rtype != TYPE_OPT and not _rdata_ok(data, rtype, pos - rdlength, pos):
                 return None
             if rtype == TYPE_OPT:
                 if section != 2 or opt is not None:
@@ -195,6 +198,12 @@ def opt_record(payload: int, ext_rcode: int = 0) -> bytes:
     return b"\x00\x00\x29" + payload.to_bytes(2, "big") + bytes((ext_rcode, 0, 0, 0, 0, 0))
 
 
+@functools.lru_cache(maxsize=8)
+def _opt(payload: int) -> bytes:
+    """``opt_record(payload)``, made once per payload size (once per forwarded query else)."""
+    return opt_record(payload)
+
+
 def relay(
     query: bytes,
     qend: int,
@@ -228,10 +237,13 @@ def relay(
         ar -= 1
     flags = 0x80 | (query[2] & 0x01)  # QR, RD; never AA: the answer is not ours
     flags2 = 0x80 | (reply[3] & 0x20) | (query[3] & 0x10) | layout.rcode  # RA, AD, CD, rcode
-    opt = opt_record(advertise) if edns else b""
+    opt = _opt(advertise) if edns else b""
     head = query[:2] + bytes((flags, flags2)) + b"\x00\x01"
     question = query[HEADER:qend]
-    choices = [(an, ns, ar, extra_end), (an, ns, 0, layout.additional)]
+    if qend + (extra_end - layout.answer) + len(opt) <= limit:  # the usual case: all fits
+        counts = _COUNTS.pack(an, ns, ar + (1 if opt else 0))
+        return head + counts + question + reply[layout.answer : extra_end] + opt, extra_end
+    choices = [(an, ns, 0, layout.additional)]
     if an:
         choices.append((an, 0, 0, layout.authority))
     for keep_an, keep_ns, keep_ar, cut in choices:
