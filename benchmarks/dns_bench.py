@@ -22,7 +22,10 @@ Then the same with two cores: our server with ``--workers 2`` and unbound with t
 (dnsmasq has one thread; it is shown as is), dnsperf sharing the cores. For each server:
 
 - a saturation run (``-l`` seconds): queries/s, average latency, CPU seconds per query
-  (utime + stime of the server from /proc/PID/stat, before and after);
+  (utime + stime of the server from /proc/PID/stat, before and after; stime, the kernel's
+  part, shown apart), the server's and the upstream's busy share (CPU seconds per second:
+  a server below 100% waited for packets, or for a core the machine gave to others; an
+  upstream near 100% would mean it, not the server, set the pace), and lost queries;
 - a latency run at a fixed rate (``-Q``) with per-query output: p50 and p99 latency.
 
 The servers alternate round by round and the summary takes medians, since a shared machine
@@ -135,15 +138,23 @@ def wait_answering(host: str, port: int, name: str, timeout: float = 10.0) -> No
     raise SystemExit(f"server on {host}:{port} did not answer within {timeout}s")
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid`` and its live children (our workers)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` and its live children (our workers): system
+    time is the kernel's share, the syscalls that move the packets."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        return 0.0
-    own = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
-    return own + sum(cpu_seconds(int(k)) for k in kids)
+        return 0.0, 0.0
+    user, system = int(fields[11]) / TICKS, int(fields[12]) / TICKS  # utime, stime (14, 15)
+    for k in kids:
+        u, s = cpu_times(int(k))
+        user, system = user + u, system + s
+    return user, system
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 @dataclass
@@ -155,6 +166,7 @@ class Result:
     cpu_per_query: float
     p50: float
     p99: float
+    sys_per_query: float  # the kernel's part of cpu_per_query
     busy: float  # the server's CPU seconds per second of the run: 1.0 is its core saturated
     upstream_busy: float  # the same for the upstream (forwarding workloads)
 
@@ -179,10 +191,12 @@ def measure(
         "-q",
         str(opts.outstanding),
     ]
-    before, up_before, began = cpu_seconds(pid), cpu_seconds(upstream_pid), time.monotonic()
+    before, up_before, began = cpu_times(pid), cpu_seconds(upstream_pid), time.monotonic()
     out = dnsperf([*base, "-l", str(opts.seconds)], opts.client_core, opts.seconds + 30)
     elapsed = time.monotonic() - began
-    cpu = cpu_seconds(pid) - before
+    after = cpu_times(pid)
+    cpu = sum(after) - sum(before)
+    system = after[1] - before[1]
     up_cpu = cpu_seconds(upstream_pid) - up_before
 
     def num(label: str) -> float:
@@ -212,6 +226,7 @@ def measure(
         completed=completed,
         lost=int(num("Queries lost")),
         cpu_per_query=cpu / completed if completed else float("nan"),
+        sys_per_query=system / completed if completed else float("nan"),
         p50=pick(0.50),
         p99=pick(0.99),
         busy=cpu / elapsed,
@@ -233,7 +248,8 @@ def report(name: str, r: Result) -> None:
     print(
         f"  {name:16s} {r.qps:>11,.0f} q/s  avg {r.avg_latency * 1e3:6.3f} ms  "
         f"p50 {r.p50 * 1e3:6.3f} ms  p99 {r.p99 * 1e3:6.3f} ms (at {OPTS.rate} q/s)  "
-        f"cpu {r.cpu_per_query * 1e6:6.2f} us/query  busy {r.busy:4.0%}  "
+        f"cpu {r.cpu_per_query * 1e6:6.2f} us/query (sys {r.sys_per_query * 1e6:5.2f})  "
+        f"busy {r.busy:4.0%}  "
         f"upstream busy {r.upstream_busy:4.0%}  lost {r.lost}"
     )
 
