@@ -121,6 +121,35 @@ def test_questions_share_a_bounded_set_of_ports_with_unique_ids(listen: socket.s
     assert not out.inflight
 
 
+def test_a_burst_of_replies_is_drained_in_one_poll_each_checked_and_answered_once(
+    listen: socket.socket,
+) -> None:
+    up, timer = Upstream(), Timer()
+    out = make([up], listen, timer)
+    got: dict[str, list[Answer | None]] = {}
+    n = 3 * PORTS_PER_UPSTREAM + 5  # several replies waiting on every socket
+    for i in range(n):
+        out.ask(question(f"b{i}.example."), False, got.setdefault(f"b{i}", []).append, 0)
+    for query, _, source in [up.receive() for _ in range(n)]:
+        name = query.question[0].name.to_text()
+        i = int(name.split(".")[0][1:])
+        # before the real reply a mismatched one (right ID, another question), after it the
+        # same reply again: both must be dropped, packet by packet, within the burst
+        up.sock.sendto(reply_to(query, ip="203.0.113.66", name="other.example."), source)
+        up.answer(query, source, ip=f"192.0.2.{i + 1}")
+        up.answer(query, source, ip="203.0.113.67")
+    out.poll(timer())  # one poll: every socket drained (loopback delivered them all)
+    assert sorted(got) == sorted(f"b{i}" for i in range(n))
+    for key, answers in got.items():
+        assert len(answers) == 1  # exactly once
+        answer = answers[0]
+        assert answer is not None
+        ip = dns.message.from_wire(answer.wire).answer[0][0].to_text()
+        assert ip == f"192.0.2.{int(key[1:]) + 1}"
+    assert out.forwarder.metrics.forward_errors["stray"] == 2 * n
+    assert not out.inflight
+
+
 def test_forged_and_mismatched_replies_are_dropped_and_never_cached(
     listen: socket.socket,
 ) -> None:
