@@ -124,13 +124,15 @@ def _rdata_ok(data: bytes, rtype: int, start: int, stop: int) -> bool:
     return pos + after == stop
 
 
-def scan(data: bytes) -> Layout | None:
-    """The layout of a message with exactly one question, or None when it is malformed."""
+def scan(data: bytes, question_end: int = 0) -> Layout | None:
+    """The layout of a message with exactly one question, or None when it is malformed.
+    ``question_end``: the caller checked that the question is one it made (a valid name)
+    and ends there, so it is not walked again."""
     end = len(data)
     if end < HEADER or _U16.unpack_from(data, 4)[0] != 1:
         return None
     an, ns, ar = _COUNTS.unpack_from(data, 6)
-    qname_end = skip_name(data, HEADER, end)
+    qname_end = question_end - 4 if question_end else skip_name(data, HEADER, end)
     if qname_end < 0 or qname_end + 4 > end:
         return None
     qend = qname_end + 4

@@ -327,3 +327,51 @@ def test_an_upstream_named_localhost_is_answered(listen: socket.socket) -> None:
         pump(out, timer)
     assert got and got[0] is not None and got[0].layout.rcode == 0
     assert out.forwarder.metrics.forward_errors["stray"] == 0
+
+
+def _sent() -> bytes:
+    return b"\x12\x34" + dns.message.make_query("www.example.", "A").to_wire()[2:]
+
+
+def _reply(edit: Callable[[dns.message.Message], None] = lambda m: None) -> bytes:
+    response = dns.message.make_response(dns.message.from_wire(_sent()))
+    response.answer.append(dns.rrset.from_text("www.example.", 60, "IN", "A", "192.0.2.1"))
+    edit(response)
+    return response.to_wire()
+
+
+def _question(name: str, rdtype: str = "A") -> Callable[[dns.message.Message], None]:
+    def edit(m: dns.message.Message) -> None:
+        m.question = [dns.rrset.RRset(dns.name.from_text(name), dns.rdataclass.IN,
+                                      dns.rdatatype.from_text(rdtype))]  # fmt: skip
+
+    return edit
+
+
+def _wire_edit(edit: Callable[[bytearray], None]) -> bytes:
+    wire = bytearray(_reply())
+    edit(wire)
+    return bytes(wire)
+
+
+@pytest.mark.parametrize(
+    ("reply", "matched"),
+    [
+        (_reply(), True),
+        (_reply(_question("WWW.Example.")), True),  # the upstream's own case (0x20)
+        (_reply(_question("www.example.", "AAAA")), False),  # another type
+        (_reply(_question("wwx.example.")), False),  # another name of the same length
+        (_reply(_question("ww.example.")), False),
+        (_wire_edit(lambda w: w.__setitem__(0, 0x99)), False),  # another ID
+        (_wire_edit(lambda w: w.__setitem__(2, w[2] & 0x7F)), False),  # QR clear: a query
+        (_wire_edit(lambda w: w.__setitem__(12, 2)), False),  # other labels: the same bytes
+        (_reply()[:-1], False),  # the answer cut short
+    ],
+)
+def test_a_reply_matches_only_its_own_question(reply: bytes, matched: bool) -> None:
+    sent = _sent()
+    qend = 12 + len(b"\x03www\x07example\x00") + 4
+    layout = matches(reply, sent, qend)
+    assert (layout is not None) is matched
+    if layout is not None:
+        assert layout.qend == qend and layout.counts[0] == 1
