@@ -136,6 +136,7 @@ def ours_forward(rounds: int) -> float:
     live = dns._live
     assert live.fast is not None
     reply: Callable[[bytes], object] = live.fast.reply
+    cached, answers = live.cache.entries.get, dns._answers.answer  # the loop's lookups first
     qs = queries(rounds * BURST)
     samples, k = [], 0
     for _ in range(rounds):
@@ -145,7 +146,9 @@ def ours_forward(rounds: int) -> float:
         start = time.perf_counter()
         for _ in range(BURST):
             data, addr = server.recvfrom(4096)
-            dns._udp_miss(server, data, addr, live, reply(data))  # type: ignore[arg-type]
+            tail = data[2:]
+            if cached(tail) is None and answers(data, tail, time.monotonic()) is None:
+                dns._udp_miss(server, data, addr, live, reply(data))  # type: ignore[arg-type]
         half = time.perf_counter() - start
         for _ in range(BURST):
             q, source = up.recvfrom(4096)

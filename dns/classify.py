@@ -49,8 +49,7 @@ def outside(
         i += length + 1
     if i != qend - 1:
         return None
-    return Forward(data=data, wire_name=qname, qtype=qtype, edns=edns, payload=payload,
-                   qend=qend + 4)  # fmt: skip
+    return Forward.standard(data, qname, qtype, edns, payload, qend + 4)
 
 
 def _standard(data: bytes) -> tuple[int, int, bool, int] | None:

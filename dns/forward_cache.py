@@ -140,7 +140,11 @@ class ForwardCache:
             end = data.find(0, 12)
             if end < 0:
                 return None
-            key = data[2:12] + data[12:end].lower() + data[end:]
+            name = data[12:end]
+            lowered = name.lower()
+            if lowered == name:  # looked up as it is already: a miss (most queries)
+                return None
+            key = data[2:12] + lowered + data[end:]
             entry = entries.get(key)
             if entry is None:
                 return None
