@@ -22,7 +22,10 @@ Then the same with two cores: our server with ``--workers 2`` and unbound with t
 (dnsmasq has one thread; it is shown as is), dnsperf sharing the cores. For each server:
 
 - a saturation run (``-l`` seconds): queries/s, average latency, CPU seconds per query
-  (utime + stime of the server from /proc/PID/stat, before and after);
+  (utime + stime of the server from /proc/PID/stat, before and after; stime, the kernel's
+  part, shown apart), the server's and the upstream's busy share (CPU seconds per second:
+  a server below 100% waited for packets, or for a core the machine gave to others; an
+  upstream near 100% would mean it, not the server, set the pace), and lost queries;
 - a latency run at a fixed rate (``-Q``) with per-query output: p50 and p99 latency.
 
 The servers alternate round by round and the summary takes medians, since a shared machine
@@ -135,15 +138,23 @@ def wait_answering(host: str, port: int, name: str, timeout: float = 10.0) -> No
     raise SystemExit(f"server on {host}:{port} did not answer within {timeout}s")
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds of ``pid`` and its live children (our workers)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` and its live children (our workers): system
+    time is the kernel's share, the syscalls that move the packets."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
-        return 0.0
-    own = (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14, 15)
-    return own + sum(cpu_seconds(int(k)) for k in kids)
+        return 0.0, 0.0
+    user, system = int(fields[11]) / TICKS, int(fields[12]) / TICKS  # utime, stime (14, 15)
+    for k in kids:
+        u, s = cpu_times(int(k))
+        user, system = user + u, system + s
+    return user, system
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 @dataclass
@@ -155,6 +166,9 @@ class Result:
     cpu_per_query: float
     p50: float
     p99: float
+    sys_per_query: float  # the kernel's part of cpu_per_query
+    busy: float  # the server's CPU seconds per second of the run: 1.0 is its core saturated
+    upstream_busy: float  # the same for the upstream (forwarding workloads)
 
 
 def dnsperf(args: list[str], core: str, timeout: float) -> str:
@@ -162,7 +176,9 @@ def dnsperf(args: list[str], core: str, timeout: float) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
-def measure(pid: int, host: str, port: int, queries: Path, opts: argparse.Namespace) -> Result:
+def measure(
+    pid: int, host: str, port: int, queries: Path, opts: argparse.Namespace, upstream_pid: int
+) -> Result:
     base = [
         "-s",
         host,
@@ -175,9 +191,13 @@ def measure(pid: int, host: str, port: int, queries: Path, opts: argparse.Namesp
         "-q",
         str(opts.outstanding),
     ]
-    before = cpu_seconds(pid)
+    before, up_before, began = cpu_times(pid), cpu_seconds(upstream_pid), time.monotonic()
     out = dnsperf([*base, "-l", str(opts.seconds)], opts.client_core, opts.seconds + 30)
-    cpu = cpu_seconds(pid) - before
+    elapsed = time.monotonic() - began
+    after = cpu_times(pid)
+    cpu = sum(after) - sum(before)
+    system = after[1] - before[1]
+    up_cpu = cpu_seconds(upstream_pid) - up_before
 
     def num(label: str) -> float:
         m = re.search(rf"{label}:\s+([0-9.]+)", out)
@@ -206,8 +226,11 @@ def measure(pid: int, host: str, port: int, queries: Path, opts: argparse.Namesp
         completed=completed,
         lost=int(num("Queries lost")),
         cpu_per_query=cpu / completed if completed else float("nan"),
+        sys_per_query=system / completed if completed else float("nan"),
         p50=pick(0.50),
         p99=pick(0.99),
+        busy=cpu / elapsed,
+        upstream_busy=up_cpu / elapsed,
     )
 
 
@@ -225,7 +248,9 @@ def report(name: str, r: Result) -> None:
     print(
         f"  {name:16s} {r.qps:>11,.0f} q/s  avg {r.avg_latency * 1e3:6.3f} ms  "
         f"p50 {r.p50 * 1e3:6.3f} ms  p99 {r.p99 * 1e3:6.3f} ms (at {OPTS.rate} q/s)  "
-        f"cpu {r.cpu_per_query * 1e6:6.2f} us/query  lost {r.lost}"
+        f"cpu {r.cpu_per_query * 1e6:6.2f} us/query (sys {r.sys_per_query * 1e6:5.2f})  "
+        f"busy {r.busy:4.0%}  "
+        f"upstream busy {r.upstream_busy:4.0%}  lost {r.lost}"
     )
 
 
@@ -360,6 +385,7 @@ def measure_pass(
     chosen: list[str],
     two: bool,
     upstream: int,
+    upstream_pid: int,
     runs: dict[tuple[str, str], list[Result]],
 ) -> None:
     """Every chosen workload against every server of one pass (one core, or two)."""
@@ -370,7 +396,7 @@ def measure_pass(
         for w in chosen:
             for _ in range(opts.rounds):  # alternate: drift on the machine hits all
                 for name, (proc, host, port) in servers.items():
-                    r = measure(proc.pid, host, port, d / f"{w}.txt", opts)
+                    r = measure(proc.pid, host, port, d / f"{w}.txt", opts, upstream_pid)
                     runs.setdefault((w, name), []).append(r)
     finally:
         for proc, _, _ in servers.values():
@@ -417,7 +443,7 @@ def main() -> int:
         try:
             wait_answering(UPSTREAM_ADDR, up_port, f"n0.{EXTERNAL}")
             for two in passes:
-                measure_pass(d, opts, records, names, chosen, two, up_port, runs)
+                measure_pass(d, opts, records, names, chosen, two, up_port, upstream.pid, runs)
         finally:
             stop(upstream)
 

@@ -26,14 +26,18 @@ def forward(data: bytes, nodes: Container[bytes], zone_wire: bytes) -> Forward |
         return None
     qend, qtype, edns, payload = q
     qname = data[12:qend].lower()
-    if (
-        qtype in GENERAL_TYPES
-        or not qname.isascii()
-        or b"." in qname
-        or qname in nodes
-        or qname.endswith(zone_wire)
-        or qname == b"\x00"
-    ):
+    if qtype in GENERAL_TYPES or qname in nodes or qname.endswith(zone_wire):
+        return None
+    return outside(data, qname, qend, qtype, edns, payload)
+
+
+def outside(
+    data: bytes, qname: bytes, qend: int, qtype: int, edns: bool, payload: int
+) -> Forward | None:
+    """The Forward of a standard query (``_standard``'s fields) whose lower-cased name
+    ``qname`` is neither the cluster's nor in its zone, when that name is plain labels;
+    else None. The FastIndex calls this once its own lookup missed: no second parse."""
+    if not qname.isascii() or b"." in qname or qname == b"\x00" or qend - 12 > 255:
         return None
     i = 12
     while True:  # plain labels only, ending at the question's end
@@ -43,10 +47,9 @@ def forward(data: bytes, nodes: Container[bytes], zone_wire: bytes) -> Forward |
         if length > 63:
             return None
         i += length + 1
-    if i != qend - 1 or qend - 12 > 255:
+    if i != qend - 1:
         return None
-    return Forward(data=data, wire_name=qname, qtype=qtype, edns=edns, payload=payload,
-                   qend=qend + 4)  # fmt: skip
+    return Forward.standard(data, qname, qtype, edns, payload, qend + 4)
 
 
 def _standard(data: bytes) -> tuple[int, int, bool, int] | None:

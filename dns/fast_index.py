@@ -42,11 +42,15 @@ TCP_LIMIT = 65535
 NXDOMAIN = 3
 # Types the general path answers: ANY, AXFR, IXFR, OPT (a FORMERR), and 0 (reserved).
 GENERAL_TYPES = frozenset((0, 41, 251, 252, 255))
-# reply bytes, (qtype, rcode) label, and which cache may keep them: True the wire cache, False
+# reply bytes after the ID, (qtype, rcode) label, and which cache may keep them: True the wire cache, False
 # the negative cache (NXDOMAIN), None neither (a mixed-case question)
 FastReply = tuple[bytes, tuple[str, str], bool | None]
 
 _COUNTS = struct.Struct(">HHHH")
+# Bytes 4..12 of a standard query: one question, no answer or authority records, and no
+# additional record or one (an OPT, checked below).
+_NO_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+_ONE_OPT = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 # Reply flags by (RD << 5 | CD bit 0x10 | rcode): QR, AA and RA set, RD and CD echoed.
 _FLAGS = [bytes((0x84 | (i >> 5), 0x80 | (i & 0x1F))) for i in range(64)]
 _TC_FLAGS = [bytes((0x86 | (i >> 5), 0x80 | (i & 0x1F))) for i in range(64)]
@@ -63,6 +67,7 @@ class FastIndex:
         "_namespaces",
         "_negative",
         "_nodes",
+        "_nx_labels",
         "_opt",
         "_pod_labels",
         "_pod_wire",
@@ -101,6 +106,7 @@ class FastIndex:
         self._tails: dict[int, bytes] = {}
         self._negative: dict[int, tuple[bytes, bytes]] = {}  # see reply(): NXDOMAIN parts
         self._labels: dict[tuple[int, int], tuple[str, str]] = {}
+        self._nx_labels: dict[int, tuple[str, str]] = {}  # NXDOMAIN's, by qtype (no key tuple)
         self._index_id = index.build_id
         self._nodes: dict[bytes, dict[int, Entry]] = {}
         self._cnames: dict[bytes, str] = {}  # wire -> name of the nodes with a CNAME
@@ -167,31 +173,38 @@ class FastIndex:
 
     def answer(self, data: bytes, *, tcp: bool = False) -> Reply | None:
         got = self.reply(data, tcp)
-        return None if got is None else Reply(got[0], got[1], cacheable=bool(got[2]))
-
-    def reply(self, data: bytes, tcp: bool = False) -> FastReply | None:
-        """``answer`` as a plain tuple (wire, label, cacheable): the UDP loop's form, without
-        a Reply object per query."""
-        n = len(data)
-        # QR clear, opcode 0; one question, no answer or authority records.
-        if n < 17 or data[2] & 0xF8 or data[4:10] != b"\x00\x01\x00\x00\x00\x00":
+        if got is None or isinstance(got, Forward):
             return None
-        arcount = (data[10] << 8) | data[11]
-        if arcount > 1:
+        return Reply(data[:2] + got[0], got[1], cacheable=bool(got[2]))
+
+    def reply(self, data: bytes, tcp: bool = False) -> FastReply | Forward | None:
+        """``answer`` as a plain tuple (reply bytes after the ID, label, cacheable): the UDP
+        loop's form, without a Reply object per query; the loop puts the client's ID in front
+        and keeps the same bytes in its caches (which store replies after the ID). A standard
+        query of a name outside the zone gives its Forward (``forward``'s, without a second
+        parse)."""
+        # QR clear, opcode 0; one question, no answer or authority records, at most one
+        # additional record (compared as one slice: the common shapes are these two).
+        counts = data[4:12]
+        if counts == _NO_OPT:
+            edns = False
+        elif counts == _ONE_OPT:
+            edns = True
+        else:
+            return None
+        n = len(data)
+        if n < 17 or data[2] & 0xF8:
             return None
         # The name ends at its first zero byte when it is one of ours (their labels hold none);
         # any other name is walked label by label below, before it is answered.
-        qend = data.find(b"\x00", 12) + 1
-        if qend == 0 or qend + 4 > n:
-            return None
-        qname = data[12:qend]
-        if data[qend + 2 : qend + 4] != b"\x00\x01":
-            return None
+        qend = data.find(0, 12) + 1
+        if qend == 0 or qend + 4 > n or data[qend + 2] or data[qend + 3] != 1:
+            return None  # no name end, or not class IN
         qtype = (data[qend] << 8) | data[qend + 1]
         if qtype in GENERAL_TYPES:
             return None
         pos = qend + 4
-        if arcount:
+        if edns:
             if data[pos : pos + 3] != b"\x00\x00\x29" or pos + 11 > n or data[pos + 6]:
                 return None  # not a root-owned OPT, or EDNS version above 0 (BADVERS)
             payload = max(CLASSIC_UDP_LIMIT, (data[pos + 3] << 8) | data[pos + 4])
@@ -201,13 +214,12 @@ class FastIndex:
                 pos += 4 + ((data[pos + 2] << 8) | data[pos + 3])
             if pos != end or end != n:
                 return None
-            edns = True
         else:
             if pos != n:
                 return None
-            edns = False
             payload = CLASSIC_UDP_LIMIT
 
+        qname = data[12:qend]
         entries = self._nodes.get(qname)
         lower = qname
         if entries is None:
@@ -220,13 +232,15 @@ class FastIndex:
             if entry is TO_GENERAL:
                 return None
             if entry is None:  # a name with no data of this type: NODATA
-                entry = (0, 0, 1, 0, self._tail(12 + len(qname) - len(self._zone_wire)), b"", 0)
+                entry = (0, 0, 1, 0, self._tail(qend - len(self._zone_wire)), b"", 0)
         else:
-            apex = 12 + len(qname) - len(self._zone_wire)
-            if not lower.endswith(self._zone_wire):
-                return None  # outside the zone: forwarded by the general path
-            if not qname.isascii() or b"." in qname:
+            zone_wire = self._zone_wire
+            if not lower.endswith(zone_wire):
+                # outside the zone: what the forwarding path needs, from this parse
+                return classify.outside(data, lower, qend, qtype, edns, payload)
+            if not qname.isascii() or b"." in qname or qend - 12 > 255:
                 return None
+            apex = qend - len(zone_wire)
             # The labels must end exactly at the apex: walk them (no list: the common case).
             i = 12
             while i < apex:
@@ -234,7 +248,7 @@ class FastIndex:
                 if length > 63 or length == 0:  # a compression pointer, or a reserved type
                     return None
                 i += length + 1
-            if i != apex or qend - 12 > 255:
+            if i != apex:
                 return None
             pod_wire = self._pod_wire
             if pod_wire is None or not lower.endswith(pod_wire):
@@ -246,11 +260,11 @@ class FastIndex:
                 if parts is None:
                     parts = self._negative_parts(key, apex, edns)
                 if parts is not None:
-                    label = self._labels.get((qtype, NXDOMAIN))
+                    label = self._nx_labels.get(qtype)
                     if label is None:
-                        label = self._labels[(qtype, NXDOMAIN)] = (qtype_label(qtype), "NXDOMAIN")
-                    reply = data[:2] + parts[0] + data[12 : qend + 4] + parts[1]
-                    return reply, label, False if lower is qname else None
+                        label = self._nx_labels[qtype] = (qtype_label(qtype), "NXDOMAIN")
+                    tail = parts[0] + data[12 : qend + 4] + parts[1]
+                    return tail, label, False if lower is qname else None
                 entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0)
             else:
                 starts = _label_starts(data, qend)
@@ -263,30 +277,21 @@ class FastIndex:
         flags = ((data[2] & 1) << 5) | (data[3] & 0x10) | rcode
         question = data[12 : qend + 4]
         opt = self._opt if edns else b""
-        wire = (
-            data[:2]
-            + _FLAGS[flags]
-            + _COUNTS.pack(1, an, ns, ar + edns)
-            + question
-            + main
-            + extra
-            + opt
-        )
+        wire = _FLAGS[flags] + _COUNTS.pack(1, an, ns, ar + edns) + question + main + extra + opt
         limit = TCP_LIMIT if tcp else min(payload, self._max_udp)
-        if len(wire) > limit:
+        if len(wire) + 2 > limit:
             # RFC 2181 9: what is only extra goes first, the additional records, then (when
             # there are answers) the authority records; TC only when the answers do not fit.
             fits = False
             if extra:
-                wire = data[:2] + _FLAGS[flags] + _COUNTS.pack(1, an, ns, edns) + question + main
-                wire += opt
-                fits = len(wire) <= limit
+                wire = _FLAGS[flags] + _COUNTS.pack(1, an, ns, edns) + question + main + opt
+                fits = len(wire) + 2 <= limit
             if not fits and an and ns:
-                wire = data[:2] + _FLAGS[flags] + _COUNTS.pack(1, an, 0, edns) + question
+                wire = _FLAGS[flags] + _COUNTS.pack(1, an, 0, edns) + question
                 wire += main[:alen] + opt
-                fits = len(wire) <= limit
+                fits = len(wire) + 2 <= limit
             if not fits:  # header, question and OPT always fit in 512 bytes
-                wire = data[:2] + _TC_FLAGS[flags] + _COUNTS.pack(1, 0, 0, edns) + question + opt
+                wire = _TC_FLAGS[flags] + _COUNTS.pack(1, 0, 0, edns) + question + opt
         label = self._labels.get((qtype, rcode))
         if label is None:
             label = self._labels[(qtype, rcode)] = (qtype_label(qtype), rcode_label(rcode))

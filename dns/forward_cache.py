@@ -74,19 +74,18 @@ class Entry:
     stored: float
     expires: float
     label: Label
-    # the hot path's memo: the message at ``age`` seconds (until ``refresh``), without its ID
+    # the hot path's memo: the message at ``age`` seconds (until ``refresh``), without its ID;
+    # made by the first hit (``refresh`` starts due), not by ``put``: most forwarded answers
+    # are never asked again, and the question cache's entries never use it
     age: int = 0
     refresh: float = field(init=False)
-    tail: bytes = field(init=False)  # everything after the ID
-    head: bytes = field(init=False)  # bytes 2..12: flags and counts
-    rest: bytes = field(init=False)  # everything after the question
+    tail: bytes = b""  # everything after the ID
+    head: bytes = b""  # bytes 2..12: flags and counts
+    rest: bytes = b""  # everything after the question
     size: int = field(init=False)  # what the entry counts against ``max_bytes``
 
     def __post_init__(self) -> None:
-        self.refresh = self.stored + 1
-        self.tail = self.wire[2:]
-        self.head = self.wire[2:12]
-        self.rest = self.wire[self.qend :]
+        self.refresh = self.stored
         self.size = len(self.wire) + ENTRY_OVERHEAD
 
     def at(self, now: float) -> None:
@@ -95,6 +94,7 @@ class Entry:
         self.refresh = self.stored + age + 1
         aged = bytes(with_ttls(self.wire, self.ttls, age)) if self.ttls else self.wire
         self.tail = aged[2:]
+        self.head = aged[2:12]
         self.rest = aged[self.qend :]
 
     def message(self, now: float) -> bytes:
@@ -140,7 +140,11 @@ class ForwardCache:
             end = data.find(0, 12)
             if end < 0:
                 return None
-            key = data[2:12] + data[12:end].lower() + data[end:]
+            name = data[12:end]
+            lowered = name.lower()
+            if lowered == name:  # looked up as it is already: a miss (most queries)
+                return None
+            key = data[2:12] + lowered + data[end:]
             entry = entries.get(key)
             if entry is None:
                 return None

@@ -16,7 +16,7 @@ from dnslib import DNSRecord
 
 from mesh.dns import layout
 from mesh.dns.chase import chase
-from mesh.dns.forward_cache import ForwardCache, lower_question, query_key
+from mesh.dns.forward_cache import ForwardCache, Label, lower_question, query_key
 from mesh.dns.metrics import DnsMetrics
 from mesh.dns.packet import FORMERR, SERVFAIL, encode_reply, qtype_label, rcode_label
 from mesh.dns.responder import Forward, Reply, Responder
@@ -38,6 +38,7 @@ class ForwardPath:
         self.metrics = metrics
         self.max_udp = max_udp
         self.clock = clock
+        self._labels: dict[int, Label] = {}
 
     def question_end(self, data: bytes) -> int:
         """Where the question of ``data`` ends; 0 when it is a label type dnslib let through
@@ -65,6 +66,9 @@ class ForwardPath:
         tcp: bool,
     ) -> Reply:
         """The reply to ``data`` from the upstream's answer ``got`` (None: SERVFAIL)."""
+        if not tcp:
+            wire, label = self.reply_udp(fwd, data, qend, got, responder)
+            return Reply(wire, label)
         if got is None:
             return responder.failure(fwd.query, SERVFAIL, tcp=tcp)
         limit = responder.limit(fwd, tcp)
@@ -73,13 +77,34 @@ class ForwardPath:
         )
         if relayed is None:  # a shape we do not copy (an OPT in the middle): decode, encode
             return responder.relay(fwd.query, DNSRecord.parse(got.wire), 0, tcp=tcp)
+        # the answer cache holds UDP replies: the UDP loop answers from it
+        return Reply(relayed[0], self._label(fwd.qtype, got.layout.rcode))
+
+    def reply_udp(
+        self, fwd: Forward, data: bytes, qend: int, got: Answer | None, responder: Responder
+    ) -> tuple[bytes, Label]:
+        """``reply`` over UDP as a plain pair (wire, label), no Reply object (one per
+        forwarded query); the reply goes into the answer cache while the answer may be kept."""
+        if got is None:
+            failure = responder.failure(fwd.query, SERVFAIL, tcp=False)
+            return failure.wire, failure.label
+        relayed = layout.relay(
+            data,
+            qend,
+            got.wire,
+            got.layout,
+            edns=fwd.edns,
+            limit=min(fwd.payload, responder.max_udp),
+            advertise=self.max_udp,
+        )
+        if relayed is None:  # a shape we do not copy (an OPT in the middle): decode, encode
+            failure = responder.relay(fwd.query, DNSRecord.parse(got.wire), 0, tcp=False)
+            return failure.wire, failure.label
         wire, cut = relayed
-        label = (qtype_label(fwd.qtype), rcode_label(got.layout.rcode))
-        if tcp:  # the answer cache holds UDP replies: the UDP loop answers from it
-            return Reply(wire, label)
+        label = self._label(fwd.qtype, got.layout.rcode)
         self.metrics.cache_misses["answer"] += 1
         if got.remaining <= 0 or fwd.reverse:
-            return Reply(wire, label)
+            return wire, label
         name = fwd.wire_name  # known (lower case, plain labels) when classified from bytes
         if name:
             end = qend - 4
@@ -94,7 +119,15 @@ class ForwardPath:
             self.answers.put(
                 key, stored, ttls, qend, ttl=got.remaining, now=self.clock(), label=label
             )
-        return Reply(wire, label)
+        return wire, label
+
+    def _label(self, qtype: int, rcode: int) -> Label:
+        """The query counter's label, made once per (qtype, rcode): no two lookups and no
+        new tuple per forwarded query."""
+        label = self._labels.get((qtype << 16) | rcode)
+        if label is None:
+            label = self._labels[(qtype << 16) | rcode] = (qtype_label(qtype), rcode_label(rcode))
+        return label
 
     async def chase(self, reply: Reply, responder: Responder, *, tcp: bool) -> Reply:
         """The chain ``reply`` stopped at, followed through the upstream and encoded."""

@@ -51,7 +51,6 @@ from mesh.dns.upstream import (
     UPSTREAM_PAYLOAD,
     Answer,
     Forwarder,
-    lower_name,
     matches,
     new_id,
     question_key,
@@ -199,7 +198,7 @@ class Outbound:
             ex.waiters.append(waiter)
             return
         f.metrics.cache_misses["forward"] += 1
-        ex = self.inflight[key] = Exchange(key, lower_name(question), cd, f.pool.order())
+        ex = self.inflight[key] = Exchange(key, key[:-1], cd, f.pool.order())  # lower case
         ex.waiters.append(waiter)
         self._send(ex, now)
 
@@ -346,7 +345,8 @@ class Outbound:
             ex.attempt += 1
             self._send(ex, now)
             return
-        f.succeeded(i)
+        if f.pool.fails[i]:  # else nothing to reset (the usual case: no call)
+            f.succeeded(i)
         keep = f.cache.keep_for(layout)
         f.cache.put(ex.key, data, layout.ttls, ex.qend, ttl=keep, now=now)
         self._finish(ex, Answer(data, layout, layout.ttls, keep))

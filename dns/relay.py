@@ -92,14 +92,26 @@ class Relay:
             self._reply_now(sock, addr, responder.failure(fwd.query, SERVFAIL, tcp=False), start)
             return
         self.in_flight += 1
-        self.metrics.forwards_in_flight = self.in_flight
+        metrics = self.metrics
+        metrics.forwards_in_flight = self.in_flight
+        path = self.path
 
         def answered(got: Answer | None) -> None:
+            # ``_relayed`` and ``send`` inlined, a pair instead of a Reply: once per query
             self.in_flight -= 1
-            self.metrics.forwards_in_flight = self.in_flight
-            reply = self._relayed(fwd, data, qend, got, responder, tcp=False)
-            self.send(sock, reply.wire, addr)
-            self.metrics.latency["forward"].observe(time.perf_counter() - start)
+            metrics.forwards_in_flight = self.in_flight
+            try:
+                wire, label = path.reply_udp(fwd, data, qend, got, responder)
+            except Exception:
+                log.exception("forwarding failed")
+                failure = self._internal_error(fwd, data, responder, tcp=False)
+                wire, label = failure.wire, failure.label
+            metrics.queries[label] += 1
+            try:
+                sock.sendto(wire, addr)
+            except OSError:
+                metrics.dropped["send"] += 1
+            metrics.latency["forward"].observe(time.perf_counter() - start)
 
         outbound.ask(data[12:qend], bool(data[3] & 0x10), answered, self.clock())
 

@@ -74,6 +74,23 @@ class Forward:
         self.edns = edns
         self.payload = payload
 
+    @classmethod
+    def standard(
+        cls, data: bytes, wire_name: bytes, qtype: int, edns: bool, payload: int, qend: int
+    ) -> Forward:
+        """A standard query classified from its bytes: ``__init__`` without its keywords and
+        branches (once per forwarded query: under half the time of the keyword call)."""
+        fwd = object.__new__(cls)
+        fwd._query = None
+        fwd.data = data
+        fwd.qend = qend
+        fwd._wire_name = wire_name
+        fwd._key = None
+        fwd.qtype = qtype
+        fwd.edns = edns
+        fwd.payload = payload
+        return fwd
+
     @property
     def key(self) -> str | None:
         """The absolute lower-case name; None when it has a label no name can have."""

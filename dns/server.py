@@ -263,6 +263,7 @@ class DnsServer:
             live = self._live
             get = live.cache.entries.get
             negative = live.negative.entries
+            negative_max = live.negative.max_entries
             fast = live.fast.reply if live.fast is not None else None
             zone = live.fast.zone_wire if live.fast is not None else None
             pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
@@ -306,21 +307,26 @@ class DnsServer:
                         reply = fast(data)
                     except Exception:  # a bug must cost one query: the general path answers it
                         log.exception("fast path failed")
-                if reply is not None and not (
+                if isinstance(reply, Forward):  # a standard query of a name outside the zone
+                    self._udp_miss(sock, data, addr, live, reply)
+                elif reply is not None and not (
                     pods and reply[1][1] == "NXDOMAIN" and addr[0] in pods
                 ):
-                    # A standard question of a cluster name, answered from wire bytes.
-                    wire, label, cacheable = reply
+                    # A standard question of a cluster name, answered from wire bytes (the
+                    # reply after its ID: what the caches keep).
+                    after_id, label, cacheable = reply
                     try:
-                        sendto(wire, addr)
+                        sendto(data[:2] + after_id, addr)
                     except OSError:
                         metrics.dropped["send"] += 1
                     queries[label] += 1
                     answered += 1
                     if cacheable:
-                        live.cache.put(tail, wire[2:], label)
+                        live.cache.put(tail, after_id, label)
                     elif cacheable is False:  # NXDOMAIN: its own cache, so a flood of names
-                        live.negative.put(tail, wire[2:], label)  # evicts only its kind
+                        if len(negative) >= negative_max:  # evicts only its kind (WireCache.put
+                            negative.clear()  # inlined: every made-up name comes here)
+                        negative[tail] = (after_id, label)
                 else:
                     self._udp_miss(sock, data, addr, live)
             if hits or forwarded:
@@ -346,13 +352,19 @@ class DnsServer:
                 with trio.move_on_at(trio.current_time() + max(0.0, deadline - time.monotonic())):
                     await trio.lowlevel.wait_readable(outbound.fileno())
 
-    def _udp_miss(self, sock: socket.socket, data: bytes, addr: Any, live: _Live) -> None:
+    def _udp_miss(
+        self, sock: socket.socket, data: bytes, addr: Any, live: _Live, fwd: Forward | None = None
+    ) -> None:
+        """A query the caches did not answer; ``fwd``: the FastIndex classified it already."""
         start = time.perf_counter()
         self.metrics.cache_misses["wire"] += 1
         namespace = live.pods.get(addr[0]) if live.pods else None
         if namespace is not None and self._relay.start_autopath(
             sock, data, addr, live.responder, namespace
         ):
+            return
+        if fwd is not None:
+            self._relay.forward_udp(sock, data, addr, fwd, live.responder, start)
             return
         outcome: Reply | Forward | Drop | None = None
         if live.fast is not None:

@@ -45,7 +45,7 @@ class UpstreamError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see Layout (one per forwarded query)
 class Answer:
     """An upstream's answer: the message, where things are in it, its TTLs as they stand now,
     and how long it may still be cached (0: not at all)."""
@@ -108,12 +108,14 @@ def matches(reply: bytes, sent: bytes, qend: int) -> Layout | None:
     """The layout of ``reply`` when it answers ``sent`` (ID, QR, question), else None."""
     if len(reply) < qend or reply[:2] != sent[:2] or not reply[2] & 0x80:
         return None
-    if reply[qend - 4 : qend] != sent[qend - 4 : qend]:
-        return None  # another type or class: compared as numbers, never case-folded
-    if reply[HEADER : qend - 4].lower() != sent[HEADER : qend - 4].lower():
-        return None
-    layout = scan(reply)
-    return layout if layout is not None and layout.qend == qend else None
+    if reply[HEADER:qend] != sent[HEADER:qend]:  # the usual reply echoes it byte for byte
+        if reply[qend - 4 : qend] != sent[qend - 4 : qend]:
+            return None  # another type or class: compared as numbers, never case-folded
+        if reply[HEADER : qend - 4].lower() != sent[HEADER : qend - 4].lower():
+            return None
+    # The question is ours up to case (its length bytes, below 0x40, are not letters, so
+    # the same labels): scan need not walk it again.
+    return scan(reply, qend)
 
 
 def _family(host: str) -> socket.AddressFamily:

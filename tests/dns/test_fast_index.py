@@ -308,8 +308,19 @@ def forward_agrees(packet: bytes) -> bool:
     forwards it too, with the same name key, type, EDNS and payload."""
     general, fast = paths(CLUSTER)
     ours = fast.forward(packet)
+    # the UDP loop's one parse (``reply``) forwards exactly these, with the same fields
+    looped = fast.reply(packet)
+    assert isinstance(looped, Forward) == (ours is not None), packet.hex()
     if ours is None:
         return False
+    assert isinstance(looped, Forward)
+    assert (looped.wire_name, looped.qtype, looped.edns, looped.payload, looped.qend) == (
+        ours.wire_name,
+        ours.qtype,
+        ours.edns,
+        ours.payload,
+        ours.qend,
+    )
     theirs = general.handle(packet)
     assert isinstance(theirs, Forward), packet.hex()
     assert (ours.key, ours.qtype, ours.edns, ours.payload) == (

@@ -53,6 +53,35 @@ async def test_positive_answer_is_relayed_and_cached(
         assert value("mesh_dns_cache_misses_total", {"cache": "forward"}) == 1
 
 
+async def test_a_burst_of_queries_is_answered_once_each(upstream: FakeUpstream) -> None:
+    """Forwarded, cluster and made-up cluster names in one burst (the loop reads them in
+    batches): every query gets one reply, to its own question."""
+    names = [f"burst{i}.example." for i in range(40)]
+    names += ["web.shop.svc.cluster.local.", "nope.shop.svc.cluster.local."] * 5
+    names += [f"made-up{i}.shop.svc.cluster.local." for i in range(20)]
+    async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
+        with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+            await sock.connect((HOST, server.port))
+            sent: dict[int, str] = {}
+            for i, name in enumerate(names):
+                query = q(name)
+                query.id = i
+                sent[i] = name
+                await sock.send(query.to_wire())
+            answered: dict[int, str] = {}
+            with trio.fail_after(5):
+                while len(answered) < len(names):
+                    reply = dns.message.from_wire(await sock.recv(65535))
+                    assert reply.id not in answered  # once
+                    answered[reply.id] = reply.question[0].name.to_text()
+            assert answered == sent
+            with trio.move_on_after(0.3):
+                extra = await sock.recv(65535)
+                raise AssertionError(f"a second reply: {extra!r}")
+    asked = {name: upstream.asked(name) for name in names[:40]}
+    assert all(a == ["udp"] for a in asked.values())  # each forwarded once
+
+
 async def test_negative_answer_is_relayed_and_cached(upstream: FakeUpstream) -> None:
     async with running(CLUSTER, upstreams=[(upstream.host, upstream.port)]) as server:
         for _ in range(2):

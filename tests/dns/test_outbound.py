@@ -121,6 +121,35 @@ def test_questions_share_a_bounded_set_of_ports_with_unique_ids(listen: socket.s
     assert not out.inflight
 
 
+def test_a_burst_of_replies_is_drained_in_one_poll_each_checked_and_answered_once(
+    listen: socket.socket,
+) -> None:
+    up, timer = Upstream(), Timer()
+    out = make([up], listen, timer)
+    got: dict[str, list[Answer | None]] = {}
+    n = 3 * PORTS_PER_UPSTREAM + 5  # several replies waiting on every socket
+    for i in range(n):
+        out.ask(question(f"b{i}.example."), False, got.setdefault(f"b{i}", []).append, 0)
+    for query, _, source in [up.receive() for _ in range(n)]:
+        name = query.question[0].name.to_text()
+        i = int(name.split(".")[0][1:])
+        # before the real reply a mismatched one (right ID, another question), after it the
+        # same reply again: both must be dropped, packet by packet, within the burst
+        up.sock.sendto(reply_to(query, ip="203.0.113.66", name="other.example."), source)
+        up.answer(query, source, ip=f"192.0.2.{i + 1}")
+        up.answer(query, source, ip="203.0.113.67")
+    out.poll(timer())  # one poll: every socket drained (loopback delivered them all)
+    assert sorted(got) == sorted(f"b{i}" for i in range(n))
+    for key, answers in got.items():
+        assert len(answers) == 1  # exactly once
+        answer = answers[0]
+        assert answer is not None
+        ip = dns.message.from_wire(answer.wire).answer[0][0].to_text()
+        assert ip == f"192.0.2.{int(key[1:]) + 1}"
+    assert out.forwarder.metrics.forward_errors["stray"] == 2 * n
+    assert not out.inflight
+
+
 def test_forged_and_mismatched_replies_are_dropped_and_never_cached(
     listen: socket.socket,
 ) -> None:
@@ -298,3 +327,51 @@ def test_an_upstream_named_localhost_is_answered(listen: socket.socket) -> None:
         pump(out, timer)
     assert got and got[0] is not None and got[0].layout.rcode == 0
     assert out.forwarder.metrics.forward_errors["stray"] == 0
+
+
+def _sent() -> bytes:
+    return b"\x12\x34" + dns.message.make_query("www.example.", "A").to_wire()[2:]
+
+
+def _reply(edit: Callable[[dns.message.Message], None] = lambda m: None) -> bytes:
+    response = dns.message.make_response(dns.message.from_wire(_sent()))
+    response.answer.append(dns.rrset.from_text("www.example.", 60, "IN", "A", "192.0.2.1"))
+    edit(response)
+    return response.to_wire()
+
+
+def _question(name: str, rdtype: str = "A") -> Callable[[dns.message.Message], None]:
+    def edit(m: dns.message.Message) -> None:
+        m.question = [dns.rrset.RRset(dns.name.from_text(name), dns.rdataclass.IN,
+                                      dns.rdatatype.from_text(rdtype))]  # fmt: skip
+
+    return edit
+
+
+def _wire_edit(edit: Callable[[bytearray], None]) -> bytes:
+    wire = bytearray(_reply())
+    edit(wire)
+    return bytes(wire)
+
+
+@pytest.mark.parametrize(
+    ("reply", "matched"),
+    [
+        (_reply(), True),
+        (_reply(_question("WWW.Example.")), True),  # the upstream's own case (0x20)
+        (_reply(_question("www.example.", "AAAA")), False),  # another type
+        (_reply(_question("wwx.example.")), False),  # another name of the same length
+        (_reply(_question("ww.example.")), False),
+        (_wire_edit(lambda w: w.__setitem__(0, 0x99)), False),  # another ID
+        (_wire_edit(lambda w: w.__setitem__(2, w[2] & 0x7F)), False),  # QR clear: a query
+        (_wire_edit(lambda w: w.__setitem__(12, 2)), False),  # other labels: the same bytes
+        (_reply()[:-1], False),  # the answer cut short
+    ],
+)
+def test_a_reply_matches_only_its_own_question(reply: bytes, matched: bool) -> None:
+    sent = _sent()
+    qend = 12 + len(b"\x03www\x07example\x00") + 4
+    layout = matches(reply, sent, qend)
+    assert (layout is not None) is matched
+    if layout is not None:
+        assert layout.qend == qend and layout.counts[0] == 1

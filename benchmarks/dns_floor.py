@@ -1,0 +1,182 @@
+"""What a query costs in CPython at the least, against what our paths cost: one process,
+loopback sockets, no trio, no other server.
+
+dns_bench.py measures whole servers; this one asks how low a Python server could go. Each
+round sends ``BURST`` queries at once, then times the server's side only (the client and the
+upstream are played by this process between the timed parts), and reports the 10th
+percentile of the per-query time over the rounds (a shared machine adds noise; the low
+percentile is the steadier figure):
+
+- ``floor repeated``: ``recvfrom``, one dict lookup, ``sendto``: the least a cached answer
+  can cost (our wire-cache hit is this plus a counter);
+- ``floor relay``: ``recvfrom``, a new ID (a counter), ``send`` upstream; then ``epoll``, ``recvfrom`` of
+  the reply, ID lookup, ``sendto`` to the client: the least a forwarded query can cost, with
+  no check of the reply, no cache and no metrics;
+- ``ours forward``: our server's forwarding path (the FastIndex's parse, the exchange, the
+  reply's checks, both caches, the relay, metrics) on the same sockets.
+
+Syscalls alone: the relay makes two ``recvfrom``, a ``send`` and a ``sendto`` (plus a share
+of ``epoll`` and of a ``recvfrom`` that finds nothing) where a cache hit makes one of each.
+
+Usage: python benchmarks/dns_floor.py [--rounds 1500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from dnslib import RR, A, DNSRecord
+
+from mesh.dns.outbound import Outbound
+from mesh.dns.server import DnsServer
+from mesh.dns.upstream import Forwarder
+
+sys.path.insert(0, os.path.dirname(__file__))
+from dns_bench import make_config
+
+BURST = 64
+HOST = "127.0.0.1"
+
+
+def udp(bound: bool = True, blocking: bool = True) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    if bound:
+        sock.bind((HOST, 0))
+    sock.setblocking(blocking)
+    return sock
+
+
+def queries(n: int) -> list[bytes]:
+    return [bytes(DNSRecord.question(f"n{i}.bench.example", "A").pack()) for i in range(n)]
+
+
+def answer(query: bytes) -> bytes:
+    reply = DNSRecord.parse(query).reply()
+    reply.add_answer(RR(reply.q.qname, rdata=A("192.0.2.1"), ttl=300))
+    return bytes(reply.pack())
+
+
+def p10(samples: list[float]) -> float:
+    return sorted(samples)[len(samples) // 10] * 1e6
+
+
+def repeated_floor(rounds: int) -> float:
+    client, server = udp(), udp(blocking=False)
+    q = queries(1)[0]
+    cache = {q[2:]: answer(q)[2:]}
+    samples = []
+    for _ in range(rounds):
+        for _ in range(BURST):
+            client.sendto(q, server.getsockname())
+        start = time.perf_counter()
+        for _ in range(BURST):
+            data, addr = server.recvfrom(4096)
+            server.sendto(data[:2] + cache[data[2:]], addr)
+        samples.append((time.perf_counter() - start) / BURST)
+        for _ in range(BURST):
+            client.recvfrom(4096)
+    return p10(samples)
+
+
+def relay_floor(rounds: int) -> float:
+    client, server, up = udp(), udp(blocking=False), udp()
+    out = udp(bound=False, blocking=False)
+    out.connect(up.getsockname())
+    poller = select.epoll()
+    poller.register(out.fileno(), select.EPOLLIN)
+    qs = queries(rounds * BURST)
+    pending: dict[bytes, tuple[bytes, tuple[str, int]]] = {}
+    samples, k = [], 0
+    for _ in range(rounds):
+        for _ in range(BURST):
+            client.sendto(qs[k], server.getsockname())
+            k += 1
+        start = time.perf_counter()
+        for i in range(BURST):
+            data, addr = server.recvfrom(4096)
+            qid = i.to_bytes(2, "big")  # a counter: the floor, not a safe ID
+            pending[qid] = (data[:2], addr)
+            out.send(qid + data[2:])
+        half = time.perf_counter() - start
+        for _ in range(BURST):  # the upstream (untimed)
+            q, source = up.recvfrom(4096)
+            up.sendto(answer(q), source)
+        time.sleep(0.0005)
+        start = time.perf_counter()
+        poller.poll(0)
+        while True:
+            try:
+                data = out.recv(4096)
+            except BlockingIOError:
+                break
+            client_id, addr = pending.pop(data[:2])
+            server.sendto(client_id + data[2:], addr)
+        samples.append((half + time.perf_counter() - start) / BURST)
+        for _ in range(BURST):
+            client.recvfrom(4096)
+    return p10(samples)
+
+
+def ours_forward(rounds: int) -> float:
+    """Our path, driven as the server's loop drives it, with its own exchanges' sockets."""
+    client, server, up = udp(), udp(blocking=False), udp()
+    dns = DnsServer((HOST, 0), upstreams=[up.getsockname()])
+    dns.apply(make_config(300))
+    forwarder = Forwarder([up.getsockname()], metrics=dns.metrics, cache=dns._forward_cache)
+    dns._forwarder = dns._path.forwarder = forwarder
+    outbound = Outbound(forwarder, server.fileno(), dns._relay.spawn_tcp)
+    dns._relay.outbound = forwarder.outbound = outbound
+    live = dns._live
+    assert live.fast is not None
+    reply: Callable[[bytes], object] = live.fast.reply
+    cached, answers = live.cache.entries.get, dns._answers.answer  # the loop's lookups first
+    qs = queries(rounds * BURST)
+    samples, k = [], 0
+    for _ in range(rounds):
+        for _ in range(BURST):
+            client.sendto(qs[k], server.getsockname())
+            k += 1
+        start = time.perf_counter()
+        for _ in range(BURST):
+            data, addr = server.recvfrom(4096)
+            tail = data[2:]
+            if cached(tail) is None and answers(data, tail, time.monotonic()) is None:
+                dns._udp_miss(server, data, addr, live, reply(data))  # type: ignore[arg-type]
+        half = time.perf_counter() - start
+        for _ in range(BURST):
+            q, source = up.recvfrom(4096)
+            up.sendto(answer(q), source)
+        time.sleep(0.0005)
+        start = time.perf_counter()
+        outbound.poll(time.monotonic())
+        samples.append((half + time.perf_counter() - start) / BURST)
+        for _ in range(BURST):
+            client.recvfrom(4096)
+    outbound.close()
+    return p10(samples)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rounds", type=int, default=1500)
+    opts = p.parse_args()
+    rounds = max(20, opts.rounds)
+    repeated = repeated_floor(rounds)
+    relay = relay_floor(rounds)
+    ours = ours_forward(rounds)
+    print(f"per query, 10th percentile of {rounds} rounds of {BURST} (server side, wall time):")
+    print(f"  floor repeated  {repeated:6.2f} us")
+    print(f"  floor relay     {relay:6.2f} us  ({relay / repeated:.1f}x the repeated floor)")
+    print(f"  ours forward    {ours:6.2f} us  ({ours / repeated:.1f}x the repeated floor)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
