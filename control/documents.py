@@ -8,7 +8,9 @@ documents at shifted offsets, so only the region in between is split, digested a
 up, and the file's objects (the list and the by-key dict) are spliced rather than rebuilt.
 Editing one object of a 40,000-object file thus costs a few milliseconds of comparison and
 one document's parse. Any case the splice does not cover (a non-ASCII text, duplicate keys,
-warnings, an error) takes the whole-file path, whose results are the same.
+warnings, an error) takes the whole-file path, whose results are the same. A load with many
+documents to parse (a start) has a child process parse them ahead on the second core
+(control/parse_ahead.py); its results are the same too.
 """
 
 from __future__ import annotations
