@@ -10,7 +10,7 @@ Editing one object of a 40,000-object file thus costs a few milliseconds of comp
 one document's parse. Any case the splice does not cover (a non-ASCII text, duplicate keys,
 warnings, an error) takes the whole-file path, whose results are the same. A load with many
 documents to parse (a start) has a child process parse them ahead on the second core
-(control/parse_ahead.py); its results are the same too.
+(mesh/ahead.py); its results are the same too.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 from itertools import accumulate
 
-from mesh.control.parse_ahead import MIN_DOCUMENTS, ParseAhead
+from mesh.ahead import MIN_ITEMS, Ahead
 from mesh.manifests import LoadResult, load_parsed, load_text, parse_documents
 from mesh.objects import KubeObject
 
@@ -70,9 +70,9 @@ class DocumentCache:
         self._layout: _Layout | None = None
         self.parsed = 0  # documents parsed (not taken from the cache): tests pin the work
         self.spliced = 0  # loads that took the splice path (tests pin it)
-        self.parsed_ahead = 0  # of ``parsed``, those a child parsed (control/parse_ahead.py)
+        self.parsed_ahead = 0  # of ``parsed``, those a child parsed (mesh/ahead.py)
         # Fewest documents to parse for which a child helps (tests set it lower).
-        self.parse_ahead = MIN_DOCUMENTS
+        self.parse_ahead = MIN_ITEMS
 
     def load(self, text: str, source: str) -> LoadResult:
         layout, self._layout = self._layout, None
@@ -122,7 +122,7 @@ class DocumentCache:
         """Each chunk's digest and objects, parsed only when not cached (None: an error)."""
         digests = [blake2b(chunk.encode(), digest_size=16).digest() for chunk in chunks]
         # The texts to parse, each once: a big first load has a child parse them from the
-        # back while this loop goes from the front (control/parse_ahead.py).
+        # back while this loop goes from the front (mesh/ahead.py).
         todo: dict[bytes, int] = {}
         texts: list[str] = []
         for digest, chunk in zip(digests, chunks, strict=True):
@@ -131,7 +131,7 @@ class DocumentCache:
                 texts.append(chunk)
         parts: list[_Part] = []
         seen: dict[bytes, _Part] = {}
-        with ParseAhead(texts, parse_documents, min_documents=self.parse_ahead) as ahead:
+        with Ahead(texts, parse_documents, min_items=self.parse_ahead) as ahead:
             for digest, chunk in zip(digests, chunks, strict=True):
                 part = seen.get(digest) or cached.get(digest)
                 if part is None:

@@ -339,7 +339,7 @@ def load_text(text: str, source: str = "<input>") -> LoadResult:
 def parse_documents(text: str) -> list[Any] | None:
     """The decoded documents of a manifest text, plain data only (None: the text has a
     syntax error; :func:`load_text` reports it). Half of :func:`load_text`, for a process
-    that parses for another (control/parse_ahead.py); :func:`load_parsed` is the other."""
+    that parses for another (mesh/ahead.py); :func:`load_parsed` is the other."""
     try:
         return list(_documents(text, "<input>"))
     except ValueError:

@@ -1,4 +1,4 @@
-"""Parsing ahead in a forked child (control/parse_ahead.py): the parent gets each text's
+"""Work done ahead in a forked child (mesh/ahead.py): the parent gets each text's
 documents at most once, exactly what parsing them itself gives; a document the child
 cannot parse is parsed (and reported) by the parent as before; one core means no child;
 and no child outlives a load, whatever way it ends."""
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from mesh.control import parse_ahead
+from mesh import ahead as ahead_module
+from mesh.ahead import Ahead
 from mesh.control.documents import DocumentCache, split_documents
-from mesh.control.parse_ahead import ParseAhead
 from mesh.control.source_dir import DirSource
 from mesh.control.store import Store
 from mesh.manifests import load_parsed, load_text, parse_documents
@@ -53,7 +53,7 @@ def children() -> set[int]:
 def test_the_parent_receives_each_document_once_as_parsed() -> None:
     texts = split_documents("".join(pod(i) for i in range(700)))
     assert texts is not None
-    with ParseAhead(texts, parse_documents, cores=2, min_documents=1) as ahead:
+    with Ahead(texts, parse_documents, cores=2, min_items=1) as ahead:
         assert ahead.pid
         got = [ahead.take(i, wait=True) for i in reversed(range(len(texts)))]
         again = [ahead.take(i) for i in range(len(texts))]
@@ -65,7 +65,7 @@ def test_the_parent_receives_each_document_once_as_parsed() -> None:
 @pytest.mark.parametrize("bad", BAD)
 def test_what_the_child_sends_validates_as_the_text_loads(bad: str) -> None:
     texts = [pod(1), bad, pod(2)]
-    with ParseAhead(texts, parse_documents, cores=2, min_documents=1) as ahead:
+    with Ahead(texts, parse_documents, cores=2, min_items=1) as ahead:
         sent = [ahead.take(i, wait=True) for i in range(3)]
     for text, docs in zip(texts, sent, strict=True):
         # None: the child could not parse or send it; the parent then loads the text.
@@ -116,14 +116,14 @@ def test_the_same_error_names_the_file_and_document_with_or_without_a_child() ->
 
 def test_one_core_starts_no_child() -> None:
     texts = [pod(i) for i in range(50)]
-    with ParseAhead(texts, parse_documents, cores=1, min_documents=1) as ahead:
+    with Ahead(texts, parse_documents, cores=1, min_items=1) as ahead:
         assert ahead.pid == 0
         assert ahead.take(49, wait=True) is None
     assert ahead.taken == 0
 
 
 def test_a_small_text_starts_no_child() -> None:
-    with ParseAhead([pod(1)], parse_documents, cores=2) as ahead:
+    with Ahead([pod(1)], parse_documents, cores=2) as ahead:
         assert ahead.pid == 0
 
 
@@ -137,7 +137,7 @@ def test_an_edit_of_a_big_file_forks_no_child(monkeypatch: pytest.MonkeyPatch) -
             forks.append(pid)
         return pid
 
-    monkeypatch.setattr(parse_ahead, "usable_cores", lambda: 2)
+    monkeypatch.setattr(ahead_module, "usable_cores", lambda: 2)
     monkeypatch.setattr(os, "fork", counting_fork)
     docs = [pod(i) for i in range(1200)]
     cache = DocumentCache()
@@ -153,7 +153,7 @@ def test_an_edit_of_a_big_file_forks_no_child(monkeypatch: pytest.MonkeyPatch) -
 def test_no_child_is_left_when_the_parent_raises() -> None:
     texts = [pod(i) for i in range(400)]
     before = children()
-    ahead = ParseAhead(texts, parse_documents, cores=2, min_documents=1)
+    ahead = Ahead(texts, parse_documents, cores=2, min_items=1)
     assert ahead.pid in children()
     with pytest.raises(KeyboardInterrupt), ahead:
         ahead.take(399, wait=True)
@@ -189,7 +189,7 @@ def slow_parse(text: str) -> list[Any] | None:
 
 def test_ctrl_c_ends_the_child_and_the_parent_parses_the_rest() -> None:
     texts = [pod(i) for i in range(200)]
-    with ParseAhead(texts, slow_parse, cores=2, min_documents=1) as ahead:
+    with Ahead(texts, slow_parse, cores=2, min_items=1) as ahead:
         os.kill(ahead.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends the group
         deadline = time.monotonic() + 10
         while ahead.pid in children() and time.monotonic() < deadline:
@@ -215,3 +215,48 @@ def test_the_source_loads_a_big_directory_as_before(tmp_path: Path) -> None:
     assert sorted(o.key for o in store.snapshot().list("Pod")) == sorted(
         o.key for o in load_text(text, "x").objects
     )
+
+
+# --- the DNS server's wire index, encoded ahead ---------------------------------------
+
+
+def test_a_wire_index_encoded_with_a_child_equals_one_encoded_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mesh.config.dns import DnsConfig
+    from mesh.dns import fast_index
+    from mesh.dns.fast_encode import TO_GENERAL
+    from mesh.dns.fast_index import FastIndex
+    from mesh.dns.zone import ZoneIndex
+
+    from .dns.test_zone_incremental import service
+
+    rng = random.Random(7)
+    index = ZoneIndex.build(
+        DnsConfig(version=1, services=tuple(service(rng, i) for i in range(250)))
+    )
+    alone = FastIndex(index)
+    assert alone.ahead == 0  # under the threshold: no child
+    monkeypatch.setattr(fast_index, "AHEAD_MIN", 1)
+    monkeypatch.setattr(ahead_module, "usable_cores", lambda: 2)
+    real_put = FastIndex._put
+
+    def slow_put(
+        self: FastIndex, index: ZoneIndex, name: str, node: Any, entries: Any = None
+    ) -> None:
+        if entries is None:
+            time.sleep(0.0005)  # the parent's own encodes are slow: the child's come first
+        real_put(self, index, name, node, entries)
+
+    monkeypatch.setattr(FastIndex, "_put", slow_put)
+    before = children()
+    together = FastIndex(index)
+    assert children() == before
+    assert together.ahead > 0
+    assert together._nodes == alone._nodes
+    assert together._rebuilt == alone._rebuilt == len(alone._nodes)
+    general = [
+        e for entries in together._nodes.values() for e in entries.values() if e == TO_GENERAL
+    ]
+    assert general  # external names chase upstream: the sentinel is kept by identity
+    assert all(e is TO_GENERAL for e in general)

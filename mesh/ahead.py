@@ -1,23 +1,27 @@
-"""Parsing a big manifest's YAML documents on the second core.
+"""Work done ahead on the second core: a list's items computed by a forked child too.
 
 At start the manifest source parses every document of every file (40,000 for 10,000
-Services and their Pods), and parsing is two thirds of that read; validation (pydantic)
-must stay in the process that keeps the objects. :class:`ParseAhead` forks one child that
-parses the documents from the last one backwards and streams their plain data (marshal:
-dicts, lists, strings and numbers, interned strings kept interned) through a pipe, while
-the parent goes on from the first one forwards, parsing and validating as before. When
-the parent reaches a document, it takes the child's data if it has come (then only
-validates it), or else parses the document itself; the two meet in the middle, wherever
-that falls on a machine whose other core is busy. The child is then killed and reaped.
+Services and their Pods), and the DNS server encodes every owner name's answers; both are
+pure functions of plain items, whose results must end up in the one process that serves
+them. :class:`Ahead` forks one child that computes ``func(items[i])`` from the last item
+backwards and streams the results (marshal: dicts, lists, tuples, bytes, strings and numbers;
+interned strings stay interned) through a pipe, while the parent goes on from the first item
+forwards as it would alone. When the parent reaches an item, it takes the child's result if it
+has come, or else computes it itself; the two meet in the middle, wherever that falls on a
+machine whose other core is busy. The child is then killed and reaped.
 
-The parent never waits for the child, so the result never depends on it:
+The parent never waits for the child, so the outcome never depends on it:
 
-- one core, a small text, or no ``fork``: no child at all, everything as before;
-- a document the child could not parse (a syntax error) or could not send: the parent
-  parses it itself, so errors and their messages are exactly those of the serial path;
-- the child dying, or the parent raising (Ctrl-C, an error): :meth:`close` (also the
-  context manager's exit) kills and reaps it; a parent killed outright takes the child
-  with it (``PR_SET_PDEATHSIG``), and a child whose pipe closed exits at its next write.
+- one core, a short list, or no ``fork``: no child at all, everything as before;
+- an item the child could not compute (an exception: a YAML syntax error) or could not send
+  (a value marshal does not take): the parent computes it itself, so errors and their
+  messages are exactly those of the serial path;
+- the child dying, or the parent raising (Ctrl-C, an error): :meth:`Ahead.close` (also the
+  context manager's exit) kills and reaps it; a parent killed outright takes the child with
+  it (``PR_SET_PDEATHSIG``), and a child whose pipe closed ends at its next write.
+
+Results that the parent compares by identity (shared sentinels) must be mapped back by the
+caller: marshal gives equal values, not the same objects.
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ import signal
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-# Below this many documents to parse, a fork costs more than it saves (edits parse one).
-MIN_DOCUMENTS = 1000
-# Documents per message: large enough that the pipe's per-message cost vanishes, small
+# Below this many items to compute, a fork costs more than it saves (an edit parses one).
+MIN_ITEMS = 1000
+# Items per message: large enough that the pipe's per-message cost vanishes, small
 # enough that the parent sees the child's progress often (some 30 KB of data each).
 BATCH = 128
 _HEADER = struct.Struct("<IQ")  # first index of the batch, payload length
@@ -44,7 +48,8 @@ _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
 _ENDING = {signal.SIGINT, signal.SIGTERM}
 
-Parse = Callable[[str], list[Any] | None]
+T = TypeVar("T")
+Func = Callable[[T], Any]
 
 
 def usable_cores() -> int:
@@ -55,32 +60,33 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-class ParseAhead:
-    """``parse(texts[i])`` for the parent, computed by a forked child when it is ahead.
+class Ahead(Generic[T]):
+    """``func(items[i])`` for the parent, computed by a forked child when it is ahead.
 
     :meth:`take` returns the child's result for index ``i`` if it has arrived (each index
-    at most once), else None: the caller then parses ``texts[i]`` itself."""
+    at most once), else None: the caller then computes ``func(items[i])`` itself (so a
+    ``func`` whose result may be None cannot tell "none" from "not come": return a list)."""
 
     def __init__(
         self,
-        texts: Sequence[str],
-        parse: Parse,
+        items: Sequence[T],
+        func: Func[T],
         *,
         cores: int | None = None,
-        min_documents: int = MIN_DOCUMENTS,
+        min_items: int = MIN_ITEMS,
     ) -> None:
         self.pid = 0  # the child's (0: none)
         self.taken = 0  # results taken from the child (tests pin the split)
         self._fd = -1
         self._buffer = bytearray()
-        self._ready: dict[int, list[Any] | None] = {}
+        self._ready: dict[int, Any] = {}
         self._polls = 0
         cores = usable_cores() if cores is None else cores
-        if cores < 2 or len(texts) < min_documents or not hasattr(os, "fork"):
+        if cores < 2 or len(items) < min_items or not hasattr(os, "fork"):
             return
-        self._start(texts, parse)
+        self._start(items, func)
 
-    def _start(self, texts: Sequence[str], parse: Parse) -> None:
+    def _start(self, items: Sequence[T], func: Func[T]) -> None:
         read_fd, write_fd = os.pipe()
         with contextlib.suppress(OSError):
             import fcntl
@@ -97,7 +103,7 @@ class ParseAhead:
             status = 1
             try:
                 os.close(read_fd)
-                _child(texts, parse, write_fd, blocked)
+                _child(items, func, write_fd, blocked)
                 status = 0
             finally:
                 os._exit(status)
@@ -109,14 +115,14 @@ class ParseAhead:
         os.set_blocking(read_fd, False)
         self.pid, self._fd = pid, read_fd
 
-    def take(self, i: int, *, wait: bool = False) -> list[Any] | None:
-        """The child's documents of ``texts[i]`` if they have arrived (each index once),
-        else None: the caller parses that text itself (also when the child could not).
+    def take(self, i: int, *, wait: bool = False) -> Any:
+        """The child's result for ``items[i]`` if it has arrived (each index once), else
+        None: the caller computes it itself (also when the child could not).
         ``wait``: block until index ``i`` arrives or the child ends (tests)."""
         ready = self._ready
         if i not in ready and self.pid:
-            # A syscall per document the parent parses itself would cost more than the
-            # child saves on small ones: look at the pipe every few documents.
+            # A syscall per item the parent computes itself would cost more than the child
+            # saves on small ones: look at the pipe every few items.
             self._polls += 1
             if wait or self._polls % 8 == 1:
                 self._receive(wait, until=i)
@@ -175,7 +181,7 @@ class ParseAhead:
                 os.waitpid(pid, 0)
         self._ready.clear()
 
-    def __enter__(self) -> ParseAhead:
+    def __enter__(self) -> Ahead[T]:
         return self
 
     def __exit__(
@@ -187,8 +193,8 @@ class ParseAhead:
         self.close()
 
 
-def _child(texts: Sequence[str], parse: Parse, fd: int, mask: Iterable[int]) -> None:
-    """Parse from the last text backwards, a batch per message, until done or orphaned."""
+def _child(items: Sequence[T], func: Func[T], fd: int, mask: Iterable[int]) -> None:
+    """Compute from the last item backwards, a batch per message, until done or orphaned."""
     # Signals are the default ones (Ctrl-C ends the child too), not the parent's handlers,
     # which would write to the parent's wake-up descriptor.
     signal.set_wakeup_fd(-1)
@@ -199,10 +205,10 @@ def _child(texts: Sequence[str], parse: Parse, fd: int, mask: Iterable[int]) -> 
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before the line above took effect
         return
-    hi = len(texts)
+    hi = len(items)
     while hi > 0:
         lo = max(0, hi - BATCH)
-        results = [_safe(parse, texts[i]) for i in range(lo, hi)]
+        results = [_safe(func, items[i]) for i in range(lo, hi)]
         try:
             payload = marshal.dumps(results)
         except Exception:  # an unmarshallable value somewhere: look at them one by one
@@ -211,17 +217,17 @@ def _child(texts: Sequence[str], parse: Parse, fd: int, mask: Iterable[int]) -> 
         hi = lo
 
 
-def _safe(parse: Parse, text: str) -> list[Any] | None:
+def _safe(func: Func[T], item: T) -> Any:
     try:
-        return parse(text)
-    except Exception:  # the parent parses it again and reports it as it always did
+        return func(item)
+    except Exception:  # the parent computes it again and reports it as it always did
         return None
 
 
-def _marshallable(result: list[Any] | None) -> list[Any] | None:
+def _marshallable(result: Any) -> Any:
     try:
         marshal.dumps(result)
-    except Exception:  # a recursive alias, a type marshal lacks: the parent parses it
+    except Exception:  # a recursive alias, a type marshal lacks: the parent computes it
         return None
     return result
 
