@@ -7,7 +7,8 @@ then runs ``mesh up --no-proxy`` on it and prints:
 - ready: seconds from starting the process to ``/ready`` answering 200 (interpreter start,
   imports, parsing, admission, the endpoints controller, translation, the DNS index), and
   the CPU seconds the process used until then (steadier on a shared machine), with those
-  of the child that parses the manifest's documents ahead on the second core apart;
+  of the children that parse the manifest's documents and encode the DNS answers ahead on
+  the second core apart;
 - rss: resident memory of that process once ready (VmRSS);
 - edit: seconds from rewriting the manifest with one more Service to the first DNS answer
   for it (median of ``--edits``), i.e. the file watch, the re-read of the big file, one
@@ -101,7 +102,7 @@ def rss_mb(pid: int) -> float:
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """utime + stime of a process (steadier than wall time on a shared machine), and of its
-    reaped children (the child that parses a big manifest's documents at start)."""
+    reaped children (those that work ahead at start, mesh/ahead.py)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     own = (int(fields[11]) + int(fields[12])) / TICKS
     return own, (int(fields[13]) + int(fields[14])) / TICKS
@@ -179,7 +180,7 @@ def run_up(n: int, edits: int, workdir: Path) -> None:
         lat = [edit_latency(path, n, e, dns) for e in range(edits)]
     print(
         f"N={n:>6}  pods={n * PODS_PER_SERVICE:>6}  ready {ready:6.2f} s "
-        f"(cpu {cpu:5.2f} s + {child_cpu:4.2f} s in a child)  "
+        f"(cpu {cpu:5.2f} s + {child_cpu:4.2f} s in children)  "
         f"rss {rss:6.0f} MB  "
         f"edit->DNS median {statistics.median(lat) * 1000:6.0f} ms "
         f"(min {min(lat) * 1000:.0f}, max {max(lat) * 1000:.0f})",
@@ -231,9 +232,6 @@ def run_stages(n: int, edits: int, workdir: Path) -> None:
     start = [time.process_time()]
     changes = source._read_changes()
     start.append(time.process_time())
-    after = os.times()
-    child_cpu = after.children_user + after.children_system
-    child_cpu -= children.children_user + children.children_system
     source._apply_changes(changes)
     start.append(time.process_time())
     plane.reconcile_endpoints()
@@ -245,6 +243,9 @@ def run_stages(n: int, edits: int, workdir: Path) -> None:
     index = ZoneIndex.build(config)
     fast = FastIndex(index)
     start.append(time.process_time())
+    after = os.times()
+    child_cpu = after.children_user + after.children_system
+    child_cpu -= children.children_user + children.children_system
     # The split deployment's DNS server: its own decoded copy, its own indexes.
     remote = DnsConfig.model_validate_json(plane.encoded(config))
     remote_fast = FastIndex(remote_index := ZoneIndex.build(remote))
@@ -253,7 +254,7 @@ def run_stages(n: int, edits: int, workdir: Path) -> None:
     cpu = ", ".join(f"{k} {b - a:.2f}" for k, a, b in zip(names, start, start[1:], strict=False))
     print(
         f"N={n:>6}  start in process (CPU s): {cpu}; total {start[-1] - start[0]:.2f} "
-        f"(+ {child_cpu:.2f} in the child that parses ahead)",
+        f"(+ {child_cpu:.2f} in the children that parse and encode ahead)",
         flush=True,
     )
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
