@@ -7,8 +7,7 @@ then runs ``mesh up --no-proxy`` on it and prints:
 - ready: seconds from starting the process to ``/ready`` answering 200 (interpreter start,
   imports, parsing, admission, the endpoints controller, translation, the DNS index), and
   the CPU seconds the process used until then (steadier on a shared machine), with those
-  of the children that parse the manifest's documents and encode the DNS answers ahead on
-  the second core apart;
+  of the child that parses the manifest's documents ahead on the second core apart;
 - rss: resident memory of that process once ready (VmRSS);
 - edit: seconds from rewriting the manifest with one more Service to the first DNS answer
   for it (median of ``--edits``), i.e. the file watch, the re-read of the big file, one
@@ -180,7 +179,7 @@ def run_up(n: int, edits: int, workdir: Path) -> None:
         lat = [edit_latency(path, n, e, dns) for e in range(edits)]
     print(
         f"N={n:>6}  pods={n * PODS_PER_SERVICE:>6}  ready {ready:6.2f} s "
-        f"(cpu {cpu:5.2f} s + {child_cpu:4.2f} s in children)  "
+        f"(cpu {cpu:5.2f} s + {child_cpu:4.2f} s in a child)  "
         f"rss {rss:6.0f} MB  "
         f"edit->DNS median {statistics.median(lat) * 1000:6.0f} ms "
         f"(min {min(lat) * 1000:.0f}, max {max(lat) * 1000:.0f})",
@@ -254,7 +253,7 @@ def run_stages(n: int, edits: int, workdir: Path) -> None:
     cpu = ", ".join(f"{k} {b - a:.2f}" for k, a, b in zip(names, start, start[1:], strict=False))
     print(
         f"N={n:>6}  start in process (CPU s): {cpu}; total {start[-1] - start[0]:.2f} "
-        f"(+ {child_cpu:.2f} in the children that parse and encode ahead)",
+        f"(+ {child_cpu:.2f} in the child that parses ahead)",
         flush=True,
     )
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)

@@ -91,17 +91,6 @@ _NO_ENTRIES: dict[int, Entry] = {}  # shared, never written
 TO_GENERAL: Entry = (-1, 0, 0, 0, b"", b"", 0)  # answered by the general path
 
 
-def shared_entries(entries: dict[int, Entry]) -> dict[int, Entry]:
-    """Entries that came as a copy (from the child of mesh/ahead.py) with the shared values
-    back: TO_GENERAL is recognised by identity, and empty ones share one dict."""
-    if not entries:
-        return _NO_ENTRIES
-    for qtype, entry in entries.items():
-        if entry == TO_GENERAL:
-            entries[qtype] = TO_GENERAL
-    return entries
-
-
 def _zone_labels(index: ZoneIndex) -> tuple[bytes, ...]:
     return tuple(label.encode("ascii") for label in index.zone.rstrip(".").split("."))
 

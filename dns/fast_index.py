@@ -30,9 +30,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from mesh.ahead import MIN_ITEMS, Ahead
 from mesh.dns import classify, names
-from mesh.dns.fast_encode import TO_GENERAL, Entry, encode_node, shared_entries, wire_name
+from mesh.dns.fast_encode import TO_GENERAL, Entry, encode_node, wire_name
 from mesh.dns.packet import qtype_label, rcode_label
 from mesh.dns.records import TYPE_A, TYPE_AAAA, TYPE_SOA, Node
 from mesh.dns.responder import DEFAULT_MAX_UDP, Forward, Reply
@@ -47,17 +46,10 @@ GENERAL_TYPES = frozenset((0, 41, 251, 252, 255))
 # the negative cache (NXDOMAIN), None neither (a mixed-case question)
 FastReply = tuple[bytes, tuple[str, str], bool | None]
 
-# Fewest owner names for which a full build has a child encode ahead (tests set it lower).
-AHEAD_MIN = MIN_ITEMS
-
 _COUNTS = struct.Struct(">HHHH")
 # Reply flags by (RD << 5 | CD bit 0x10 | rcode): QR, AA and RA set, RD and CD echoed.
 _FLAGS = [bytes((0x84 | (i >> 5), 0x80 | (i & 0x1F))) for i in range(64)]
 _TC_FLAGS = [bytes((0x86 | (i >> 5), 0x80 | (i & 0x1F))) for i in range(64)]
-
-
-def _labels(name: str) -> tuple[bytes, ...]:
-    return tuple(name.rstrip(".").encode("ascii").split(b"."))
 
 
 class FastIndex:
@@ -81,7 +73,6 @@ class FastIndex:
         "_tails",
         "_ttl",
         "_zone_wire",
-        "ahead",
     )
 
     def __init__(
@@ -115,7 +106,6 @@ class FastIndex:
         self._cnames: dict[bytes, str] = {}  # wire -> name of the nodes with a CNAME
         self._reverse: set[bytes] = set()  # names whose entries carry the SOA (reverse)
         self._rebuilt = 0  # owner names encoded for this index (tests pin the work)
-        self.ahead = 0  # of those, the ones a child encoded (mesh/ahead.py)
         changed = index.changed_names
         if (
             previous is not None
@@ -126,32 +116,14 @@ class FastIndex:
         ):
             self._update(index, previous, changed)
         else:
-            self._build(index)
+            for name, node in index.items():
+                self._put(index, name, node)
 
-    def _build(self, index: ZoneIndex) -> None:
-        """Every owner name encoded: for a big index (a start) a child process encodes from
-        the last name backwards while this loop goes from the first (mesh/ahead.py)."""
-        items = list(index.items())
-
-        def encode(item: tuple[str, Node]) -> dict[int, Entry]:
-            return encode_node(index, item[0], _labels(item[0]), item[1])
-
-        with Ahead(items, encode, min_items=AHEAD_MIN) as ahead:
-            for i, (name, node) in enumerate(items):
-                sent = ahead.take(i)
-                self._put(index, name, node, None if sent is None else shared_entries(sent))
-            self.ahead = ahead.taken
-
-    def _put(
-        self, index: ZoneIndex, name: str, node: Node, entries: dict[int, Entry] | None = None
-    ) -> None:
-        """Index one owner name (``entries``: its answers, encoded already)."""
+    def _put(self, index: ZoneIndex, name: str, node: Node) -> None:
         # One encode and one split of the whole name, not one per label (40,000 names at start).
-        labels = _labels(name)
+        labels = tuple(name.rstrip(".").encode("ascii").split(b"."))
         wire = b"".join([bytes((len(label),)) + label for label in labels]) + b"\x00"
-        if entries is None:
-            entries = encode_node(index, name, labels, node)
-        self._nodes[wire] = entries
+        entries = self._nodes[wire] = encode_node(index, name, labels, node)
         self._rebuilt += 1
         if node.cname is not None:
             self._cnames[wire] = name

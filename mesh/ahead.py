@@ -1,9 +1,10 @@
 """Work done ahead on the second core: a list's items computed by a forked child too.
 
 At start the manifest source parses every document of every file (40,000 for 10,000
-Services and their Pods), and the DNS server encodes every owner name's answers; both are
-pure functions of plain items, whose results must end up in the one process that serves
-them. :class:`Ahead` forks one child that computes ``func(items[i])`` from the last item
+Services and their Pods): a pure function of each document's text, whose result must end
+up in the one process that validates and serves the objects. It pays where taking a result
+from the pipe costs the parent much less than computing it (a YAML parse against a
+``marshal.loads``), not for cheap functions of big results. :class:`Ahead` forks one child that computes ``func(items[i])`` from the last item
 backwards and streams the results (marshal: dicts, lists, tuples, bytes, strings and numbers;
 interned strings stay interned) through a pipe, while the parent goes on from the first item
 forwards as it would alone. When the parent reaches an item, it takes the child's result if it
@@ -97,7 +98,7 @@ class Ahead(Generic[T]):
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _ENDING)
         try:
             pid = os.fork()
-        except OSError:  # no memory, no process slot: the parent parses everything
+        except OSError:  # no memory, no process slot: the parent computes everything
             pid = -1
         if pid == 0:  # the child: never returns into the parent's code
             status = 1
