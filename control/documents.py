@@ -8,7 +8,9 @@ documents at shifted offsets, so only the region in between is split, digested a
 up, and the file's objects (the list and the by-key dict) are spliced rather than rebuilt.
 Editing one object of a 40,000-object file thus costs a few milliseconds of comparison and
 one document's parse. Any case the splice does not cover (a non-ASCII text, duplicate keys,
-warnings, an error) takes the whole-file path, whose results are the same.
+warnings, an error) takes the whole-file path, whose results are the same. A load with many
+documents to parse (a start) has a child process parse them ahead on the second core
+(mesh/ahead.py); its results are the same too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 from itertools import accumulate
 
-from mesh.manifests import LoadResult, load_text
+from mesh.ahead import MIN_ITEMS, Ahead
+from mesh.manifests import LoadResult, load_parsed, load_text, parse_documents
 from mesh.objects import KubeObject
 
 Key = tuple[str, str, str]
@@ -67,6 +70,9 @@ class DocumentCache:
         self._layout: _Layout | None = None
         self.parsed = 0  # documents parsed (not taken from the cache): tests pin the work
         self.spliced = 0  # loads that took the splice path (tests pin it)
+        self.parsed_ahead = 0  # of ``parsed``, those a child parsed (mesh/ahead.py)
+        # Fewest documents to parse for which a child helps (tests set it lower).
+        self.parse_ahead = MIN_ITEMS
 
     def load(self, text: str, source: str) -> LoadResult:
         layout, self._layout = self._layout, None
@@ -114,22 +120,31 @@ class DocumentCache:
         self, chunks: list[str], source: str, cached: dict[bytes, _Part]
     ) -> tuple[list[bytes], list[_Part]] | None:
         """Each chunk's digest and objects, parsed only when not cached (None: an error)."""
-        digests: list[bytes] = []
+        digests = [blake2b(chunk.encode(), digest_size=16).digest() for chunk in chunks]
+        # The texts to parse, each once: a big first load has a child parse them from the
+        # back while this loop goes from the front (mesh/ahead.py).
+        todo: dict[bytes, int] = {}
+        texts: list[str] = []
+        for digest, chunk in zip(digests, chunks, strict=True):
+            if digest not in cached and digest not in todo:
+                todo[digest] = len(texts)
+                texts.append(chunk)
         parts: list[_Part] = []
         seen: dict[bytes, _Part] = {}
-        for chunk in chunks:
-            digest = blake2b(chunk.encode(), digest_size=16).digest()
-            part = seen.get(digest) or cached.get(digest)
-            if part is None:
-                self.parsed += 1
-                loaded = load_text(chunk, source)
-                if loaded.errors:
-                    return None
-                found = tuple(loaded.objects)
-                part = (found, tuple(o.key for o in found), tuple(loaded.warnings))
-            seen[digest] = part
-            digests.append(digest)
-            parts.append(part)
+        with Ahead(texts, parse_documents, min_items=self.parse_ahead) as ahead:
+            for digest, chunk in zip(digests, chunks, strict=True):
+                part = seen.get(digest) or cached.get(digest)
+                if part is None:
+                    self.parsed += 1
+                    docs = ahead.take(todo[digest])
+                    loaded = load_text(chunk, source) if docs is None else load_parsed(docs, source)
+                    if loaded.errors:
+                        return None
+                    found = tuple(loaded.objects)
+                    part = (found, tuple(o.key for o in found), tuple(loaded.warnings))
+                seen[digest] = part
+                parts.append(part)
+            self.parsed_ahead += ahead.taken
         return digests, parts
 
     def _splice(self, old: _Layout, text: str, source: str) -> KeyedResult | None:

@@ -332,18 +332,42 @@ def load_text(text: str, source: str = "<input>") -> LoadResult:
             # A syntax error ends the stream: what came before it is kept.
             result.errors.append(ManifestError(source, "?", "", str(exc)))
             break
-        if doc is None:
-            continue
-        for item in _flatten(doc):
-            if isinstance(item, ManifestError):
-                result.errors.append(ManifestError(source, item.object, item.field, item.message))
-                continue
-            parsed = parse_object(item, source)
-            if parsed is None:
-                kind = item.get("kind") if isinstance(item, dict) else "?"
-                result.warnings.append(f"{source}: ignoring unknown kind {kind!r}")
-            elif isinstance(parsed, ManifestError):
-                result.errors.append(parsed)
-            else:
-                result.objects.append(parsed)
+        _take(result, doc, source)
     return result
+
+
+def parse_documents(text: str) -> list[Any] | None:
+    """The decoded documents of a manifest text, plain data only (None: the text has a
+    syntax error; :func:`load_text` reports it). Half of :func:`load_text`, for a process
+    that parses for another (mesh/ahead.py); :func:`load_parsed` is the other."""
+    try:
+        return list(_documents(text, "<input>"))
+    except ValueError:
+        return None
+
+
+def load_parsed(docs: list[Any], source: str = "<input>") -> LoadResult:
+    """:func:`load_text` of a text whose documents :func:`parse_documents` gave: the same
+    objects, errors and warnings, without parsing again."""
+    result = LoadResult()
+    for doc in docs:
+        _take(result, doc, source)
+    return result
+
+
+def _take(result: LoadResult, doc: Any, source: str) -> None:
+    """Validate one decoded document into ``result``."""
+    if doc is None:
+        return
+    for item in _flatten(doc):
+        if isinstance(item, ManifestError):
+            result.errors.append(ManifestError(source, item.object, item.field, item.message))
+            continue
+        parsed = parse_object(item, source)
+        if parsed is None:
+            kind = item.get("kind") if isinstance(item, dict) else "?"
+            result.warnings.append(f"{source}: ignoring unknown kind {kind!r}")
+        elif isinstance(parsed, ManifestError):
+            result.errors.append(parsed)
+        else:
+            result.objects.append(parsed)
