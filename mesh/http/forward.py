@@ -115,7 +115,7 @@ async def forward(
             first=first,
         )
     if up.reused and req.length == 0 and not upgrade and server.fast:
-        # The common exchange (no request body, a pooled connection): see ``_simple``.
+        # The common exchange (no request body, a pooled connection): mesh.http.fastpath.
         keep = await _simple(server, down, dreader, req, fwd, up, head, deadline)
         if keep is not None:
             return keep

@@ -61,8 +61,8 @@ async def relay_response(
     upgrade: bool,
     pending: object = None,
 ) -> bool:
-    """``pending``: the first event, already read by ``_simple`` (the reader then is past
-    ``next_message`` and has received bytes)."""
+    """``pending``: the first event, already read by the fast path (mesh.http.fastpath; the
+    reader then is past ``next_message`` and has received bytes)."""
     reader = up.reader
     if pending is None:
         reader.next_message(req.method)

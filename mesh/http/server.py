@@ -71,7 +71,7 @@ class HttpServer:
         self.pool = pool or Pool()
         self.scheme = scheme
         self.use_reactor = use_reactor  # connections driven by mesh.http.reactor, not trio
-        self.fast = True  # the common exchange's fast path (forward._simple); off: general only
+        self.fast = True  # the common exchange's fast path (mesh.http.fastpath); off: general only
         self.reasons: Counter[str] = Counter()
         self.connections = 0
 
