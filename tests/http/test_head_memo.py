@@ -1,15 +1,19 @@
 """The remembered verdicts on repeated heads (h1's request memo, h1_passthrough's response
-memo) change nothing a reader says: the same head read again gives the same event and leaves
+memo, proxyheaders' plain-request verdicts) change nothing a reader or the proxy says: the same head read again gives the same event and leaves
 the reader in the same state; a head that fails fails every time; a reader with tighter
 limits than the one that read a head first still refuses it; the memos stay bounded."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mesh.http import h1, h1_passthrough
+from mesh.http.decision import HeaderEdits, Peer
 from mesh.http.errors import ProtocolError
 from mesh.http.events import CHUNKED, NEED_DATA, PAUSED, Data, EndOfMessage, Request
+from mesh.http.proxyheaders import plain_request_head
 
 GET = b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
 POST = b"POST /up HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello"
@@ -17,6 +21,8 @@ CHUNKED_POST = (
     b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
 )
 CLOSE = b"GET / HTTP/1.0\r\nHost: h\r\n\r\n"
+PEER = Peer("127.0.0.9", 4000, b"http", 80)
+_RID = re.compile(rb"x-request-id: [0-9a-f]{32}\r\n")
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 6\r\nConnection: keep-alive\r\n\r\n"
     b"hello\n"
@@ -119,3 +125,26 @@ def test_the_response_memo_is_bounded() -> None:
     for i in range(h1_passthrough.MEMO_ENTRIES * 2):
         assert _pass(b"HTTP/1.1 200 OK\r\nX-N: %d\r\nContent-Length: 0\r\n\r\n" % i)[0]
         assert len(h1_passthrough._MEMO) <= h1_passthrough.MEMO_ENTRIES
+
+
+def _plain(data: bytes, edits: HeaderEdits) -> bytes | None:
+    reader = h1.Reader("server")
+    reader.feed(data)
+    req = reader.next_event()
+    assert type(req) is Request
+    head = plain_request_head(req, reader.head_fields, req.target, PEER, edits)
+    return None if head is None else _RID.sub(b"x-request-id: <id>\r\n", head)
+
+
+def test_the_plain_request_verdict_is_kept_per_edits() -> None:
+    """The same field lines under other edits get their own verdict, repeated or not."""
+    data = b"GET / HTTP/1.1\r\nHost: h\r\nX-Gone: 1\r\nConnection: keep-alive\r\n\r\n"
+    keep, drop = HeaderEdits(), HeaderEdits(remove=(b"x-gone",))
+    expected = (
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Gone: 1\r\nx-forwarded-for: 127.0.0.9\r\n"
+        b"x-forwarded-proto: http\r\nx-forwarded-host: h\r\nx-forwarded-port: 80\r\n"
+        b"x-request-id: <id>\r\n\r\n"
+    )
+    for _ in range(2):
+        assert _plain(data, keep) == expected  # the Connection line dropped
+        assert _plain(data, drop) is None  # a field to remove: the general path
