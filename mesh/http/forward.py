@@ -36,7 +36,7 @@ from mesh.http.client import acquire, pooled
 from mesh.http.decision import NO_EDITS, Forward, Peer
 from mesh.http.errors import DownstreamError, ProtocolError, UpstreamError
 from mesh.http.events import CHUNKED, NEED_DATA, Data, EndOfMessage, Request
-from mesh.http.fastpath import simple_exchange as _simple
+from mesh.http.fastpath import simple_exchange
 from mesh.http.h1 import Reader, chunk, last_chunk, request_head
 from mesh.http.pool import Timeout, Upstream, close, recv, send_all
 from mesh.http.proxyheaders import plain_request_head, request_fields
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from mesh.http.server import HttpServer
 
 __all__ = ["Abort", "HandedOff", "forward", "tunnel"]
+
+_simple = simple_exchange  # looked up here at each call: a test may wrap it
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -1,7 +1,8 @@
 """The remembered verdicts on repeated heads (h1's request memo, h1_passthrough's response
-memo, proxyheaders' plain-request verdicts) change nothing a reader or the proxy says: the same head read again gives the same event and leaves
-the reader in the same state; a head that fails fails every time; a reader with tighter
-limits than the one that read a head first still refuses it; the memos stay bounded."""
+memo, proxyheaders' plain-request verdicts) change nothing a reader or the proxy says: the
+same head read again gives the same event and leaves the reader in the same state; a head
+that fails fails every time; a reader with tighter limits than the one that read a head
+first still refuses it; the memos stay bounded."""
 
 from __future__ import annotations
 
