@@ -77,7 +77,6 @@ async def forward(
     limits = server.limits
     if fwd.max_body is not None and req.length > fwd.max_body:
         raise DownstreamError("body-too-large", "the request body is larger than allowed")
-    upgrade = _wants_upgrade(req)
     head = None
     if (
         dreader.head_event is req
@@ -88,6 +87,8 @@ async def forward(
         head = plain_request_head(
             req, dreader.head_fields, fwd.target or req.target, peer, fwd.request_headers
         )
+    # A plain request has no Upgrade field (hop-by-hop: it keeps a request off that path).
+    upgrade = head is None and _wants_upgrade(req)
     if head is None:
         fields, _ = request_fields(
             req.headers,
