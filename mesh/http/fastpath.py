@@ -8,19 +8,23 @@ mesh.http.relay.relay_response from the event already read, with the same codec.
 from __future__ import annotations
 
 import math
+import select
 import socket
 from typing import TYPE_CHECKING
 
+from mesh.http import reactor
 from mesh.http.decision import NO_EDITS, Forward
 from mesh.http.errors import DownstreamError, ProtocolError, UpstreamError, phrase
 from mesh.http.events import Request, Response
 from mesh.http.h1 import Reader, response_head
-from mesh.http.pool import Timeout, Upstream, close, recv, send_all
+from mesh.http.pool import RECV_SIZE, Timeout, Upstream, close, recv, send_all
 from mesh.http.proxyheaders import added_lines, response_fields
 from mesh.http.relay import Abort, HandedOff, Stale, relay_response, send_now, to_client
 
 if TYPE_CHECKING:
     from mesh.http.server import HttpServer
+
+_IN = select.EPOLLIN
 
 
 async def simple_exchange(
@@ -62,7 +66,15 @@ async def simple_exchange(
                 )
             read_t = t.read if t.read is not None else math.inf
             try:
-                data = await recv(usock, read_t, deadline, wait_first=True)
+                loop = reactor.CURRENT
+                if loop is not None:  # pool.recv inlined: a coroutine less a request
+                    await reactor.Wait(usock, up.fd, _IN, min(deadline, loop.now + read_t))
+                    try:
+                        data = usock.recv(RECV_SIZE)
+                    except BlockingIOError:  # woken by a spent edge: wait again
+                        data = await recv(usock, read_t, deadline)
+                else:
+                    data = await recv(usock, read_t, deadline, wait_first=True)
             except OSError:
                 data = b""
             if not data:

@@ -32,7 +32,17 @@ from mesh.http.balance import Endpoint
 from mesh.http.h1 import Reader
 from mesh.http.reactor import Timeout
 
-__all__ = ["DEADLINES", "Pool", "Timeout", "Upstream", "close", "connect", "recv", "send_all"]
+__all__ = [
+    "DEADLINES",
+    "RECV_SIZE",
+    "Pool",
+    "Timeout",
+    "Upstream",
+    "close",
+    "connect",
+    "recv",
+    "send_all",
+]
 
 RECV_SIZE = 65536
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
