@@ -9,28 +9,13 @@ state: ``request_head``, ``response_head`` and ``chunk`` render bytes.
 
 Parsing is strict, stricter than h11 and at least as strict as nginx, because the engine is a
 proxy and two parsers that disagree about where a message ends is request smuggling
-(RFC 9112 section 11.2). Everything below is a ProtocolError (400 unless said otherwise):
-
-- a head that is not CRLF-delimited: a bare CR or LF anywhere in it (section 2.2);
-- a request line other than ``token SP target SP HTTP/1.x`` (a space in the method or the
-  target, control bytes), a target form the method does not allow (section 3.2); a major
-  version other than 1 is 505;
-- field lines with whitespace before the colon (section 5.1), obs-fold (section 5.2), control
-  bytes in a value; more than ``max_fields`` fields or a head over ``max_head`` bytes: 431;
-- HTTP/1.1 without exactly one valid Host (section 3.2), a Host that is not uri-host[:port];
-- Content-Length that is not one run of at most 18 digits, or given twice, even equal, or as a
-  list (section 6.3 lets a recipient reject those; a proxy must);
-- Transfer-Encoding with Content-Length, or in HTTP/1.0 (section 6.1); in a request any
-  coding other than one ``chunked`` is 501 (nginx does the same), ``chunked`` twice is 400;
-- chunk sizes other than 1..15 hex digits, malformed chunk extensions, chunk data not followed
-  by CRLF, malformed trailer fields (section 7.1).
-
-A response from an upstream is read by the same rules (its errors become a 502): a response
-with both Content-Length and Transfer-Encoding is refused rather than guessed at.
+(RFC 9112 section 11.2): the rules, and what each refusal says, are in mesh.http.h1_grammar.
+A response from an upstream is read by the same rules (its errors become a 502).
 
 Speed matters as much as strictness: one ``bytes.find`` locates the head, one precompiled
-regex validates all its field lines at once and another cuts them into pairs; a body is sliced out of the received
-bytes, never copied through an intermediate buffer.
+regex validates all its field lines at once and another cuts them into pairs; a body is sliced
+out of the received bytes, never copied through an intermediate buffer; a head seen before is
+not parsed again (``_REQUESTS``; responses: mesh.http.h1_passthrough).
 """
 
 from __future__ import annotations
@@ -53,17 +38,14 @@ from mesh.http.h1_grammar import (
     ABSOLUTE,
     BARE,
     CHUNK_LINE,
-    FIELD,
-    FIELD_BLOCK,
-    FIELD_PAIR,
     HOST,
     MAX_CHUNK_LINE,
     MAX_FIELDS,
     MAX_HEAD,
     REQUEST_LINE,
     STATUS_LINE,
-    field_problem,
     framing,
+    parse_fields,
     request_line_problem,
 )
 from mesh.http.h1_passthrough import MEMO_ENTRIES, MEMO_HEAD, passable
@@ -261,7 +243,7 @@ class Reader:
         first = buf.find(b"\r\n", pos, end + 2)
         line = buf[pos:first]
         block = buf[first + 2 : end + 2]
-        fields = self._fields(block)
+        fields = parse_fields(block, self.max_fields)
         self._pos = end + 4
         if self._server:
             req = self.head_event = self._request(line, fields)
@@ -275,14 +257,10 @@ class Reader:
 
     def passthrough(self) -> tuple[int, bool, bytes, bytes] | None:
         """The common response in one step, for a proxy that forwards its head unchanged
-        (the verdict on its head: mesh.http.h1_passthrough). Returns (status, keep-alive,
-        the status line and field lines as they came without the hop-by-hop ones and
-        without the blank line, the body) when its Content-Length body has arrived whole;
-        the message is then read to its end. Anything else, malformed heads included,
-        returns None having consumed nothing: the caller then reads it with
-        ``next_event``, which applies every rule and names the problem. The checks are
-        the same: the same validation of the field block, the same framing rules
-        (``framing``), the same limits."""
+        (mesh.http.h1_passthrough says which): (status, keep-alive, its head as it came
+        without the hop-by-hop lines and the blank line, the body), the message then read
+        to its end; None, having consumed nothing, for anything else (``next_event`` then
+        applies every rule and names the problem)."""
         if self._state != _HEAD or self._server or self._method in (b"HEAD", b"CONNECT"):
             return None
         buf, pos = self._buf, self._pos
@@ -300,19 +278,6 @@ class Reader:
         self._left = 0
         self._state = _DONE
         return status, keep, head, buf[at : at + length]
-
-    def _fields(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """The fields of a block of CRLF-terminated field lines: validated in one regex
-        match, then cut into (name, value) pairs by another, no Python loop per byte."""
-        if not FIELD_BLOCK.fullmatch(block):
-            for line in block.split(b"\r\n"):
-                if line and not FIELD.fullmatch(line):
-                    raise ProtocolError(field_problem(line))
-            raise ProtocolError("a bare CR or LF in the head")
-        pairs = FIELD_PAIR.findall(block)
-        if len(pairs) > self.max_fields:
-            raise ProtocolError("too many header fields", 431, "headers-too-large")
-        return [(name.lower(), value.rstrip(b" \t")) for name, value in pairs]
 
     def _request(self, line: bytes, fields: list[tuple[bytes, bytes]]) -> Request:
         m = REQUEST_LINE.fullmatch(line)
@@ -467,7 +432,7 @@ class Reader:
             if BARE.search(buf, pos):
                 raise ProtocolError("a bare CR or LF in the trailer section")
             return self._need("in a chunked body")
-        trailers = self._fields(buf[pos : end + 2])
+        trailers = parse_fields(buf[pos : end + 2], self.max_fields)
         self._pos = end + 4
         self._state = _DONE
         return EndOfMessage(tuple(trailers))

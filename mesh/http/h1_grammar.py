@@ -1,6 +1,28 @@
 """The grammar of HTTP/1.1 heads (RFC 9112) as the codec (mesh.http.h1) applies it: the
 precompiled patterns, the limits, the framing rules of a head's fields, and the one-sentence
-problems a malformed line is reported with. Pure: no state, no I/O."""
+problems a malformed line is reported with. Pure: no state, no I/O.
+
+Parsing is strict, stricter than h11 and at least as strict as nginx, because the engine is a
+proxy and two parsers that disagree about where a message ends is request smuggling
+(RFC 9112 section 11.2). Everything below is a ProtocolError (400 unless said otherwise):
+
+- a head that is not CRLF-delimited: a bare CR or LF anywhere in it (section 2.2);
+- a request line other than ``token SP target SP HTTP/1.x`` (a space in the method or the
+  target, control bytes), a target form the method does not allow (section 3.2); a major
+  version other than 1 is 505;
+- field lines with whitespace before the colon (section 5.1), obs-fold (section 5.2), control
+  bytes in a value; more than ``max_fields`` fields or a head over ``max_head`` bytes: 431;
+- HTTP/1.1 without exactly one valid Host (section 3.2), a Host that is not uri-host[:port];
+- Content-Length that is not one run of at most 18 digits, or given twice, even equal, or as a
+  list (section 6.3 lets a recipient reject those; a proxy must);
+- Transfer-Encoding with Content-Length, or in HTTP/1.0 (section 6.1); in a request any
+  coding other than one ``chunked`` is 501 (nginx does the same), ``chunked`` twice is 400;
+- chunk sizes other than 1..15 hex digits, malformed chunk extensions, chunk data not followed
+  by CRLF, malformed trailer fields (section 7.1).
+
+A response from an upstream is read by the same rules (its errors become a 502): a response
+with both Content-Length and Transfer-Encoding is refused rather than guessed at.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +68,20 @@ STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade", b""})
 MAX_HEAD: Final = 16384  # bytes of a head (request line or status line plus fields)
 MAX_FIELDS: Final = 100
 MAX_CHUNK_LINE: Final = 4096
+
+
+def parse_fields(block: bytes, max_fields: int) -> list[tuple[bytes, bytes]]:
+    """The fields of a block of CRLF-terminated field lines: validated in one regex
+    match, then cut into (name, value) pairs by another, no Python loop per byte."""
+    if not FIELD_BLOCK.fullmatch(block):
+        for line in block.split(b"\r\n"):
+            if line and not FIELD.fullmatch(line):
+                raise ProtocolError(field_problem(line))
+        raise ProtocolError("a bare CR or LF in the head")
+    pairs = FIELD_PAIR.findall(block)
+    if len(pairs) > max_fields:
+        raise ProtocolError("too many header fields", 431, "headers-too-large")
+    return [(name.lower(), value.rstrip(b" \t")) for name, value in pairs]
 
 
 def cut_lines(block: bytes, low: bytes, names: set[bytes]) -> bytes:
