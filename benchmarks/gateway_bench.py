@@ -123,6 +123,25 @@ listen gw
     return conf
 
 
+def vary_head_script(d: Path) -> Path:
+    """A wrk script whose every request carries a field no earlier one had: no head repeats,
+    so what the engine remembers of repeated heads (mesh.http.h1, h1_passthrough,
+    proxyheaders) never helps the request side (the upstream's answers still repeat)."""
+    script = d / "vary-head.lua"
+    # wrk.headers copied: the -H fields (Connection: close) stay on every request
+    script.write_text(
+        "local n = 0\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        "  local h = {}\n"
+        "  for k, v in pairs(wrk.headers) do h[k] = v end\n"
+        '  h["X-N"] = tostring(n)\n'
+        "  return wrk.format(nil, nil, h)\n"
+        "end\n"
+    )
+    return script
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process so far (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -137,10 +156,14 @@ def wrk(
     connections: int,
     pid: int,
     scheme: str = "http",
+    script: Path | None = None,
 ) -> dict[str, float]:
+    """``script``: a wrk Lua script (``vary_head_script``)."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if close:
         cmd += ["-H", "Connection: close"]
+    if script is not None:
+        cmd += ["-s", str(script)]
     used = cpu_seconds(pid)
     out = subprocess.run(
         pinned(cpu, *cmd, f"{scheme}://{addr[0]}:{addr[1]}/"),

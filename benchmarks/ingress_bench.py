@@ -6,7 +6,12 @@ costs through the component users run: the route lookup and plan of a compiled G
 a header filter each way, the per-request metrics, then the engine. Same method and caveats as
 gateway_bench.py (req/s moves with the machine's other load; CPU per request much less).
 
+The engine remembers what it made of a request or response head it saw before (wrk sends
+the same head every time; so do pollers and many API clients): ``--vary-head`` gives every
+request a head of its own, the cost when nothing repeats.
+
     python benchmarks/ingress_bench.py [--seconds 5] [--connections 32] [--rounds 1]
+        [--vary-head]
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gateway_bench import TARGETS, UPSTREAM, nginx_proxy_conf, upstream_conf, wrk
+from gateway_bench import (
+    TARGETS,
+    UPSTREAM,
+    nginx_proxy_conf,
+    upstream_conf,
+    vary_head_script,
+    wrk,
+)
 from proxy_bench import Processes, pinned, wait_listening
 
 GATEWAY = ("127.0.0.74", 18180)
@@ -71,6 +83,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--proxy-cpu", type=int, default=0)
     parser.add_argument("--backend-cpu", type=int, default=1)
+    parser.add_argument(
+        "--vary-head",
+        action="store_true",
+        help="every request head differs (an X-N field): nothing remembered of repeated heads",
+    )
     args = parser.parse_args()
     targets = {"gateway": GATEWAY, "nginx": TARGETS["nginx"]}
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -98,7 +115,10 @@ def main() -> None:
             for _ in range(args.rounds):
                 for name, addr in targets.items():
                     for mode, close in (("keepalive", False), ("new-conn", True)):
-                        row = wrk(b, addr, args.seconds, close, args.connections, pids[name])
+                        row = wrk(
+                            b, addr, args.seconds, close, args.connections, pids[name],
+                            script=vary_head_script(d) if args.vary_head else None,
+                        )  # fmt: skip
                         results.setdefault((name, mode), []).append(row)
         finally:
             procs.stop_all()

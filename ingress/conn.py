@@ -40,10 +40,12 @@ class Refused(Exception):
 
 
 class Downstream:
-    __slots__ = ("__weakref__", "received", "sent", "sock", "status", "tls", "veto")
+    __slots__ = ("__weakref__", "fileno", "received", "sent", "sock", "status", "tls", "veto")
 
     def __init__(self, sock: socket.socket, *, tls: bool = False) -> None:
         self.sock = sock
+        # The socket's own method, not a wrapper: asked at every wait of the engine.
+        self.fileno: Callable[[], int] = sock.fileno
         self.tls = tls
         self.status = 0  # the status of the response head written for the current request
         self.sent = 0
@@ -51,9 +53,6 @@ class Downstream:
         # Asked with the status of a final response head before it is written: True refuses
         # it (Refused is raised, nothing is sent), so a retry policy can try again.
         self.veto: Callable[[int], bool] | None = None
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         try:
@@ -68,8 +67,9 @@ class Downstream:
     def send(self, data: bytes | memoryview) -> int:
         if self.status < 200 and data[:5] == b"HTTP/":
             # The response head (a 1xx first, then the final one): "HTTP/1.1 200 ..."
-            with contextlib.suppress(ValueError):
-                self.status = int(bytes(data[9:12]))
+            code = bytes(data[9:12])
+            if code.isdigit():  # a check, not a suppressed ValueError: cheaper on this path
+                self.status = int(code)
             if self.status >= 200 and self.veto is not None and self.veto(self.status):
                 refused, self.status = self.status, 0
                 raise Refused(refused)

@@ -72,8 +72,12 @@ class RoundRobin(_Base):
 
     def pick(self, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         eps = self.endpoints
-        skip = self._skip(exclude)
         n = len(eps)
+        if not exclude and not self._refused and n:  # the usual pick: nothing to skip
+            cursor = self._cursor % n
+            self._cursor = cursor + 1
+            return eps[cursor]
+        skip = self._skip(exclude)
         for i in range(n):
             ep = eps[(self._cursor + i) % n]
             if ep not in skip:

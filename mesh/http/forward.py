@@ -6,12 +6,8 @@ write; then body pieces are read from the client only as fast as the upstream ta
 (one piece in flight: a 1 GB upload never sits in memory). A request body that turns out
 malformed (a bad chunk), too large or too slow aborts the upstream request with a reset: it
 is never completed, and the bytes of an invalid piece are never sent (events are parsed
-before anything queued is written). Response bytes are gathered per read and written in one
-send, so a small response costs one write to the client.
-
-Upstream failures before the response head are answered by the engine (502/504 with a
-reason); after the head has gone to the client, the only honest thing is to close the client
-connection (``Abort``), never to end a truncated body as if complete.
+before anything queued is written). The response half is mesh.http.relay; the common
+exchange (no request body, a pooled connection) is mesh.http.fastpath.
 
 A request without a body that finds its pooled connection dead (reset or closed before any
 response byte) is sent again once on a fresh connection when its method is idempotent
@@ -36,49 +32,27 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from mesh.http import reactor
 from mesh.http.client import acquire, pooled
 from mesh.http.decision import NO_EDITS, Forward, Peer
-from mesh.http.errors import DownstreamError, ProtocolError, UpstreamError, phrase
-from mesh.http.events import (
-    CHUNKED,
-    CLOSED,
-    NEED_DATA,
-    Data,
-    EndOfMessage,
-    InformationalResponse,
-    Request,
-    Response,
-)
-from mesh.http.h1 import Reader, chunk, last_chunk, request_head, response_head
+from mesh.http.errors import DownstreamError, ProtocolError, UpstreamError
+from mesh.http.events import CHUNKED, NEED_DATA, Data, EndOfMessage, Request
+from mesh.http.fastpath import simple_exchange
+from mesh.http.h1 import Reader, chunk, last_chunk, request_head
 from mesh.http.pool import Timeout, Upstream, close, recv, send_all
-from mesh.http.proxyheaders import (
-    added_lines,
-    plain_request_head,
-    request_fields,
-    response_fields,
-)
+from mesh.http.proxyheaders import plain_request_head, request_fields
+from mesh.http.relay import FLUSH, Abort, HandedOff, Stale, relay_response, tunnel
 
 if TYPE_CHECKING:
     from mesh.http.balance import Balancer
     from mesh.http.replay import SentBody
     from mesh.http.server import HttpServer
 
-_FLUSH = 1 << 16  # bytes gathered before a write
+__all__ = ["Abort", "HandedOff", "forward", "tunnel"]
+
+_simple = simple_exchange  # looked up here at each call: a test may wrap it
+
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-class Abort(Exception):
-    """The client connection must be closed at once: a response to it had begun."""
-
-
-class HandedOff(Exception):
-    """The client connection became a tunnel, run elsewhere: it is not the caller's any more."""
-
-
-class _Stale(Exception):
-    """A reused connection was dead before any response byte."""
 
 
 def _wants_upgrade(req: Request) -> bool:
@@ -103,7 +77,6 @@ async def forward(
     limits = server.limits
     if fwd.max_body is not None and req.length > fwd.max_body:
         raise DownstreamError("body-too-large", "the request body is larger than allowed")
-    upgrade = _wants_upgrade(req)
     head = None
     if (
         dreader.head_event is req
@@ -114,6 +87,8 @@ async def forward(
         head = plain_request_head(
             req, dreader.head_fields, fwd.target or req.target, peer, fwd.request_headers
         )
+    # A plain request has no Upgrade field (hop-by-hop: it keeps a request off that path).
+    upgrade = head is None and _wants_upgrade(req)
     if head is None:
         fields, _ = request_fields(
             req.headers,
@@ -143,7 +118,7 @@ async def forward(
             first=first,
         )
     if up.reused and req.length == 0 and not upgrade and server.fast:
-        # The common exchange (no request body, a pooled connection): see ``_simple``.
+        # The common exchange (no request body, a pooled connection): mesh.http.fastpath.
         keep = await _simple(server, down, dreader, req, fwd, up, head, deadline)
         if keep is not None:
             return keep
@@ -158,7 +133,7 @@ async def forward(
             return await _exchange(
                 server, down, dreader, req, fwd, up, head, deadline, upgrade, body
             )
-        except _Stale:
+        except Stale:
             close(up.sock)
             if not retry:
                 raise UpstreamError("upstream-reset", "the backend closed the connection") from None
@@ -182,110 +157,6 @@ async def _reconnect(
     )
 
 
-async def _simple(
-    server: HttpServer,
-    down: socket.socket,
-    dreader: Reader,
-    req: Request,
-    fwd: Forward,
-    up: Upstream,
-    head: bytes,
-    deadline: float,
-) -> bool | None:
-    """The common exchange in as few steps as the general one takes layers: a request
-    without a body on a pooled connection, written in one send; the response read with one
-    recv and, when it is a final response whose Content-Length body came whole with it,
-    written to the client in one send. Anything else (a body still to come, chunked, 1xx,
-    101, until-close) continues in ``_relay_response`` from the event already read, with the
-    same codec (one parser: the strict one). None: the connection was dead before any
-    response byte (the caller retries once on a fresh one, as ``forward`` does)."""
-    balancer = fwd.upstream
-    endpoint = up.endpoint
-    usock = up.sock
-    t = fwd.timeouts
-    balancer.started(endpoint)
-    try:
-        try:
-            try:
-                n = usock.send(head)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                close(usock)
-                return None
-            reader = up.reader
-            reader.next_message(req.method)
-            if n < len(head):
-                await send_all(
-                    usock, head[n:], t.send if t.send is not None else math.inf, deadline
-                )
-            read_t = t.read if t.read is not None else math.inf
-            try:
-                data = await recv(usock, read_t, deadline, wait_first=True)
-            except OSError:
-                data = b""
-            if not data:
-                close(usock)
-                return None
-            reader.feed(data)
-            added = added_lines(fwd.response_headers)
-            if added is not None and (whole := reader.passthrough()) is not None:
-                # The usual response: its head goes on as it came (see Reader.passthrough).
-                _, keep_up, passed, passed_body = whole
-                if not req.keep_alive:
-                    added += b"connection: close\r\n"
-                out = b"%s%s\r\n%s" % (passed, added, passed_body)
-                sent = _send_now(down, out, usock)
-                if sent < len(out):
-                    await _to_client(down, [out[sent:]], server.limits.body_timeout, up)
-                if keep_up and not reader.buffered:
-                    server.pool.put(up)
-                else:
-                    close(usock)
-                return req.keep_alive and dreader.message_done
-            try:
-                ev = reader.next_event()
-            except ProtocolError as exc:
-                close(usock, reset=True)
-                raise UpstreamError("upstream-protocol-error", str(exc)) from None
-            if type(ev) is Response and ev.length >= 0 and not reader.switched:
-                body = reader.whole_body() if ev.length else b""
-                if body is not None:
-                    fields = response_fields(ev.headers)
-                    if fwd.response_headers is not NO_EDITS and fwd.response_headers:
-                        fields = fwd.response_headers.apply(fields)
-                    keep_client = req.keep_alive
-                    if not keep_client:
-                        fields.append((b"connection", b"close"))
-                    reason = ev.reason or phrase(ev.status)
-                    out = response_head(ev.status, reason, fields)
-                    if body:
-                        out += body
-                    sent = _send_now(down, out, usock)
-                    if sent < len(out):
-                        await _to_client(down, [out[sent:]], server.limits.body_timeout, up)
-                    if ev.keep_alive and not reader.buffered:
-                        if ev.length == 0:
-                            reader.next_event()  # its EndOfMessage: the reader is done
-                        server.pool.put(up)
-                    else:
-                        close(usock)
-                    return keep_client and dreader.message_done
-            return await _relay_response(
-                server, down, dreader, req, fwd, up, deadline, False, pending=ev
-            )
-        except (_Stale, Abort, HandedOff, DownstreamError, UpstreamError):
-            raise
-        except Timeout:
-            close(usock, reset=True)
-            raise UpstreamError("upstream-timeout", "the backend did not answer in time") from None
-        except OSError:
-            close(usock, reset=True)
-            raise UpstreamError("upstream-reset", "the backend connection broke") from None
-    finally:
-        balancer.finished(endpoint)
-
-
 async def _exchange(
     server: HttpServer,
     down: socket.socket,
@@ -306,7 +177,7 @@ async def _exchange(
                 await send_all(up.sock, head, send_t, deadline)
             except OSError:
                 if up.reused:
-                    raise _Stale from None
+                    raise Stale from None
                 raise
         else:
             expect = req.header(b"expect")
@@ -321,8 +192,8 @@ async def _exchange(
                 if body is not None:
                     body.continued = True
             await _send_body(server, down, dreader, req, fwd, up, head, deadline, send_t, body)
-        return await _relay_response(server, down, dreader, req, fwd, up, deadline, upgrade)
-    except (_Stale, Abort, HandedOff, DownstreamError, UpstreamError):
+        return await relay_response(server, down, dreader, req, fwd, up, deadline, upgrade)
+    except (Stale, Abort, HandedOff, DownstreamError, UpstreamError):
         raise
     except Timeout:
         close(up.sock, reset=True)
@@ -390,7 +261,7 @@ async def _send_body(
                 body.piece(piece, len(ev.data))
             out.append(piece)
             size += len(piece)
-            if size >= _FLUSH:
+            if size >= FLUSH:
                 await send_all(up.sock, b"".join(out), send_t, deadline)
                 out, size = [], 0
             continue
@@ -402,184 +273,3 @@ async def _send_body(
             body.end(end)
         await send_all(up.sock, b"".join(out), send_t, deadline)
         return
-
-
-async def _relay_response(
-    server: HttpServer,
-    down: socket.socket,
-    dreader: Reader,
-    req: Request,
-    fwd: Forward,
-    up: Upstream,
-    deadline: float,
-    upgrade: bool,
-    pending: object = None,
-) -> bool:
-    """``pending``: the first event, already read by ``_simple`` (the reader then is past
-    ``next_message`` and has received bytes)."""
-    reader = up.reader
-    if pending is None:
-        reader.next_message(req.method)
-    read_t = fwd.timeouts.read if fwd.timeouts.read is not None else math.inf
-    client_timeout = server.limits.body_timeout
-    out: list[bytes] = []
-    resp: Response | None = None
-    chunked_out = False
-    keep_client = req.keep_alive
-    received = pending is not None
-    while True:
-        try:
-            if pending is not None:
-                ev, pending = pending, None
-            else:
-                ev = reader.next_event()
-        except ProtocolError as exc:
-            close(up.sock, reset=True)
-            if resp is None:
-                raise UpstreamError("upstream-protocol-error", str(exc)) from None
-            raise Abort from exc
-        if ev is NEED_DATA:
-            if out:
-                await _to_client(down, out, client_timeout, up)
-                out = []
-            try:
-                data = await recv(up.sock, read_t, deadline, wait_first=not received)
-            except Timeout:
-                close(up.sock, reset=True)
-                if resp is None:
-                    raise UpstreamError(
-                        "upstream-timeout", "the backend did not answer in time"
-                    ) from None
-                raise Abort from None
-            except OSError:
-                data = b""
-                if not received and up.reused:
-                    raise _Stale from None
-                if resp is None:
-                    close(up.sock, reset=True)
-                    raise UpstreamError(
-                        "upstream-reset", "the backend reset the connection"
-                    ) from None
-                if reader.buffered == 0 and resp.length >= 0:
-                    close(up.sock, reset=True)
-                    raise Abort from None
-            received = received or bool(data)
-            reader.feed(data)
-            continue
-        if ev is CLOSED:
-            if up.reused and not received:
-                raise _Stale
-            close(up.sock)
-            raise UpstreamError(
-                "upstream-reset", "the backend closed the connection without a response"
-            )
-        kind = type(ev)
-        if kind is Data:
-            assert isinstance(ev, Data)
-            out.append(chunk(ev.data) if chunked_out else ev.data)
-            if len(ev.data) >= _FLUSH:
-                await _to_client(down, out, client_timeout, up)
-                out = []
-            continue
-        if kind is EndOfMessage:
-            assert isinstance(ev, EndOfMessage)
-            if chunked_out:
-                out.append(last_chunk(ev.trailers))
-            if out:
-                await _to_client(down, out, client_timeout, up)
-            assert resp is not None
-            if resp.keep_alive and not reader.buffered and reader.message_done:
-                server.pool.put(up)
-            else:
-                close(up.sock)
-            return keep_client and dreader.message_done
-        if kind is InformationalResponse:
-            assert isinstance(ev, InformationalResponse)
-            if ev.status != 100 and req.http_version == b"1.1":
-                # sent on its own at once: the client may act on it (103), and the final head
-                # that follows is then the one the retry veto and the access log see
-                out.append(response_head(ev.status, ev.reason or phrase(ev.status), ev.headers))
-                await _to_client(down, out, client_timeout, up)
-                out = []
-            continue
-        assert isinstance(ev, Response)
-        resp = ev
-        switching = ev.status == 101 and upgrade
-        fields = response_fields(ev.headers, upgrade=switching)
-        if fwd.response_headers:
-            fields = fwd.response_headers.apply(fields)
-        if ev.length < 0:  # chunked or until close: re-chunked for HTTP/1.1
-            if req.http_version == b"1.1":
-                fields.append((b"transfer-encoding", b"chunked"))
-                chunked_out = True
-            else:
-                keep_client = False
-        if not keep_client and not switching:
-            fields.append((b"connection", b"close"))
-        out.append(response_head(ev.status, ev.reason or phrase(ev.status), fields))
-        if ev.length > 0 and (body := reader.whole_body()) is not None:
-            out.append(body)  # the fast path: the whole body came with the head
-            await _to_client(down, out, client_timeout, up)
-            if ev.keep_alive and not reader.buffered:
-                server.pool.put(up)
-            else:
-                close(up.sock)
-            return keep_client and dreader.message_done
-        if reader.switched:
-            await _to_client(down, out, client_timeout, up)
-            if not switching:  # a 101 nobody asked for: refuse to tunnel
-                close(up.sock, reset=True)
-                raise Abort
-            loop = reactor.CURRENT
-            if loop is not None and loop.trio_nursery is not None:
-                # two directions at once need trio: the tunnel leaves the reactor
-                loop.trio_nursery.start_soon(
-                    tunnel, down, up.sock, dreader.trailing(), reader.trailing()
-                )
-                raise HandedOff
-            await tunnel(down, up.sock, dreader.trailing(), reader.trailing())
-            raise HandedOff  # the tunnel has closed both sockets
-
-
-def _send_now(down: socket.socket, out: bytes, usock: socket.socket) -> int:
-    """What the client's socket takes of ``out`` at once (the rest goes through _to_client);
-    a client gone resets the upstream connection, whose response is then unwanted."""
-    try:
-        return down.send(out)
-    except BlockingIOError:
-        return 0
-    except OSError as exc:
-        close(usock, reset=True)
-        raise Abort from exc
-
-
-async def _to_client(down: socket.socket, out: list[bytes], seconds: float, up: Upstream) -> None:
-    try:
-        await send_all(down, b"".join(out), seconds)
-    except (Timeout, OSError) as exc:
-        close(up.sock, reset=True)
-        raise Abort from exc
-
-
-async def tunnel(a: socket.socket, b: socket.socket, to_b: bytes, to_a: bytes) -> None:
-    """Bytes both ways until both sides sent EOF (or either broke): Upgrade, WebSocket."""
-
-    async def pump(
-        src: socket.socket, dst: socket.socket, first: bytes, scope: trio.CancelScope
-    ) -> None:
-        try:
-            if first:
-                await send_all(dst, first, math.inf)
-            while data := await recv(src, math.inf):
-                await send_all(dst, data, math.inf)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            scope.cancel()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump, a, b, to_b, nursery.cancel_scope)
-            nursery.start_soon(pump, b, a, to_a, nursery.cancel_scope)
-    finally:
-        close(b)
-        close(a)

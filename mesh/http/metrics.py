@@ -33,6 +33,7 @@ Series (``<prefix>`` as given):
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -114,7 +115,10 @@ class HttpMetrics:
         hist = self.durations.get((route, backend))
         if hist is None:
             hist = self.durations[route, backend] = Histogram(LATENCY_BUCKETS)
-        hist.observe(duration)
+        # Histogram.observe inlined: a call less on every request
+        hist.counts[bisect_left(LATENCY_BUCKETS, duration)] += 1
+        hist.count += 1
+        hist.sum += duration
         if upstream_response is not None:
             up = self.upstream_durations.get(backend)
             if up is None:

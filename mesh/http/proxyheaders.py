@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+from binascii import hexlify
 from collections.abc import Callable
 from typing import Final
 
@@ -46,7 +47,8 @@ _FORWARDING: Final = frozenset(
 def request_id() -> bytes:
     """128 random bits as 32 hex digits. An id must be unique, not secret: a Mersenne
     Twister seeded from the OS costs a tenth of an ``os.urandom`` system call per request."""
-    return b"%032x" % _bits(128)
+    # hexlify of the 16 bytes, not "%032x": formatting a 128-bit integer costs twice as much
+    return hexlify(_bits(128).to_bytes(16, "big"))
 
 
 _STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
@@ -153,12 +155,18 @@ def response_fields(headers: Headers, *, upgrade: bool = False) -> list[tuple[by
 # Fields that keep a request off ``plain_request_head``: each needs the general treatment.
 _NOT_PLAIN: Final = HOP_BY_HOP | _FORWARDING | {b"x-request-id"}
 _EDITS: dict[int, tuple[HeaderEdits, frozenset[bytes], bytes]] = {}
+# Verdicts of ``plain_request_head`` on field blocks already seen, by (block, id(edits)),
+# with the edits object they hold for; bounded in entries and in the size of a block kept.
+_Verdict = tuple[bytes, bytes] | None
+_VERDICTS: dict[tuple[bytes, int], tuple[HeaderEdits, _Verdict]] = {}
+_VERDICTS_MAX: Final = 256
+_VERDICT_BLOCK: Final = 2048
 # Over b"\n" + field lines, each of them b"\n" + line + b"\r" (see h1._HOP_LINE).
 _CONNECTION_LINE: Final = re.compile(rb"\nconnection:[^\r]*\r", re.IGNORECASE)
 _PLAIN_HEAD: Final = (
     b"%s %s HTTP/1.1\r\n%s"  # request line, the client's field lines
     b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n%s"  # ..., X-Forwarded-Host line
-    b"x-forwarded-port: %d\r\nx-request-id: %032x\r\n%s\r\n"  # ..., the edits' lines
+    b"x-forwarded-port: %d\r\nx-request-id: %s\r\n%s\r\n"  # ..., the edits' lines
 )
 
 
@@ -185,6 +193,38 @@ def plain_request_head(
     the same order as the general path gives. None: take the general path. For the edge
     (X-Forwarded-* of the client dropped), without ``Forwarded``, the Host kept."""
     _, stop, lines = _edit_parts(edits)
+    # The verdict is a function of the field lines (``req.headers`` is what the codec read
+    # from them) and the edits, and a client tends to send the same lines again: remembered.
+    key = (fields, id(edits))
+    seen = _VERDICTS.get(key)
+    if seen is not None and seen[0] is edits:
+        verdict = seen[1]
+    else:
+        verdict = _plain_fields(req, fields, stop)
+        if len(fields) <= _VERDICT_BLOCK:
+            if len(_VERDICTS) >= _VERDICTS_MAX:
+                _VERDICTS.clear()
+            _VERDICTS[key] = (edits, verdict)
+    if verdict is None:
+        return None
+    kept, host = verdict
+    return _PLAIN_HEAD % (
+        req.method,
+        target,
+        kept,
+        peer.address.encode(),
+        peer.scheme,
+        b"x-forwarded-host: %s\r\n" % host if host else b"",
+        peer.local_port,
+        hexlify(_bits(128).to_bytes(16, "big")),  # request_id() inlined
+        lines,
+    )
+
+
+def _plain_fields(
+    req: Request, fields: bytes, stop: frozenset[bytes]
+) -> tuple[bytes, bytes] | None:
+    """The field lines to forward and the Host value, or None: not a plain request."""
     host = b""
     connection = False
     for name, value in req.headers:
@@ -197,17 +237,7 @@ def plain_request_head(
             host = value
     if connection:
         fields = _CONNECTION_LINE.sub(b"", b"\n" + fields)[1:]
-    return _PLAIN_HEAD % (
-        req.method,
-        target,
-        fields,
-        peer.address.encode(),
-        peer.scheme,
-        b"x-forwarded-host: %s\r\n" % host if host else b"",
-        peer.local_port,
-        _bits(128),
-        lines,
-    )
+    return fields, host
 
 
 def added_lines(edits: HeaderEdits) -> bytes | None:

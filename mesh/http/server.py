@@ -24,6 +24,7 @@ import contextlib
 import errno
 import logging
 import math
+import select
 import socket
 from collections import Counter
 from dataclasses import dataclass
@@ -31,18 +32,20 @@ from typing import Any
 
 import trio
 
+from mesh.http import reactor
 from mesh.http.decision import Peer, Respond, Router
 from mesh.http.errors import DownstreamError, HttpError, ProtocolError, error_response, phrase
 from mesh.http.events import CLOSED, NEED_DATA, Request
 from mesh.http.forward import Abort, HandedOff, forward
 from mesh.http.h1 import MAX_FIELDS, MAX_HEAD, Reader, response_head
-from mesh.http.pool import DEADLINES, Pool, Timeout, close, recv, send_all
+from mesh.http.pool import DEADLINES, RECV_SIZE, Pool, Timeout, close, recv, send_all
 from mesh.http.reactor import Reactor, pause
 
 log = logging.getLogger("mesh.http.server")
 
 _ACCEPT_BACKOFF = 0.1  # seconds a listener rests after accept failed (EMFILE and friends)
 _ERROR_WRITE = 5.0  # seconds allowed to write an error response
+_IN = select.EPOLLIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,7 @@ class HttpServer:
         self.pool = pool or Pool()
         self.scheme = scheme
         self.use_reactor = use_reactor  # connections driven by mesh.http.reactor, not trio
-        self.fast = True  # the common exchange's fast path (forward._simple); off: general only
+        self.fast = True  # the common exchange's fast path (mesh.http.fastpath); off: general only
         self.reasons: Counter[str] = Counter()
         self.connections = 0
 
@@ -140,7 +143,15 @@ class HttpServer:
                 # request's whole head comes in one read. Anything else: ``_read_head``.
                 if not reader.buffered:
                     try:
-                        data = await recv(sock, idle, wait_first=True)
+                        loop = reactor.CURRENT
+                        if loop is not None:  # pool.recv inlined: a coroutine less a request
+                            await reactor.Wait(sock, sock.fileno(), _IN, loop.now + idle)
+                            try:
+                                data = sock.recv(RECV_SIZE)
+                            except BlockingIOError:  # woken by a spent edge: wait again
+                                data = await recv(sock, idle)
+                        else:
+                            data = await recv(sock, idle, wait_first=True)
                     except Timeout:
                         return
                     reader.feed(data)
