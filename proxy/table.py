@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import itertools
+import operator
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -416,13 +418,11 @@ def _same(a: ProxyService, b: ProxyService) -> bool:
 
 
 def _common(a: Iterable[ProxyService], b: Iterable[ProxyService], limit: int) -> int:
-    """How many leading records of ``a`` and ``b`` are the same objects (at most ``limit``)."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if n >= limit or x is not y:
-            break
-        n += 1
-    return n
+    """How many leading records of ``a`` and ``b`` are the same objects (at most ``limit``),
+    counted in C: a Python loop over 10,000 records would cost a millisecond per edit."""
+    return min(
+        limit, next(itertools.compress(itertools.count(), map(operator.is_not, a, b)), limit)
+    )
 
 
 @dataclass(slots=True)
