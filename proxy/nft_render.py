@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -229,8 +230,10 @@ class _Out:
         map or set key wins, and a ClusterIP is in the cluster-ips set only for the Service
         whose verdict won its key."""
         self.chains.update(piece.chains)
-        self.affinity.update(piece.affinity)
-        self.slots.update(piece.slots)
+        if piece.affinity:
+            self.affinity.update(piece.affinity)
+        if piece.slots:
+            self.slots.update(piece.slots)
         self.hairpin.update(piece.hairpin)
         self.rules += piece.rules
         self.endpoints += piece.endpoints
@@ -247,15 +250,6 @@ class _Out:
                 if name == SERVICE_IPS_MAP:
                     won = elems.keys()
             mine.update(elems)
-
-    def settle(self) -> None:
-        """Drop what only rendering needed, once a piece is done (it is kept per Service)."""
-        self.elements = {
-            name: elems
-            for name in (SERVICE_IPS_MAP, *self.elements)
-            if (elems := self.elements.get(name))
-        }
-        self._ep_names = {}
 
 
 def render(
@@ -298,10 +292,16 @@ def render(
         if was is not None and was[1].reusable and (was[0] is svc or was[0] == svc):
             piece = was[1]
         else:
-            piece = _Out(shared=shared, previous_slots=out.previous_slots, slot=out.slot)
+            # A piece holds only the maps and sets it uses, in the order it first used them
+            # (a verdict in service-ips always before its key in cluster-ips).
+            piece = _Out(
+                elements=defaultdict(dict),
+                shared=shared,
+                previous_slots=out.previous_slots,
+                slot=out.slot,
+            )
             _render_service(piece, config.node_name, svc, opts)
             out.slot = piece.slot
-            piece.settle()
         if key in pieces:
             made_for = None  # a Service given twice: nothing is reused next time
         pieces[key] = (svc, piece)
