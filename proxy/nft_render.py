@@ -36,7 +36,9 @@ chains, map and set elements, affinity sets) and the pieces are merged in namesp
 order, the first claim of a key winning as when rendering straight into one table. The
 ruleset keeps the pieces, and the next render takes those of the Services whose record is
 the same (the config stream's deltas keep unchanged records as the same objects), so the
-per-edit cost is the merge and the text, not the rendering of every Service.
+per-edit cost is the merge and the text, not the rendering of every Service. A render with
+no previous ruleset (the first sync, a full resync) renders straight into the table, as
+pieces would slow it down by about half; the render after it makes the pieces.
 
 One table per address family, as kube-proxy does: ``ip mesh-proxy`` holds the IPv4
 addresses of every Service and endpoint, ``ip6 mesh-proxy`` the IPv6 ones, with the same
@@ -262,9 +264,10 @@ def render(
 
     ``previous``, the ruleset in the kernel, keeps the shared dispatch slots of chains
     whose endpoint count did not change, so an incremental sync touches only what changed;
-    with ``reuse`` each Service is rendered as a piece of its own and merged in, and the
-    previous ruleset's pieces of the Services whose record did not change are taken as they
-    are (the same text as rendering them again), so an edit renders only what changed.
+    with ``reuse`` and a ``previous``, each Service is rendered as a piece of its own and
+    merged in, and the previous ruleset's pieces of the Services whose record did not change
+    are taken as they are (the same text as rendering them again), so an edit renders only
+    what changed.
     """
     opts = options or RenderOptions()
     services = sorted(config.services, key=lambda s: (s.namespace, s.name))
@@ -281,10 +284,13 @@ def render(
     if previous is None or previous.pieces_for != made_for:
         cache = {}
     pieces: dict[tuple[str, str], tuple[ProxyService, _Out]] = {}
-    if not reuse:
+    # Pieces cost about half as much again as rendering straight into the table: a render
+    # from nothing (the first sync, a full resync) goes straight, the next one keeps pieces.
+    straight = not reuse or previous is None
+    if straight:
         made_for = None  # every Service straight into the table, no pieces kept
     for svc in services:
-        if not reuse:
+        if straight:
             _render_service(out, config.node_name, svc, opts)
             continue
         key = (svc.namespace, svc.name)
