@@ -31,6 +31,15 @@ Why so few chains: nft's parse and the kernel's commit time grow with the number
 and rules (about 40 us per chain), so per-endpoint chains are kept only where affinity
 needs them.
 
+An edit renders only what changed: each Service is rendered as a piece of its own (its
+chains, map and set elements, affinity sets) and the pieces are merged in namespace/name
+order, the first claim of a key winning as when rendering straight into one table. The
+ruleset keeps the pieces, and the next render takes those of the Services whose record is
+the same (the config stream's deltas keep unchanged records as the same objects), so the
+per-edit cost is the merge and the text, not the rendering of every Service. A render with
+no previous ruleset (the first sync, a full resync) renders straight into the table, as
+pieces would slow it down by about half; the render after it makes the pieces.
+
 One table per address family, as kube-proxy does: ``ip mesh-proxy`` holds the IPv4
 addresses of every Service and endpoint, ``ip6 mesh-proxy`` the IPv6 ones, with the same
 structure (``RenderOptions.family`` picks which; each sees only addresses of its family).
@@ -40,7 +49,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -133,6 +143,11 @@ class Ruleset:
     element_sets: dict[str, dict[str, str]] = field(default_factory=dict)
     slots: dict[str, tuple[int, int]] = field(default_factory=dict)
     family: Family = "ip"
+    # What each Service contributed, with the record it was rendered from, and what else
+    # that depends on (node name, options, dispatch): the next render reuses the pieces of
+    # the Services whose record is the same object or an equal one.
+    pieces: dict[tuple[str, str], tuple[ProxyService, _Out]] = field(default_factory=dict)
+    pieces_for: tuple[str, RenderOptions, bool] | None = None
 
 
 def _of_family(addresses: Iterable[str], family: str) -> list[str]:
@@ -177,6 +192,7 @@ class _Out:
     slots: dict[str, tuple[int, int]] = field(default_factory=dict)
     previous_slots: dict[str, tuple[int, int]] = field(default_factory=dict)
     hairpin: set[str] = field(default_factory=set)  # endpoint addresses
+    reusable: bool = True  # as one Service's piece: the same when rendered again
     _ep_names: dict[tuple[int, str, int], str] = field(default_factory=dict)
 
     def ep_chain(self, svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
@@ -200,6 +216,10 @@ class _Out:
     def allocate(self, chain: str, n: int) -> int:
         """The first of ``n`` dispatch slots for ``chain``: the previous sync's when it had
         as many (so an incremental sync leaves other chains' slots and elements alone)."""
+        if chain in self.slots:
+            # Two ports of one Service with one name and protocol share a chain: rendering
+            # the Service again may give other slots, so its piece is not reused.
+            self.reusable = False
         base, count = self.previous_slots.get(chain, (0, 0))
         if count != n:
             base = self.slot
@@ -207,14 +227,47 @@ class _Out:
         self.slots[chain] = (base, n)
         return base
 
+    def merge(self, piece: _Out) -> None:
+        """Add one Service's piece, as rendering it here would have: the first claim of a
+        map or set key wins, and a ClusterIP is in the cluster-ips set only for the Service
+        whose verdict won its key."""
+        self.chains.update(piece.chains)
+        if piece.affinity:
+            self.affinity.update(piece.affinity)
+        if piece.slots:
+            self.slots.update(piece.slots)
+        self.hairpin.update(piece.hairpin)
+        self.rules += piece.rules
+        self.endpoints += piece.endpoints
+        for target, endpoints in piece.udp.items():
+            self.udp.setdefault(target, endpoints)
+        # Claims rarely collide: a piece whose keys are all free is added in one update.
+        won: Collection[str] | None = None  # None: the piece won all its service-ips keys
+        for name, elems in piece.elements.items():
+            mine = self.elements[name]
+            if name == CLUSTER_IPS_SET and won is not None:
+                elems = {k: v for k, v in elems.items() if k in won}
+            if not mine.keys().isdisjoint(elems):
+                elems = {k: v for k, v in elems.items() if k not in mine}
+                if name == SERVICE_IPS_MAP:
+                    won = elems.keys()
+            mine.update(elems)
+
 
 def render(
-    config: ProxyConfig, options: RenderOptions | None = None, previous: Ruleset | None = None
+    config: ProxyConfig,
+    options: RenderOptions | None = None,
+    previous: Ruleset | None = None,
+    reuse: bool = True,
 ) -> Ruleset:
     """The whole table for ``config`` (pure; the same input gives the same text).
 
-    ``previous``, the ruleset in the kernel, only keeps the shared dispatch slots of chains
-    whose endpoint count did not change, so an incremental sync touches only what changed.
+    ``previous``, the ruleset in the kernel, keeps the shared dispatch slots of chains
+    whose endpoint count did not change, so an incremental sync touches only what changed;
+    with ``reuse`` and a ``previous``, each Service is rendered as a piece of its own and
+    merged in, and the previous ruleset's pieces of the Services whose record did not change
+    are taken as they are (the same text as rendering them again), so an edit renders only
+    what changed.
     """
     opts = options or RenderOptions()
     services = sorted(config.services, key=lambda s: (s.namespace, s.name))
@@ -226,9 +279,39 @@ def render(
     if previous is not None and shared:
         out.previous_slots = previous.slots
         out.slot = max((b + n for b, n in previous.slots.values()), default=1)
+    made_for: tuple[str, RenderOptions, bool] | None = (config.node_name, opts, shared)
+    cache = previous.pieces if reuse and previous is not None else {}
+    if previous is None or previous.pieces_for != made_for:
+        cache = {}
+    pieces: dict[tuple[str, str], tuple[ProxyService, _Out]] = {}
+    # Pieces cost about half as much again as rendering straight into the table: a render
+    # from nothing (the first sync, a full resync) goes straight, the next one keeps pieces.
+    straight = not reuse or previous is None
+    if straight:
+        made_for = None  # every Service straight into the table, no pieces kept
     for svc in services:
-        for port in svc.ports:
-            _render_port(out, config.node_name, svc, port, opts)
+        if straight:
+            _render_service(out, config.node_name, svc, opts)
+            continue
+        key = (svc.namespace, svc.name)
+        was = cache.get(key)
+        if was is not None and was[1].reusable and (was[0] is svc or was[0] == svc):
+            piece = was[1]
+        else:
+            # A piece holds only the maps and sets it uses, in the order it first used them
+            # (a verdict in service-ips always before its key in cluster-ips).
+            piece = _Out(
+                elements=defaultdict(dict),
+                shared=shared,
+                previous_slots=out.previous_slots,
+                slot=out.slot,
+            )
+            _render_service(piece, config.node_name, svc, opts)
+            out.slot = piece.slot
+        if key in pieces:
+            made_for = None  # a Service given twice: nothing is reused next time
+        pieces[key] = (svc, piece)
+        out.merge(piece)
     for ip in sorted(out.hairpin, key=_ip_order):
         out.elements[HAIRPIN_SET][f"{ip} . {ip}"] = ""
     static = _preamble(opts)
@@ -265,7 +348,15 @@ def render(
         element_sets=out.elements,
         slots=out.slots,
         family=opts.family,
+        pieces=pieces,
+        pieces_for=made_for,
     )
+
+
+def _render_service(out: _Out, node_name: str, svc: ProxyService, opts: RenderOptions) -> None:
+    """Every port of one Service (the seam tests count renders through)."""
+    for port in svc.ports:
+        _render_port(out, node_name, svc, port, opts)
 
 
 def element_items(elems: dict[str, str]) -> list[str]:

@@ -29,13 +29,25 @@ Round-robin and affinity state lives in the Backend objects, and ``build(config,
 carries it across a config swap: a backend whose endpoint list is unchanged is reused as is,
 one whose list changed keeps the affinities of surviving endpoints and continues its round
 robin after the endpoint it picked last.
+
+An edit costs in proportion to the change: the config stream's deltas (mesh/config/delta.py)
+and the in-process plane keep every unchanged record as the very same object, so
+``build(config, previous)`` finds the changed records by identity (the common head and
+tail of the two Services tuples, then keys in the window between), takes the Services
+that went or changed out of the indexes and puts the new ones in; the other Services'
+Backends stay as they are. When several Services claim one address (or NodePort) the first
+by namespace/name wins, as kube-proxy decides; the table keeps the sorted claimants of
+such contested keys only, so when the winner goes or changes the next one takes over
+exactly as a build from scratch would decide.
 """
 
 from __future__ import annotations
 
 import bisect
 import ipaddress
-from collections.abc import Collection, Iterator, Mapping
+import itertools
+import operator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -176,114 +188,188 @@ def eligible(endpoints: Collection[ProxyEndpoint]) -> list[ProxyEndpoint]:
 
 VipKey = tuple[str, int, str]  # (ip, port, protocol)
 _Entry = tuple[Scope, int, "Backend", ProxyPort]  # scope, family, Backend, Service port
-_Built = tuple[ProxyService, list[_Entry]]
 NodePortKey = tuple[int, str, int]  # (port, protocol, address family 4 or 6)
-# namespace, name, port name, protocol, scope, address family
-StateKey = tuple[str, str, str, str, Scope, int]
+ServiceKey = tuple[str, str]  # namespace, name
+# Within one Service: port name, protocol, scope, address family
+_StateKey = tuple[str, str, Scope, int]
+_Claim = tuple[bool, Any]  # (a NodePort?, its VipKey or NodePortKey)
+
+
+@dataclass(slots=True, eq=False)
+class _Placed:
+    """One Service as the table holds it: its Backends and the addresses they claim."""
+
+    service: ProxyService  # the record it was made from (the next build compares with it)
+    entries: list[_Entry]  # as used, after state carry and internal/external sharing
+    states: dict[_StateKey, Backend]
+    claims: list[_Claim]  # every claim in build order, repeats included (for conflicts)
+    vips: dict[VipKey, Backend]  # the first claim of each address
+    node_ports: dict[NodePortKey, Backend]  # the first claim of each NodePort
+    repeats_node_port: bool  # claims one NodePort twice (a conflict with itself)
 
 
 class ServiceTable:
-    """Immutable indexes over mutable Backends; build one per config."""
+    """Immutable indexes over mutable Backends; build one per config.
+
+    ``build(config, previous)`` redoes only the Services whose record changed. Who owns an
+    address claimed by several Services is kept as the sorted list of claimants (only for
+    such contested keys): the first one wins, as in a build from scratch, and when it goes
+    the next one takes over. ``changed_vips`` and ``changed_node_ports`` name the keys a
+    build may have changed against ``previous`` (None: built from scratch, anything may
+    have), so the listeners are reconciled for those only.
+    """
 
     def __init__(
         self,
         version: int,
-        vips: Mapping[VipKey, Backend],
-        node_ports: Mapping[NodePortKey, Backend],
-        by_state_key: Mapping[StateKey, Backend],
-        conflicts: tuple[str, ...] = (),
-        built: Mapping[tuple[str, str], _Built] | None = None,
-        node_name: str = "",
+        node_name: str,
+        services: tuple[ProxyService, ...],
+        placed: dict[ServiceKey, _Placed],
+        vips: dict[VipKey, Backend],
+        node_ports: dict[NodePortKey, Backend],
+        vip_rivals: dict[VipKey, list[ServiceKey]],
+        node_port_rivals: dict[NodePortKey, list[ServiceKey]],
+        repeats: frozenset[ServiceKey],
+        unique: bool,
     ) -> None:
         self.version = version
-        self.vips = vips
-        self.node_ports = node_ports
-        self._by_state_key = by_state_key
-        self.conflicts = conflicts  # addresses claimed by two Services (the first one wins)
-        # Each Service's Backends with the ProxyService they were made from: the next build
-        # reuses them as they are when the Service is the same object (a config from the
-        # in-process plane shares unchanged records) or an equal one.
-        self._built = built or {}
+        self.vips: Mapping[VipKey, Backend] = vips
+        self.node_ports: Mapping[NodePortKey, Backend] = node_ports
         self._node_name = node_name
+        self._services = services  # the config's records, to find the next edit by identity
+        self._placed = placed
+        self._vip_rivals = vip_rivals  # contested keys only: claimants, sorted
+        self._node_port_rivals = node_port_rivals
+        self._repeats = repeats  # Services claiming one NodePort twice
+        self._unique = unique  # no Service key given twice (else the next build is full)
+        self.changed_vips: frozenset[VipKey] | None = None
+        self.changed_node_ports: frozenset[NodePortKey] | None = None
+        self.conflicts = self._conflicts()  # addresses claimed by two Services (first wins)
 
     @classmethod
-    def build(cls, config: ProxyConfig, previous: ServiceTable | None = None) -> ServiceTable:
-        vips: dict[VipKey, Backend] = {}
-        node_ports: dict[NodePortKey, Backend] = {}
-        states: dict[StateKey, Backend] = {}
-        conflicts: list[str] = []
-        old = previous._by_state_key if previous is not None else {}
-        reusable = (
-            previous._built
-            if previous is not None and previous._node_name == config.node_name
-            else {}
-        )
-        built: dict[tuple[str, str], _Built] = {}
-        services = sorted(config.services, key=lambda s: (s.namespace, s.name))
-        for svc in services:
-            prior_built = reusable.get(svc.key)
-            if prior_built is not None and (prior_built[0] is svc or prior_built[0] == svc):
-                entries = prior_built[1]
-                reused = True
-            else:
-                entries = list(_backends(svc, config.node_name))
-                reused = False
-            final: list[_Entry] = []
-            built[svc.key] = (svc, final)  # the Backends as used, after the reuse below
-            for scope, family, backend, port in entries:
-                skey: StateKey = (svc.namespace, svc.name, port.name, port.protocol, scope, family)
-                prior = old.get(skey)
-                if reused:
-                    pass  # the very Backend of the previous table: its state goes on
-                elif prior is not None and prior.same_as(backend):
-                    backend = prior
-                elif prior is not None:
-                    backend.inherit(prior)
-                # Cluster policy on both sides: one Backend (one cursor) for all traffic.
-                if scope == "external":
-                    ikey: StateKey = (*skey[:4], "internal", family)
-                    internal = states.get(ikey)
-                    if internal is not None and internal.same_as(backend):
-                        backend = internal
-                states[skey] = backend
-                final.append((scope, family, backend, port))
-                if scope == "internal":
-                    ips: tuple[str, ...] = svc.cluster_ips
-                else:
-                    ips = svc.external_ips + svc.load_balancer_ips
-                for ip in ips:
-                    if family_of(ip) != family:
-                        continue  # the other family's Backend serves it
-                    key = (ip, port.port, port.protocol)
-                    owner = vips.get(key)
-                    if (
-                        owner is not None
-                        and (owner.service.namespace, owner.service.name) != svc.key
-                    ):
-                        conflicts.append(
-                            f"{ip}:{port.port}/{port.protocol} ({svc.namespace}/{svc.name})"
-                        )
-                        continue
-                    vips.setdefault(key, backend)
-                if scope == "external" and port.node_port is not None and svc.type != "ClusterIP":
-                    if family not in _node_port_families(svc):
-                        continue
-                    nkey = (port.node_port, port.protocol, family)
-                    if nkey in node_ports:
-                        conflicts.append(
-                            f"nodePort {port.node_port}/{port.protocol} ({svc.namespace}/{svc.name})"
-                        )
-                        continue
-                    node_ports[nkey] = backend
+    def build(
+        cls, config: ProxyConfig, previous: ServiceTable | None = None, incremental: bool = True
+    ) -> ServiceTable:
+        """The table for ``config``, carrying round robin and affinity state over from
+        ``previous``; with ``incremental`` only the changed Services are visited (else
+        every one is, reusing those that are unchanged)."""
+        if (
+            incremental
+            and previous is not None
+            and previous._unique
+            and previous._node_name == config.node_name
+        ):
+            table = previous._next(config)
+            if table is not None:
+                return table
+        return cls._full(config, previous)
+
+    @classmethod
+    def _full(cls, config: ProxyConfig, previous: ServiceTable | None) -> ServiceTable:
+        old = previous._placed if previous is not None else {}
+        same_node = previous is not None and previous._node_name == config.node_name
+        index = _Index({}, {}, {}, {}, {}, set())
+        unique = True
+        for svc in sorted(config.services, key=lambda s: (s.namespace, s.name)):
+            key = svc.key
+            if key in index.placed:
+                unique = False  # given twice: the first one counts
+                continue
+            prior = old.get(key)
+            reuse = same_node and prior is not None and _same(prior.service, svc)
+            index.claim(_place(svc, config.node_name, prior, reuse))
         return cls(
             config.version,
-            vips,
-            node_ports,
-            states,
-            tuple(conflicts),
-            built,
             config.node_name,
+            config.services,
+            index.placed,
+            index.vips,
+            index.node_ports,
+            index.vip_rivals,
+            index.node_port_rivals,
+            frozenset(index.repeats),
+            unique,
         )
+
+    def _next(self, config: ProxyConfig) -> ServiceTable | None:
+        """The table for ``config`` from this one, visiting only the records that are not
+        the same objects at the same places (a delta keeps the others); None when the
+        config gives a Service key twice (the full build decides that case)."""
+        old, new = self._services, config.services
+        head = _common(old, new, min(len(old), len(new)))
+        tail = _common(reversed(old), reversed(new), min(len(old), len(new)) - head)
+        gone = {s.key: s for s in old[head : len(old) - tail]}
+        changed: list[ProxyService] = []
+        seen: set[ServiceKey] = set()
+        for svc in new[head : len(new) - tail]:
+            key = svc.key
+            if key in seen:
+                return None
+            seen.add(key)
+            was = gone.pop(key, None)
+            if was is None and key in self._placed:
+                return None  # also given outside the window
+            if was is None or not _same(was, svc):
+                changed.append(svc)
+        index = _Index(
+            dict(self._placed),
+            dict(self.vips),
+            dict(self.node_ports),
+            dict(self._vip_rivals),
+            dict(self._node_port_rivals),
+            set(self._repeats),
+        )
+        vip_keys: set[VipKey] = set()
+        node_port_keys: set[NodePortKey] = set()
+        for key in (*gone, *(svc.key for svc in changed)):
+            prior = index.placed.get(key)
+            if prior is not None:
+                index.release(prior)
+                vip_keys.update(prior.vips)
+                node_port_keys.update(prior.node_ports)
+        for svc in changed:
+            placed = _place(svc, config.node_name, self._placed.get(svc.key), reuse=False)
+            index.claim(placed)
+            vip_keys.update(placed.vips)
+            node_port_keys.update(placed.node_ports)
+        table = ServiceTable(
+            config.version,
+            config.node_name,
+            config.services,
+            index.placed,
+            index.vips,
+            index.node_ports,
+            index.vip_rivals,
+            index.node_port_rivals,
+            frozenset(index.repeats),
+            True,
+        )
+        table.changed_vips = frozenset(vip_keys)
+        table.changed_node_ports = frozenset(node_port_keys)
+        return table
+
+    def _conflicts(self) -> tuple[str, ...]:
+        """Every claim that lost, in build order (Services by namespace/name), as a build
+        from scratch reports them; only the Services with a contested claim are visited."""
+        involved = set(self._repeats)
+        for claimants in (*self._vip_rivals.values(), *self._node_port_rivals.values()):
+            involved.update(claimants)
+        out: list[str] = []
+        for key in sorted(involved):
+            placed = self._placed[key]
+            ns, name = key
+            taken: set[NodePortKey] = set()
+            for is_node_port, k in placed.claims:
+                if is_node_port:
+                    rivals = self._node_port_rivals.get(k)
+                    if k in taken or (rivals is not None and rivals[0] != key):
+                        out.append(f"nodePort {k[0]}/{k[1]} ({ns}/{name})")
+                    taken.add(k)
+                else:
+                    rivals = self._vip_rivals.get(k)
+                    if rivals is not None and rivals[0] != key:
+                        out.append(f"{k[0]}:{k[1]}/{k[2]} ({ns}/{name})")
+        return tuple(out)
 
     def lookup(self, ip: str, port: int, protocol: str) -> Backend | None:
         """The Backend behind a virtual IP:port (None: not a Service address)."""
@@ -303,12 +389,13 @@ class ServiceTable:
         return backend
 
     def backends(self) -> Iterator[Backend]:
-        """Every distinct Backend, in build order."""
+        """Every distinct Backend, in build order (Services by namespace/name)."""
         seen: set[int] = set()
-        for b in self._by_state_key.values():
-            if id(b) not in seen:
-                seen.add(id(b))
-                yield b
+        for key in sorted(self._placed):
+            for b in self._placed[key].states.values():
+                if id(b) not in seen:
+                    seen.add(id(b))
+                    yield b
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -324,6 +411,143 @@ class ServiceTable:
             "backends": [b.describe() for b in self.backends()],
             "conflicts": list(self.conflicts),
         }
+
+
+def _same(a: ProxyService, b: ProxyService) -> bool:
+    return a is b or a == b
+
+
+def _common(a: Iterable[ProxyService], b: Iterable[ProxyService], limit: int) -> int:
+    """How many leading records of ``a`` and ``b`` are the same objects (at most ``limit``),
+    counted in C: a Python loop over 10,000 records would cost a millisecond per edit."""
+    return min(
+        limit, next(itertools.compress(itertools.count(), map(operator.is_not, a, b)), limit)
+    )
+
+
+@dataclass(slots=True)
+class _Index:
+    """The table's indexes while a build changes them (copies: the previous table stays
+    as it was). Invariant: each key's Backend is that of its first claimant by Service key;
+    the claimants of a key claimed more than once are kept, sorted, in the rivals maps."""
+
+    placed: dict[ServiceKey, _Placed]
+    vips: dict[VipKey, Backend]
+    node_ports: dict[NodePortKey, Backend]
+    vip_rivals: dict[VipKey, list[ServiceKey]]
+    node_port_rivals: dict[NodePortKey, list[ServiceKey]]
+    repeats: set[ServiceKey]
+
+    def claim(self, placed: _Placed) -> None:
+        key = placed.service.key
+        self.placed[key] = placed
+        for k, backend in placed.vips.items():
+            _take(self.vips, self.vip_rivals, k, key, backend)
+        for n, backend in placed.node_ports.items():
+            _take(self.node_ports, self.node_port_rivals, n, key, backend)
+        if placed.repeats_node_port:
+            self.repeats.add(key)
+
+    def release(self, placed: _Placed) -> None:
+        key = placed.service.key
+        del self.placed[key]
+        for k in placed.vips:
+            winner = _drop(self.vips, self.vip_rivals, k, key)
+            if winner is not None:
+                self.vips[k] = self.placed[winner].vips[k]
+        for n in placed.node_ports:
+            winner = _drop(self.node_ports, self.node_port_rivals, n, key)
+            if winner is not None:
+                self.node_ports[n] = self.placed[winner].node_ports[n]
+        self.repeats.discard(key)
+
+
+def _take(
+    index: dict[Any, Backend],
+    rivals: dict[Any, list[ServiceKey]],
+    k: Any,
+    key: ServiceKey,
+    backend: Backend,
+) -> None:
+    owner = index.get(k)
+    if owner is None:
+        index[k] = backend
+        return
+    claimants = list(rivals.get(k) or ((owner.service.namespace, owner.service.name),))
+    bisect.insort(claimants, key)  # a new list: the previous table keeps its own
+    rivals[k] = claimants
+    if claimants[0] == key:
+        index[k] = backend
+
+
+def _drop(
+    index: dict[Any, Backend], rivals: dict[Any, list[ServiceKey]], k: Any, key: ServiceKey
+) -> ServiceKey | None:
+    """Remove ``key``'s claim of ``k``; the claimant that owns ``k`` now, if any is left."""
+    claimants = rivals.get(k)
+    if claimants is None:
+        del index[k]
+        return None
+    left = [c for c in claimants if c != key]
+    if len(left) > 1:
+        rivals[k] = left
+    else:
+        del rivals[k]
+    return left[0]
+
+
+def _place(svc: ProxyService, node_name: str, prior: _Placed | None, reuse: bool) -> _Placed:
+    """The Backends of one Service and the addresses they claim. ``reuse``: ``prior`` was
+    made from an equal record, its very Backends go on; otherwise new ones are built (the
+    seam tests count), each taking over its predecessor when the endpoints are the same,
+    else inheriting its round robin position and affinities."""
+    if reuse and prior is not None:
+        made: list[_Entry] = prior.entries
+        old: dict[_StateKey, Backend] = {}
+    else:
+        made = list(_backends(svc, node_name))
+        old = prior.states if prior is not None else {}
+    states: dict[_StateKey, Backend] = {}
+    entries: list[_Entry] = []
+    claims: list[_Claim] = []
+    vips: dict[VipKey, Backend] = {}
+    node_ports: dict[NodePortKey, Backend] = {}
+    repeats = False
+    for scope, family, backend, port in made:
+        skey: _StateKey = (port.name, port.protocol, scope, family)
+        was = old.get(skey)
+        if was is not None:
+            if was.same_as(backend):
+                backend = was
+            else:
+                backend.inherit(was)
+        # Cluster policy on both sides: one Backend (one cursor) for all traffic.
+        if scope == "external":
+            internal = states.get((port.name, port.protocol, "internal", family))
+            if internal is not None and internal.same_as(backend):
+                backend = internal
+        states[skey] = backend
+        entries.append((scope, family, backend, port))
+        if scope == "internal":
+            ips: tuple[str, ...] = svc.cluster_ips
+        else:
+            ips = svc.external_ips + svc.load_balancer_ips
+        for ip in ips:
+            if family_of(ip) != family:
+                continue  # the other family's Backend serves it
+            key = (ip, port.port, port.protocol)
+            claims.append((False, key))
+            vips.setdefault(key, backend)
+        if scope == "external" and port.node_port is not None and svc.type != "ClusterIP":
+            if family not in _node_port_families(svc):
+                continue
+            nkey = (port.node_port, port.protocol, family)
+            claims.append((True, nkey))
+            if nkey in node_ports:
+                repeats = True
+            else:
+                node_ports[nkey] = backend
+    return _Placed(svc, entries, states, claims, vips, node_ports, repeats)
 
 
 def _node_port_families(svc: ProxyService) -> frozenset[int]:

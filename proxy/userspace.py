@@ -10,7 +10,8 @@ session (udp_relay). A virtual address of one family goes to endpoints of that f
 (the service table keeps a Backend per family).
 
 ``apply`` swaps the table and reconciles listeners: it binds the new addresses and closes the
-removed ones. Established connections belong to the relay (tcp_relay), not to a listener, and
+removed ones, looking only at the addresses the table says the edit may have changed (an
+edit of one Service among thousands touches its listeners only). Established connections belong to the relay (tcp_relay), not to a listener, and
 are never touched by a config change; they finish on the endpoint they started with.
 
 IPv6 ClusterIPs need their service range to be local first (proxy/local_routes.py): given
@@ -32,7 +33,7 @@ import os
 import select
 import socket
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -106,6 +107,7 @@ class UserspaceProxy:
         self._config: ProxyConfig | None = None
         self._table = ServiceTable.build(ProxyConfig())
         self._listeners: dict[ListenKey, _Listener] = {}
+        self._counts: Counter[str] = Counter()  # listeners by protocol (for the gauge)
         self._bind_errors: dict[ListenKey, str] = {}
         self._listen_nursery: trio.Nursery | None = None
         self._connecting: dict[int, _Attempt] = {}  # by upstream file descriptor
@@ -150,7 +152,7 @@ class UserspaceProxy:
         for conflict in self._table.conflicts:
             log.warning("address claimed by two services", extra={"conflict": conflict})
         if self._listen_nursery is not None:
-            self._reconcile()
+            self._reconcile(self._touched())
         self.metrics.config_version.set(config.version)
         self.metrics.sync_duration.observe(time.perf_counter() - started)
 
@@ -184,6 +186,7 @@ class UserspaceProxy:
             for listener in self._listeners.values():
                 listener.close()
             self._listeners.clear()
+            self._counts.clear()
             self._abort_connects()
             self._listen_nursery = None
             self.local_routes.remove()
@@ -196,7 +199,7 @@ class UserspaceProxy:
         while True:
             await trio.sleep(self.bind_retry)
             if self._bind_errors and self._listen_nursery is not None:
-                self._reconcile(retry=True)
+                self._reconcile(set(self._bind_errors), retry=True)
 
     def _desired(self) -> set[ListenKey]:
         want: set[ListenKey] = set()
@@ -218,14 +221,53 @@ class UserspaceProxy:
                 want.add(("node", self.node_ip, port, proto))
         return want
 
-    def _reconcile(self, retry: bool = False) -> None:
-        want = self._desired()
-        for key in sorted(set(self._listeners) - want):
+    def _wanted(self, key: ListenKey) -> bool:
+        """Whether ``key`` is in ``_desired()``, for one key (an edit's reconcile)."""
+        kind, ip, port, proto = key
+        if kind == "vip":
+            backend = self._table.vips.get((ip, port, proto))
+            if backend is None or self.local_routes.unroutable(ip):
+                return False
+        else:
+            backend = self._table.node_ports.get((port, proto, family_of(ip)))
+            if backend is None or ip != self.node_ip or self._wanted(("vip", ip, port, proto)):
+                return False  # a Service address on the node address takes the socket
+        return proto == "TCP" or bool(backend.endpoints)
+
+    def _touched(self) -> set[ListenKey] | None:
+        """The listeners the last build may have changed (None: any of them)."""
+        vips, node_ports = self._table.changed_vips, self._table.changed_node_ports
+        if vips is None or node_ports is None:
+            return None
+        keys: set[ListenKey] = set()
+        for ip, port, proto in vips:
+            keys.add(("vip", ip, port, proto))
+            if ip == self.node_ip:  # it may take or free the NodePort's socket
+                keys.add(("node", ip, port, proto))
+        for port, proto, _ in node_ports:
+            keys.add(("node", self.node_ip, port, proto))
+        return keys
+
+    def _reconcile(self, keys: set[ListenKey] | None = None, retry: bool = False) -> None:
+        """Bind what the table wants and close the rest: every listener, or only ``keys``
+        (those an edit may have changed)."""
+        if keys is None:
+            want = self._desired()
+            stale = set(self._listeners) - want
+            missing = want - set(self._listeners)
+            self._bind_errors = {k: v for k, v in self._bind_errors.items() if k in want}
+        else:
+            want = {k for k in keys if self._wanted(k)}
+            stale = {k for k in keys - want if k in self._listeners}
+            missing = {k for k in want if k not in self._listeners}
+            for key in keys - want:
+                self._bind_errors.pop(key, None)
+        for key in sorted(stale):
             self._listeners.pop(key).close()
+            self._counts[key[3]] -= 1
             log.info("listener closed", extra={"address": _fmt(key)})
-        self._bind_errors = {k: v for k, v in self._bind_errors.items() if k in want}
         failed = False
-        for key in sorted(want - set(self._listeners)):
+        for key in sorted(missing):
             try:
                 listener = self._bind(key)
             except OSError as exc:
@@ -240,6 +282,7 @@ class UserspaceProxy:
                 continue
             self._bind_errors.pop(key, None)
             self._listeners[key] = listener
+            self._counts[key[3]] += 1
             if listener.udp is not None:
                 assert self._listen_nursery is not None
                 self._listen_nursery.start_soon(self._serve, listener)
@@ -248,8 +291,7 @@ class UserspaceProxy:
         if failed and not retry:
             self.metrics.sync_errors.inc()
         for proto in ("TCP", "UDP"):
-            count = sum(1 for k in self._listeners if k[3] == proto)
-            self.metrics.listeners.labels(proto).set(count)
+            self.metrics.listeners.labels(proto).set(self._counts[proto])
 
     def _bind(self, key: ListenKey) -> _Listener:
         _, ip, port, proto = key
