@@ -64,6 +64,54 @@ async def test_echo_large_writes_peek_and_close_notify(nursery: trio.Nursery) ->
     sock.close()
 
 
+async def serve_echo_tickets_late(
+    term: TlsTerminator, release: trio.Event, *, task_status: trio.TaskStatus[int]
+) -> None:
+    """One connection: a TLS 1.3 echo that holds its session tickets (sent by OpenSSL as the
+    handshake ends) until ``release``, as a slow server or a congested path would."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listener.socket.getsockname()[1])
+    stream = await listener.accept()
+    tls = term.session()
+    while not tls.handshake_complete:
+        tls.receive_data(await stream.receive_some(65536))
+        if not tls.handshake_complete:
+            await stream.send_all(tls.data_to_send())  # the server's flight
+    tickets = tls.data_to_send()
+    assert tickets  # what this test is about: records that carry no application data
+    await release.wait()
+    await stream.send_all(tickets)
+    while data := await stream.receive_some(65536):
+        tls.send(tls.receive_data(data))
+        await stream.send_all(tls.data_to_send())
+    await stream.aclose()
+    await listener.aclose()
+
+
+async def test_an_idle_connection_that_receives_only_session_tickets_is_reused(
+    nursery: trio.Nursery,
+) -> None:
+    """A connection pooled before its TLS 1.3 NewSessionTicket records arrived: they wake the
+    pool's liveness peek, which must take them for what they are (handshake records, no
+    plaintext), not for unsolicited bytes or a close, and hand the connection out."""
+    release = trio.Event()
+    port = await nursery.start(serve_echo_tickets_late, terminator(), release)
+    endpoint = TlsEndpoint("127.0.0.1", port, UpstreamTls())
+    sock = await connect(endpoint, 5.0)
+    assert isinstance(sock, TlsSocket) and sock.session.version == "TLSv1.3"
+    pool = Pool()
+    pool.put(Upstream(sock, endpoint))
+    release.set()
+    with trio.fail_after(5):
+        await trio.lowlevel.wait_readable(sock)  # the tickets wait in the kernel's buffer
+    again = pool.take(endpoint)
+    assert again is not None and again.sock is sock
+    # Still a working connection: the tickets were consumed, the echo comes back whole.
+    await send_all(sock, b"ping", 5.0)
+    assert await read_exactly(sock, 4) == b"ping"
+    sock.close()
+
+
 @pytest.mark.parametrize(
     ("tls", "why"),
     [
