@@ -15,6 +15,10 @@ A record already encrypted but only partly written is finished by the next ``sen
 the caller makes with the same bytes (the count returned never covers bytes not yet on the
 wire), so nothing is ever left unsent while the caller waits for the answer.
 
+Closing says close_notify (RFC 8446 §6.1) and never cuts a record short: what the descriptor
+cannot take at ``shutdown``/``close`` is written by a trio system task, bounded in time, before
+the FIN. A close with linger zero (mesh.http.pool.close with ``reset``) is an abort: at once.
+
 Failures: a handshake that fails (the backend refuses, its certificate does not verify or
 does not name what it must) raises :class:`~mesh.http.errors.TlsHandshakeError`, an OSError,
 so the caller treats it as a failed connect; a bad record later raises ConnectionResetError.

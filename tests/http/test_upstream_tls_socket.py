@@ -170,7 +170,7 @@ async def test_closing_with_the_window_full_delivers_every_record_then_close_not
     """Ciphertext still pending when the connection is half-closed (a tunnel's direction that
     ended) or closed goes out before the FIN, and so does close_notify: the peer reads a
     whole TLS stream, not a record cut short."""
-    release, done, got = trio.Event(), trio.Event(), []
+    release, done, got = trio.Event(), trio.Event(), list[bytes]()
     port = await nursery.start(serve_held, terminator(), release, got, done)
     sock = await connect(TlsEndpoint("127.0.0.1", port, UpstreamTls()), 5.0)
     assert isinstance(sock, TlsSocket)
@@ -196,7 +196,7 @@ async def test_a_peer_that_never_reads_does_not_keep_a_closed_connection_open(
     """The flush on close is bounded: the descriptor stays open while its last records wait
     for the peer's window, and closes once CLOSE_FLUSH_SECONDS have passed without it."""
     monkeypatch.setattr(upstream_tls, "CLOSE_FLUSH_SECONDS", 0.2)
-    release, done, got = trio.Event(), trio.Event(), []
+    release, done, got = trio.Event(), trio.Event(), list[bytes]()
     port = await nursery.start(serve_held, terminator(), release, got, done)
     sock = await connect(TlsEndpoint("127.0.0.1", port, UpstreamTls()), 5.0)
     assert isinstance(sock, TlsSocket)
