@@ -227,6 +227,9 @@ def _same(a: KubeObject, b: KubeObject) -> bool:
     return a.with_resource_version("") == b.with_resource_version("")
 
 
+_UID_MIX, _UID_LOW = 0x9E3779B97F4A7C15, (1 << 62) - 1
+
+
 class Store:
     def __init__(
         self,
@@ -332,7 +335,9 @@ class Store:
         born = self._born.get(key)
         if born is None:
             return None
-        return str(uuid.UUID(int=self._uid_prefix | born, version=4))
+        # An odd multiplier is a bijection modulo 2**62 (the bits a version-4 UUID leaves
+        # free below its variant): unique per creation, yet not a visible counter.
+        return str(uuid.UUID(int=self._uid_prefix | (born * _UID_MIX) & _UID_LOW, version=4))
 
     def list(self, kind: str, namespace: str | None = None) -> tuple[list[KubeObject], int]:
         return self.snapshot().list(kind, namespace), self._revision
