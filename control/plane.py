@@ -30,6 +30,7 @@ import contextlib
 import gc
 import logging
 import math
+import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from mesh.control.ipam import DEFAULT_NODE_PORTS, DEFAULT_SERVICE_CIDR, ServiceA
 from mesh.control.reports import Reports
 from mesh.control.source_dir import DirSource
 from mesh.control.store import Gone, Snapshot, Store, WatchEvent
+from mesh.control.translate.conditions import carry_transitions
 from mesh.manifests import ManifestError
 from mesh.objects import KubeObject
 from mesh.registry import PlaneSettings, StatusWriter, registrations
@@ -372,7 +374,11 @@ class ControlPlane:
             except Exception:
                 log.exception("status computation failed", extra={"kind": kind})
                 continue
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.store.clock()))
             for obj in updates:
+                # Conditions keep the time they last changed status (an unchanged one, its
+                # old time: an unchanged status is then no write at all).
+                obj = carry_transitions(self.store.get(*obj.key), obj, now)
                 try:
                     self.store.apply(obj)
                 except Exception as exc:  # a refused write leaves that status as it was

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import builtins
 import collections
+import random
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -225,6 +227,9 @@ def _same(a: KubeObject, b: KubeObject) -> bool:
     return a.with_resource_version("") == b.with_resource_version("")
 
 
+_UID_MIX, _UID_LOW = 0x9E3779B97F4A7C15, (1 << 62) - 1
+
+
 class Store:
     def __init__(
         self,
@@ -240,6 +245,11 @@ class Store:
         # When each object was created (metadata.creationTimestamp, kept beside the objects
         # so that comparing an object with its desired form needs no special case).
         self._created: dict[Key, float] = {}
+        # metadata.uid, kept the same way: the revision that created the object, made into a
+        # UUID under a per-store random prefix (unique per creation, also across restarts;
+        # an int per object at start, the text only when one is served).
+        self._born: dict[Key, int] = {}
+        self._uid_prefix = random.getrandbits(64) << 64
         self._objects: dict[str, dict[tuple[str, str], KubeObject]] = {}
         self._index = _Indexer(DEFAULT_INDEXES)
         self._events: collections.deque[WatchEvent] = collections.deque(maxlen=history)
@@ -298,8 +308,10 @@ class Store:
         self._revision += 1
         if type_ == "ADDED":
             self._created[obj.key] = self.clock()
+            self._born[obj.key] = self._revision
         elif type_ == "DELETED":
             self._created.pop(obj.key, None)
+            self._born.pop(obj.key, None)
         if len(self._events) == self._events.maxlen:
             self._compacted = self._events[0].revision
         self._events.append(WatchEvent(type_, obj, self._revision, old))
@@ -317,6 +329,15 @@ class Store:
     def created(self, key: Key) -> float | None:
         """When the object at ``key`` was created (wall-clock seconds), if it exists."""
         return self._created.get(key)
+
+    def uid(self, key: Key) -> str | None:
+        """The uid of the object at ``key`` (the same until it is deleted), if it exists."""
+        born = self._born.get(key)
+        if born is None:
+            return None
+        # An odd multiplier is a bijection modulo 2**62 (the bits a version-4 UUID leaves
+        # free below its variant): unique per creation, yet not a visible counter.
+        return str(uuid.UUID(int=self._uid_prefix | (born * _UID_MIX) & _UID_LOW, version=4))
 
     def list(self, kind: str, namespace: str | None = None) -> tuple[list[KubeObject], int]:
         return self.snapshot().list(kind, namespace), self._revision

@@ -79,12 +79,16 @@ def resolve_kind(name: str) -> str | None:
 
 
 def api_object(plane: ControlPlane, obj: KubeObject) -> dict[str, Any]:
-    """The object as the API server returns it, with its creationTimestamp."""
+    """The object as the API server returns it, with its creationTimestamp and uid."""
     data = obj.to_dict()
     created = plane.store.created(obj.key)
     if created is not None:
         stamp = datetime.datetime.fromtimestamp(int(created), datetime.UTC)
         data["metadata"]["creationTimestamp"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if not obj.metadata.uid:  # one read from a real cluster keeps the API server's
+        uid = plane.store.uid(obj.key)
+        if uid is not None:
+            data["metadata"]["uid"] = uid
     return data
 
 

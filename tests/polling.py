@@ -13,3 +13,13 @@ def wait_for(check: Callable[[], object], timeout: float = 5.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+async def until(check: Callable[[], object], seconds: float = 10.0) -> None:
+    """In a trio test: poll ``check`` until it is true (kernel state, which no event tells
+    of); fail the test after ``seconds``."""
+    import trio
+
+    with trio.fail_after(seconds):
+        while not check():  # noqa: ASYNC110
+            await trio.sleep(0.02)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import trio
 import trio.testing
@@ -39,6 +41,25 @@ def test_noop_apply_is_not_an_event() -> None:
     # A stale resourceVersion on the input does not make it a change either.
     assert store.apply(pod("a").with_resource_version("99")) is first
     assert store.revision == 1
+
+
+def test_a_uid_per_object_kept_until_it_is_deleted() -> None:
+    store, other = Store(), Store()
+    store.apply(pod("a"))
+    store.apply(svc("web"))
+    a = store.uid(pod("a").key)
+    assert a is not None and str(uuid.UUID(a)) == a and uuid.UUID(a).version == 4
+    assert store.uid(svc("web").key) not in (None, a)
+    store.apply(pod("a"))  # unchanged: not even a write
+    store.apply(pod("a", ip="10.0.0.1"))  # changed: still the same object
+    assert store.uid(pod("a").key) == a
+    store.delete("Pod", "default", "a")
+    assert store.uid(pod("a").key) is None
+    store.apply(pod("a"))  # created again: a new object, a new uid
+    assert store.uid(pod("a").key) not in (None, a)
+    # Another store (a restarted control plane) gives its first object another uid.
+    other.apply(pod("a"))
+    assert other.uid(pod("a").key) not in (None, a)
 
 
 def test_events_in_order_with_types() -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
+from typing import Any, TypeVar
 
-from mesh.objects import GATEWAY_GROUP, Condition, ReferenceGrant
+from mesh.objects import GATEWAY_GROUP, Condition, Model, ReferenceGrant
+
+_M = TypeVar("_M", bound=Model)
 
 # Reasons, as the Gateway API names them (apis/v1/gateway_types.go, httproute_types.go).
 ACCEPTED, PROGRAMMED, RESOLVED_REFS, CONFLICTED = (
@@ -28,6 +31,58 @@ def condition(
         reason=reason,
         message=message,
         observed_generation=generation,
+    )
+
+
+def carry_transitions(old: Model | None, new: _M, now: str) -> _M:
+    """``new`` (an object whose status was just computed) with each status condition's
+    lastTransitionTime, as the API conventions define it: when the condition last changed
+    status. A condition of the same type at the same place (the same listener, parent or
+    ancestor) in ``old`` with the same status keeps its time, so an unchanged status is an
+    unchanged object (no write, no new resourceVersion); a new or flipped one gets ``now``
+    (RFC 3339). A time the writer set itself is kept."""
+    status = getattr(new, "status", None)
+    if not isinstance(status, Model):
+        return new
+    stamped = _carry(getattr(old, "status", None), status, now)
+    return new if stamped is status else new.model_copy(update={"status": stamped})
+
+
+def _carry(old: Any, new: _M, now: str) -> _M:
+    updates: dict[str, Any] = {}
+    for name, value in new.__dict__.items():
+        before = getattr(old, name, None) if old is not None else None
+        if isinstance(value, Model):
+            walked = _carry(before, value, now)
+            if walked is not value:
+                updates[name] = walked
+        elif type(value) is tuple and value and isinstance(value[0], Model):
+            if isinstance(value[0], Condition):
+                by_type = {c.type: c for c in before or ()}
+                items = [_stamp(c, by_type.get(c.type), now) for c in value]
+            else:
+                by_place = {_place(e): e for e in before or ()}
+                items = [_carry(by_place.get(_place(e)), e, now) for e in value]
+            if any(a is not b for a, b in zip(items, value, strict=True)):
+                updates[name] = tuple(items)
+    return new.model_copy(update=updates) if updates else new
+
+
+def _stamp(cond: Condition, old: Condition | None, now: str) -> Condition:
+    if cond.last_transition_time:
+        return cond
+    if old is not None and old.status == cond.status and old.last_transition_time:
+        when = old.last_transition_time
+    else:
+        when = now
+    return cond.model_copy(update={"last_transition_time": when})
+
+
+def _place(item: Model) -> Hashable:
+    """What tells one status entry from its siblings: a listener's name, a route parent's
+    or policy ancestor's reference and controller."""
+    return tuple(
+        getattr(item, f, None) for f in ("name", "parent_ref", "ancestor_ref", "controller_name")
     )
 
 

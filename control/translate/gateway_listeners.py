@@ -127,8 +127,14 @@ def _certificates_ok(
         ):  # fmt: skip
             return (False, "RefNotPermitted", f"no ReferenceGrant in {ns} allows Secret {ref.name}")
         secret = snapshot.get(Secret.KIND, ns, ref.name)
-        if not isinstance(secret, Secret) or secret.type != "kubernetes.io/tls":
-            return (False, "InvalidCertificateRef", f"Secret {ns}/{ref.name} is not a TLS Secret")
+        if not isinstance(secret, Secret):
+            return (False, "InvalidCertificateRef", f"Secret {ns}/{ref.name} not found")
+        if secret.type != "kubernetes.io/tls":
+            return (
+                False,
+                "InvalidCertificateRef",
+                f"Secret {ns}/{ref.name} is not a TLS Secret (its type is {secret.type})",
+            )
     return (True, "ResolvedRefs", "")
 
 

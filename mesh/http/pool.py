@@ -65,6 +65,9 @@ class Deadlines:
 
     async def run(self) -> None:
         self.running += 1
+        # Not what an earlier trio run left: each run's clock has its own origin, and a stale
+        # ``now`` would age (or rejuvenate) every connection pooled before the first tick.
+        self.now = trio.current_time()
         try:
             while True:
                 await trio.sleep(self.tick)

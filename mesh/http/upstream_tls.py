@@ -15,6 +15,10 @@ A record already encrypted but only partly written is finished by the next ``sen
 the caller makes with the same bytes (the count returned never covers bytes not yet on the
 wire), so nothing is ever left unsent while the caller waits for the answer.
 
+Closing says close_notify (RFC 8446 §6.1) and never cuts a record short: what the descriptor
+cannot take at ``shutdown``/``close`` is written by a trio system task, bounded in time, before
+the FIN. A close with linger zero (mesh.http.pool.close with ``reset``) is an abort: at once.
+
 Failures: a handshake that fails (the backend refuses, its certificate does not verify or
 does not name what it must) raises :class:`~mesh.http.errors.TlsHandshakeError`, an OSError,
 so the caller treats it as a failed connect; a bad record later raises ConnectionResetError.
@@ -22,12 +26,15 @@ so the caller treats it as a failed connect; a bad record later raises Connectio
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
 import math
 import socket
-from typing import TYPE_CHECKING
+import struct
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -54,6 +61,8 @@ class TlsSocket(socket.socket):
         self._plain = b""  # decrypted bytes not yet returned
         self._out = b""  # ciphertext not yet written
         self._owed = 0  # plaintext bytes whose ciphertext is in ``_out`` (not yet reported)
+        self._closing = False  # close_notify queued
+        self._abort = False  # closing with a RST: nothing more is written
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -124,13 +133,102 @@ class TlsSocket(socket.socket):
             return
         self._out = self._out[n:]
 
+    # -- closing -----------------------------------------------------------------------------
+
+    def setsockopt(self, level: int, option: int, value: Any, *rest: Any) -> None:
+        # A linger of zero (mesh.http.pool.close with reset=True) is an abort: nothing more is
+        # owed to the peer, so ``close`` neither says close_notify nor flushes.
+        if level == socket.SOL_SOCKET and option == socket.SO_LINGER and isinstance(value, bytes):
+            on, seconds = struct.unpack("ii", value)
+            self._abort = bool(on) and seconds == 0
+        super().setsockopt(level, option, value, *rest)
+
     def shutdown(self, how: int) -> None:
-        """SHUT_WR sends close_notify first (the end of a tunnel's direction)."""
+        """SHUT_WR sends close_notify first (the end of a tunnel's direction). The TCP FIN goes
+        only behind every byte of ciphertext: while the backend's window is full it waits (in
+        the background, at most ``CLOSE_FLUSH_SECONDS``) instead of cutting a record short."""
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):
+            self._say_close_notify()
+            if self._out:
+                self._flush()
+            if self._out and _spawn(self._shutdown_when_flushed, how):
+                return
+        super().shutdown(how)
+
+    def close(self) -> None:
+        """close_notify (RFC 8446 §6.1), then close. Ciphertext the descriptor cannot take now
+        is written in the background (at most ``CLOSE_FLUSH_SECONDS``) before the descriptor
+        closes. An abort (linger zero) closes at once, with a RST."""
+        if self.fileno() < 0 or self._abort:
+            super().close()
+            return
+        self._say_close_notify()
+        try:
+            if self._out:
+                self._flush()
+        except OSError:  # the backend is gone: nothing to deliver
+            self._out = b""
+        if not self._out:
+            super().close()
+            return
+        # A trio task still waiting on this descriptor (a shutdown's flush) lets go first.
+        with contextlib.suppress(RuntimeError, ValueError, OSError):
+            trio.lowlevel.notify_closing(self)
+        # The descriptor moves to a plain socket the background task owns; this object is
+        # closed for everyone else from now on.
+        rest = socket.socket(self.family, self.type, self.proto, fileno=self.detach())
+        data, self._out = self._out, b""
+        if not _spawn(_flush_and_close, rest, data):
+            rest.close()
+
+    def _say_close_notify(self) -> None:
+        if not self._closing and self.session.handshake_complete:
+            self._closing = True
             self.session.close()
             self._out += self.session.data_to_send()
-            self._flush()
-        super().shutdown(how)
+
+    async def _shutdown_when_flushed(self, how: int) -> None:
+        try:
+            with trio.move_on_after(CLOSE_FLUSH_SECONDS):
+                while self._out and self.fileno() >= 0:
+                    await trio.lowlevel.wait_writable(self)
+                    self._flush()
+        finally:
+            if self.fileno() >= 0:  # else ``close`` took over what was left
+                super().shutdown(how)
+
+
+CLOSE_FLUSH_SECONDS = 5.0  # how long a closing connection may take to write its last records
+
+
+def _spawn(flush: Callable[..., Awaitable[None]], *args: Any) -> bool:
+    """Run ``flush(*args)`` in the background: a trio system task, as it outlives the
+    connection's own task. False outside a trio run (the caller then does without)."""
+
+    async def guarded() -> None:
+        # An error may cost this connection its last bytes, never more: a system task that
+        # raised would end the whole run.
+        with contextlib.suppress(OSError, trio.ClosedResourceError, trio.BusyResourceError):
+            await flush(*args)
+
+    try:
+        trio.lowlevel.spawn_system_task(guarded)
+    except RuntimeError:  # no trio run in this thread
+        return False
+    return True
+
+
+async def _flush_and_close(sock: socket.socket, data: bytes) -> None:
+    try:
+        with trio.move_on_after(CLOSE_FLUSH_SECONDS):
+            while data:
+                try:
+                    data = data[sock.send(data) :]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+    finally:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
 
 
 async def handshake(

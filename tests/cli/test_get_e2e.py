@@ -8,10 +8,12 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.polling import wait_for
 from tests.test_cli_e2e import MESH, Proc, addresses, http_get, listen_anywhere, manifests, query
@@ -67,6 +69,19 @@ def test_get_as_kubectl(up: Proc) -> None:
     one = json.loads(mesh("get", "svc/web", "-n", "shop", "-o", "json", *control).stdout)
     assert (one["kind"], one["metadata"]["name"]) == ("Service", "web")
     assert one["metadata"]["creationTimestamp"].endswith("Z")
+    # A uid as the API server gives one: a UUID, each object its own, the same on every read.
+    uid = one["metadata"]["uid"]
+    assert str(uuid.UUID(uid)) == uid
+    again = json.loads(mesh("get", "svc", "-n", "shop", "-o", "json", *control).stdout)
+    uids = {o["metadata"]["name"]: o["metadata"]["uid"] for o in again["items"]}
+    assert uids["web"] == uid and len(set(uids.values())) == len(uids)
+    # Status conditions carry when they last changed, the same on every read (-o yaml).
+    first = mesh("get", "gateway", "demo", "-n", "echo", "-o", "yaml", *control).stdout
+    gateway = yaml.safe_load(first)
+    times = [c["lastTransitionTime"] for c in gateway["status"]["conditions"]]
+    assert times and all(t.endswith("Z") and t[:4].isdigit() for t in times), first
+    assert "uid: ''" not in first and "lastTransitionTime: ''" not in first
+    assert mesh("get", "gateway", "demo", "-n", "echo", "-o", "yaml", *control).stdout == first
 
     endpoints = mesh("get", "endpoints", "web", "-n", "shop", *control).stdout.splitlines()
     assert endpoints[0].split() == ["NAME", "ENDPOINTS", "AGE"]

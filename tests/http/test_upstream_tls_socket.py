@@ -6,16 +6,19 @@ and handshake failures as TlsHandshakeError."""
 from __future__ import annotations
 
 import math
+import os
 import socket
 
 import pytest
 import trio
 
+from mesh.http import upstream_tls
 from mesh.http.errors import TlsHandshakeError
-from mesh.http.pool import Pool, Upstream, connect, recv, send_all
+from mesh.http.pool import Pool, Upstream, close, connect, recv, send_all
 from mesh.http.upstream_tls import TlsSocket
 from mesh.tls import CertEntry, CertStore, TlsTerminator
 from mesh.tls.upstream import TlsEndpoint, UpstreamTls
+from tests.polling import until
 from tests.tls.pki import CA
 from tests.tls.servers import serve_echo
 
@@ -62,6 +65,162 @@ async def test_echo_large_writes_peek_and_close_notify(nursery: trio.Nursery) ->
     with trio.fail_after(5):
         assert await recv(sock, math.inf) == b""
     sock.close()
+
+
+async def serve_echo_tickets_late(
+    term: TlsTerminator, release: trio.Event, *, task_status: trio.TaskStatus[int]
+) -> None:
+    """One connection: a TLS 1.3 echo that holds its session tickets (sent by OpenSSL as the
+    handshake ends) until ``release``, as a slow server or a congested path would."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listener.socket.getsockname()[1])
+    stream = await listener.accept()
+    tls = term.session()
+    while not tls.handshake_complete:
+        tls.receive_data(await stream.receive_some(65536))
+        if not tls.handshake_complete:
+            await stream.send_all(tls.data_to_send())  # the server's flight
+    tickets = tls.data_to_send()
+    assert tickets  # what this test is about: records that carry no application data
+    await release.wait()
+    await stream.send_all(tickets)
+    while data := await stream.receive_some(65536):
+        tls.send(tls.receive_data(data))
+        await stream.send_all(tls.data_to_send())
+    await stream.aclose()
+    await listener.aclose()
+
+
+async def test_an_idle_connection_that_receives_only_session_tickets_is_reused(
+    nursery: trio.Nursery,
+) -> None:
+    """A connection pooled before its TLS 1.3 NewSessionTicket records arrived: they wake the
+    pool's liveness peek, which must take them for what they are (handshake records, no
+    plaintext), not for unsolicited bytes or a close, and hand the connection out."""
+    release = trio.Event()
+    port = await nursery.start(serve_echo_tickets_late, terminator(), release)
+    endpoint = TlsEndpoint("127.0.0.1", port, UpstreamTls())
+    sock = await connect(endpoint, 5.0)
+    assert isinstance(sock, TlsSocket) and sock.session.version == "TLSv1.3"
+    pool = Pool()
+    pool.put(Upstream(sock, endpoint))
+    release.set()
+    with trio.fail_after(5):
+        await trio.lowlevel.wait_readable(sock)  # the tickets wait in the kernel's buffer
+    again = pool.take(endpoint)
+    assert again is not None and again.sock is sock
+    # Still a working connection: the tickets were consumed, the echo comes back whole.
+    await send_all(sock, b"ping", 5.0)
+    assert await read_exactly(sock, 4) == b"ping"
+    sock.close()
+
+
+async def serve_held(
+    term: TlsTerminator,
+    release: trio.Event,
+    got: list[bytes],
+    done: trio.Event,
+    *,
+    task_status: trio.TaskStatus[int],
+) -> None:
+    """One TLS connection that reads nothing until ``release``, then everything: ``got`` ends
+    with the plaintext and b"closed cleanly" (close_notify) or b"cut" (a truncated stream)."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listener.socket.getsockname()[1])
+    stream = await listener.accept()
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # fills sooner
+    tls = trio.SSLStream(stream, term.context, server_side=True)  # close_notify required
+    await tls.do_handshake()
+    await release.wait()
+    data = bytearray()
+    try:
+        while chunk := await tls.receive_some(65536):
+            data += chunk
+        got += [bytes(data), b"closed cleanly"]
+    except trio.BrokenResourceError:
+        got += [bytes(data), b"cut"]
+    done.set()
+    await trio.aclose_forcefully(tls)
+    await listener.aclose()
+
+
+async def fill(sock: TlsSocket) -> bytes:
+    """Send until the peer's window is full, then have more ciphertext pending than any window
+    here holds (the tail a record begun leaves, but larger, so a flush surely has to wait);
+    returns every plaintext byte the peer must get, in order."""
+    stream = bytes(range(256)) * 4096 * 8  # 8 MiB, more than the shrunk windows hold
+    counted = 0
+    for _ in range(128):
+        try:
+            counted += sock.send(stream[counted : counted + 65536])
+        except BlockingIOError:
+            break
+    assert sock._out, "the window must be full for this test to mean anything"
+    begun = stream[: counted + sock._owed]  # a record begun goes out whole: it cannot be unsent
+    extra = b"tail" * (128 * 1024)  # 512 KiB: several times what the windows hold
+    sock.session.send(extra)
+    sock._out += sock.session.data_to_send()
+    return begun + extra
+
+
+@pytest.mark.parametrize("how", ["shutdown", "close"])
+async def test_closing_with_the_window_full_delivers_every_record_then_close_notify(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Ciphertext still pending when the connection is half-closed (a tunnel's direction that
+    ended) or closed goes out before the FIN, and so does close_notify: the peer reads a
+    whole TLS stream, not a record cut short."""
+    # The bound is not what this test is about: however slowly a loaded machine moves the
+    # bytes through the small windows, the flush must not give up here.
+    monkeypatch.setattr(upstream_tls, "CLOSE_FLUSH_SECONDS", 120.0)
+    release, done, got = trio.Event(), trio.Event(), list[bytes]()
+    port = await nursery.start(serve_held, terminator(), release, got, done)
+    sock = await connect(TlsEndpoint("127.0.0.1", port, UpstreamTls()), 5.0)
+    assert isinstance(sock, TlsSocket)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    expected = await fill(sock)
+    if how == "shutdown":
+        sock.shutdown(socket.SHUT_WR)
+    else:
+        close(sock)
+    release.set()
+    with trio.fail_after(120):
+        await done.wait()
+    data, end = got
+    assert end == b"closed cleanly"
+    assert len(data) == len(expected) and data == expected
+    if how == "shutdown":
+        sock.close()
+
+
+async def test_a_peer_that_never_reads_does_not_keep_a_closed_connection_open(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush on close is bounded: the descriptor stays open while its last records wait
+    for the peer's window, and closes once CLOSE_FLUSH_SECONDS have passed without it."""
+    monkeypatch.setattr(upstream_tls, "CLOSE_FLUSH_SECONDS", 0.2)
+    release, done, got = trio.Event(), trio.Event(), list[bytes]()
+    port = await nursery.start(serve_held, terminator(), release, got, done)
+    sock = await connect(TlsEndpoint("127.0.0.1", port, UpstreamTls()), 5.0)
+    assert isinstance(sock, TlsSocket)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    await fill(sock)
+    fd = sock.fileno()
+    inode = os.fstat(fd).st_ino
+
+    def same_socket() -> bool:
+        try:
+            return os.fstat(fd).st_ino == inode
+        except OSError:
+            return False
+
+    close(sock)
+    assert sock.fileno() == -1 and same_socket()  # closed for its owner, still flushing
+    await until(lambda: not same_socket())  # the peer never read: the flush gave up
+    release.set()  # the server reads the stream: cut short, as it must be by now
+    with trio.fail_after(10):
+        await done.wait()
+    assert got[1] == b"cut"
 
 
 @pytest.mark.parametrize(

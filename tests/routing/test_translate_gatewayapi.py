@@ -176,6 +176,24 @@ def test_listener_status(
     assert any(lis.name.startswith("gateway/") for lis in config.listeners) == programmed
 
 
+@pytest.mark.parametrize(
+    ("ref", "extra", "message"),
+    [
+        ({"name": "missing"}, [], "Secret default/missing not found"),
+        ({"name": "plain"}, [obj("Secret", "plain", "default", data={"k": "dg=="})],
+         "Secret default/plain is not a TLS Secret (its type is Opaque)"),
+        ({"name": "gone", "namespace": "certs"}, [GRANT_SECRET], "Secret certs/gone not found"),
+    ],
+)  # fmt: skip
+def test_a_certificate_ref_that_does_not_resolve_says_why(
+    ref: dict[str, Any], extra: list[KubeObject], message: str
+) -> None:
+    snap = snapshot(*BASE, *extra, gateway("gw", https("tls", ref)))
+    status = gateway_status(snap, ingress_addresses=()).gateways[("default", "gw")]
+    (refs,) = [c for c in status.listeners[0].conditions if c.type == "ResolvedRefs"]
+    assert (refs.status, refs.reason, refs.message) == ("False", "InvalidCertificateRef", message)
+
+
 def test_gateway_conditions_follow_its_listeners() -> None:
     cases = [
         ([listener("a")], {"Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}),
