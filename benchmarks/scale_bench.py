@@ -226,7 +226,8 @@ def run_stages(n: int, edits: int, workdir: Path) -> None:
 
     path = workdir / "all.yaml"
     path.write_text(manifest(n))
-    plane = ControlPlane(workdir, service_cidr="10.96.0.0/12")
+    # As ``mesh up --no-proxy``: only the in-process DNS server wants a config kind.
+    plane = ControlPlane(workdir, service_cidr="10.96.0.0/12", wanted=["dns"])
     source = plane.source
     assert source is not None
     gc.disable()  # as the plane's start does

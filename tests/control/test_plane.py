@@ -156,7 +156,10 @@ async def test_manifest_dir_services_get_ips_and_slices(tmp_path: Path) -> None:
         "status: {phase: Running, podIP: 127.0.0.21}\n---\n"
         "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {}\n"
     )
-    p = ControlPlane(tmp_path, service_cidr="127.10.0.0/16", translators={"names": names},
+    p = ControlPlane(
+        tmp_path,
+        service_cidr="127.10.0.0/16",
+        translators={"names": names},
         wanted=["names"],
     )
     async with trio.open_nursery() as nursery:
