@@ -342,9 +342,9 @@ class ControlPlane:
         """Translate one kind; True when it published a new version."""
         translator = self.translators[kind]
         reads = _reads(translator)
-        if changed is not None and reads is not None and not reads & changed:
-            if kind in self._published:
-                return False
+        nothing_read = changed is not None and reads is not None and not reads & changed
+        if nothing_read and kind in self._published:
+            return False
         update = getattr(translator, "update", None)
         self.builds[kind] = self.builds.get(kind, 0) + 1
         try:
