@@ -226,7 +226,9 @@ def run_stages(n: int, edits: int, workdir: Path) -> None:
 
     path = workdir / "all.yaml"
     path.write_text(manifest(n))
-    plane = ControlPlane(workdir, service_cidr="10.96.0.0/12")
+    # The kinds this process feeds (the DNS indexes, the proxy table), wanted from the start
+    # as a ``mesh up`` component's are; ``mesh up --no-proxy`` above never builds the proxy's.
+    plane = ControlPlane(workdir, service_cidr="10.96.0.0/12", wanted=["dns", "proxy"])
     source = plane.source
     assert source is not None
     gc.disable()  # as the plane's start does
@@ -339,7 +341,9 @@ def run_nft(n: int, workdir: Path) -> None:
 
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)  # as the serving processes do
     (workdir / "all.yaml").write_text(manifest(n))
-    plane = ControlPlane(workdir, service_cidr="198.19.0.0/16", node_name="node-1")
+    plane = ControlPlane(
+        workdir, service_cidr="198.19.0.0/16", node_name="node-1", wanted=["proxy"]
+    )
     assert plane.source is not None
     t0 = time.perf_counter()
     plane.source.sync_once()

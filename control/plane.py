@@ -16,7 +16,15 @@ costs one run. Work is proportional to the change:
   index) and re-plans only those; it skips the events of its own writes. The whole plan runs
   at start, when the events it needs were compacted away, and every ``resync`` seconds;
 - a translator that declares the kinds it ``reads`` is not run when none of them changed,
-  and the built-in ones rebuild only the Services whose objects changed.
+  and the built-in ones rebuild only the Services whose objects changed;
+- a config kind is translated only once something wants it (:meth:`ControlPlane.want`): a
+  component fed in process or a config stream subscriber (:meth:`ControlPlane.next_config`),
+  a read of its config (:meth:`ControlPlane.current`), or the ``wanted`` kinds given at
+  construction. The first want after start builds it in full from the current snapshot;
+  from then on it is translated incrementally with the others. ``mesh up --no-proxy`` thus
+  never builds the proxy config unless a ``mesh proxy --control`` subscribes. Status
+  writers do not depend on any translation (they compute what they write from the
+  snapshot) and always run, wanted or not.
 
 A config kind is published again only when its content changed; its version is the store
 revision it was translated from, and it is serialised once per version
@@ -156,6 +164,7 @@ class ControlPlane:
         resync: float = 300.0,
         tune_gc: bool = False,
         history: int = 10_000,
+        wanted: Iterable[str] = (),
     ) -> None:
         self.allocator = ServiceAllocator(service_cidr, node_ports)
         self.store = Store(history, admit=self.allocator.admit)
@@ -191,6 +200,9 @@ class ControlPlane:
         self._previous: dict[str, ComponentConfig] = {}  # the version before, for deltas
         self._encoded: dict[str, tuple[ComponentConfig, bytes]] = {}
         self._broken: set[str] = set()  # kinds whose last translation failed
+        # The kinds translated (see want): the others cost nothing until someone reads them.
+        self._wanted: set[str] = {k for k in wanted if k in self.translators}
+        self.builds: dict[str, int] = {}  # translator runs by kind (tests pin laziness)
         self._publish_event = trio.Event()
         self._translated_revision = -1
         self._translated_event = trio.Event()
@@ -225,7 +237,34 @@ class ControlPlane:
     def kinds(self) -> list[str]:
         return sorted(self.translators)
 
+    def want(self, kind: str) -> None:
+        """Translate ``kind`` from now on. Before the first translation this only marks it;
+        after, a kind nobody wanted yet is built in full from the store's current snapshot
+        at once (so its first reader gets a complete config, the same as an eager build),
+        then follows changes incrementally with the others. Unknown kinds are ignored."""
+        if kind in self._wanted or kind not in self.translators:
+            return
+        self._wanted.add(kind)
+        if self._translated_revision < 0:
+            return  # the first translation builds it with the others
+        with self._gc_paused():  # a first build at scale is start-up work too
+            published = self._translate_kind(kind, self.store.snapshot(), None, None)
+        log.info("config kind wanted", extra={"kind": kind})
+        if published:
+            self._wake_subscribers()
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        return frozenset(self._wanted)
+
+    @property
+    def ready(self) -> bool:
+        """Translated once, and every wanted kind has a published config."""
+        return self._translated_revision >= 0 and all(k in self._published for k in self._wanted)
+
     def current(self, kind: str) -> ComponentConfig | None:
+        """The published config of ``kind``; reading it wants it (:meth:`want`)."""
+        self.want(kind)
         return self._published.get(kind)
 
     def previous(self, kind: str) -> ComponentConfig | None:
@@ -262,7 +301,9 @@ class ControlPlane:
 
     async def next_config(self, kind: str, last: ComponentConfig | None) -> ComponentConfig:
         """The current config of ``kind`` unless it is ``last``; else wait for a new one.
-        Safe to cancel (unlike an ``__anext__`` of :meth:`configs`)."""
+        Safe to cancel (unlike an ``__anext__`` of :meth:`configs`). A subscriber wants the
+        kind (:meth:`want`)."""
+        self.want(kind)
         while True:
             config = self._published.get(kind)
             if config is not None and config is not last:
@@ -270,56 +311,70 @@ class ControlPlane:
             await self._publish_event.wait()
 
     def translate(self, snap: Snapshot, events: Sequence[WatchEvent] | None = None) -> list[str]:
-        """Run the translators on ``snap``; publish what changed. Returns the kinds published.
+        """Run the wanted kinds' translators on ``snap``; publish what changed. Returns the
+        kinds published.
 
         ``events`` are the store's events since the last run (None: unknown, translate from
         scratch). A translator that declares what it ``reads``, and has published before, is
         not run when no event is of those kinds; one with an ``update`` method gets the events
         and visits only what they touch."""
-        published = []
         changed = frozenset(ev.object.KIND for ev in events) if events is not None else None
-        for kind, translator in sorted(self.translators.items()):
-            reads = _reads(translator)
-            if (
-                changed is not None
-                and reads is not None
-                and not reads & changed
-                and kind in self._published
-            ):
-                continue
-            update = getattr(translator, "update", None)
-            try:
-                incremental = kind in self._published and kind not in self._broken
-                if update is not None and events is not None and incremental:
-                    config = update(snap, events)
-                else:
-                    config = translator(snap)
-                config = config.model_copy(update={"version": snap.revision})
-            except Exception:
-                # One broken translation keeps serving its last config; the others go on.
-                log.exception("translation failed", extra={"kind": kind})
-                self._broken.add(kind)  # its memo may be half updated: rebuild in full next
-                self._metrics.translate_errors.labels(kind).inc()
-                continue
-            self._broken.discard(kind)
-            prev = self._published.get(kind)
-            if prev is not None and _same_content(prev, config):
-                continue
-            if prev is not None:
-                self._previous[kind] = prev
-            self._published[kind] = config
-            self._metrics.version.labels(kind).set(config.version)
-            self._metrics.publishes.labels(kind).inc()
-            published.append(kind)
-            log.info("config published", extra={"kind": kind, "version": config.version})
+        published = [
+            kind
+            for kind in sorted(self._wanted)
+            if self._translate_kind(kind, snap, events, changed)
+        ]
         if published:
-            self._publish_event.set()
-            self._publish_event = trio.Event()
+            self._wake_subscribers()
         self._write_status(snap, changed)
         self._translated_revision = snap.revision
         self._translated_event.set()
         self._translated_event = trio.Event()
         return published
+
+    def _translate_kind(
+        self,
+        kind: str,
+        snap: Snapshot,
+        events: Sequence[WatchEvent] | None,
+        changed: frozenset[str] | None,
+    ) -> bool:
+        """Translate one kind; True when it published a new version."""
+        translator = self.translators[kind]
+        reads = _reads(translator)
+        nothing_read = changed is not None and reads is not None and not reads & changed
+        if nothing_read and kind in self._published:
+            return False
+        update = getattr(translator, "update", None)
+        self.builds[kind] = self.builds.get(kind, 0) + 1
+        try:
+            incremental = kind in self._published and kind not in self._broken
+            if update is not None and events is not None and incremental:
+                config = update(snap, events)
+            else:
+                config = translator(snap)
+            config = config.model_copy(update={"version": snap.revision})
+        except Exception:
+            # One broken translation keeps serving its last config; the others go on.
+            log.exception("translation failed", extra={"kind": kind})
+            self._broken.add(kind)  # its memo may be half updated: rebuild in full next
+            self._metrics.translate_errors.labels(kind).inc()
+            return False
+        self._broken.discard(kind)
+        prev = self._published.get(kind)
+        if prev is not None and _same_content(prev, config):
+            return False
+        if prev is not None:
+            self._previous[kind] = prev
+        self._published[kind] = config
+        self._metrics.version.labels(kind).set(config.version)
+        self._metrics.publishes.labels(kind).inc()
+        log.info("config published", extra={"kind": kind, "version": config.version})
+        return True
+
+    def _wake_subscribers(self) -> None:
+        self._publish_event.set()
+        self._publish_event = trio.Event()
 
     def takes_reports(self, kind: str) -> bool:
         """Whether ``kind``'s status writer takes run-time reports (:meth:`report`)."""
@@ -405,7 +460,7 @@ class ControlPlane:
                 await nursery.start(self._reports_loop)
             log.info(
                 "control plane started",
-                extra={"revision": self.store.revision, "kinds": self.kinds},
+                extra={"revision": self.store.revision, "kinds": sorted(self._wanted)},
             )
             task_status.started()
 

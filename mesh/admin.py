@@ -3,7 +3,7 @@
 Routes:
 
 - ``/ready``: 200 ``ready`` once every component has applied its first config (and the
-  control plane, if any, has published), else 503 naming those not ready.
+  control plane, if any, has published every kind wanted so far), else 503 naming those not ready.
 - ``/metrics``: Prometheus text, each component's registry and then the plane's.
 - ``/config``: ``{component name: live config}``; ``/config/{name}`` one of them
   (as ``istioctl proxy-config`` dumps Envoy's).
@@ -52,9 +52,9 @@ class AdminServer:
                 reason_of = getattr(c, "not_ready_reason", None)
                 reason = reason_of() if callable(reason_of) else None
                 waiting.append(f"{c.name} ({reason})" if reason else c.name)
-        if self.plane is not None and any(
-            self.plane.current(kind) is None for kind in self.plane.kinds
-        ):
+        # The plane translates only the kinds something wants (control/plane.py): reading
+        # every kind here would make it build them all.
+        if self.plane is not None and not self.plane.ready:
             waiting.append("control-plane")
         return waiting
 

@@ -136,6 +136,18 @@ def _nested_fields(cls: type[BaseModel]) -> tuple[str, ...]:
     return found
 
 
+# The slot setter of ``__pydantic_fields_set__`` (no attribute-name lookup per model) and,
+# per class met inside a model, whether it is a model (a dict hit instead of an isinstance
+# through pydantic's metaclass): the walk below runs for some ten models per store write.
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_IS_MODEL: dict[type, bool] = {}
+
+
+def _is_model(cls: type) -> bool:
+    found = _IS_MODEL[cls] = issubclass(cls, BaseModel)
+    return found
+
+
 def share_fields_sets(model: BaseModel) -> None:
     """Make ``model`` and the models inside it share one fields-set per class where the
     sets are equal. Pydantic gives every instance its own ``set`` of the fields it was
@@ -144,7 +156,8 @@ def share_fields_sets(model: BaseModel) -> None:
     A loop over a stack, not recursion: every store write walks some ten models."""
     stack = [model]
     pop, push = stack.pop, stack.append
-    shared_sets, nested_fields = _FIELDS_SETS, _NESTED
+    shared_sets, nested_fields, is_model = _FIELDS_SETS, _NESTED, _IS_MODEL
+    set_fields_set = _SET_FIELDS_SET
     while stack:
         item = pop()
         cls = item.__class__
@@ -153,7 +166,7 @@ def share_fields_sets(model: BaseModel) -> None:
         if shared is not fields_set:
             if shared != fields_set:  # a less common combination: one shared set per variant
                 shared = _VARIANTS.setdefault((cls, frozenset(fields_set)), fields_set)
-            object.__setattr__(item, "__pydantic_fields_set__", shared)
+            set_fields_set(item, shared)
         nested = nested_fields.get(cls)
         if nested is None:
             nested = _nested_fields(cls)
@@ -161,12 +174,17 @@ def share_fields_sets(model: BaseModel) -> None:
             values = item.__dict__
             for name in nested:
                 value = values[name]
-                if value.__class__ is tuple:
+                value_cls = value.__class__
+                if value_cls is tuple:
                     for inner in value:
-                        if isinstance(inner, BaseModel):
+                        inner_cls = inner.__class__
+                        found = is_model.get(inner_cls)
+                        if found or (found is None and _is_model(inner_cls)):
                             push(inner)
-                elif isinstance(value, BaseModel):
-                    push(value)
+                else:
+                    found = is_model.get(value_cls)
+                    if found or (found is None and _is_model(value_cls)):
+                        push(value)
 
 
 class OwnerReference(Model):

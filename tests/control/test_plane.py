@@ -41,7 +41,7 @@ def pod(name: str, ip: str, app: str) -> Pod:
 
 @pytest.fixture
 async def plane() -> AsyncIterator[ControlPlane]:
-    p = ControlPlane(None, translators={"names": names})
+    p = ControlPlane(None, translators={"names": names}, wanted=["names"])
     async with trio.open_nursery() as nursery:
         await nursery.start(p.run)
         yield p
@@ -114,7 +114,7 @@ async def test_failing_translator_keeps_last_config_and_others_go_on(
             raise RuntimeError("boom")
         return names(snap)
 
-    p = ControlPlane(None, translators={"flaky": flaky, "names": names})
+    p = ControlPlane(None, translators={"flaky": flaky, "names": names}, wanted=["flaky", "names"])
     async with trio.open_nursery() as nursery:
         await nursery.start(p.run)
         before = p.current("flaky")
@@ -156,7 +156,12 @@ async def test_manifest_dir_services_get_ips_and_slices(tmp_path: Path) -> None:
         "status: {phase: Running, podIP: 127.0.0.21}\n---\n"
         "apiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec: {}\n"
     )
-    p = ControlPlane(tmp_path, service_cidr="127.10.0.0/16", translators={"names": names})
+    p = ControlPlane(
+        tmp_path,
+        service_cidr="127.10.0.0/16",
+        translators={"names": names},
+        wanted=["names"],
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(p.run)
         web = p.store.get("Service", "default", "web")

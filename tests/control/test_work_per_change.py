@@ -25,7 +25,7 @@ N = 20
 
 def loaded_plane() -> tuple[ControlPlane, ProxyTranslator, DnsTranslator]:
     proxy, dns = ProxyTranslator(), DnsTranslator()
-    plane = ControlPlane(None, translators={"proxy": proxy, "dns": dns})
+    plane = ControlPlane(None, translators={"proxy": proxy, "dns": dns}, wanted=["proxy", "dns"])
     for i in range(N):
         plane.apply(service(f"svc-{i}"))
         for j in range(3):
