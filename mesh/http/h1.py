@@ -15,7 +15,8 @@ A response from an upstream is read by the same rules (its errors become a 502).
 Speed matters as much as strictness: one ``bytes.find`` locates the head, one precompiled
 regex validates all its field lines at once and another cuts them into pairs; a body is sliced
 out of the received bytes, never copied through an intermediate buffer; a head seen before is
-not parsed again (``_REQUESTS``; responses: mesh.http.h1_passthrough).
+not parsed again (``_REQUESTS``; responses: mesh.http.h1_passthrough), and in a request head
+that differs, a line seen before is not validated again (mesh.http.h1_lines).
 """
 
 from __future__ import annotations
