@@ -4,6 +4,8 @@ a tighter limit still refuses a head whose lines are remembered; the memos stay 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from mesh.http import h1, h1_lines
@@ -27,9 +29,9 @@ BLOCKS = [
 ]
 
 
-def _outcome(fn: object, *args: object) -> object:
+def _outcome(fn: Callable[..., object], *args: object) -> tuple[object, ...]:
     try:
-        return ("ok", fn(*args))  # type: ignore[operator]
+        return ("ok", fn(*args))
     except ProtocolError as exc:
         return ("error", str(exc), exc.status)
 
@@ -93,10 +95,10 @@ def test_the_memos_are_bounded() -> None:
         (b"G(T / HTTP/1.1", ("error", "the request line is malformed", 400)),
     ],
 )
-def test_request_lines_read_the_same_every_time(line: bytes, want: object) -> None:
+def test_request_lines_read_the_same_every_time(line: bytes, want: tuple[object, ...]) -> None:
     for _ in range(3):
         assert _outcome(h1_lines.request_line, line) == want
-    if want[0] == "error":  # type: ignore[index]
+    if want[0] == "error":
         assert line not in h1_lines._REQUEST_LINES
 
 
