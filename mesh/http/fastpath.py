@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 _IN = select.EPOLLIN
 
 
+class _Dead(Exception):
+    """The pooled connection was dead before any response byte (rare: no cost when not)."""
+
+
 async def simple_exchange(
     server: HttpServer,
     down: socket.socket,
@@ -36,14 +40,15 @@ async def simple_exchange(
     up: Upstream,
     head: bytes,
     deadline: float,
-) -> bool | None:
+    retry: bool,
+) -> bool:
     """The common exchange in as few steps as the general one takes layers: a request
     without a body on a pooled connection, written in one send; the response read with one
     recv and, when it is a final response whose Content-Length body came whole with it,
     written to the client in one send. Anything else (a body still to come, chunked, 1xx,
     101, until-close) continues in ``relay_response`` from the event already read, with the
-    same codec (one parser: the strict one). None: the connection was dead before any
-    response byte (the caller retries once on a fresh one, as ``forward`` does)."""
+    same codec (one parser: the strict one). A connection dead before any response byte
+    goes to ``forward.after_dead`` (``retry``: the request may be sent once more)."""
     balancer = fwd.upstream
     endpoint = up.endpoint
     usock = up.sock
@@ -57,7 +62,7 @@ async def simple_exchange(
                 n = 0
             except OSError:
                 close(usock)
-                return None
+                raise _Dead from None
             reader = up.reader
             reader.next_message(req.method)
             if n < len(head):
@@ -79,7 +84,7 @@ async def simple_exchange(
                 data = b""
             if not data:
                 close(usock)
-                return None
+                raise _Dead
             reader.feed(data)
             added = added_lines(fwd.response_headers)
             if added is not None and (whole := reader.passthrough()) is not None:
@@ -135,5 +140,25 @@ async def simple_exchange(
         except OSError:
             close(usock, reset=True)
             raise UpstreamError("upstream-reset", "the backend connection broke") from None
+    except _Dead:
+        pass  # the endpoint is no longer in flight when the request goes again
     finally:
         balancer.finished(endpoint)
+    return await _dead(server, down, dreader, req, fwd, head, deadline, retry)
+
+
+async def _dead(
+    server: HttpServer,
+    down: socket.socket,
+    dreader: Reader,
+    req: Request,
+    fwd: Forward,
+    head: bytes,
+    deadline: float,
+    retry: bool,
+) -> bool:
+    """The pooled connection was dead before any response byte (rare): mesh.http.forward
+    decides whether the request goes once more (imported here: forward imports this)."""
+    from mesh.http.forward import after_dead
+
+    return await after_dead(server, down, dreader, req, fwd, head, deadline, retry)

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -43,7 +44,7 @@ from mesh.http.proxyheaders import plain_request_head, request_fields
 from mesh.http.relay import FLUSH, Abort, HandedOff, Stale, relay_response, tunnel
 
 if TYPE_CHECKING:
-    from mesh.http.balance import Balancer
+    from mesh.http.balance import Balancer, Endpoint
     from mesh.http.replay import SentBody
     from mesh.http.server import HttpServer
 
@@ -62,7 +63,7 @@ def _wants_upgrade(req: Request) -> bool:
     return b"upgrade" in [t.strip() for t in conn.lower().split(b",")]
 
 
-async def forward(
+def forward(
     server: HttpServer,
     down: socket.socket,
     dreader: Reader,
@@ -70,10 +71,14 @@ async def forward(
     peer: Peer,
     fwd: Forward,
     body: SentBody | None = None,
-) -> bool:
-    """Proxy ``req``; True when the client connection may carry another request.
+) -> Coroutine[Any, Any, bool]:
+    """Proxy ``req``; (awaited) True when the client connection may carry another request.
     ``body``: keep the request body for a retry and hand it to mirror copies
-    (mesh.http.replay); a retry passes the same one again."""
+    (mesh.http.replay); a retry passes the same one again.
+
+    Not a coroutine function itself: what comes before the first wait is done here and the
+    exchange's own coroutine is returned, so the common exchange (mesh.http.fastpath) runs
+    one coroutine layer below the caller, not two (every wait of it resumes through each)."""
     limits = server.limits
     if fwd.max_body is not None and req.length > fwd.max_body:
         raise DownstreamError("body-too-large", "the request body is larger than allowed")
@@ -105,10 +110,35 @@ async def forward(
         head = request_head(req.method, fwd.target or req.target, fields)
     t = fwd.timeouts
     deadline = trio.current_time() + t.request if t.request is not None else math.inf
-    balancer = fwd.upstream
     retry = req.length == 0 and req.method in _IDEMPOTENT and not upgrade
-    up, first = pooled(server.pool, balancer)
+    up, first = pooled(server.pool, fwd.upstream)
+    if up is not None and up.reused and req.length == 0 and not upgrade and server.fast:
+        # The common exchange (no request body, a pooled connection): mesh.http.fastpath;
+        # a connection found dead there comes back to ``after_dead``.
+        return _simple(server, down, dreader, req, fwd, up, head, deadline, retry)
+    return _forward(
+        server, down, dreader, req, fwd, up, first, head, deadline, upgrade, retry, body
+    )
+
+
+async def _forward(
+    server: HttpServer,
+    down: socket.socket,
+    dreader: Reader,
+    req: Request,
+    fwd: Forward,
+    up: Upstream | None,
+    first: Endpoint | None,
+    head: bytes,
+    deadline: float,
+    upgrade: bool,
+    retry: bool,
+    body: SentBody | None,
+) -> bool:
+    """The general exchange, from a pooled connection or a new one."""
+    balancer = fwd.upstream
     if up is None:
+        t = fwd.timeouts
         up = await acquire(
             server.pool,
             balancer,
@@ -117,15 +147,45 @@ async def forward(
             deadline=deadline,
             first=first,
         )
-    if up.reused and req.length == 0 and not upgrade and server.fast:
-        # The common exchange (no request body, a pooled connection): mesh.http.fastpath.
-        keep = await _simple(server, down, dreader, req, fwd, up, head, deadline)
-        if keep is not None:
-            return keep
-        if not retry:  # the pooled connection was dead before any response byte
-            raise UpstreamError("upstream-reset", "the backend closed the connection")
-        retry = False
-        up = await _reconnect(server, balancer, fwd, t.connect, deadline)
+    return await _exchanges(
+        server, down, dreader, req, fwd, up, head, deadline, upgrade, retry, body
+    )
+
+
+async def after_dead(
+    server: HttpServer,
+    down: socket.socket,
+    dreader: Reader,
+    req: Request,
+    fwd: Forward,
+    head: bytes,
+    deadline: float,
+    retry: bool,
+) -> bool:
+    """The fast path's pooled connection was dead before any response byte: the request
+    goes once more on a fresh connection when it may (see the module docstring)."""
+    if not retry:
+        raise UpstreamError("upstream-reset", "the backend closed the connection")
+    up = await _reconnect(server, fwd.upstream, fwd, fwd.timeouts.connect, deadline)
+    return await _exchanges(server, down, dreader, req, fwd, up, head, deadline, False, False)
+
+
+async def _exchanges(
+    server: HttpServer,
+    down: socket.socket,
+    dreader: Reader,
+    req: Request,
+    fwd: Forward,
+    up: Upstream,
+    head: bytes,
+    deadline: float,
+    upgrade: bool,
+    retry: bool,
+    body: SentBody | None = None,
+) -> bool:
+    """The exchange on ``up``, and once more on a fresh connection when ``retry`` and ``up``
+    turns out stale."""
+    balancer = fwd.upstream
     while True:
         endpoint = up.endpoint
         balancer.started(endpoint)
@@ -138,7 +198,7 @@ async def forward(
             if not retry:
                 raise UpstreamError("upstream-reset", "the backend closed the connection") from None
             retry = False
-            up = await _reconnect(server, balancer, fwd, t.connect, deadline)
+            up = await _reconnect(server, balancer, fwd, fwd.timeouts.connect, deadline)
         finally:
             balancer.finished(endpoint)
 

@@ -15,11 +15,13 @@ A response from an upstream is read by the same rules (its errors become a 502).
 Speed matters as much as strictness: one ``bytes.find`` locates the head, one precompiled
 regex validates all its field lines at once and another cuts them into pairs; a body is sliced
 out of the received bytes, never copied through an intermediate buffer; a head seen before is
-not parsed again (``_REQUESTS``; responses: mesh.http.h1_passthrough).
+not parsed again (``_REQUESTS``; responses: mesh.http.h1_passthrough), and in a request head
+that differs, a line seen before is not validated again (mesh.http.h1_lines).
 """
 
 from __future__ import annotations
 
+from mesh.http import h1_lines
 from mesh.http.errors import ProtocolError
 from mesh.http.events import (
     CHUNKED,
@@ -35,18 +37,15 @@ from mesh.http.events import (
     Response,
 )
 from mesh.http.h1_grammar import (
-    ABSOLUTE,
     BARE,
     CHUNK_LINE,
     HOST,
     MAX_CHUNK_LINE,
     MAX_FIELDS,
     MAX_HEAD,
-    REQUEST_LINE,
     STATUS_LINE,
     framing,
     parse_fields,
-    request_line_problem,
 )
 from mesh.http.h1_passthrough import MEMO_ENTRIES, MEMO_HEAD, passable
 from mesh.http.h1_write import chunk, last_chunk, request_head, response_head, safe_value
@@ -243,9 +242,9 @@ class Reader:
         first = buf.find(b"\r\n", pos, end + 2)
         line = buf[pos:first]
         block = buf[first + 2 : end + 2]
-        fields = parse_fields(block, self.max_fields)
         self._pos = end + 4
-        if self._server:
+        if self._server:  # a line seen before is not validated again (mesh.http.h1_lines)
+            fields = h1_lines.fields(block, self.max_fields)
             req = self.head_event = self._request(line, fields)
             self.head_fields = block
             if len(key) <= MEMO_HEAD:
@@ -253,7 +252,7 @@ class Reader:
                     _REQUESTS.clear()
                 _REQUESTS[key] = (req, self._state, self._left, block, len(fields))
             return req
-        return self._response(line, fields)
+        return self._response(line, parse_fields(block, self.max_fields))
 
     def passthrough(self) -> tuple[int, bool, bytes, bytes] | None:
         """The common response in one step, for a proxy that forwards its head unchanged
@@ -280,22 +279,7 @@ class Reader:
         return status, keep, head, buf[at : at + length]
 
     def _request(self, line: bytes, fields: list[tuple[bytes, bytes]]) -> Request:
-        m = REQUEST_LINE.fullmatch(line)
-        if m is None:
-            raise ProtocolError(request_line_problem(line))
-        method, target, major, minor = m.groups()
-        if major != b"1":
-            raise ProtocolError("only HTTP/1.x is served here", 505, "bad-request")
-        version = b"1.0" if minor == b"0" else b"1.1"
-        if target[0] != 47:  # not origin-form ("/..."): RFC 9112 section 3.2
-            if method == b"CONNECT":
-                if not HOST.fullmatch(target):
-                    raise ProtocolError("CONNECT needs an authority-form target")
-            elif target == b"*":
-                if method != b"OPTIONS":
-                    raise ProtocolError("the asterisk target is for OPTIONS only")
-            elif not ABSOLUTE.fullmatch(target):
-                raise ProtocolError("the request target is malformed")
+        method, target, version = h1_lines.request_line(line)
         hosts: list[bytes] = []
         length, chunked, close, keep = framing(fields, version, hosts)
         if len(hosts) > 1:

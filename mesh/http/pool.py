@@ -62,20 +62,39 @@ class Deadlines:
         self.now = 0.0  # a coarse clock (updated every tick while running)
         self._blocked: dict[int, tuple[float, socket.socket]] = {}
         self._expired: set[int] = set()
+        # The run and the event of the task that ticks; the event is set when it ends.
+        self._ticking: tuple[trio.lowlevel.TrioToken, trio.Event] | None = None
+        self.ticks = 0  # ticks done (how a test sees that one task ticks, not two)
 
     async def run(self) -> None:
+        """The tick, until cancelled. Every server starts one (a gateway runs several
+        listeners): only one of them ticks at a time, the others wait and the next one takes
+        over when it ends (its server stopped), so the tick never doubles and never stops
+        while a server runs."""
         self.running += 1
         # Not what an earlier trio run left: each run's clock has its own origin, and a stale
         # ``now`` would age (or rejuvenate) every connection pooled before the first tick.
         self.now = trio.current_time()
         try:
-            while True:
-                await trio.sleep(self.tick)
-                self.now = now = trio.current_time()
-                for fd, (deadline, sock) in list(self._blocked.items()):
-                    if deadline <= now:
-                        self._expired.add(fd)
-                        trio.lowlevel.notify_closing(sock)
+            token = trio.lowlevel.current_trio_token()
+            # (a task of an earlier trio.run that never finished does not count)
+            while self._ticking is not None and self._ticking[0] is token:
+                await self._ticking[1].wait()  # set when the task that ticks ends
+            done = trio.Event()
+            self._ticking = (token, done)
+            try:
+                while True:
+                    await trio.sleep(self.tick)
+                    self.now = now = trio.current_time()
+                    self.ticks += 1
+                    for fd, (deadline, sock) in list(self._blocked.items()):
+                        if deadline <= now:
+                            self._expired.add(fd)
+                            trio.lowlevel.notify_closing(sock)
+            finally:
+                if self._ticking is not None and self._ticking[1] is done:
+                    self._ticking = None
+                done.set()
         finally:
             self.running -= 1
 

@@ -176,3 +176,21 @@ async def test_fast_and_general_paths_agree_on_fuzzed_answers() -> None:
         for _ in range(rng.randrange(1, 3)):
             answer = _mutate(rng, answer)
         await _agree(GET, answer)
+
+
+async def test_a_dead_pooled_connection_is_tried_again_once_for_an_idempotent_request() -> None:
+    # The upstream reads the second request and closes without a word: the fast path finds
+    # its pooled connection dead and hands the request to forward.after_dead.
+    outcome = await _agree(GET, b"")
+    assert outcome.simple_calls == 1
+    assert outcome.upstream.count(b"GET /1 HTTP/1.1") == 2  # the dead connection, a fresh one
+    assert outcome.client.count(b"HTTP/1.1 200 ") == 2
+    assert outcome.client.endswith(b"warm")
+
+
+async def test_a_dead_pooled_connection_is_not_tried_again_for_a_post() -> None:
+    outcome = await _agree(b"POST /%d HTTP/1.1\r\nHost: a.example\r\n\r\n", b"")
+    assert outcome.simple_calls == 1
+    assert outcome.upstream.count(b"POST /1 HTTP/1.1") == 1
+    assert b"HTTP/1.1 502 " in outcome.client
+    assert b"x-mesh-reason: upstream-reset" in outcome.client
