@@ -31,7 +31,7 @@ import ipaddress
 import struct
 
 from mesh.dns import classify, names
-from mesh.dns.fast_encode import TO_GENERAL, Entry, encode_node, wire_name
+from mesh.dns.fast_encode import TO_GENERAL, Entry, encode_node, reverse_nodata, wire_name
 from mesh.dns.packet import qtype_label, rcode_label
 from mesh.dns.records import TYPE_A, TYPE_AAAA, TYPE_SOA, Node
 from mesh.dns.responder import DEFAULT_MAX_UDP, Forward, Reply
@@ -73,10 +73,13 @@ class FastIndex:
         "_pod_wire",
         "_rebuilt",
         "_reverse",
+        "_reverse_tails",
+        "_soa",
         "_soa_rdata_tail",
         "_soa_ttl",
         "_tails",
         "_ttl",
+        "_zone_name",
         "_zone_wire",
     )
 
@@ -89,8 +92,9 @@ class FastIndex:
     ) -> None:
         """The index of ``index``; with ``previous`` (the FastIndex of the ZoneIndex that
         ``index`` was built from), only the owner names that changed are encoded again,
-        the CNAME names (their answers follow other names) and, with the new SOA serial
-        patched in, the reverse names' NODATA."""
+        and the CNAME names (their answers follow other names). No entry holds the SOA
+        serial but the CNAME names': the negative answers' SOA records are made per index,
+        when first asked."""
         self._max_udp = max_udp
         self._ttl = index.ttl
         self._soa_ttl = min(index.ttl, 300)
@@ -99,7 +103,7 @@ class FastIndex:
         self._pod_labels = index.zone.count(".") + 1  # labels of pod.<zone>
         self._namespaces = index.namespaces
         # The SOA's five numbers (serial, refresh, retry, expire, minimum) in wire form.
-        s = index.soa
+        s = self._soa = index.soa
         self._soa_rdata_tail = struct.pack(">IIIII", s.times[0], *s.times[1:])
         # Our OPT: root owner, type 41, our payload size as class, no extended rcode, version 0.
         self._opt = b"\x00\x00\x29" + max_udp.to_bytes(2, "big") + bytes(6)
@@ -108,9 +112,12 @@ class FastIndex:
         self._labels: dict[tuple[int, int], tuple[str, str]] = {}
         self._nx_labels: dict[int, tuple[str, str]] = {}  # NXDOMAIN's, by qtype (no key tuple)
         self._index_id = index.build_id
+        self._zone_name = index.zone
         self._nodes: dict[bytes, dict[int, Entry]] = {}
         self._cnames: dict[bytes, str] = {}  # wire -> name of the nodes with a CNAME
-        self._reverse: set[bytes] = set()  # names whose entries carry the SOA (reverse)
+        self._reverse: set[bytes] = set()  # reverse names (NODATA: the reverse zone's SOA)
+        # their NODATA by (name length, reverse zone): made on first use, with this serial
+        self._reverse_tails: dict[tuple[int, bytes], Entry] = {}
         self._rebuilt = 0  # owner names encoded for this index (tests pin the work)
         changed = index.changed_names
         if (
@@ -133,7 +140,7 @@ class FastIndex:
         self._rebuilt += 1
         if node.cname is not None:
             self._cnames[wire] = name
-        elif -1 in entries:
+        elif not names.in_zone(name, self._zone_name):
             self._reverse.add(wire)
 
     def _update(self, index: ZoneIndex, previous: FastIndex, changed: frozenset[str]) -> None:
@@ -151,16 +158,6 @@ class FastIndex:
             node = index.stored(name)
             if node is not None:
                 self._put(index, name, node)
-        # The reverse names' NODATA ends with the SOA's five numbers: a new serial.
-        tail = self._soa_rdata_tail
-        for wire in self._reverse:
-            entries = nodes[wire]
-            if wire not in previous._reverse or entries is not previous._nodes.get(wire):
-                continue  # encoded just now
-            rcode, an, ns, ar, body, extra, cut = entries[-1]
-            patched = dict(entries)
-            patched[-1] = (rcode, an, ns, ar, body[: -len(tail)] + tail, extra, cut)
-            nodes[wire] = patched
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -232,7 +229,12 @@ class FastIndex:
             if entry is TO_GENERAL:
                 return None
             if entry is None:  # a name with no data of this type: NODATA
-                entry = (0, 0, 1, 0, self._tail(qend - len(self._zone_wire)), b"", 0)
+                if lower in self._reverse:
+                    entry = self._reverse_tails.get((qend, lower[-14:]))
+                    if entry is None:
+                        entry = self._reverse_nodata(lower, qend)
+                else:
+                    entry = (0, 0, 1, 0, self._tail(qend - len(self._zone_wire)), b"", 0)
         else:
             zone_wire = self._zone_wire
             if not lower.endswith(zone_wire):
@@ -312,6 +314,15 @@ class FastIndex:
         parts = self._negative[key] = (head, self._tail(apex) + (self._opt if edns else b""))
         return parts
 
+    def _reverse_nodata(self, lower: bytes, qend: int) -> Entry:
+        """The NODATA of reverse name ``lower`` (wire form) asked in a question ending at
+        ``qend``, with this index's serial; kept by what its bytes depend on."""
+        labels = _wire_labels(lower)
+        entry = self._reverse_tails[(qend, lower[-14:])] = reverse_nodata(
+            labels, self._soa, self._ttl
+        )
+        return entry
+
     def _tail(self, apex: int) -> bytes:
         """The SOA record of a negative answer whose question holds the apex at ``apex``: owner,
         MNAME ``ns.dns.<apex>`` and RNAME ``hostmaster.<apex>`` all point there."""
@@ -348,6 +359,16 @@ class FastIndex:
             return (0, 0, 1, 0, self._tail(apex), b"", 0)
         record = b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, self._ttl, len(raw)) + raw
         return (0, 1, 0, 0, record, b"", len(record))
+
+
+def _wire_labels(wire: bytes) -> tuple[bytes, ...]:
+    """``\\x01a\\x02bc\\x00`` -> ``(b"a", b"bc")``."""
+    labels = []
+    i = 0
+    while wire[i]:
+        labels.append(wire[i + 1 : i + 1 + wire[i]])
+        i += wire[i] + 1
+    return tuple(labels)
 
 
 def _label_starts(data: bytes, qend: int) -> list[int] | None:
