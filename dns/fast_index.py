@@ -136,7 +136,7 @@ class FastIndex:
         # One encode and one split of the whole name, not one per label (40,000 names at start).
         labels = tuple(name.rstrip(".").encode("ascii").split(b"."))
         wire = b"".join([bytes((len(label),)) + label for label in labels]) + b"\x00"
-        entries = self._nodes[wire] = encode_node(index, name, labels, node)
+        self._nodes[wire] = encode_node(index, name, labels, node)
         self._rebuilt += 1
         if node.cname is not None:
             self._cnames[wire] = name
