@@ -31,6 +31,7 @@ import ipaddress
 import struct
 
 from mesh.dns import classify, names
+from mesh.dns.answer import MAX_CHAIN
 from mesh.dns.fast_encode import TO_GENERAL, Entry, encode_node, reverse_nodata, wire_name
 from mesh.dns.packet import qtype_label, rcode_label
 from mesh.dns.records import TYPE_A, TYPE_AAAA, TYPE_SOA, Node
@@ -60,6 +61,7 @@ class FastIndex:
     """Reply bytes for standard queries of cluster names, or None for the general path."""
 
     __slots__ = (
+        "_chains",
         "_cnames",
         "_index_id",
         "_labels",
@@ -115,6 +117,7 @@ class FastIndex:
         self._zone_name = index.zone
         self._nodes: dict[bytes, dict[int, Entry]] = {}
         self._cnames: dict[bytes, str] = {}  # wire -> name of the nodes with a CNAME
+        self._chains: dict[bytes, frozenset[str]] = {}  # their answers' names along the chain
         self._reverse: set[bytes] = set()  # reverse names (NODATA: the reverse zone's SOA)
         # their NODATA by (name length, reverse zone): made on first use, with this serial
         self._reverse_tails: dict[tuple[int, bytes], Entry] = {}
@@ -140,6 +143,15 @@ class FastIndex:
         self._rebuilt += 1
         if node.cname is not None:
             self._cnames[wire] = name
+            chain: set[str] = set()
+            target: str | None = node.cname
+            for _ in range(MAX_CHAIN + 1):  # as far as encode_node follows it
+                if target is None or target in chain:
+                    break
+                chain.add(target)
+                found = index.find(target)
+                target = found.cname if found is not None else None
+            self._chains[wire] = frozenset(chain)
         elif not names.in_zone(name, self._zone_name):
             self._reverse.add(wire)
 
@@ -147,13 +159,22 @@ class FastIndex:
         nodes = self._nodes
         nodes.update(previous._nodes)
         self._cnames.update(previous._cnames)
+        self._chains.update(previous._chains)
         self._reverse.update(previous._reverse)
         redo = set(changed)
-        redo.update(previous._cnames.values())
+        # A CNAME's answers follow the names along its chain: encoded again when one of them
+        # changed, else kept with the new serial in the SOA of their negative answers.
+        serial = self._soa_rdata_tail[:4]
+        for wire, name in previous._cnames.items():
+            if name in changed or not previous._chains[wire].isdisjoint(changed):
+                redo.add(name)
+            else:
+                nodes[wire] = {t: _new_serial(e, serial) for t, e in nodes[wire].items()}
         for name in redo:
             wire = wire_name(name)
             nodes.pop(wire, None)
             self._cnames.pop(wire, None)
+            self._chains.pop(wire, None)
             self._reverse.discard(wire)
             node = index.stored(name)
             if node is not None:
@@ -359,6 +380,15 @@ class FastIndex:
             return (0, 0, 1, 0, self._tail(apex), b"", 0)
         record = b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, self._ttl, len(raw)) + raw
         return (0, 1, 0, 0, record, b"", len(record))
+
+
+def _new_serial(entry: Entry, serial: bytes) -> Entry:
+    """``entry`` with ``serial`` in its SOA when it has one: a negative answer's authority
+    record, the last of its sections (its RDATA ends with the five numbers, serial first)."""
+    rcode, an, ns, ar, main, extra, alen = entry
+    if ns != 1:
+        return entry
+    return (rcode, an, ns, ar, main[:-20] + serial + main[-16:], extra, alen)
 
 
 def _wire_labels(wire: bytes) -> tuple[bytes, ...]:
