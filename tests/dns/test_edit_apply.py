@@ -15,7 +15,8 @@ import dns.rcode
 import pytest
 
 from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPod, DnsPort, DnsService
-from mesh.dns import fast_index, names, zone
+from mesh.dns import names, zone
+from mesh.dns.fast_encode import encode_node
 from mesh.dns.fast_index import FastIndex
 from mesh.dns.responder import Reply, Responder
 from mesh.dns.zone import ZoneIndex
@@ -158,7 +159,7 @@ def test_one_edit_among_a_thousand_encodes_that_service_only(
     fast = FastIndex(first)
     built: list[str] = []
     encoded: list[str] = []
-    part, encode = zone._service_part, fast_index.encode_node
+    part, encode = zone._service_part, encode_node
 
     def counting_part(svc: DnsService, zone_: str) -> object:
         built.append(svc.name)
@@ -169,7 +170,7 @@ def test_one_edit_among_a_thousand_encodes_that_service_only(
         return encode(index, name, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(zone, "_service_part", counting_part)
-    monkeypatch.setattr(fast_index, "encode_node", counting_encode)
+    monkeypatch.setattr("mesh.dns.fast_index.encode_node", counting_encode)
     changed = list(services)
     changed[500] = changed[500].model_copy(update={"cluster_ips": ("10.97.0.1",)})
     config = DnsConfig(version=2, services=tuple(changed))
