@@ -14,7 +14,6 @@ from collections.abc import Iterable
 
 from dnslib import RR, DNSBuffer, DNSLabel
 
-from mesh.dns import names
 from mesh.dns.answer import MAX_CHAIN, Answer, resolve
 from mesh.dns.records import (
     TYPE_A,
@@ -62,12 +61,9 @@ def encode_node(
                 qname = DNSLabel(name)
                 entry = _encode(qname, t, resolve(index, qname, name, t))
             out[t] = entry
-        if not names.in_zone(name, index.zone):
-            # A reverse name: its NODATA carries the reverse zone's SOA (in-addr.arpa. or
-            # ip6.arpa., the question's last two labels), as CoreDNS answers.
-            buf = _Buffer(labels)
-            buf.record(labels[-2:], TYPE_SOA, min(index.ttl, 300), index.soa)
-            out[-1] = (0, 0, 1, 0, bytes(buf.out), b"", 0)
+        # A reverse name's NODATA (the reverse zone's SOA, with this version's serial) is not
+        # stored here: the FastIndex makes it when asked (``reverse_nodata``), so a new
+        # version does not touch every reverse name.
         return out
     qname = DNSLabel(name)
     types = {TYPE_CNAME, OTHER_TYPE}
@@ -85,6 +81,15 @@ def encode_node(
         out[t] = _encode(qname, t, ans) if ans.chase is None else TO_GENERAL
     out[-1] = out.pop(OTHER_TYPE)
     return out
+
+
+def reverse_nodata(labels: tuple[bytes, ...], soa: RData, ttl: int) -> Entry:
+    """The NODATA of a reverse name: the reverse zone's SOA (in-addr.arpa. or ip6.arpa., the
+    question's last two labels) as CoreDNS answers. Its bytes depend on the name's length and
+    its last two labels only (the owner points into the question), and on the serial."""
+    buf = _Buffer(labels)
+    buf.record(labels[-2:], TYPE_SOA, min(ttl, 300), soa)
+    return (0, 0, 1, 0, bytes(buf.out), b"", 0)
 
 
 _NO_ENTRIES: dict[int, Entry] = {}  # shared, never written

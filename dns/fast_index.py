@@ -31,7 +31,8 @@ import ipaddress
 import struct
 
 from mesh.dns import classify, names
-from mesh.dns.fast_encode import TO_GENERAL, Entry, encode_node, wire_name
+from mesh.dns.answer import MAX_CHAIN
+from mesh.dns.fast_encode import TO_GENERAL, Entry, encode_node, reverse_nodata, wire_name
 from mesh.dns.packet import qtype_label, rcode_label
 from mesh.dns.records import TYPE_A, TYPE_AAAA, TYPE_SOA, Node
 from mesh.dns.responder import DEFAULT_MAX_UDP, Forward, Reply
@@ -60,6 +61,7 @@ class FastIndex:
     """Reply bytes for standard queries of cluster names, or None for the general path."""
 
     __slots__ = (
+        "_chains",
         "_cnames",
         "_index_id",
         "_labels",
@@ -73,10 +75,13 @@ class FastIndex:
         "_pod_wire",
         "_rebuilt",
         "_reverse",
+        "_reverse_tails",
+        "_soa",
         "_soa_rdata_tail",
         "_soa_ttl",
         "_tails",
         "_ttl",
+        "_zone_name",
         "_zone_wire",
     )
 
@@ -89,8 +94,9 @@ class FastIndex:
     ) -> None:
         """The index of ``index``; with ``previous`` (the FastIndex of the ZoneIndex that
         ``index`` was built from), only the owner names that changed are encoded again,
-        the CNAME names (their answers follow other names) and, with the new SOA serial
-        patched in, the reverse names' NODATA."""
+        and the CNAME names (their answers follow other names). No entry holds the SOA
+        serial but the CNAME names': the negative answers' SOA records are made per index,
+        when first asked."""
         self._max_udp = max_udp
         self._ttl = index.ttl
         self._soa_ttl = min(index.ttl, 300)
@@ -99,7 +105,7 @@ class FastIndex:
         self._pod_labels = index.zone.count(".") + 1  # labels of pod.<zone>
         self._namespaces = index.namespaces
         # The SOA's five numbers (serial, refresh, retry, expire, minimum) in wire form.
-        s = index.soa
+        s = self._soa = index.soa
         self._soa_rdata_tail = struct.pack(">IIIII", s.times[0], *s.times[1:])
         # Our OPT: root owner, type 41, our payload size as class, no extended rcode, version 0.
         self._opt = b"\x00\x00\x29" + max_udp.to_bytes(2, "big") + bytes(6)
@@ -108,9 +114,13 @@ class FastIndex:
         self._labels: dict[tuple[int, int], tuple[str, str]] = {}
         self._nx_labels: dict[int, tuple[str, str]] = {}  # NXDOMAIN's, by qtype (no key tuple)
         self._index_id = index.build_id
+        self._zone_name = index.zone
         self._nodes: dict[bytes, dict[int, Entry]] = {}
         self._cnames: dict[bytes, str] = {}  # wire -> name of the nodes with a CNAME
-        self._reverse: set[bytes] = set()  # names whose entries carry the SOA (reverse)
+        self._chains: dict[bytes, frozenset[str]] = {}  # their answers' names along the chain
+        self._reverse: set[bytes] = set()  # reverse names (NODATA: the reverse zone's SOA)
+        # their NODATA by (name length, reverse zone): made on first use, with this serial
+        self._reverse_tails: dict[tuple[int, bytes], Entry] = {}
         self._rebuilt = 0  # owner names encoded for this index (tests pin the work)
         changed = index.changed_names
         if (
@@ -129,38 +139,46 @@ class FastIndex:
         # One encode and one split of the whole name, not one per label (40,000 names at start).
         labels = tuple(name.rstrip(".").encode("ascii").split(b"."))
         wire = b"".join([bytes((len(label),)) + label for label in labels]) + b"\x00"
-        entries = self._nodes[wire] = encode_node(index, name, labels, node)
+        self._nodes[wire] = encode_node(index, name, labels, node)
         self._rebuilt += 1
         if node.cname is not None:
             self._cnames[wire] = name
-        elif -1 in entries:
+            chain: set[str] = set()
+            target: str | None = node.cname
+            for _ in range(MAX_CHAIN + 1):  # as far as encode_node follows it
+                if target is None or target in chain:
+                    break
+                chain.add(target)
+                found = index.find(target)
+                target = found.cname if found is not None else None
+            self._chains[wire] = frozenset(chain)
+        elif not names.in_zone(name, self._zone_name):
             self._reverse.add(wire)
 
     def _update(self, index: ZoneIndex, previous: FastIndex, changed: frozenset[str]) -> None:
         nodes = self._nodes
         nodes.update(previous._nodes)
         self._cnames.update(previous._cnames)
+        self._chains.update(previous._chains)
         self._reverse.update(previous._reverse)
         redo = set(changed)
-        redo.update(previous._cnames.values())
+        # A CNAME's answers follow the names along its chain: encoded again when one of them
+        # changed, else kept with the new serial in the SOA of their negative answers.
+        serial = self._soa_rdata_tail[:4]
+        for wire, name in previous._cnames.items():
+            if name in changed or not previous._chains[wire].isdisjoint(changed):
+                redo.add(name)
+            else:
+                nodes[wire] = {t: _new_serial(e, serial) for t, e in nodes[wire].items()}
         for name in redo:
             wire = wire_name(name)
             nodes.pop(wire, None)
             self._cnames.pop(wire, None)
+            self._chains.pop(wire, None)
             self._reverse.discard(wire)
             node = index.stored(name)
             if node is not None:
                 self._put(index, name, node)
-        # The reverse names' NODATA ends with the SOA's five numbers: a new serial.
-        tail = self._soa_rdata_tail
-        for wire in self._reverse:
-            entries = nodes[wire]
-            if wire not in previous._reverse or entries is not previous._nodes.get(wire):
-                continue  # encoded just now
-            rcode, an, ns, ar, body, extra, cut = entries[-1]
-            patched = dict(entries)
-            patched[-1] = (rcode, an, ns, ar, body[: -len(tail)] + tail, extra, cut)
-            nodes[wire] = patched
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -232,7 +250,12 @@ class FastIndex:
             if entry is TO_GENERAL:
                 return None
             if entry is None:  # a name with no data of this type: NODATA
-                entry = (0, 0, 1, 0, self._tail(qend - len(self._zone_wire)), b"", 0)
+                if lower in self._reverse:
+                    entry = self._reverse_tails.get((qend, lower[-14:]))
+                    if entry is None:
+                        entry = self._reverse_nodata(lower, qend)
+                else:
+                    entry = (0, 0, 1, 0, self._tail(qend - len(self._zone_wire)), b"", 0)
         else:
             zone_wire = self._zone_wire
             if not lower.endswith(zone_wire):
@@ -312,6 +335,15 @@ class FastIndex:
         parts = self._negative[key] = (head, self._tail(apex) + (self._opt if edns else b""))
         return parts
 
+    def _reverse_nodata(self, lower: bytes, qend: int) -> Entry:
+        """The NODATA of reverse name ``lower`` (wire form) asked in a question ending at
+        ``qend``, with this index's serial; kept by what its bytes depend on."""
+        labels = _wire_labels(lower)
+        entry = self._reverse_tails[(qend, lower[-14:])] = reverse_nodata(
+            labels, self._soa, self._ttl
+        )
+        return entry
+
     def _tail(self, apex: int) -> bytes:
         """The SOA record of a negative answer whose question holds the apex at ``apex``: owner,
         MNAME ``ns.dns.<apex>`` and RNAME ``hostmaster.<apex>`` all point there."""
@@ -348,6 +380,25 @@ class FastIndex:
             return (0, 0, 1, 0, self._tail(apex), b"", 0)
         record = b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, self._ttl, len(raw)) + raw
         return (0, 1, 0, 0, record, b"", len(record))
+
+
+def _new_serial(entry: Entry, serial: bytes) -> Entry:
+    """``entry`` with ``serial`` in its SOA when it has one: a negative answer's authority
+    record, the last of its sections (its RDATA ends with the five numbers, serial first)."""
+    rcode, an, ns, ar, main, extra, alen = entry
+    if ns != 1:
+        return entry
+    return (rcode, an, ns, ar, main[:-20] + serial + main[-16:], extra, alen)
+
+
+def _wire_labels(wire: bytes) -> tuple[bytes, ...]:
+    """``\\x01a\\x02bc\\x00`` -> ``(b"a", b"bc")``."""
+    labels = []
+    i = 0
+    while wire[i]:
+        labels.append(wire[i + 1 : i + 1 + wire[i]])
+        i += wire[i] + 1
+    return tuple(labels)
 
 
 def _label_starts(data: bytes, qend: int) -> list[int] | None:

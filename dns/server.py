@@ -165,14 +165,22 @@ class DnsServer:
             fast = FastIndex(index, max_udp=self._max_udp, previous=self._live.fast)
         except Exception as exc:
             raise ConfigRejected(f"dns config {config.version}: {exc}") from exc
-        if index.zone != self._live.responder.zone:
+        live = self._live
+        if index.zone != live.responder.zone:
             self._answers.clear()  # names that were forwarded may now be the cluster's
+        pods = live.pods
+        if self._autopath and (
+            live.config is None or live.config.pod_namespaces is not config.pod_namespaces
+        ):
+            pods = autopath.pod_namespaces(config)  # only when they changed: 30,000 pods
+        # The caches start empty: a cached reply may hold the old SOA serial, and a name
+        # asked is answered again from the FastIndex at the cost of one miss.
         self._live = _Live(
             config,
             Responder(index, max_udp=self._max_udp),
             WireCache(self._wire_cache_size),
             fast,
-            autopath.pod_namespaces(config) if self._autopath else {},
+            pods,
             WireCache(self._wire_cache_size),
         )
         self.metrics.config_version = config.version

@@ -22,6 +22,8 @@ PTR names there, not the reverse zones, so any other reverse name is forwarded.
 from __future__ import annotations
 
 import itertools
+import operator
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -51,10 +53,15 @@ class ZoneIndex:
     __slots__ = (
         "_namespaces",
         "_nodes",
+        "_ns_counts",
         "_owners",
         "_parts",
+        "_pod_namespaces",
+        "_pod_source",
         "_pod_suffix",
         "_pods",
+        "_services",
+        "_unique",
         "base_id",
         "build_id",
         "changed_names",
@@ -91,6 +98,13 @@ class ZoneIndex:
         self._owners: Mapping[str, tuple[_Key, ...]] = owners or {}
         self._pods = pods
         self.parts_built = 0  # Services whose records were computed for it (tests pin it)
+        # What the next build starts from: the Services in config order, whether each
+        # (namespace, name) is there once, Services by namespace, the pods' namespaces.
+        self._services: tuple[DnsService, ...] = ()
+        self._unique = False
+        self._ns_counts: dict[str, int] = {}
+        self._pod_source: object = None
+        self._pod_namespaces: frozenset[str] = frozenset()
         # For indexes derived from this one (the wire-form FastIndex): which build this is,
         # the build it was made from, and the owner names that differ from that one's
         # (None: a full build, anything may differ).
@@ -146,6 +160,7 @@ class ZoneIndex:
 # known without asking dnslib (a canonical IPv4 address, a PTR target), else None.
 _Op = tuple[Any, ...]
 _Key = tuple[str, str, int]  # (namespace, name, n-th Service of that name in the config)
+_Window = tuple[tuple[DnsService, ...], tuple[DnsService, ...]]  # (gone, came)
 
 
 class _Part:
@@ -258,17 +273,61 @@ class _Builder:
         self.zone = names.absolute(config.zone)
         self.previous = previous
         self.parts_built = 0  # Services whose records were computed (tests pin the work)
+        self.unique = False  # each (namespace, name) once: the next build may use a window
+        self.ns_counts: dict[str, int] = {}
+        self.pod_namespaces: frozenset[str] = frozenset()
 
-    def namespaces(self) -> frozenset[str]:
-        config = self.config
-        namespaces = set(config.namespaces)
-        namespaces.update(s.namespace for s in config.services)
-        namespaces.update(p.namespace for p in config.pods)
-        return frozenset(namespaces)
+    def namespaces(self, window: _Window | None) -> frozenset[str]:
+        """Every namespace of the config; the Services' from the previous index's counts
+        and the window's changes when there is one (no walk over every Service)."""
+        config, prev = self.config, self.previous
+        if window is not None and prev is not None:
+            counts = self.ns_counts = dict(prev._ns_counts)
+            for svc in window[0]:
+                left = counts[svc.namespace] - 1
+                if left:
+                    counts[svc.namespace] = left
+                else:
+                    del counts[svc.namespace]
+            for svc in window[1]:
+                counts[svc.namespace] = counts.get(svc.namespace, 0) + 1
+        else:
+            self.ns_counts = dict(Counter(s.namespace for s in config.services))
+        if prev is not None and prev._pod_source is config.pods:
+            self.pod_namespaces = prev._pod_namespaces
+        else:
+            self.pod_namespaces = frozenset(p.namespace for p in config.pods)
+        return frozenset(config.namespaces).union(self.ns_counts, self.pod_namespaces)
+
+    def window(self) -> _Window | None:
+        """The Services gone and come between the previous config and this one: what lies
+        between their common head and tail (the same objects, as a delta or the in-process
+        plane keeps unchanged records; an identity test each, in C). None when a Service is
+        defined twice, in either config (its key depends on the others: the walk decides)."""
+        prev = self.previous
+        if prev is None or not prev._unique:
+            return None
+        old, new = prev._services, self.config.services
+        short = min(len(old), len(new))
+        head = next(itertools.compress(itertools.count(), map(operator.is_not, old, new)), short)
+        rest = short - head
+        behind = map(operator.is_not, itertools.islice(reversed(old), rest), reversed(new))
+        tail = next(itertools.compress(itertools.count(), behind), rest)
+        gone = old[head : len(old) - tail]
+        came = new[head : len(new) - tail]
+        keys = {(s.namespace, s.name, 0) for s in came}
+        if len(keys) != len(came):
+            return None
+        parts = prev._parts
+        gone_keys = {(s.namespace, s.name, 0) for s in gone}
+        if any(key in parts and key not in gone_keys for key in keys):
+            return None  # a new Service of the name of one outside the window
+        return gone, came
 
     def build(self) -> ZoneIndex:
         config, zone, prev = self.config, self.zone, self.previous
-        namespaces = self.namespaces()
+        window = self.window()
+        namespaces = self.namespaces(window)
         pods = config.pods if config.pod_mode == "verified" else ()
         if (
             prev is None
@@ -277,6 +336,8 @@ class _Builder:
             or not (prev._pods is pods or prev._pods == pods)
         ):
             return self.full(namespaces, pods)
+        if window is not None:
+            return self.windowed(prev, window, namespaces, pods)
         nodes = dict(prev._nodes)
         owners = dict(prev._owners)
         parts: dict[_Key, _Part] = {}
@@ -303,14 +364,69 @@ class _Builder:
                 touched.add(name)
         for key in old_parts.keys() - parts.keys():
             self.unlink(key, old_parts[key], owners, touched)
+        self.unique = all(key[2] == 0 for key in order)
+        return self.finish(prev, nodes, owners, parts, touched, order, namespaces, pods)
+
+    def windowed(
+        self, prev: ZoneIndex, window: _Window, namespaces: frozenset[str], pods: object
+    ) -> ZoneIndex:
+        """``build`` from the previous index and the Services of the window only."""
+        zone = self.zone
+        gone, came = window
+        old_parts = prev._parts
+        parts = dict(old_parts)
+        owners = dict(prev._owners)
+        nodes = dict(prev._nodes)
+        touched: set[str] = set()
+        came_keys = {(s.namespace, s.name, 0): s for s in came}
+        for svc in gone:
+            key = (svc.namespace, svc.name, 0)
+            if key not in came_keys:
+                self.unlink(key, old_parts[key], owners, touched)
+                del parts[key]
+        for key, svc in came_keys.items():
+            old = old_parts.get(key)
+            if old is not None and (old.service is svc or old.service == svc):
+                # the same records, maybe at another place in the config: the names it
+                # shares with other Services are ordered again
+                touched.update(n for n in old.names if len(owners.get(n, ())) > 1)
+                continue
+            part = parts[key] = _service_part(svc, zone)
+            self.parts_built += 1
+            if old is not None:
+                self.unlink(key, old, owners, touched)
+            for name in part.names:
+                owners[name] = (*owners.get(name, ()), key)
+                touched.add(name)
+        self.unique = True
+        return self.finish(prev, nodes, owners, parts, touched, None, namespaces, pods)
+
+    def finish(
+        self,
+        prev: ZoneIndex,
+        nodes: dict[str, Node],
+        owners: dict[str, tuple[_Key, ...]],
+        parts: dict[_Key, _Part],
+        touched: set[str],
+        order: dict[_Key, int] | None,
+        namespaces: frozenset[str],
+        pods: object,
+    ) -> ZoneIndex:
+        """The touched owner names' nodes made again from their Services, in config order."""
+        zone = self.zone
         for name in touched:
             keys = owners.get(name)
             if not keys:
                 nodes.pop(name, None)
                 continue
-            ordered = sorted(keys, key=order.__getitem__) if len(keys) > 1 else keys
-            owners[name] = tuple(ordered)
-            nodes[name] = _node(name, (parts[k] for k in ordered))
+            if len(keys) > 1:
+                if order is None:  # only names shared by several Services need it (rare)
+                    order = {
+                        (s.namespace, s.name, 0): i for i, s in enumerate(self.config.services)
+                    }
+                keys = tuple(sorted(keys, key=order.__getitem__))
+            owners[name] = keys
+            nodes[name] = _node(name, (parts[k] for k in keys))
         nodes[zone] = self.apex()
         touched.add(zone)
         index = self.index(nodes, namespaces, parts, owners, pods)
@@ -388,6 +504,7 @@ class _Builder:
                     break
                 nodes[parent] = _EMPTY_NODE
         frozen = {name: tuple(keys) for name, keys in owners.items()}
+        self.unique = all(key[2] == 0 for key in parts)
         return self.index(nodes, namespaces, parts, frozen, pods)
 
     def index(
@@ -411,6 +528,11 @@ class _Builder:
             pods=pods,
         )
         index.parts_built = self.parts_built
+        index._services = config.services
+        index._unique = self.unique
+        index._ns_counts = self.ns_counts
+        index._pod_source = config.pods
+        index._pod_namespaces = self.pod_namespaces
         return index
 
 
