@@ -16,6 +16,7 @@ into a DownstreamError (server role) or an UpstreamError (client role).
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Final
 
 # reason -> the status of the response the engine sends for it
@@ -85,7 +86,9 @@ class RouteError(HttpError):
     blame = "route"
 
 
-_PHRASES: Final[dict[int, bytes]] = {
+# Every registered status's phrase (a redirect says "Permanent Redirect", not "OK"), with
+# RFC 9110's newer names where Python's table still has the old ones.
+_PHRASES: Final[dict[int, bytes]] = {s.value: s.phrase.encode() for s in HTTPStatus} | {
     400: b"Bad Request",
     403: b"Forbidden",
     404: b"Not Found",

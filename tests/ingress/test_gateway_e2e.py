@@ -332,3 +332,31 @@ async def test_websocket_over_tls_by_sni(
     with trio.fail_after(6):
         got = await trio.to_thread.run_sync(talk, abandon_on_cancel=True)
     assert got == ["hello", "x" * 100_000]
+
+
+async def test_redirects_carry_their_own_reason_phrase(nursery: trio.Nursery) -> None:
+    with echo_servers("web") as up:
+        config = served(
+            backend("web", up["web"]),
+            ingress(
+                "moved",
+                "old.example.com",
+                path("/", "web"),
+                annotations={"permanent-redirect": "https://new.example.com/"},
+            ),
+            ingress(
+                "later",
+                "tmp.example.com",
+                path("/", "web"),
+                annotations={
+                    "temporal-redirect": "https://new.example.com/",
+                    "temporal-redirect-code": "307",
+                },
+            ),
+        )
+        gw = await start_gateway(nursery, config)
+        base = f"http://127.0.0.1:{gw.port}/"
+        _, out = await curl("-i", "-H", "Host: old.example.com", base)
+        assert out.startswith("HTTP/1.1 301 Moved Permanently\r\n")
+        _, out = await curl("-i", "-H", "Host: tmp.example.com", base)
+        assert out.startswith("HTTP/1.1 307 Temporary Redirect\r\n")
