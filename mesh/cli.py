@@ -110,7 +110,8 @@ class _Commands(click.Group):
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mesh")
 def main() -> None:
-    """A service mesh and networking data plane: cluster DNS, node proxy and their control plane."""
+    """A service mesh and networking data plane: cluster DNS, node proxy, ingress gateway and
+    their control plane."""
 
 
 # --- serving commands ----------------------------------------------------------------------
