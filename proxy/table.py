@@ -278,18 +278,7 @@ class ServiceTable:
             prior = old.get(key)
             reuse = same_node and prior is not None and _same(prior.service, svc)
             index.claim(_place(svc, config.node_name, prior, reuse))
-        return cls(
-            config.version,
-            config.node_name,
-            config.services,
-            index.placed,
-            index.vips,
-            index.node_ports,
-            index.vip_rivals,
-            index.node_port_rivals,
-            frozenset(index.repeats),
-            unique,
-        )
+        return index.table(config, unique)
 
     def _next(self, config: ProxyConfig) -> ServiceTable | None:
         """The table for ``config`` from this one, visiting only the records that are not
@@ -332,18 +321,7 @@ class ServiceTable:
             index.claim(placed)
             vip_keys.update(placed.vips)
             node_port_keys.update(placed.node_ports)
-        table = ServiceTable(
-            config.version,
-            config.node_name,
-            config.services,
-            index.placed,
-            index.vips,
-            index.node_ports,
-            index.vip_rivals,
-            index.node_port_rivals,
-            frozenset(index.repeats),
-            True,
-        )
+        table = index.table(config, True)
         table.changed_vips = frozenset(vip_keys)
         table.changed_node_ports = frozenset(node_port_keys)
         return table
@@ -437,6 +415,20 @@ class _Index:
     vip_rivals: dict[VipKey, list[ServiceKey]]
     node_port_rivals: dict[NodePortKey, list[ServiceKey]]
     repeats: set[ServiceKey]
+
+    def table(self, config: ProxyConfig, unique: bool) -> ServiceTable:
+        return ServiceTable(
+            config.version,
+            config.node_name,
+            config.services,
+            self.placed,
+            self.vips,
+            self.node_ports,
+            self.vip_rivals,
+            self.node_port_rivals,
+            frozenset(self.repeats),
+            unique,
+        )
 
     def claim(self, placed: _Placed) -> None:
         key = placed.service.key

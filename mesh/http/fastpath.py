@@ -144,21 +144,8 @@ async def simple_exchange(
         pass  # the endpoint is no longer in flight when the request goes again
     finally:
         balancer.finished(endpoint)
-    return await _dead(server, down, dreader, req, fwd, head, deadline, retry)
-
-
-async def _dead(
-    server: HttpServer,
-    down: socket.socket,
-    dreader: Reader,
-    req: Request,
-    fwd: Forward,
-    head: bytes,
-    deadline: float,
-    retry: bool,
-) -> bool:
-    """The pooled connection was dead before any response byte (rare): mesh.http.forward
-    decides whether the request goes once more (imported here: forward imports this)."""
+    # The pooled connection was dead before any response byte (rare): forward decides whether
+    # the request goes once more (imported here: forward imports this module).
     from mesh.http.forward import after_dead
 
     return await after_dead(server, down, dreader, req, fwd, head, deadline, retry)
