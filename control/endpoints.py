@@ -97,7 +97,7 @@ def plan_services(snap: Snapshot, keys: Iterable[ServiceKey]) -> Plan:
         have = {(o.namespace, o.name): o for o in snap.by_index("service-slices", key) if _owned(o)}
         for skey, es in sorted(want.items()):
             prior = have.get(skey) or snap.get("EndpointSlice", *skey)
-            if prior is None or prior.with_resource_version("") != es:
+            if prior is None or prior.with_resource_version("", 0) != es:
                 out.apply.append(es)
         out.delete.extend(sorted(skey for skey in have if skey not in want))
     return out

@@ -227,6 +227,23 @@ def _same(a: KubeObject, b: KubeObject) -> bool:
     return a.with_resource_version("") == b.with_resource_version("")
 
 
+def _update(old: KubeObject, new: KubeObject) -> tuple[KubeObject, int]:
+    """An update as the API server makes it: ``new`` keeps the stored status when it does
+    not set one (the status is a subresource: a manifest edit leaves the status the
+    controllers wrote, with its condition times), and the generation grows by one when the
+    spec changed (not on a metadata- or status-only change). A writer that sets a generation
+    other than the stored one (a copy of a real cluster's object) keeps its own."""
+    status = getattr(old, "status", None)
+    if status is not None and "status" not in new.model_fields_set:
+        new = new.model_copy(update={"status": status})
+    generation = new.metadata.generation
+    if generation in (0, old.metadata.generation):
+        generation = old.metadata.generation
+        if getattr(new, "spec", None) != getattr(old, "spec", None):
+            generation += 1
+    return new, generation
+
+
 _UID_MIX, _UID_LOW = 0x9E3779B97F4A7C15, (1 << 62) - 1
 
 
@@ -276,10 +293,15 @@ class Store:
         old = objs.get((ns, name))
         if self.admit is not None:
             obj = self.admit(obj, old)
-        if old is not None and _same(old, obj):
-            return old
+        if old is None:
+            # metadata.generation: 1 on create (one read from a real cluster keeps its own).
+            generation = obj.metadata.generation or 1
+        else:
+            obj, generation = _update(old, obj)
+            if _same(old, obj.with_resource_version("", generation)):
+                return old
         share_fields_sets(obj)
-        stored = obj.with_resource_version(str(self._revision + 1))
+        stored = obj.with_resource_version(str(self._revision + 1), generation)
         objs[(ns, name)] = stored
         self._index.update(old, stored)
         self._record("ADDED" if old is None else "MODIFIED", stored, old)

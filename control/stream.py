@@ -89,7 +89,26 @@ def api_object(plane: ControlPlane, obj: KubeObject) -> dict[str, Any]:
         uid = plane.store.uid(obj.key)
         if uid is not None:
             data["metadata"]["uid"] = uid
+    _reference_uids(plane, obj, data)
     return data
+
+
+def _reference_uids(plane: ControlPlane, obj: KubeObject, data: dict[str, Any]) -> None:
+    """The uids of the objects ``data`` refers to (its owners, an EndpointSlice's target
+    Pods), filled as the object's own is, at serve time: the same text their own
+    ``metadata.uid`` shows. A reference to an object not in the store stays empty."""
+    uid = plane.store.uid
+    ns = obj.metadata.namespace
+    for ref in data["metadata"].get("ownerReferences") or ():
+        if not ref.get("uid") and ref.get("kind"):
+            ref["uid"] = uid((ref["kind"], ns, ref.get("name", ""))) or ""
+    if obj.KIND != "EndpointSlice":
+        return
+    for ep in data.get("endpoints") or ():
+        target = ep.get("targetRef")
+        if target and not target.get("uid") and target.get("kind"):
+            key = (target["kind"], target.get("namespace") or ns, target.get("name", ""))
+            target["uid"] = uid(key) or ""
 
 
 def object_list(plane: ControlPlane, kind: str, namespace: str | None) -> dict[str, Any]:

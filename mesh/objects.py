@@ -253,13 +253,17 @@ class KubeObject(Model):
         """(kind, namespace, name): the identity of an object in the store."""
         return (self.KIND, self.metadata.namespace, self.metadata.name)
 
-    def with_resource_version(self, version: str) -> KubeObject:
-        """This object with ``metadata.resourceVersion`` set (the store's stamp on a write).
-        A shallow copy of the two models, as ``model_copy`` makes, without its generic
-        deep machinery: every store write makes one."""
-        if self.metadata.resource_version == version:
+    def with_resource_version(self, version: str, generation: int | None = None) -> KubeObject:
+        """This object with ``metadata.resourceVersion`` (and ``generation``, unless None)
+        set (the store's stamp on a write). A shallow copy of the two models, as
+        ``model_copy`` makes, without its generic deep machinery: every store write makes one."""
+        meta = self.metadata
+        if generation is not None and meta.generation != generation:
+            meta = _replaced(meta, "generation", generation)
+        elif meta.resource_version == version:
             return self
-        meta = _replaced(self.metadata, "resource_version", version)
+        if meta.resource_version != version:
+            meta = _replaced(meta, "resource_version", version)
         return _replaced(self, "metadata", meta)
 
 

@@ -89,7 +89,7 @@ def test_requested_ip_honoured_checked_and_exclusive() -> None:
 def test_external_name_is_left_alone() -> None:
     store = store_with(ServiceAllocator())
     s = svc("x", type="ExternalName", externalName="example.org", ports=[])
-    assert store.apply(s) == s.with_resource_version("1")
+    assert store.apply(s) == s.with_resource_version("1", generation=1)
 
 
 def test_headless_gets_no_ip_but_families() -> None:
