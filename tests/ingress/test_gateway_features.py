@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trio
@@ -198,11 +200,8 @@ async def test_request_mirror_sends_a_copy_and_never_delays_the_request(
     assert shadow.bodies == [0, 3] and gw.mirrors.skipped == 0
 
 
-async def test_a_retried_status_is_replaced_by_the_next_try(nursery: trio.Nursery) -> None:
-    """Retry codes (503): the backend's first two answers are 503, the third 200; with two
-    retries the client sees only the 200; with one, the second 503 goes to the client."""
-    answers: list[int] = []
-    plan: list[int] = []
+async def _serve_answers(nursery: trio.Nursery, respond: Callable[[], bytes]) -> list[Any]:
+    """A backend on loopback that sends ``respond()`` for each whole request it reads."""
 
     async def handle(conn: trio.SocketStream) -> None:
         reader = Reader("server")
@@ -215,17 +214,30 @@ async def test_a_retried_status_is_replaced_by_the_next_try(nursery: trio.Nurser
                         return
                     reader.feed(data)
                 elif type(ev) is EndOfMessage:
-                    status = plan.pop(0) if plan else 200
-                    answers.append(status)
-                    body = b"try %d\n" % len(answers)
-                    await conn.send_all(
-                        b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
-                    )
+                    await conn.send_all(respond())
                     reader.next_message()
                 elif ev is CLOSED:
                     return
 
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    listeners: list[Any] = await nursery.start(
+        functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1")
+    )
+    return listeners
+
+
+async def test_a_retried_status_is_replaced_by_the_next_try(nursery: trio.Nursery) -> None:
+    """Retry codes (503): the backend's first two answers are 503, the third 200; with two
+    retries the client sees only the 200; with one, the second 503 goes to the client."""
+    answers: list[int] = []
+    plan: list[int] = []
+
+    def respond() -> bytes:
+        status = plan.pop(0) if plan else 200
+        answers.append(status)
+        body = b"try %d\n" % len(answers)
+        return b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body)
+
+    listeners = await _serve_answers(nursery, respond)
     ep = listeners[0].socket.getsockname()
     retry = Retry(attempts=2, codes=(503,))
     gw = await start_gateway(nursery, one_route([ep], retry=retry))
@@ -251,28 +263,15 @@ async def test_a_retried_status_after_early_hints_is_still_retried(nursery: trio
     seen as the final status and retried (and counted as what the client finally got)."""
     answers: list[int] = []
 
-    async def handle(conn: trio.SocketStream) -> None:
-        reader = Reader("server")
-        async with conn:
-            while True:
-                ev = reader.next_event()
-                if ev is NEED_DATA:
-                    data = await conn.receive_some(65536)
-                    if not data:
-                        return
-                    reader.feed(data)
-                elif type(ev) is EndOfMessage:
-                    status = 503 if not answers else 200
-                    answers.append(status)
-                    await conn.send_all(
-                        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
-                        b"HTTP/1.1 %d X\r\nContent-Length: 3\r\n\r\n%d" % (status, status)
-                    )
-                    reader.next_message()
-                elif ev is CLOSED:
-                    return
+    def respond() -> bytes:
+        status = 503 if not answers else 200
+        answers.append(status)
+        return (
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 %d X\r\nContent-Length: 3\r\n\r\n%d" % (status, status)
+        )
 
-    listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    listeners = await _serve_answers(nursery, respond)
     ep = listeners[0].socket.getsockname()
     gw = await start_gateway(nursery, one_route([ep], retry=Retry(attempts=1, codes=(503,))))
     reply, _ = await exchange(("127.0.0.1", gw.port), GET)
