@@ -140,8 +140,7 @@ def check_annotations(annotations: Mapping[str, str]) -> None:
         total = sum(_utf8_len(k) + _utf8_len(v) for k, v in annotations.items())
         if total > ANNOTATIONS_MAX:
             raise ValueError(
-                f"must have at most {ANNOTATIONS_MAX} bytes in all keys and values, "
-                f"not {total}"
+                f"must have at most {ANNOTATIONS_MAX} bytes in all keys and values, not {total}"
             )
 
 
@@ -156,7 +155,10 @@ def requirement_error(key: str, operator: str, values: Sequence[str]) -> tuple[s
         if values:
             return "values", "may not be specified when `operator` is 'Exists' or 'DoesNotExist'"
     else:
-        return "operator", f"{_quote(operator)}: not a valid selector operator (one of {', '.join(OPERATORS)})"
+        return (
+            "operator",
+            f"{_quote(operator)}: not a valid selector operator (one of {', '.join(OPERATORS)})",
+        )
     if (error := label_key_error(key)) is not None:
         return "key", f"{_quote(key)}: {error}"
     for i, value in enumerate(values):

@@ -664,9 +664,15 @@ class IngressServiceBackend(Model):
     port: ServiceBackendPort
 
 
+class TypedLocalObjectReference(Model):
+    api_group: str | None = None
+    kind: str
+    name: str
+
+
 class IngressBackend(Model):
     service: IngressServiceBackend | None = None
-    resource: ObjectReference | None = None
+    resource: TypedLocalObjectReference | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> IngressBackend:

@@ -108,7 +108,12 @@ def from_label_selector(
 ) -> Selector:
     """A ``metav1.LabelSelector`` (already validated) as a :class:`Selector`: matchLabels
     and matchExpressions all must hold; an empty selector matches everything."""
-    ops: dict[str, Op] = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!exists"}
+    ops: dict[str, Op] = {
+        "In": "in",
+        "NotIn": "notin",
+        "Exists": "exists",
+        "DoesNotExist": "!exists",
+    }
     reqs = [Requirement(k, "=", frozenset({v})) for k, v in match_labels.items()]
     reqs += [Requirement(k, ops[op], frozenset(values)) for k, op, values in match_expressions]
     return Selector(tuple(reqs))
