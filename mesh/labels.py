@@ -125,6 +125,8 @@ def check_labels(labels: Mapping[str, str]) -> None:
 
 def check_annotations(annotations: Mapping[str, str]) -> None:
     """Raise ValueError for an invalid annotation key or annotations over 256 KiB in all."""
+    if not annotations:
+        return
     good = _GOOD_ANNOTATION_KEYS
     total = 0
     for key, value in annotations.items():
