@@ -87,6 +87,20 @@ def _annotations(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+# Namespace names seen valid: thousands of objects share a few namespaces.
+_GOOD_NAMESPACES: set[str] = {"", "default"}
+
+
+def _namespace_name(value: str) -> str:
+    """metadata.namespace: a DNS-1123 label, as the API server requires ("" = defaulted)."""
+    if value not in _GOOD_NAMESPACES:
+        _label(value)
+        if len(_GOOD_NAMESPACES) < 65_536:
+            _GOOD_NAMESPACES.add(value)
+    return value
+
+
+NamespaceName = Annotated[str, AfterValidator(_namespace_name)]
 # A label map (metadata.labels, a selector's matchLabels) and an annotation map, checked as
 # the API server does (mesh/labels.py); the error starts with the bad key or value quoted.
 Labels = Annotated[dict[str, str], AfterValidator(_labels)]
@@ -217,7 +231,7 @@ class OwnerReference(Model):
 
 class ObjectMeta(Model):
     name: Subdomain
-    namespace: str = ""
+    namespace: NamespaceName = ""
     labels: Labels = Field(default_factory=dict)
     annotations: Annotations = Field(default_factory=dict)
     resource_version: str = ""

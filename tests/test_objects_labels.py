@@ -4,6 +4,7 @@ ValidateLabelSelectorRequirement)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -206,8 +207,6 @@ def test_kubectl_selector_at_the_limits_parses() -> None:
 
 
 def _manifest(**metadata: Any) -> str:
-    import json
-
     docs = [
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ok"}, "spec": {"ports": [{"port": 80}]}},
         {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "bad", **metadata}, "spec": {"ports": [{"port": 80}], "selector": {"app": "web"}}},
@@ -271,3 +270,14 @@ spec:
 def test_namespace_labels_are_checked_at_construction() -> None:
     with pytest.raises(ValidationError, match=r"metadata\.labels"):
         Namespace.model_validate({"metadata": {"name": "a", "labels": {"-x": "1"}}})
+
+
+@pytest.mark.parametrize(
+    ("namespace", "ok"),
+    [("default", True), ("kube-system", True), ("a" * 63, True), ("a" * 64, False), ("Team_A", False), ("a.b", False), ("-a", False)],
+)  # fmt: skip
+def test_namespace_names_are_dns_labels(namespace: str, ok: bool) -> None:
+    doc = {"metadata": {"name": "web", "namespace": namespace}, "spec": {"ports": [{"port": 80}]}}
+    result = load_text(json.dumps({"apiVersion": "v1", "kind": "Service", **doc}), "s.json")
+    assert [o.namespace for o in result.objects] == ([namespace] if ok else [])
+    assert [e.field for e in result.errors] == ([] if ok else ["metadata.namespace"])
