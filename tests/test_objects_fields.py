@@ -4,15 +4,21 @@ validation), and the generated field tables behind the check."""
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, get_args
 
 import pytest
+import trio
 from pydantic import BaseModel
 
 from mesh import kube_fields, kube_fields_data, kube_fields_gen
+from mesh.control.source_dir import DirSource
+from mesh.control.store import Store
 from mesh.kube_fields import parse, unknown_fields
 from mesh.manifests import load_text, parse_object
-from mesh.objects import KINDS, KubeObject
+from mesh.objects import KINDS, KubeObject, Service
 
 
 def test_checked_in_table_matches_the_installed_client() -> None:
@@ -218,3 +224,52 @@ def test_objects_from_an_api_server_are_not_checked_for_unknown_fields() -> None
     assert isinstance(parse_object(doc, "kube", strict_fields=False), KubeObject)
     refused = parse_object(doc, "file.yaml")
     assert not isinstance(refused, KubeObject) and refused is not None
+
+
+async def test_a_typo_in_an_edited_file_keeps_the_last_good_version(tmp_path: Path) -> None:
+    """Through the manifest directory that ``mesh up -f`` and ``mesh control -f`` read: the
+    typo is reported naming file, object and field; the object keeps serving as it was; the
+    file's other objects take their edits; fixing the typo heals it."""
+    good = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n"
+    other = (
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: other}\nspec: {ports: [{port: %d}]}\n"
+    )
+    store = Store()
+    source = DirSource(tmp_path, store)
+    path = tmp_path / "app.yaml"
+
+    def selector() -> dict[str, str] | None:
+        obj = store.get("Service", "default", "web")
+        return obj.spec.selector if isinstance(obj, Service) else None
+
+    def other_port() -> int | None:
+        obj = store.get("Service", "default", "other")
+        return obj.spec.ports[0].port if isinstance(obj, Service) else None
+
+    def write(text: str) -> None:
+        # Whole, as editors and kubectl-style tools write (a rename), never half a file.
+        tmp = tmp_path / ".app.yaml.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    async def until(check: Callable[[], bool]) -> None:
+        for _ in range(200):
+            if check():
+                return
+            await trio.sleep(0.01)
+        raise AssertionError("condition not met within 2 s")
+
+    async with trio.open_nursery() as nursery:
+        path.write_text(good + other % 80)
+        await nursery.start(source.run)
+        assert selector() == {"app": "web"} and source.errors == []
+        write(good.replace("selector: {app: web}", "selecter: {app: api}") + other % 81)
+        await until(lambda: other_port() == 81)
+        assert selector() == {"app": "web"}  # not a Service without its selector
+        assert [str(e) for e in source.errors] == [
+            f'{path}: Service/default/web: spec.selecter: unknown field "selecter" (did you mean "selector"?)'
+        ]
+        write(good.replace("app: web", "app: api") + other % 81)
+        await until(lambda: selector() == {"app": "api"})
+        assert source.errors == []
+        nursery.cancel_scope.cancel()
