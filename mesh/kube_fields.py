@@ -16,6 +16,7 @@ dict lookup per key; label maps, annotations and free-form fields are not walked
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from typing import Any
 
 from mesh import kube_fields_data
@@ -142,15 +143,17 @@ def describe(doc: dict[str, Any], kind: str, paths: list[str]) -> str:
     the caller as the field): a close known name when there is one, and how many more."""
     first = paths[0]
     name = first.rsplit(".", 1)[-1]
-    known = _known_beside(doc, kind, first)
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
-    msg = f'unknown field "{name}"'
-    if close:
-        msg += f' (did you mean "{close[0]}"?)'
+    msg = unknown_field(name, _known_beside(doc, kind, first))
     if len(paths) > 1:
         more = ", ".join(paths[1:4]) + (", ..." if len(paths) > 4 else "")
         msg += f"; also unknown: {more}"
     return msg
+
+
+def unknown_field(name: str, known: Iterable[str]) -> str:
+    """``unknown field "selecter" (did you mean "selector"?)``: the hint when one is close."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f'unknown field "{name}"' + (f' (did you mean "{close[0]}"?)' if close else "")
 
 
 def _known_beside(doc: dict[str, Any], kind: str, path: str) -> frozenset[str]:

@@ -20,7 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from mesh.kube_fields import describe as describe_unknown
-from mesh.kube_fields import unknown_fields
+from mesh.kube_fields import unknown_field, unknown_fields
 from mesh.objects import KINDS, KubeObject
 from mesh.yaml_plain import Decline, plain_documents
 
@@ -308,10 +308,17 @@ def _documents(text: str, source: str) -> Iterator[Any]:
         raise ValueError(f"invalid YAML{where}: {problem}") from None
 
 
+_LIST_FIELDS = frozenset({"apiVersion", "kind", "metadata", "items"})
+
+
 def _flatten(doc: Any) -> Iterator[Any]:
     """Expand ``kind: List`` and typed lists (``ServiceList``); items of a typed list may
     leave out their kind, as the API's list responses do."""
     kind = doc.get("kind") if isinstance(doc, dict) else None
+    if isinstance(kind, str) and (kind == "List" or kind[: -len("List")] in KINDS):
+        # A list's own typo ("itmes") would drop its items unseen: named, as in an object.
+        for name in [k for k in doc if k not in _LIST_FIELDS]:
+            yield ManifestError("", kind, str(name), unknown_field(str(name), _LIST_FIELDS))
     if isinstance(kind, str) and kind.endswith("List") and "items" in doc:
         items = doc.get("items") or []
         if not isinstance(items, list):

@@ -273,3 +273,22 @@ async def test_a_typo_in_an_edited_file_keeps_the_last_good_version(tmp_path: Pa
         await until(lambda: selector() == {"app": "api"})
         assert source.errors == []
         nursery.cancel_scope.cancel()
+
+
+def test_a_typo_in_a_list_is_named_and_its_items_still_load() -> None:
+    service = {"metadata": {"name": "a"}, "spec": {"ports": [{"port": 80}]}}
+    typo = json.dumps({"apiVersion": "v1", "kind": "List", "itmes": [service]})
+    result = load_text(typo, "list.json")
+    assert [str(e) for e in result.errors] == [
+        'list.json: List: itmes: unknown field "itmes" (did you mean "items"?)'
+    ]
+    extra = {
+        "apiVersion": "v1",
+        "kind": "ServiceList",
+        "metadata": {},
+        "extra": 1,
+        "items": [service],
+    }
+    result = load_text(json.dumps(extra), "list.json")
+    assert [o.name for o in result.objects] == ["a"]
+    assert [(e.object, e.field) for e in result.errors] == [("ServiceList", "extra")]
