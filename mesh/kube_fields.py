@@ -15,7 +15,6 @@ dict lookup per key; label maps, annotations and free-form fields are not walked
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from typing import Any
 
@@ -152,6 +151,8 @@ def describe(doc: dict[str, Any], kind: str, paths: list[str]) -> str:
 
 def unknown_field(name: str, known: Iterable[str]) -> str:
     """``unknown field "selecter" (did you mean "selector"?)``: the hint when one is close."""
+    import difflib  # the error path only: not a start-up cost
+
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     return f'unknown field "{name}"' + (f' (did you mean "{close[0]}"?)' if close else "")
 

@@ -19,7 +19,6 @@ Errors are raised as ``ValueError`` whose text starts with the offending key or 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 
@@ -171,4 +170,6 @@ def requirement_error(key: str, operator: str, values: Sequence[str]) -> tuple[s
 
 def _quote(text: str) -> str:
     """Double-quoted with escapes, as the API server's ``%q`` shows a value."""
+    import json  # the error path only
+
     return json.dumps(text, ensure_ascii=False)
