@@ -292,3 +292,47 @@ def test_a_typo_in_a_list_is_named_and_its_items_still_load() -> None:
     result = load_text(json.dumps(extra), "list.json")
     assert [o.name for o in result.objects] == ["a"]
     assert [(e.object, e.field) for e in result.errors] == [("ServiceList", "extra")]
+
+
+def test_crd_field_lists_merge_versions_and_keep_free_form_fields_open(tmp_path: Path) -> None:
+    def crd(kind: str, versions: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"spec": {"names": {"kind": kind}, "versions": versions}}
+
+    v1 = {
+        "properties": {
+            "spec": {
+                "properties": {
+                    "rules": {
+                        "type": "array",
+                        "items": {"properties": {"name": {"type": "string"}}},
+                    },
+                    "options": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "extra": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                        "properties": {"a": {}},
+                    },
+                    "byName": {
+                        "type": "object",
+                        "additionalProperties": {"properties": {"port": {"type": "integer"}}},
+                    },
+                }
+            }
+        }
+    }
+    v2 = {"properties": {"spec": {"properties": {
+        "rules": {"type": "array", "items": {"properties": {"weight": {"type": "integer"}}}},
+    }}}}  # fmt: skip
+    for kind, plural in kube_fields_gen.GATEWAY_KINDS.items():
+        versions = [{"schema": {"openAPIV3Schema": v}} for v in (v1, v2)]
+        (tmp_path / f"{plural}.yaml").write_text(json.dumps(crd(kind, versions)))
+    types = kube_fields_gen.gateway_types(tmp_path)
+    assert types["gw.HTTPRoute"] == {"spec": "gw.HTTPRoute.spec", "metadata": "V1ObjectMeta"}
+    assert types["gw.HTTPRoute.spec"] == {
+        "rules": "[gw.HTTPRoute.spec.rules",
+        "options": "",  # a map of strings: keys are free
+        "extra": "",  # x-kubernetes-preserve-unknown-fields: anything goes
+        "byName": "{gw.HTTPRoute.spec.byName.*",
+    }
+    assert types["gw.HTTPRoute.spec.rules"] == {"name": "", "weight": ""}  # both versions
+    assert types["gw.HTTPRoute.spec.byName.*"] == {"port": ""}
