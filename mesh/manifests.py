@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from mesh.kube_fields import describe as describe_unknown
+from mesh.kube_fields import unknown_field, unknown_fields
 from mesh.objects import KINDS, KubeObject
 from mesh.yaml_plain import Decline, plain_documents
 
@@ -231,8 +233,14 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_object(doc: Any, source: str = "<input>") -> KubeObject | ManifestError | None:
-    """Validate one decoded document. Returns None (with a warning logged) for unknown kinds."""
+def parse_object(
+    doc: Any, source: str = "<input>", *, strict_fields: bool = True
+) -> KubeObject | ManifestError | None:
+    """Validate one decoded document. Returns None (with a warning logged) for unknown kinds.
+
+    ``strict_fields``: refuse an object with a field its kind does not have in Kubernetes
+    (as kubectl's default strict validation does; mesh/kube_fields.py), which a manifest
+    file gets; an object read from a real API server has been checked there."""
     if not isinstance(doc, dict):
         return ManifestError(source, "?", "", f"expected an object, got {type(doc).__name__}")
     kind = doc.get("kind")
@@ -250,6 +258,9 @@ def parse_object(doc: Any, source: str = "<input>") -> KubeObject | ManifestErro
             f"{api_version!r} is not supported for {kind} (expected one of {', '.join(cls.API_VERSIONS)})",
             _key(doc),
         )
+    if strict_fields and (unknown := unknown_fields(doc, kind)):
+        message = describe_unknown(doc, kind, unknown)
+        return ManifestError(source, _describe(doc), unknown[0], message, _key(doc))
     if not isinstance(doc.get("metadata"), dict):
         return ManifestError(source, _describe(doc), "metadata", "missing or not an object")
     try:
@@ -297,10 +308,17 @@ def _documents(text: str, source: str) -> Iterator[Any]:
         raise ValueError(f"invalid YAML{where}: {problem}") from None
 
 
+_LIST_FIELDS = frozenset({"apiVersion", "kind", "metadata", "items"})
+
+
 def _flatten(doc: Any) -> Iterator[Any]:
     """Expand ``kind: List`` and typed lists (``ServiceList``); items of a typed list may
     leave out their kind, as the API's list responses do."""
     kind = doc.get("kind") if isinstance(doc, dict) else None
+    if isinstance(kind, str) and (kind == "List" or kind[: -len("List")] in KINDS):
+        # A list's own typo ("itmes") would drop its items unseen: named, as in an object.
+        for name in [k for k in doc if k not in _LIST_FIELDS]:
+            yield ManifestError("", kind, str(name), unknown_field(str(name), _LIST_FIELDS))
     if isinstance(kind, str) and kind.endswith("List") and "items" in doc:
         items = doc.get("items") or []
         if not isinstance(items, list):

@@ -3,13 +3,17 @@
 Every model is frozen and validates on construction. Field names are snake_case in Python
 and camelCase on the wire (as in the Kubernetes API), and each model applies the defaults the
 API server would (protocol TCP, targetPort = port, namespace ``default``, ...), so the rest of
-the code never has to guess. Unknown fields are ignored, as a client of a newer server must.
+the code never has to guess. Label keys and values, annotations and label selectors are
+checked as the API server does (mesh/labels.py). Fields the models do not hold are ignored
+here, as a client of a newer server must; manifests read from files are checked for fields
+Kubernetes does not know before they get here (mesh/kube_fields.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import (
@@ -22,6 +26,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from mesh.labels import check_annotations, check_labels, requirement_error
+from mesh.selectors import from_label_selector
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -70,6 +77,34 @@ def _ip(value: str) -> str:
         raise ValueError(f"{value!r} is not an IP address") from None
 
 
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    check_labels(value)
+    return value
+
+
+def _annotations(value: dict[str, str]) -> dict[str, str]:
+    check_annotations(value)
+    return value
+
+
+# Namespace names seen valid: thousands of objects share a few namespaces.
+_GOOD_NAMESPACES: set[str] = {"", "default"}
+
+
+def _namespace_name(value: str) -> str:
+    """metadata.namespace: a DNS-1123 label, as the API server requires ("" = defaulted)."""
+    if value not in _GOOD_NAMESPACES:
+        _label(value)
+        if len(_GOOD_NAMESPACES) < 65_536:
+            _GOOD_NAMESPACES.add(value)
+    return value
+
+
+NamespaceName = Annotated[str, AfterValidator(_namespace_name)]
+# A label map (metadata.labels, a selector's matchLabels) and an annotation map, checked as
+# the API server does (mesh/labels.py); the error starts with the bad key or value quoted.
+Labels = Annotated[dict[str, str], AfterValidator(_labels)]
+Annotations = Annotated[dict[str, str], AfterValidator(_annotations)]
 Label = Annotated[str, AfterValidator(_label)]
 Subdomain = Annotated[str, AfterValidator(_subdomain)]
 PortName = Annotated[str, AfterValidator(_port_name)]
@@ -196,9 +231,9 @@ class OwnerReference(Model):
 
 class ObjectMeta(Model):
     name: Subdomain
-    namespace: str = ""
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    namespace: NamespaceName = ""
+    labels: Labels = Field(default_factory=dict)
+    annotations: Annotations = Field(default_factory=dict)
     resource_version: str = ""
     uid: str = ""
     generation: int = 0
@@ -333,7 +368,7 @@ class ServiceSpec(Model):
     ip_families: tuple[Literal["IPv4", "IPv6"], ...] = ()
     ip_family_policy: Literal["SingleStack", "PreferDualStack", "RequireDualStack"] | None = None
     ports: tuple[ServicePort, ...] = ()
-    selector: dict[str, str] | None = None
+    selector: Labels | None = None
     session_affinity: Literal["None", "ClientIP"] = "None"
     session_affinity_config: SessionAffinityConfig | None = None
     publish_not_ready_addresses: bool = False
@@ -643,9 +678,15 @@ class IngressServiceBackend(Model):
     port: ServiceBackendPort
 
 
+class TypedLocalObjectReference(Model):
+    api_group: str | None = None
+    kind: str
+    name: str
+
+
 class IngressBackend(Model):
     service: IngressServiceBackend | None = None
-    resource: ObjectReference | None = None
+    resource: TypedLocalObjectReference | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> IngressBackend:
@@ -1055,8 +1096,31 @@ class GatewayTLSConfig(Model):
     certificate_refs: tuple[SecretObjectReference, ...] = ()
 
 
+class LabelSelectorRequirement(Model):
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+
 class LabelSelector(Model):
-    match_labels: dict[str, str] = Field(default_factory=dict)
+    """metav1.LabelSelector: matchLabels and matchExpressions must all hold; an empty
+    selector matches every object."""
+
+    match_labels: Labels = Field(default_factory=dict)
+    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> LabelSelector:
+        for i, expr in enumerate(self.match_expressions):
+            problem = requirement_error(expr.key, expr.operator, expr.values)
+            if problem is not None:
+                raise ValueError(f"matchExpressions[{i}].{problem[0]}: {problem[1]}")
+        return self
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return from_label_selector(
+            self.match_labels, ((e.key, e.operator, e.values) for e in self.match_expressions)
+        ).matches(labels)
 
 
 class RouteNamespaces(Model):

@@ -9,19 +9,21 @@ Grammar (k8s.io/apimachinery/pkg/labels): requirements separated by commas, each
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from mesh.labels import label_key_error, label_value_error
+
 Op = Literal["=", "!=", "in", "notin", "exists", "!exists"]
 
-# A label key: an optional DNS-subdomain prefix and '/', then a name of up to 63 characters.
-_KEY = r"(?:[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?"
-_VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
-_SET = re.compile(rf"^\s*({_KEY})\s+(in|notin)\s*\(([^()]*)\)\s*$")
-_EQ = re.compile(rf"^\s*({_KEY})\s*(==|=|!=)\s*({_VALUE})\s*$")
-_EXISTS = re.compile(rf"^\s*(!?)\s*({_KEY})\s*$")
-_VALUE_RE = re.compile(rf"^{_VALUE}$")
+# Keys and values are read as tokens (any run of characters that are not space or
+# punctuation of the grammar, as apimachinery's lexer does) and then checked with the API
+# server's rules (mesh/labels.py), so a bad key is named with the reason.
+_TOKEN = r"[^\s,=!()<>]+"
+_SET = re.compile(rf"\s*({_TOKEN})\s+(in|notin)\s*\(([^()]*)\)\s*")
+_EQ = re.compile(rf"\s*({_TOKEN})\s*(==|=|!=)\s*({_TOKEN})?\s*")
+_EXISTS = re.compile(rf"\s*(!?)\s*({_TOKEN})\s*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,18 +72,51 @@ def _split(text: str) -> list[str]:
     return parts
 
 
+def _key(part: str, key: str) -> str:
+    if (error := label_key_error(key)) is not None:
+        raise ValueError(f"{part.strip()!r}: invalid label key {key!r}: {error}")
+    return key
+
+
+def _value(part: str, value: str) -> str:
+    if (error := label_value_error(value)) is not None:
+        raise ValueError(f"{part.strip()!r}: invalid label value {value!r}: {error}")
+    return value
+
+
 def _requirement(part: str) -> Requirement:
-    if m := _SET.match(part):
+    if m := _SET.fullmatch(part):
         values = [v.strip() for v in m.group(3).split(",")]
-        if not all(values) or not all(_VALUE_RE.match(v) for v in values):
+        key = _key(part, m.group(1))
+        # apimachinery reads "in ()" and "in (a,,b)" as holding the empty value; an empty
+        # entry here is far more likely a slip, so it is refused.
+        if not all(values):
             raise ValueError(f"{part.strip()!r}: invalid value list")
-        return Requirement(m.group(1), m.group(2), frozenset(values))  # type: ignore[arg-type]
-    if m := _EQ.match(part):
+        for v in values:
+            _value(part, v)
+        return Requirement(key, m.group(2), frozenset(values))  # type: ignore[arg-type]
+    if m := _EQ.fullmatch(part):
         op: Op = "!=" if m.group(2) == "!=" else "="
-        return Requirement(m.group(1), op, frozenset({m.group(3)}))
-    if m := _EXISTS.match(part):
-        return Requirement(m.group(2), "!exists" if m.group(1) else "exists")
+        return Requirement(_key(part, m.group(1)), op, frozenset({_value(part, m.group(3) or "")}))
+    if m := _EXISTS.fullmatch(part):
+        return Requirement(_key(part, m.group(2)), "!exists" if m.group(1) else "exists")
     raise ValueError(f"{part.strip()!r} is not a label requirement")
+
+
+def from_label_selector(
+    match_labels: Mapping[str, str], match_expressions: Iterable[tuple[str, str, Sequence[str]]]
+) -> Selector:
+    """A ``metav1.LabelSelector`` (already validated) as a :class:`Selector`: matchLabels
+    and matchExpressions all must hold; an empty selector matches everything."""
+    ops: dict[str, Op] = {
+        "In": "in",
+        "NotIn": "notin",
+        "Exists": "exists",
+        "DoesNotExist": "!exists",
+    }
+    reqs = [Requirement(k, "=", frozenset({v})) for k, v in match_labels.items()]
+    reqs += [Requirement(k, ops[op], frozenset(values)) for k, op, values in match_expressions]
+    return Selector(tuple(reqs))
 
 
 def parse_selector(text: str) -> Selector:
