@@ -165,8 +165,7 @@ def _allowed(lis: GatewayListenerState, route: HTTPRoute, namespaces: dict[str, 
     if ns.from_ == "Same":
         return route.namespace == lis.gateway.namespace
     labels = namespaces[route.namespace].metadata.labels if route.namespace in namespaces else {}
-    want = ns.selector.match_labels if ns.selector else {}
-    return all(labels.get(k) == v for k, v in want.items())
+    return ns.selector.matches(labels) if ns.selector else True
 
 
 def _attach(

@@ -285,6 +285,9 @@ ATTACH = [
     ([listener("http", allowedRoutes={"namespaces": {"from": "All"}})], {"namespace": "other", "parents": [{"name": "gw", "namespace": "default"}]}, ("True", "Accepted")),
     ([listener("http", allowedRoutes={"namespaces": {"from": "Selector", "selector": {"matchLabels": {"team": "a"}}}})], {"namespace": "other", "parents": [{"name": "gw", "namespace": "default"}]}, ("True", "Accepted")),
     ([listener("http", allowedRoutes={"namespaces": {"from": "Selector", "selector": {"matchLabels": {"team": "b"}}}})], {"namespace": "other", "parents": [{"name": "gw", "namespace": "default"}]}, ("False", "NotAllowedByListeners")),
+    ([listener("http", allowedRoutes={"namespaces": {"from": "Selector", "selector": {"matchExpressions": [{"key": "team", "operator": "In", "values": ["a", "c"]}]}}})], {"namespace": "other", "parents": [{"name": "gw", "namespace": "default"}]}, ("True", "Accepted")),
+    ([listener("http", allowedRoutes={"namespaces": {"from": "Selector", "selector": {"matchExpressions": [{"key": "team", "operator": "NotIn", "values": ["a"]}]}}})], {"namespace": "other", "parents": [{"name": "gw", "namespace": "default"}]}, ("False", "NotAllowedByListeners")),
+    ([listener("http", allowedRoutes={"namespaces": {"from": "Selector", "selector": {"matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}}})], {"namespace": "other", "parents": [{"name": "gw", "namespace": "default"}]}, ("True", "Accepted")),
 ]  # fmt: skip
 
 
