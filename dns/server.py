@@ -258,92 +258,10 @@ class DnsServer:
             outbound.close()
 
     async def _udp_loop(self, sock: socket.socket, outbound: Outbound) -> None:
-        recvfrom = sock.recvfrom
-        sendto = sock.sendto
-        metrics = self.metrics
-        queries = metrics.queries
-        latency = metrics.latency["cache"]
         batch = self._batch
-        perf = time.perf_counter
         clock = self._clock
-        answer = self._answers.answer
         while True:
-            live = self._live
-            get = live.cache.entries.get
-            negative = live.negative.entries
-            negative_max = live.negative.max_entries
-            fast = live.fast.reply if live.fast is not None else None
-            zone = live.fast.zone_wire if live.fast is not None else None
-            pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
-            n = hits = forwarded = answered = 0
-            start = perf()
-            now = clock()
-            while n < batch:
-                try:
-                    data, addr = recvfrom(RECV_SIZE)
-                except BlockingIOError:
-                    break
-                except OSError:  # e.g. an ICMP error queued on the socket
-                    n += 1
-                    continue
-                n += 1
-                tail = data[2:]
-                hit = get(tail)
-                if hit is None and negative and not (pods and addr[0] in pods):
-                    hit = negative.get(tail)
-                if hit is not None:
-                    try:
-                        sendto(data[:2] + hit[0], addr)
-                    except OSError:
-                        metrics.dropped["send"] += 1
-                    queries[hit[1]] += 1
-                    hits += 1
-                    continue
-                # A name in the zone is never in the answer cache: skip its two lookups.
-                fwd = answer(data, tail, now) if zone is None or zone not in data else None
-                if fwd is not None:
-                    try:
-                        sendto(fwd[0], addr)
-                    except OSError:
-                        metrics.dropped["send"] += 1
-                    queries[fwd[1]] += 1
-                    forwarded += 1
-                    continue
-                reply = None
-                if fast is not None:
-                    try:
-                        reply = fast(data)
-                    except Exception:  # a bug must cost one query: the general path answers it
-                        log.exception("fast path failed")
-                if isinstance(reply, Forward):  # a standard query of a name outside the zone
-                    self._udp_miss(sock, data, addr, live, reply)
-                elif reply is not None and not (
-                    pods and reply[1][1] == "NXDOMAIN" and addr[0] in pods
-                ):
-                    # A standard question of a cluster name, answered from wire bytes (the
-                    # reply after its ID: what the caches keep).
-                    after_id, label, cacheable = reply
-                    try:
-                        sendto(data[:2] + after_id, addr)
-                    except OSError:
-                        metrics.dropped["send"] += 1
-                    queries[label] += 1
-                    answered += 1
-                    if cacheable:
-                        live.cache.put(tail, after_id, label)
-                    elif cacheable is False:  # NXDOMAIN: its own cache, so a flood of names
-                        if len(negative) >= negative_max:  # evicts only its kind (WireCache.put
-                            negative.clear()  # inlined: every made-up name comes here)
-                        negative[tail] = (after_id, label)
-                else:
-                    self._udp_miss(sock, data, addr, live)
-            if hits or forwarded:
-                latency.observe((perf() - start) / n, hits + forwarded)
-                metrics.cache_hits["wire"] += hits
-                metrics.cache_hits["answer"] += forwarded
-            if answered:
-                metrics.latency["cluster"].observe((perf() - start) / n, answered)
-                metrics.cache_misses["wire"] += answered
+            n = self._drain(sock, batch)
             if outbound.ports or outbound.woken:  # the upstreams' replies, their timeouts
                 now = clock()
                 outbound.poll(now)
@@ -359,6 +277,91 @@ class DnsServer:
             else:  # on time.monotonic's clock: trio's has another origin
                 with trio.move_on_at(trio.current_time() + max(0.0, deadline - time.monotonic())):
                     await trio.lowlevel.wait_readable(outbound.fileno())
+
+    def _drain(self, sock: socket.socket, batch: int) -> int:
+        """Answer up to ``batch`` queries waiting on ``sock`` (non-blocking), the caches' and
+        the FastIndex's inline, the rest by ``_udp_miss``; how many datagrams were read. One
+        call per batch: the names below are looked up once per batch, not per packet."""
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        metrics = self.metrics
+        queries = metrics.queries
+        answer = self._answers.answer
+        live = self._live
+        get = live.cache.entries.get
+        negative = live.negative.entries
+        negative_max = live.negative.max_entries
+        fast = live.fast.reply if live.fast is not None else None
+        zone = live.fast.zone_wire if live.fast is not None else None
+        pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
+        n = hits = forwarded = answered = 0
+        start = time.perf_counter()
+        now = self._clock()
+        while n < batch:
+            try:
+                data, addr = recvfrom(RECV_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:  # e.g. an ICMP error queued on the socket
+                n += 1
+                continue
+            n += 1
+            tail = data[2:]
+            hit = get(tail)
+            if hit is None and negative and not (pods and addr[0] in pods):
+                hit = negative.get(tail)
+            if hit is not None:
+                try:
+                    sendto(data[:2] + hit[0], addr)
+                except OSError:
+                    metrics.dropped["send"] += 1
+                queries[hit[1]] += 1
+                hits += 1
+                continue
+            # A name in the zone is never in the answer cache: skip its two lookups.
+            fwd = answer(data, tail, now) if zone is None or zone not in data else None
+            if fwd is not None:
+                try:
+                    sendto(fwd[0], addr)
+                except OSError:
+                    metrics.dropped["send"] += 1
+                queries[fwd[1]] += 1
+                forwarded += 1
+                continue
+            reply = None
+            if fast is not None:
+                try:
+                    reply = fast(data)
+                except Exception:  # a bug must cost one query: the general path answers it
+                    log.exception("fast path failed")
+            if isinstance(reply, Forward):  # a standard query of a name outside the zone
+                self._udp_miss(sock, data, addr, live, reply)
+            elif reply is not None and not (pods and reply[1][1] == "NXDOMAIN" and addr[0] in pods):
+                # A standard question of a cluster name, answered from wire bytes (the
+                # reply after its ID: what the caches keep).
+                after_id, label, cacheable = reply
+                try:
+                    sendto(data[:2] + after_id, addr)
+                except OSError:
+                    metrics.dropped["send"] += 1
+                queries[label] += 1
+                answered += 1
+                if cacheable:
+                    live.cache.put(tail, after_id, label)
+                elif cacheable is False:  # NXDOMAIN: its own cache, so a flood of names
+                    if len(negative) >= negative_max:  # evicts only its kind (WireCache.put
+                        negative.clear()  # inlined: every made-up name comes here)
+                    negative[tail] = (after_id, label)
+            else:
+                self._udp_miss(sock, data, addr, live)
+        if hits or forwarded:
+            metrics.latency["cache"].observe((time.perf_counter() - start) / n, hits + forwarded)
+            metrics.cache_hits["wire"] += hits
+            metrics.cache_hits["answer"] += forwarded
+        if answered:
+            metrics.latency["cluster"].observe((time.perf_counter() - start) / n, answered)
+            metrics.cache_misses["wire"] += answered
+        return n
 
     def _udp_miss(
         self, sock: socket.socket, data: bytes, addr: Any, live: _Live, fwd: Forward | None = None
