@@ -46,7 +46,7 @@ from mesh.dns.relay import Relay, send
 from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
 from mesh.dns.tcp_server import TcpServing
 from mesh.dns.upstream import Forwarder
-from mesh.dns.wire_cache import WireCache
+from mesh.dns.wire_cache import NegativeCache, WireCache
 from mesh.dns.worker_metrics import Merged, publish
 from mesh.dns.zone import ZoneIndex
 from mesh.netns import inside
@@ -65,9 +65,9 @@ class _Live:
     cache: WireCache
     fast: FastIndex | None = None  # standard questions of cluster names, in wire form
     pods: Mapping[str, str] = field(default_factory=dict)  # pod IP -> namespace (autopath)
-    # NXDOMAIN replies of the fast path: apart, so a flood of made-up names (each asked once)
-    # empties only this cache, never the wire cache of names that exist
-    negative: WireCache = field(default_factory=lambda: WireCache(0))
+    # NXDOMAIN replies of the fast path that are worth keeping: apart, so made-up names never
+    # touch the wire cache of names that exist
+    negative: NegativeCache = field(default_factory=lambda: NegativeCache(0))
 
 
 class DnsServer:
@@ -181,7 +181,7 @@ class DnsServer:
             WireCache(self._wire_cache_size),
             fast,
             pods,
-            WireCache(self._wire_cache_size),
+            NegativeCache(self._wire_cache_size),
         )
         self.metrics.config_version = config.version
         self.metrics.config_applies += 1
@@ -290,7 +290,7 @@ class DnsServer:
         live = self._live
         get = live.cache.entries.get
         negative = live.negative.entries
-        negative_max = live.negative.max_entries
+        room = live.negative.room(self._clock())  # NXDOMAIN replies it may take this batch
         fast = live.fast.reply if live.fast is not None else None
         zone = live.fast.zone_wire if live.fast is not None else None
         pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
@@ -319,41 +319,42 @@ class DnsServer:
                 hits += 1
                 continue
             # A name in the zone is never in the answer cache: skip its two lookups.
-            fwd = answer(data, tail, now) if zone is None or zone not in data else None
-            if fwd is not None:
-                try:
-                    sendto(fwd[0], addr)
-                except OSError:
-                    metrics.dropped["send"] += 1
-                queries[fwd[1]] += 1
-                forwarded += 1
-                continue
+            if zone is None or zone not in data:
+                fwd = answer(data, tail, now)
+                if fwd is not None:
+                    try:
+                        sendto(fwd[0], addr)
+                    except OSError:
+                        metrics.dropped["send"] += 1
+                    queries[fwd[1]] += 1
+                    forwarded += 1
+                    continue
             reply = None
             if fast is not None:
                 try:
                     reply = fast(data)
                 except Exception:  # a bug must cost one query: the general path answers it
                     log.exception("fast path failed")
-            if isinstance(reply, Forward):  # a standard query of a name outside the zone
-                self._udp_miss(sock, data, addr, live, reply)
-            elif reply is not None and not (pods and reply[1][1] == "NXDOMAIN" and addr[0] in pods):
-                # A standard question of a cluster name, answered from wire bytes (the
-                # reply after its ID: what the caches keep).
-                after_id, label, cacheable = reply
+            if isinstance(reply, tuple) and not (
+                pods and reply[1][1] == "NXDOMAIN" and addr[0] in pods
+            ):
+                # A standard question of a cluster name, answered from wire bytes.
+                wire, label, kind = reply
                 try:
-                    sendto(data[:2] + after_id, addr)
+                    sendto(wire, addr)
                 except OSError:
                     metrics.dropped["send"] += 1
                 queries[label] += 1
                 answered += 1
-                if cacheable:
-                    live.cache.put(tail, after_id, label)
-                elif cacheable is False:  # NXDOMAIN: its own cache, so a flood of names
-                    if len(negative) >= negative_max:  # evicts only its kind (WireCache.put
-                        negative.clear()  # inlined: every made-up name comes here)
-                    negative[tail] = (after_id, label)
-            else:
-                self._udp_miss(sock, data, addr, live)
+                if kind:
+                    live.cache.put(tail, wire[2:], label)
+                elif kind is False and room:  # an NXDOMAIN of a walked name: kept apart
+                    negative[tail] = (wire[2:], label)  # (see NegativeCache)
+                    room -= 1
+            else:  # a name outside the zone (its Forward), or one the general path answers
+                self._udp_miss(
+                    sock, data, addr, live, reply if isinstance(reply, Forward) else None
+                )
         if hits or forwarded:
             metrics.latency["cache"].observe((time.perf_counter() - start) / n, hits + forwarded)
             metrics.cache_hits["wire"] += hits
