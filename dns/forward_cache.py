@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mesh.dns.layout import Layout
@@ -91,7 +92,8 @@ class Entry:
     def at(self, now: float) -> None:
         age = int(now - self.stored)
         self.age = age
-        self.refresh = self.stored + age + 1
+        # never past ``expires``: a memo used before ``refresh`` is fresh (the UDP loop's test)
+        self.refresh = min(self.stored + age + 1, self.expires)
         aged = bytes(with_ttls(self.wire, self.ttls, age)) if self.ttls else self.wire
         self.tail = aged[2:]
         self.head = aged[2:12]
@@ -126,6 +128,13 @@ class ForwardCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def entries(self) -> Mapping[bytes, Entry]:
+        """The entries by key, for the UDP loop's inline hit: an entry found by the client's
+        bytes after the ID (so a lower-case question) whose ``refresh`` is ahead of now has
+        its reply after the ID in ``tail`` (``answer`` does the rest)."""
+        return self._entries
 
     def __contains__(self, key: bytes) -> bool:
         return key in self._entries

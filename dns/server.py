@@ -287,6 +287,7 @@ class DnsServer:
         metrics = self.metrics
         queries = metrics.queries
         answer = self._answers.answer
+        memo = self._answers.entries.get
         live = self._live
         get = live.cache.entries.get
         negative = live.negative.entries
@@ -320,7 +321,16 @@ class DnsServer:
                 continue
             # A name in the zone is never in the answer cache: skip its two lookups.
             if zone is None or zone not in data:
-                fwd = answer(data, tail, now)
+                entry = memo(tail)  # a lower-case question whose memo is current: inline
+                if entry is not None and now < entry.refresh:
+                    try:
+                        sendto(data[:2] + entry.tail, addr)
+                    except OSError:
+                        metrics.dropped["send"] += 1
+                    queries[entry.label] += 1
+                    forwarded += 1
+                    continue
+                fwd = answer(data, tail, now)  # ages the memo, or another case, or a miss
                 if fwd is not None:
                     try:
                         sendto(fwd[0], addr)
