@@ -20,7 +20,10 @@ echoed: every name in the sections either points into the question or is written
 lower case, exactly as the general Responder answers it (it encodes behind the lower-cased
 question and copies the client's back in). Such replies are kept in no cache: a resolver that
 randomises case asks every name in a new spelling, which would only evict the others.
-``forward`` classifies a standard query of a name
+A name not in the index whose parent is (a made-up label in front of a namespace, ``svc`` or
+the apex) has its NXDOMAIN made with one check of its first label and no walk, and it is
+marked for no cache: made again, it costs about a lookup, and a flood of such names would
+only fill a cache. ``forward`` classifies a standard query of a name
 the cluster does not own for the upstream, with the fields the relay needs, so forwarding does
 not parse it with dnslib either.
 """

@@ -4,11 +4,16 @@ The UDP loop is the hot path. It waits for the epoll set of ``Outbound`` (the li
 socket and the upstream sockets) to become readable, then drains the listening socket with
 plain non-blocking ``recvfrom`` calls, answering wire-cache hits (cluster names) and
 answer-cache hits (forwarded names) inline, a dict lookup and a ``sendto`` each, with no trio
-machinery per packet; after ``batch`` packets it reads the upstreams' replies, times out the
+machinery per packet (an answer-cache entry whose memo is current is read inline, no call);
+after ``batch`` packets (one ``_drain``) it reads the upstreams' replies, times out the
 exchanges whose upstream is late, and yields to other tasks. A miss is answered from the
-FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes out;
-its NXDOMAIN replies are kept in a negative cache of their own, so a flood of made-up names
-never empties the wire cache), else goes through the pure Responder synchronously (cluster
+FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes out).
+An NXDOMAIN under a name the zone has (a random-subdomain flood, a single label under a
+search domain) is made again each time at about the cost of a lookup and kept in no cache, so
+a flood of made-up names neither grows nor churns any; the NXDOMAIN of a dotted name under a
+search domain (the FastIndex walked its labels), asked again at every lookup of that name, is
+kept in a negative cache of its own that admits while it has room and never evicts
+(dns/wire_cache.py). The rest goes through the pure Responder synchronously (cluster
 names), or is handed to ``Outbound`` with a callback that sends the reply (names outside the
 zone, classified from their bytes by the FastIndex when standard): no task per forwarded
 query. ExternalName targets outside the zone, autopath walks and TCP clients use tasks that
