@@ -22,8 +22,8 @@ question and copies the client's back in). Such replies are kept in no cache: a 
 randomises case asks every name in a new spelling, which would only evict the others.
 A name not in the index whose parent is (a made-up label in front of a namespace, ``svc`` or
 the apex) has its NXDOMAIN made with one check of its first label and no walk, and it is
-marked for no cache: made again, it costs about a lookup, and a flood of such names would
-only fill a cache. ``forward`` classifies a standard query of a name
+marked for no cache: such a name is mostly asked once, and keeping it would cost a put per
+name and fill a cache with names nobody asks again. ``forward`` classifies a standard query of a name
 the cluster does not own for the upstream, with the fields the relay needs, so forwarding does
 not parse it with dnslib either.
 """
@@ -48,7 +48,7 @@ NXDOMAIN = 3
 GENERAL_TYPES = frozenset((0, 41, 251, 252, 255))
 # the whole reply, its (qtype, rcode) label, and which cache may keep it: True the wire cache,
 # False the negative cache (an NXDOMAIN whose labels were walked), None neither (a mixed-case
-# question, or an NXDOMAIN under a known parent: made again as cheaply as it is looked up)
+# question, or an NXDOMAIN under a known parent: cheap to make again, mostly asked once)
 FastReply = tuple[bytes, tuple[str, str], bool | None]
 
 _COUNTS = struct.Struct(">HHHH")
@@ -297,7 +297,7 @@ class FastIndex:
                     wire = data[:2] + parts[0] + data[12 : qend + 4] + parts[1]
                     # kept by the negative cache only when the labels were walked (a
                     # dotted name under a search domain, asked again at each lookup): one
-                    # under a known parent (a flood) costs this much again, and no eviction
+                    # under a known parent (a flood) is cheap to make again: kept nowhere
                     return wire, kind[1], False if walked and lower is qname else None
                 entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0)
             else:

@@ -9,8 +9,8 @@ after ``batch`` packets (one ``_drain``) it reads the upstreams' replies, times 
 exchanges whose upstream is late, and yields to other tasks. A miss is answered from the
 FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes out).
 An NXDOMAIN under a name the zone has (a random-subdomain flood, a single label under a
-search domain) is made again each time at about the cost of a lookup and kept in no cache, so
-a flood of made-up names neither grows nor churns any; the NXDOMAIN of a dotted name under a
+search domain) is made again each time (one dict lookup of its parent, no walk) and kept in
+no cache, so a flood of made-up names neither grows nor churns any; the NXDOMAIN of a dotted name under a
 search domain (the FastIndex walked its labels), asked again at every lookup of that name, is
 kept in a negative cache of its own that admits while it has room and never evicts
 (dns/wire_cache.py). The rest goes through the pure Responder synchronously (cluster
