@@ -310,7 +310,9 @@ def main() -> int:
         return 0
     loops = {w: ours_loop(w, rounds) for w in ("repeated", "nxdomain", "mixed", "forward-cached")}
     if opts.loop_only:
-        print(f"per query, 10th percentile of {rounds} rounds of {BURST} (server side, thread CPU):")
+        print(
+            f"per query, 10th percentile of {rounds} rounds of {BURST} (server side, thread CPU):"
+        )
         for w, t in loops.items():
             print(f"  ours {w:15s} {t:6.2f} us  ({t / loops['repeated']:.2f}x ours repeated)")
         return 0

@@ -40,7 +40,7 @@ class Loop:
             self.general.append(data)
             miss(sock, data, addr, *args)
 
-        server._udp_miss = counted  # type: ignore[method-assign]
+        server._udp_miss = counted  # type: ignore[method-assign,assignment]
 
     def ask(self, packets: Sequence[bytes]) -> list[bytes]:
         """Send ``packets``, run batches until as many replies came back (bounded in time)."""
