@@ -335,7 +335,13 @@ class DnsServer:
                     queries[entry.label] += 1
                     forwarded += 1
                     continue
-                fwd = answer(data, tail, now)  # ages the memo, or another case, or a miss
+                # the cache ages the memo, or finds another case's entry: else a miss
+                end = data.find(0, 12)
+                fwd = (
+                    answer(data, tail, now)
+                    if entry is not None or not data[12:end].islower()
+                    else None
+                )
                 if fwd is not None:
                     try:
                         sendto(fwd[0], addr)
