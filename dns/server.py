@@ -296,13 +296,13 @@ class DnsServer:
         live = self._live
         get = live.cache.entries.get
         negative = live.negative.entries
-        room = live.negative.room(self._clock())  # NXDOMAIN replies it may take this batch
         fast = live.fast.reply if live.fast is not None else None
         zone = live.fast.zone_wire if live.fast is not None else None
         pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
         n = hits = forwarded = answered = 0
         start = time.perf_counter()
         now = self._clock()
+        room = live.negative.room(now)  # NXDOMAIN replies it may take this batch
         while n < batch:
             try:
                 data, addr = recvfrom(RECV_SIZE)
