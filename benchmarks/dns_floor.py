@@ -13,7 +13,11 @@ percentile is the steadier figure):
   the reply, ID lookup, ``sendto`` to the client: the least a forwarded query can cost, with
   no check of the reply, no cache and no metrics;
 - ``ours forward``: our server's forwarding path (the FastIndex's parse, the exchange, the
-  reply's checks, both caches, the relay, metrics) on the same sockets.
+  reply's checks, both caches, the relay, metrics) on the same sockets;
+- ``ours <workload>``: the server's own UDP loop (``DnsServer._drain``, what runs per batch)
+  on dns_bench.py's query files: ``repeated`` (a wire-cache hit), ``nxdomain`` (distinct
+  names in the zone, none of which exists), ``mixed`` (search-path expansions and Services),
+  ``forward-cached`` (1,000 external names, answered from the answer cache after one pass).
 
 Syscalls alone: the relay makes two ``recvfrom``, a ``send`` and a ``sendto`` (plus a share
 of ``epoll`` and of a ``recvfrom`` that finds nothing) where a cache hit makes one of each.
@@ -29,16 +33,17 @@ import select
 import socket
 import sys
 import time
-from collections.abc import Callable
+from typing import Any
 
 from dnslib import RR, A, DNSRecord
 
 from mesh.dns.outbound import Outbound
 from mesh.dns.server import DnsServer
 from mesh.dns.upstream import Forwarder
+from mesh.dns.zone import ZoneIndex
 
 sys.path.insert(0, os.path.dirname(__file__))
-from dns_bench import make_config
+from dns_bench import WORKLOADS, make_config
 
 BURST = 64
 HOST = "127.0.0.1"
@@ -124,8 +129,9 @@ def relay_floor(rounds: int) -> float:
     return p10(samples)
 
 
-def ours_forward(rounds: int) -> float:
-    """Our path, driven as the server's loop drives it, with its own exchanges' sockets."""
+def ours_forward(rounds: int, counting: bool = False) -> Any:
+    """Our path, driven as the server's loop drives it, with its own exchanges' sockets;
+    ``counting``: the calls and bytecodes per query of the last round, instead of times."""
     client, server, up = udp(), udp(blocking=False), udp()
     dns = DnsServer((HOST, 0), upstreams=[up.getsockname()])
     dns.apply(make_config(300))
@@ -133,32 +139,135 @@ def ours_forward(rounds: int) -> float:
     dns._forwarder = dns._path.forwarder = forwarder
     outbound = Outbound(forwarder, server.fileno(), dns._relay.spawn_tcp)
     dns._relay.outbound = forwarder.outbound = outbound
-    live = dns._live
-    assert live.fast is not None
-    reply: Callable[[bytes], object] = live.fast.reply
-    cached, answers = live.cache.entries.get, dns._answers.answer  # the loop's lookups first
     qs = queries(rounds * BURST)
     samples, k = [], 0
-    for _ in range(rounds):
+    for r in range(rounds):
         for _ in range(BURST):
             client.sendto(qs[k], server.getsockname())
             k += 1
+        counter = Counting()
+        last = counting and r == rounds - 1
+        if last:
+            counter.start()
         start = time.perf_counter()
-        for _ in range(BURST):
-            data, addr = server.recvfrom(4096)
-            tail = data[2:]
-            if cached(tail) is None and answers(data, tail, time.monotonic()) is None:
-                dns._udp_miss(server, data, addr, live, reply(data))  # type: ignore[arg-type]
+        dns._drain(server, BURST)  # the loop's lookups, then the FastIndex, then the relay
         half = time.perf_counter() - start
+        counter.stop()
         for _ in range(BURST):
             q, source = up.recvfrom(4096)
             up.sendto(answer(q), source)
         time.sleep(0.0005)
+        if last:
+            counter.start()
         start = time.perf_counter()
         outbound.poll(time.monotonic())
         samples.append((half + time.perf_counter() - start) / BURST)
+        counter.stop()
+        if last:
+            outbound.close()
+            return counter.per(BURST)
         for _ in range(BURST):
             client.recvfrom(4096)
+    outbound.close()
+    return p10(samples)
+
+
+class Counting:
+    """Python function calls, calls of C functions, and bytecodes executed while on."""
+
+    def __init__(self) -> None:
+        self.calls = self.c_calls = self.opcodes = 0
+
+    def _profile(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            self.calls += 1
+        elif event == "c_call":
+            self.c_calls += 1
+
+    def _trace(self, frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        if event == "opcode":
+            self.opcodes += 1
+        return self._trace
+
+    def start(self) -> None:
+        sys.setprofile(self._profile)
+        sys.settrace(self._trace)
+
+    def stop(self) -> None:
+        sys.settrace(None)
+        sys.setprofile(None)
+
+    def per(self, n: int) -> tuple[float, float, float]:
+        return (self.calls - 1) / n, self.c_calls / n, self.opcodes / n
+
+
+def workload_queries(workload: str, count: int) -> list[bytes]:
+    """dns_bench.py's query file of ``workload`` as packets, cycled to ``count``."""
+    config = make_config(300)
+    index = ZoneIndex.build(config)
+    names = sorted(name.rstrip(".") for name, _ in index.items() if "_" not in name)
+    lines = WORKLOADS[workload].queries(config, names)[:count]
+    packets = []
+    for line in lines[:count]:
+        name, qtype = line.split()
+        packets.append(bytes(DNSRecord.question(name, qtype).pack()))
+    return [packets[i % len(packets)] for i in range(count)]
+
+
+def ours_loop(workload: str, rounds: int, counting: bool = False) -> Any:
+    """The server's UDP loop, one ``_drain`` of a burst per round, after a warm-up pass over
+    the workload's names (none for ``nxdomain``); an upstream played here answers what the
+    loop forwards (the warm-up pass of ``forward-cached``)."""
+    client, server, up = udp(), udp(blocking=False), udp()
+    dns = DnsServer((HOST, 0), upstreams=[up.getsockname()])
+    dns.apply(make_config(300))
+    forwarder = Forwarder([up.getsockname()], metrics=dns.metrics, cache=dns._forward_cache)
+    dns._forwarder = dns._path.forwarder = forwarder
+    outbound = Outbound(forwarder, server.fileno(), dns._relay.spawn_tcp)
+    dns._relay.outbound = forwarder.outbound = outbound
+    # a first pass over the whole file (as dnsperf makes over and over) unless every name
+    # must be new; forwarded names until the answer cache holds each
+    warm = [] if workload == "nxdomain" else sorted(set(workload_queries(workload, 300_000)))
+    if workload.startswith("forward"):
+        warm += warm  # the second pass makes the answer cache's memos (once a second each)
+    for k in range(0, len(warm), BURST):
+        for q in warm[k : k + BURST]:
+            client.sendto(q, server.getsockname())
+        got = dns._drain(server, BURST)
+        deadline = time.monotonic() + 1.0
+        while any(port.pending for port in outbound.ports.values()):
+            try:
+                q, source = up.recvfrom(4096, socket.MSG_DONTWAIT)
+                up.sendto(answer(q), source)
+            except BlockingIOError:
+                outbound.poll(time.monotonic())
+            if time.monotonic() > deadline:
+                break
+        for _ in range(got):
+            client.recvfrom(4096)
+    qs = workload_queries(workload, rounds * BURST)
+    samples = []
+    for r in range(rounds):
+        k = r * BURST % len(qs)
+        for q in qs[k : k + BURST]:
+            client.sendto(q, server.getsockname())
+        if counting:  # deterministic: calls and bytecodes, not time
+            counter = Counting()
+            counter.start()
+            got = dns._drain(server, BURST)
+            counter.stop()
+            samples.append(counter.per(got))
+        else:
+            start = time.thread_time()  # this thread's CPU: time given to others is not ours
+            got = dns._drain(server, BURST)
+            samples.append((time.thread_time() - start) / got)
+        for _ in range(got):
+            client.recvfrom(4096)
+    if counting:
+        outbound.close()
+        return samples[-1]
     outbound.close()
     return p10(samples)
 
@@ -166,8 +275,38 @@ def ours_forward(rounds: int) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rounds", type=int, default=1500)
+    p.add_argument(
+        "--loop-only", action="store_true", help="only the server loop's workloads (ours ...)"
+    )
+    p.add_argument(
+        "--calls",
+        action="store_true",
+        help="the loop's Python calls, C calls and bytecodes per query, instead of times",
+    )
     opts = p.parse_args()
     rounds = max(20, opts.rounds)
+    if opts.calls:
+        print("per query in the server loop (one burst of 64 after the warm-up):")
+        for w in ("repeated", "nxdomain", "mixed", "forward-cached"):
+            calls, c_calls, opcodes = ours_loop(w, 20, counting=True)
+            print(
+                f"  ours {w:15s} {calls:5.2f} Python calls  {c_calls:5.2f} C calls  "
+                f"{opcodes:6.1f} bytecodes"
+            )
+        calls, c_calls, opcodes = ours_forward(20, counting=True)
+        print(
+            f"  ours {'forward':15s} {calls:5.2f} Python calls  {c_calls:5.2f} C calls  "
+            f"{opcodes:6.1f} bytecodes"
+        )
+        return 0
+    loops = {w: ours_loop(w, rounds) for w in ("repeated", "nxdomain", "mixed", "forward-cached")}
+    if opts.loop_only:
+        print(
+            f"per query, 10th percentile of {rounds} rounds of {BURST} (server side, thread CPU):"
+        )
+        for w, t in loops.items():
+            print(f"  ours {w:15s} {t:6.2f} us  ({t / loops['repeated']:.2f}x ours repeated)")
+        return 0
     repeated = repeated_floor(rounds)
     relay = relay_floor(rounds)
     ours = ours_forward(rounds)
@@ -175,6 +314,8 @@ def main() -> int:
     print(f"  floor repeated  {repeated:6.2f} us")
     print(f"  floor relay     {relay:6.2f} us  ({relay / repeated:.1f}x the repeated floor)")
     print(f"  ours forward    {ours:6.2f} us  ({ours / repeated:.1f}x the repeated floor)")
+    for w, t in loops.items():
+        print(f"  ours {w:15s} {t:6.2f} us  ({t / repeated:.1f}x the repeated floor)")
     return 0
 
 

@@ -20,7 +20,10 @@ echoed: every name in the sections either points into the question or is written
 lower case, exactly as the general Responder answers it (it encodes behind the lower-cased
 question and copies the client's back in). Such replies are kept in no cache: a resolver that
 randomises case asks every name in a new spelling, which would only evict the others.
-``forward`` classifies a standard query of a name
+A name not in the index whose parent is (a made-up label in front of a namespace, ``svc`` or
+the apex) has its NXDOMAIN made with one check of its first label and no walk, and it is
+marked for no cache: such a name is mostly asked once, and keeping it would cost a put per
+name and fill a cache with names nobody asks again. ``forward`` classifies a standard query of a name
 the cluster does not own for the upstream, with the fields the relay needs, so forwarding does
 not parse it with dnslib either.
 """
@@ -43,8 +46,9 @@ TCP_LIMIT = 65535
 NXDOMAIN = 3
 # Types the general path answers: ANY, AXFR, IXFR, OPT (a FORMERR), and 0 (reserved).
 GENERAL_TYPES = frozenset((0, 41, 251, 252, 255))
-# reply bytes after the ID, (qtype, rcode) label, and which cache may keep them: True the wire cache, False
-# the negative cache (NXDOMAIN), None neither (a mixed-case question)
+# the whole reply, its (qtype, rcode) label, and which cache may keep it: True the wire cache,
+# False the negative cache (an NXDOMAIN whose labels were walked), None neither (a mixed-case
+# question, or an NXDOMAIN under a known parent: cheap to make again, mostly asked once)
 FastReply = tuple[bytes, tuple[str, str], bool | None]
 
 _COUNTS = struct.Struct(">HHHH")
@@ -69,7 +73,6 @@ class FastIndex:
         "_namespaces",
         "_negative",
         "_nodes",
-        "_nx_labels",
         "_opt",
         "_pod_labels",
         "_pod_wire",
@@ -112,7 +115,6 @@ class FastIndex:
         self._tails: dict[int, bytes] = {}
         self._negative: dict[int, tuple[bytes, bytes]] = {}  # see reply(): NXDOMAIN parts
         self._labels: dict[tuple[int, int], tuple[str, str]] = {}
-        self._nx_labels: dict[int, tuple[str, str]] = {}  # NXDOMAIN's, by qtype (no key tuple)
         self._index_id = index.build_id
         self._zone_name = index.zone
         self._nodes: dict[bytes, dict[int, Entry]] = {}
@@ -193,14 +195,14 @@ class FastIndex:
         got = self.reply(data, tcp)
         if got is None or isinstance(got, Forward):
             return None
-        return Reply(data[:2] + got[0], got[1], cacheable=bool(got[2]))
+        return Reply(got[0], got[1], cacheable=bool(got[2]))
 
     def reply(self, data: bytes, tcp: bool = False) -> FastReply | Forward | None:
-        """``answer`` as a plain tuple (reply bytes after the ID, label, cacheable): the UDP
-        loop's form, without a Reply object per query; the loop puts the client's ID in front
-        and keeps the same bytes in its caches (which store replies after the ID). A standard
-        query of a name outside the zone gives its Forward (``forward``'s, without a second
-        parse)."""
+        """``answer`` as a plain tuple (the whole reply, label, cacheable): the UDP loop's
+        form, without a Reply object per query (the caches keep the reply after its ID). A
+        standard query of a name outside the zone gives its Forward (``forward``'s, without a
+        second parse). Ordered for the cheapest NXDOMAIN: a made-up name in the zone (a
+        flood, a search-path expansion) is asked once and answered from here, not a cache."""
         # QR clear, opcode 0; one question, no answer or authority records, at most one
         # additional record (compared as one slice: the common shapes are these two).
         counts = data[4:12]
@@ -210,20 +212,19 @@ class FastIndex:
             edns = True
         else:
             return None
-        n = len(data)
-        if n < 17 or data[2] & 0xF8:
+        if data[2] & 0xF8:
             return None
         # The name ends at its first zero byte when it is one of ours (their labels hold none);
         # any other name is walked label by label below, before it is answered.
-        qend = data.find(0, 12) + 1
-        if qend == 0 or qend + 4 > n or data[qend + 2] or data[qend + 3] != 1:
-            return None  # no name end, or not class IN
-        qtype = (data[qend] << 8) | data[qend + 1]
-        if qtype in GENERAL_TYPES:
-            return None
-        pos = qend + 4
-        if edns:
-            if data[pos : pos + 3] != b"\x00\x00\x29" or pos + 11 > n or data[pos + 6]:
+        qend = data.find(0, 12) + 1  # 0: no name end; else at least 13
+        n = len(data)
+        if not edns:
+            if qend + 4 != n:
+                return None
+            payload = CLASSIC_UDP_LIMIT
+        else:
+            pos = qend + 4
+            if qend == 0 or pos + 11 > n or data[pos : pos + 3] != b"\x00\x00\x29" or data[pos + 6]:
                 return None  # not a root-owned OPT, or EDNS version above 0 (BADVERS)
             payload = max(CLASSIC_UDP_LIMIT, (data[pos + 3] << 8) | data[pos + 4])
             end = pos + 11 + ((data[pos + 9] << 8) | data[pos + 10])
@@ -232,15 +233,18 @@ class FastIndex:
                 pos += 4 + ((data[pos + 2] << 8) | data[pos + 3])
             if pos != end or end != n:
                 return None
-        else:
-            if pos != n:
+        # type and class in one lookup: class IN, a type this path answers
+        kind = _TYPES.get(data[qend : qend + 4])
+        if kind is None:
+            kind = _question_type(data[qend : qend + 4])
+            if kind is None:
                 return None
-            payload = CLASSIC_UDP_LIMIT
+        qtype = kind[0]
 
         qname = data[12:qend]
         entries = self._nodes.get(qname)
         lower = qname
-        if entries is None:
+        if entries is None and not qname.islower():  # upper case, or no letter at all
             low = qname.lower()  # length bytes are below 64: only the letters change
             if low != qname:  # mixed case: ``lower is qname`` tells the two apart below
                 lower = low
@@ -261,18 +265,25 @@ class FastIndex:
             if not lower.endswith(zone_wire):
                 # outside the zone: what the forwarding path needs, from this parse
                 return classify.outside(data, lower, qend, qtype, edns, payload)
-            if not qname.isascii() or b"." in qname or qend - 12 > 255:
+            if not qname.isascii() or b"." in qname or qend > 267:  # 255 bytes of name
                 return None
             apex = qend - len(zone_wire)
-            # The labels must end exactly at the apex: walk them (no list: the common case).
-            i = 12
-            while i < apex:
-                length = data[i]
-                if length > 63 or length == 0:  # a compression pointer, or a reserved type
+            # The labels must end exactly at the apex. When the name's parent is a name of
+            # the zone (a made-up label in front of a namespace, ``svc`` or the apex: a flood,
+            # the first search-path step) they do: only the first label's length is checked.
+            # (Every name of the index was made from its labels; one that ends with the
+            # zone's bytes is in the zone.) Else walk them, with no list.
+            first = qname[0]
+            walked = first > 63 or lower[first + 1 :] not in self._nodes
+            if walked:
+                i = 12
+                while i < apex:
+                    length = data[i]
+                    if length > 63:  # a compression pointer, or a reserved type (no zero
+                        return None  # byte before ``qend``: the name ends at the first)
+                    i += length + 1
+                if i != apex:
                     return None
-                i += length + 1
-            if i != apex:
-                return None
             pod_wire = self._pod_wire
             if pod_wire is None or not lower.endswith(pod_wire):
                 # The common NXDOMAIN (a flood of made-up names, search-path expansions): its
@@ -283,11 +294,11 @@ class FastIndex:
                 if parts is None:
                     parts = self._negative_parts(key, apex, edns)
                 if parts is not None:
-                    label = self._nx_labels.get(qtype)
-                    if label is None:
-                        label = self._nx_labels[qtype] = (qtype_label(qtype), "NXDOMAIN")
-                    tail = parts[0] + data[12 : qend + 4] + parts[1]
-                    return tail, label, False if lower is qname else None
+                    wire = data[:2] + parts[0] + data[12 : qend + 4] + parts[1]
+                    # kept by the negative cache only when the labels were walked (a
+                    # dotted name under a search domain, asked again at each lookup): one
+                    # under a known parent (a flood) is cheap to make again: kept nowhere
+                    return wire, kind[1], False if walked and lower is qname else None
                 entry = (NXDOMAIN, 0, 1, 0, self._tail(apex), b"", 0)
             else:
                 starts = _label_starts(data, qend)
@@ -318,7 +329,7 @@ class FastIndex:
         label = self._labels.get((qtype, rcode))
         if label is None:
             label = self._labels[(qtype, rcode)] = (qtype_label(qtype), rcode_label(rcode))
-        return wire, label, rcode != NXDOMAIN if lower is qname else None
+        return data[:2] + wire, label, rcode != NXDOMAIN if lower is qname else None
 
     def forward(self, data: bytes) -> Forward | None:
         """A standard query of a name the cluster does not own, classified from its bytes
@@ -380,6 +391,24 @@ class FastIndex:
             return (0, 0, 1, 0, self._tail(apex), b"", 0)
         record = b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, self._ttl, len(raw)) + raw
         return (0, 1, 0, 0, record, b"", len(record))
+
+
+# (qtype, its NXDOMAIN label) by the question's last four bytes (type, class IN), for the
+# types this path answers: one lookup instead of reading two fields and a label's key tuple.
+# Filled when first asked; at most one entry per type.
+_TYPES: dict[bytes, tuple[int, tuple[str, str]]] = {}
+
+
+def _question_type(tail: bytes) -> tuple[int, tuple[str, str]] | None:
+    """``_TYPES``' entry of a question's type and class ``tail``; None for a class other than
+    IN or a type the general path answers (kept nowhere)."""
+    if tail[2:] != b"\x00\x01":
+        return None
+    qtype = (tail[0] << 8) | tail[1]
+    if qtype in GENERAL_TYPES:
+        return None
+    kind = _TYPES[tail] = (qtype, (qtype_label(qtype), "NXDOMAIN"))
+    return kind
 
 
 def _new_serial(entry: Entry, serial: bytes) -> Entry:

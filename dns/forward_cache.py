@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 from mesh.dns.layout import Layout
 
@@ -66,32 +66,50 @@ def with_ttls(wire: bytes, ttls: Ttls, age: int, *, fixed: int | None = None) ->
     return out
 
 
-@dataclass(slots=True)
 class Entry:
-    wire: bytes  # the whole message; its ID means nothing
-    ttls: Ttls
-    qend: int  # end of the question section
-    stored: float
-    expires: float
-    label: Label
-    # the hot path's memo: the message at ``age`` seconds (until ``refresh``), without its ID;
-    # made by the first hit (``refresh`` starts due), not by ``put``: most forwarded answers
-    # are never asked again, and the question cache's entries never use it
-    age: int = 0
-    refresh: float = field(init=False)
-    tail: bytes = b""  # everything after the ID
-    head: bytes = b""  # bytes 2..12: flags and counts
-    rest: bytes = b""  # everything after the question
-    size: int = field(init=False)  # what the entry counts against ``max_bytes``
+    """One cached message. A plain slotted class, not a dataclass: two are made per forwarded
+    query (the question cache's and the answer cache's), and a dataclass's ``__init__`` with
+    defaults and a ``__post_init__`` costs twice the calls."""
 
-    def __post_init__(self) -> None:
-        self.refresh = self.stored
-        self.size = len(self.wire) + ENTRY_OVERHEAD
+    __slots__ = (
+        "age",
+        "expires",
+        "head",
+        "label",
+        "qend",
+        "refresh",
+        "rest",
+        "size",
+        "stored",
+        "tail",
+        "ttls",
+        "wire",
+    )
+
+    def __init__(
+        self, wire: bytes, ttls: Ttls, qend: int, stored: float, expires: float, label: Label
+    ) -> None:
+        self.wire = wire  # the whole message; its ID means nothing
+        self.ttls = ttls
+        self.qend = qend  # end of the question section
+        self.stored = stored
+        self.expires = expires
+        self.label = label
+        # the hot path's memo: the message at ``age`` seconds (until ``refresh``), without
+        # its ID; made by the first hit (``refresh`` starts due), not here: most forwarded
+        # answers are never asked again, and the question cache's entries never use it
+        self.age = 0
+        self.refresh = stored
+        self.tail = b""  # everything after the ID
+        self.head = b""  # bytes 2..12: flags and counts
+        self.rest = b""  # everything after the question
+        self.size = len(wire) + ENTRY_OVERHEAD  # what the entry counts against ``max_bytes``
 
     def at(self, now: float) -> None:
         age = int(now - self.stored)
         self.age = age
-        self.refresh = self.stored + age + 1
+        # never past ``expires``: a memo used before ``refresh`` is fresh (the UDP loop's test)
+        self.refresh = min(self.stored + age + 1, self.expires)
         aged = bytes(with_ttls(self.wire, self.ttls, age)) if self.ttls else self.wire
         self.tail = aged[2:]
         self.head = aged[2:12]
@@ -126,6 +144,13 @@ class ForwardCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def entries(self) -> Mapping[bytes, Entry]:
+        """The entries by key, for the UDP loop's inline hit: an entry found by the client's
+        bytes after the ID (so a lower-case question) whose ``refresh`` is ahead of now has
+        its reply after the ID in ``tail`` (``answer`` does the rest)."""
+        return self._entries
 
     def __contains__(self, key: bytes) -> bool:
         return key in self._entries
@@ -198,17 +223,16 @@ class ForwardCache:
         if ttl <= 0 or self.max_entries <= 0:
             return None
         entry = Entry(wire, ttls, qend, now, now + ttl, label)
-        if entry.size > self.max_bytes:
+        size = entry.size
+        if size > self.max_bytes:
             return None
         entries = self._entries
         old = entries.pop(key, None)
-        if old is not None:
-            self.bytes -= old.size
+        total = self.bytes + size - (old.size if old is not None else 0)
         entries[key] = entry
-        self.bytes += entry.size
-        while len(entries) > self.max_entries or self.bytes > self.max_bytes:
-            _, old = entries.popitem(last=False)
-            self.bytes -= old.size
+        while len(entries) > self.max_entries or total > self.max_bytes:
+            total -= entries.popitem(last=False)[1].size
+        self.bytes = total
         return entry
 
     def _remove(self, key: bytes) -> None:

@@ -18,6 +18,7 @@ from mesh.dns import layout
 from mesh.dns.chase import chase
 from mesh.dns.forward_cache import ForwardCache, Label, lower_question, query_key
 from mesh.dns.metrics import DnsMetrics
+from mesh.dns.names import REVERSE_WIRE_SUFFIXES
 from mesh.dns.packet import FORMERR, SERVFAIL, encode_reply, qtype_label, rcode_label
 from mesh.dns.responder import Forward, Reply, Responder
 from mesh.dns.upstream import Answer, Forwarder
@@ -101,11 +102,13 @@ class ForwardPath:
             failure = responder.relay(fwd.query, DNSRecord.parse(got.wire), 0, tcp=False)
             return failure.wire, failure.label
         wire, cut = relayed
-        label = self._label(fwd.qtype, got.layout.rcode)
+        qtype, rcode = fwd.qtype, got.layout.rcode
+        label = self._labels.get((qtype << 16) | rcode) or self._label(qtype, rcode)
         self.metrics.cache_misses["answer"] += 1
-        if got.remaining <= 0 or fwd.reverse:
-            return wire, label
         name = fwd.wire_name  # known (lower case, plain labels) when classified from bytes
+        remaining = got.remaining
+        if remaining <= 0 or (name.endswith(REVERSE_WIRE_SUFFIXES) if name else fwd.reverse):
+            return wire, label
         if name:
             end = qend - 4
             key: bytes | None = data[2:12] + name + data[end:]
@@ -116,9 +119,7 @@ class ForwardPath:
             ttls = got.ttls  # in offset order: usually every one was kept
             if ttls and ttls[-1][0] >= cut:
                 ttls = tuple(t for t in ttls if t[0] < cut)
-            self.answers.put(
-                key, stored, ttls, qend, ttl=got.remaining, now=self.clock(), label=label
-            )
+            self.answers.put(key, stored, ttls, qend, ttl=remaining, now=self.clock(), label=label)
         return wire, label
 
     def _label(self, qtype: int, rcode: int) -> Label:

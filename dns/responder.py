@@ -56,7 +56,7 @@ class Forward:
     (``FastIndex.forward``), so the dnslib ``query`` is parsed only when a failure reply
     needs it; the relay itself needs the fields below."""
 
-    __slots__ = ("_key", "_query", "_wire_name", "data", "edns", "payload", "qend", "qtype")
+    __slots__ = ("_key", "_query", "data", "edns", "payload", "qend", "qtype", "wire_name")
 
     def __init__(self, query: Query | None = None, *, data: bytes = b"", key: str | None = None,
                  qtype: int = 0, edns: bool = False, payload: int = 512,
@@ -64,9 +64,10 @@ class Forward:
         self._query = query
         self.data = data
         self.qend = qend  # where the question (name, type, class) ends in ``data``; 0: unknown
-        # the name in wire form, lower case and made of plain labels: ``key`` is made from it
-        # only when asked (the forwarding hot path needs just ``reverse``)
-        self._wire_name = wire_name
+        # the name in wire form, lower case and made of plain labels, when the query was
+        # classified from its bytes (else empty): ``key`` is made from it only when asked
+        # (the forwarding hot path needs just ``reverse``); a plain attribute, read per query
+        self.wire_name = wire_name
         if query is not None:
             key, qtype, edns, payload = query.key, query.qtype, query.edns, query.payload
         self._key = key
@@ -84,7 +85,7 @@ class Forward:
         fwd._query = None
         fwd.data = data
         fwd.qend = qend
-        fwd._wire_name = wire_name
+        fwd.wire_name = wire_name
         fwd._key = None
         fwd.qtype = qtype
         fwd.edns = edns
@@ -94,22 +95,16 @@ class Forward:
     @property
     def key(self) -> str | None:
         """The absolute lower-case name; None when it has a label no name can have."""
-        if self._key is None and self._wire_name:
-            self._key = names.from_wire(self._wire_name)
+        if self._key is None and self.wire_name:
+            self._key = names.from_wire(self.wire_name)
         return self._key
-
-    @property
-    def wire_name(self) -> bytes:
-        """The name in wire form, lower case, when the query was classified from its bytes;
-        else empty."""
-        return self._wire_name
 
     @property
     def reverse(self) -> bool:
         """Whether the name is a reverse one (or may be: a name with an odd label), which a
         config can make the cluster's."""
-        if self._wire_name:
-            return self._wire_name.endswith(names.REVERSE_WIRE_SUFFIXES)
+        if self.wire_name:
+            return self.wire_name.endswith(names.REVERSE_WIRE_SUFFIXES)
         key = self.key
         return key is None or names.is_reverse(key)
 

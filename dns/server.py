@@ -4,11 +4,16 @@ The UDP loop is the hot path. It waits for the epoll set of ``Outbound`` (the li
 socket and the upstream sockets) to become readable, then drains the listening socket with
 plain non-blocking ``recvfrom`` calls, answering wire-cache hits (cluster names) and
 answer-cache hits (forwarded names) inline, a dict lookup and a ``sendto`` each, with no trio
-machinery per packet; after ``batch`` packets it reads the upstreams' replies, times out the
+machinery per packet (an answer-cache entry whose memo is current is read inline, no call);
+after ``batch`` packets (one ``_drain``) it reads the upstreams' replies, times out the
 exchanges whose upstream is late, and yields to other tasks. A miss is answered from the
-FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes out;
-its NXDOMAIN replies are kept in a negative cache of their own, so a flood of made-up names
-never empties the wire cache), else goes through the pure Responder synchronously (cluster
+FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes out).
+An NXDOMAIN under a name the zone has (a random-subdomain flood, a single label under a
+search domain) is made again each time (one dict lookup of its parent, no walk) and kept in
+no cache, so a flood of made-up names neither grows nor churns any; the NXDOMAIN of a dotted name under a
+search domain (the FastIndex walked its labels), asked again at every lookup of that name, is
+kept in a negative cache of its own that admits while it has room and never evicts
+(dns/wire_cache.py). The rest goes through the pure Responder synchronously (cluster
 names), or is handed to ``Outbound`` with a callback that sends the reply (names outside the
 zone, classified from their bytes by the FastIndex when standard): no task per forwarded
 query. ExternalName targets outside the zone, autopath walks and TCP clients use tasks that
@@ -46,7 +51,7 @@ from mesh.dns.relay import Relay, send
 from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
 from mesh.dns.tcp_server import TcpServing
 from mesh.dns.upstream import Forwarder
-from mesh.dns.wire_cache import WireCache
+from mesh.dns.wire_cache import NegativeCache, WireCache
 from mesh.dns.worker_metrics import Merged, publish
 from mesh.dns.zone import ZoneIndex
 from mesh.netns import inside
@@ -65,9 +70,9 @@ class _Live:
     cache: WireCache
     fast: FastIndex | None = None  # standard questions of cluster names, in wire form
     pods: Mapping[str, str] = field(default_factory=dict)  # pod IP -> namespace (autopath)
-    # NXDOMAIN replies of the fast path: apart, so a flood of made-up names (each asked once)
-    # empties only this cache, never the wire cache of names that exist
-    negative: WireCache = field(default_factory=lambda: WireCache(0))
+    # NXDOMAIN replies of the fast path that are worth keeping: apart, so made-up names never
+    # touch the wire cache of names that exist
+    negative: NegativeCache = field(default_factory=lambda: NegativeCache(0))
 
 
 class DnsServer:
@@ -181,7 +186,7 @@ class DnsServer:
             WireCache(self._wire_cache_size),
             fast,
             pods,
-            WireCache(self._wire_cache_size),
+            NegativeCache(self._wire_cache_size),
         )
         self.metrics.config_version = config.version
         self.metrics.config_applies += 1
@@ -258,92 +263,10 @@ class DnsServer:
             outbound.close()
 
     async def _udp_loop(self, sock: socket.socket, outbound: Outbound) -> None:
-        recvfrom = sock.recvfrom
-        sendto = sock.sendto
-        metrics = self.metrics
-        queries = metrics.queries
-        latency = metrics.latency["cache"]
         batch = self._batch
-        perf = time.perf_counter
         clock = self._clock
-        answer = self._answers.answer
         while True:
-            live = self._live
-            get = live.cache.entries.get
-            negative = live.negative.entries
-            negative_max = live.negative.max_entries
-            fast = live.fast.reply if live.fast is not None else None
-            zone = live.fast.zone_wire if live.fast is not None else None
-            pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
-            n = hits = forwarded = answered = 0
-            start = perf()
-            now = clock()
-            while n < batch:
-                try:
-                    data, addr = recvfrom(RECV_SIZE)
-                except BlockingIOError:
-                    break
-                except OSError:  # e.g. an ICMP error queued on the socket
-                    n += 1
-                    continue
-                n += 1
-                tail = data[2:]
-                hit = get(tail)
-                if hit is None and negative and not (pods and addr[0] in pods):
-                    hit = negative.get(tail)
-                if hit is not None:
-                    try:
-                        sendto(data[:2] + hit[0], addr)
-                    except OSError:
-                        metrics.dropped["send"] += 1
-                    queries[hit[1]] += 1
-                    hits += 1
-                    continue
-                # A name in the zone is never in the answer cache: skip its two lookups.
-                fwd = answer(data, tail, now) if zone is None or zone not in data else None
-                if fwd is not None:
-                    try:
-                        sendto(fwd[0], addr)
-                    except OSError:
-                        metrics.dropped["send"] += 1
-                    queries[fwd[1]] += 1
-                    forwarded += 1
-                    continue
-                reply = None
-                if fast is not None:
-                    try:
-                        reply = fast(data)
-                    except Exception:  # a bug must cost one query: the general path answers it
-                        log.exception("fast path failed")
-                if isinstance(reply, Forward):  # a standard query of a name outside the zone
-                    self._udp_miss(sock, data, addr, live, reply)
-                elif reply is not None and not (
-                    pods and reply[1][1] == "NXDOMAIN" and addr[0] in pods
-                ):
-                    # A standard question of a cluster name, answered from wire bytes (the
-                    # reply after its ID: what the caches keep).
-                    after_id, label, cacheable = reply
-                    try:
-                        sendto(data[:2] + after_id, addr)
-                    except OSError:
-                        metrics.dropped["send"] += 1
-                    queries[label] += 1
-                    answered += 1
-                    if cacheable:
-                        live.cache.put(tail, after_id, label)
-                    elif cacheable is False:  # NXDOMAIN: its own cache, so a flood of names
-                        if len(negative) >= negative_max:  # evicts only its kind (WireCache.put
-                            negative.clear()  # inlined: every made-up name comes here)
-                        negative[tail] = (after_id, label)
-                else:
-                    self._udp_miss(sock, data, addr, live)
-            if hits or forwarded:
-                latency.observe((perf() - start) / n, hits + forwarded)
-                metrics.cache_hits["wire"] += hits
-                metrics.cache_hits["answer"] += forwarded
-            if answered:
-                metrics.latency["cluster"].observe((perf() - start) / n, answered)
-                metrics.cache_misses["wire"] += answered
+            n = self._drain(sock, batch)
             if outbound.ports or outbound.woken:  # the upstreams' replies, their timeouts
                 now = clock()
                 outbound.poll(now)
@@ -359,6 +282,108 @@ class DnsServer:
             else:  # on time.monotonic's clock: trio's has another origin
                 with trio.move_on_at(trio.current_time() + max(0.0, deadline - time.monotonic())):
                     await trio.lowlevel.wait_readable(outbound.fileno())
+
+    def _drain(self, sock: socket.socket, batch: int) -> int:
+        """Answer up to ``batch`` queries waiting on ``sock`` (non-blocking), the caches' and
+        the FastIndex's inline, the rest by ``_udp_miss``; how many datagrams were read. One
+        call per batch: the names below are looked up once per batch, not per packet."""
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        metrics = self.metrics
+        queries = metrics.queries
+        answer = self._answers.answer
+        memo = self._answers.entries.get
+        live = self._live
+        get = live.cache.entries.get
+        negative = live.negative.entries
+        fast = live.fast.reply if live.fast is not None else None
+        zone = live.fast.zone_wire if live.fast is not None else None
+        pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
+        n = hits = forwarded = answered = 0
+        start = time.perf_counter()
+        now = self._clock()
+        room = live.negative.room(now)  # NXDOMAIN replies it may take this batch
+        while n < batch:
+            try:
+                data, addr = recvfrom(RECV_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:  # e.g. an ICMP error queued on the socket
+                n += 1
+                continue
+            n += 1
+            tail = data[2:]
+            hit = get(tail)
+            if hit is None and negative and not (pods and addr[0] in pods):
+                hit = negative.get(tail)
+            if hit is not None:
+                try:
+                    sendto(data[:2] + hit[0], addr)
+                except OSError:
+                    metrics.dropped["send"] += 1
+                queries[hit[1]] += 1
+                hits += 1
+                continue
+            # A name in the zone is never in the answer cache: skip its two lookups.
+            if zone is None or zone not in data:
+                entry = memo(tail)  # a lower-case question whose memo is current: inline
+                if entry is not None and now < entry.refresh:
+                    try:
+                        sendto(data[:2] + entry.tail, addr)
+                    except OSError:
+                        metrics.dropped["send"] += 1
+                    queries[entry.label] += 1
+                    forwarded += 1
+                    continue
+                # the cache ages the memo, or finds another case's entry: else a miss
+                end = data.find(0, 12)
+                fwd = (
+                    answer(data, tail, now)
+                    if entry is not None or not data[12:end].islower()
+                    else None
+                )
+                if fwd is not None:
+                    try:
+                        sendto(fwd[0], addr)
+                    except OSError:
+                        metrics.dropped["send"] += 1
+                    queries[fwd[1]] += 1
+                    forwarded += 1
+                    continue
+            reply = None
+            if fast is not None:
+                try:
+                    reply = fast(data)
+                except Exception:  # a bug must cost one query: the general path answers it
+                    log.exception("fast path failed")
+            if isinstance(reply, tuple) and not (
+                pods and reply[1][1] == "NXDOMAIN" and addr[0] in pods
+            ):
+                # A standard question of a cluster name, answered from wire bytes.
+                wire, label, kind = reply
+                try:
+                    sendto(wire, addr)
+                except OSError:
+                    metrics.dropped["send"] += 1
+                queries[label] += 1
+                answered += 1
+                if kind:
+                    live.cache.put(tail, wire[2:], label)
+                elif kind is False and room:  # an NXDOMAIN of a walked name: kept apart
+                    negative[tail] = (wire[2:], label)  # (see NegativeCache)
+                    room -= 1
+            else:  # a name outside the zone (its Forward), or one the general path answers
+                self._udp_miss(
+                    sock, data, addr, live, reply if isinstance(reply, Forward) else None
+                )
+        if hits or forwarded:
+            metrics.latency["cache"].observe((time.perf_counter() - start) / n, hits + forwarded)
+            metrics.cache_hits["wire"] += hits
+            metrics.cache_hits["answer"] += forwarded
+        if answered:
+            metrics.latency["cluster"].observe((time.perf_counter() - start) / n, answered)
+            metrics.cache_misses["wire"] += answered
+        return n
 
     def _udp_miss(
         self, sock: socket.socket, data: bytes, addr: Any, live: _Live, fwd: Forward | None = None

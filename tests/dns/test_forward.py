@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -341,6 +342,48 @@ async def test_answer_cache_ages_ttls_and_echoes_case(upstream: FakeUpstream) ->
         assert upstream.asked("www.example.") == ["udp", "udp"]
         value = server.registry.get_sample_value
         assert value("mesh_dns_cache_hits_total", {"cache": "answer"}) == 3
+
+
+async def test_answer_cache_hits_inline_until_the_next_second_and_never_past_expiry(
+    upstream: FakeUpstream,
+) -> None:
+    """The UDP loop answers a lower-case question from the entry's memo without calling the
+    cache while the memo's second lasts; the second after, and in another case, the cache
+    ages it; the memo of the last second before expiry ends at expiry."""
+    clock = FakeClock()
+    upstreams = [(upstream.host, upstream.port)]
+    async with running(CLUSTER, upstreams=upstreams, clock=clock) as server:
+        answers = server._answers
+        calls: list[float] = []
+        answer = answers.answer
+
+        def counted(data: bytes, key: bytes, now: float) -> tuple[bytes, Any] | None:
+            calls.append(now)
+            return answer(data, key, now)
+
+        answers.answer = counted  # type: ignore[method-assign]
+        await ask_tcp(server, q("www.example."))  # forwarded: the question cache keeps it
+        clock.now = 1000.5  # from the question cache: the answer cache keeps it 119.5 s
+        await ask_udp(server, q("www.example."))
+        calls.clear()
+        for _ in range(3):
+            reply = await ask_udp(server, q("www.example."))
+            assert [rrset.ttl for rrset in reply.answer] == [300, 120]
+        assert calls == [1000.5]  # the first hit made the memo, the others used it
+        clock.now += 0.25
+        await ask_udp(server, q("WWW.example."))  # another case: the cache copies it in
+        assert len(calls) == 2
+        clock.now = 1119.75  # the memo's last second: its A record expires at 1120
+        for _ in range(2):
+            reply = await ask_udp(server, q("www.example."))
+            assert [rrset.ttl for rrset in reply.answer] == [181, 1]
+        assert len(calls) == 3
+        clock.now = 1120.25  # expired, though the memo's second would last until 1120.5
+        await ask_udp(server, q("www.example."))
+        assert len(calls) == 4
+        assert upstream.asked("www.example.") == ["udp", "udp"]
+        value = server.registry.get_sample_value
+        assert value("mesh_dns_cache_hits_total", {"cache": "answer"}) == 6
 
 
 class FakeClock:
