@@ -50,12 +50,13 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from mesh import endpoint_policy
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from mesh.proxy.nft_merge import Delta, ServiceKey, TableState, changed_services
 from mesh.proxy.nft_names import (
     ADDR_TYPE,
     CLUSTER_IPS_SET,
@@ -117,37 +118,114 @@ class RenderOptions:
     dispatch: Literal["auto", "inline", "shared"] = "auto"
 
 
-@dataclass(slots=True)
-class Ruleset:
-    """The rendered table plus what the syncer needs to know about it."""
+class SupersededError(RuntimeError):
+    """A ruleset's table content was read after a later render from it took it over."""
 
-    table: str
-    body: str  # "table ip NAME { ... }" (or ip6)
-    marker: str  # comment on the services dispatch rule: a digest of the body
-    chains: frozenset[str] = frozenset()  # service-/local-/external-/endpoint- chains
-    affinity_sets: dict[str, int] = field(default_factory=dict)  # name -> timeout seconds
-    rules: int = 0
-    elements: int = 0
-    service_ports: int = 0
-    endpoints: int = 0
-    # UDP destinations -> endpoints, for stale conntrack cleanup: key (ip, port) for a
-    # Service address, ("", node port) for a NodePort.
-    udp: dict[tuple[str, int], frozenset[tuple[str, int]]] = field(default_factory=dict)
-    # The pieces of ``body``, for incremental syncs: the part that depends on the options
-    # only, the services chain (it carries the marker), every Service and endpoint chain
-    # block, the elements of each map and set (key -> value, "" in a set) and the dispatch
-    # slots of each chain (base, count).
-    static: str = ""
-    services_chain: str = ""
-    chain_blocks: dict[str, str] = field(default_factory=dict)
-    element_sets: dict[str, dict[str, str]] = field(default_factory=dict)
-    slots: dict[str, tuple[int, int]] = field(default_factory=dict)
-    family: Family = "ip"
-    # What each Service contributed, with the record it was rendered from, and what else
-    # that depends on (node name, options, dispatch): the next render reuses the pieces of
-    # the Services whose record is the same object or an equal one.
-    pieces: dict[tuple[str, str], tuple[ProxyService, _Out]] = field(default_factory=dict)
-    pieces_for: tuple[str, RenderOptions, bool] | None = None
+
+class Ruleset:
+    """The rendered table plus what the syncer needs to know about it.
+
+    The plain fields stay as rendered; the table content (``chain_blocks``,
+    ``element_sets``, ``affinity_sets``, ``slots``, ``udp``, ``body``) is a view of the
+    merged state, readable until a later render from this ruleset takes that state over
+    (then it raises :class:`SupersededError`). ``delta`` is what this render changed
+    against the ruleset it was rendered from (None: rendered from nothing).
+    """
+
+    __slots__ = (
+        "_body",
+        "base_generation",
+        "chain_count",
+        "delta",
+        "elements",
+        "endpoints",
+        "family",
+        "generation",
+        "marker",
+        "options",
+        "rules",
+        "service_ports",
+        "services_chain",
+        "state",
+        "static",
+        "table",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        state: TableState,
+        opts: RenderOptions,
+        marker: str,
+        delta: Delta | None,
+        base_generation: int | None,
+        body: str | None = None,
+    ) -> None:
+        self.options = opts
+        self.table = opts.table
+        self.family: Family = opts.family
+        self.marker = marker  # comment on the services dispatch rule
+        # The part that depends on the options only, and the services chain (it carries
+        # the marker): an incremental sync compares them to the kernel's.
+        self.static = _preamble(opts) + _dispatch(opts)
+        self.services_chain = _services(opts, marker)
+        self.rules = state.rules + _FIXED_RULES + (1 if opts.pod_cidr else 0)
+        self.elements = sum(len(v) for v in state.elements.values())
+        self.service_ports = state.service_ports
+        self.endpoints = state.endpoints
+        self.chain_count = len(state.chains)
+        self.delta = delta
+        self.state = state
+        self.generation = state.generation
+        self.base_generation = base_generation
+        self._body = body
+
+    @property
+    def current(self) -> bool:
+        return self.state.generation == self.generation
+
+    def _content(self) -> TableState:
+        if not self.current:
+            raise SupersededError("this ruleset was superseded by a render from it")
+        return self.state
+
+    @property
+    def chain_blocks(self) -> dict[str, str]:
+        """Service and endpoint chain name -> its block."""
+        return self._content().chains
+
+    @property
+    def chains(self) -> frozenset[str]:
+        """The service-/local-/external-/endpoint- chains."""
+        return frozenset(self._content().chains)
+
+    @property
+    def element_sets(self) -> dict[str, dict[str, str]]:
+        """Each map and set: key -> value ("" in a set)."""
+        return self._content().elements
+
+    @property
+    def affinity_sets(self) -> dict[str, int]:
+        """Affinity set name -> timeout seconds."""
+        return self._content().affinity
+
+    @property
+    def slots(self) -> dict[str, tuple[int, int]]:
+        """The shared dispatch slots of each chain: (base, count)."""
+        return self._content().slots
+
+    @property
+    def udp(self) -> dict[tuple[str, int], frozenset[tuple[str, int]]]:
+        """UDP destinations -> endpoints, for stale conntrack cleanup: key (ip, port) for a
+        Service address, ("", node port) for a NodePort."""
+        return self._content().udp
+
+    @property
+    def body(self) -> str:
+        """``table ip NAME { ... }`` (or ip6): the whole table as one nft block."""
+        if self._body is None:
+            inner = _inner(self._content(), self.family)
+            self._body = _wrap(self.options, inner, self.services_chain)
+        return self._body
 
 
 def _of_family(addresses: Iterable[str], family: str) -> list[str]:
@@ -227,130 +305,132 @@ class _Out:
         self.slots[chain] = (base, n)
         return base
 
-    def merge(self, piece: _Out) -> None:
-        """Add one Service's piece, as rendering it here would have: the first claim of a
-        map or set key wins, and a ClusterIP is in the cluster-ips set only for the Service
-        whose verdict won its key."""
-        self.chains.update(piece.chains)
-        if piece.affinity:
-            self.affinity.update(piece.affinity)
-        if piece.slots:
-            self.slots.update(piece.slots)
-        self.hairpin.update(piece.hairpin)
-        self.rules += piece.rules
-        self.endpoints += piece.endpoints
-        for target, endpoints in piece.udp.items():
-            self.udp.setdefault(target, endpoints)
-        # Claims rarely collide: a piece whose keys are all free is added in one update.
-        won: Collection[str] | None = None  # None: the piece won all its service-ips keys
-        for name, elems in piece.elements.items():
-            mine = self.elements[name]
-            if name == CLUSTER_IPS_SET and won is not None:
-                elems = {k: v for k, v in elems.items() if k in won}
-            if not mine.keys().isdisjoint(elems):
-                elems = {k: v for k, v in elems.items() if k not in mine}
-                if name == SERVICE_IPS_MAP:
-                    won = elems.keys()
-            mine.update(elems)
-
 
 def render(
     config: ProxyConfig,
     options: RenderOptions | None = None,
     previous: Ruleset | None = None,
-    reuse: bool = True,
 ) -> Ruleset:
-    """The whole table for ``config`` (pure; the same input gives the same text).
+    """The whole table for ``config`` (pure: the same input gives the same content).
 
-    ``previous``, the ruleset in the kernel, keeps the shared dispatch slots of chains
-    whose endpoint count did not change, so an incremental sync touches only what changed;
-    with ``reuse`` and a ``previous``, each Service is rendered as a piece of its own and
-    merged in, and the previous ruleset's pieces of the Services whose record did not change
-    are taken as they are (the same text as rendering them again), so an edit renders only
-    what changed.
+    With a ``previous`` ruleset that is still current (the last one rendered from its
+    state) and made with the same node name and options, only the Services whose record
+    changed (the config stream keeps unchanged records as the same objects) are rendered
+    again and swapped into that state; the new ruleset's ``delta`` says what changed, and
+    ``previous`` is superseded. Otherwise every Service is rendered, in namespace/name
+    order, into a new state.
     """
     opts = options or RenderOptions()
-    services = sorted(config.services, key=lambda s: (s.namespace, s.name))
-    ports = sum(len(s.ports) for s in services)
+    ports = sum(len(s.ports) for s in config.services)
     shared = opts.dispatch == "shared" or (
         opts.dispatch == "auto" and ports > SHARED_DISPATCH_ABOVE
     )
-    out = _Out(shared=shared)
-    if previous is not None and shared:
-        out.previous_slots = previous.slots
-        out.slot = max((b + n for b, n in previous.slots.values()), default=1)
-    made_for: tuple[str, RenderOptions, bool] | None = (config.node_name, opts, shared)
-    cache = previous.pieces if reuse and previous is not None else {}
-    if previous is None or previous.pieces_for != made_for:
-        cache = {}
-    pieces: dict[tuple[str, str], tuple[ProxyService, _Out]] = {}
-    # Pieces cost about half as much again as rendering straight into the table: a render
-    # from nothing (the first sync, a full resync) goes straight, the next one keeps pieces.
-    straight = not reuse or previous is None
-    if straight:
-        made_for = None  # every Service straight into the table, no pieces kept
+    made_for = (config.node_name, opts, shared)
+    if (
+        previous is not None
+        and previous.current
+        and previous.state.updatable
+        and previous.state.made_for == made_for
+    ):
+        return _update(config, opts, previous)
+    state = TableState(made_for=made_for)
+    keyed = _keyed(config.services)
+    for key, svc in sorted(keyed, key=lambda item: item[0]):
+        if key[2]:
+            state.updatable = False  # a Service given twice: the next render starts over
+        piece = _piece(state, config.node_name, svc, opts, shared, {})
+        state.append(key, svc, piece)
+    inner = _inner(state, opts.family)
+    marker = hashlib.sha256((_preamble(opts) + inner).encode()).hexdigest()[:16]
+    body = _wrap(opts, inner, _services(opts, marker))
+    return Ruleset(state, opts, marker, None, None, body)
+
+
+def _keyed(services: Iterable[ProxyService]) -> list[tuple[ServiceKey, ProxyService]]:
+    seen: dict[tuple[str, str], int] = {}
+    out = []
     for svc in services:
-        if straight:
-            _render_service(out, config.node_name, svc, opts)
-            continue
-        key = (svc.namespace, svc.name)
-        was = cache.get(key)
-        if was is not None and was[1].reusable and (was[0] is svc or was[0] == svc):
-            piece = was[1]
-        else:
-            # A piece holds only the maps and sets it uses, in the order it first used them
-            # (a verdict in service-ips always before its key in cluster-ips).
-            piece = _Out(
-                elements=defaultdict(dict),
-                shared=shared,
-                previous_slots=out.previous_slots,
-                slot=out.slot,
-            )
-            _render_service(piece, config.node_name, svc, opts)
-            out.slot = piece.slot
-        if key in pieces:
-            made_for = None  # a Service given twice: nothing is reused next time
-        pieces[key] = (svc, piece)
-        out.merge(piece)
-    for ip in sorted(out.hairpin, key=_ip_order):
-        out.elements[HAIRPIN_SET][f"{ip} . {ip}"] = ""
-    static = _preamble(opts)
-    body_parts = [static]
-    types = {**map_types(opts.family), **set_types(opts.family)}
-    for name, elems in out.elements.items():
+        ns_name = (svc.namespace, svc.name)
+        n = seen.get(ns_name, 0)
+        seen[ns_name] = n + 1
+        out.append(((svc.namespace, svc.name, n), svc))
+    return out
+
+
+def _piece(
+    state: TableState,
+    node_name: str,
+    svc: ProxyService,
+    opts: RenderOptions,
+    shared: bool,
+    previous_slots: dict[str, tuple[int, int]],
+) -> _Out:
+    """One Service's piece: only the maps and sets it uses, in the order it first used
+    them (a verdict in service-ips always before its key in cluster-ips)."""
+    piece = _Out(
+        elements=defaultdict(dict),
+        shared=shared,
+        previous_slots=previous_slots,
+        slot=state.next_slot,
+    )
+    _render_service(piece, node_name, svc, opts)
+    state.next_slot = piece.slot
+    return piece
+
+
+def _update(config: ProxyConfig, opts: RenderOptions, previous: Ruleset) -> Ruleset:
+    """Swap the pieces of the changed Services into the previous ruleset's state."""
+    state = previous.state
+    node_name, _, shared = state.made_for
+    changed, gone = changed_services(state, lambda: _keyed(config.services))
+    delta = Delta()
+    if any(key[2] for key, _ in changed):
+        state.updatable = False
+    for key in gone:
+        state.replace(key, None, delta)
+    for key, svc in changed:
+        was = state.pieces.get(key)
+        # A re-rendered Service keeps the slots of each chain whose endpoint count stays,
+        # so its elements in the shared maps do not change.
+        slots = was[1].slots if was is not None else {}
+        piece = _piece(state, node_name, svc, opts, shared, slots)
+        state.replace(key, (svc, piece), delta)
+    state.generation += 1
+    marker = previous.marker
+    if delta:
+        # A digest of the table before and of what changed: it names this content, and a
+        # drift probe tells it from any other (computed in proportion to the change).
+        h = hashlib.sha256(marker.encode())
+        for part in (delta.chains, delta.elements, delta.affinity):
+            h.update(repr(sorted(part.items())).encode())
+        marker = h.hexdigest()[:16]
+    return Ruleset(state, opts, marker, delta, previous.generation)
+
+
+def _inner(state: TableState, family: Family) -> str:
+    """The maps, sets, affinity sets and Service chains of ``state`` as nft text."""
+    body_parts = []
+    types = {**map_types(family), **set_types(family)}
+    for name, elems in state.elements.items():
         kind = "map" if name in MAP_TYPES else "set"
         body = f"\t{kind} {name} {{\n\t\ttype {types[name]}\n"
+        if name == HAIRPIN_SET:
+            elems = {k: "" for k in sorted(elems, key=_hairpin_order)}
         if elems:
             body += "\t\telements = { " + ",\n\t\t\t".join(element_items(elems)) + " }\n"
         body_parts.append(body + "\t}\n")
-    body_parts.extend(affinity_decl(name, t, opts.family) for name, t in out.affinity.items())
-    body_parts.extend(out.chains.values())
-    inner = "".join(body_parts)
-    marker = hashlib.sha256(inner.encode()).hexdigest()[:16]
-    dispatch = _dispatch(opts)
-    services_chain = _services(opts, marker)
-    rules = out.rules + _FIXED_RULES + (1 if opts.pod_cidr else 0)
-    text = f"table {opts.family} {opts.table} {{\n{inner}{dispatch}{services_chain}}}\n"
-    return Ruleset(
-        table=opts.table,
-        body=text,
-        marker=marker,
-        chains=frozenset(out.chains),
-        affinity_sets=out.affinity,
-        rules=rules,
-        elements=sum(len(v) for v in out.elements.values()),
-        service_ports=ports,
-        endpoints=out.endpoints,
-        udp=out.udp,
-        static=static + dispatch,
-        services_chain=services_chain,
-        chain_blocks=out.chains,
-        element_sets=out.elements,
-        slots=out.slots,
-        family=opts.family,
-        pieces=pieces,
-        pieces_for=made_for,
-    )
+    body_parts.extend(affinity_decl(name, t, family) for name, t in state.affinity.items())
+    body_parts.extend(state.chains.values())
+    return "".join(body_parts)
+
+
+def _hairpin_order(key: str) -> tuple[int, int, int]:
+    return _ip_order(key.partition(" ")[0])
+
+
+def _wrap(opts: RenderOptions, inner: str, services_chain: str) -> str:
+    head = f"table {opts.family} {opts.table} {{\n{_preamble(opts)}"
+    return f"{head}{inner}{_dispatch(opts)}{services_chain}}}\n"
 
 
 def _render_service(out: _Out, node_name: str, svc: ProxyService, opts: RenderOptions) -> None:

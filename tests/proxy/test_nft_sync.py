@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 import trio
 import trio.testing
 
 from mesh.component import Component
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 from mesh.proxy.conntrack import StaleEntry, stale_entries
-from mesh.proxy.nft_render import RenderOptions, render
+from mesh.proxy.nft_render import RenderOptions, SupersededError, render
 from mesh.proxy.nft_sync import (
     FakeNftRunner,
     Step,
@@ -174,10 +176,13 @@ def test_shared_slots_stay_put_when_the_endpoint_count_does() -> None:
     one = render(ProxyConfig(services=(a, b)), opts)
     grown = a.model_copy(update={"endpoints": (*a.endpoints, a.endpoints[0].model_copy(
         update={"address": "198.18.0.9"}))})  # fmt: skip
-    two = render(ProxyConfig(services=(grown, b)), opts, one)
     b_chain = next(c for c in one.chains if "a/b/" in c)
     a_chain = next(c for c in one.chains if "a/a/" in c)
     assert one.slots == {a_chain: (1, 2), b_chain: (3, 2)}
+    # Rendered from ``one``, ``two`` takes its state over: ``one`` keeps only its fields.
+    two = render(ProxyConfig(services=(grown, b)), opts, one)
+    with pytest.raises(SupersededError):
+        one.slots  # noqa: B018
     assert two.slots == {a_chain: (5, 3), b_chain: (3, 2)}  # b keeps its slots
     lines = transaction(two, one).splitlines()
     assert not any(b_chain in ln for ln in lines)

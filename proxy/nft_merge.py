@@ -1,0 +1,330 @@
+"""The whole nftables table as the merge of per-Service pieces, kept up to date in place.
+
+Theory of operation. The renderer renders each Service as a piece of its own (its chains,
+map and set elements, affinity sets, dispatch slots, UDP targets). :class:`TableState`
+merges the pieces into the table's content and, on an edit, swaps the pieces of the changed
+Services only, recording what that changed in a :class:`Delta`: the work of an edit is
+proportional to the Services it touched, not to the size of the table.
+
+Two Services may claim one map key (the same address and port): the first by
+namespace/name wins, as when rendering straight into one table. Every key therefore keeps
+the sorted list of its claimants; removing the winner hands the key to the next one. The
+``cluster-ips`` set follows ``service-ips``: a key is in it when the Service that won the
+key in ``service-ips`` has it in its own ``cluster-ips``. The hairpin set is a union: an
+endpoint address stays while any Service still reaches it.
+
+The state is mutated in place: a ruleset rendered from it is current until the next render
+from it (``generation`` tells), after which only its plain fields (counts, marker, the
+delta it carried) stay meaningful.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from mesh.config.proxy import ProxyService
+from mesh.proxy.nft_names import CLUSTER_IPS_SET, HAIRPIN_SET, MAPS, SERVICE_IPS_MAP, SETS
+
+# A Service's place in the merge order: namespace, name, and its occurrence (a Service
+# given twice in one config gets 1 for its second copy; such a state is never updated).
+ServiceKey = tuple[str, str, int]
+UdpKey = tuple[str, int]
+UdpTargets = frozenset[tuple[str, int]]
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+Change = tuple[V | None, V | None]  # (before, after); None: absent
+
+
+class Piece(Protocol):
+    """What the renderer made of one Service (nft_render's ``Piece``)."""
+
+    chains: dict[str, str]
+    affinity: dict[str, int]
+    elements: dict[str, dict[str, str]]
+    slots: dict[str, tuple[int, int]]
+    udp: dict[UdpKey, UdpTargets]
+    hairpin: set[str]
+    rules: int
+    endpoints: int
+    reusable: bool
+
+
+@dataclass(slots=True)
+class Delta:
+    """What one render changed in the table: per name, (before, after), None for absent."""
+
+    chains: dict[str, Change[str]] = field(default_factory=dict)
+    elements: dict[str, dict[str, Change[str]]] = field(default_factory=dict)
+    affinity: dict[str, Change[int]] = field(default_factory=dict)
+    udp: dict[UdpKey, Change[UdpTargets]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.chains or self.elements or self.affinity or self.udp)
+
+    def size(self) -> int:
+        """How many chains, elements, sets and UDP targets changed (what tests pin)."""
+        elements = sum(len(e) for e in self.elements.values())
+        return len(self.chains) + elements + len(self.affinity) + len(self.udp)
+
+
+def diff_dicts(before: dict[K, V], after: dict[K, V]) -> dict[K, Change[V]]:
+    """(before, after) of every key whose value differs (two whole tables: O(size))."""
+    out: dict[K, Change[V]] = {}
+    for k, v in before.items():
+        w = after.get(k)
+        if w != v:
+            out[k] = (v, w)
+    for k, w in after.items():
+        if k not in before:
+            out[k] = (None, w)
+    return out
+
+
+def _claim(claims: dict[K, list[ServiceKey]], key: K, owner: ServiceKey) -> None:
+    who = claims.get(key)
+    if who is None:
+        claims[key] = [owner]
+    else:
+        bisect.insort(who, owner)
+
+
+def _unclaim(claims: dict[K, list[ServiceKey]], key: K, owner: ServiceKey) -> None:
+    who = claims[key]
+    who.remove(owner)
+    if not who:
+        del claims[key]
+
+
+@dataclass(slots=True)
+class TableState:
+    """The merged content of every piece, plus who claims what."""
+
+    made_for: Any  # (node name, options, shared dispatch): pieces depend on it
+    pieces: dict[ServiceKey, tuple[ProxyService, Piece]] = field(default_factory=dict)
+    elements: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {m: {} for m in (*MAPS, *SETS)}
+    )
+    claims: dict[str, dict[str, list[ServiceKey]]] = field(
+        default_factory=lambda: {m: {} for m in (*MAPS, *SETS)}
+    )
+    chains: dict[str, str] = field(default_factory=dict)
+    affinity: dict[str, int] = field(default_factory=dict)
+    slots: dict[str, tuple[int, int]] = field(default_factory=dict)
+    udp: dict[UdpKey, UdpTargets] = field(default_factory=dict)
+    udp_claims: dict[UdpKey, list[ServiceKey]] = field(default_factory=dict)
+    rules: int = 0
+    endpoints: int = 0
+    service_ports: int = 0
+    # The next free dispatch slot. Never lowered before a full render: a slot an update
+    # retired lingers in the kernel until the next sync (see nft_sync.LATE_DELETE), and
+    # adding it again with another value would fail the transaction.
+    next_slot: int = 1
+    generation: int = 0
+    updatable: bool = True  # False: a Service given twice; the next render starts over
+
+    # --- a render from nothing: pieces in merge order, the first claim wins ------------
+
+    def append(self, key: ServiceKey, svc: ProxyService, piece: Piece) -> None:
+        """Add a piece that sorts after every piece already added (a full render)."""
+        self.pieces[key] = (svc, piece)
+        self._count(svc, piece, 1)
+        self.chains.update(piece.chains)
+        if piece.affinity:
+            self.affinity.update(piece.affinity)
+        if piece.slots:
+            self.slots.update(piece.slots)
+        for target, eps in piece.udp.items():
+            _claim(self.udp_claims, target, key)
+            self.udp.setdefault(target, eps)
+        won_all = True
+        for name, elems in piece.elements.items():
+            if name == CLUSTER_IPS_SET:
+                continue
+            mine, claims = self.elements[name], self.claims[name]
+            for k, v in elems.items():
+                who = claims.get(k)
+                if who is None:
+                    claims[k] = [key]
+                    mine[k] = v
+                else:
+                    who.append(key)
+                    if name == SERVICE_IPS_MAP:
+                        won_all = False
+        cluster = piece.elements.get(CLUSTER_IPS_SET)
+        if cluster:
+            self._claim_cluster_ips(key, cluster, won_all)
+        hairpin, hclaims = self.elements[HAIRPIN_SET], self.claims[HAIRPIN_SET]
+        for ip in piece.hairpin:
+            k = f"{ip} . {ip}"
+            who = hclaims.get(k)
+            if who is None:
+                hclaims[k] = [key]
+                hairpin[k] = ""
+            else:
+                who.append(key)
+
+    def _claim_cluster_ips(self, key: ServiceKey, cluster: dict[str, str], won_all: bool) -> None:
+        mine, claims = self.elements[CLUSTER_IPS_SET], self.claims[CLUSTER_IPS_SET]
+        owners = self.claims[SERVICE_IPS_MAP]
+        for k, v in cluster.items():
+            _claim(claims, k, key)
+            if won_all or owners[k][0] == key:
+                mine[k] = v
+
+    # --- an edit: swap the pieces of the changed Services ------------------------------
+
+    def replace(
+        self, key: ServiceKey, new: tuple[ProxyService, Piece] | None, delta: Delta
+    ) -> None:
+        """Swap the piece of ``key`` for ``new`` (None: the Service is gone), recording
+        every change of the merged content in ``delta``."""
+        old = self.pieces.pop(key, None)
+        if new is not None:
+            self.pieces[key] = new
+        old_piece = old[1] if old else None
+        new_piece = new[1] if new else None
+        if old is not None:
+            self._count(old[0], old[1], -1)
+        if new is not None:
+            self._count(new[0], new[1], 1)
+        self._swap_named(
+            self.chains,
+            old_piece.chains if old_piece else {},
+            new_piece.chains if new_piece else {},
+            delta.chains,
+        )
+        self._swap_named(
+            self.affinity,
+            old_piece.affinity if old_piece else {},
+            new_piece.affinity if new_piece else {},
+            delta.affinity,
+        )
+        for chain in old_piece.slots if old_piece else ():
+            self.slots.pop(chain, None)
+        if new_piece is not None:
+            self.slots.update(new_piece.slots)
+        self._swap_udp(key, old_piece, new_piece, delta)
+        touched: set[tuple[str, str]] = set()
+        for piece, claim in ((old_piece, _unclaim), (new_piece, _claim)):
+            if piece is None:
+                continue
+            for name, elems in piece.elements.items():
+                claims = self.claims[name]
+                for k in elems:
+                    claim(claims, k, key)
+                    touched.add((name, k))
+            hclaims = self.claims[HAIRPIN_SET]
+            for ip in piece.hairpin:
+                k = f"{ip} . {ip}"
+                claim(hclaims, k, key)
+                touched.add((HAIRPIN_SET, k))
+        for name, k in touched:
+            self._settle(name, k, delta)
+
+    def _count(self, svc: ProxyService, piece: Piece, sign: int) -> None:
+        self.rules += sign * piece.rules
+        self.endpoints += sign * piece.endpoints
+        self.service_ports += sign * len(svc.ports)
+
+    @staticmethod
+    def _swap_named(
+        merged: dict[str, V],
+        old: dict[str, V],
+        new: dict[str, V],
+        changes: dict[str, Change[V]],
+    ) -> None:
+        """Names are the Service's own (its identity is in them): no claims needed."""
+        for name in old.keys() - new.keys():
+            _record(changes, name, merged.pop(name, None), None)
+        for name, value in new.items():
+            was = merged.get(name)
+            if was != value:
+                merged[name] = value
+                _record(changes, name, was, value)
+
+    def _swap_udp(
+        self, key: ServiceKey, old: Piece | None, new: Piece | None, delta: Delta
+    ) -> None:
+        targets: set[UdpKey] = set()
+        if old is not None:
+            for t in old.udp:
+                _unclaim(self.udp_claims, t, key)
+                targets.add(t)
+        if new is not None:
+            for t in new.udp:
+                _claim(self.udp_claims, t, key)
+                targets.add(t)
+        for t in targets:
+            who = self.udp_claims.get(t)
+            after = self.pieces[who[0]][1].udp[t] if who else None
+            before = self.udp.get(t)
+            if after != before:
+                _record(delta.udp, t, before, after)
+                if after is None:
+                    del self.udp[t]
+                else:
+                    self.udp[t] = after
+
+    def _settle(self, name: str, k: str, delta: Delta) -> None:
+        """Give key ``k`` of ``name`` the value of its first claimant (or remove it)."""
+        who = self.claims[name].get(k)
+        if name in (CLUSTER_IPS_SET, SERVICE_IPS_MAP):
+            if name == SERVICE_IPS_MAP:
+                self._settle_value(name, k, who, delta)
+            owner = self.claims[SERVICE_IPS_MAP].get(k)
+            present = False
+            if owner:
+                present = k in self.pieces[owner[0]][1].elements.get(CLUSTER_IPS_SET, {})
+            self._set(CLUSTER_IPS_SET, k, "" if present else None, delta)
+            return
+        if name == HAIRPIN_SET:
+            self._set(name, k, "" if who else None, delta)
+            return
+        self._settle_value(name, k, who, delta)
+
+    def _settle_value(self, name: str, k: str, who: list[ServiceKey] | None, delta: Delta) -> None:
+        value = self.pieces[who[0]][1].elements[name][k] if who else None
+        self._set(name, k, value, delta)
+
+    def _set(self, name: str, k: str, value: str | None, delta: Delta) -> None:
+        mine = self.elements[name]
+        before = mine.get(k)
+        if before == value:
+            return
+        if value is None:
+            del mine[k]
+        else:
+            mine[k] = value
+        _record(delta.elements.setdefault(name, {}), k, before, value)
+
+
+def _record(changes: dict[Any, Change[V]], key: Any, before: V | None, after: V | None) -> None:
+    """Keep the first ``before`` of a key changed twice in one render; drop no-ops."""
+    if key in changes:
+        before = changes[key][0]
+    if before == after:
+        changes.pop(key, None)
+    else:
+        changes[key] = (before, after)
+
+
+def changed_services(
+    state: TableState,
+    services: Callable[[], list[tuple[ServiceKey, ProxyService]]],
+) -> tuple[list[tuple[ServiceKey, ProxyService]], list[ServiceKey]]:
+    """The Services whose record differs from their piece's (new ones included), and the
+    keys of the pieces whose Service is gone. One identity check per unchanged Service:
+    the config stream keeps unchanged records as the same objects."""
+    changed = []
+    seen = set()
+    pieces = state.pieces
+    for key, svc in services():
+        seen.add(key)
+        was = pieces.get(key)
+        if was is None or not was[1].reusable or not (was[0] is svc or was[0] == svc):
+            changed.append((key, svc))
+    gone = [key for key in pieces.keys() - seen]
+    return changed, gone
