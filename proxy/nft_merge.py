@@ -21,7 +21,7 @@ delta it carried) stay meaningful.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -83,19 +83,35 @@ def diff_dicts(before: dict[K, V], after: dict[K, V]) -> dict[K, Change[V]]:
     return out
 
 
-def _claim(claims: dict[K, list[ServiceKey]], key: K, owner: ServiceKey) -> None:
+# Who claims a key: one Service (the common case, stored as its key: no list to allocate)
+# or a list of them sorted in merge order, the first being the winner.
+Claim = ServiceKey | list[ServiceKey]
+
+
+def _claim(claims: dict[Any, Claim], key: Any, owner: ServiceKey) -> None:
     who = claims.get(key)
     if who is None:
-        claims[key] = [owner]
-    else:
+        claims[key] = owner
+    elif type(who) is list:
         bisect.insort(who, owner)
+    else:
+        claims[key] = sorted((who, owner))  # type: ignore[arg-type]
 
 
-def _unclaim(claims: dict[K, list[ServiceKey]], key: K, owner: ServiceKey) -> None:
+def _unclaim(claims: dict[Any, Claim], key: Any, owner: ServiceKey) -> None:
     who = claims[key]
-    who.remove(owner)
-    if not who:
+    if type(who) is list:
+        who.remove(owner)
+        if len(who) == 1:
+            claims[key] = who[0]
+    else:
         del claims[key]
+
+
+def _winner(who: Claim | None) -> ServiceKey | None:
+    if who is None or type(who) is not list:
+        return who  # type: ignore[return-value]
+    return who[0]
 
 
 @dataclass(slots=True)
@@ -107,14 +123,14 @@ class TableState:
     elements: dict[str, dict[str, str]] = field(
         default_factory=lambda: {m: {} for m in (*MAPS, *SETS)}
     )
-    claims: dict[str, dict[str, list[ServiceKey]]] = field(
+    claims: dict[str, dict[str, Claim]] = field(
         default_factory=lambda: {m: {} for m in (*MAPS, *SETS)}
     )
     chains: dict[str, str] = field(default_factory=dict)
     affinity: dict[str, int] = field(default_factory=dict)
     slots: dict[str, tuple[int, int]] = field(default_factory=dict)
     udp: dict[UdpKey, UdpTargets] = field(default_factory=dict)
-    udp_claims: dict[UdpKey, list[ServiceKey]] = field(default_factory=dict)
+    udp_claims: dict[UdpKey, Claim] = field(default_factory=dict)
     rules: int = 0
     endpoints: int = 0
     service_ports: int = 0
@@ -122,6 +138,8 @@ class TableState:
     # retired lingers in the kernel until the next sync (see nft_sync.LATE_DELETE), and
     # adding it again with another value would fail the transaction.
     next_slot: int = 1
+    by_id: dict[int, ServiceKey] = field(default_factory=dict)  # id of each piece's record
+    unreusable: set[ServiceKey] = field(default_factory=set)  # pieces to render every time
     generation: int = 0
     updatable: bool = True  # False: a Service given twice; the next render starts over
 
@@ -130,6 +148,9 @@ class TableState:
     def append(self, key: ServiceKey, svc: ProxyService, piece: Piece) -> None:
         """Add a piece that sorts after every piece already added (a full render)."""
         self.pieces[key] = (svc, piece)
+        self.by_id[id(svc)] = key
+        if not piece.reusable:
+            self.unreusable.add(key)
         self._count(svc, piece, 1)
         self.chains.update(piece.chains)
         if piece.affinity:
@@ -144,34 +165,36 @@ class TableState:
             if name == CLUSTER_IPS_SET:
                 continue
             mine, claims = self.elements[name], self.claims[name]
+            if mine.keys().isdisjoint(elems):  # keys rarely collide: add them in one go
+                mine.update(elems)
+                claims.update(dict.fromkeys(elems, key))
+                continue
             for k, v in elems.items():
-                who = claims.get(k)
-                if who is None:
-                    claims[k] = [key]
-                    mine[k] = v
-                else:
-                    who.append(key)
+                if k in mine:
+                    _claim(claims, k, key)  # after the winner: merged in order
                     if name == SERVICE_IPS_MAP:
                         won_all = False
+                else:
+                    claims[k] = key
+                    mine[k] = v
         cluster = piece.elements.get(CLUSTER_IPS_SET)
         if cluster:
             self._claim_cluster_ips(key, cluster, won_all)
         hairpin, hclaims = self.elements[HAIRPIN_SET], self.claims[HAIRPIN_SET]
         for ip in piece.hairpin:
             k = f"{ip} . {ip}"
-            who = hclaims.get(k)
-            if who is None:
-                hclaims[k] = [key]
-                hairpin[k] = ""
+            if k in hairpin:
+                _claim(hclaims, k, key)
             else:
-                who.append(key)
+                hclaims[k] = key
+                hairpin[k] = ""
 
     def _claim_cluster_ips(self, key: ServiceKey, cluster: dict[str, str], won_all: bool) -> None:
         mine, claims = self.elements[CLUSTER_IPS_SET], self.claims[CLUSTER_IPS_SET]
         owners = self.claims[SERVICE_IPS_MAP]
         for k, v in cluster.items():
             _claim(claims, k, key)
-            if won_all or owners[k][0] == key:
+            if won_all or _winner(owners[k]) == key:
                 mine[k] = v
 
     # --- an edit: swap the pieces of the changed Services ------------------------------
@@ -182,8 +205,14 @@ class TableState:
         """Swap the piece of ``key`` for ``new`` (None: the Service is gone), recording
         every change of the merged content in ``delta``."""
         old = self.pieces.pop(key, None)
+        if old is not None:
+            self.by_id.pop(id(old[0]), None)
+            self.unreusable.discard(key)
         if new is not None:
             self.pieces[key] = new
+            self.by_id[id(new[0])] = key
+            if not new[1].reusable:
+                self.unreusable.add(key)
         old_piece = old[1] if old else None
         new_piece = new[1] if new else None
         if old is not None:
@@ -258,8 +287,8 @@ class TableState:
                 _claim(self.udp_claims, t, key)
                 targets.add(t)
         for t in targets:
-            who = self.udp_claims.get(t)
-            after = self.pieces[who[0]][1].udp[t] if who else None
+            who = _winner(self.udp_claims.get(t))
+            after = self.pieces[who][1].udp[t] if who else None
             before = self.udp.get(t)
             if after != before:
                 _record(delta.udp, t, before, after)
@@ -270,14 +299,14 @@ class TableState:
 
     def _settle(self, name: str, k: str, delta: Delta) -> None:
         """Give key ``k`` of ``name`` the value of its first claimant (or remove it)."""
-        who = self.claims[name].get(k)
+        who = _winner(self.claims[name].get(k))
         if name in (CLUSTER_IPS_SET, SERVICE_IPS_MAP):
             if name == SERVICE_IPS_MAP:
                 self._settle_value(name, k, who, delta)
-            owner = self.claims[SERVICE_IPS_MAP].get(k)
+            owner = _winner(self.claims[SERVICE_IPS_MAP].get(k))
             present = False
             if owner:
-                present = k in self.pieces[owner[0]][1].elements.get(CLUSTER_IPS_SET, {})
+                present = k in self.pieces[owner][1].elements.get(CLUSTER_IPS_SET, {})
             self._set(CLUSTER_IPS_SET, k, "" if present else None, delta)
             return
         if name == HAIRPIN_SET:
@@ -285,8 +314,8 @@ class TableState:
             return
         self._settle_value(name, k, who, delta)
 
-    def _settle_value(self, name: str, k: str, who: list[ServiceKey] | None, delta: Delta) -> None:
-        value = self.pieces[who[0]][1].elements[name][k] if who else None
+    def _settle_value(self, name: str, k: str, who: ServiceKey | None, delta: Delta) -> None:
+        value = self.pieces[who][1].elements[name][k] if who else None
         self._set(name, k, value, delta)
 
     def _set(self, name: str, k: str, value: str | None, delta: Delta) -> None:
@@ -312,19 +341,35 @@ def _record(changes: dict[Any, Change[V]], key: Any, before: V | None, after: V 
 
 
 def changed_services(
-    state: TableState,
-    services: Callable[[], list[tuple[ServiceKey, ProxyService]]],
-) -> tuple[list[tuple[ServiceKey, ProxyService]], list[ServiceKey]]:
-    """The Services whose record differs from their piece's (new ones included), and the
-    keys of the pieces whose Service is gone. One identity check per unchanged Service:
-    the config stream keeps unchanged records as the same objects."""
-    changed = []
-    seen = set()
-    pieces = state.pieces
-    for key, svc in services():
-        seen.add(key)
-        was = pieces.get(key)
-        if was is None or not was[1].reusable or not (was[0] is svc or was[0] == svc):
+    state: TableState, services: Sequence[ProxyService]
+) -> tuple[list[tuple[ServiceKey, ProxyService]], list[ServiceKey]] | None:
+    """The Services whose record is not their piece's (new ones included), and the keys of
+    the pieces whose Service is gone; None when a Service is given twice. The config
+    stream keeps unchanged records as the same objects, so the unchanged ones are found by
+    identity with set operations, at C speed: only the others are looked at one by one."""
+    objects = dict(zip(map(id, services), services, strict=True))
+    if len(objects) != len(services):
+        return None  # one record given twice
+    by_id = state.by_id
+    changed: list[tuple[ServiceKey, ProxyService]] = []
+    keys: set[ServiceKey] = set()
+    for i in objects.keys() - by_id.keys():
+        svc = objects[i]
+        key = (svc.namespace, svc.name, 0)
+        if key in keys:
+            return None  # two records of one Service
+        keys.add(key)
+        was = state.pieces.get(key)
+        if was is not None and id(was[0]) in objects:
+            return None  # two records of one Service: the old one stays
+        if was is None or not was[1].reusable or was[0] != svc:
             changed.append((key, svc))
-    gone = [key for key in pieces.keys() - seen]
-    return changed, gone
+        else:  # an equal record, not the same object: keep the piece, follow the object
+            del by_id[id(was[0])]
+            state.pieces[key] = (svc, was[1])
+            by_id[i] = key
+    gone = [by_id[i] for i in by_id.keys() - objects.keys()]
+    gone = [key for key in gone if key not in keys]
+    skip = keys.union(gone)
+    unreusable = [(key, state.pieces[key][0]) for key in state.unreusable if key not in skip]
+    return changed + unreusable, gone

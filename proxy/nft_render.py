@@ -321,29 +321,24 @@ def render(
     order, into a new state.
     """
     opts = options or RenderOptions()
+    if previous is not None and previous.current and previous.state.updatable:
+        updated = _update(config, opts, previous)
+        if updated is not None:
+            return updated
     ports = sum(len(s.ports) for s in config.services)
-    shared = opts.dispatch == "shared" or (
-        opts.dispatch == "auto" and ports > SHARED_DISPATCH_ABOVE
-    )
-    made_for = (config.node_name, opts, shared)
-    if (
-        previous is not None
-        and previous.current
-        and previous.state.updatable
-        and previous.state.made_for == made_for
-    ):
-        return _update(config, opts, previous)
-    state = TableState(made_for=made_for)
-    keyed = _keyed(config.services)
-    for key, svc in sorted(keyed, key=lambda item: item[0]):
+    state = TableState(made_for=(config.node_name, opts, _shared(opts, ports)))
+    for key, svc in sorted(_keyed(config.services), key=lambda item: item[0]):
         if key[2]:
             state.updatable = False  # a Service given twice: the next render starts over
-        piece = _piece(state, config.node_name, svc, opts, shared, {})
-        state.append(key, svc, piece)
+        state.append(key, svc, _piece(state, svc, {}))
     inner = _inner(state, opts.family)
     marker = hashlib.sha256((_preamble(opts) + inner).encode()).hexdigest()[:16]
     body = _wrap(opts, inner, _services(opts, marker))
     return Ruleset(state, opts, marker, None, None, body)
+
+
+def _shared(opts: RenderOptions, ports: int) -> bool:
+    return opts.dispatch == "shared" or (opts.dispatch == "auto" and ports > SHARED_DISPATCH_ABOVE)
 
 
 def _keyed(services: Iterable[ProxyService]) -> list[tuple[ServiceKey, ProxyService]]:
@@ -358,15 +353,11 @@ def _keyed(services: Iterable[ProxyService]) -> list[tuple[ServiceKey, ProxyServ
 
 
 def _piece(
-    state: TableState,
-    node_name: str,
-    svc: ProxyService,
-    opts: RenderOptions,
-    shared: bool,
-    previous_slots: dict[str, tuple[int, int]],
+    state: TableState, svc: ProxyService, previous_slots: dict[str, tuple[int, int]]
 ) -> _Out:
     """One Service's piece: only the maps and sets it uses, in the order it first used
     them (a verdict in service-ips always before its key in cluster-ips)."""
+    node_name, opts, shared = state.made_for
     piece = _Out(
         elements=defaultdict(dict),
         shared=shared,
@@ -378,22 +369,31 @@ def _piece(
     return piece
 
 
-def _update(config: ProxyConfig, opts: RenderOptions, previous: Ruleset) -> Ruleset:
-    """Swap the pieces of the changed Services into the previous ruleset's state."""
+def _update(config: ProxyConfig, opts: RenderOptions, previous: Ruleset) -> Ruleset | None:
+    """Swap the pieces of the changed Services into the previous ruleset's state (None:
+    it cannot be, render from nothing)."""
     state = previous.state
-    node_name, _, shared = state.made_for
-    changed, gone = changed_services(state, lambda: _keyed(config.services))
+    node_name, was_opts, shared = state.made_for
+    if (node_name, was_opts) != (config.node_name, opts):
+        return None
+    found = changed_services(state, config.services)
+    if found is None:
+        return None
+    changed, gone = found
+    pieces = state.pieces
+    ports = state.service_ports + sum(len(svc.ports) for _, svc in changed)
+    ports -= sum(len(pieces[key][0].ports) for key in gone)
+    ports -= sum(len(pieces[key][0].ports) for key, _ in changed if key in pieces)
+    if _shared(opts, ports) != shared:
+        return None  # the dispatch mode changes with the size: every chain changes
     delta = Delta()
-    if any(key[2] for key, _ in changed):
-        state.updatable = False
     for key in gone:
         state.replace(key, None, delta)
     for key, svc in changed:
-        was = state.pieces.get(key)
+        was = pieces.get(key)
         # A re-rendered Service keeps the slots of each chain whose endpoint count stays,
         # so its elements in the shared maps do not change.
-        slots = was[1].slots if was is not None else {}
-        piece = _piece(state, node_name, svc, opts, shared, slots)
+        piece = _piece(state, svc, was[1].slots if was is not None else {})
         state.replace(key, (svc, piece), delta)
     state.generation += 1
     marker = previous.marker
