@@ -46,7 +46,7 @@ class Piece(Protocol):
     elements: dict[str, dict[str, str]]
     slots: dict[str, tuple[int, int]]
     udp: dict[UdpKey, UdpTargets]
-    hairpin: set[str]
+    hairpin: set[str]  # "ip . ip" elements of the hairpin set
     rules: int
     endpoints: int
     reusable: bool
@@ -151,7 +151,9 @@ class TableState:
         self.by_id[id(svc)] = key
         if not piece.reusable:
             self.unreusable.add(key)
-        self._count(svc, piece, 1)
+        self.rules += piece.rules
+        self.endpoints += piece.endpoints
+        self.service_ports += len(svc.ports)
         self.chains.update(piece.chains)
         if piece.affinity:
             self.affinity.update(piece.affinity)
@@ -161,10 +163,11 @@ class TableState:
             _claim(self.udp_claims, target, key)
             self.udp.setdefault(target, eps)
         won_all = True
+        elements, all_claims = self.elements, self.claims
         for name, elems in piece.elements.items():
             if name == CLUSTER_IPS_SET:
                 continue
-            mine, claims = self.elements[name], self.claims[name]
+            mine, claims = elements[name], all_claims[name]
             if mine.keys().isdisjoint(elems):  # keys rarely collide: add them in one go
                 mine.update(elems)
                 claims.update(dict.fromkeys(elems, key))
@@ -179,23 +182,25 @@ class TableState:
                     mine[k] = v
         cluster = piece.elements.get(CLUSTER_IPS_SET)
         if cluster:
-            self._claim_cluster_ips(key, cluster, won_all)
-        hairpin, hclaims = self.elements[HAIRPIN_SET], self.claims[HAIRPIN_SET]
-        for ip in piece.hairpin:
-            k = f"{ip} . {ip}"
+            # A key is in cluster-ips when its service-ips verdict is this Service's.
+            if won_all:
+                elements[CLUSTER_IPS_SET].update(cluster)
+            else:
+                owners = all_claims[SERVICE_IPS_MAP]
+                for k in cluster:
+                    if _winner(owners[k]) == key:
+                        elements[CLUSTER_IPS_SET][k] = ""
+        hairpin, hclaims = elements[HAIRPIN_SET], all_claims[HAIRPIN_SET]
+        if hairpin.keys().isdisjoint(piece.hairpin):
+            hairpin.update(dict.fromkeys(piece.hairpin, ""))
+            hclaims.update(dict.fromkeys(piece.hairpin, key))
+            return
+        for k in piece.hairpin:
             if k in hairpin:
                 _claim(hclaims, k, key)
             else:
                 hclaims[k] = key
                 hairpin[k] = ""
-
-    def _claim_cluster_ips(self, key: ServiceKey, cluster: dict[str, str], won_all: bool) -> None:
-        mine, claims = self.elements[CLUSTER_IPS_SET], self.claims[CLUSTER_IPS_SET]
-        owners = self.claims[SERVICE_IPS_MAP]
-        for k, v in cluster.items():
-            _claim(claims, k, key)
-            if won_all or _winner(owners[k]) == key:
-                mine[k] = v
 
     # --- an edit: swap the pieces of the changed Services ------------------------------
 
@@ -241,13 +246,15 @@ class TableState:
             if piece is None:
                 continue
             for name, elems in piece.elements.items():
+                if name == CLUSTER_IPS_SET:  # follows service-ips (see _settle)
+                    touched.update((name, k) for k in elems)
+                    continue
                 claims = self.claims[name]
                 for k in elems:
                     claim(claims, k, key)
                     touched.add((name, k))
             hclaims = self.claims[HAIRPIN_SET]
-            for ip in piece.hairpin:
-                k = f"{ip} . {ip}"
+            for k in piece.hairpin:
                 claim(hclaims, k, key)
                 touched.add((HAIRPIN_SET, k))
         for name, k in touched:

@@ -269,7 +269,7 @@ class _Out:
     slot: int = 1  # next free dispatch slot (0 stays free: a ct mark of 0 means unset)
     slots: dict[str, tuple[int, int]] = field(default_factory=dict)
     previous_slots: dict[str, tuple[int, int]] = field(default_factory=dict)
-    hairpin: set[str] = field(default_factory=set)  # endpoint addresses
+    hairpin: set[str] = field(default_factory=set)  # "ip . ip" of each endpoint address
     reusable: bool = True  # as one Service's piece: the same when rendered again
     _ep_names: dict[tuple[int, str, int], str] = field(default_factory=dict)
 
@@ -603,7 +603,7 @@ def _render_port(
         out.chain(chains[kind], rules)
     reachable = set(cluster if used_cluster else ()) | set(local if used_local else ())
     out.endpoints += len(reachable)
-    out.hairpin.update(ip for ip, _ in reachable)
+    out.hairpin.update(f"{ip} . {ip}" for ip, _ in reachable)
     if timeout is None:
         return
     for ip, target in sorted(reachable, key=_order):
