@@ -64,11 +64,6 @@ class Delta:
     def __bool__(self) -> bool:
         return bool(self.chains or self.elements or self.affinity or self.udp)
 
-    def size(self) -> int:
-        """How many chains, elements, sets and UDP targets changed (what tests pin)."""
-        elements = sum(len(e) for e in self.elements.values())
-        return len(self.chains) + elements + len(self.affinity) + len(self.udp)
-
 
 def diff_dicts(before: dict[K, V], after: dict[K, V]) -> dict[K, Change[V]]:
     """(before, after) of every key whose value differs (two whole tables: O(size))."""
@@ -241,22 +236,22 @@ class TableState:
         if new_piece is not None:
             self.slots.update(new_piece.slots)
         self._swap_udp(key, old_piece, new_piece, delta)
-        touched: set[tuple[str, str]] = set()
+        touched: dict[tuple[str, str], None] = {}  # ordered: the same script every time
         for piece, claim in ((old_piece, _unclaim), (new_piece, _claim)):
             if piece is None:
                 continue
             for name, elems in piece.elements.items():
                 if name == CLUSTER_IPS_SET:  # follows service-ips (see _settle)
-                    touched.update((name, k) for k in elems)
+                    touched.update(dict.fromkeys((name, k) for k in elems))
                     continue
                 claims = self.claims[name]
                 for k in elems:
                     claim(claims, k, key)
-                    touched.add((name, k))
+                    touched[name, k] = None
             hclaims = self.claims[HAIRPIN_SET]
             for k in piece.hairpin:
                 claim(hclaims, k, key)
-                touched.add((HAIRPIN_SET, k))
+                touched[HAIRPIN_SET, k] = None
         for name, k in touched:
             self._settle(name, k, delta)
 
@@ -273,8 +268,9 @@ class TableState:
         changes: dict[str, Change[V]],
     ) -> None:
         """Names are the Service's own (its identity is in them): no claims needed."""
-        for name in old.keys() - new.keys():
-            _record(changes, name, merged.pop(name, None), None)
+        for name in old:
+            if name not in new:
+                _record(changes, name, merged.pop(name, None), None)
         for name, value in new.items():
             was = merged.get(name)
             if was != value:
@@ -284,15 +280,15 @@ class TableState:
     def _swap_udp(
         self, key: ServiceKey, old: Piece | None, new: Piece | None, delta: Delta
     ) -> None:
-        targets: set[UdpKey] = set()
+        targets: dict[UdpKey, None] = {}
         if old is not None:
             for t in old.udp:
                 _unclaim(self.udp_claims, t, key)
-                targets.add(t)
+                targets[t] = None
         if new is not None:
             for t in new.udp:
                 _claim(self.udp_claims, t, key)
-                targets.add(t)
+                targets[t] = None
         for t in targets:
             who = _winner(self.udp_claims.get(t))
             after = self.pieces[who][1].udp[t] if who else None
