@@ -385,6 +385,8 @@ class SyncResult:
     ruleset: Ruleset | None
     error: str = ""
     stale: list[StaleEntry] = field(default_factory=list)
+    render_seconds: float = 0.0  # of ``seconds``: the render and the script
+    apply_seconds: float = 0.0  # of ``seconds``: nft -f, then the conntrack cleanup
 
 
 class Syncer:
@@ -418,9 +420,12 @@ class Syncer:
         now = self.clock()
         if full or now - self.last_full >= self.full_sync_period:
             self.applied = None
+        rendered = start
         try:
             ruleset = render(config, self.options, self.applied)
-            self.runner.apply(transaction(ruleset, self.applied, self.lingering))
+            script = transaction(ruleset, self.applied, self.lingering)
+            rendered = time.perf_counter()
+            self.runner.apply(script)
         except (NftError, ValueError) as exc:
             self.applied = None
             self.lingering = Lingering()
@@ -435,7 +440,11 @@ class Syncer:
         self.applied = ruleset
         if stale and self.conntrack is not None:
             self.conntrack.delete(stale)
-        return SyncResult(True, time.perf_counter() - start, ruleset, stale=stale)
+        end = time.perf_counter()
+        return SyncResult(
+            True, end - start, ruleset, stale=stale,
+            render_seconds=rendered - start, apply_seconds=end - rendered,
+        )  # fmt: skip
 
     def _stale_udp(self, ruleset: Ruleset) -> list[StaleEntry]:
         """The conntrack entries to delete after moving to ``ruleset``, and keep its UDP
