@@ -47,7 +47,6 @@ import bisect
 import ipaddress
 import itertools
 import operator
-import socket
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -64,15 +63,15 @@ _PURGE_AT = 1024  # affinity entries before expired ones are swept
 
 def endpoint_order(ep: Endpoint) -> tuple[int, int, int]:
     """Sort key: numeric address (IPv4 before IPv6), then port."""
-    # inet_pton parses in C, ten times faster than ipaddress (30,000 endpoints at scale);
-    # what it refuses (an IPv6 zone, say) goes through ipaddress as before.
-    try:
-        if ":" in ep[0]:
-            return (6, int.from_bytes(socket.inet_pton(socket.AF_INET6, ep[0])), ep[1])
-        return (4, int.from_bytes(socket.inet_pton(socket.AF_INET, ep[0])), ep[1])
-    except OSError:
-        ip = ipaddress.ip_address(ep[0])
-        return (ip.version, int(ip), ep[1])
+    # A dotted quad is read directly, several times faster than ipaddress (30,000
+    # endpoints at scale); anything else goes through ipaddress.
+    parts = ep[0].split(".")
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
+        a, b, c, d = map(int, parts)
+        if max(a, b, c, d) <= 255:
+            return (4, a << 24 | b << 16 | c << 8 | d, ep[1])
+    ip = ipaddress.ip_address(ep[0])
+    return (ip.version, int(ip), ep[1])
 
 
 @dataclass(frozen=True, slots=True)
