@@ -32,13 +32,13 @@ and rules (about 40 us per chain), so per-endpoint chains are kept only where af
 needs them.
 
 An edit renders only what changed: each Service is rendered as a piece of its own (its
-chains, map and set elements, affinity sets) and the pieces are merged in namespace/name
-order, the first claim of a key winning as when rendering straight into one table. The
-ruleset keeps the pieces, and the next render takes those of the Services whose record is
-the same (the config stream's deltas keep unchanged records as the same objects), so the
-per-edit cost is the merge and the text, not the rendering of every Service. A render with
-no previous ruleset (the first sync, a full resync) renders straight into the table, as
-pieces would slow it down by about half; the render after it makes the pieces.
+chains, map and set elements, affinity sets) and :mod:`nft_merge` keeps the merged table,
+the first claim of a key (by namespace/name) winning as when rendering straight into one
+table. A render from the previous ruleset finds the changed Services by identity (the
+config stream keeps unchanged records as the same objects), renders only those, swaps their
+pieces into the merged state in place and records what that changed (the ruleset's
+``delta``), from which the syncer writes an nft script of only those chains and elements.
+The whole table's text is made only when needed (a render from nothing, a rewrite).
 
 One table per address family, as kube-proxy does: ``ip mesh-proxy`` holds the IPv4
 addresses of every Service and endpoint, ``ip6 mesh-proxy`` the IPv6 ones, with the same
@@ -387,15 +387,19 @@ def _update(config: ProxyConfig, opts: RenderOptions, previous: Ruleset) -> Rule
     if _shared(opts, ports) != shared:
         return None  # the dispatch mode changes with the size: every chain changes
     delta = Delta()
-    for key in gone:
-        state.replace(key, None, delta)
-    for key, svc in changed:
-        was = pieces.get(key)
-        # A re-rendered Service keeps the slots of each chain whose endpoint count stays,
-        # so its elements in the shared maps do not change.
-        piece = _piece(state, svc, was[1].slots if was is not None else {})
-        state.replace(key, (svc, piece), delta)
-    state.generation += 1
+    state.generation += 1  # from here on, ``previous`` no longer describes the state
+    try:
+        for key in gone:
+            state.replace(key, None, delta)
+        for key, svc in changed:
+            was = pieces.get(key)
+            # A re-rendered Service keeps the slots of each chain whose endpoint count
+            # stays, so its elements in the shared maps do not change.
+            piece = _piece(state, svc, was[1].slots if was is not None else {})
+            state.replace(key, (svc, piece), delta)
+    except BaseException:
+        state.updatable = False  # half swapped: the next render starts over
+        raise
     marker = previous.marker
     if delta:
         # A digest of the table before and of what changed: it names this content, and a
@@ -404,7 +408,7 @@ def _update(config: ProxyConfig, opts: RenderOptions, previous: Ruleset) -> Rule
         for part in (delta.chains, delta.elements, delta.affinity):
             h.update(repr(sorted(part.items())).encode())
         marker = h.hexdigest()[:16]
-    return Ruleset(state, opts, marker, delta, previous.generation)
+    return Ruleset(state, opts, marker, delta, state.generation - 1)
 
 
 def _inner(state: TableState, family: Family) -> str:

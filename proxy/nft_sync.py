@@ -5,10 +5,12 @@ Theory of operation (kube-proxy's sync loop, in pieces that can be tested alone)
 - :func:`transaction` turns a rendered :class:`Ruleset` into one ``nft -f`` script, applied
   atomically by the kernel. A full sync replaces the table (``add table; delete table;
   table {...}``): the first one, after a failure or drift, and every ``full_sync_period``.
-  Otherwise the sync is incremental, as kube-proxy's: only the chains whose text changed
-  are flushed and rewritten, map and set elements are diffed (``delete element`` /
-  ``add element``), chains and affinity sets that went away are deleted last; affinity sets
-  that stay keep their entries (clients keep their endpoints across syncs). When an
+  Otherwise the sync is incremental, as kube-proxy's: the ruleset's ``delta`` (what its
+  render changed, in proportion to the changed Services) says which chains to flush and
+  rewrite and which map and set elements to delete and add; chains and affinity sets that
+  went away are deleted by the next sync; affinity sets that stay keep their entries
+  (clients keep their endpoints across syncs). Two rulesets rendered apart are diffed
+  whole instead. When an
   affinity timeout changed, every rule and map is flushed and re-added instead (a set's
   timeout cannot change in place), deleting the sets that went away or changed.
 - :class:`SyncScheduler` is the pure decision maker, with the time passed in: nothing before
