@@ -375,17 +375,24 @@ def run_nft(n: int, workdir: Path) -> None:
             (first, True), (second, False), (first, False), (first, False), (first, True),
         ):  # fmt: skip
             assert isinstance(config, ProxyConfig)
+            before = os.times()
             result = syncer.sync(config, full=full)
+            after = os.times()
             if not result.ok:
                 raise SystemExit(f"nft sync failed: {result.error}")
-            results.append(result)
+            # CPU seconds too (steadier on a shared machine): this process's, and nft's.
+            own = after.user + after.system - before.user - before.system
+            nft = after.children_user + after.children_system
+            nft -= before.children_user + before.children_system
+            results.append((result, own, nft))
     finally:
         cluster_box.down(state)
 
-    def shown(r: SyncResult) -> str:
+    def shown(r: tuple[SyncResult, float, float]) -> str:
+        result, own, nft = r
         return (
-            f"{r.seconds * 1000:6.0f} ms (render {r.render_seconds * 1000:.0f} + "
-            f"nft {r.apply_seconds * 1000:.0f})"
+            f"{result.seconds * 1000:.0f} ms (render {result.render_seconds * 1000:.0f} + "
+            f"nft {result.apply_seconds * 1000:.0f}; cpu {own * 1000:.0f} + {nft * 1000:.0f})"
         )
 
     print(
