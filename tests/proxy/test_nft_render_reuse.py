@@ -156,3 +156,23 @@ def test_an_edit_of_one_service_among_1000_renders_and_changes_only_it(
     # Other options (or another node name) render everything again.
     render(ProxyConfig(version=3, services=tuple(services)), RenderOptions(), second)
     assert len(renders) == 1000
+
+
+def test_a_service_given_twice_renders_from_nothing_and_back() -> None:
+    """Two records of one Service (a config no source should send): rendered from nothing,
+    the first by order winning the shared keys as before; the next render starts over too,
+    and once the duplicate is gone updates resume."""
+    services = [numbered(i) for i in range(5)]
+    one = render(ProxyConfig(version=1, services=tuple(services)))
+    twice = (*services, numbered(2, endpoints=1))
+    two = render(ProxyConfig(version=2, services=twice), previous=one)
+    assert two.delta is None and not two.state.updatable
+    assert canonical(two) == canonical(render(ProxyConfig(version=2, services=twice)))
+    three = render(ProxyConfig(version=3, services=tuple(services)), previous=two)
+    assert three.delta is None  # started over
+    four = render(ProxyConfig(version=4, services=tuple(services[:4])), previous=three)
+    assert four.delta is not None and all("/svc-4/" in c for c in four.delta.chains)
+    assert canonical(four) == canonical(render(ProxyConfig(services=tuple(services[:4]))))
+    # The same record object twice is caught too.
+    five = render(ProxyConfig(version=5, services=(*services[:4], services[0])), previous=four)
+    assert five.delta is None
