@@ -47,15 +47,11 @@ structure (``RenderOptions.family`` picks which; each sees only addresses of its
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Literal
 
-from mesh import endpoint_policy
-from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
+from mesh.config.proxy import ProxyConfig, ProxyService
 from mesh.proxy.nft_merge import Delta, ServiceKey, TableState, changed_services
 from mesh.proxy.nft_names import (
     ADDR_TYPE,
@@ -70,7 +66,6 @@ from mesh.proxy.nft_names import (
     HAIRPIN_SET,
     LOOPBACK,
     MAP_TYPES,
-    MAPS,
     MARK_MASQ_CHAIN,
     MASQUERADING_CHAIN,
     NO_ENDPOINT_NODEPORTS_MAP,
@@ -80,42 +75,24 @@ from mesh.proxy.nft_names import (
     SERVICE_IPS_MAP,
     SERVICE_NODEPORTS_MAP,
     SERVICES_CHAIN,
-    SETS,
+    SHARED_DISPATCH_ABOVE,
     SRCNAT,
     Family,
-    affinity_set,
-    endpoint_chain,
-    external_chain,
+    RenderOptions,
     map_types,
-    service_chain,
     set_types,
 )
-from mesh.proxy.table import endpoint_order
+from mesh.proxy.nft_service import ServicePiece, ip_order, of_family, render_port
 
-# Above this many load-balanced Service ports, "auto" dispatch switches from one anonymous
-# vmap per Service to the shared map: the kernel's cost of adding anonymous sets and of
-# checking jump loops through verdict maps grows with the number of sets in the table, so
-# N per-Service vmaps cost O(N^2) at commit (about 90 s for 10,000 Services on Linux 6.x).
-SHARED_DISPATCH_ABOVE = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class RenderOptions:
-    table: str = "mesh-proxy"
-    family: Family = "ip"  # the table's address family: "ip" (IPv4) or "ip6" (IPv6)
-    masquerade_mark: int = 0x4000
-    # Traffic to a ClusterIP from outside this CIDR (of the table's family) is masqueraded
-    # (kube-proxy's local traffic detector); None: never.
-    pod_cidr: str | None = None
-    # Addresses that accept NodePort traffic; empty: every local address but 127.0.0.0/8.
-    node_port_addresses: tuple[str, ...] = ()
-    # Round robin: "inline" renders an anonymous map in each Service chain
-    # (``dnat to numgen inc mod N map { 0 : ip . port, ... }``, or kube-proxy's
-    # ``numgen inc mod N vmap { 0 : goto ... }`` with affinity); "shared" stores
-    # ``numgen inc mod N offset BASE`` in the connection's ct mark and looks it up in one
-    # shared map (same order, one set for the whole table); "auto" picks inline up to
-    # SHARED_DISPATCH_ABOVE Service ports.
-    dispatch: Literal["auto", "inline", "shared"] = "auto"
+__all__ = [
+    "SHARED_DISPATCH_ABOVE",
+    "RenderOptions",
+    "Ruleset",
+    "SupersededError",
+    "affinity_decl",
+    "element_items",
+    "render",
+]
 
 
 class SupersededError(RuntimeError):
@@ -228,84 +205,6 @@ class Ruleset:
         return self._body
 
 
-def _of_family(addresses: Iterable[str], family: str) -> list[str]:
-    six = family == "ip6"
-    return [a for a in addresses if (":" in a) == six]
-
-
-def _dnat_target(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-@functools.lru_cache(maxsize=65536)
-def _ip_order(ip: str) -> tuple[int, int, int]:
-    return endpoint_order((ip, 0))
-
-
-@functools.lru_cache(maxsize=65536)
-def _order(ep: tuple[str, int]) -> tuple[int, int, int]:
-    return endpoint_order(ep)
-
-
-def _targets(eps: Iterable[ProxyEndpoint], port: ProxyPort, family: str) -> list[tuple[str, int]]:
-    """Usable (ip, port) pairs of the table's family in the service table's round-robin
-    order."""
-    six = family == "ip6"
-    pairs = {(ep.address, ep.ports[port.name]) for ep in eps if (":" in ep.address) == six}
-    return sorted(pairs, key=_order)
-
-
-@dataclass(slots=True)
-class _Out:
-    chains: dict[str, str] = field(default_factory=dict)  # name -> rendered chain block
-    affinity: dict[str, int] = field(default_factory=dict)
-    elements: dict[str, dict[str, str]] = field(
-        default_factory=lambda: {m: {} for m in (*MAPS, *SETS)}
-    )
-    udp: dict[tuple[str, int], frozenset[tuple[str, int]]] = field(default_factory=dict)
-    rules: int = 0
-    endpoints: int = 0
-    shared: bool = False  # round robin through the shared dispatch map
-    slot: int = 1  # next free dispatch slot (0 stays free: a ct mark of 0 means unset)
-    slots: dict[str, tuple[int, int]] = field(default_factory=dict)
-    previous_slots: dict[str, tuple[int, int]] = field(default_factory=dict)
-    hairpin: set[str] = field(default_factory=set)  # "ip . ip" of each endpoint address
-    reusable: bool = True  # as one Service's piece: the same when rendered again
-    _ep_names: dict[tuple[int, str, int], str] = field(default_factory=dict)
-
-    def ep_chain(self, svc: ProxyService, port: ProxyPort, ip: str, target: int) -> str:
-        key = (id(port), ip, target)
-        name = self._ep_names.get(key)
-        if name is None:
-            name = self._ep_names[key] = endpoint_chain(svc, port, ip, target)
-        return name
-
-    def chain(self, name: str, rules: list[str]) -> None:
-        self.rules += len(rules)
-        self.chains[name] = f"\tchain {name} {{\n\t\t" + "\n\t\t".join(rules) + "\n\t}\n"
-
-    def element(self, map_name: str, key: str, value: str) -> bool:
-        elems = self.elements[map_name]
-        if key in elems:
-            return False  # two Services claim one address: the first (by namespace/name) wins
-        elems[key] = value
-        return True
-
-    def allocate(self, chain: str, n: int) -> int:
-        """The first of ``n`` dispatch slots for ``chain``: the previous sync's when it had
-        as many (so an incremental sync leaves other chains' slots and elements alone)."""
-        if chain in self.slots:
-            # Two ports of one Service with one name and protocol share a chain: rendering
-            # the Service again may give other slots, so its piece is not reused.
-            self.reusable = False
-        base, count = self.previous_slots.get(chain, (0, 0))
-        if count != n:
-            base = self.slot
-            self.slot += n
-        self.slots[chain] = (base, n)
-        return base
-
-
 def render(
     config: ProxyConfig,
     options: RenderOptions | None = None,
@@ -354,11 +253,11 @@ def _keyed(services: Iterable[ProxyService]) -> list[tuple[ServiceKey, ProxyServ
 
 def _piece(
     state: TableState, svc: ProxyService, previous_slots: dict[str, tuple[int, int]]
-) -> _Out:
+) -> ServicePiece:
     """One Service's piece: only the maps and sets it uses, in the order it first used
     them (a verdict in service-ips always before its key in cluster-ips)."""
     node_name, opts, shared = state.made_for
-    piece = _Out(
+    piece = ServicePiece(
         elements=defaultdict(dict),
         shared=shared,
         previous_slots=previous_slots,
@@ -429,7 +328,7 @@ def _inner(state: TableState, family: Family) -> str:
 
 
 def _hairpin_order(key: str) -> tuple[int, int, int]:
-    return _ip_order(key.partition(" ")[0])
+    return ip_order(key.partition(" ")[0])
 
 
 def _wrap(opts: RenderOptions, inner: str, services_chain: str) -> str:
@@ -437,10 +336,12 @@ def _wrap(opts: RenderOptions, inner: str, services_chain: str) -> str:
     return f"{head}{inner}{_dispatch(opts)}{services_chain}}}\n"
 
 
-def _render_service(out: _Out, node_name: str, svc: ProxyService, opts: RenderOptions) -> None:
+def _render_service(
+    out: ServicePiece, node_name: str, svc: ProxyService, opts: RenderOptions
+) -> None:
     """Every port of one Service (the seam tests count renders through)."""
     for port in svc.ports:
-        _render_port(out, node_name, svc, port, opts)
+        render_port(out, node_name, svc, port, opts)
 
 
 def element_items(elems: dict[str, str]) -> list[str]:
@@ -491,7 +392,7 @@ def _preamble(opts: RenderOptions) -> str:
         f"\tchain {REJECT_CHAIN} {{\n\t\tmeta l4proto tcp reject with tcp reset\n\t\treject\n\t}}\n"
     )
     if opts.node_port_addresses:
-        addrs = ", ".join(_of_family(opts.node_port_addresses, f))
+        addrs = ", ".join(of_family(opts.node_port_addresses, f))
         elements = f"\t\telements = {{ {addrs} }}\n" if addrs else ""
         parts.append(f"\tset {NODEPORT_IPS_SET} {{\n\t\ttype {ADDR_TYPE[f]}\n{elements}\t}}\n")
     return "".join(parts)
@@ -531,155 +432,3 @@ def _services(opts: RenderOptions, marker: str) -> str:
         f'\t\t{f} daddr . meta l4proto . th dport vmap @{SERVICE_IPS_MAP} comment "sync {marker}"\n'
         f"\t\t{node} meta l4proto . th dport vmap @{SERVICE_NODEPORTS_MAP}\n\t}}\n"
     )
-
-
-def _render_port(
-    out: _Out, node_name: str, svc: ProxyService, port: ProxyPort, opts: RenderOptions
-) -> None:
-    proto = port.protocol.lower()
-    # Each family's table sees only its endpoints, so eligibility (ready, else the serving
-    # terminating fallback) is decided per family, as kube-proxy's per-family proxiers do.
-    family = 6 if opts.family == "ip6" else 4
-    serving = [
-        ep for ep in endpoint_policy.of_family(svc.endpoints, family) if port.name in ep.ports
-    ]
-    cluster = _targets(endpoint_policy.usable(serving), port, opts.family)
-    local: list[tuple[str, int]] = []
-    if svc.internal_traffic_local or svc.external_traffic_local:  # else local goes unused
-        local_eps = endpoint_policy.usable(serving, local_only=True, node_name=node_name)
-        local = _targets(local_eps, port, opts.family)
-    internal = local if svc.internal_traffic_local else cluster
-    external = local if svc.external_traffic_local else cluster
-    has_any = bool(cluster)
-    cluster_ips = _of_family(svc.cluster_ips, opts.family)
-    external_ips = _of_family((*svc.external_ips, *svc.load_balancer_ips), opts.family)
-    node_port = port.node_port if svc.type != "ClusterIP" else None
-    accessible = bool(external_ips) or node_port is not None
-    # Only the chains this port can use are named (each name is a digest).
-    chains = {"cluster": service_chain(svc, port)}
-    if svc.internal_traffic_local or svc.external_traffic_local:
-        chains["local"] = service_chain(svc, port, local=True)
-    if accessible:
-        chains["external"] = external_chain(svc, port)
-    internal_chain = chains["local" if svc.internal_traffic_local else "cluster"]
-    no_ep = f"goto {REJECT_CHAIN}" if not has_any else "drop"
-    if proto == "udp":
-        for ip in cluster_ips:
-            out.udp.setdefault((ip, port.port), frozenset(internal))
-        for ip in external_ips:
-            out.udp.setdefault((ip, port.port), frozenset(external))
-        if node_port is not None:
-            out.udp.setdefault(("", node_port), frozenset(external))
-    for ip in cluster_ips:
-        key = f"{ip} . {proto} . {port.port}"
-        if internal:
-            if out.element(SERVICE_IPS_MAP, key, f"goto {internal_chain}") and opts.pod_cidr:
-                out.element(CLUSTER_IPS_SET, key, "")
-        else:
-            out.element(NO_ENDPOINT_SERVICES_MAP, key, no_ep)
-    for ip in external_ips:
-        key = f"{ip} . {proto} . {port.port}"
-        if has_any:
-            out.element(SERVICE_IPS_MAP, key, f"goto {chains['external']}")
-        if not external:
-            out.element(NO_ENDPOINT_SERVICES_MAP, key, no_ep)
-    if node_port is not None:
-        key = f"{proto} . {node_port}"
-        if has_any:
-            out.element(SERVICE_NODEPORTS_MAP, key, f"goto {chains['external']}")
-        if not external:
-            out.element(NO_ENDPOINT_NODEPORTS_MAP, key, no_ep)
-    if not has_any:
-        return
-    timeout = svc.affinity_timeout if svc.session_affinity else None
-    used_cluster = bool(cluster) and (not svc.internal_traffic_local or accessible)
-    used_local = bool(local) and (svc.internal_traffic_local or svc.external_traffic_local)
-    if accessible:
-        out.chain(chains["external"], _external_rules(svc, chains, bool(external), opts))
-    for kind, targets, used in (("cluster", cluster, used_cluster), ("local", local, used_local)):
-        if not used:
-            continue
-        rules: list[str] = []
-        if timeout is None:
-            rules.extend(_balance_dnat(out, chains[kind], proto, targets))
-        else:
-            rules.extend(_balance(out, chains[kind], svc, port, targets, opts.family))
-        out.chain(chains[kind], rules)
-    reachable = set(cluster if used_cluster else ()) | set(local if used_local else ())
-    out.endpoints += len(reachable)
-    out.hairpin.update(f"{ip} . {ip}" for ip, _ in reachable)
-    if timeout is None:
-        return
-    for ip, target in sorted(reachable, key=_order):
-        aff = affinity_set(svc, port, ip, target)
-        out.affinity[aff] = timeout
-        rules = [
-            f"update @{aff} {{ {opts.family} saddr }}",
-            f"meta l4proto {proto} dnat to {_dnat_target(ip, target)}",
-        ]
-        out.chain(out.ep_chain(svc, port, ip, target), rules)
-
-
-def _external_rules(
-    svc: ProxyService, chains: dict[str, str], has_external: bool, opts: RenderOptions
-) -> list[str]:
-    if not svc.external_traffic_local:
-        # Endpoints may be anywhere: masquerade so replies come back through this node.
-        return [f"jump {MARK_MASQ_CHAIN}", f"goto {chains['cluster']}"]
-    rules = []
-    if opts.pod_cidr:
-        # Pods reaching an external address act as if they went out and came back in.
-        rules.append(
-            f'{opts.family} saddr {opts.pod_cidr} goto {chains["cluster"]} comment "pod traffic"'
-        )
-    rules.append(f'fib saddr type local jump {MARK_MASQ_CHAIN} comment "node traffic"')
-    rules.append(f"fib saddr type local goto {chains['cluster']}")
-    if has_external:
-        rules.append(f"goto {chains['local']}")
-    return rules
-
-
-def _balance_dnat(out: _Out, chain: str, proto: str, targets: list[tuple[str, int]]) -> list[str]:
-    """Round robin without affinity: DNAT from a map of slot -> endpoint, no chains."""
-    if len(targets) == 1:
-        ip, target = targets[0]
-        return [f"meta l4proto {proto} dnat to {_dnat_target(ip, target)}"]
-    n = len(targets)
-    if out.shared:
-        base = out.allocate(chain, n)
-        addrs = out.elements[DNAT_MAP]
-        for i, (ip, t) in enumerate(targets):
-            addrs[str(base + i)] = f"{ip} . {t}"
-        return [f"ct mark set numgen inc mod {n} offset {base} goto {DNAT_CHAIN}"]
-    arms = ", ".join(f"{i} : {ip} . {t}" for i, (ip, t) in enumerate(targets))
-    return [f"meta l4proto {proto} dnat to numgen inc mod {n} map {{ {arms} }}"]
-
-
-def _balance(
-    out: _Out,
-    chain: str,
-    svc: ProxyService,
-    port: ProxyPort,
-    targets: list[tuple[str, int]],
-    family: str,
-) -> list[str]:
-    """Round robin with ClientIP affinity, through per-endpoint chains."""
-    chains = [out.ep_chain(svc, port, ip, t) for ip, t in targets]
-    rules = [
-        f"{family} saddr @{affinity_set(svc, port, ip, t)} goto {chain}"
-        for (ip, t), chain in zip(targets, chains, strict=True)
-    ]
-    if len(chains) == 1:
-        rules.append(f"goto {chains[0]}")
-    elif out.shared:
-        base = out.allocate(chain, len(chains))
-        dispatch = out.elements[DISPATCH_MAP]
-        for i, c in enumerate(chains):
-            dispatch[str(base + i)] = f"goto {c}"
-        rules.append(
-            f"ct mark set numgen inc mod {len(chains)} offset {base} goto {DISPATCH_CHAIN}"
-        )
-    else:
-        arms = ", ".join(f"{i} : goto {c}" for i, c in enumerate(chains))
-        rules.append(f"numgen inc mod {len(chains)} vmap {{ {arms} }}")
-    return rules
