@@ -39,7 +39,7 @@ Change = tuple[V | None, V | None]  # (before, after); None: absent
 
 
 class Piece(Protocol):
-    """What the renderer made of one Service (nft_render's ``Piece``)."""
+    """What the renderer made of one Service (a nft_service.ServicePiece)."""
 
     chains: dict[str, str]
     affinity: dict[str, int]
