@@ -381,7 +381,7 @@ def run_nft(n: int, workdir: Path) -> None:
             if not result.ok:
                 raise SystemExit(f"nft sync failed: {result.error}")
             # CPU seconds too (steadier on a shared machine): this process's, and nft's.
-            own = after.user + after.system - before.user - before.system
+            own = max(0.0, after.user + after.system - before.user - before.system)
             nft = after.children_user + after.children_system
             nft -= before.children_user + before.children_system
             results.append((result, own, nft))
