@@ -336,7 +336,7 @@ def run_nft(n: int, workdir: Path) -> None:
     from mesh.objects import Pod
     from mesh.proxy import cluster_box
     from mesh.proxy.nft_render import RenderOptions
-    from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer
+    from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer, SyncResult
     from mesh.run import GC_YOUNG_THRESHOLD
 
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)  # as the serving processes do
@@ -367,24 +367,39 @@ def run_nft(n: int, workdir: Path) -> None:
     box = cluster_box.up(prefix=f"scale{os.getpid() % 1000}", state_dir=state)
     try:
         syncer = Syncer(SubprocessNftRunner(box.node), RenderOptions(pod_cidr=str(box.pod_net)))
-        times = []
-        # The first sync, the Pod not ready, ready again (the first edit after a render from
-        # nothing makes the renderer's per-Service pieces, the next ones reuse them), and a
-        # full resync.
-        for config, full in ((first, True), (second, False), (first, False), (first, True)):
-            t0 = time.perf_counter()
+        results = []
+        # The first sync (a render from nothing, the table replaced), the Pod not ready, ready
+        # again (each an update: only that Service's chain and elements go to nft), the
+        # same config again (it deletes what the update before retired), and a full resync.
+        for config, full in (
+            (first, True), (second, False), (first, False), (first, False), (first, True),
+        ):  # fmt: skip
             assert isinstance(config, ProxyConfig)
+            before = os.times()
             result = syncer.sync(config, full=full)
-            times.append(time.perf_counter() - t0)
+            after = os.times()
             if not result.ok:
                 raise SystemExit(f"nft sync failed: {result.error}")
+            # CPU seconds too (steadier on a shared machine): this process's, and nft's.
+            own = max(0.0, after.user + after.system - before.user - before.system)
+            nft = after.children_user + after.children_system
+            nft -= before.children_user + before.children_system
+            results.append((result, own, nft))
     finally:
         cluster_box.down(state)
+
+    def shown(r: tuple[SyncResult, float, float]) -> str:
+        result, own, nft = r
+        return (
+            f"{result.seconds * 1000:.0f} ms (render {result.render_seconds * 1000:.0f} + "
+            f"nft {result.apply_seconds * 1000:.0f}; cpu {own * 1000:.0f} + {nft * 1000:.0f})"
+        )
+
     print(
-        f"N={n:>6}  nftables via the pipeline: load+plan+translate {pipeline:5.2f} s, "
-        f"first sync {times[0]:5.2f} s, one Pod not ready: plane {edit * 1000:5.0f} ms + "
-        f"sync {times[1]:5.2f} s, ready again: sync {times[2]:5.2f} s, "
-        f"full resync {times[3]:5.2f} s",
+        f"N={n:>6}  nftables via the pipeline: load+plan+translate {pipeline:5.2f} s; "
+        f"first sync {shown(results[0])}; one Pod not ready: plane {edit * 1000:.0f} ms + "
+        f"sync {shown(results[1])}; ready again: sync {shown(results[2])}; "
+        f"unchanged: sync {shown(results[3])}; full resync {shown(results[4])}",
         flush=True,
     )
 

@@ -1,5 +1,6 @@
 """The names and types of the nftables ruleset: hooks, chains, maps and sets, their key types
-per address family (``ip``: IPv4, ``ip6``: IPv6), and the deterministic chain and set names
+per address family (``ip``: IPv4, ``ip6``: IPv6), the render options, and the deterministic
+chain and set names
 of Service ports and endpoints (a hash of the identity, then the identity: stable across
 syncs, readable in ``nft list``). Shared by the renderer and the syncer."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from dataclasses import dataclass
 from typing import Literal
 
 from mesh.config.proxy import ProxyPort, ProxyService
@@ -45,6 +47,31 @@ ADDR_TYPE: dict[str, str] = {"ip": "ipv4_addr", "ip6": "ipv6_addr"}
 VERSION: dict[str, int] = {"ip": 4, "ip6": 6}
 # Loopback destinations never take NodePort traffic (kube-proxy's default node port addresses).
 LOOPBACK: dict[str, str] = {"ip": "127.0.0.0/8", "ip6": "::1"}
+
+# Above this many load-balanced Service ports, "auto" dispatch switches from one anonymous
+# vmap per Service to the shared map: the kernel's cost of adding anonymous sets and of
+# checking jump loops through verdict maps grows with the number of sets in the table, so
+# N per-Service vmaps cost O(N^2) at commit (about 90 s for 10,000 Services on Linux 6.x).
+SHARED_DISPATCH_ABOVE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    table: str = "mesh-proxy"
+    family: Family = "ip"  # the table's address family: "ip" (IPv4) or "ip6" (IPv6)
+    masquerade_mark: int = 0x4000
+    # Traffic to a ClusterIP from outside this CIDR (of the table's family) is masqueraded
+    # (kube-proxy's local traffic detector); None: never.
+    pod_cidr: str | None = None
+    # Addresses that accept NodePort traffic; empty: every local address but 127.0.0.0/8.
+    node_port_addresses: tuple[str, ...] = ()
+    # Round robin: "inline" renders an anonymous map in each Service chain
+    # (``dnat to numgen inc mod N map { 0 : ip . port, ... }``, or kube-proxy's
+    # ``numgen inc mod N vmap { 0 : goto ... }`` with affinity); "shared" stores
+    # ``numgen inc mod N offset BASE`` in the connection's ct mark and looks it up in one
+    # shared map (same order, one set for the whole table); "auto" picks inline up to
+    # SHARED_DISPATCH_ABOVE Service ports.
+    dispatch: Literal["auto", "inline", "shared"] = "auto"
 
 
 def map_types(family: str) -> dict[str, str]:

@@ -5,10 +5,12 @@ Theory of operation (kube-proxy's sync loop, in pieces that can be tested alone)
 - :func:`transaction` turns a rendered :class:`Ruleset` into one ``nft -f`` script, applied
   atomically by the kernel. A full sync replaces the table (``add table; delete table;
   table {...}``): the first one, after a failure or drift, and every ``full_sync_period``.
-  Otherwise the sync is incremental, as kube-proxy's: only the chains whose text changed
-  are flushed and rewritten, map and set elements are diffed (``delete element`` /
-  ``add element``), chains and affinity sets that went away are deleted last; affinity sets
-  that stay keep their entries (clients keep their endpoints across syncs). When an
+  Otherwise the sync is incremental, as kube-proxy's: the ruleset's ``delta`` (what its
+  render changed, in proportion to the changed Services) says which chains to flush and
+  rewrite and which map and set elements to delete and add; chains and affinity sets that
+  went away are deleted by the next sync; affinity sets that stay keep their entries
+  (clients keep their endpoints across syncs). Two rulesets rendered apart are diffed
+  whole instead. When an
   affinity timeout changed, every rule and map is flushed and re-added instead (a set's
   timeout cannot change in place), deleting the sets that went away or changed.
 - :class:`SyncScheduler` is the pure decision maker, with the time passed in: nothing before
@@ -36,7 +38,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from mesh.config.proxy import ProxyConfig
-from mesh.proxy.conntrack import ConntrackCleaner, StaleEntry, UdpTargets, stale_entries
+from mesh.proxy.conntrack import ConntrackCleaner, StaleEntry, stale_entries
+from mesh.proxy.nft_merge import Delta, diff_dicts
 from mesh.proxy.nft_names import (
     DISPATCH_MAP,
     DNAT_MAP,
@@ -171,6 +174,28 @@ class Lingering:
         return bool(self.elements or self.chains or self.sets)
 
 
+def delta_between(new: Ruleset, previous: Ruleset) -> Delta:
+    """What differs from ``previous`` to ``new``: the delta ``new`` was rendered with when it
+    was rendered from ``previous`` (in proportion to the change), else a diff of the two
+    whole tables (both must be current)."""
+    if new.state is previous.state and new.base_generation == previous.generation:
+        assert new.delta is not None
+        return new.delta
+    if new is previous:
+        return Delta()
+    elements = {}
+    for name in new.element_sets.keys() | previous.element_sets.keys():
+        changes = diff_dicts(previous.element_sets.get(name, {}), new.element_sets.get(name, {}))
+        if changes:
+            elements[name] = changes
+    return Delta(
+        chains=diff_dicts(previous.chain_blocks, new.chain_blocks),
+        elements=elements,
+        affinity=diff_dicts(previous.affinity_sets, new.affinity_sets),
+        udp=diff_dicts(previous.udp, new.udp),
+    )
+
+
 def transaction(new: Ruleset, previous: Ruleset | None, lingering: Lingering | None = None) -> str:
     """One atomic nft script that makes the table equal to ``new``, given that the kernel
     holds ``previous`` (None: unknown, replace the table) plus what ``lingering`` names,
@@ -179,9 +204,10 @@ def transaction(new: Ruleset, previous: Ruleset | None, lingering: Lingering | N
     kind = transaction_kind(new, previous)
     if kind == "replace" or previous is None:
         return f"add table {t}\ndelete table {t}\n{new.body}"
+    delta = delta_between(new, previous)
     if kind == "rewrite":
-        return _rewrite(new, previous)
-    return _update(new, previous, lingering or Lingering())
+        return _rewrite(new, delta, lingering or Lingering())
+    return _update(new, previous, delta, lingering or Lingering())
 
 
 def transaction_kind(
@@ -191,7 +217,8 @@ def transaction_kind(
     the entries of the others must be kept); update: only what changed."""
     if previous is None or (previous.table, previous.static) != (new.table, new.static):
         return "replace"
-    if any(new.affinity_sets.get(a, v) != v for a, v in previous.affinity_sets.items()):
+    changed = delta_between(new, previous).affinity.values()
+    if any(before is not None and after is not None for before, after in changed):
         return "rewrite"
     return "update"
 
@@ -201,13 +228,14 @@ def retired(new: Ruleset, previous: Ruleset | None) -> Lingering:
     after a replace or a rewrite, which remove everything ``new`` does not hold)."""
     if previous is None or transaction_kind(new, previous) != "update":
         return Lingering()
+    delta = delta_between(new, previous)
     elements = {}
     for name in sorted(LATE_DELETE):
-        keys = previous.element_sets.get(name, {}).keys() - new.element_sets.get(name, {}).keys()
+        keys = [k for k, (_, after) in delta.elements.get(name, {}).items() if after is None]
         if keys:
             elements[name] = sorted(keys, key=_slot_order)
-    chains = tuple(sorted(previous.chain_blocks.keys() - new.chain_blocks.keys()))
-    sets = tuple(sorted(previous.affinity_sets.keys() - new.affinity_sets.keys()))
+    chains = tuple(sorted(c for c, (_, after) in delta.chains.items() if after is None))
+    sets = tuple(sorted(a for a, (_, after) in delta.affinity.items() if after is None))
     return Lingering(elements, chains, sets)
 
 
@@ -215,36 +243,47 @@ def _slot_order(key: str) -> tuple[int, str]:
     return (int(key), key) if key.isdigit() else (0, key)
 
 
-def _update(new: Ruleset, previous: Ruleset, lingering: Lingering) -> str:
+def _update(new: Ruleset, previous: Ruleset, delta: Delta, lingering: Lingering) -> str:
     """Only what changed: chains flushed and rewritten, elements deleted and added. Slots and
     chains dropped now stay for the next sync; the ``lingering`` ones go now."""
     t = f"{new.family} {new.table}"
-    old = previous.chain_blocks
-    back = [c for c in lingering.chains if c in new.chain_blocks]  # retired, now wanted again
-    changed = [c for c, block in new.chain_blocks.items() if c in old and old[c] != block]
-    changed += back
-    added = [c for c in new.chain_blocks if c not in old and c not in back]
-    late = [c for c in lingering.chains if c not in new.chain_blocks]
+    late_chains = set(lingering.chains)
+    changed: list[str] = []
+    added: list[str] = []
+    for c, (before, after) in delta.chains.items():
+        if after is None:
+            continue  # retired: deleted by the next sync
+        # A chain retired by the last sync and wanted again is still in the kernel.
+        (changed if before is not None or c in late_chains else added).append(c)
+    blocks_now = new.chain_blocks
+    back = [c for c in lingering.chains if c in blocks_now and c not in delta.chains]
+    changed += back  # retired last time, unchanged since it came back: still rewrite it
+    late = [c for c in lingering.chains if c not in blocks_now]
     lines = [f"add table {t}"]
     lines.extend(f"flush chain {t} {c}" for c in (*changed, *late))
-    blocks = [affinity_decl(a, s, new.family) for a, s in new.affinity_sets.items()
-              if a not in previous.affinity_sets and a not in lingering.sets]  # fmt: skip
-    blocks.extend(new.chain_blocks[c] for c in (*changed, *added))
+    blocks = [
+        affinity_decl(a, after, new.family)
+        for a, (before, after) in delta.affinity.items()
+        if before is None and after is not None and a not in lingering.sets
+    ]
+    blocks.extend(blocks_now[c] for c in (*changed, *added))
     if new.services_chain != previous.services_chain:
         lines.append(f"flush chain {t} {SERVICES_CHAIN}")
         blocks.append(new.services_chain)
+    elements_now = new.element_sets
     for name, keys in lingering.elements.items():
-        gone = [k for k in keys if k not in new.element_sets.get(name, {})]
+        gone = [k for k in keys if k not in elements_now.get(name, {})]
         if gone:
             lines.append(f"delete element {t} {name} {{ {', '.join(gone)} }}")
     adds = []
-    for name, elems in new.element_sets.items():
-        was = previous.element_sets.get(name, {})
-        if name in LATE_DELETE:  # changed values now, dropped keys later
-            stale = [k for k, v in was.items() if k in elems and elems[k] != v]
-        else:
-            stale = [k for k, v in was.items() if elems.get(k) != v]
-        fresh = {k: v for k, v in elems.items() if was.get(k) != v}
+    for name, changes in delta.elements.items():
+        late_map = name in LATE_DELETE  # changed values now, dropped keys later
+        stale = [
+            k
+            for k, (before, after) in changes.items()
+            if before is not None and (after is not None or not late_map)
+        ]
+        fresh = {k: after for k, (_, after) in changes.items() if after is not None}
         if stale:
             lines.append(f"delete element {t} {name} {{ {', '.join(stale)} }}")
         if fresh:
@@ -257,7 +296,7 @@ def _update(new: Ruleset, previous: Ruleset, lingering: Lingering) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rewrite(new: Ruleset, previous: Ruleset) -> str:
+def _rewrite(new: Ruleset, delta: Delta, lingering: Lingering) -> str:
     """Every rule and element again, keeping the affinity sets whose timeout stays."""
     t = f"{new.family} {new.table}"
     lines = [f"add table {t}", f"flush table {t}"]
@@ -268,11 +307,14 @@ def _rewrite(new: Ruleset, previous: Ruleset) -> str:
     for name, kind in set_types(new.family).items():
         lines.append(f"add set {t} {name} {{ type {kind}; }}")
         lines.append(f"flush set {t} {name}")
-    for chain in sorted(previous.chains - new.chains):
+    gone = {c for c, (_, after) in delta.chains.items() if after is None}
+    gone.update(c for c in lingering.chains if c not in new.chain_blocks)
+    for chain in sorted(gone):
         lines.append(f"delete chain {t} {chain}")
-    for aff, timeout in sorted(previous.affinity_sets.items()):
-        if new.affinity_sets.get(aff) != timeout:
-            lines.append(f"delete set {t} {aff}")  # gone, or its timeout changed
+    sets = {a for a, (before, _) in delta.affinity.items() if before is not None}
+    sets.update(a for a in lingering.sets if a not in new.affinity_sets)
+    for aff in sorted(sets):
+        lines.append(f"delete set {t} {aff}")  # gone, or its timeout changed
     lines.append(new.body)
     return "\n".join(lines)
 
@@ -345,6 +387,8 @@ class SyncResult:
     ruleset: Ruleset | None
     error: str = ""
     stale: list[StaleEntry] = field(default_factory=list)
+    render_seconds: float = 0.0  # of ``seconds``: the render and the script
+    apply_seconds: float = 0.0  # of ``seconds``: nft -f, then the conntrack cleanup
 
 
 class Syncer:
@@ -365,7 +409,8 @@ class Syncer:
         self.clock = clock
         self.applied: Ruleset | None = None  # None: unknown, the next sync replaces the table
         self.lingering = Lingering()  # retired, still in the kernel (see LATE_DELETE)
-        self.udp: UdpTargets | None = None  # UDP targets of the last successful sync
+        # UDP targets of the last successful sync (our copy: the renderer's state moves on)
+        self.udp: dict[tuple[str, int], frozenset[tuple[str, int]]] | None = None
         self.last_full = -math.inf
 
     def sync(self, config: ProxyConfig, full: bool = False) -> SyncResult:
@@ -377,9 +422,12 @@ class Syncer:
         now = self.clock()
         if full or now - self.last_full >= self.full_sync_period:
             self.applied = None
+        rendered = start
         try:
             ruleset = render(config, self.options, self.applied)
-            self.runner.apply(transaction(ruleset, self.applied, self.lingering))
+            script = transaction(ruleset, self.applied, self.lingering)
+            rendered = time.perf_counter()
+            self.runner.apply(script)
         except (NftError, ValueError) as exc:
             self.applied = None
             self.lingering = Lingering()
@@ -388,14 +436,37 @@ class Syncer:
         # A replaced table took everything lingering with it; an update deleted what lingered
         # and left what it retired for the next sync.
         self.lingering = retired(ruleset, self.applied)
-        stale = stale_entries(self.udp, ruleset.udp, VERSION[ruleset.family])
+        stale = self._stale_udp(ruleset)
         if self.applied is None:
             self.last_full = now
         self.applied = ruleset
-        self.udp = ruleset.udp
         if stale and self.conntrack is not None:
             self.conntrack.delete(stale)
-        return SyncResult(True, time.perf_counter() - start, ruleset, stale=stale)
+        end = time.perf_counter()
+        return SyncResult(
+            True, end - start, ruleset, stale=stale,
+            render_seconds=rendered - start, apply_seconds=end - rendered,
+        )  # fmt: skip
+
+    def _stale_udp(self, ruleset: Ruleset) -> list[StaleEntry]:
+        """The conntrack entries to delete after moving to ``ruleset``, and keep its UDP
+        targets (a copy of our own: the renderer updates its state in place)."""
+        version = VERSION[ruleset.family]
+        if self.applied is None or self.udp is None:
+            stale = stale_entries(self.udp, ruleset.udp, version)
+            self.udp = dict(ruleset.udp)
+            return stale
+        # An update: only the targets it changed (the others yield nothing anyway).
+        changes = delta_between(ruleset, self.applied).udp
+        before = {k: b for k, (b, _) in changes.items() if b is not None}
+        after = {k: a for k, (_, a) in changes.items() if a is not None}
+        stale = stale_entries(before, after, version)
+        for k, (_, a) in changes.items():
+            if a is None:
+                self.udp.pop(k, None)
+            else:
+                self.udp[k] = a
+        return stale
 
     def probe(self) -> bool:
         """True when the kernel still holds the table we applied last."""

@@ -186,7 +186,7 @@ class NftablesProxy:
             else {
                 "service_ports": ruleset.service_ports,
                 "endpoints": ruleset.endpoints,
-                "chains": len(ruleset.chains),
+                "chains": ruleset.chain_count,
                 "rules": ruleset.rules,
                 "elements": ruleset.elements,
                 "marker": ruleset.marker,
@@ -247,7 +247,7 @@ class NftablesProxy:
         m.last_sync.set(time.time())
         applied = [s.applied for s in self.syncers if s.applied is not None]
         m.rules.set(sum(r.rules for r in applied))
-        m.chains.set(sum(len(r.chains) for r in applied))
+        m.chains.set(sum(r.chain_count for r in applied))
         m.elements.set(sum(r.elements for r in applied))
         if result.stale:
             m.conntrack_deleted.inc(len(result.stale))

@@ -63,6 +63,13 @@ _PURGE_AT = 1024  # affinity entries before expired ones are swept
 
 def endpoint_order(ep: Endpoint) -> tuple[int, int, int]:
     """Sort key: numeric address (IPv4 before IPv6), then port."""
+    # A dotted quad is read directly, several times faster than ipaddress (30,000
+    # endpoints at scale); anything else goes through ipaddress.
+    parts = ep[0].split(".")
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
+        a, b, c, d = map(int, parts)
+        if max(a, b, c, d) <= 255:
+            return (4, a << 24 | b << 16 | c << 8 | d, ep[1])
     ip = ipaddress.ip_address(ep[0])
     return (ip.version, int(ip), ep[1])
 

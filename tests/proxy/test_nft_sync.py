@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 
+import pytest
 import trio
 import trio.testing
 
 from mesh.component import Component
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 from mesh.proxy.conntrack import StaleEntry, stale_entries
-from mesh.proxy.nft_render import RenderOptions, render
+from mesh.proxy.nft_render import RenderOptions, SupersededError, render
 from mesh.proxy.nft_sync import (
     FakeNftRunner,
     Step,
@@ -174,10 +176,13 @@ def test_shared_slots_stay_put_when_the_endpoint_count_does() -> None:
     one = render(ProxyConfig(services=(a, b)), opts)
     grown = a.model_copy(update={"endpoints": (*a.endpoints, a.endpoints[0].model_copy(
         update={"address": "198.18.0.9"}))})  # fmt: skip
-    two = render(ProxyConfig(services=(grown, b)), opts, one)
     b_chain = next(c for c in one.chains if "a/b/" in c)
     a_chain = next(c for c in one.chains if "a/a/" in c)
     assert one.slots == {a_chain: (1, 2), b_chain: (3, 2)}
+    # Rendered from ``one``, ``two`` takes its state over: ``one`` keeps only its fields.
+    two = render(ProxyConfig(services=(grown, b)), opts, one)
+    with pytest.raises(SupersededError):
+        one.slots  # noqa: B018
     assert two.slots == {a_chain: (5, 3), b_chain: (3, 2)}  # b keeps its slots
     lines = transaction(two, one).splitlines()
     assert not any(b_chain in ln for ln in lines)
@@ -364,3 +369,35 @@ def test_syncer_deletes_retired_slots_one_sync_late() -> None:
     assert not syncer.lingering  # the next sync replaces the table, lingering slots too
     assert syncer.sync(cfg(5, "198.18.0.2")).ok
     assert runner.scripts[-1].startswith("add table ip mesh-proxy\ndelete table ip mesh-proxy")
+
+
+def test_one_service_edit_among_1000_sends_only_its_chain_and_elements() -> None:
+    """The work per change, through the syncer: after the first sync replaced the table,
+    an edit of one Service sends nft that Service's chain and elements only, and an
+    unchanged config sends nothing but the table's name."""
+    from tests.proxy.test_table_incremental import numbered
+
+    fake = FakeNftRunner()
+    syncer = Syncer(fake, RenderOptions(pod_cidr="10.0.0.0/8", dispatch="shared"))
+    services = [numbered(i) for i in range(1000)]
+    assert syncer.sync(ProxyConfig(version=1, services=tuple(services))).ok
+    assert fake.scripts[-1].count("chain service-") == 1000
+    assert syncer.applied is not None
+    base = next(b for k, (b, _) in syncer.applied.slots.items() if "/svc-500/" in k)
+    services[500] = numbered(500, endpoints=2)
+    assert syncer.sync(ProxyConfig(version=2, services=tuple(services))).ok
+    script = fake.scripts[-1]
+    named = set(re.findall(r"bench/(svc-\d+)/", script))
+    assert named == {"svc-500"}
+    # Its chain is rewritten with the new round robin over two new slots; its three old
+    # slots linger until the next sync, which deletes them and nothing else.
+    assert "numgen inc mod 2 offset 3001" in script
+    assert "add element ip mesh-proxy endpoint-addrs { 3001 : " in script
+    assert len(script) < 1500
+    assert syncer.sync(ProxyConfig(version=3, services=tuple(services))).ok
+    assert fake.scripts[-1] == (
+        "add table ip mesh-proxy\n"
+        f"delete element ip mesh-proxy endpoint-addrs {{ {base}, {base + 1}, {base + 2} }}\n"
+    )
+    assert syncer.sync(ProxyConfig(version=4, services=tuple(services))).ok
+    assert fake.scripts[-1] == "add table ip mesh-proxy\n"
