@@ -50,8 +50,10 @@ def _manifest_options(f: Any) -> Any:
         "--filename",
         "manifest_dir",
         required=True,
-        type=click.Path(exists=True, file_okay=False, path_type=Path),
-        help="Directory of YAML/JSON manifests: the cluster.",
+        multiple=True,
+        type=click.Path(exists=True, path_type=Path),
+        help="Manifests, the cluster: a YAML/JSON file, or a directory of them (read "
+        "recursively); repeatable, as kubectl's -f. Edits are applied as they are saved.",
     )(f)
 
 
@@ -173,7 +175,7 @@ def main() -> None:
 @click.option("--autopath", is_flag=True, help="Server-side search paths (see mesh dns --help).")
 @log_options
 def up(
-    manifest_dir: Path,
+    manifest_dir: tuple[Path, ...],
     control_listen: Address,
     dns_listen: Address,
     admin_listen: Address,
@@ -289,7 +291,7 @@ def up(
 @_dns_options
 @log_options
 def control(
-    manifest_dir: Path,
+    manifest_dir: tuple[Path, ...],
     control_listen: Address,
     admin_listen: Address,
     service_cidr: str,

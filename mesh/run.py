@@ -169,7 +169,7 @@ def _service_ranges(service_cidr: str | None) -> tuple[str, ...]:
 class PlaneOptions:
     """What the control plane of ``mesh up`` and ``mesh control`` is built from."""
 
-    manifest_dir: Path
+    manifest_dir: Path | tuple[Path, ...]  # files and directories (-f, repeatable)
     service_cidr: str
     node_name: str
     zone: str
