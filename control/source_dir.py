@@ -244,10 +244,11 @@ def scan_all(roots: Sequence[Path]) -> dict[str, Stamp]:
 def _open_watch(roots: Sequence[Path]) -> Watch | None:
     """One inotify watch over every root, or None (then the poll alone sees changes)."""
     watch = open_watch(roots[0])
+    if watch is None:
+        return None
     try:
         for root in roots[1:]:
-            if watch is not None:
-                watch.add_tree(root)
+            watch.add_tree(root)
     except OSError:
         watch.close()  # the watch limit, a permission: as open_watch, polling still works
         return None
