@@ -17,7 +17,15 @@ from typing import Any
 import click
 
 from mesh.addresses import Address
-from mesh.cli_types import GATEWAY_CIDR, POD_CIDRS, SERVICE_CIDRS
+from mesh.cli_types import (
+    ADDRESS,
+    CONTROL_URL,
+    GATEWAY_CIDR,
+    HOST,
+    POD_CIDRS,
+    SERVICE_CIDRS,
+    whole,
+)
 from mesh.cliopts import (
     DEFAULT_ADMIN,
     DEFAULT_CONTROL,
@@ -37,7 +45,7 @@ from mesh.cliopts import (
     upstreams_of,
 )
 from mesh.getcmd import control_plane_error, get
-from mesh.params import ADDRESS, DNS_NAME, URL
+from mesh.params import DNS_NAME
 from mesh.registry import registrations
 
 
@@ -79,7 +87,7 @@ def _dns_options(f: Any) -> Any:
         "--ttl",
         default=5,
         show_default=True,
-        type=click.IntRange(0, 3600),
+        type=whole(0, 3600, "seconds"),
         help="TTL of cluster records.",
     )(f)
     f = click.option(
@@ -286,6 +294,7 @@ def up(
     "--gateway-address",
     default="127.0.0.1",
     show_default=True,
+    type=HOST,
     help="The address Ingresses are served on (written to their status.loadBalancer).",
 )
 @_dns_options
@@ -370,7 +379,7 @@ def config() -> None:
     "admin_url",
     default=f"http://{DEFAULT_ADMIN}",
     show_default=True,
-    type=URL,
+    type=CONTROL_URL,
     help="Admin address of the process running the component (http://HOST:PORT or HOST:PORT).",
 )
 @click.option(
@@ -390,7 +399,7 @@ def config() -> None:
     "control_url",
     default=f"http://{DEFAULT_CONTROL}",
     show_default=True,
-    type=URL,
+    type=CONTROL_URL,
     help="Control plane to read the Secrets from (with --show-secrets).",
 )
 def config_dump(

@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
+from mesh.cli_types import CONTROL_URL, NAMESPACE
 from mesh.cliopts import DEFAULT_CONTROL
-from mesh.params import URL
 
 Obj = dict[str, Any]
 
@@ -85,7 +85,9 @@ def render(kind: str, items: list[Obj], output: str, *, single: bool, table: Any
 
 @click.command()
 @click.argument("targets", nargs=-1, required=True, metavar="KIND [NAME...] | KIND/NAME...")
-@click.option("-n", "--namespace", default=None, help="Namespace [default: default].")
+@click.option(
+    "-n", "--namespace", default=None, type=NAMESPACE, help="Namespace [default: default]."
+)
 @click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
 @click.option(
     "-l",
@@ -100,7 +102,7 @@ def render(kind: str, items: list[Obj], output: str, *, single: bool, table: Any
     "control_url",
     default=f"http://{DEFAULT_CONTROL}",
     show_default=True,
-    type=URL,
+    type=CONTROL_URL,
     help="Control plane, http://HOST:PORT or HOST:PORT.",
 )
 def get(
