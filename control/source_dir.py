@@ -276,7 +276,7 @@ def parse_manifest(
             raise data
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return LoadResult(errors=[ManifestError(path, "?", "", f"cannot read: {exc}")])
+        return LoadResult(errors=[ManifestError(path, "", "", f"cannot read: {exc}")])
     return cache.load(text, path) if cache is not None else load_text(text, path)
 
 
