@@ -385,8 +385,9 @@ def config() -> None:
 @click.option(
     "--state",
     is_flag=True,
-    help="Print the component's whole admin view (derived state, listeners, sync results) "
-    "instead of only its config.",
+    help="Print the component's live state instead of only its config: its whole admin view "
+    "(derived state, listeners, sync results); for a component that keeps none beside its "
+    "config (dns), the config with its readiness and its counters from /metrics.",
 )
 @click.option(
     "--show-secrets",
@@ -420,13 +421,18 @@ def config_dump(
         raise click.ClickException(f"no component {component!r} runs behind {admin_url}") from None
     except WrongServer:
         raise click.ClickException(f"{admin_url} is not a mesh admin endpoint") from None
+    # A component's view is its config, or its config under "config" beside derived state
+    # (mesh/component.py).
+    bare = not (isinstance(data, dict) and "config" in data and "version" not in data)
     if not state:
-        # A component's view is its config, or its config under "config" beside derived
-        # state (mesh/component.py).
-        if isinstance(data, dict) and "config" in data and "version" not in data:
+        if not bare:
             data = data["config"]
         if data is None:
             raise click.ClickException(f"{component} has no config yet")
+    elif bare:
+        from mesh.dumpstate import live_state
+
+        data = live_state(admin_url, component, data)
     if show_secrets:
         config_part = data.get("config") if state and isinstance(data, dict) else data
         try:
