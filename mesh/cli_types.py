@@ -214,4 +214,15 @@ class ListenType(AddressType):
         return super().convert(value, param, ctx)
 
 
+class ServerType(ListenType):
+    """``HOST:PORT`` of a server to ask (an upstream): port 0 picks nothing there."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        host, port = super().convert(value, param, ctx)
+        if port == 0:
+            self.fail(f"{value!r}: port 0 is not a server's port", param, ctx)
+        return host, port
+
+
 ADDRESS = ListenType()
+SERVER = ServerType()

@@ -11,7 +11,7 @@ import click
 
 from mesh import log as meshlog
 from mesh.addresses import Address, format_address
-from mesh.cli_types import ADDRESS, CONTROL_URL, RATIO, seconds, whole
+from mesh.cli_types import ADDRESS, CONTROL_URL, RATIO, SERVER, seconds, whole
 from mesh.params import BOX
 
 DEFAULT_CONTROL = "127.0.0.1:15010"
@@ -78,7 +78,7 @@ def upstream_options(f: Any) -> Any:
         "--upstream",
         "upstreams",
         multiple=True,
-        type=ADDRESS,
+        type=SERVER,
         help="Upstream DNS server for non-cluster names (repeatable); default: /etc/resolv.conf.",
     )(f)
 

@@ -28,6 +28,8 @@ def parse_targets(args: Sequence[str]) -> tuple[str, list[str]]:
 
     if not args:
         raise ValueError("name a kind, e.g. mesh get svc (kinds: svc, pods, endpoints, ...)")
+    if "," in args[0].partition("/")[0]:
+        raise ValueError(f"{args[0]!r}: give one kind at a time (KIND,KIND is not supported)")
     if "/" not in args[0]:
         if any("/" in a for a in args[1:]):
             raise ValueError("there is no need to give a kind after KIND/NAME arguments")

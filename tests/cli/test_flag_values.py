@@ -74,6 +74,7 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("ingress", "--gateway-tls-listen", "127.0.0.1:x", "'127.0.0.1:x': port 'x' is not a number"),
     ("up", "--upstream", "8.8.8.8", "'8.8.8.8' is not HOST:PORT"),
     ("dns", "--upstream", "dns.google:53", "'dns.google:53': 'dns.google' is not an IP address"),
+    ("dns", "--upstream", "127.0.0.1:0", "'127.0.0.1:0': port 0 is not a server's port"),
     # URLs
     ("dns", "--control", "controlplane", f"'controlplane' {NO_PORT}"),
     ("proxy", "--control", "-x-:15010", "'-x-:15010': '-x-' is not an IP address or a host name"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,17 +34,16 @@ COMMANDS = {
 # The interpreter's own start (its streams, its site module) and the import system's search
 # for the package, before any line of mesh runs, are a window no program can guard: an
 # interrupt there is Python's own error. A sample that lands there tests nothing of ours and
-# is taken again a little later.
-PYTHON_STARTING = "Fatal Python error: init_"
-REPO = str(Path(__file__).resolve().parents[2])
+# is taken again a little later. OURS: a frame of the project's own code (its virtualenv's
+# files are not).
+OURS = re.compile(rf'File "{re.escape(str(Path(__file__).resolve().parents[2]))}/(?!\.venv/)')
 
 
 def _before_mesh(stderr: str) -> bool:
-    """Whether the interrupt came before the first line of mesh ran: the interpreter's own
-    start, or the import system still looking for the package (no frame of ours)."""
-    return stderr.startswith(PYTHON_STARTING) or (
-        stderr.startswith("Traceback") and REPO not in stderr
-    )
+    """Whether the interrupt came before the first line of mesh ran: Python's own error
+    ("Fatal Python error: init_...", "Could not import runpy module", an import system
+    traceback) with no frame of ours."""
+    return "KeyboardInterrupt" in stderr and not OURS.search(stderr)
 
 
 def _interrupt_at(args: list[str], delay: float) -> subprocess.CompletedProcess[str]:
