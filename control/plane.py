@@ -149,7 +149,7 @@ class _Metrics:
 class ControlPlane:
     def __init__(
         self,
-        manifest_dir: Path | None = None,
+        manifest_dir: Path | Sequence[Path] | None = None,  # files or directories
         *,
         service_cidr: str | Iterable[str] = DEFAULT_SERVICE_CIDR,
         node_ports: range = DEFAULT_NODE_PORTS,

@@ -2,7 +2,8 @@
 
 Every ``*.yaml``, ``*.yml`` and ``*.json`` file under a directory (recursively; hidden
 files and directories are skipped, as are the ``..data`` links of a mounted ConfigMap) is
-loaded and its objects applied to the store. On Linux, inotify wakes the source as soon as a
+loaded and its objects applied to the store; a file given by name is read whatever its
+name, and several files and directories may be given (kubectl's ``-f`` repeated). On Linux, inotify wakes the source as soon as a
 write to a file is finished (control/inotify.py); the directory is also polled, so a
 created, changed or deleted file is picked up within one poll interval where no event comes.
 
@@ -33,7 +34,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from typing import Any
 import trio
 
 from mesh.control.documents import DocumentCache, KeyedResult
-from mesh.control.inotify import open_watch
+from mesh.control.inotify import Watch, open_watch
 from mesh.control.store import Key, Rejected, Store
 from mesh.manifests import LoadResult, ManifestError, load_text
 from mesh.objects import KubeObject
@@ -230,6 +231,30 @@ def scan(root: Path) -> dict[str, Stamp]:
     return out
 
 
+def scan_all(roots: Sequence[Path]) -> dict[str, Stamp]:
+    """:func:`scan` of each root (``-f`` given several times), in the order given."""
+    if len(roots) == 1:
+        return scan(roots[0])
+    out: dict[str, Stamp] = {}
+    for root in roots:
+        out.update(scan(root))
+    return out
+
+
+def _open_watch(roots: Sequence[Path]) -> Watch | None:
+    """One inotify watch over every root, or None (then the poll alone sees changes)."""
+    watch = open_watch(roots[0])
+    if watch is None:
+        return None
+    try:
+        for root in roots[1:]:
+            watch.add_tree(root)
+    except OSError:
+        watch.close()  # the watch limit, a permission: as open_watch, polling still works
+        return None
+    return watch
+
+
 def _walk(root: Path) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -251,7 +276,7 @@ def parse_manifest(
             raise data
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return LoadResult(errors=[ManifestError(path, "?", "", f"cannot read: {exc}")])
+        return LoadResult(errors=[ManifestError(path, "", "", f"cannot read: {exc}")])
     return cache.load(text, path) if cache is not None else load_text(text, path)
 
 
@@ -269,9 +294,16 @@ class DirSource:
     """Polls a manifest directory and keeps the store in step with it."""
 
     def __init__(
-        self, root: Path, store: Store, *, poll_interval: float = 0.25, inotify: bool = True
+        self,
+        root: Path | Sequence[Path],
+        store: Store,
+        *,
+        poll_interval: float = 0.25,
+        inotify: bool = True,
     ) -> None:
-        self.root = root
+        # A directory or a file, or several (kubectl's repeated -f).
+        self.roots: tuple[Path, ...] = (root,) if isinstance(root, Path) else tuple(root)
+        self.root = self.roots[0]
         self.store = store
         self.poll_interval = poll_interval
         self.inotify = inotify
@@ -293,9 +325,10 @@ class DirSource:
         return self.files.warnings() + self._dup_warnings
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        if not self.root.exists():
-            raise FileNotFoundError(f"manifest directory {self.root} does not exist")
-        watch = open_watch(self.root) if self.inotify else None
+        for root in self.roots:
+            if not root.exists():
+                raise FileNotFoundError(f"manifest file or directory {root} does not exist")
+        watch = _open_watch(self.roots) if self.inotify else None
         try:
             await self.poll()
             task_status.started()
@@ -339,7 +372,7 @@ class DirSource:
         return True
 
     def _read_changes(self) -> dict[str, LoadResult | None]:
-        stamps = scan(self.root)
+        stamps = scan_all(self.roots)
         changes: dict[str, LoadResult | None] = {
             name: None for name in self._stamps if name not in stamps
         }

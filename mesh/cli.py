@@ -17,7 +17,15 @@ from typing import Any
 import click
 
 from mesh.addresses import Address
-from mesh.cli_types import GATEWAY_CIDR, POD_CIDRS, SERVICE_CIDRS
+from mesh.cli_types import (
+    ADDRESS,
+    CONTROL_URL,
+    GATEWAY_CIDR,
+    HOST,
+    POD_CIDRS,
+    SERVICE_CIDRS,
+    whole,
+)
 from mesh.cliopts import (
     DEFAULT_ADMIN,
     DEFAULT_CONTROL,
@@ -37,7 +45,7 @@ from mesh.cliopts import (
     upstreams_of,
 )
 from mesh.getcmd import control_plane_error, get
-from mesh.params import ADDRESS, DNS_NAME, URL
+from mesh.params import DNS_NAME
 from mesh.registry import registrations
 
 
@@ -50,8 +58,10 @@ def _manifest_options(f: Any) -> Any:
         "--filename",
         "manifest_dir",
         required=True,
-        type=click.Path(exists=True, file_okay=False, path_type=Path),
-        help="Directory of YAML/JSON manifests: the cluster.",
+        multiple=True,
+        type=click.Path(exists=True, path_type=Path),
+        help="Manifests, the cluster: a YAML/JSON file, or a directory of them (read "
+        "recursively); repeatable, as kubectl's -f. Edits are applied as they are saved.",
     )(f)
 
 
@@ -77,7 +87,7 @@ def _dns_options(f: Any) -> Any:
         "--ttl",
         default=5,
         show_default=True,
-        type=click.IntRange(0, 3600),
+        type=whole(0, 3600, "seconds"),
         help="TTL of cluster records.",
     )(f)
     f = click.option(
@@ -173,7 +183,7 @@ def main() -> None:
 @click.option("--autopath", is_flag=True, help="Server-side search paths (see mesh dns --help).")
 @log_options
 def up(
-    manifest_dir: Path,
+    manifest_dir: tuple[Path, ...],
     control_listen: Address,
     dns_listen: Address,
     admin_listen: Address,
@@ -284,12 +294,13 @@ def up(
     "--gateway-address",
     default="127.0.0.1",
     show_default=True,
+    type=HOST,
     help="The address Ingresses are served on (written to their status.loadBalancer).",
 )
 @_dns_options
 @log_options
 def control(
-    manifest_dir: Path,
+    manifest_dir: tuple[Path, ...],
     control_listen: Address,
     admin_listen: Address,
     service_cidr: str,
@@ -368,14 +379,15 @@ def config() -> None:
     "admin_url",
     default=f"http://{DEFAULT_ADMIN}",
     show_default=True,
-    type=URL,
+    type=CONTROL_URL,
     help="Admin address of the process running the component (http://HOST:PORT or HOST:PORT).",
 )
 @click.option(
     "--state",
     is_flag=True,
-    help="Print the component's whole admin view (derived state, listeners, sync results) "
-    "instead of only its config.",
+    help="Print the component's live state instead of only its config: its whole admin view "
+    "(derived state, listeners, sync results); for a component that keeps none beside its "
+    "config (dns), the config with its readiness and its counters from /metrics.",
 )
 @click.option(
     "--show-secrets",
@@ -388,7 +400,7 @@ def config() -> None:
     "control_url",
     default=f"http://{DEFAULT_CONTROL}",
     show_default=True,
-    type=URL,
+    type=CONTROL_URL,
     help="Control plane to read the Secrets from (with --show-secrets).",
 )
 def config_dump(
@@ -409,13 +421,18 @@ def config_dump(
         raise click.ClickException(f"no component {component!r} runs behind {admin_url}") from None
     except WrongServer:
         raise click.ClickException(f"{admin_url} is not a mesh admin endpoint") from None
+    # A component's view is its config, or its config under "config" beside derived state
+    # (mesh/component.py).
+    bare = not (isinstance(data, dict) and "config" in data and "version" not in data)
     if not state:
-        # A component's view is its config, or its config under "config" beside derived
-        # state (mesh/component.py).
-        if isinstance(data, dict) and "config" in data and "version" not in data:
+        if not bare:
             data = data["config"]
         if data is None:
             raise click.ClickException(f"{component} has no config yet")
+    elif bare:
+        from mesh.dumpstate import live_state
+
+        data = live_state(admin_url, component, data)
     if show_secrets:
         config_part = data.get("config") if state and isinstance(data, dict) else data
         try:

@@ -11,7 +11,8 @@ import click
 
 from mesh import log as meshlog
 from mesh.addresses import Address, format_address
-from mesh.params import ADDRESS, BOX, URL
+from mesh.cli_types import ADDRESS, CONTROL_URL, RATIO, SERVER, seconds, whole
+from mesh.params import BOX
 
 DEFAULT_CONTROL = "127.0.0.1:15010"
 DEFAULT_DNS = "127.0.0.1:10053"
@@ -77,7 +78,7 @@ def upstream_options(f: Any) -> Any:
         "--upstream",
         "upstreams",
         multiple=True,
-        type=ADDRESS,
+        type=SERVER,
         help="Upstream DNS server for non-cluster names (repeatable); default: /etc/resolv.conf.",
     )(f)
 
@@ -92,31 +93,31 @@ _FORWARD_FLAGS: list[tuple[str, Any, Any, str]] = [
     (
         "--max-fails",
         2,
-        click.IntRange(0, 1000),
+        whole(0, 1000),
         "Consecutive failures that mark an upstream down; 0: never.",
     ),
     (
         "--health-check",
         0.5,
-        click.FloatRange(0, 3600),
+        seconds(0, 3600),
         "Seconds between probes of an upstream marked down; 0: never probe.",
     ),
     (
         "--max-forwards",
         1024,
-        click.IntRange(1, 1_000_000),
+        whole(1, 1_000_000),
         "Queries waiting for upstreams at once; beyond it: SERVFAIL.",
     ),
     (
         "--forward-cache-size",
         10_000,
-        click.IntRange(0, 10_000_000),
+        whole(0, 10_000_000),
         "Upstream answers kept (least recently used evicted first); 0: no cache.",
     ),
     (
         "--serve-stale",
         0.0,
-        click.FloatRange(0, 86400),
+        seconds(0, 86400),
         "Seconds an expired upstream answer may still be served when every upstream fails "
         "(RFC 8767); 0: never.",
     ),
@@ -134,8 +135,6 @@ def upstreams_of(upstreams: Sequence[Address], no_forward: bool) -> list[Address
 
 def gateway_options(f: Any) -> Any:
     """The ingress gateway's flags, shared by ``mesh ingress`` and ``mesh up``."""
-    from mesh.cli_types import RATIO
-
     for option in reversed(
         [
             click.option(
@@ -160,7 +159,7 @@ def gateway_options(f: Any) -> Any:
             ),
             click.option(
                 "--otlp-endpoint",
-                type=URL,
+                type=CONTROL_URL,
                 help="Export request spans over OTLP/HTTP to this collector "
                 "(http://HOST:PORT; /v1/traces is appended). Default: tracing off.",
             ),
@@ -199,7 +198,7 @@ def source_options(f: Any) -> Any:
     f = click.option(
         "--control",
         "control_url",
-        type=URL,
+        type=CONTROL_URL,
         help="Control plane address, http://HOST:PORT or HOST:PORT.",
     )(f)
     return f

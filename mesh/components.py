@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from mesh.addresses import Address, format_address
-from mesh.cli_types import SERVICE_CIDRS
+from mesh.cli_types import ADDRESS, IP, SERVICE_CIDRS, seconds, whole
 from mesh.cliopts import (
     DEFAULT_ADMIN_DNS,
     DEFAULT_ADMIN_INGRESS,
@@ -34,7 +34,7 @@ from mesh.cliopts import (
 from mesh.config.dns import DnsConfig
 from mesh.config.gateway import ServedGatewayConfig
 from mesh.config.proxy import ProxyConfig
-from mesh.params import ADDRESS, DNS_NAME
+from mesh.params import DNS_NAME
 from mesh.registry import PlaneSettings, Registration, StatusWriter, Translator, register
 
 # --- dns ---------------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def _dns_translator(settings: PlaneSettings) -> Translator:
 @upstream_options
 @click.option(
     "--workers",
-    type=click.IntRange(1, 256),
+    type=whole(1, 256),
     help="Server processes sharing the port (SO_REUSEPORT), each with its own caches "
     "[default: one per core].",
 )
@@ -176,6 +176,7 @@ def _proxy_translator(settings: PlaneSettings) -> Translator:
     "--node-ip",
     default="127.0.0.1",
     show_default=True,
+    type=IP,
     help="Address NodePorts are served on (userspace mode).",
 )
 @click.option(
@@ -188,7 +189,7 @@ def _proxy_translator(settings: PlaneSettings) -> Translator:
     "--udp-idle-timeout",
     default=30.0,
     show_default=True,
-    type=click.FloatRange(min=0.1),
+    type=seconds(0.1, 86400),
     help="Seconds before an idle UDP session is closed (userspace mode).",
 )
 @click.option(

@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
+from mesh.cli_types import CONTROL_URL, NAMESPACE
 from mesh.cliopts import DEFAULT_CONTROL
-from mesh.params import URL
 
 Obj = dict[str, Any]
 
@@ -28,6 +28,8 @@ def parse_targets(args: Sequence[str]) -> tuple[str, list[str]]:
 
     if not args:
         raise ValueError("name a kind, e.g. mesh get svc (kinds: svc, pods, endpoints, ...)")
+    if "," in args[0].partition("/")[0]:
+        raise ValueError(f"{args[0]!r}: give one kind at a time (KIND,KIND is not supported)")
     if "/" not in args[0]:
         if any("/" in a for a in args[1:]):
             raise ValueError("there is no need to give a kind after KIND/NAME arguments")
@@ -85,7 +87,9 @@ def render(kind: str, items: list[Obj], output: str, *, single: bool, table: Any
 
 @click.command()
 @click.argument("targets", nargs=-1, required=True, metavar="KIND [NAME...] | KIND/NAME...")
-@click.option("-n", "--namespace", default=None, help="Namespace [default: default].")
+@click.option(
+    "-n", "--namespace", default=None, type=NAMESPACE, help="Namespace [default: default]."
+)
 @click.option("-A", "--all-namespaces", is_flag=True, help="Every namespace.")
 @click.option(
     "-l",
@@ -100,7 +104,7 @@ def render(kind: str, items: list[Obj], output: str, *, single: bool, table: Any
     "control_url",
     default=f"http://{DEFAULT_CONTROL}",
     show_default=True,
-    type=URL,
+    type=CONTROL_URL,
     help="Control plane, http://HOST:PORT or HOST:PORT.",
 )
 def get(

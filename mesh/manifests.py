@@ -173,14 +173,17 @@ class ManifestError:
     """One object that could not be loaded, and why."""
 
     source: str
-    object: str  # "Kind/namespace/name" as far as it could be read
+    # "Kind/namespace/name" as far as it could be read ("?" for a part that could not), the
+    # place of a document that is not an object ("List/items[2]", "[2]" in a JSON array),
+    # or "" when the file itself is bad (not YAML, unreadable)
+    object: str
     field: str  # dotted path of the offending field, "" when the document itself is bad
     message: str
     # (kind, namespace, name) when the object could be identified, else None
     key: tuple[str, str, str] | None = None
 
     def __str__(self) -> str:
-        where = f"{self.source}: {self.object}"
+        where = f"{self.source}: {self.object}" if self.object else self.source
         if self.field:
             where += f": {self.field}"
         return f"{where}: {self.message}"
@@ -193,14 +196,33 @@ class LoadResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def _part(value: Any) -> str | None:
+    """A kind, namespace or name as text, when it is one (a number is shown as written)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return str(value) or None
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    try:
+        text = json.dumps(value, default=str)
+    except ValueError:  # a recursive YAML alias
+        text = type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _describe(doc: dict[str, Any]) -> str:
-    kind = doc.get("kind") or "?"
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-    assert isinstance(meta, dict)
-    name = meta.get("name") or "?"
-    ns = meta.get("namespace")
-    cls = KINDS.get(str(kind))
-    if cls is not None and cls.NAMESPACED:
+    """``Kind/namespace/name`` as far as the document says them, whatever else is wrong."""
+    kind = _part(doc.get("kind")) or "?"
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
+    name = _part(meta.get("name")) or "?"
+    ns = _part(meta.get("namespace"))
+    cls = KINDS.get(kind)
+    if cls is None:  # an unknown or missing kind: say what the document gives
+        return f"{kind}/{ns}/{name}" if ns else f"{kind}/{name}"
+    if cls.NAMESPACED:
         return f"{kind}/{ns or 'default'}/{name}"
     return f"{kind}/{name}"
 
@@ -234,15 +256,18 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_object(
-    doc: Any, source: str = "<input>", *, strict_fields: bool = True
+    doc: Any, source: str = "<input>", place: str = "?", *, strict_fields: bool = True
 ) -> KubeObject | ManifestError | None:
     """Validate one decoded document. Returns None (with a warning logged) for unknown kinds.
 
+    ``place``: how to name a document that is not an object (where it is).
     ``strict_fields``: refuse an object with a field its kind does not have in Kubernetes
     (as kubectl's default strict validation does; mesh/kube_fields.py), which a manifest
     file gets; an object read from a real API server has been checked there."""
     if not isinstance(doc, dict):
-        return ManifestError(source, "?", "", f"expected an object, got {type(doc).__name__}")
+        if place == "?":  # where it is is not known here: what it holds finds it
+            place = f"the document {_shown(doc)}"
+        return ManifestError(source, place, "", f"expected an object, got {type(doc).__name__}")
     kind = doc.get("kind")
     if not isinstance(kind, str) or not kind:
         return ManifestError(source, _describe(doc), "kind", "missing or not a string")
@@ -293,7 +318,10 @@ def _documents(text: str, source: str) -> Iterator[Any]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
-        yield from (data if isinstance(data, list) else [data])
+        if isinstance(data, list):
+            yield _Array(data)  # its items are named by their place, "[2]"
+        else:
+            yield data
         return
     plain = plain_documents(text, _plain_scalar, _TYPED_FIRST)
     if plain is not None:  # the common case, at a tenth of PyYAML's cost
@@ -311,30 +339,41 @@ def _documents(text: str, source: str) -> Iterator[Any]:
 _LIST_FIELDS = frozenset({"apiVersion", "kind", "metadata", "items"})
 
 
-def _flatten(doc: Any) -> Iterator[Any]:
-    """Expand ``kind: List`` and typed lists (``ServiceList``); items of a typed list may
-    leave out their kind, as the API's list responses do."""
+class _Array(list[Any]):
+    """A JSON file that is an array of objects (its items are named by their place)."""
+
+
+def _flatten(doc: Any, place: str = "?") -> Iterator[tuple[Any, str]]:
+    """Expand ``kind: List``, typed lists (``ServiceList``) and JSON arrays into (document,
+    where it is); items of a typed list may leave out their kind, as the API's list
+    responses do."""
+    if isinstance(doc, _Array):
+        for i, item in enumerate(doc):
+            yield from _flatten(item, f"[{i}]")
+        return
     kind = doc.get("kind") if isinstance(doc, dict) else None
     if isinstance(kind, str) and (kind == "List" or kind[: -len("List")] in KINDS):
         # A list's own typo ("itmes") would drop its items unseen: named, as in an object.
         for name in [k for k in doc if k not in _LIST_FIELDS]:
-            yield ManifestError("", kind, str(name), unknown_field(str(name), _LIST_FIELDS))
+            yield ManifestError("", kind, str(name), unknown_field(str(name), _LIST_FIELDS)), place
     if isinstance(kind, str) and kind.endswith("List") and "items" in doc:
         items = doc.get("items") or []
         if not isinstance(items, list):
-            yield ManifestError("", kind, "items", "must be a list")
+            yield ManifestError("", kind, "items", "must be a list"), place
             return
         item_kind = kind[: -len("List")]
-        for item in items:
+        for i, item in enumerate(items):
             if isinstance(item, dict) and item_kind and "kind" not in item:
                 item = {"kind": item_kind, **item}
                 if "apiVersion" in doc:
                     item.setdefault("apiVersion", doc["apiVersion"])
-            yield from _flatten(item)
+            yield from _flatten(
+                item, f"{kind}/items[{i}]" if place == "?" else f"{place}.items[{i}]"
+            )
         return
     if kind == "List":  # a List without items holds nothing
         return
-    yield doc
+    yield doc, place
 
 
 def load_text(text: str, source: str = "<input>") -> LoadResult:
@@ -348,7 +387,7 @@ def load_text(text: str, source: str = "<input>") -> LoadResult:
             break
         except ValueError as exc:
             # A syntax error ends the stream: what came before it is kept.
-            result.errors.append(ManifestError(source, "?", "", str(exc)))
+            result.errors.append(ManifestError(source, "", "", str(exc)))
             break
         _take(result, doc, source)
     return result
@@ -359,7 +398,7 @@ def parse_documents(text: str) -> list[Any] | None:
     syntax error; :func:`load_text` reports it). Half of :func:`load_text`, for a process
     that parses for another (mesh/ahead.py); :func:`load_parsed` is the other."""
     try:
-        return list(_documents(text, "<input>"))
+        return [list(d) if isinstance(d, _Array) else d for d in _documents(text, "<input>")]
     except ValueError:
         return None
 
@@ -377,11 +416,11 @@ def _take(result: LoadResult, doc: Any, source: str) -> None:
     """Validate one decoded document into ``result``."""
     if doc is None:
         return
-    for item in _flatten(doc):
+    for item, place in _flatten(doc):
         if isinstance(item, ManifestError):
             result.errors.append(ManifestError(source, item.object, item.field, item.message))
             continue
-        parsed = parse_object(item, source)
+        parsed = parse_object(item, source, place)
         if parsed is None:
             kind = item.get("kind") if isinstance(item, dict) else "?"
             result.warnings.append(f"{source}: ignoring unknown kind {kind!r}")

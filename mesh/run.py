@@ -169,7 +169,7 @@ def _service_ranges(service_cidr: str | None) -> tuple[str, ...]:
 class PlaneOptions:
     """What the control plane of ``mesh up`` and ``mesh control`` is built from."""
 
-    manifest_dir: Path
+    manifest_dir: Path | tuple[Path, ...]  # files and directories (-f, repeatable)
     service_cidr: str
     node_name: str
     zone: str
@@ -197,6 +197,21 @@ class PlaneOptions:
         )
 
 
+def _without_gateway(plane: Any) -> None:
+    """``--no-gateway``: no controller serves Ingress and Gateway API here, so their status
+    says so (Accepted and Programmed Unknown, no addresses) instead of what a gateway would
+    serve (control/translate/gateway_served.py)."""
+    from mesh.control.translate.gateway_served import AbsentGatewayStatus
+
+    served = plane.status_writers.get("ingress")
+    if served is not None:
+        plane.status_writers["ingress"] = AbsentGatewayStatus(
+            ingress_addresses=served.ingress_addresses,
+            gateway_cidr=served.gateway_cidr,
+            privileged=served.privileged,
+        )
+
+
 def run_up(
     *,
     options: PlaneOptions,
@@ -214,6 +229,8 @@ def run_up(
     from mesh.dns.server import DnsServer
 
     plane = options.build()
+    if gateway is None:
+        _without_gateway(plane)
     dns = DnsServer(dns_listen, upstreams, zone=options.zone, **(dns_options or {}))
     components: list[Component[Any]] = [dns]
     if with_proxy:
@@ -282,6 +299,8 @@ def run_up_netns(
     )
     # the Ingresses' status.loadBalancer: where the pods reach the gateway
     plane = replace(options, ingress_addresses=(cluster.node_ip,)).build()
+    if gateway is None:
+        _without_gateway(plane)
     dns = DnsServer(
         (cluster.node_ip, 53),
         upstreams,

@@ -47,6 +47,9 @@ class StreamError(Exception):
     """The stream broke or carried something unusable; reconnect."""
 
 
+CLOSED = "the control plane closed the stream (it stopped or restarted); reconnecting"
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     initial: float = 0.1
@@ -117,6 +120,7 @@ class _Connection:
         self.stream = stream
         self.reader = h1.Reader("client")
         self.idle_timeout = idle_timeout
+        self.closed = False  # the server closed its end
 
     async def request(
         self, host: str, port: int, target: str, method: bytes = b"GET", body: bytes | None = None
@@ -146,13 +150,21 @@ class _Connection:
             try:
                 event = self.reader.next_event()
             except ProtocolError as exc:
+                if self.closed:
+                    # The server went away in the middle of a message: a control plane that
+                    # stops (cleanly or not) ends its streams so. Not bad HTTP.
+                    raise StreamError(CLOSED) from None
                 raise StreamError(f"bad HTTP from the server: {exc}") from None
             if event is not events.NEED_DATA:
                 return event
             with trio.move_on_after(self.idle_timeout) as scope:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except trio.BrokenResourceError:
+                    raise StreamError(CLOSED) from None  # reset rather than closed
             if scope.cancelled_caught:
                 raise StreamError(f"no data for {self.idle_timeout} s")
+            self.closed = not data
             self.reader.feed(data)  # b"": the server closed
 
     async def body_chunk(self) -> bytes | None:
@@ -164,8 +176,21 @@ class _Connection:
 
 
 async def _connect(host: str, port: int, connect_timeout: float) -> trio.SocketStream:
-    with trio.fail_after(connect_timeout):
-        return await trio.open_tcp_stream(host, port)
+    try:
+        with trio.fail_after(connect_timeout):
+            return await trio.open_tcp_stream(host, port)
+    except trio.TooSlowError:
+        raise StreamError(
+            f"the control plane did not answer within {connect_timeout:g} s; retrying"
+        ) from None
+    except OSError as exc:
+        # trio's "all attempts to connect ... failed" carries each attempt's error as its
+        # cause (a group when there were several addresses): the first one says why.
+        cause: BaseException | None = exc.__cause__
+        while isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+        raise StreamError(f"cannot reach the control plane: {reason}; retrying") from None
 
 
 _NETWORK_ERRORS = (
@@ -224,7 +249,7 @@ async def stream_configs(
                     if config != last:
                         last = config
                         yield config
-            raise StreamError("stream ended")
+            raise StreamError("the control plane ended the stream; reconnecting")
         except _NETWORK_ERRORS as exc:
             error = str(exc) or type(exc).__name__
             # Said once while it lasts: the same failure on every retry is not news.

@@ -16,15 +16,22 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from mesh.config.gateway import ListenerFailure, ServedGatewayConfig, TlsSecret
+from mesh.control.translate.conditions import ACCEPTED, PROGRAMMED
 from mesh.control.translate.gateway import gateway_status, translate_gateway
+from mesh.control.translate.gatewayapi import CONTROLLER
 from mesh.objects import (
     BackendTLSPolicy,
+    Condition,
     Gateway,
     GatewayClass,
+    GatewayClassStatus,
+    GatewayStatus,
     HTTPRoute,
     Ingress,
     IngressStatus,
     KubeObject,
+    PolicyStatus,
+    RouteStatus,
     Secret,
 )
 
@@ -168,3 +175,71 @@ def status_updates(
     for (ns, name), policy_status in found.backend_tls.items():
         update(BackendTLSPolicy.KIND, ns, name, policy_status)
     return out
+
+
+# What the Gateway API's CRDs default a status to, and so what a Gateway or GatewayClass
+# shows while its controller is not running: nothing has accepted or programmed it.
+_NO_CONTROLLER_TIME = "1970-01-01T00:00:00Z"
+
+
+def _waiting(kind: str) -> Condition:
+    return Condition(
+        type=kind,
+        status="Unknown",
+        reason="Pending",
+        message="Waiting for controller",
+        last_transition_time=_NO_CONTROLLER_TIME,
+    )
+
+
+class AbsentGatewayStatus:
+    """The status writer where no gateway runs (``mesh up --no-gateway``): the objects the
+    gateway would serve get what they have when their controller is absent, never a claim
+    that something serves them. Gateways and GatewayClasses: Accepted and Programmed
+    Unknown, "Waiting for controller" (the CRDs' default status); Ingresses: no address;
+    HTTPRoutes and BackendTLSPolicies: no entry of this controller."""
+
+    reads = STATUS_READS
+
+    def __init__(
+        self, *, ingress_addresses: tuple[str, ...], gateway_cidr: str, privileged: bool = False
+    ) -> None:
+        self.ingress_addresses = ingress_addresses
+        self.gateway_cidr = gateway_cidr
+        self.privileged = privileged
+
+    def __call__(self, snapshot: Snapshot) -> list[KubeObject]:
+        # Which objects are this controller's is what the gateway's status computation says.
+        found = gateway_status(
+            snapshot,
+            ingress_addresses=self.ingress_addresses,
+            gateway_cidr=self.gateway_cidr,
+            privileged=self.privileged,
+        )
+        out: list[KubeObject] = []
+
+        def update(kind: str, ns: str, name: str, status: Any) -> None:
+            obj = snapshot.get(kind, ns, name)
+            if obj is not None and getattr(obj, "status", None) != status:
+                out.append(obj.model_copy(update={"status": status}))
+
+        for ns, name in found.ingresses:
+            update(Ingress.KIND, ns, name, IngressStatus())
+        for name in found.classes:
+            update(
+                GatewayClass.KIND, "", name, GatewayClassStatus(conditions=(_waiting(ACCEPTED),))
+            )
+        waiting = GatewayStatus(conditions=(_waiting(ACCEPTED), _waiting(PROGRAMMED)))
+        for ns, name in found.gateways:
+            update(Gateway.KIND, ns, name, waiting)
+        for ns, name in found.routes:
+            route = snapshot.get(HTTPRoute.KIND, ns, name)
+            if isinstance(route, HTTPRoute):
+                others = tuple(p for p in route.status.parents if p.controller_name != CONTROLLER)
+                update(HTTPRoute.KIND, ns, name, RouteStatus(parents=others))
+        for ns, name in found.backend_tls:
+            policy = snapshot.get(BackendTLSPolicy.KIND, ns, name)
+            if isinstance(policy, BackendTLSPolicy):
+                kept = tuple(a for a in policy.status.ancestors if a.controller_name != CONTROLLER)
+                update(BackendTLSPolicy.KIND, ns, name, PolicyStatus(ancestors=kept))
+        return out

@@ -112,6 +112,8 @@ CASES: list[tuple[list[str], int, str]] = [
      "Endpoints, Gateway, "
      "GatewayClass, HTTPRoute, Ingress, IngressClass, Namespace, Pod, ReferenceGrant, Secret, "
      "Service"),
+    (["get", "svc,pods"], 2,
+     "Error: 'svc,pods': give one kind at a time (KIND,KIND is not supported)"),
     (["get", "svc/web", "pods"], 2,
      "Error: 'pods': write KIND/NAME for every argument once one has a '/'"),
     (["get", "svc", "-n", "shop", "-A"], 2, "Error: -n and -A exclude each other"),
