@@ -157,6 +157,13 @@ class GatewayServer(HttpServer):
             if metrics is not None:
                 metrics.closed(self.listener)
 
+    async def _reject(self, sock: Any, err: HttpError) -> None:
+        """A head refused before routing (malformed, too large, too slow, CONNECT) is counted
+        with its reason too: no route, no backend."""
+        await super()._reject(sock, err)
+        if self.telemetry.metrics is not None:
+            self.telemetry.metrics.request("", "", err.status, err.reason, 0.0)
+
     async def _handle(self, sock: Any, reader: Any, req: Request, peer: Peer) -> bool:
         started = time.monotonic()
         sock.status = 0
