@@ -137,22 +137,20 @@ class GatewayServer(HttpServer):
         """The plain Router interface (used when the engine calls ``self.router`` itself)."""
         return self.holder.routing.decide(self.listener, req, peer, time.monotonic(), None)[0]
 
-    async def _connection(self, sock: Any, addr: Any, port: int = 0) -> None:
+    async def _connection(self, sock: Any, addr: Any, port: int = 0, first: bytes = b"") -> None:
         metrics = self.telemetry.metrics
         if self.tls is not None:
             try:
-                sock = Downstream(
-                    await handshake(sock, self.tls.context, self.limits.header_timeout), tls=True
-                )
+                tls, first = await handshake(sock, self.tls.context, self.limits.header_timeout)
             except (OSError, Timeout):
-                sock.close()
-                return
+                return  # ``handshake`` closed it
+            sock = Downstream(tls, tls=True)
         else:
             sock = Downstream(sock)
         if metrics is not None:
             metrics.opened(self.listener)
         try:
-            await super()._connection(sock, addr, port)
+            await super()._connection(sock, addr, port, first)
         finally:
             if metrics is not None:
                 metrics.closed(self.listener)

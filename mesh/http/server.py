@@ -130,10 +130,15 @@ class HttpServer:
             close(sock)
             self.pool.close()
 
-    async def _connection(self, sock: socket.socket, addr: Any, port: int = 0) -> None:
-        """``port``: where it arrived (0: ask the socket)."""
+    async def _connection(
+        self, sock: socket.socket, addr: Any, port: int = 0, first: bytes = b""
+    ) -> None:
+        """``port``: where it arrived (0: ask the socket); ``first``: bytes already read from
+        it (the plaintext that came with a TLS handshake)."""
         limits = self.limits
         reader = Reader("server", max_head=limits.max_head, max_fields=limits.max_fields)
+        if first:
+            reader.feed(first)
         peer = Peer(addr[0], addr[1], self.scheme, port or sock.getsockname()[1])
         self.connections += 1
         reset, owned = False, True
