@@ -19,11 +19,13 @@ from tests.http.upstreams import (
     DIE_MID_BODY,
     SILENT,
     UPGRADE,
+    AcceptLoop,
     RecordingUpstream,
     exchange,
     header_of,
     status_of,
 )
+from tests.polling import until
 
 DEAD = ("127.0.0.1", 1)  # nothing listens on port 1: connection refused
 LIMITS = Limits(header_timeout=10.0, idle_timeout=5.0, body_timeout=0.5)
@@ -294,3 +296,113 @@ async def test_upgrade_becomes_a_byte_tunnel(rig: Rig) -> None:
                 got += await sock.recv(65536)
             assert got == message
     assert dict(echo.complete[0].headers)[b"upgrade"] == b"websocket"
+
+
+async def test_an_idle_keep_alive_connection_is_closed_silently(rig: Rig) -> None:
+    """After ``idle_timeout`` with no byte of a next request, the connection is closed with
+    no response (no 408: nothing was asked); the same for a connection that never spoke."""
+    rig.gateway.limits = Limits(header_timeout=10.0, idle_timeout=0.3, body_timeout=0.5)
+    for data in (GET, b""):
+        start = trio.current_time()
+        reply, closed = await exchange(rig.address, data, wait=3)
+        took = trio.current_time() - start
+        assert closed and 0.25 <= took < 2.5, took
+        assert reply.count(b"HTTP/1.1 ") == (1 if data else 0), reply
+        if data:
+            assert status_of(reply) == 200
+
+
+class _HeldKeepAlive(AcceptLoop):
+    """Answers (keep-alive) once ``hold`` requests arrived; counts connections the other side
+    closed."""
+
+    def __init__(self, hold: int) -> None:
+        self.hold = hold
+        self.arrived = 0
+        self.connections = 0
+        self.closed_by_peer = 0
+        self.all_in = trio.Event()
+
+    async def _connection(self, conn: trio.socket.SocketType) -> None:
+        self.connections += 1
+        with conn:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = await conn.recv(65536)
+                    if not chunk:
+                        self.closed_by_peer += 1
+                        return
+                    buf += chunk
+                buf = buf.split(b"\r\n\r\n", 1)[1]
+                self.arrived += 1
+                if self.arrived >= self.hold:
+                    self.all_in.set()
+                await self.all_in.wait()
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+async def test_the_pool_keeps_at_most_max_idle_connections_per_endpoint(rig: Rig) -> None:
+    from mesh.http.pool import Pool
+
+    upstream = _HeldKeepAlive(hold=5)
+    address = await rig.nursery.start(upstream.serve)
+    rig.gateway.pool = Pool(max_idle=2)
+    rig.route(endpoints=[address])
+    replies: list[bytes] = []
+
+    async def one() -> None:
+        replies.append(
+            (
+                await exchange(
+                    rig.address, GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+                )
+            )[0]
+        )
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as clients:
+            for _ in range(5):  # five at once: five upstream connections
+                clients.start_soon(one)
+        assert [status_of(r) for r in replies] == [200] * 5
+        assert upstream.connections == 5
+    await until(lambda: upstream.closed_by_peer >= 3, 5)  # the three beyond the bound
+    await trio.sleep(0.1)
+    assert upstream.closed_by_peer == 3
+    assert sum(len(idle) for idle in rig.gateway.pool._idle.values()) == 2
+    # the next request goes out on a kept connection, not a new one
+    reply, _ = await exchange(
+        rig.address, GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    )
+    assert status_of(reply) == 200 and upstream.connections == 5
+
+
+class _ResetAfterHead(AcceptLoop):
+    """Reads a request head, then resets the connection before any response byte."""
+
+    async def _connection(self, conn: trio.socket.SocketType) -> None:
+        import socket
+
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = await conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            conn.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+
+
+async def test_an_upstream_reset_before_any_response_byte_is_502_upstream_reset(
+    rig: Rig,
+) -> None:
+    address = await rig.nursery.start(_ResetAfterHead().serve)
+    rig.route(endpoints=[address])
+    reply, _ = await exchange(
+        rig.address, GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    )
+    assert status_of(reply) == 502, reply
+    assert header_of(reply, b"x-mesh-reason") == b"upstream-reset"
+    assert rig.gateway.reasons["upstream-reset"] == 1
