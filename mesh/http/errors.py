@@ -28,7 +28,7 @@ STATUS: Final[dict[str, int]] = {
     "upstream-reset": 502,
     "upstream-protocol-error": 502,  # the backend's response broke HTTP/1.1 framing
     "body-too-large": 413,
-    "rate-limited": 429,
+    "rate-limited": 503,  # ingress-nginx's limit-req and limit-conn status codes
     "denied": 403,
     "bad-request": 400,  # also sent as 501 (unknown transfer coding) and 505 (not HTTP/1.x)
     "internal-error": 500,  # a bug of the engine's own: logged with its traceback
