@@ -406,3 +406,77 @@ async def test_an_upstream_reset_before_any_response_byte_is_502_upstream_reset(
     assert status_of(reply) == 502, reply
     assert header_of(reply, b"x-mesh-reason") == b"upstream-reset"
     assert rig.gateway.reasons["upstream-reset"] == 1
+
+
+_BIG = 64 << 20  # bytes each way: more than every socket buffer between the two ends holds
+_HELD = 32 << 20  # what the buffers of four loopback sockets can hold at most, with room
+
+
+class _StallingUpstream(AcceptLoop):
+    """Upload: reads the head, then nothing until ``go``, then the whole body. Download:
+    answers with ``_BIG`` bytes as fast as the gateway takes them, counting what it sent."""
+
+    def __init__(self) -> None:
+        self.go = trio.Event()
+        self.body = 0
+        self.sent = 0
+
+    async def _connection(self, conn: trio.socket.SocketType) -> None:
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += await conn.recv(65536)
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            if head.startswith(b"GET"):
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % _BIG)
+                block = b"d" * 65536
+                while self.sent < _BIG:
+                    self.sent += await conn.send(block[: _BIG - self.sent])
+                return
+            await self.go.wait()
+            self.body = len(buf)
+            while self.body < _BIG:
+                chunk = await conn.recv(1 << 20)
+                if not chunk:
+                    return
+                self.body += len(chunk)
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
+async def test_bodies_stream_with_backpressure_both_ways(rig: Rig) -> None:
+    """A stalled upstream stops the client's upload, a stalled client stops the upstream's
+    download: the gateway takes no more than a few socket buffers of either, then passes
+    every byte once the slow side reads."""
+    rig.gateway.limits = Limits(header_timeout=10.0, idle_timeout=10.0, body_timeout=10.0)
+    upstream = _StallingUpstream()
+    address = await rig.nursery.start(upstream.serve)
+    rig.route(endpoints=[address])
+    sock = trio.socket.socket()
+    await sock.connect(rig.address)
+    with sock, trio.fail_after(60):
+        await sock.send(b"PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % _BIG)
+        block, taken = b"u" * (1 << 20), 0
+        with trio.move_on_after(1.5):  # as much as the gateway takes while the upstream stalls
+            while taken < _BIG:
+                taken += await sock.send(block[: _BIG - taken])
+        assert taken < _HELD, taken
+        upstream.go.set()
+        while taken < _BIG:
+            taken += await sock.send(block[: _BIG - taken])
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += await sock.recv(65536)
+        assert status_of(reply) == 200 and upstream.body == _BIG
+
+        await sock.send(b"GET /down HTTP/1.1\r\nHost: a\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await sock.recv(1024)
+        await trio.sleep(1.5)  # the client reads nothing: the upstream must stall
+        assert upstream.sent < _HELD, upstream.sent
+        got = len(head.split(b"\r\n\r\n", 1)[1])
+        while got < _BIG:
+            chunk = await sock.recv(1 << 20)
+            assert chunk, got
+            got += len(chunk)
+    assert got == _BIG and upstream.sent == _BIG
