@@ -480,3 +480,62 @@ async def test_bodies_stream_with_backpressure_both_ways(rig: Rig) -> None:
             assert chunk, got
             got += len(chunk)
     assert got == _BIG and upstream.sent == _BIG
+
+
+class _DiesMidBody(AcceptLoop):
+    """Answers with a body framed as ``framing`` says, sends part of it, then ends the
+    connection (``reset``: a RST; else a FIN) before the body's end."""
+
+    def __init__(self, framing: str, reset: bool) -> None:
+        self.framing = framing
+        self.reset = reset
+
+    async def _connection(self, conn: trio.socket.SocketType) -> None:
+        import socket
+
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += await conn.recv(65536)
+            if self.framing == "chunked":
+                await conn.send(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n"
+                )
+            else:  # close-delimited: only a RST tells it was cut
+                await conn.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n0123456789")
+            await trio.sleep(0.05)
+            if self.reset:
+                conn.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+
+
+@pytest.mark.parametrize(
+    ("framing", "reset"),
+    [("chunked", False), ("chunked", True), ("until-close", True)],
+    ids=["chunked-fin", "chunked-rst", "until-close-rst"],
+)
+async def test_a_body_cut_short_upstream_is_never_passed_on_as_complete(
+    rig: Rig, framing: str, reset: bool
+) -> None:
+    """The client gets what came and a connection that ends without the body's end: no last
+    chunk, and a reset when only the connection's end could have said "complete"."""
+    address = await rig.nursery.start(_DiesMidBody(framing, reset).serve)
+    rig.route(endpoints=[address])
+    sock = trio.socket.socket()
+    await sock.connect(rig.address)
+    reply, how = b"", "fin"
+    with sock, trio.fail_after(5):  # closed, never left hanging
+        await sock.send(GET)
+        try:
+            while chunk := await sock.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            how = "rst"
+    assert status_of(reply) == 200, (reply, how)
+    assert b"0123456789" in reply
+    head = reply.split(b"\r\n\r\n", 1)[0].lower()
+    if b"transfer-encoding: chunked" in head:
+        assert not reply.endswith(b"0\r\n\r\n"), reply  # no last chunk: visibly incomplete
+    elif b"content-length" not in head:
+        assert how == "rst", reply  # close-delimited: a FIN would say "complete"
