@@ -501,6 +501,8 @@ class _DiesMidBody(AcceptLoop):
                 await conn.send(
                     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n"
                 )
+            elif self.framing == "length":
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
             else:  # close-delimited: only a RST tells it was cut
                 await conn.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n0123456789")
             await trio.sleep(0.05)
@@ -512,8 +514,8 @@ class _DiesMidBody(AcceptLoop):
 
 @pytest.mark.parametrize(
     ("framing", "reset"),
-    [("chunked", False), ("chunked", True), ("until-close", True)],
-    ids=["chunked-fin", "chunked-rst", "until-close-rst"],
+    [("length", False), ("chunked", False), ("chunked", True), ("until-close", True)],
+    ids=["length-fin", "chunked-fin", "chunked-rst", "until-close-rst"],
 )
 async def test_a_body_cut_short_upstream_is_never_passed_on_as_complete(
     rig: Rig, framing: str, reset: bool
@@ -539,3 +541,5 @@ async def test_a_body_cut_short_upstream_is_never_passed_on_as_complete(
         assert not reply.endswith(b"0\r\n\r\n"), reply  # no last chunk: visibly incomplete
     elif b"content-length" not in head:
         assert how == "rst", reply  # close-delimited: a FIN would say "complete"
+    else:
+        assert len(reply.split(b"\r\n\r\n", 1)[1]) < 100  # fewer bytes than announced
