@@ -543,3 +543,27 @@ async def test_a_body_cut_short_upstream_is_never_passed_on_as_complete(
         assert how == "rst", reply  # close-delimited: a FIN would say "complete"
     else:
         assert len(reply.split(b"\r\n\r\n", 1)[1]) < 100  # fewer bytes than announced
+
+
+async def test_a_client_that_leaves_mid_body_never_completes_the_upstream_request(
+    rig: Rig,
+) -> None:
+    """10 of 100 announced body bytes, then the client's FIN: the upstream saw the request
+    start and never end (the gateway does not make up the rest or pass on a short body)."""
+    import socket
+
+    sock = trio.socket.socket()
+    await sock.connect(rig.address)
+    with sock:
+        await sock.send(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
+        await trio.sleep(0.2)  # the head and the first bytes are on their way upstream
+        sock.shutdown(socket.SHUT_WR)
+        with trio.fail_after(5):
+            try:
+                while await sock.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+    await until(lambda: rig.upstream.total_bytes > 0, 5)
+    await trio.sleep(0.2)
+    assert rig.upstream.complete == []
