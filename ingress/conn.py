@@ -56,10 +56,13 @@ class Refused(Exception):
 
 
 class Downstream:
-    __slots__ = ("__weakref__", "fileno", "received", "sent", "sock", "status", "tls", "veto")
+    __slots__ = (
+        "__weakref__", "client", "fileno", "received", "sent", "sock", "status", "tls", "veto",
+    )  # fmt: skip
 
-    def __init__(self, sock: socket.socket, *, tls: bool = False) -> None:
+    def __init__(self, sock: socket.socket, *, tls: bool = False, client: str = "") -> None:
         self.sock = sock
+        self.client = client  # the client's address, for the access log
         # The socket's own method, not a wrapper: asked at every wait of the engine.
         self.fileno: Callable[[], int] = sock.fileno
         self.tls = tls

@@ -17,6 +17,8 @@ keep the connection or not. This subclass changes two steps of it:
   background (mesh.ingress.mirror); limit-connections counts requests in flight per route and
   client address; then one access-log record, one metrics sample and,
   when sampled, one span.
+- ``_reject``: a head refused before routing (malformed, too large, too slow, CONNECT) gets
+  its access-log record and metrics sample too, with no route, method or path.
 """
 
 from __future__ import annotations
@@ -144,9 +146,9 @@ class GatewayServer(HttpServer):
                 tls, first = await handshake(sock, self.tls.context, self.limits.header_timeout)
             except (OSError, Timeout):
                 return  # ``handshake`` closed it
-            sock = Downstream(tls, tls=True)
+            sock = Downstream(tls, tls=True, client=addr[0])
         else:
-            sock = Downstream(sock)
+            sock = Downstream(sock, client=addr[0])
         if metrics is not None:
             metrics.opened(self.listener)
         try:
@@ -158,9 +160,20 @@ class GatewayServer(HttpServer):
     async def _reject(self, sock: Any, err: HttpError) -> None:
         """A head refused before routing (malformed, too large, too slow, CONNECT) is counted
         with its reason too: no route, no backend."""
+        sent = sock.sent
         await super()._reject(sock, err)
-        if self.telemetry.metrics is not None:
-            self.telemetry.metrics.request("", "", err.status, err.reason, 0.0)
+        t = self.telemetry
+        if t.metrics is not None:
+            t.metrics.request("", "", err.status, err.reason, 0.0)
+        if t.access_log is not None:  # one line for it too: no method or path to tell
+            from mesh.http.access_log import AccessRecord
+
+            t.access_log.log(
+                AccessRecord(
+                    time.time(), "", "", "", err.status, err.reason,
+                    client=sock.client, bytes_out=sock.sent - sent,
+                )
+            )  # fmt: skip
 
     async def _handle(self, sock: Any, reader: Any, req: Request, peer: Peer) -> bool:
         started = time.monotonic()

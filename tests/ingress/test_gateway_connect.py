@@ -9,9 +9,12 @@ reaches an upstream, even one behind a catch-all route.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 
+from mesh.http.access_log import AccessLog
 from mesh.http.metrics import HttpMetrics
 from mesh.ingress.server import Telemetry
 from tests.conftest import require_tool
@@ -40,10 +43,12 @@ async def test_connect_is_refused_and_never_forwarded(
     upstream = RecordingUpstream()
     address = await nursery.start(upstream.serve)
     metrics = HttpMetrics("t_connect_" + str(abs(hash(name))))
+    lines: list[bytes] = []
+    log = AccessLog(lines.append)
     gw = await start_gateway(
         nursery,
         served(backend("rec", address), ingress("all", None, path("/", "rec"))),
-        telemetry=Telemetry(metrics=metrics),
+        telemetry=Telemetry(metrics=metrics, access_log=log),
     )
     for bytewise in (False, True):
         reply, closed = await exchange(("127.0.0.1", gw.port), data, bytewise=bytewise)
@@ -55,8 +60,14 @@ async def test_connect_is_refused_and_never_forwarded(
             allow = header_of(reply, b"allow")
             assert allow is not None and b"GET" in allow and b"CONNECT" not in allow
     assert upstream.total_bytes == 0 and upstream.received == []
-    # counted with its reason as a metric label, no route and no backend
+    # counted with its reason as a metric label, no route and no backend, and logged
     assert metrics.requests[("", "", status, reason.decode())] == 2
+    log.flush()
+    records = [json.loads(line) for line in b"".join(lines).splitlines()]
+    assert [(r["status"], r["reason"], r["client"]) for r in records] == [
+        (status, reason.decode(), "127.0.0.1")
+    ] * 2
+    assert all(r["bytes_out"] > 0 for r in records)
     # and the gateway serves the next request as before
     reply, _ = await exchange(
         ("127.0.0.1", gw.port), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
