@@ -10,6 +10,7 @@ openssl s_client whole, followed by close_notify.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import ssl
@@ -244,3 +245,39 @@ async def test_a_request_in_the_same_segment_as_the_clients_finished_is_answered
                     break
     assert got.startswith(b"HTTP/1.1 200 "), got[:200]
     assert client.clean_close  # and it ended with close_notify
+
+
+async def test_a_client_that_stalls_its_handshake_is_dropped_after_the_header_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    """Nothing, or half a ClientHello, then silence: the TLS listener lets go after the
+    header timeout (as for a slow request head) and keeps serving others."""
+    from mesh.http.server import Limits
+
+    gw = await start_gateway(nursery, served(), limits=Limits(header_timeout=0.5))
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    hello = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = context.wrap_bio(*hello, server_hostname="x.example.com")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    client_hello = hello[1].read()
+    for sent in (b"", client_hello[: len(client_hello) // 2]):
+        sock = trio.socket.socket()
+        await sock.connect(("127.0.0.1", gw.tls_port))
+        with sock:
+            if sent:
+                await sock.send(sent)
+            start = trio.current_time()
+            with trio.fail_after(5):
+                try:
+                    while await sock.recv(4096):
+                        pass
+                except ConnectionResetError:
+                    pass
+            assert 0.4 <= trio.current_time() - start < 4
+    from mesh.tls.certs import DEFAULT_CERT_CN
+    from tests.ingress.test_gateway_tls import s_client_subject
+
+    subject, _ = await s_client_subject(gw.tls_port, "next.example.com")
+    assert DEFAULT_CERT_CN in subject
