@@ -15,6 +15,7 @@ import hashlib
 import socket
 import ssl
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -281,3 +282,37 @@ async def test_a_client_that_stalls_its_handshake_is_dropped_after_the_header_ti
 
     subject, _ = await s_client_subject(gw.tls_port, "next.example.com")
     assert DEFAULT_CERT_CN in subject
+
+
+async def test_a_large_upload_over_the_tls_listener_with_curl(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """16 MiB from curl through TLS termination, twice in one curl run: every byte reaches
+    the backend (the plaintext the TLS layer decrypts is all handed on, none left inside)."""
+    import json
+
+    from tests.ingress.harness import echo_servers
+
+    require_tool("curl")
+    body = tmp_path / "body"
+    body.write_bytes(bytes(range(256)) * (1 << 16))
+    with echo_servers("web") as up:
+        port, ca = await _gateway(nursery, up["web"])
+        (tmp_path / "ca.pem").write_bytes(ca)
+        url = f"https://{HOST}:{port}/upload"
+        done = await trio.run_process(
+            ["curl", "-s", "--max-time", "30", "--cacert", str(tmp_path / "ca.pem"),
+             "--resolve", f"{HOST}:{port}:127.0.0.1", "--data-binary", f"@{body}", url,
+             "--next", "--cacert", str(tmp_path / "ca.pem"), "--resolve",
+             f"{HOST}:{port}:127.0.0.1", "--data-binary", f"@{body}", url],
+            capture_stdout=True, check=False,
+        )  # fmt: skip
+    assert done.returncode == 0, done.returncode
+    text, answers, at = done.stdout.decode(), [], 0
+    decoder = json.JSONDecoder()
+    while at < len(text.rstrip()):
+        answer, at = decoder.raw_decode(text, at)
+        answers.append(answer)
+        while at < len(text) and text[at].isspace():
+            at += 1
+    assert [a["body_bytes"] for a in answers] == [16 << 20, 16 << 20]
