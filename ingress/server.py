@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -264,8 +264,9 @@ class GatewayServer(HttpServer):
                 limit_ = self.retry_buffer if planned.retry is not None else 0
                 body = SentBody(limit_, taps)
             return await self._forward(
-                sock, reader, req, peer, decision, planned.retry, started, body
-            )
+                sock, reader, req, peer, decision, planned.retry, started, body,
+                planned.timeouts.request,
+            )  # fmt: skip
         finally:
             for tap in taps:
                 tap.close()  # a copy whose body did not end is aborted, never completed
@@ -284,11 +285,13 @@ class GatewayServer(HttpServer):
         retry: Retry | None,
         started: float,
         body: SentBody | None = None,
+        whole: float | None = None,
     ) -> bool:
+        """``whole``: the route's whole-request timeout (GEP-1742 ``timeouts.request``): the
+        tries and the waits between them all fit in it, each try cut to what is left."""
         retries = 0
-        budget = fwd.timeouts.request
         method = req.method.decode("latin-1")
-        deadline = started + budget * (retry.attempts + 1) if budget and retry else None
+        deadline = started + whole if whole else None
         delay = [0.0]
 
         def again(outcome: Failure | int) -> bool:
@@ -312,8 +315,14 @@ class GatewayServer(HttpServer):
             sock.veto = again  # a response with a retried status is refused before it leaves
         try:
             while True:
+                this = fwd
+                if deadline is not None and retries:  # a retry gets what time is left
+                    left = max(deadline - time.monotonic(), 0.001)
+                    per_try = fwd.timeouts.request
+                    if per_try is None or left < per_try:
+                        this = replace(fwd, timeouts=replace(fwd.timeouts, request=left))
                 try:
-                    return await forward(self, sock, reader, req, peer, fwd, body)  # type: ignore[arg-type]
+                    return await forward(self, sock, reader, req, peer, this, body)  # type: ignore[arg-type]
                 except Refused:
                     pass  # ``again`` said so when it saw the status
                 except UpstreamError as err:
