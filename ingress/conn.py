@@ -2,13 +2,25 @@
 
 The engine (mesh.http.server, forward, pool) works on non-blocking sockets: it calls
 ``recv``/``send`` and, on ``BlockingIOError``, waits for the descriptor. :class:`Downstream`
-offers exactly that over either a plain socket or an ``ssl.SSLSocket`` (OpenSSL's "want read"
-and "want write" become ``BlockingIOError``, its other errors ``OSError``, which the engine
-already treats as a broken connection), so TLS needs nothing from the engine.
+offers exactly that over either a plain socket or a
+:class:`~mesh.http.upstream_tls.TlsSocket` (the socket-like TLS the engine uses toward
+backends, here with a server session), so TLS needs nothing from the engine.
 
-Why an SSLSocket and not a memory BIO: OpenSSL reads only the record it needs from the
-kernel (no read-ahead), and every ``recv`` here asks for more than the largest record, so no
-decrypted byte is ever left inside OpenSSL while the engine waits for the descriptor.
+Why a TlsSocket (memory BIOs) and not an ``ssl.SSLSocket``: ending a connection right.
+``SSLSocket.unwrap`` calls SSL_shutdown twice, the second time reading from the descriptor,
+and OpenSSL drops the connection on any application data it finds there
+(APPLICATION_DATA_AFTER_CLOSE_NOTIFY): bytes a client was still sending into a half-closed
+tunnel were lost. When the client's window was full the close_notify stayed inside OpenSSL
+and the FIN went out without it; and ``SSLSocket.close`` says no close_notify at all, so every
+connection the gateway closed ended in a ragged EOF. A TlsSocket queues close_notify behind
+the last record and writes both before the FIN (in the background when the window is full,
+bounded in time), and keeps reading after its own close_notify (TLS 1.3 half-close, RFC 8446
+section 6.1).
+
+No plaintext waits inside it while the engine waits for the descriptor: a read takes at most
+64 KiB of ciphertext and the engine asks for 64 KiB of plaintext, so one ``recv`` returns all
+that was decrypted; plaintext that came with the handshake's last flight (a request sent right
+behind the client's Finished) is returned by ``handshake`` and fed to the engine first.
 
 It also notes what the access log and the metrics want to know of a response without
 touching the engine: the status of the response head written (``status``) and the bytes both
@@ -19,7 +31,7 @@ upstream connection, referenced by nobody any more, is closed when collected.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import math
 import socket
 import ssl
@@ -28,7 +40,11 @@ from typing import Any
 
 import trio
 
-from mesh.http.pool import DEADLINES
+from mesh.http.pool import DEADLINES, close
+from mesh.http.upstream_tls import TlsSocket
+from mesh.tls.session import TlsError, TlsSession
+
+_RECV = 65536
 
 
 class Refused(Exception):
@@ -40,10 +56,13 @@ class Refused(Exception):
 
 
 class Downstream:
-    __slots__ = ("__weakref__", "fileno", "received", "sent", "sock", "status", "tls", "veto")
+    __slots__ = (
+        "__weakref__", "client", "fileno", "received", "sent", "sock", "status", "tls", "veto",
+    )  # fmt: skip
 
-    def __init__(self, sock: socket.socket, *, tls: bool = False) -> None:
+    def __init__(self, sock: socket.socket, *, tls: bool = False, client: str = "") -> None:
         self.sock = sock
+        self.client = client  # the client's address, for the access log
         # The socket's own method, not a wrapper: asked at every wait of the engine.
         self.fileno: Callable[[], int] = sock.fileno
         self.tls = tls
@@ -55,12 +74,8 @@ class Downstream:
         self.veto: Callable[[int], bool] | None = None
 
     def recv(self, size: int, flags: int = 0) -> bytes:
-        try:
-            data = self.sock.recv(size, flags)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise BlockingIOError from None
-        except ssl.SSLError as exc:
-            raise ConnectionResetError(f"TLS: {exc.reason or exc}") from None
+        # A TlsSocket raises BlockingIOError and ConnectionResetError as a plain socket does.
+        data = self.sock.recv(size, flags)
         self.received += len(data)
         return data
 
@@ -73,51 +88,63 @@ class Downstream:
             if self.status >= 200 and self.veto is not None and self.veto(self.status):
                 refused, self.status = self.status, 0
                 raise Refused(refused)
-        try:
-            n = self.sock.send(data)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise BlockingIOError from None
-        except ssl.SSLError as exc:
-            raise BrokenPipeError(f"TLS: {exc.reason or exc}") from None
+        n = self.sock.send(data)
         self.sent += n
         return n
 
     def setsockopt(self, *args: Any) -> None:
+        # A linger of zero (an abort) reaches the TlsSocket, which then says no close_notify.
         self.sock.setsockopt(*args)
 
     def getsockname(self) -> Any:
         return self.sock.getsockname()
 
     def shutdown(self, how: int) -> None:
-        """Half-close (a tunnel whose upstream finished). Over TLS: close_notify first, then
-        the TCP half-close under the TLS layer (SSLSocket.shutdown would drop the TLS state
-        while the client may still be sending)."""
-        if not self.tls:
-            self.sock.shutdown(how)
-            return
-        assert isinstance(self.sock, ssl.SSLSocket)
-        with contextlib.suppress(ssl.SSLError, OSError, ValueError):
-            self.sock.unwrap()  # sends close_notify; the peer's answer is not awaited
-        socket.socket.shutdown(self.sock, how)
+        """Half-close (a tunnel whose upstream finished). Over TLS: close_notify behind the
+        last record, then the FIN; the client's direction stays open."""
+        self.sock.shutdown(how)
 
     def close(self) -> None:
+        """Over TLS: close_notify behind the last record, then close (an abort: at once)."""
         self.sock.close()
 
 
-async def handshake(sock: socket.socket, context: ssl.SSLContext, seconds: float) -> ssl.SSLSocket:
-    """TLS server handshake on a non-blocking socket, within ``seconds``; raises
-    OSError (ssl.SSLError included) or Timeout. The socket is then owned by the result."""
-    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+async def handshake(
+    sock: socket.socket, context: ssl.SSLContext, seconds: float
+) -> tuple[TlsSocket, bytes]:
+    """TLS server handshake on a non-blocking socket, within ``seconds``: the TLS socket
+    (which now owns the descriptor) and the plaintext that came with the client's last
+    flight. Raises OSError or Timeout; the socket is closed then."""
     deadline = math.inf if seconds == math.inf else trio.current_time() + seconds
     try:
+        session = TlsSession(context, server_side=True)
+    except (ValueError, OSError):
+        sock.close()
+        raise
+    conn = TlsSocket(sock, session)
+    early = b""
+    try:
         while True:
+            conn._out += session.data_to_send()
+            while conn._out:
+                conn._flush()
+                if conn._out:
+                    await DEADLINES.wait(conn, math.inf, deadline, True)
+            if session.handshake_complete:
+                return conn, early
             try:
-                tls.do_handshake()
-                return tls
-            except ssl.SSLWantReadError:
-                await DEADLINES.wait(tls, math.inf, deadline, False)
-            except ssl.SSLWantWriteError:
-                await DEADLINES.wait(tls, math.inf, deadline, True)
+                data = socket.socket.recv(conn, _RECV)
+            except BlockingIOError:
+                await DEADLINES.wait(conn, math.inf, deadline, False)
+                continue
+            if not data:
+                raise ConnectionResetError(errno.ECONNRESET, "closed during the TLS handshake")
+            try:
+                early = session.receive_data(data)
+            except TlsError as exc:
+                conn._out += session.data_to_send()  # the alert that tells the client why
+                conn._flush()
+                raise ConnectionResetError(errno.EPROTO, str(exc)) from None
     except BaseException:
-        tls.close()  # ``sock`` gave its descriptor to ``tls``: closing ``sock`` would not do
+        close(conn, reset=True)
         raise

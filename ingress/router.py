@@ -60,8 +60,11 @@ def _edits(e: RouteEdits) -> engine.HeaderEdits:
 
 def route_parts(route: Route) -> RouteParts:
     t = route.timeouts
-    # One try is bounded by backendRequest; without it, by the whole-request timeout.
-    per_try = t.backend_request if t.backend_request is not None else t.request
+    # One try is bounded by backendRequest and by the whole-request timeout, whichever is
+    # shorter (GEP-1742: request covers the whole transaction, retries included; the data
+    # path bounds the retries by it, mesh.ingress.server).
+    bounds = [b for b in (t.backend_request, t.request) if b is not None]
+    per_try = min(bounds) if bounds else None
     timeouts = engine.Timeouts(
         connect=t.connect if t.connect is not None else DEFAULT_CONNECT,
         read=t.read if t.read is not None else DEFAULT_READ,

@@ -17,6 +17,8 @@ keep the connection or not. This subclass changes two steps of it:
   background (mesh.ingress.mirror); limit-connections counts requests in flight per route and
   client address; then one access-log record, one metrics sample and,
   when sampled, one span.
+- ``_reject``: a head refused before routing (malformed, too large, too slow, CONNECT) gets
+  its access-log record and metrics sample too, with no route, method or path.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -137,25 +139,41 @@ class GatewayServer(HttpServer):
         """The plain Router interface (used when the engine calls ``self.router`` itself)."""
         return self.holder.routing.decide(self.listener, req, peer, time.monotonic(), None)[0]
 
-    async def _connection(self, sock: Any, addr: Any, port: int = 0) -> None:
+    async def _connection(self, sock: Any, addr: Any, port: int = 0, first: bytes = b"") -> None:
         metrics = self.telemetry.metrics
         if self.tls is not None:
             try:
-                sock = Downstream(
-                    await handshake(sock, self.tls.context, self.limits.header_timeout), tls=True
-                )
+                tls, first = await handshake(sock, self.tls.context, self.limits.header_timeout)
             except (OSError, Timeout):
-                sock.close()
-                return
+                return  # ``handshake`` closed it
+            sock = Downstream(tls, tls=True, client=addr[0])
         else:
-            sock = Downstream(sock)
+            sock = Downstream(sock, client=addr[0])
         if metrics is not None:
             metrics.opened(self.listener)
         try:
-            await super()._connection(sock, addr, port)
+            await super()._connection(sock, addr, port, first)
         finally:
             if metrics is not None:
                 metrics.closed(self.listener)
+
+    async def _reject(self, sock: Any, err: HttpError) -> None:
+        """A head refused before routing (malformed, too large, too slow, CONNECT) is counted
+        with its reason too: no route, no backend."""
+        sent = sock.sent
+        await super()._reject(sock, err)
+        t = self.telemetry
+        if t.metrics is not None:
+            t.metrics.request("", "", err.status, err.reason, 0.0)
+        if t.access_log is not None:  # one line for it too: no method or path to tell
+            from mesh.http.access_log import AccessRecord
+
+            t.access_log.log(
+                AccessRecord(
+                    time.time(), "", "", "", err.status, err.reason,
+                    client=sock.client, bytes_out=sock.sent - sent,
+                )
+            )  # fmt: skip
 
     async def _handle(self, sock: Any, reader: Any, req: Request, peer: Peer) -> bool:
         started = time.monotonic()
@@ -246,8 +264,9 @@ class GatewayServer(HttpServer):
                 limit_ = self.retry_buffer if planned.retry is not None else 0
                 body = SentBody(limit_, taps)
             return await self._forward(
-                sock, reader, req, peer, decision, planned.retry, started, body
-            )
+                sock, reader, req, peer, decision, planned.retry, started, body,
+                planned.timeouts.request,
+            )  # fmt: skip
         finally:
             for tap in taps:
                 tap.close()  # a copy whose body did not end is aborted, never completed
@@ -266,11 +285,13 @@ class GatewayServer(HttpServer):
         retry: Retry | None,
         started: float,
         body: SentBody | None = None,
+        whole: float | None = None,
     ) -> bool:
+        """``whole``: the route's whole-request timeout (GEP-1742 ``timeouts.request``): the
+        tries and the waits between them all fit in it, each try cut to what is left."""
         retries = 0
-        budget = fwd.timeouts.request
         method = req.method.decode("latin-1")
-        deadline = started + budget * (retry.attempts + 1) if budget and retry else None
+        deadline = started + whole if whole else None
         delay = [0.0]
 
         def again(outcome: Failure | int) -> bool:
@@ -294,8 +315,14 @@ class GatewayServer(HttpServer):
             sock.veto = again  # a response with a retried status is refused before it leaves
         try:
             while True:
+                this = fwd
+                if deadline is not None and retries:  # a retry gets what time is left
+                    left = max(deadline - time.monotonic(), 0.001)
+                    per_try = fwd.timeouts.request
+                    if per_try is None or left < per_try:
+                        this = replace(fwd, timeouts=replace(fwd.timeouts, request=left))
                 try:
-                    return await forward(self, sock, reader, req, peer, fwd, body)  # type: ignore[arg-type]
+                    return await forward(self, sock, reader, req, peer, this, body)  # type: ignore[arg-type]
                 except Refused:
                     pass  # ``again`` said so when it saw the status
                 except UpstreamError as err:

@@ -28,7 +28,7 @@ STATUS: Final[dict[str, int]] = {
     "upstream-reset": 502,
     "upstream-protocol-error": 502,  # the backend's response broke HTTP/1.1 framing
     "body-too-large": 413,
-    "rate-limited": 429,
+    "rate-limited": 503,  # ingress-nginx's limit-req and limit-conn status codes
     "denied": 403,
     "bad-request": 400,  # also sent as 501 (unknown transfer coding) and 505 (not HTTP/1.x)
     "internal-error": 500,  # a bug of the engine's own: logged with its traceback
@@ -36,7 +36,12 @@ STATUS: Final[dict[str, int]] = {
     "request-timeout": 408,
     "expectation-failed": 417,  # an Expect other than 100-continue (RFC 9110 section 10.1.1)
     "upstream-tls-failure": 502,  # the TLS handshake with the backend failed (re-encryption)
+    # CONNECT: a reverse proxy opens no tunnel to a place the client names (as nginx, 405)
+    "method-not-allowed": 405,
 }
+
+# RFC 9110 section 15.5.6: a 405 lists what is served. Every method is forwarded but CONNECT.
+ALLOW: Final = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"
 
 
 class ProtocolError(Exception):
@@ -123,6 +128,8 @@ def error_response(status: int, reason: str, *, close: bool, message: str = "") 
             len(body),
         )
     )
+    if status == 405:
+        head += b"allow: %s\r\n" % ALLOW
     if close:
         head += b"connection: close\r\n"
     return head + b"\r\n" + body

@@ -49,6 +49,8 @@ CHUNK_LINE = re.compile(
 )
 LENGTH = re.compile(rb"[0-9]{1,18}")
 HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{0,5})?")
+# authority-form (RFC 9112 section 3.2.3): uri-host ":" port, the port required
+AUTHORITY = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+):[0-9]{1,5}")
 ABSOLUTE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[\x21-\x7e]*")
 BARE = re.compile(rb"\r(?=[^\n])|(?<!\r)\n")
 SPACE_BEFORE_COLON = re.compile(rb"[^:\s]+[ \t]+:")

@@ -25,8 +25,8 @@ from typing import Final
 from mesh.http.errors import ProtocolError
 from mesh.http.h1_grammar import (
     ABSOLUTE,
+    AUTHORITY,
     FIELD,
-    HOST,
     REQUEST_LINE,
     parse_fields,
     request_line_problem,
@@ -76,11 +76,14 @@ def request_line(line: bytes) -> tuple[bytes, bytes, bytes]:
     if major != b"1":
         raise ProtocolError("only HTTP/1.x is served here", 505, "bad-request")
     version = b"1.0" if minor == b"0" else b"1.1"
-    if target[0] != 47:  # not origin-form ("/..."): RFC 9112 section 3.2
-        if method == b"CONNECT":
-            if not HOST.fullmatch(target):
-                raise ProtocolError("CONNECT needs an authority-form target")
-        elif target == b"*":
+    if method == b"CONNECT":
+        # RFC 9112 section 3.2.3: CONNECT, and only CONNECT, takes the authority-form
+        # ("host:port", the port required); "CONNECT / HTTP/1.1" is malformed, whatever the
+        # server then does with a well-formed CONNECT.
+        if not AUTHORITY.fullmatch(target):
+            raise ProtocolError("CONNECT needs an authority-form target")
+    elif target[0] != 47:  # not origin-form ("/..."): RFC 9112 section 3.2
+        if target == b"*":
             if method != b"OPTIONS":
                 raise ProtocolError("the asterisk target is for OPTIONS only")
         elif not ABSOLUTE.fullmatch(target):

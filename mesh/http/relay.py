@@ -106,9 +106,11 @@ async def relay_response(
                     raise UpstreamError(
                         "upstream-reset", "the backend reset the connection"
                     ) from None
-                if reader.buffered == 0 and resp.length >= 0:
-                    close(up.sock, reset=True)
-                    raise Abort from None
+                # The body had begun and its end had not come: a broken connection ends
+                # nothing, whatever the framing (a close-delimited body too: only an orderly
+                # close ends one, RFC 9112 section 6.3). The client must see it cut.
+                close(up.sock, reset=True)
+                raise Abort from None
             received = received or bool(data)
             reader.feed(data)
             continue

@@ -12,7 +12,8 @@ Timeouts (``Limits``): an idle keep-alive connection is closed silently after
 ``header_timeout`` (else 408 ``request-timeout``); each read of a request body must come within
 ``body_timeout`` (else 408, and the upstream request is aborted).
 
-Malformed requests get the codec's status (400, 431, 501, 505) with ``x-mesh-reason`` and a
+CONNECT is refused (405 ``method-not-allowed``, connection closed): a reverse proxy opens no
+tunnel to where a client says. Malformed requests get the codec's status (400, 431, 501, 505) with ``x-mesh-reason`` and a
 closed connection; as they fail while the head is parsed, before routing, none of their bytes
 reach an upstream. Every response the engine makes itself is counted by reason
 (``self.reasons``, the metric label).
@@ -129,10 +130,15 @@ class HttpServer:
             close(sock)
             self.pool.close()
 
-    async def _connection(self, sock: socket.socket, addr: Any, port: int = 0) -> None:
-        """``port``: where it arrived (0: ask the socket)."""
+    async def _connection(
+        self, sock: socket.socket, addr: Any, port: int = 0, first: bytes = b""
+    ) -> None:
+        """``port``: where it arrived (0: ask the socket); ``first``: bytes already read from
+        it (the plaintext that came with a TLS handshake)."""
         limits = self.limits
         reader = Reader("server", max_head=limits.max_head, max_fields=limits.max_fields)
+        if first:
+            reader.feed(first)
         peer = Peer(addr[0], addr[1], self.scheme, port or sock.getsockname()[1])
         self.connections += 1
         reset, owned = False, True
@@ -158,7 +164,7 @@ class HttpServer:
                 try:
                     ev = reader.next_event()
                 except ProtocolError as exc:
-                    await self._error(sock, DownstreamError.from_protocol(exc), close=True)
+                    await self._reject(sock, DownstreamError.from_protocol(exc))
                     return
                 if type(ev) is Request:
                     req: Request | None = ev
@@ -167,6 +173,13 @@ class HttpServer:
                 else:
                     req = await self._read_head(sock, reader)
                 if req is None:
+                    return
+                if req.method == b"CONNECT":
+                    # A reverse proxy tunnels nowhere a client names (RFC 9110 section 9.3.6
+                    # lets a server refuse; nginx answers 405). Closed after: the client may
+                    # already be sending what it meant for the tunnel.
+                    err = DownstreamError("method-not-allowed", "CONNECT is not served here")
+                    await self._reject(sock, err)
                     return
                 if not await self._handle(sock, reader, req, peer):
                     return
@@ -192,7 +205,7 @@ class HttpServer:
             try:
                 ev = reader.next_event()
             except ProtocolError as exc:
-                await self._error(sock, DownstreamError.from_protocol(exc), close=True)
+                await self._reject(sock, DownstreamError.from_protocol(exc))
                 return None
             if ev is NEED_DATA:
                 if not started and reader.buffered:
@@ -205,7 +218,7 @@ class HttpServer:
                 except Timeout:
                     if started:
                         err = DownstreamError("request-timeout", "the request head came too slowly")
-                        await self._error(sock, err, close=True)
+                        await self._reject(sock, err)
                     return None
                 reader.feed(data)
                 continue
@@ -245,6 +258,11 @@ class HttpServer:
         head = response_head(r.status, phrase(r.status) or b"OK", fields)
         await send_all(sock, head + body, self.limits.body_timeout)
         return keep
+
+    async def _reject(self, sock: socket.socket, err: HttpError) -> None:
+        """A request refused before it was handled (a malformed or slow head, CONNECT): the
+        engine's answer, the connection then closed. A subclass also counts it (its metrics)."""
+        await self._error(sock, err, close=True)
 
     async def _error(self, sock: socket.socket, err: HttpError, *, close: bool) -> None:
         self.reasons[err.reason] += 1

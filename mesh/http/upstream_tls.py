@@ -49,6 +49,10 @@ log = logging.getLogger("mesh.http.upstream_tls")
 _LOGGED: set[tuple[str, str]] = set()  # (address, why) already logged: once each, not per request
 _RECORD = 16384  # plaintext per TLS record: ``send`` encrypts at most this much at a time
 _RECV = 65536
+_PEEK = int(socket.MSG_PEEK)
+# The plain socket's own calls, looked up once (``super()`` costs a lookup on every call).
+_recv = socket.socket.recv
+_send = socket.socket.send
 
 
 class TlsSocket(socket.socket):
@@ -69,28 +73,31 @@ class TlsSocket(socket.socket):
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Plaintext, b"" at the end; BlockingIOError when the descriptor has nothing.
         ``flags`` with MSG_PEEK: look without consuming (the pool's liveness check)."""
-        peek = bool(flags & socket.MSG_PEEK)
-        while not self._plain:
+        plain = self._plain
+        while not plain:
             try:
-                data = super().recv(_RECV)
+                data = _recv(self, _RECV)
             except BlockingIOError:
                 if self._out:
                     self._flush()
                 raise
+            session = self.session
             try:
-                self._plain = self.session.receive_data(data)
+                plain = session.receive_data(data)
             except TlsError as exc:
                 raise ConnectionResetError(errno.ECONNRESET, str(exc)) from None
-            answer = self.session.data_to_send()  # e.g. to a key update
+            answer = session.data_to_send()  # e.g. to a key update
             if answer:
                 self._out += answer
                 self._flush()
-            if not self._plain and (not data or self.session.peer_closed):
+            if not plain and (not data or session.peer_closed):
                 return b""
-        out = self._plain[:bufsize]
-        if not peek:
-            self._plain = self._plain[bufsize:]
-        return out
+        peek = flags != 0 and flags & _PEEK  # an int: IntFlag arithmetic costs a microsecond
+        if len(plain) <= bufsize:  # the usual case: all of it, no slicing
+            self._plain = plain if peek else b""
+            return plain
+        self._plain = plain if peek else plain[bufsize:]
+        return plain[:bufsize]
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -104,6 +111,22 @@ class TlsSocket(socket.socket):
         if self._owed:  # written since (here, or by a ``recv`` flushing on its way)
             owed, self._owed = self._owed, 0
             return owed  # the caller's next bytes start after what that record carried
+        size = len(data)  # type: ignore[arg-type]
+        if size <= _RECORD:  # the usual case (a head, a small body): one record, one write
+            session = self.session
+            try:
+                session.send(data if type(data) is bytes else bytes(data))
+            except TlsError as exc:
+                raise ConnectionResetError(errno.ECONNRESET, str(exc)) from None
+            out = session.data_to_send()
+            try:
+                n = _send(self, out)
+            except BlockingIOError:
+                n = 0
+            if n < len(out):  # encrypted but not all written: counted once it is
+                self._out, self._owed = out[n:], size
+                raise BlockingIOError(errno.EAGAIN, "the peer's window is full")
+            return size
         view = memoryview(data)
         taken = 0
         while taken < len(view):
@@ -128,7 +151,7 @@ class TlsSocket(socket.socket):
     def _flush(self) -> None:
         """Write what ciphertext the descriptor takes now."""
         try:
-            n = super().send(self._out)
+            n = _send(self, self._out)
         except BlockingIOError:
             return
         self._out = self._out[n:]

@@ -233,6 +233,8 @@ BAD_REQUESTS: list[tuple[str, bytes, int]] = [
     ("HTTP/2.0", b"GET / HTTP/2.0\r\n" + H + b"\r\n", 505),
     ("relative target", b"GET a/b HTTP/1.1\r\n" + H + b"\r\n", 400),
     ("asterisk for GET", b"GET * HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("CONNECT origin-form", b"CONNECT / HTTP/1.1\r\n" + H + b"\r\n", 400),
+    ("CONNECT without port", b"CONNECT a HTTP/1.1\r\n" + H + b"\r\n", 400),
     ("no Host", b"GET / HTTP/1.1\r\n\r\n", 400),
     ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("Host with path", b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),

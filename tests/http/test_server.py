@@ -19,11 +19,13 @@ from tests.http.upstreams import (
     DIE_MID_BODY,
     SILENT,
     UPGRADE,
+    AcceptLoop,
     RecordingUpstream,
     exchange,
     header_of,
     status_of,
 )
+from tests.polling import until
 
 DEAD = ("127.0.0.1", 1)  # nothing listens on port 1: connection refused
 LIMITS = Limits(header_timeout=10.0, idle_timeout=5.0, body_timeout=0.5)
@@ -294,3 +296,275 @@ async def test_upgrade_becomes_a_byte_tunnel(rig: Rig) -> None:
                 got += await sock.recv(65536)
             assert got == message
     assert dict(echo.complete[0].headers)[b"upgrade"] == b"websocket"
+
+
+async def test_an_idle_keep_alive_connection_is_closed_silently(rig: Rig) -> None:
+    """After ``idle_timeout`` with no byte of a next request, the connection is closed with
+    no response (no 408: nothing was asked); the same for a connection that never spoke."""
+    rig.gateway.limits = Limits(header_timeout=10.0, idle_timeout=0.3, body_timeout=0.5)
+    for data in (GET, b""):
+        start = trio.current_time()
+        reply, closed = await exchange(rig.address, data, wait=3)
+        took = trio.current_time() - start
+        assert closed and 0.25 <= took < 2.5, took
+        assert reply.count(b"HTTP/1.1 ") == (1 if data else 0), reply
+        if data:
+            assert status_of(reply) == 200
+
+
+class _HeldKeepAlive(AcceptLoop):
+    """Answers (keep-alive) once ``hold`` requests arrived; counts connections the other side
+    closed."""
+
+    def __init__(self, hold: int) -> None:
+        self.hold = hold
+        self.arrived = 0
+        self.connections = 0
+        self.closed_by_peer = 0
+        self.all_in = trio.Event()
+
+    async def _connection(self, conn: trio.socket.SocketType) -> None:
+        self.connections += 1
+        with conn:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = await conn.recv(65536)
+                    if not chunk:
+                        self.closed_by_peer += 1
+                        return
+                    buf += chunk
+                buf = buf.split(b"\r\n\r\n", 1)[1]
+                self.arrived += 1
+                if self.arrived >= self.hold:
+                    self.all_in.set()
+                await self.all_in.wait()
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+async def test_the_pool_keeps_at_most_max_idle_connections_per_endpoint(rig: Rig) -> None:
+    from mesh.http.pool import Pool
+
+    upstream = _HeldKeepAlive(hold=5)
+    address = await rig.nursery.start(upstream.serve)
+    rig.gateway.pool = Pool(max_idle=2)
+    rig.route(endpoints=[address])
+    replies: list[bytes] = []
+
+    async def one() -> None:
+        replies.append(
+            (
+                await exchange(
+                    rig.address, GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+                )
+            )[0]
+        )
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as clients:
+            for _ in range(5):  # five at once: five upstream connections
+                clients.start_soon(one)
+        assert [status_of(r) for r in replies] == [200] * 5
+        assert upstream.connections == 5
+    await until(lambda: upstream.closed_by_peer >= 3, 5)  # the three beyond the bound
+    await trio.sleep(0.1)
+    assert upstream.closed_by_peer == 3
+    assert sum(len(idle) for idle in rig.gateway.pool._idle.values()) == 2
+    # the next request goes out on a kept connection, not a new one
+    reply, _ = await exchange(
+        rig.address, GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    )
+    assert status_of(reply) == 200 and upstream.connections == 5
+
+
+class _ResetAfterHead(AcceptLoop):
+    """Reads a request head, then resets the connection before any response byte."""
+
+    async def _connection(self, conn: trio.socket.SocketType) -> None:
+        import socket
+
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                chunk = await conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            conn.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+
+
+async def test_an_upstream_reset_before_any_response_byte_is_502_upstream_reset(
+    rig: Rig,
+) -> None:
+    address = await rig.nursery.start(_ResetAfterHead().serve)
+    rig.route(endpoints=[address])
+    reply, _ = await exchange(
+        rig.address, GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    )
+    assert status_of(reply) == 502, reply
+    assert header_of(reply, b"x-mesh-reason") == b"upstream-reset"
+    assert rig.gateway.reasons["upstream-reset"] == 1
+
+
+_BIG = 64 << 20  # bytes each way: more than every socket buffer between the two ends holds
+_HELD = 32 << 20  # what the buffers of four loopback sockets can hold at most, with room
+
+
+class _StallingUpstream(AcceptLoop):
+    """Upload: reads the head, then nothing until ``go``, then the whole body. Download:
+    answers with ``_BIG`` bytes as fast as the gateway takes them, counting what it sent."""
+
+    def __init__(self) -> None:
+        self.go = trio.Event()
+        self.body = 0
+        self.sent = 0
+
+    async def _connection(self, conn: trio.socket.SocketType) -> None:
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += await conn.recv(65536)
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            if head.startswith(b"GET"):
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % _BIG)
+                block = b"d" * 65536
+                while self.sent < _BIG:
+                    self.sent += await conn.send(block[: _BIG - self.sent])
+                return
+            await self.go.wait()
+            self.body = len(buf)
+            while self.body < _BIG:
+                chunk = await conn.recv(1 << 20)
+                if not chunk:
+                    return
+                self.body += len(chunk)
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
+async def test_bodies_stream_with_backpressure_both_ways(rig: Rig) -> None:
+    """A stalled upstream stops the client's upload, a stalled client stops the upstream's
+    download: the gateway takes no more than a few socket buffers of either, then passes
+    every byte once the slow side reads."""
+    rig.gateway.limits = Limits(header_timeout=10.0, idle_timeout=10.0, body_timeout=10.0)
+    upstream = _StallingUpstream()
+    address = await rig.nursery.start(upstream.serve)
+    rig.route(endpoints=[address])
+    sock = trio.socket.socket()
+    await sock.connect(rig.address)
+    with sock, trio.fail_after(60):
+        await sock.send(b"PUT /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % _BIG)
+        block, taken = b"u" * (1 << 20), 0
+        with trio.move_on_after(1.5):  # as much as the gateway takes while the upstream stalls
+            while taken < _BIG:
+                taken += await sock.send(block[: _BIG - taken])
+        assert taken < _HELD, taken
+        upstream.go.set()
+        while taken < _BIG:
+            taken += await sock.send(block[: _BIG - taken])
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += await sock.recv(65536)
+        assert status_of(reply) == 200 and upstream.body == _BIG
+
+        await sock.send(b"GET /down HTTP/1.1\r\nHost: a\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await sock.recv(1024)
+        await trio.sleep(1.5)  # the client reads nothing: the upstream must stall
+        assert upstream.sent < _HELD, upstream.sent
+        got = len(head.split(b"\r\n\r\n", 1)[1])
+        while got < _BIG:
+            chunk = await sock.recv(1 << 20)
+            assert chunk, got
+            got += len(chunk)
+    assert got == _BIG
+    await until(lambda: upstream.sent == _BIG, 5)  # its task counts after its last send
+
+
+class _DiesMidBody(AcceptLoop):
+    """Answers with a body framed as ``framing`` says, sends part of it, then ends the
+    connection (``reset``: a RST; else a FIN) before the body's end."""
+
+    def __init__(self, framing: str, reset: bool) -> None:
+        self.framing = framing
+        self.reset = reset
+
+    async def _connection(self, conn: trio.socket.SocketType) -> None:
+        import socket
+
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += await conn.recv(65536)
+            if self.framing == "chunked":
+                await conn.send(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n"
+                )
+            elif self.framing == "length":
+                await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            else:  # close-delimited: only a RST tells it was cut
+                await conn.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n0123456789")
+            await trio.sleep(0.05)
+            if self.reset:
+                conn.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+
+
+@pytest.mark.parametrize(
+    ("framing", "reset"),
+    [("length", False), ("chunked", False), ("chunked", True), ("until-close", True)],
+    ids=["length-fin", "chunked-fin", "chunked-rst", "until-close-rst"],
+)
+async def test_a_body_cut_short_upstream_is_never_passed_on_as_complete(
+    rig: Rig, framing: str, reset: bool
+) -> None:
+    """The client gets what came and a connection that ends without the body's end: no last
+    chunk, and a reset when only the connection's end could have said "complete"."""
+    address = await rig.nursery.start(_DiesMidBody(framing, reset).serve)
+    rig.route(endpoints=[address])
+    sock = trio.socket.socket()
+    await sock.connect(rig.address)
+    reply, how = b"", "fin"
+    with sock, trio.fail_after(5):  # closed, never left hanging
+        await sock.send(GET)
+        try:
+            while chunk := await sock.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            how = "rst"
+    assert status_of(reply) == 200, (reply, how)
+    assert b"0123456789" in reply
+    head = reply.split(b"\r\n\r\n", 1)[0].lower()
+    if b"transfer-encoding: chunked" in head:
+        assert not reply.endswith(b"0\r\n\r\n"), reply  # no last chunk: visibly incomplete
+    elif b"content-length" not in head:
+        assert how == "rst", reply  # close-delimited: a FIN would say "complete"
+    else:
+        assert len(reply.split(b"\r\n\r\n", 1)[1]) < 100  # fewer bytes than announced
+
+
+async def test_a_client_that_leaves_mid_body_never_completes_the_upstream_request(
+    rig: Rig,
+) -> None:
+    """10 of 100 announced body bytes, then the client's FIN: the upstream saw the request
+    start and never end (the gateway does not make up the rest or pass on a short body)."""
+    import socket
+
+    sock = trio.socket.socket()
+    await sock.connect(rig.address)
+    with sock:
+        await sock.send(b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
+        await trio.sleep(0.2)  # the head and the first bytes are on their way upstream
+        sock.shutdown(socket.SHUT_WR)
+        with trio.fail_after(5):
+            try:
+                while await sock.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+    await until(lambda: rig.upstream.total_bytes > 0, 5)
+    await trio.sleep(0.2)
+    assert rig.upstream.complete == []

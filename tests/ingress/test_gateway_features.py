@@ -91,6 +91,33 @@ async def test_retries_follow_the_route_policy(nursery: trio.Nursery) -> None:
     assert statuses == [200] * 6
 
 
+@pytest.mark.parametrize(
+    ("request_timeout", "backend_request", "tries"),
+    [(0.5, 0.2, 3), (0.5, None, 1), (0.5, 2.0, 1)],
+    ids=["per-try-within-whole", "whole-only", "per-try-longer-than-whole"],
+)
+async def test_the_whole_request_timeout_bounds_every_try_and_retry(
+    nursery: trio.Nursery, request_timeout: float, backend_request: float | None, tries: int
+) -> None:
+    """GEP-1742: ``timeouts.request`` covers the whole transaction, retries included; a try
+    is cut to what is left of it. A backend that never answers, five retries allowed: 504
+    after about ``request`` seconds, never after five tries' worth."""
+    silent = RecordingUpstream(SILENT)
+    eps = [await nursery.start(silent.serve)]
+    timeouts = Timeouts(request=request_timeout, backend_request=backend_request)
+    gw = await start_gateway(
+        nursery, one_route(eps, timeouts=timeouts, retry=Retry(attempts=5, codes=(503,)))
+    )
+    start = trio.current_time()
+    reply, _ = await exchange(("127.0.0.1", gw.port), GET)
+    took = trio.current_time() - start
+    assert status_of(reply) == 504, reply
+    assert header_of(reply, b"x-mesh-reason") == b"upstream-timeout"
+    assert request_timeout * 0.8 <= took < request_timeout + 0.4, took
+    await trio.sleep(0.1)
+    assert tries - 1 <= len(silent.received) <= tries, silent.received
+
+
 async def test_access_log_line_per_request(nursery: trio.Nursery) -> None:
     lines: list[bytes] = []
     log = AccessLog(lines.append)

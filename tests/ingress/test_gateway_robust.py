@@ -166,3 +166,78 @@ async def test_endpoints_that_leave_the_config_lose_their_pooled_connections(
         )
         assert header_of(reply, b"x-echo") == b"b"
         assert gw.pool.idle(up["b"]) == 1
+
+
+async def test_fifty_certificate_and_route_swaps_under_tls_load_fail_no_request(
+    nursery: trio.Nursery,
+) -> None:
+    """Over TLS, each request on a new connection (a handshake each): the Secret's
+    certificate and the route's backend change fifty times; every request is answered, every
+    handshake verifies, and both certificates were served."""
+    import ssl
+
+    from mesh.config.gateway import ServedGatewayConfig
+    from tests.ingress.harness import tls_secret
+    from tests.tls.pki import CA
+
+    ca = CA()
+    certs = [ca.issue("swap.example.com") for _ in range(2)]
+    context = ssl.create_default_context(cadata=ca.pem.decode())
+    with echo_servers("a", "b") as up:
+
+        def shape(i: int) -> ServedGatewayConfig:
+            cert, name = certs[i % 2], "ab"[i % 2]
+            return served(
+                backend("web", up[name]),
+                tls_secret("swap-tls", cert.cert_pem, cert.key_pem),
+                ingress(
+                    "web",
+                    "swap.example.com",
+                    path("/", "web"),
+                    tls=[{"hosts": ["swap.example.com"], "secretName": "swap-tls"}],
+                ),
+                version=i + 1,
+            )
+
+        gw = await start_gateway(nursery, shape(0))
+        failures: list[str] = []
+        seen: set[bytes] = set()
+        done = trio.Event()
+        budget = 1200  # handshakes in all: bounded
+
+        async def client() -> None:
+            nonlocal budget
+            while not done.is_set() and budget > 0:
+                budget -= 1
+                try:
+                    tcp = await trio.open_tcp_stream("127.0.0.1", gw.tls_port)
+                    stream = trio.SSLStream(
+                        tcp, context, server_hostname="swap.example.com", https_compatible=True
+                    )
+                    async with stream:
+                        await stream.send_all(
+                            b"GET /p HTTP/1.1\r\nHost: swap.example.com\r\n"
+                            b"Connection: close\r\n\r\n"
+                        )
+                        reply = b""
+                        while chunk := await stream.receive_some(65536):
+                            reply += chunk
+                        der = stream.getpeercert(binary_form=True)
+                except (OSError, trio.BrokenResourceError, ssl.SSLError) as exc:
+                    failures.append(repr(exc))
+                    continue
+                if not reply.startswith(b"HTTP/1.1 200 "):
+                    failures.append(reply[:80].decode(errors="replace"))
+                seen.add(der)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as load:
+                for _ in range(3):
+                    load.start_soon(client)
+                for i in range(1, 51):
+                    await trio.sleep(0.03)
+                    gw.apply(shape(i))
+                done.set()
+    assert gw.config is not None and gw.config.version == 51
+    assert failures == []
+    assert len(seen) == 2  # the handshakes followed the swaps
