@@ -42,9 +42,10 @@ import trio
 from mesh.attempts import ConnectPlan
 from mesh.config.proxy import ProxyConfig
 from mesh.endpoint_policy import family_of
+from mesh.proxy.backend import Backend, Endpoint
 from mesh.proxy.local_routes import IP_FREEBIND, LocalRoutes
 from mesh.proxy.metrics import ProxyMetrics
-from mesh.proxy.table import Backend, Endpoint, ServiceTable
+from mesh.proxy.table import ServiceTable
 from mesh.proxy.tcp_relay import SPLICE, Handler, Relay, reset
 from mesh.proxy.udp_relay import UdpListener
 
