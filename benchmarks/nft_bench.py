@@ -30,7 +30,8 @@ from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyServic
 from mesh.proxy import cluster_box
 from mesh.proxy.cluster_box import BoxPod, ClusterBox
 from mesh.proxy.nft_render import RenderOptions, render
-from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer
+from mesh.proxy.nft_runner import SubprocessNftRunner
+from mesh.proxy.nft_sync import Syncer
 
 IPERF_PORT = 15201
 VIP = "198.19.0.1"

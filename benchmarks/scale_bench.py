@@ -336,7 +336,8 @@ def run_nft(n: int, workdir: Path) -> None:
     from mesh.objects import Pod
     from mesh.proxy import cluster_box
     from mesh.proxy.nft_render import RenderOptions
-    from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer, SyncResult
+    from mesh.proxy.nft_runner import SubprocessNftRunner
+    from mesh.proxy.nft_sync import Syncer, SyncResult
     from mesh.run import GC_YOUNG_THRESHOLD
 
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)  # as the serving processes do

@@ -1,26 +1,11 @@
 """The cluster DNS server: UDP and TCP on one address, a thin trio shell around the core.
 
-The UDP loop is the hot path. It waits for the epoll set of ``Outbound`` (the listening
-socket and the upstream sockets) to become readable, then drains the listening socket with
-plain non-blocking ``recvfrom`` calls, answering wire-cache hits (cluster names) and
-answer-cache hits (forwarded names) inline, a dict lookup and a ``sendto`` each, with no trio
-machinery per packet (an answer-cache entry whose memo is current is read inline, no call);
-after ``batch`` packets (one ``_drain``) it reads the upstreams' replies, times out the
-exchanges whose upstream is late, and yields to other tasks. A miss is answered from the
-FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes out).
-An NXDOMAIN under a name the zone has (a random-subdomain flood, a single label under a
-search domain) is made again each time (one dict lookup of its parent, no walk) and kept in
-no cache, so a flood of made-up names neither grows nor churns any; the NXDOMAIN of a dotted name under a
-search domain (the FastIndex walked its labels), asked again at every lookup of that name, is
-kept in a negative cache of its own that admits while it has room and never evicts
-(dns/wire_cache.py). The rest goes through the pure Responder synchronously (cluster
-names), or is handed to ``Outbound`` with a callback that sends the reply (names outside the
-zone, classified from their bytes by the FastIndex when standard): no task per forwarded
-query. ExternalName targets outside the zone, autopath walks and TCP clients use tasks that
-await ``Forwarder.resolve`` (the same exchanges). Config swaps replace the responder and the
-wire cache in one assignment, so the next packet already sees the new config; forwarded
-answers do not depend on the config and stay (reverse names, whose owner a config can change,
-are never put in the answer cache).
+This module holds the component: its sockets and upstreams, the config apply (a new
+:class:`~mesh.dns.live.Live` swapped in one assignment, so the next packet already sees the
+new config; forwarded answers do not depend on the config and stay), the metrics registry
+(with ``--workers N``, worker 0's sums every worker's) and the TCP answers (dns/tcp_server.py
+frames the messages). The UDP loop, the hot path, is dns/udp_server.py; the general answer
+path both use is dns/live.py.
 """
 
 from __future__ import annotations
@@ -28,8 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +28,12 @@ from mesh.dns.fast_index import FastIndex
 from mesh.dns.forward_cache import ForwardCache
 from mesh.dns.forwarding import ForwardPath
 from mesh.dns.listen import bind
+from mesh.dns.live import Live, handle
 from mesh.dns.metrics import DnsMetrics
-from mesh.dns.outbound import Outbound
-from mesh.dns.packet import SERVFAIL, header_reply
-from mesh.dns.relay import Relay, send
-from mesh.dns.responder import DEFAULT_MAX_UDP, Drop, Forward, Reply, Responder
+from mesh.dns.relay import Relay
+from mesh.dns.responder import DEFAULT_MAX_UDP, Forward, Reply, Responder
 from mesh.dns.tcp_server import TcpServing
+from mesh.dns.udp_server import UdpServing
 from mesh.dns.upstream import Forwarder
 from mesh.dns.wire_cache import NegativeCache, WireCache
 from mesh.dns.worker_metrics import Merged, publish
@@ -61,21 +45,7 @@ log = logging.getLogger("mesh.dns.server")
 RECV_SIZE = 4096  # a query is far smaller; a longer datagram is cut here
 
 
-@dataclass(frozen=True, slots=True)
-class _Live:
-    """Everything that changes with a config, swapped as one object."""
-
-    config: DnsConfig | None
-    responder: Responder
-    cache: WireCache
-    fast: FastIndex | None = None  # standard questions of cluster names, in wire form
-    pods: Mapping[str, str] = field(default_factory=dict)  # pod IP -> namespace (autopath)
-    # NXDOMAIN replies of the fast path that are worth keeping: apart, so made-up names never
-    # touch the wire cache of names that exist
-    negative: NegativeCache = field(default_factory=lambda: NegativeCache(0))
-
-
-class DnsServer:
+class DnsServer(UdpServing):
     name = "dns"
 
     def __init__(
@@ -145,7 +115,7 @@ class DnsServer:
         self._path = ForwardPath(
             self._forwarder, self._answers, self.metrics, max_udp=max_udp_payload, clock=clock
         )
-        self._live = _Live(None, Responder(None, zone=zone, max_udp=max_udp_payload), WireCache(0))
+        self._live = Live(None, Responder(None, zone=zone, max_udp=max_udp_payload), WireCache(0))
         self._relay = Relay(
             self._path,
             self.metrics,
@@ -180,7 +150,7 @@ class DnsServer:
             pods = autopath.pod_namespaces(config)  # only when they changed: 30,000 pods
         # The caches start empty: a cached reply may hold the old SOA serial, and a name
         # asked is answered again from the FastIndex at the cost of one miss.
-        self._live = _Live(
+        self._live = Live(
             config,
             Responder(index, max_udp=self._max_udp),
             WireCache(self._wire_cache_size),
@@ -248,196 +218,6 @@ class DnsServer:
             return []
         return resolvconf.upstreams(text, (self.listen[0], self.port))
 
-    # --- UDP -----------------------------------------------------------------------------
-
-    async def _serve_udp(self, sock: socket.socket) -> None:
-        outbound = Outbound(self._forwarder, sock.fileno(), self._relay.spawn_tcp)
-        self._relay.outbound = outbound
-        self._forwarder.outbound = outbound
-        self._forwarder.wake = self._relay.wake
-        try:
-            await self._udp_loop(sock, outbound)
-        finally:
-            self._forwarder.outbound = None
-            self._relay.outbound = None
-            outbound.close()
-
-    async def _udp_loop(self, sock: socket.socket, outbound: Outbound) -> None:
-        batch = self._batch
-        clock = self._clock
-        while True:
-            n = self._drain(sock, batch)
-            if outbound.ports or outbound.woken:  # the upstreams' replies, their timeouts
-                now = clock()
-                outbound.poll(now)
-                outbound.sweep(now)
-            if n >= batch:
-                await trio.lowlevel.checkpoint()
-                continue
-            # Wait for a query, a reply or a wake-up, or until the next exchange is late (a
-            # cancel scope only then: entering one costs more than a cache hit).
-            deadline = outbound.next_deadline()
-            if deadline is None:
-                await trio.lowlevel.wait_readable(outbound.fileno())
-            else:  # on time.monotonic's clock: trio's has another origin
-                with trio.move_on_at(trio.current_time() + max(0.0, deadline - time.monotonic())):
-                    await trio.lowlevel.wait_readable(outbound.fileno())
-
-    def _drain(self, sock: socket.socket, batch: int) -> int:
-        """Answer up to ``batch`` queries waiting on ``sock`` (non-blocking), the caches' and
-        the FastIndex's inline, the rest by ``_udp_miss``; how many datagrams were read. One
-        call per batch: the names below are looked up once per batch, not per packet."""
-        recvfrom = sock.recvfrom
-        sendto = sock.sendto
-        metrics = self.metrics
-        queries = metrics.queries
-        answer = self._answers.answer
-        memo = self._answers.entries.get
-        live = self._live
-        get = live.cache.entries.get
-        negative = live.negative.entries
-        fast = live.fast.reply if live.fast is not None else None
-        zone = live.fast.zone_wire if live.fast is not None else None
-        pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
-        n = hits = forwarded = answered = 0
-        start = time.perf_counter()
-        now = self._clock()
-        room = live.negative.room(now)  # NXDOMAIN replies it may take this batch
-        while n < batch:
-            try:
-                data, addr = recvfrom(RECV_SIZE)
-            except BlockingIOError:
-                break
-            except OSError:  # e.g. an ICMP error queued on the socket
-                n += 1
-                continue
-            n += 1
-            tail = data[2:]
-            hit = get(tail)
-            if hit is None and negative and not (pods and addr[0] in pods):
-                hit = negative.get(tail)
-            if hit is not None:
-                try:
-                    sendto(data[:2] + hit[0], addr)
-                except OSError:
-                    metrics.dropped["send"] += 1
-                queries[hit[1]] += 1
-                hits += 1
-                continue
-            # A name in the zone is never in the answer cache: skip its two lookups.
-            if zone is None or zone not in data:
-                entry = memo(tail)  # a lower-case question whose memo is current: inline
-                if entry is not None and now < entry.refresh:
-                    try:
-                        sendto(data[:2] + entry.tail, addr)
-                    except OSError:
-                        metrics.dropped["send"] += 1
-                    queries[entry.label] += 1
-                    forwarded += 1
-                    continue
-                # the cache ages the memo, or finds another case's entry: else a miss
-                end = data.find(0, 12)
-                fwd = (
-                    answer(data, tail, now)
-                    if entry is not None or not data[12:end].islower()
-                    else None
-                )
-                if fwd is not None:
-                    try:
-                        sendto(fwd[0], addr)
-                    except OSError:
-                        metrics.dropped["send"] += 1
-                    queries[fwd[1]] += 1
-                    forwarded += 1
-                    continue
-            reply = None
-            if fast is not None:
-                try:
-                    reply = fast(data)
-                except Exception:  # a bug must cost one query: the general path answers it
-                    log.exception("fast path failed")
-            if isinstance(reply, tuple) and not (
-                pods and reply[1][1] == "NXDOMAIN" and addr[0] in pods
-            ):
-                # A standard question of a cluster name, answered from wire bytes.
-                wire, label, kind = reply
-                try:
-                    sendto(wire, addr)
-                except OSError:
-                    metrics.dropped["send"] += 1
-                queries[label] += 1
-                answered += 1
-                if kind:
-                    live.cache.put(tail, wire[2:], label)
-                elif kind is False and room:  # an NXDOMAIN of a walked name: kept apart
-                    negative[tail] = (wire[2:], label)  # (see NegativeCache)
-                    room -= 1
-            else:  # a name outside the zone (its Forward), or one the general path answers
-                self._udp_miss(
-                    sock, data, addr, live, reply if isinstance(reply, Forward) else None
-                )
-        if hits or forwarded:
-            metrics.latency["cache"].observe((time.perf_counter() - start) / n, hits + forwarded)
-            metrics.cache_hits["wire"] += hits
-            metrics.cache_hits["answer"] += forwarded
-        if answered:
-            metrics.latency["cluster"].observe((time.perf_counter() - start) / n, answered)
-            metrics.cache_misses["wire"] += answered
-        return n
-
-    def _udp_miss(
-        self, sock: socket.socket, data: bytes, addr: Any, live: _Live, fwd: Forward | None = None
-    ) -> None:
-        """A query the caches did not answer; ``fwd``: the FastIndex classified it already."""
-        start = time.perf_counter()
-        self.metrics.cache_misses["wire"] += 1
-        namespace = live.pods.get(addr[0]) if live.pods else None
-        if namespace is not None and self._relay.start_autopath(
-            sock, data, addr, live.responder, namespace
-        ):
-            return
-        if fwd is not None:
-            self._relay.forward_udp(sock, data, addr, fwd, live.responder, start)
-            return
-        outcome: Reply | Forward | Drop | None = None
-        if live.fast is not None:
-            try:  # a standard query of an outside name: classified from its bytes
-                outcome = live.fast.forward(data)
-            except Exception:  # a bug must cost nothing: the general path decides
-                log.exception("fast forward classification failed")
-        if outcome is None:
-            outcome = self._handle(live, data, tcp=False, fast=False)  # the loop tried it
-        if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
-            self._relay.spawn_chase(sock, addr, outcome, live.responder)
-        elif isinstance(outcome, Reply):
-            self._send(sock, outcome.wire, addr)
-            self.metrics.queries[outcome.label] += 1
-            self.metrics.latency["cluster"].observe(time.perf_counter() - start)
-            if outcome.cacheable:
-                live.cache.put(data[2:], outcome.wire[2:], outcome.label)
-        elif isinstance(outcome, Forward):
-            self._relay.forward_udp(sock, data, addr, outcome, live.responder, start)
-        else:
-            self.metrics.dropped[outcome.reason] += 1
-
-    def _handle(
-        self, live: _Live, data: bytes, *, tcp: bool, fast: bool = True
-    ) -> Reply | Forward | Drop:
-        try:
-            if fast and live.fast is not None:
-                reply = live.fast.answer(data, tcp=tcp)
-                if reply is not None:
-                    return reply
-            return live.responder.handle(data, tcp=tcp)
-        except Exception:  # a bug must cost one query, never the server
-            log.exception("query failed")
-            if len(data) < 12 or data[2] & 0x80:
-                return Drop("error")
-            return Reply(header_reply(data, SERVFAIL), ("other", "SERVFAIL"))
-
-    def _send(self, sock: socket.socket, wire: bytes, addr: Any) -> None:
-        send(sock, wire, addr, self.metrics)
-
     # --- TCP (dns/tcp_server.py frames the messages) -----------------------------------
 
     async def _answer_tcp(self, data: bytes, peer: str) -> bytes | None:
@@ -448,7 +228,7 @@ class DnsServer:
             walk = AutopathWalk.start(live.responder, data, namespace, tcp=True)
             if walk is not None:
                 return (await self._relay.walk(walk)).wire
-        outcome = self._handle(live, data, tcp=True)
+        outcome = handle(live, data, tcp=True)
         if isinstance(outcome, Reply) and outcome.chase is not None and self._forwarder.upstreams:
             return (await self._relay.chase(outcome, tcp=True)).wire
         if isinstance(outcome, Reply):

@@ -221,7 +221,7 @@ def proxy_command(
         if mode != "nftables":
             raise click.UsageError("--cleanup applies to --mode nftables")
         from mesh.proxy.nft_render import RenderOptions
-        from mesh.proxy.nft_sync import NftError, SubprocessNftRunner
+        from mesh.proxy.nft_runner import NftError, SubprocessNftRunner
 
         table = RenderOptions().table
         for family in ("ip", "ip6"):  # one table per address family, as kube-proxy

@@ -130,7 +130,7 @@ class TableState:
     endpoints: int = 0
     service_ports: int = 0
     # The next free dispatch slot. Never lowered before a full render: a slot an update
-    # retired lingers in the kernel until the next sync (see nft_sync.LATE_DELETE), and
+    # retired lingers in the kernel until the next sync (see nft_script.LATE_DELETE), and
     # adding it again with another value would fail the transaction.
     next_slot: int = 1
     by_id: dict[int, ServiceKey] = field(default_factory=dict)  # id of each piece's record

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from mesh import endpoint_policy
 from mesh.config.proxy import ProxyEndpoint, ProxyPort, ProxyService
+from mesh.proxy.backend import endpoint_order
 from mesh.proxy.nft_names import (
     CLUSTER_IPS_SET,
     DISPATCH_CHAIN,
@@ -37,7 +38,6 @@ from mesh.proxy.nft_names import (
     external_chain,
     service_chain,
 )
-from mesh.proxy.table import endpoint_order
 
 
 def of_family(addresses: Iterable[str], family: str) -> list[str]:

@@ -28,14 +28,8 @@ from mesh.config.proxy import ProxyConfig
 from mesh.proxy.conntrack import ConntrackCleaner
 from mesh.proxy.nft_names import Family
 from mesh.proxy.nft_render import RenderOptions, Ruleset
-from mesh.proxy.nft_sync import (
-    NftRunner,
-    SubprocessNftRunner,
-    Syncer,
-    SyncPolicy,
-    SyncResult,
-    SyncScheduler,
-)
+from mesh.proxy.nft_runner import NftRunner, SubprocessNftRunner
+from mesh.proxy.nft_sync import Syncer, SyncPolicy, SyncResult, SyncScheduler
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

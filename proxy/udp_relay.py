@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from mesh.proxy.backend import Backend
 from mesh.proxy.metrics import ProxyMetrics
-from mesh.proxy.table import Backend
 
 log = logging.getLogger("mesh.proxy.udp")
 

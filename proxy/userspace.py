@@ -9,6 +9,10 @@ L7 engine shares) and relays (tcp_relay): the reactor here only moves bytes. UDP
 session (udp_relay). A virtual address of one family goes to endpoints of that family only
 (the service table keeps a Backend per family).
 
+This module holds the component and its listeners (bind, reconcile, retry); the TCP
+connection path (accept, pick, connect, retry the next endpoint) is proxy/tcp_connect.py,
+a base class of the proxy, and a listener and its key are proxy/listener.py.
+
 ``apply`` swaps the table and reconciles listeners: it binds the new addresses and closes the
 removed ones, looking only at the addresses the table says the edit may have changed (an
 edit of one Service among thousands touches its listeners only). Established connections belong to the relay (tcp_relay), not to a listener, and
@@ -26,58 +30,29 @@ datagram with ICMP port unreachable (sending ICMP from userspace would need priv
 from __future__ import annotations
 
 import contextlib
-import errno
-import functools
 import logging
-import os
-import select
 import socket
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import trio
 
-from mesh.attempts import ConnectPlan
 from mesh.config.proxy import ProxyConfig
 from mesh.endpoint_policy import family_of
+from mesh.proxy.backend import Backend
+from mesh.proxy.listener import Listener, ListenKey, listen_name
 from mesh.proxy.local_routes import IP_FREEBIND, LocalRoutes
 from mesh.proxy.metrics import ProxyMetrics
-from mesh.proxy.table import Backend, Endpoint, ServiceTable
-from mesh.proxy.tcp_relay import SPLICE, Handler, Relay, reset
+from mesh.proxy.table import ServiceTable
+from mesh.proxy.tcp_connect import Attempt, TcpConnector
+from mesh.proxy.tcp_relay import SPLICE, Handler, Relay
 from mesh.proxy.udp_relay import UdpListener
 
 log = logging.getLogger("mesh.proxy")
 
-ListenKey = tuple[Literal["vip", "node"], str, int, str]  # kind, ip, port, protocol
-_ACCEPT_BURST = 64  # connections accepted per wakeup before other sockets get a turn
-_ACCEPT_BACKOFF = 0.1  # seconds a listener rests after accept failed (EMFILE and friends)
-_DEADLINE_TICK = 0.01  # seconds: connect timeouts fire at most this late
-_IN, _OUT = select.EPOLLIN, select.EPOLLOUT
-# a connect in progress: (upstream, client, its connect plan (the endpoints tried, the last one
-# being the one it connects to), backend, serial number)
-_Attempt = tuple[socket.socket, socket.socket, ConnectPlan[Endpoint], Backend, int]
 
-
-@dataclass(eq=False)
-class _Listener:
-    key: ListenKey
-    sock: socket.socket  # non-blocking
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    udp: UdpListener | None = None  # UDP: its own task; TCP: watched by the relay
-    relay: Relay | None = None
-
-    def close(self) -> None:
-        self.scope.cancel()
-        if self.relay is not None:
-            self.relay.unwatch(self.sock.fileno())
-        else:
-            trio.lowlevel.notify_closing(self.sock)
-        self.sock.close()
-
-
-class UserspaceProxy:
+class UserspaceProxy(TcpConnector):
     name = "proxy"
 
     def __init__(
@@ -106,11 +81,11 @@ class UserspaceProxy:
         self._relay = Relay(self._flows.bytes, splice=splice)
         self._config: ProxyConfig | None = None
         self._table = ServiceTable.build(ProxyConfig())
-        self._listeners: dict[ListenKey, _Listener] = {}
+        self._listeners: dict[ListenKey, Listener] = {}
         self._counts: Counter[str] = Counter()  # listeners by protocol (for the gauge)
         self._bind_errors: dict[ListenKey, str] = {}
         self._listen_nursery: trio.Nursery | None = None
-        self._connecting: dict[int, _Attempt] = {}  # by upstream file descriptor
+        self._connecting: dict[int, Attempt] = {}  # by upstream file descriptor
         # (deadline, fd, serial): no reference to the attempt, which is gone long before its
         # deadline almost always
         self._deadlines: deque[tuple[float, int, int]] = deque()
@@ -136,7 +111,9 @@ class UserspaceProxy:
             return None if self._listen_nursery is not None else "not started"
         key, err = sorted(self._bind_errors.items())[0]
         more = len(self._bind_errors) - 1
-        return f"cannot listen on {_fmt(key)}: {err}" + (f", and {more} more" if more else "")
+        return f"cannot listen on {listen_name(key)}: {err}" + (
+            f", and {more} more" if more else ""
+        )
 
     @property
     def table(self) -> ServiceTable:
@@ -265,7 +242,7 @@ class UserspaceProxy:
         for key in sorted(stale):
             self._listeners.pop(key).close()
             self._counts[key[3]] -= 1
-            log.info("listener closed", extra={"address": _fmt(key)})
+            log.info("listener closed", extra={"address": listen_name(key)})
         failed = False
         for key in sorted(missing):
             try:
@@ -276,7 +253,7 @@ class UserspaceProxy:
                 if self._bind_errors.get(key) != reason:
                     log.error(
                         "cannot listen on a service address; not ready",
-                        extra={"address": _fmt(key), "error": reason},
+                        extra={"address": listen_name(key), "error": reason},
                     )
                 self._bind_errors[key] = reason
                 continue
@@ -293,7 +270,7 @@ class UserspaceProxy:
         for proto in ("TCP", "UDP"):
             self.metrics.listeners.labels(proto).set(self._counts[proto])
 
-    def _bind(self, key: ListenKey) -> _Listener:
+    def _bind(self, key: ListenKey) -> Listener:
         _, ip, port, proto = key
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         kind = socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM
@@ -314,7 +291,7 @@ class UserspaceProxy:
         except OSError:
             raw.close()
             raise
-        listener = _Listener(key, raw)
+        listener = Listener(key, raw)
         if proto == "UDP":
             listener.udp = UdpListener(
                 trio.socket.from_stdlib_socket(raw),
@@ -322,7 +299,7 @@ class UserspaceProxy:
                 self.metrics,
                 self.udp_idle_timeout,
             )
-        log.info("listening", extra={"address": _fmt(key)})
+        log.info("listening", extra={"address": listen_name(key)})
         return listener
 
     def _backend(self, key: ListenKey) -> Backend | None:
@@ -331,187 +308,10 @@ class UserspaceProxy:
             return self._table.lookup(ip, port, proto)
         return self._table.lookup_node_port(port, proto, family_of(ip))
 
-    async def _serve(self, listener: _Listener) -> None:
+    async def _serve(self, listener: Listener) -> None:
         with listener.scope:
             try:
                 if listener.udp is not None:
                     await listener.udp.serve()
             except trio.ClosedResourceError:
                 pass  # closed by a reconcile
-
-    # --- TCP connections ---------------------------------------------------------------
-    #
-    # Accepting, picking and connecting run in the relay's reactor, with no task per
-    # connection: a listening socket is watched for EPOLLIN, a connect in progress for
-    # EPOLLOUT (SO_ERROR then says how it went). An attempt is a tuple; its connect timeout
-    # is an entry in a deque that one task (``_expire_connects``) works through. Every
-    # attempt gets the same timeout, so the deque is in deadline order (were
-    # ``connect_timeout`` changed, an entry would at worst wait for the one before it).
-
-    def _accept(self, listener: _Listener, fd: int, mask: int) -> None:
-        """Accept what the backlog holds (a bounded burst: the listener stays readable and
-        level triggering reports it again)."""
-        lsock, key = listener.sock, listener.key
-        flows = self._flows
-        for _ in range(_ACCEPT_BURST):
-            try:
-                conn, addr = lsock.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:  # EMFILE and friends: back off, keep the listener
-                log.warning("accept failed", extra={"address": _fmt(key), "error": str(exc)})
-                self._relay.unwatch(lsock.fileno())
-                assert self._listen_nursery is not None
-                self._listen_nursery.start_soon(self._resume, listener)
-                return
-            flows.flows["TCP"] += 1
-            flows.active["TCP"] += 1
-            conn.setblocking(False)
-            backend = self._backend(key)
-            if backend is None:
-                self._reject(conn)
-            else:
-                self._attempt(conn, self._plan(backend, addr[0]), backend)
-
-    def _plan(self, backend: Backend, client_ip: str) -> ConnectPlan[Endpoint]:
-        now = trio.current_time()
-        return ConnectPlan(
-            lambda tried: backend.pick(client_ip, now, exclude=tried),
-            len(backend.endpoints),
-            self.connect_attempts,
-        )
-
-    def _watch_listener(self, listener: _Listener) -> None:
-        listener.relay = self._relay
-        self._relay.watch(listener.sock.fileno(), _IN, functools.partial(self._accept, listener))
-
-    async def _resume(self, listener: _Listener) -> None:
-        await trio.sleep(_ACCEPT_BACKOFF)
-        if self._listeners.get(listener.key) is listener:
-            self._watch_listener(listener)
-
-    def _attempt(self, conn: socket.socket, plan: ConnectPlan[Endpoint], backend: Backend) -> None:
-        """Connect to the next endpoint the plan gives; reject when none is left."""
-        try:
-            now = trio.current_time()
-            while (picked := plan.next()) is not None:  # bounded: the plan's limit
-                try:
-                    err = self._connect(conn, plan, backend, now)
-                except OSError as exc:  # no socket to be had (EMFILE and friends)
-                    err = exc.errno or errno.EIO
-                if err == 0 or err == errno.EINPROGRESS:
-                    return
-                self._connect_failed(backend, picked, err)
-        except Exception:  # one broken flow must never take the proxy down
-            log.exception("connection failed", extra={"service": str(backend.service)})
-        self._reject(conn)
-
-    def _connect(
-        self, conn: socket.socket, plan: ConnectPlan[Endpoint], backend: Backend, now: float
-    ) -> int:
-        """Connect to the plan's current endpoint: 0 when connected at once (relayed from
-        here on), EINPROGRESS when under way (watched), else the error."""
-        endpoint = plan.current
-        family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
-        up = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-        try:
-            up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            err = up.connect_ex(endpoint)
-            if err == errno.EINPROGRESS:
-                fd = up.fileno()
-                self._serial = serial = self._serial + 1
-                self._relay.watch(fd, _OUT, self._on_connect)
-                self._connecting[fd] = (up, conn, plan, backend, serial)
-                if not self._deadlines:
-                    self._deadline_lot.unpark()
-                self._deadlines.append((now + self.connect_timeout, fd, serial))
-                return err
-        except BaseException:
-            up.close()
-            raise
-        if err:
-            up.close()
-        else:
-            self._established(up, conn, backend, endpoint)
-        return err
-
-    def _connected(self, fd: int, mask: int) -> None:
-        attempt = self._connecting.pop(fd, None)
-        if attempt is None:
-            return
-        up, conn, plan, backend, _ = attempt
-        err = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if not err:
-            if not mask & _OUT:  # not connected yet after all: keep waiting
-                self._connecting[fd] = attempt
-                return
-            self._established(up, conn, backend, plan.current)
-            return
-        self._next_endpoint(fd, attempt, err)
-
-    def _next_endpoint(self, fd: int, attempt: _Attempt, err: int) -> None:
-        up, conn, plan, backend, _ = attempt
-        self._relay.unwatch(fd)
-        up.close()
-        self._connect_failed(backend, plan.current, err)
-        self._attempt(conn, plan, backend)
-
-    async def _expire_connects(self) -> None:
-        """Time out connects still in progress at their deadline (checked at most every
-        ``_DEADLINE_TICK`` seconds, so a steady stream of connects costs few wakeups)."""
-        deadlines, connecting = self._deadlines, self._connecting
-        while True:
-            if not deadlines:
-                await self._deadline_lot.park()
-                continue
-            await trio.sleep_until(max(deadlines[0][0], trio.current_time() + _DEADLINE_TICK))
-            now = trio.current_time()
-            while deadlines and deadlines[0][0] <= now:
-                _, fd, serial = deadlines.popleft()
-                attempt = connecting.get(fd)
-                if attempt is None or attempt[4] != serial:
-                    continue  # connected or failed already
-                del connecting[fd]
-                self._next_endpoint(fd, attempt, errno.ETIMEDOUT)
-
-    def _established(
-        self, up: socket.socket, conn: socket.socket, backend: Backend, picked: Endpoint
-    ) -> None:
-        service = backend.service
-        self._flows.picked(service.namespace, service.name, picked)
-        self._relay.add(conn, up, self._on_closed)
-
-    def _connect_failed(self, backend: Backend, endpoint: Endpoint, err: int) -> None:
-        self._flows.connect_errors += 1
-        log.info(
-            "endpoint connect failed, trying the next",
-            extra={
-                "service": str(backend.service),
-                "endpoint": endpoint,
-                "error": os.strerror(err),
-            },
-        )
-
-    def _reject(self, conn: socket.socket) -> None:
-        flows = self._flows
-        flows.rejects["TCP"] += 1
-        flows.active["TCP"] -= 1
-        reset(conn)  # refused at once, not left to time out
-
-    def _tcp_closed(self) -> None:
-        self._flows.active["TCP"] -= 1
-
-    def _abort_connects(self) -> None:
-        """At shutdown: reset the clients whose connects are still in progress."""
-        for up, conn, *_ in self._connecting.values():
-            up.close()
-            self._flows.active["TCP"] -= 1
-            reset(conn)
-        self._connecting.clear()
-        self._deadlines.clear()
-
-
-def _fmt(key: ListenKey) -> str:
-    _, ip, port, proto = key
-    host = f"[{ip}]" if ":" in ip else ip
-    return f"{host}:{port}/{proto}"

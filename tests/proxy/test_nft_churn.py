@@ -17,7 +17,8 @@ from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyServic
 from mesh.proxy import cluster_box
 from mesh.proxy.cluster_box import ClusterBox
 from mesh.proxy.conntrack import ConntrackCleaner
-from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer
+from mesh.proxy.nft_runner import SubprocessNftRunner
+from mesh.proxy.nft_sync import Syncer
 from tests.conftest import require_root, require_tool
 from tests.proxy.netns_tools import start_who, stop, unique_prefix
 

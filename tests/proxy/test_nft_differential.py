@@ -28,7 +28,8 @@ from mesh.proxy import cluster_box
 from mesh.proxy.cluster_box import ClusterBox
 from mesh.proxy.nft_names import DISPATCH_MAP, DNAT_MAP, Family
 from mesh.proxy.nft_render import RenderOptions
-from mesh.proxy.nft_sync import SubprocessNftRunner, Syncer
+from mesh.proxy.nft_runner import SubprocessNftRunner
+from mesh.proxy.nft_sync import Syncer
 from tests.conftest import require_root, require_tool
 from tests.proxy.netns_tools import unique_prefix
 from tests.proxy.test_table_incremental import edit

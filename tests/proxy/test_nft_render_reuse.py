@@ -24,7 +24,7 @@ from mesh.proxy import nft_render
 from mesh.proxy.nft_merge import diff_dicts
 from mesh.proxy.nft_names import DISPATCH_MAP, DNAT_MAP
 from mesh.proxy.nft_render import RenderOptions, Ruleset, render
-from mesh.proxy.nft_sync import transaction
+from mesh.proxy.nft_script import transaction
 from tests.proxy.test_table_incremental import edit, numbered
 
 OPTIONS = [
@@ -145,7 +145,7 @@ def test_an_edit_of_one_service_among_1000_renders_and_changes_only_it(
     assert changed and all("/svc-500/" in c for c in changed)
     keys = {k for elems in second.delta.elements.values() for k in elems}
     # Its address and verdict stay; with shared dispatch its chain's three slots go (late,
-    # see nft_sync) and two new ones come: nothing of the 999 others.
+    # see nft_script) and two new ones come: nothing of the 999 others.
     assert "service-ips" not in second.delta.elements
     assert len(keys) == (5 if dispatch == "shared" else 0)
     script = transaction(second, first)

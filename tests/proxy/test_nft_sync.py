@@ -13,15 +13,9 @@ from mesh.component import Component
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
 from mesh.proxy.conntrack import StaleEntry, stale_entries
 from mesh.proxy.nft_render import RenderOptions, SupersededError, render
-from mesh.proxy.nft_sync import (
-    FakeNftRunner,
-    Step,
-    Syncer,
-    SyncPolicy,
-    SyncScheduler,
-    retired,
-    transaction,
-)
+from mesh.proxy.nft_runner import FakeNftRunner
+from mesh.proxy.nft_script import retired, transaction
+from mesh.proxy.nft_sync import Step, Syncer, SyncPolicy, SyncScheduler
 from mesh.proxy.nftables import NftablesProxy
 
 POLICY = SyncPolicy(

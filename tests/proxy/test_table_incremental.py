@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
-from mesh.proxy import table as table_module
-from mesh.proxy.table import Backend, ServiceTable
+from mesh.proxy import table_build as table_module
+from mesh.proxy.backend import Backend
+from mesh.proxy.table import ServiceTable
 
 NAMES = [("a", "x"), ("a", "y"), ("b", "x"), ("b", "z"), ("c", "w"), ("a", "v"), ("d", "d")]
 VIPS = ["127.20.0.1", "127.20.0.2", "127.20.0.3", "fd00::1", "fd00::2"]

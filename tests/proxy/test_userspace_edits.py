@@ -9,7 +9,8 @@ import pytest
 import trio
 
 from mesh.config.proxy import ProxyConfig, ProxyEndpoint, ProxyPort, ProxyService
-from mesh.proxy.userspace import ListenKey, UserspaceProxy, _Listener
+from mesh.proxy.listener import Listener, ListenKey
+from mesh.proxy.userspace import UserspaceProxy
 from tests.proxy.servers import REJECT, ask_tcp, tcp_who
 
 PORT = 10080
@@ -73,7 +74,7 @@ async def test_an_edit_of_one_service_rebinds_its_listener_only(
     bound: list[ListenKey] = []
     real = proxy._bind
 
-    def counting(key: ListenKey) -> _Listener:
+    def counting(key: ListenKey) -> Listener:
         bound.append(key)
         return real(key)
 

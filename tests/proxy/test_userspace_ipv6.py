@@ -14,8 +14,9 @@ import pytest
 import trio
 
 from mesh.proxy import netns
+from mesh.proxy.listener import ListenKey
 from mesh.proxy.local_routes import LocalRoutes
-from mesh.proxy.userspace import ListenKey, UserspaceProxy
+from mesh.proxy.userspace import UserspaceProxy
 from tests.proxy import flows
 from tests.proxy.servers import ask_tcp, ask_udp, tcp_who, udp_who
 from tests.scratch_netns import in_namespace, scratch_namespace
