@@ -4,7 +4,9 @@ Theory of operation. A DnsConfig (translated from the store) is built once into 
 :class:`~mesh.dns.zone.ZoneIndex`, a dict from lower-cased owner name to record sets. A query
 goes bytes -> :mod:`~mesh.dns.packet` (parse, blame bad input) -> :mod:`~mesh.dns.responder`
 (cluster name? answer from :mod:`~mesh.dns.answer`; other name? forward) -> bytes. All of that
-is pure. :mod:`~mesh.dns.server` is the trio shell: a UDP loop that answers repeated questions
-straight from :mod:`~mesh.dns.wire_cache`, TCP connections, and forwarding tasks
-(:mod:`~mesh.dns.upstream`, cached by :mod:`~mesh.dns.forward_cache`).
+is pure. :mod:`~mesh.dns.server` is the trio shell (sockets, config swaps, TCP connections,
+metrics); :mod:`~mesh.dns.udp_server` holds its UDP loop, which answers repeated questions
+straight from :mod:`~mesh.dns.wire_cache` and first-time cluster questions from
+:mod:`~mesh.dns.fast_index`; forwarding goes through :mod:`~mesh.dns.upstream`, cached by
+:mod:`~mesh.dns.forward_cache`.
 """
