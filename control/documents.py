@@ -73,8 +73,19 @@ class DocumentCache:
         self.parsed_ahead = 0  # of ``parsed``, those a child parsed (mesh/ahead.py)
         # Fewest documents to parse for which a child helps (tests set it lower).
         self.parse_ahead = MIN_ITEMS
+        # A child already parsing this file's first load (control/early.py): used by the
+        # next load that parses from nothing, ended by any load.
+        self.early: Ahead[str] | None = None
 
     def load(self, text: str, source: str) -> LoadResult:
+        try:
+            return self._load(text, source)
+        finally:
+            if self.early is not None:
+                self.early.close()
+                self.early = None
+
+    def _load(self, text: str, source: str) -> LoadResult:
         layout, self._layout = self._layout, None
         if layout is not None and text.isascii():
             spliced = self._splice(layout, text, source)
@@ -120,18 +131,19 @@ class DocumentCache:
         self, chunks: list[str], source: str, cached: dict[bytes, _Part]
     ) -> tuple[list[bytes], list[_Part]] | None:
         """Each chunk's digest and objects, parsed only when not cached (None: an error)."""
-        digests = [blake2b(chunk.encode(), digest_size=16).digest() for chunk in chunks]
+        digests = _digests(chunks)
         # The texts to parse, each once: a big first load has a child parse them from the
         # back while this loop goes from the front (mesh/ahead.py).
-        todo: dict[bytes, int] = {}
-        texts: list[str] = []
-        for digest, chunk in zip(digests, chunks, strict=True):
-            if digest not in cached and digest not in todo:
-                todo[digest] = len(texts)
-                texts.append(chunk)
+        todo, texts = _todo(chunks, digests, cached)
         parts: list[_Part] = []
         seen: dict[bytes, _Part] = {}
-        with Ahead(texts, parse_documents, min_items=self.parse_ahead) as ahead:
+        early, self.early = self.early, None
+        if early is not None and cached:  # its texts are those of a load from nothing
+            early.close()
+            early = None
+        if early is None:
+            early = Ahead(texts, parse_documents, min_items=self.parse_ahead)
+        with early as ahead:
             for digest, chunk in zip(digests, chunks, strict=True):
                 part = seen.get(digest) or cached.get(digest)
                 if part is None:
@@ -208,6 +220,33 @@ class DocumentCache:
             out,
         )
         return out
+
+
+def _digests(chunks: list[str]) -> list[bytes]:
+    return [blake2b(chunk.encode(), digest_size=16).digest() for chunk in chunks]
+
+
+def _todo(
+    chunks: list[str], digests: list[bytes], cached: dict[bytes, _Part]
+) -> tuple[dict[bytes, int], list[str]]:
+    """The chunks not cached, each text once (by digest), and each one's index."""
+    todo: dict[bytes, int] = {}
+    texts: list[str] = []
+    for digest, chunk in zip(digests, chunks, strict=True):
+        if digest not in cached and digest not in todo:
+            todo[digest] = len(texts)
+            texts.append(chunk)
+    return todo, texts
+
+
+def first_load_texts(text: str) -> list[str]:
+    """The texts a :class:`DocumentCache` with nothing cached parses to load ``text``, in
+    the order of its child's indexes (control/early.py works on them before the cache
+    has seen the file)."""
+    chunks = split_documents(text)
+    if chunks is None:
+        return []
+    return _todo(chunks, _digests(chunks), {})[1]
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:

@@ -85,9 +85,23 @@ class Ahead(Generic[T]):
         cores = usable_cores() if cores is None else cores
         if cores < 2 or len(items) < min_items or not hasattr(os, "fork"):
             return
-        self._start(items, func)
+        self._start(lambda: (items, func))
 
-    def _start(self, items: Sequence[T], func: Func[T]) -> None:
+    @classmethod
+    def made_in_child(
+        cls, make: Callable[[], tuple[Sequence[T], Func[T]]], *, cores: int | None = None
+    ) -> Ahead[T]:
+        """An :class:`Ahead` whose child makes its items and function itself, after the
+        fork: a process can start one before it has imported or read what the work needs
+        (the child imports it on its own core). The caller must know that its own items
+        will be those ``make`` gives, index for index (the same pure function of the same
+        input); ``make`` raising means no results, as a child that died."""
+        ahead: Ahead[T] = cls((), lambda item: None, cores=1)
+        if (usable_cores() if cores is None else cores) >= 2 and hasattr(os, "fork"):
+            ahead._start(make)
+        return ahead
+
+    def _start(self, make: Callable[[], tuple[Sequence[T], Func[T]]]) -> None:
         read_fd, write_fd = os.pipe()
         with contextlib.suppress(OSError):
             import fcntl
@@ -104,7 +118,7 @@ class Ahead(Generic[T]):
             status = 1
             try:
                 os.close(read_fd)
-                _child(items, func, write_fd, blocked)
+                _child(make, write_fd, blocked)
                 status = 0
             finally:
                 os._exit(status)
@@ -194,7 +208,7 @@ class Ahead(Generic[T]):
         self.close()
 
 
-def _child(items: Sequence[T], func: Func[T], fd: int, mask: Iterable[int]) -> None:
+def _child(make: Callable[[], tuple[Sequence[T], Func[T]]], fd: int, mask: Iterable[int]) -> None:
     """Compute from the last item backwards, a batch per message, until done or orphaned."""
     # Signals are the default ones (Ctrl-C ends the child too), not the parent's handlers,
     # which would write to the parent's wake-up descriptor.
@@ -206,6 +220,7 @@ def _child(items: Sequence[T], func: Func[T], fd: int, mask: Iterable[int]) -> N
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before the line above took effect
         return
+    items, func = make()
     hi = len(items)
     while hi > 0:
         lo = max(0, hi - BATCH)
