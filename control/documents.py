@@ -15,22 +15,19 @@ documents to parse (a start) has a child process parse them ahead on the second 
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from hashlib import blake2b
 from itertools import accumulate
 
 from mesh.ahead import MIN_ITEMS, Ahead
+from mesh.control.chunks import digests as _digests
+from mesh.control.chunks import split_documents, texts_to_parse
 from mesh.manifests import LoadResult, load_parsed, load_text, parse_documents
 from mesh.objects import KubeObject
 
 Key = tuple[str, str, str]
 # One document's objects, their keys, and its warnings.
 _Part = tuple[tuple[KubeObject, ...], tuple[Key, ...], tuple[str, ...]]
-
-_UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.)", re.M)
-_GLUED = re.compile(r"\n---[^ \t\r\n]")  # a "---" line start that is not a marker
 
 
 @dataclass(slots=True)
@@ -134,7 +131,7 @@ class DocumentCache:
         digests = _digests(chunks)
         # The texts to parse, each once: a big first load has a child parse them from the
         # back while this loop goes from the front (mesh/ahead.py).
-        todo, texts = _todo(chunks, digests, cached)
+        todo, texts = texts_to_parse(chunks, digests, cached)
         parts: list[_Part] = []
         seen: dict[bytes, _Part] = {}
         early, self.early = self.early, None
@@ -222,33 +219,6 @@ class DocumentCache:
         return out
 
 
-def _digests(chunks: list[str]) -> list[bytes]:
-    return [blake2b(chunk.encode(), digest_size=16).digest() for chunk in chunks]
-
-
-def _todo(
-    chunks: list[str], digests: list[bytes], cached: dict[bytes, _Part]
-) -> tuple[dict[bytes, int], list[str]]:
-    """The chunks not cached, each text once (by digest), and each one's index."""
-    todo: dict[bytes, int] = {}
-    texts: list[str] = []
-    for digest, chunk in zip(digests, chunks, strict=True):
-        if digest not in cached and digest not in todo:
-            todo[digest] = len(texts)
-            texts.append(chunk)
-    return todo, texts
-
-
-def first_load_texts(text: str) -> list[str]:
-    """The texts a :class:`DocumentCache` with nothing cached parses to load ``text``, in
-    the order of its child's indexes (control/early.py works on them before the cache
-    has seen the file)."""
-    chunks = split_documents(text)
-    if chunks is None:
-        return []
-    return _todo(chunks, _digests(chunks), {})[1]
-
-
 def _common_prefix(a: bytes, b: bytes) -> int:
     """Length of the longest common prefix: a binary search whose every step compares
     (memcmp) only the half it has not yet seen equal, so a few passes over the text."""
@@ -274,27 +244,3 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
         else:
             hi = mid - 1
     return lo
-
-
-def split_documents(text: str) -> list[str] | None:
-    """``text`` cut before each ``---`` line (None: it has directives or end markers)."""
-    maybe = text.startswith(("%", "...")) or "\n%" in text or "\n..." in text
-    if maybe and _UNSPLITTABLE.search(text):
-        return None
-    # str.split finds the candidates at C speed; a "---" that is not a marker (a key such
-    # as "----x" at column 0 cannot be valid YAML, but be exact) is glued back.
-    parts = text.split("\n---")
-    if len(parts) > 2 and not _GLUED.search(text):  # every candidate is a marker
-        chunks = [parts[0] + "\n"]
-        chunks += ["---" + part + "\n" for part in parts[1:-1]]
-        chunks.append("---" + parts[-1])
-        return chunks
-    chunks = [parts[0] + "\n"] if len(parts) > 1 else [parts[0]]
-    for i, part in enumerate(parts[1:], start=1):
-        last = i == len(parts) - 1
-        piece = "---" + part + ("" if last else "\n")
-        if part[:1] in ("", " ", "\t", "\r", "\n"):
-            chunks.append(piece)
-        else:
-            chunks[-1] += piece
-    return [c for c in chunks if c]

@@ -52,8 +52,9 @@ def start(
 
 def _work(raw: bytes) -> tuple[Sequence[str], Any]:
     """In the child: the texts the document cache will parse on a first load of ``raw``."""
-    from mesh.control.documents import first_load_texts
-    from mesh.manifests import parse_documents
+    # Text work only (no models, no pydantic): the child starts parsing at once.
+    from mesh.control.chunks import first_load_texts
+    from mesh.yaml_load import parse_documents
 
     return first_load_texts(raw.decode("utf-8")), parse_documents
 
