@@ -1,5 +1,5 @@
-"""The in-process feed applies a plane's first config with the cyclic collector paused
-(mesh/feed.py) when the plane tunes the process's collector, and only the first."""
+"""The in-process feed applies a plane's first config with the cyclic collector paused,
+then frozen (mesh/feed.py), when the plane tunes the process's collector; only the first."""
 
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ async def three() -> AsyncIterator[DnsConfig]:
 def test_only_the_first_apply_is_quiet(quiet: bool) -> None:
     component = Recorder()
     assert gc.isenabled()
-    trio.run(lambda: feed(three(), component, quiet_first=quiet))  # type: ignore[arg-type]
+    gc.unfreeze()
+    try:
+        trio.run(lambda: feed(three(), component, quiet_first=quiet))  # type: ignore[arg-type]
+        # What the first apply made is out of the collector's sight when it was quiet.
+        assert (gc.get_freeze_count() > 0) == quiet
+    finally:
+        gc.unfreeze()  # this test process's objects are the collector's again
     assert component.collecting == [not quiet, True, True]
     assert gc.isenabled()
