@@ -27,6 +27,7 @@ caller: marshal gives equal values, not the same objects.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import marshal
@@ -221,6 +222,11 @@ def _child(make: Callable[[], tuple[Sequence[T], Func[T]]], fd: int, mask: Itera
     if os.getppid() == 1:  # the parent died before the line above took effect
         return
     items, func = make()
+    # The child never waits for the parent: what the pipe cannot take yet waits here, so
+    # a child started before its parent reads (control/early.py: while the parent imports)
+    # keeps computing instead of stopping once the pipe is full.
+    os.set_blocking(fd, False)
+    pending: collections.deque[memoryview] = collections.deque()
     hi = len(items)
     while hi > 0:
         lo = max(0, hi - BATCH)
@@ -229,8 +235,10 @@ def _child(make: Callable[[], tuple[Sequence[T], Func[T]]], fd: int, mask: Itera
             payload = marshal.dumps(results)
         except Exception:  # an unmarshallable value somewhere: look at them one by one
             payload = marshal.dumps([_marshallable(r) for r in results])
-        _write_all(fd, _HEADER.pack(lo, len(payload)) + payload)
+        pending.append(memoryview(_HEADER.pack(lo, len(payload)) + payload))
+        _flush(fd, pending, block=False)
         hi = lo
+    _flush(fd, pending, block=True)
 
 
 def _safe(func: Func[T], item: T) -> Any:
@@ -248,8 +256,18 @@ def _marshallable(result: Any) -> Any:
     return result
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)  # BrokenPipeError once the parent closed: the child ends
-        view = view[written:]
+def _flush(fd: int, pending: collections.deque[memoryview], *, block: bool) -> None:
+    """Write what is pending, in order: all of it (``block``), or what the pipe takes now."""
+    while pending:
+        try:
+            # BrokenPipeError once the parent closed: the child ends.
+            written = os.write(fd, pending[0])
+        except BlockingIOError:
+            if not block:
+                return
+            select.select([], [fd], [])
+            continue
+        if written == len(pending[0]):
+            pending.popleft()
+        else:
+            pending[0] = pending[0][written:]

@@ -215,3 +215,23 @@ def test_the_source_loads_a_big_directory_as_before(tmp_path: Path) -> None:
     assert sorted(o.key for o in store.snapshot().list("Pod")) == sorted(
         o.key for o in load_text(text, "x").objects
     )
+
+
+def test_the_child_computes_on_while_the_parent_reads_nothing(tmp_path: Path) -> None:
+    """Three megabytes of results, more than the pipe holds: the child still reaches the
+    first item (its last) before the parent has read a byte, then all of it arrives."""
+    done = tmp_path / "done"
+
+    def big(i: int) -> list[str]:
+        if i == 0:
+            done.touch()
+        return [str(i) * 1000]
+
+    items = list(range(3000))
+    with Ahead(items, big, cores=2, min_items=1) as ahead:
+        deadline = time.monotonic() + 30
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert done.exists()
+        got = [ahead.take(i, wait=True) for i in items]
+    assert got == [big(i) for i in items]
