@@ -4,9 +4,9 @@ A big manifest directory is parsed at start by the manifest source with a forked
 working from the back (control/documents.py, mesh/ahead.py). The source runs only once
 the command has imported and built everything else (the plane, the components, the
 servers: most of a second), while the child would have nothing to wait for: :func:`start`
-forks it first thing, before those imports. The parent only reads each big file and takes
-its digest; the child imports what parsing needs, cuts the text into documents exactly as
-the source will, and parses them from the back. When the source reads a file whose digest
+forks it first thing, before those imports. The parent only takes each big file's digest;
+the child reads the file (and checks the digest), imports what parsing needs, cuts the
+text into documents exactly as the source will, and parses them from the back. When the source reads a file whose digest
 is the one read here, its document cache adopts that child (:func:`adopt`) instead of
 forking its own; a file changed in between is parsed as if nothing had started, and
 :func:`drop` ends every child not adopted. Nothing here changes a result: only who parses.
@@ -14,6 +14,7 @@ forking its own; a file changed in between is parsed as if nothing had started, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,21 +42,42 @@ def start(
     for name, stamp in files.items():
         if stamp[1] < min_bytes or name in _started:
             continue
-        raw = read(name)
-        if not isinstance(raw, bytes):
+        digest = _digest(name)
+        if digest is None:
             continue
-        ahead: Ahead[str] = Ahead.made_in_child(lambda raw=raw: _work(raw), cores=cores)
+        ahead: Ahead[str] = Ahead.made_in_child(functools.partial(_work, name, digest), cores=cores)
         if ahead.pid:
-            _started[name] = (hashlib.sha256(raw).digest(), ahead)
+            _started[name] = (digest, ahead)
     return len(_started)
 
 
-def _work(raw: bytes) -> tuple[Sequence[str], Any]:
-    """In the child: the texts the document cache will parse on a first load of ``raw``."""
+def _digest(name: str) -> bytes | None:
+    """The file's SHA-256, read in small pieces: the parent never holds the whole file
+    here. (A buffer of several megabytes, once freed, raises glibc's threshold for
+    serving allocations from mmap, and the process then ends up some 20 MB bigger.)"""
+    digest = hashlib.sha256()
+    try:
+        with open(name, "rb") as f:
+            while piece := f.read(_PIECE):
+                digest.update(piece)
+    except OSError:
+        return None
+    return digest.digest()
+
+
+_PIECE = 64 * 1024  # below glibc's default mmap threshold (128 KiB)
+
+
+def _work(name: str, digest: bytes) -> tuple[Sequence[str], Any]:
+    """In the child: the texts the document cache will parse on a first load of the file,
+    if it still has the content the parent's digest is of (else nothing to do)."""
     # Text work only (no models, no pydantic): the child starts parsing at once.
     from mesh.control.chunks import first_load_texts
     from mesh.yaml_load import parse_documents
 
+    raw = read(name)
+    if not isinstance(raw, bytes) or hashlib.sha256(raw).digest() != digest:
+        return [], parse_documents
     return first_load_texts(raw.decode("utf-8")), parse_documents
 
 

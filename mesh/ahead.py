@@ -44,7 +44,7 @@ MIN_ITEMS = 1000
 # Items per message: large enough that the pipe's per-message cost vanishes, small
 # enough that the parent sees the child's progress often (some 30 KB of data each).
 BATCH = 128
-_HEADER = struct.Struct("<IQ")  # first index of the batch, payload length
+_HEADER = struct.Struct("<IIQ")  # first index of the batch, its items, payload length
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: fewer wake-ups of a child that writes ahead
 _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
@@ -81,7 +81,14 @@ class Ahead(Generic[T]):
         self.taken = 0  # results taken from the child (tests pin the split)
         self._fd = -1
         self._buffer = bytearray()
-        self._ready: dict[int, Any] = {}
+        # Batches arrive as marshal payloads and are decoded only when the parent takes
+        # one of their items: a child far ahead (control/early.py) may have sent most of
+        # the work before the parent starts, and tens of thousands of decoded results at
+        # once would raise the parent's memory for good (freed, but fragmented).
+        self._where: dict[int, int] = {}  # item index -> first index of its batch
+        self._raw: dict[int, bytes] = {}  # first index -> a batch not decoded yet
+        self._open: dict[int, list[Any]] = {}  # first index -> a decoded batch
+        self._left: dict[int, int] = {}  # first index -> its items not taken yet
         self._polls = 0
         cores = usable_cores() if cores is None else cores
         if cores < 2 or len(items) < min_items or not hasattr(os, "fork"):
@@ -135,14 +142,26 @@ class Ahead(Generic[T]):
         """The child's result for ``items[i]`` if it has arrived (each index once), else
         None: the caller computes it itself (also when the child could not).
         ``wait``: block until index ``i`` arrives or the child ends (tests)."""
-        ready = self._ready
-        if i not in ready and self.pid:
+        where = self._where
+        if i not in where and self.pid:
             # A syscall per item the parent computes itself would cost more than the child
             # saves on small ones: look at the pipe every few items.
             self._polls += 1
             if wait or self._polls % 8 == 1:
                 self._receive(wait, until=i)
-        result = ready.pop(i, None)
+        first = where.pop(i, None)
+        if first is None:
+            return None
+        batch = self._open.get(first)
+        if batch is None:
+            batch = self._open[first] = marshal.loads(self._raw.pop(first))
+        result = batch[i - first]
+        batch[i - first] = None
+        left = self._left[first] - 1
+        if left:
+            self._left[first] = left
+        else:
+            del self._left[first], self._open[first]
         if result is not None:
             self.taken += 1
         return result
@@ -152,7 +171,7 @@ class Ahead(Generic[T]):
         ``until`` has come or the child has ended."""
         while self._fd >= 0:
             if wait:
-                if until in self._ready:
+                if until in self._where:
                     return
                 select.select([self._fd], [], [], 1.0)
             try:
@@ -171,13 +190,13 @@ class Ahead(Generic[T]):
         buf = self._buffer
         start = 0
         while len(buf) - start >= _HEADER.size:
-            first, size = _HEADER.unpack_from(buf, start)
+            first, count, size = _HEADER.unpack_from(buf, start)
             end = start + _HEADER.size + size
             if len(buf) < end:
                 break
-            results = marshal.loads(memoryview(buf)[start + _HEADER.size : end])
-            for offset, result in enumerate(results):
-                self._ready[first + offset] = result
+            self._raw[first] = bytes(buf[start + _HEADER.size : end])
+            self._left[first] = count
+            self._where.update(dict.fromkeys(range(first, first + count), first))
             start = end
         del buf[:start]
 
@@ -195,7 +214,9 @@ class Ahead(Generic[T]):
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-        self._ready.clear()
+        for held in (self._where, self._raw, self._open, self._left):
+            held.clear()
+        self._buffer = bytearray()
 
     def __enter__(self) -> Ahead[T]:
         return self
@@ -235,7 +256,7 @@ def _child(make: Callable[[], tuple[Sequence[T], Func[T]]], fd: int, mask: Itera
             payload = marshal.dumps(results)
         except Exception:  # an unmarshallable value somewhere: look at them one by one
             payload = marshal.dumps([_marshallable(r) for r in results])
-        pending.append(memoryview(_HEADER.pack(lo, len(payload)) + payload))
+        pending.append(memoryview(_HEADER.pack(lo, hi - lo, len(payload)) + payload))
         _flush(fd, pending, block=False)
         hi = lo
     _flush(fd, pending, block=True)
