@@ -31,6 +31,7 @@ import collections
 import contextlib
 import ctypes
 import marshal
+import mmap
 import os
 import select
 import signal
@@ -44,6 +45,7 @@ MIN_ITEMS = 1000
 # Items per message: large enough that the pipe's per-message cost vanishes, small
 # enough that the parent sees the child's progress often (some 30 KB of data each).
 BATCH = 128
+_REACHED = struct.Struct("<q")  # the highest index the parent has asked for (-1: none)
 _HEADER = struct.Struct("<IIQ")  # first index of the batch, its items, payload length
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: fewer wake-ups of a child that writes ahead
 _F_SETPIPE_SZ = 1031
@@ -90,6 +92,8 @@ class Ahead(Generic[T]):
         self._open: dict[int, list[Any]] = {}  # first index -> a decoded batch
         self._left: dict[int, int] = {}  # first index -> its items not taken yet
         self._polls = 0
+        self._reached: mmap.mmap | None = None
+        self._said = -1  # the last index written to ``_reached``
         cores = usable_cores() if cores is None else cores
         if cores < 2 or len(items) < min_items or not hasattr(os, "fork"):
             return
@@ -110,6 +114,11 @@ class Ahead(Generic[T]):
         return ahead
 
     def _start(self, make: Callable[[], tuple[Sequence[T], Func[T]]]) -> None:
+        # Where the parent has got to, shared with the child (an anonymous shared map):
+        # the child stops at the first batch the parent has reached, instead of computing
+        # what the parent did itself (on a busy machine, CPU taken from the parent).
+        self._reached = mmap.mmap(-1, _REACHED.size)
+        _REACHED.pack_into(self._reached, 0, -1)
         read_fd, write_fd = os.pipe()
         with contextlib.suppress(OSError):
             import fcntl
@@ -126,7 +135,7 @@ class Ahead(Generic[T]):
             status = 1
             try:
                 os.close(read_fd)
-                _child(make, write_fd, blocked)
+                _child(make, write_fd, blocked, self._reached)
                 status = 0
             finally:
                 os._exit(status)
@@ -143,6 +152,12 @@ class Ahead(Generic[T]):
         None: the caller computes it itself (also when the child could not).
         ``wait``: block until index ``i`` arrives or the child ends (tests)."""
         where = self._where
+        reached = self._reached
+        if not wait and reached is not None and i > self._said:
+            # The parent going forwards tells the child how far it has got (each item:
+            # the child's next check may come any moment).
+            _REACHED.pack_into(reached, 0, i)
+            self._said = i
         if i not in where and self.pid:
             # A syscall per item the parent computes itself would cost more than the child
             # saves on small ones: look at the pipe every few items.
@@ -216,6 +231,9 @@ class Ahead(Generic[T]):
                 os.waitpid(pid, 0)
         for held in (self._where, self._raw, self._open, self._left):
             held.clear()
+        if self._reached is not None:
+            self._reached.close()
+            self._reached = None
         self._buffer = bytearray()
 
     def __enter__(self) -> Ahead[T]:
@@ -230,7 +248,12 @@ class Ahead(Generic[T]):
         self.close()
 
 
-def _child(make: Callable[[], tuple[Sequence[T], Func[T]]], fd: int, mask: Iterable[int]) -> None:
+def _child(
+    make: Callable[[], tuple[Sequence[T], Func[T]]],
+    fd: int,
+    mask: Iterable[int],
+    reached: mmap.mmap,
+) -> None:
     """Compute from the last item backwards, a batch per message, until done or orphaned."""
     # Signals are the default ones (Ctrl-C ends the child too), not the parent's handlers,
     # which would write to the parent's wake-up descriptor.
@@ -251,6 +274,8 @@ def _child(make: Callable[[], tuple[Sequence[T], Func[T]]], fd: int, mask: Itera
     hi = len(items)
     while hi > 0:
         lo = max(0, hi - BATCH)
+        if _REACHED.unpack_from(reached, 0)[0] >= lo:
+            break  # the parent is in this batch already: it does the rest itself
         results = [_safe(func, items[i]) for i in range(lo, hi)]
         try:
             payload = marshal.dumps(results)
