@@ -21,9 +21,11 @@ from itertools import accumulate
 
 from mesh.ahead import MIN_ITEMS, Ahead
 from mesh.control.chunks import digests as _digests
-from mesh.control.chunks import split_documents, texts_to_parse
-from mesh.manifests import LoadResult, load_parsed, load_text, parse_documents
+from mesh.control.chunks import split_documents as split_documents
+from mesh.control.chunks import texts_to_parse
+from mesh.manifests import LoadResult, load_parsed, load_text
 from mesh.objects import KubeObject
+from mesh.yaml_load import parse_documents
 
 Key = tuple[str, str, str]
 # One document's objects, their keys, and its warnings.
