@@ -9,7 +9,12 @@ backwards and streams the results (marshal: dicts, lists, tuples, bytes, strings
 interned strings stay interned) through a pipe, while the parent goes on from the first item
 forwards as it would alone. When the parent reaches an item, it takes the child's result if it
 has come, or else computes it itself; the two meet in the middle, wherever that falls on a
-machine whose other core is busy. The child is then killed and reaped.
+machine whose other core is busy. The parent writes how far it has got into a word of
+shared memory, and the child stops at the first batch the parent has reached; the child is
+then killed and reaped. The child never waits for the parent either: what the pipe cannot
+take yet queues in the child (a child started before its parent reads, as
+control/early.py's, keeps computing), and the parent decodes a batch only when it takes one
+of its items.
 
 The parent never waits for the child, so the outcome never depends on it:
 
