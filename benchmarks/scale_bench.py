@@ -36,6 +36,7 @@ flat. Figures on a shared machine are noisy; compare runs made side by side.
 from __future__ import annotations
 
 import argparse
+import calendar
 import contextlib
 import gc
 import os
@@ -49,6 +50,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from dnslib import QTYPE, DNSRecord
 
@@ -152,8 +154,8 @@ def edit_latency(path: Path, n: int, e: int, dns_port: int, timeout: float = 30.
 
 
 @contextlib.contextmanager
-def running(args: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-    cmd = [sys.executable, "-m", "mesh.cli", *args, "--log-level", "warning"]
+def running(args: list[str], log_level: str = "warning") -> Iterator[subprocess.Popen[bytes]]:
+    cmd = [sys.executable, "-m", "mesh.cli", *args, "--log-level", log_level]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield proc
@@ -184,6 +186,69 @@ def run_up(n: int, edits: int, workdir: Path) -> None:
         f"rss {rss:6.0f} MB  "
         f"edit->DNS median {statistics.median(lat) * 1000:6.0f} ms "
         f"(min {min(lat) * 1000:.0f}, max {max(lat) * 1000:.0f})",
+        flush=True,
+    )
+
+
+# The start of ``mesh up`` as its own log tells it (JSON lines with a UTC timestamp): each
+# event's first line, and what the time until the next one is spent on.
+TIMELINE = [
+    ("manifest loaded", "imports, reading, parsing (a child helps), validation"),
+    ("endpoint slices reconciled", "store writes (admission, indexes), the endpoints plan"),
+    ("control plane started", "status writers, the config stream server"),
+    ("config published", "the DNS config's first translation"),
+    ("config applied", "the DNS server's indexes"),
+]
+
+
+def run_timeline(n: int, workdir: Path) -> None:
+    """Seconds from starting ``mesh up --no-proxy`` to each event of its start, then to
+    ready, and the process's CPU seconds (a wall clock on a shared machine is noisy)."""
+    import json
+    import threading
+
+    path = workdir / "all.yaml"
+    path.write_text(manifest(n))
+    dns, admin, control = free_port(), free_port(), free_port()
+    args = ["up", "--no-proxy", "-f", str(workdir), "--no-forward", "--log-format", "json"]
+    args += ["--dns-listen", f"{HOST}:{dns}", "--admin-listen", f"{HOST}:{admin}"]
+    args += ["--control-listen", f"{HOST}:{control}"]
+    seen: dict[str, float] = {}
+    wall_start = time.time()
+
+    def read(stream: Any) -> None:
+        for line in stream:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            msg = rec.get("msg", "")
+            if msg in seen or (msg == "config published" and rec.get("kind") != "dns"):
+                continue
+            if msg == "config applied" and rec.get("component") != "dns":
+                continue
+            stamp = time.strptime(rec["ts"][:19], "%Y-%m-%dT%H:%M:%S")
+            secs = calendar.timegm(stamp) + int(rec["ts"][20:23]) / 1000
+            seen[msg] = secs - wall_start
+
+    with running(args, log_level="info") as proc:
+        reader = threading.Thread(target=read, args=(proc.stderr,), daemon=True)
+        reader.start()
+        ready = wait_ready(proc, admin, timeout=60 + n / 20)
+        cpu, child_cpu = cpu_seconds(proc.pid)
+    parts = []
+    last = 0.0
+    for event, what in TIMELINE:
+        at = seen.get(event)
+        if at is None:
+            continue
+        parts.append(f"{at:5.2f} {event} (+{at - last:.2f}: {what})")
+        last = at
+    parts.append(f"{ready:5.2f} ready (+{ready - last:.2f})")
+    print(
+        f"N={n:>6}  mesh up timeline (s from start; log stamps have ms resolution): "
+        + "; ".join(parts)
+        + f"  [cpu {cpu:.2f} s + {child_cpu:.2f} s in a child]",
         flush=True,
     )
 
@@ -412,10 +477,16 @@ def main() -> None:
     parser.add_argument("--split", action="store_true", help="also mesh control + mesh dns")
     parser.add_argument("--stages", action="store_true", help="also one edit stage by stage")
     parser.add_argument("--nft", action="store_true", help="also the nftables sync (root)")
+    parser.add_argument(
+        "--timeline", action="store_true", help="also the start of mesh up, event by event"
+    )
     opts = parser.parse_args()
     for n in opts.services:
         with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
             run_up(n, opts.edits, Path(tmp))
+        if opts.timeline:
+            with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
+                run_timeline(n, Path(tmp))
         if opts.split:
             with tempfile.TemporaryDirectory(prefix="mesh-scale-") as tmp:
                 run_split(n, opts.edits, Path(tmp))

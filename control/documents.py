@@ -15,22 +15,21 @@ documents to parse (a start) has a child process parse them ahead on the second 
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from hashlib import blake2b
 from itertools import accumulate
 
 from mesh.ahead import MIN_ITEMS, Ahead
-from mesh.manifests import LoadResult, load_parsed, load_text, parse_documents
+from mesh.control.chunks import digests as _digests
+from mesh.control.chunks import split_documents as split_documents
+from mesh.control.chunks import texts_to_parse
+from mesh.manifests import LoadResult, load_parsed, load_text
 from mesh.objects import KubeObject
+from mesh.yaml_load import parse_documents
 
 Key = tuple[str, str, str]
 # One document's objects, their keys, and its warnings.
 _Part = tuple[tuple[KubeObject, ...], tuple[Key, ...], tuple[str, ...]]
-
-_UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.)", re.M)
-_GLUED = re.compile(r"\n---[^ \t\r\n]")  # a "---" line start that is not a marker
 
 
 @dataclass(slots=True)
@@ -73,8 +72,19 @@ class DocumentCache:
         self.parsed_ahead = 0  # of ``parsed``, those a child parsed (mesh/ahead.py)
         # Fewest documents to parse for which a child helps (tests set it lower).
         self.parse_ahead = MIN_ITEMS
+        # A child already parsing this file's first load (control/early.py): used by the
+        # next load that parses from nothing, ended by any load.
+        self.early: Ahead[str] | None = None
 
     def load(self, text: str, source: str) -> LoadResult:
+        try:
+            return self._load(text, source)
+        finally:
+            if self.early is not None:
+                self.early.close()
+                self.early = None
+
+    def _load(self, text: str, source: str) -> LoadResult:
         layout, self._layout = self._layout, None
         if layout is not None and text.isascii():
             spliced = self._splice(layout, text, source)
@@ -120,18 +130,19 @@ class DocumentCache:
         self, chunks: list[str], source: str, cached: dict[bytes, _Part]
     ) -> tuple[list[bytes], list[_Part]] | None:
         """Each chunk's digest and objects, parsed only when not cached (None: an error)."""
-        digests = [blake2b(chunk.encode(), digest_size=16).digest() for chunk in chunks]
+        digests = _digests(chunks)
         # The texts to parse, each once: a big first load has a child parse them from the
         # back while this loop goes from the front (mesh/ahead.py).
-        todo: dict[bytes, int] = {}
-        texts: list[str] = []
-        for digest, chunk in zip(digests, chunks, strict=True):
-            if digest not in cached and digest not in todo:
-                todo[digest] = len(texts)
-                texts.append(chunk)
+        todo, texts = texts_to_parse(chunks, digests, cached)
         parts: list[_Part] = []
         seen: dict[bytes, _Part] = {}
-        with Ahead(texts, parse_documents, min_items=self.parse_ahead) as ahead:
+        early, self.early = self.early, None
+        if early is not None and cached:  # its texts are those of a load from nothing
+            early.close()
+            early = None
+        if early is None:
+            early = Ahead(texts, parse_documents, min_items=self.parse_ahead)
+        with early as ahead:
             for digest, chunk in zip(digests, chunks, strict=True):
                 part = seen.get(digest) or cached.get(digest)
                 if part is None:
@@ -235,27 +246,3 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
         else:
             hi = mid - 1
     return lo
-
-
-def split_documents(text: str) -> list[str] | None:
-    """``text`` cut before each ``---`` line (None: it has directives or end markers)."""
-    maybe = text.startswith(("%", "...")) or "\n%" in text or "\n..." in text
-    if maybe and _UNSPLITTABLE.search(text):
-        return None
-    # str.split finds the candidates at C speed; a "---" that is not a marker (a key such
-    # as "----x" at column 0 cannot be valid YAML, but be exact) is glued back.
-    parts = text.split("\n---")
-    if len(parts) > 2 and not _GLUED.search(text):  # every candidate is a marker
-        chunks = [parts[0] + "\n"]
-        chunks += ["---" + part + "\n" for part in parts[1:-1]]
-        chunks.append("---" + parts[-1])
-        return chunks
-    chunks = [parts[0] + "\n"] if len(parts) > 1 else [parts[0]]
-    for i, part in enumerate(parts[1:], start=1):
-        last = i == len(parts) - 1
-        piece = "---" + part + ("" if last else "\n")
-        if part[:1] in ("", " ", "\t", "\r", "\n"):
-            chunks.append(piece)
-        else:
-            chunks[-1] += piece
-    return [c for c in chunks if c]

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,10 @@ from typing import Any
 
 import trio
 
+from mesh.control import early
 from mesh.control.documents import DocumentCache, KeyedResult
+from mesh.control.files import Stamp, scan_all
+from mesh.control.files import read as _read
 from mesh.control.inotify import Watch, open_watch
 from mesh.control.store import Key, Rejected, Store
 from mesh.manifests import LoadResult, ManifestError, load_text
@@ -49,8 +51,6 @@ from mesh.objects import KubeObject
 
 log = logging.getLogger("mesh.control.source")
 
-EXTENSIONS = (".yaml", ".yml", ".json")
-Stamp = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns)
 RACY_NS = 2_000_000_000
 
 
@@ -218,29 +218,6 @@ def _log_error(what: str, err: ManifestError) -> None:
 # --- the disk --------------------------------------------------------------------------
 
 
-def scan(root: Path) -> dict[str, Stamp]:
-    """Manifest files under ``root`` (or ``root`` itself if it is a file) with their stamps."""
-    if root.is_file():
-        return {str(root): _stamp(root)} if root.exists() else {}
-    out: dict[str, Stamp] = {}
-    for path in _walk(root):
-        try:
-            out[str(path)] = _stamp(path)
-        except OSError:
-            continue  # removed while we looked: the next scan sees it gone
-    return out
-
-
-def scan_all(roots: Sequence[Path]) -> dict[str, Stamp]:
-    """:func:`scan` of each root (``-f`` given several times), in the order given."""
-    if len(roots) == 1:
-        return scan(roots[0])
-    out: dict[str, Stamp] = {}
-    for root in roots:
-        out.update(scan(root))
-    return out
-
-
 def _open_watch(roots: Sequence[Path]) -> Watch | None:
     """One inotify watch over every root, or None (then the poll alone sees changes)."""
     watch = open_watch(roots[0])
@@ -255,19 +232,6 @@ def _open_watch(roots: Sequence[Path]) -> Watch | None:
     return watch
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fname in sorted(filenames):
-            if not fname.startswith(".") and fname.endswith(EXTENSIONS):
-                yield Path(dirpath, fname)
-
-
-def _stamp(path: Path) -> Stamp:
-    st = path.stat()
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def parse_manifest(
     path: str, data: bytes | OSError, cache: DocumentCache | None = None
 ) -> LoadResult:
@@ -278,13 +242,6 @@ def parse_manifest(
     except (OSError, UnicodeDecodeError) as exc:
         return LoadResult(errors=[ManifestError(path, "", "", f"cannot read: {exc}")])
     return cache.load(text, path) if cache is not None else load_text(text, path)
-
-
-def _read(path: str) -> bytes | OSError:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        return exc
 
 
 # --- the trio shell --------------------------------------------------------------------
@@ -392,8 +349,10 @@ class DirSource:
                 continue
             self._digests[name] = digest
             cache = self._documents.setdefault(name, DocumentCache())
+            cache.early = early.adopt(name, digest)  # parsed since the command started
             changes[name] = parse_manifest(name, data, cache)
         self._stamps = stamps
+        early.drop()  # those of files not read (gone, unreadable): nobody takes them
         return changes
 
     def _take(self, name: str, result: LoadResult) -> None:

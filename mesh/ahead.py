@@ -9,7 +9,12 @@ backwards and streams the results (marshal: dicts, lists, tuples, bytes, strings
 interned strings stay interned) through a pipe, while the parent goes on from the first item
 forwards as it would alone. When the parent reaches an item, it takes the child's result if it
 has come, or else computes it itself; the two meet in the middle, wherever that falls on a
-machine whose other core is busy. The child is then killed and reaped.
+machine whose other core is busy. The parent writes how far it has got into a word of
+shared memory, and the child stops at the first batch the parent has reached; the child is
+then killed and reaped. The child never waits for the parent either: what the pipe cannot
+take yet queues in the child (a child started before its parent reads, as
+control/early.py's, keeps computing), and the parent decodes a batch only when it takes one
+of its items.
 
 The parent never waits for the child, so the outcome never depends on it:
 
@@ -27,9 +32,11 @@ caller: marshal gives equal values, not the same objects.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import marshal
+import mmap
 import os
 import select
 import signal
@@ -43,7 +50,8 @@ MIN_ITEMS = 1000
 # Items per message: large enough that the pipe's per-message cost vanishes, small
 # enough that the parent sees the child's progress often (some 30 KB of data each).
 BATCH = 128
-_HEADER = struct.Struct("<IQ")  # first index of the batch, payload length
+_REACHED = struct.Struct("<q")  # the highest index the parent has asked for (-1: none)
+_HEADER = struct.Struct("<IIQ")  # first index of the batch, its items, payload length
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: fewer wake-ups of a child that writes ahead
 _F_SETPIPE_SZ = 1031
 _PR_SET_PDEATHSIG = 1
@@ -80,14 +88,42 @@ class Ahead(Generic[T]):
         self.taken = 0  # results taken from the child (tests pin the split)
         self._fd = -1
         self._buffer = bytearray()
-        self._ready: dict[int, Any] = {}
+        # Batches arrive as marshal payloads and are decoded only when the parent takes
+        # one of their items: a child far ahead (control/early.py) may have sent most of
+        # the work before the parent starts, and tens of thousands of decoded results at
+        # once would raise the parent's memory for good (freed, but fragmented).
+        self._where: dict[int, int] = {}  # item index -> first index of its batch
+        self._raw: dict[int, bytes] = {}  # first index -> a batch not decoded yet
+        self._open: dict[int, list[Any]] = {}  # first index -> a decoded batch
+        self._left: dict[int, int] = {}  # first index -> its items not taken yet
         self._polls = 0
+        self._reached: mmap.mmap | None = None
+        self._said = -1  # the last index written to ``_reached``
         cores = usable_cores() if cores is None else cores
         if cores < 2 or len(items) < min_items or not hasattr(os, "fork"):
             return
-        self._start(items, func)
+        self._start(lambda: (items, func))
 
-    def _start(self, items: Sequence[T], func: Func[T]) -> None:
+    @classmethod
+    def made_in_child(
+        cls, make: Callable[[], tuple[Sequence[T], Func[T]]], *, cores: int | None = None
+    ) -> Ahead[T]:
+        """An :class:`Ahead` whose child makes its items and function itself, after the
+        fork: a process can start one before it has imported or read what the work needs
+        (the child imports it on its own core). The caller must know that its own items
+        will be those ``make`` gives, index for index (the same pure function of the same
+        input); ``make`` raising means no results, as a child that died."""
+        ahead: Ahead[T] = cls((), lambda item: None, cores=1)
+        if (usable_cores() if cores is None else cores) >= 2 and hasattr(os, "fork"):
+            ahead._start(make)
+        return ahead
+
+    def _start(self, make: Callable[[], tuple[Sequence[T], Func[T]]]) -> None:
+        # Where the parent has got to, shared with the child (an anonymous shared map):
+        # the child stops at the first batch the parent has reached, instead of computing
+        # what the parent did itself (on a busy machine, CPU taken from the parent).
+        self._reached = mmap.mmap(-1, _REACHED.size)
+        _REACHED.pack_into(self._reached, 0, -1)
         read_fd, write_fd = os.pipe()
         with contextlib.suppress(OSError):
             import fcntl
@@ -104,7 +140,7 @@ class Ahead(Generic[T]):
             status = 1
             try:
                 os.close(read_fd)
-                _child(items, func, write_fd, blocked)
+                _child(make, write_fd, blocked, self._reached)
                 status = 0
             finally:
                 os._exit(status)
@@ -120,14 +156,32 @@ class Ahead(Generic[T]):
         """The child's result for ``items[i]`` if it has arrived (each index once), else
         None: the caller computes it itself (also when the child could not).
         ``wait``: block until index ``i`` arrives or the child ends (tests)."""
-        ready = self._ready
-        if i not in ready and self.pid:
+        where = self._where
+        reached = self._reached
+        if not wait and reached is not None and i > self._said:
+            # The parent going forwards tells the child how far it has got (each item:
+            # the child's next check may come any moment).
+            _REACHED.pack_into(reached, 0, i)
+            self._said = i
+        if i not in where and self.pid:
             # A syscall per item the parent computes itself would cost more than the child
             # saves on small ones: look at the pipe every few items.
             self._polls += 1
             if wait or self._polls % 8 == 1:
                 self._receive(wait, until=i)
-        result = ready.pop(i, None)
+        first = where.pop(i, None)
+        if first is None:
+            return None
+        batch = self._open.get(first)
+        if batch is None:
+            batch = self._open[first] = marshal.loads(self._raw.pop(first))
+        result = batch[i - first]
+        batch[i - first] = None
+        left = self._left[first] - 1
+        if left:
+            self._left[first] = left
+        else:
+            del self._left[first], self._open[first]
         if result is not None:
             self.taken += 1
         return result
@@ -137,7 +191,7 @@ class Ahead(Generic[T]):
         ``until`` has come or the child has ended."""
         while self._fd >= 0:
             if wait:
-                if until in self._ready:
+                if until in self._where:
                     return
                 select.select([self._fd], [], [], 1.0)
             try:
@@ -156,13 +210,13 @@ class Ahead(Generic[T]):
         buf = self._buffer
         start = 0
         while len(buf) - start >= _HEADER.size:
-            first, size = _HEADER.unpack_from(buf, start)
+            first, count, size = _HEADER.unpack_from(buf, start)
             end = start + _HEADER.size + size
             if len(buf) < end:
                 break
-            results = marshal.loads(memoryview(buf)[start + _HEADER.size : end])
-            for offset, result in enumerate(results):
-                self._ready[first + offset] = result
+            self._raw[first] = bytes(buf[start + _HEADER.size : end])
+            self._left[first] = count
+            self._where.update(dict.fromkeys(range(first, first + count), first))
             start = end
         del buf[:start]
 
@@ -180,7 +234,12 @@ class Ahead(Generic[T]):
                 os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-        self._ready.clear()
+        for held in (self._where, self._raw, self._open, self._left):
+            held.clear()
+        if self._reached is not None:
+            self._reached.close()
+            self._reached = None
+        self._buffer = bytearray()
 
     def __enter__(self) -> Ahead[T]:
         return self
@@ -194,7 +253,12 @@ class Ahead(Generic[T]):
         self.close()
 
 
-def _child(items: Sequence[T], func: Func[T], fd: int, mask: Iterable[int]) -> None:
+def _child(
+    make: Callable[[], tuple[Sequence[T], Func[T]]],
+    fd: int,
+    mask: Iterable[int],
+    reached: mmap.mmap,
+) -> None:
     """Compute from the last item backwards, a batch per message, until done or orphaned."""
     # Signals are the default ones (Ctrl-C ends the child too), not the parent's handlers,
     # which would write to the parent's wake-up descriptor.
@@ -206,16 +270,26 @@ def _child(items: Sequence[T], func: Func[T], fd: int, mask: Iterable[int]) -> N
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before the line above took effect
         return
+    items, func = make()
+    # The child never waits for the parent: what the pipe cannot take yet waits here, so
+    # a child started before its parent reads (control/early.py: while the parent imports)
+    # keeps computing instead of stopping once the pipe is full.
+    os.set_blocking(fd, False)
+    pending: collections.deque[memoryview] = collections.deque()
     hi = len(items)
     while hi > 0:
         lo = max(0, hi - BATCH)
+        if _REACHED.unpack_from(reached, 0)[0] >= lo:
+            break  # the parent is in this batch already: it does the rest itself
         results = [_safe(func, items[i]) for i in range(lo, hi)]
         try:
             payload = marshal.dumps(results)
         except Exception:  # an unmarshallable value somewhere: look at them one by one
             payload = marshal.dumps([_marshallable(r) for r in results])
-        _write_all(fd, _HEADER.pack(lo, len(payload)) + payload)
+        pending.append(memoryview(_HEADER.pack(lo, hi - lo, len(payload)) + payload))
+        _flush(fd, pending, block=False)
         hi = lo
+    _flush(fd, pending, block=True)
 
 
 def _safe(func: Func[T], item: T) -> Any:
@@ -233,8 +307,18 @@ def _marshallable(result: Any) -> Any:
     return result
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)  # BrokenPipeError once the parent closed: the child ends
-        view = view[written:]
+def _flush(fd: int, pending: collections.deque[memoryview], *, block: bool) -> None:
+    """Write what is pending, in order: all of it (``block``), or what the pipe takes now."""
+    while pending:
+        try:
+            # BrokenPipeError once the parent closed: the child ends.
+            written = os.write(fd, pending[0])
+        except BlockingIOError:
+            if not block:
+                return
+            select.select([], [fd], [])
+            continue
+        if written == len(pending[0]):
+            pending.popleft()
+        else:
+            pending[0] = pending[0][written:]

@@ -210,6 +210,9 @@ def up(
     log_format: str,
 ) -> None:
     """Run the control plane and every component in one process (the embedded default)."""
+    from mesh.control import early
+
+    early.start(manifest_dir)  # the second core parses while the rest is imported and built
     from mesh.run import PlaneOptions, run_up, run_up_netns
 
     setup_logs(log_level, log_format)
@@ -314,6 +317,9 @@ def control(
     log_format: str,
 ) -> None:
     """Run the control plane alone, serving the config stream to components."""
+    from mesh.control import early
+
+    early.start(manifest_dir)  # the second core parses while the rest is imported and built
     from mesh.run import PlaneOptions, run_control
 
     setup_logs(log_level, log_format)

@@ -215,3 +215,48 @@ def test_the_source_loads_a_big_directory_as_before(tmp_path: Path) -> None:
     assert sorted(o.key for o in store.snapshot().list("Pod")) == sorted(
         o.key for o in load_text(text, "x").objects
     )
+
+
+def test_the_child_computes_on_while_the_parent_reads_nothing(tmp_path: Path) -> None:
+    """Three megabytes of results, more than the pipe holds: the child still reaches the
+    first item (its last) before the parent has read a byte, then all of it arrives."""
+    done = tmp_path / "done"
+
+    def big(i: int) -> list[str]:
+        if i == 0:
+            done.touch()
+        return [str(i) * 1000]
+
+    items = list(range(3000))
+    with Ahead(items, big, cores=2, min_items=1) as ahead:
+        deadline = time.monotonic() + 30
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert done.exists()
+        got = [ahead.take(i, wait=True) for i in items]
+    assert got == [big(i) for i in items]
+
+
+def test_the_child_stops_where_the_parent_has_got_to(tmp_path: Path) -> None:
+    """The parent going forwards past the child's next batch: the child computes no more
+    (each computation leaves a byte in a file, so the work is counted, not timed)."""
+    log = tmp_path / "computed"
+
+    def counted(i: int) -> list[int]:
+        with open(log, "ab") as f:
+            f.write(b".")
+        time.sleep(0.002)
+        return [i]
+
+    items = list(range(2000))
+    with Ahead(items, counted, cores=2, min_items=1) as ahead:
+        assert ahead.take(len(items) - 1, wait=True) == [len(items) - 1]  # it has started
+        for i in items:  # the parent goes through everything itself, forwards
+            ahead.take(i)
+        deadline = time.monotonic() + 20
+        while ahead.pid in children() and time.monotonic() < deadline:
+            with open(f"/proc/{ahead.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+    assert log.stat().st_size <= 3 * ahead_module.BATCH  # not the 2,000 items

@@ -145,7 +145,7 @@ def test_manifests_read_the_same_through_either_path(monkeypatch: pytest.MonkeyP
     text = TAKEN[0] + "---\n" + pod + "---\nkind: Service\nmetadata: {name: bad}\nspec: {}\n"
     assert plain_documents(text, _plain_scalar) is not None
     fast = load_text(text, "x.yaml")
-    monkeypatch.setattr("mesh.manifests.plain_documents", lambda text, scalar, first: None)
+    monkeypatch.setattr("mesh.yaml_load.plain_documents", lambda text, scalar, first: None)
     slow = load_text(text, "x.yaml")
     assert len(fast.objects) == 2 and len(fast.errors) == 1
     assert fast.errors == slow.errors
