@@ -50,6 +50,7 @@ from mesh.http.filters import (
     redirect_location,
     rewrite_path,
 )
+from mesh.http.normpath import normalize_path
 from mesh.http.routes import PREFIX, CompiledRoutes, Entry, find, normalize_host
 from mesh.http.split import choose, parse_cookies, pinned_endpoint
 
@@ -212,6 +213,11 @@ def plan(
     if not target.startswith("/"):
         target = _origin_form(target)
     path, _, query = target.partition("?")
+    normal = normalize_path(path)
+    if normal is not path:
+        # Decide on, and forward, the normalised path (mesh/http/normpath.py says why).
+        path = normal
+        target = f"{path}?{query}" if query else path
     host = normalize_host(head.host)
     entry = find(table, host, path, head.method, head.headers, query)
     if entry is None:

@@ -360,3 +360,29 @@ async def test_redirects_carry_their_own_reason_phrase(nursery: trio.Nursery) ->
         assert out.startswith("HTTP/1.1 301 Moved Permanently\r\n")
         _, out = await curl("-i", "-H", "Host: tmp.example.com", base)
         assert out.startswith("HTTP/1.1 307 Temporary Redirect\r\n")
+
+
+async def test_curl_cannot_dodge_a_guarded_path_by_spelling_it_differently(
+    nursery: trio.Nursery,
+) -> None:
+    """The allow list of ``/admin`` holds for ``//admin``, ``/x/../admin`` and ``/%61dmin``
+    sent as is (curl --path-as-is), and the open route's backend gets the normalised path."""
+    with echo_servers("web", "admin") as up:
+        guarded = {"whitelist-source-range": "10.0.0.0/8"}
+        config = served(
+            backend("web", up["web"]),
+            backend("admin", up["admin"]),
+            ingress("open", "sec.example.com", path("/", "web")),
+            ingress("adm", "sec.example.com", path("/admin", "admin"), annotations=guarded),
+        )
+        gw = await start_gateway(nursery, config)
+        base = f"http://127.0.0.1:{gw.port}"
+        for spelled in ("/admin", "//admin", "/x/../admin", "/%61dmin", "/%2e%2e/admin/"):
+            _, out = await curl(
+                "--path-as-is", "-i", "-H", "Host: sec.example.com", f"{base}{spelled}"
+            )
+            assert out.startswith("HTTP/1.1 403"), (spelled, out[:200])
+            assert "x-mesh-reason: denied" in out
+        _, out = await curl("--path-as-is", "-H", "Host: sec.example.com", f"{base}/a//b/../c")
+        echoed = json.loads(out)
+        assert (echoed["name"], echoed["path"]) == ("web", "/a/c")

@@ -296,3 +296,21 @@ def test_head_from_wire() -> None:
     assert "x-a" in h.headers and "x-b" not in h.headers and len(h.headers) == 3
     routes = compiled([route("r", hosts=("example.com",))])
     assert outcome(run(routes, h)) == "r"
+
+
+def test_routes_and_forwards_the_normalised_path() -> None:
+    """``//admin``, ``/x/../admin`` and ``/%61dmin`` are ``/admin``: its allow list applies,
+    and the backend gets the path the decision was made on."""
+    routes = compiled(
+        [
+            route("admin", "/admin", policy=Policy(allow_sources=("10.0.0.0/8",))),
+            route("open", "/"),
+        ]
+    )
+    for target in ("/admin", "//admin", "/x/../admin", "/%61dmin", "/./admin/", "/%2e%2e/admin"):
+        assert outcome(run(routes, head(target, client="127.0.0.5"))) == "403 denied", target
+    assert forward(run(routes, head("//admin/a", client="10.1.2.3"))).target == "/admin/a"
+    fwd = forward(run(routes, head("/a//b/../c?q=/../x", client="127.0.0.5")))
+    assert (fwd.route.name, fwd.target) == ("open", "/a/c?q=/../x")  # the query is not a path
+    fwd = forward(run(routes, head("/plain?x=1", client="127.0.0.5")))
+    assert fwd.target == "/plain?x=1"
