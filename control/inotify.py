@@ -19,6 +19,7 @@ import os
 import struct
 from pathlib import Path
 
+IN_MODIFY = 0x00000002
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
@@ -31,7 +32,8 @@ IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
 MASK = (
-    IN_CLOSE_WRITE
+    IN_MODIFY
+    | IN_CLOSE_WRITE
     | IN_MOVED_FROM
     | IN_MOVED_TO
     | IN_CREATE
@@ -49,6 +51,9 @@ class Watch:
         self.fd = fd
         self._libc = libc
         self._dirs: dict[int, Path] = {}
+        # Files written to and not yet closed: a writer is still at work (``cat a b > f``,
+        # ``helm template > f``), so what is on disk may be a part of the file.
+        self.writing: set[str] = set()
 
     def add_tree(self, root: Path) -> None:
         if root.is_dir():
@@ -84,6 +89,12 @@ class Watch:
                 offset += _HEADER.size + length
                 count += 1
                 parent = self._dirs.get(wd)
+                if parent is not None and not mask & IN_ISDIR and name:
+                    path = str(parent / os.fsdecode(name))
+                    if mask & IN_MODIFY:
+                        self.writing.add(path)
+                    elif mask & (IN_CLOSE_WRITE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO):
+                        self.writing.discard(path)
                 if mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO) and parent is not None:
                     child = parent / os.fsdecode(name)
                     if not child.name.startswith("."):

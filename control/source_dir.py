@@ -3,9 +3,11 @@
 Every ``*.yaml``, ``*.yml`` and ``*.json`` file under a directory (recursively; hidden
 files and directories are skipped, as are the ``..data`` links of a mounted ConfigMap) is
 loaded and its objects applied to the store; a file given by name is read whatever its
-name, and several files and directories may be given (kubectl's ``-f`` repeated). On Linux, inotify wakes the source as soon as a
-write to a file is finished (control/inotify.py); the directory is also polled, so a
-created, changed or deleted file is picked up within one poll interval where no event comes.
+name, and several files and directories may be given (kubectl's ``-f`` repeated). On Linux,
+inotify wakes the source as soon as a write to a file is finished (control/inotify.py), and a
+file a writer still has open (``helm template > dir/all.yaml`` part way) is not read until it
+is closed (for at most HOLD_MAX_S); the directory is also polled, so a created, changed or
+deleted file is picked up within one poll interval where no event comes.
 
 Rules, chosen to match ``kubectl apply`` against an API server:
 
@@ -52,6 +54,8 @@ from mesh.objects import KubeObject
 log = logging.getLogger("mesh.control.source")
 
 RACY_NS = 2_000_000_000
+# How long a file a writer keeps open is left unread before it is read as it stands.
+HOLD_MAX_S = 10.0
 
 
 def _describe(key: Key) -> str:
@@ -270,6 +274,7 @@ class DirSource:
         self._digests: dict[str, bytes] = {}
         self._documents: dict[str, DocumentCache] = {}
         self._dup_warnings: list[str] = []
+        self._held: dict[str, float] = {}  # file -> when it was first held (see _hold)
 
     @property
     def errors(self) -> list[ManifestError]:
@@ -298,14 +303,15 @@ class DirSource:
                     with trio.move_on_after(self.poll_interval):
                         await trio.lowlevel.wait_readable(watch.fd)
                     watch.drain()
-                await self.poll()
+                await self.poll(frozenset(watch.writing) if watch is not None else frozenset())
         finally:
             if watch is not None:
                 watch.close()
 
-    async def poll(self) -> bool:
-        """Look at the disk once; apply what changed. Returns whether anything did."""
-        changes = await trio.to_thread.run_sync(self._read_changes)
+    async def poll(self, writing: frozenset[str] = frozenset()) -> bool:
+        """Look at the disk once; apply what changed. Returns whether anything did.
+        ``writing``: files a writer still has open (inotify), left for a later look."""
+        changes = await trio.to_thread.run_sync(self._read_changes, writing)
         return self._apply_changes(changes)
 
     def sync_once(self) -> bool:
@@ -328,8 +334,9 @@ class DirSource:
         self.sync(hint)
         return True
 
-    def _read_changes(self) -> dict[str, LoadResult | None]:
+    def _read_changes(self, writing: frozenset[str] = frozenset()) -> dict[str, LoadResult | None]:
         stamps = scan_all(self.roots)
+        held = self._hold(stamps, writing)
         changes: dict[str, LoadResult | None] = {
             name: None for name in self._stamps if name not in stamps
         }
@@ -340,7 +347,7 @@ class DirSource:
         for name, stamp in stamps.items():
             # A file written twice within the clock's granularity keeps its stamp: while
             # its mtime is recent, compare contents too (git's "racy" entries).
-            if self._stamps.get(name) == stamp and stamp[2] < recent:
+            if (self._stamps.get(name) == stamp and stamp[2] < recent) or name in held:
                 continue
             data = _read(name)
             raw = data if isinstance(data, bytes) else repr(data).encode()
@@ -351,9 +358,27 @@ class DirSource:
             cache = self._documents.setdefault(name, DocumentCache())
             cache.early = early.adopt(name, digest)  # parsed since the command started
             changes[name] = parse_manifest(name, data, cache)
+        for name in held:  # looked at again once the writer closes it
+            if name in self._stamps:
+                stamps[name] = self._stamps[name]
+            else:
+                del stamps[name]
         self._stamps = stamps
         early.drop()  # those of files not read (gone, unreadable): nobody takes them
         return changes
+
+    def _hold(self, stamps: dict[str, Stamp], writing: frozenset[str]) -> set[str]:
+        """The changed files not to read yet: those a writer still has open, for at most
+        HOLD_MAX_S (a writer that never closes, a file system whose events are lost)."""
+        now = time.monotonic()
+        held = set()
+        for name in writing & stamps.keys():
+            changed = self._stamps.get(name) != stamps[name]
+            if changed and now - self._held.setdefault(name, now) < HOLD_MAX_S:
+                held.add(name)
+        for name in [n for n in self._held if n not in held]:
+            del self._held[name]
+        return held
 
     def _take(self, name: str, result: LoadResult) -> None:
         state = self.files.update(name, result)

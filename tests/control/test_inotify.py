@@ -54,3 +54,54 @@ def test_a_single_file_is_watched_through_its_directory(tmp_path: Path) -> None:
         assert watch.drain() >= 2  # the new file closed after writing, then moved in
     finally:
         watch.close()
+
+
+SVC = "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{ports: [{{port: 80}}]}}\n"
+
+
+async def test_a_file_still_being_written_is_read_once_it_is_closed(tmp_path: Path) -> None:
+    """A writer that pauses part way (``{ head; sleep; tail; } > f``) does not make the
+    objects after the pause vanish, nor a half document fail: the old version stays until
+    the writer closes the file, then the new one applies whole."""
+    path = tmp_path / "app.yaml"
+    path.write_text(SVC.format(name="one") + SVC.format(name="two"))
+    store = Store()
+    source = DirSource(tmp_path, store, poll_interval=0.05)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(source.run)
+        assert store.get("Service", "default", "two") is not None
+        with path.open("w") as f:
+            f.write(SVC.format(name="one") + SVC.format(name="three")[:40])  # part way
+            f.flush()
+            await trio.sleep(0.5)  # ten polls, each woken by the write's event or the clock
+            assert store.get("Service", "default", "two") is not None
+            assert store.get("Service", "default", "three") is None
+            assert source.errors == []
+            f.write(SVC.format(name="three")[40:])
+        with trio.fail_after(5):
+            while store.get("Service", "default", "three") is None:
+                await store.wait_for_change(store.revision)
+        assert store.get("Service", "default", "two") is None
+        assert source.errors == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_writer_that_never_closes_is_read_after_the_hold(tmp_path: Path) -> None:
+    import mesh.control.source_dir as source_dir
+
+    path = tmp_path / "app.yaml"
+    store = Store()
+    source = DirSource(tmp_path, store, poll_interval=0.05)
+    hold, source_dir.HOLD_MAX_S = source_dir.HOLD_MAX_S, 0.3
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(source.run)
+            with path.open("w") as f:
+                f.write(SVC.format(name="open"))
+                f.flush()
+                with trio.fail_after(5):
+                    while store.get("Service", "default", "open") is None:
+                        await store.wait_for_change(store.revision)
+            nursery.cancel_scope.cancel()
+    finally:
+        source_dir.HOLD_MAX_S = hold
