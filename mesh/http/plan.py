@@ -214,7 +214,11 @@ def plan(
         target = _origin_form(target)
     path, _, query = target.partition("?")
     normal = normalize_path(path)
-    if normal is not path:
+    if target == "*":
+        # ``OPTIONS *`` (asterisk form, RFC 9112 section 3.2.4): routed as the host's root,
+        # forwarded as asked (the server as a whole, not its root resource).
+        path = "/"
+    elif normal is not path:
         # Decide on, and forward, the normalised path (mesh/http/normpath.py says why).
         path = normal
         target = f"{path}?{query}" if query else path
@@ -347,6 +351,8 @@ def _choose(
 
 def _origin_form(target: str) -> str:
     # absolute-form "http://host/path?q" (RFC 9112 section 3.2.2): keep "/path?q"
+    if target == "*":
+        return target
     scheme_end = target.find("://")
     if scheme_end < 0:
         return "/"

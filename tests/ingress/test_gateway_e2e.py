@@ -386,3 +386,8 @@ async def test_curl_cannot_dodge_a_guarded_path_by_spelling_it_differently(
         _, out = await curl("--path-as-is", "-H", "Host: sec.example.com", f"{base}/a//b/../c")
         echoed = json.loads(out)
         assert (echoed["name"], echoed["path"]) == ("web", "/a/c")
+        _, out = await curl(
+            "-X", "OPTIONS", "--request-target", "*", "-H", "Host: sec.example.com", base
+        )
+        echoed = json.loads(out)
+        assert (echoed["name"], echoed["method"], echoed["path"]) == ("web", "OPTIONS", "*")

@@ -314,3 +314,9 @@ def test_routes_and_forwards_the_normalised_path() -> None:
     assert (fwd.route.name, fwd.target) == ("open", "/a/c?q=/../x")  # the query is not a path
     fwd = forward(run(routes, head("/plain?x=1", client="127.0.0.5")))
     assert fwd.target == "/plain?x=1"
+
+
+def test_options_asterisk_is_routed_as_the_root_and_forwarded_as_asked() -> None:
+    routes = compiled([route("root", "/", "Exact"), route("api", "/api")])
+    fwd = forward(run(routes, head("*", method="OPTIONS")))
+    assert (fwd.route.name, fwd.target) == ("root", "*")
