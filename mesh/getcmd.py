@@ -97,7 +97,13 @@ def render(kind: str, items: list[Obj], output: str, *, single: bool, table: Any
     default="",
     help="Label selector: k=v, k!=v, 'k in (a,b)', 'k notin (a)', k, !k; comma = and.",
 )
-@click.option("-o", "--output", default="", type=click.Choice(["", "wide", "json", "yaml", "name"]))
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    type=click.Choice(["wide", "json", "yaml", "name"]),
+    help="Output format (default: a table).",
+)
 @click.option("-w", "--watch", is_flag=True, help="After listing, print changes as they come.")
 @click.option(
     "--control",
@@ -112,7 +118,7 @@ def get(
     namespace: str | None,
     all_namespaces: bool,
     selector: str,
-    output: str,
+    output: str | None,
     watch: bool,
     control_url: str,
 ) -> None:
@@ -122,6 +128,7 @@ def get(
     from mesh.printing import CLUSTER_SCOPED, PLURAL, Table
     from mesh.selectors import parse_selector
 
+    output = output or ""  # the table
     try:
         kind, names = parse_targets(targets)
     except ValueError as exc:
@@ -195,6 +202,9 @@ def _follow(
     def broken(reason: str) -> None:
         click.echo(f"cannot reach the control plane at {control_url}: {reason}; retrying", err=True)
 
+    def resumed() -> None:
+        click.echo(f"the control plane at {control_url} answers again; watching", err=True)
+
     known = {key_of(o): o for o in shown}
 
     def keep(obj: Obj) -> bool:
@@ -202,7 +212,13 @@ def _follow(
 
     try:
         for obj in follow(
-            known, version, watch, lambda: _list(control_url, kind, ns), keep=keep, broken=broken
+            known,
+            version,
+            watch,
+            lambda: _list(control_url, kind, ns),
+            keep=keep,
+            broken=broken,
+            resumed=resumed,
         ):
             table.now = time.time()
             if output in ("", "wide"):

@@ -54,13 +54,14 @@ def follow(
     *,
     keep: Callable[[Obj], bool] = lambda _: True,
     broken: Callable[[str], None] = lambda _: None,
+    resumed: Callable[[], None] = lambda: None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> Generator[Obj, None, None]:
     """Objects to print, forever: the watch's from ``version``, then after each break what
     a re-list shows changed (:func:`relisted`). ``shown`` holds what was printed (the
     first listing). ``broken`` hears, once per outage, why the control plane cannot be
-    listed; re-lists are retried with a growing pause, and so are watches that end at once
+    listed, and ``resumed`` when it answers again; re-lists are retried with a growing pause, and so are watches that end at once
     (a server that closes every stream must not be listed in a tight loop). WrongServer and
     KeyboardInterrupt pass through."""
     from mesh.inspect import WrongServer
@@ -87,6 +88,8 @@ def follow(
         for attempt in itertools.count():  # until it answers (Ctrl-C ends the command)
             try:
                 items, version = relist()
+                if attempt:
+                    resumed()
                 break
             except WrongServer:
                 raise

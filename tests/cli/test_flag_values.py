@@ -111,7 +111,7 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("up", "--upstream-policy", "fastest", "'fastest' is not one of 'random', 'round_robin', 'sequential'."),
     ("dns", "--upstream-policy", "rr", "'rr' is not one of 'random', 'round_robin', 'sequential'."),
     ("proxy", "--mode", "ipvs", "'ipvs' is not one of 'userspace', 'nftables'."),
-    ("get", "--output", "table", "'table' is not one of '', 'wide', 'json', 'yaml', 'name'."),
+    ("get", "--output", "table", "'table' is not one of 'wide', 'json', 'yaml', 'name'."),
     ("up", "--log-level", "trace", f"'trace' is not one of {LEVELS}."),
     ("control", "--log-level", "warn", f"'warn' is not one of {LEVELS}."),
     ("dns", "--log-level", "all", f"'all' is not one of {LEVELS}."),

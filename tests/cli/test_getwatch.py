@@ -89,6 +89,7 @@ class Fake:
             self.watch,
             self.relist,
             broken=self.said.append,
+            resumed=lambda: self.said.append("resumed"),
             sleep=self.sleep,
             clock=lambda: self.now,
             **kw,
@@ -123,7 +124,7 @@ def test_an_unreachable_plane_is_said_once_and_retried_with_growing_pauses() -> 
         lists=[down, down, down, down, down, ([obj("a")], "9")],
     )
     assert fake.run(shown(obj("a")), 1) == ["b"]
-    assert fake.said == ["Connection refused"]
+    assert fake.said == ["Connection refused", "resumed"]
     assert fake.slept == [0.5, 1.0, 2.0, 5.0, 5.0]
 
 
