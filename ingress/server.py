@@ -158,8 +158,8 @@ class GatewayServer(HttpServer):
                 metrics.closed(self.listener)
 
     async def _reject(self, sock: Any, err: HttpError) -> None:
-        """A head refused before routing (malformed, too large, too slow, CONNECT, TRACE) is counted
-        with its reason too: no route, no backend."""
+        """A head refused before routing (malformed, too large, too slow, CONNECT, TRACE) is
+        counted with its reason too: no route, no backend."""
         sent = sock.sent
         await super()._reject(sock, err)
         t = self.telemetry

@@ -13,7 +13,8 @@ Timeouts (``Limits``): an idle keep-alive connection is closed silently after
 ``body_timeout`` (else 408, and the upstream request is aborted).
 
 CONNECT and TRACE are refused (405 ``method-not-allowed``, connection closed): a reverse
-proxy opens no tunnel to where a client says, and echoes no request (cross-site tracing). Malformed requests get the codec's status (400, 431, 501, 505) with ``x-mesh-reason`` and a
+proxy opens no tunnel to where a client says, and echoes no request (cross-site tracing).
+Malformed requests get the codec's status (400, 431, 501, 505) with ``x-mesh-reason`` and a
 closed connection; as they fail while the head is parsed, before routing, none of their bytes
 reach an upstream. Every response the engine makes itself is counted by reason
 (``self.reasons``, the metric label).
