@@ -40,11 +40,13 @@ from typing import Any
 
 import trio
 
-from mesh.http.pool import DEADLINES, close
+from mesh.http.pool import DEADLINES, Timeout, close
 from mesh.http.upstream_tls import TlsSocket
 from mesh.tls.session import TlsError, TlsSession
 
 _RECV = 65536
+# How long a failed handshake waits to get its alert to the client and the client's close.
+ALERT_LINGER = 2.0
 
 
 class Refused(Exception):
@@ -123,6 +125,7 @@ async def handshake(
         raise
     conn = TlsSocket(sock, session)
     early = b""
+    said = False  # the alert was written and the socket closed in order
     try:
         while True:
             conn._out += session.data_to_send()
@@ -143,8 +146,36 @@ async def handshake(
                 early = session.receive_data(data)
             except TlsError as exc:
                 conn._out += session.data_to_send()  # the alert that tells the client why
-                conn._flush()
+                said = True
+                await _tell_and_close(conn, deadline)
                 raise ConnectionResetError(errno.EPROTO, str(exc)) from None
     except BaseException:
-        close(conn, reset=True)
+        if not said:
+            close(conn, reset=True)
         raise
+
+
+async def _tell_and_close(conn: TlsSocket, deadline: float) -> None:
+    """Write the alert, then the FIN, then read and drop what the client still sends until
+    it closes too, at most ``ALERT_LINGER`` seconds (within the handshake's deadline); then
+    close. A reset instead (or closing with unread bytes, which makes the kernel send one,
+    RFC 2525 section 2.17) may reach the client before it read the alert, and a client's TCP
+    may drop received data on a reset: it would never learn why (nginx's lingering close)."""
+    until = min(deadline, trio.current_time() + ALERT_LINGER)
+    try:
+        while conn._out:
+            conn._flush()
+            if conn._out:
+                await DEADLINES.wait(conn, math.inf, until, True)
+        socket.socket.shutdown(conn, socket.SHUT_WR)
+        while True:
+            try:
+                if not socket.socket.recv(conn, _RECV):
+                    break
+            except BlockingIOError:
+                await DEADLINES.wait(conn, math.inf, until, False)
+    except (OSError, Timeout):
+        pass  # the client went away, or took too long: nothing more is owed
+    finally:
+        conn._abort = True  # no close_notify: the handshake never finished
+        close(conn)

@@ -17,7 +17,7 @@ keep the connection or not. This subclass changes two steps of it:
   background (mesh.ingress.mirror); limit-connections counts requests in flight per route and
   client address; then one access-log record, one metrics sample and,
   when sampled, one span.
-- ``_reject``: a head refused before routing (malformed, too large, too slow, CONNECT) gets
+- ``_reject``: a head refused before routing (malformed, too large, too slow, CONNECT, TRACE) gets
   its access-log record and metrics sample too, with no route, method or path.
 """
 
@@ -158,8 +158,8 @@ class GatewayServer(HttpServer):
                 metrics.closed(self.listener)
 
     async def _reject(self, sock: Any, err: HttpError) -> None:
-        """A head refused before routing (malformed, too large, too slow, CONNECT) is counted
-        with its reason too: no route, no backend."""
+        """A head refused before routing (malformed, too large, too slow, CONNECT, TRACE) is
+        counted with its reason too: no route, no backend."""
         sent = sock.sent
         await super()._reject(sock, err)
         t = self.telemetry

@@ -38,6 +38,7 @@ from mesh.cliopts import (
     announce,
     box_option,
     forward_options,
+    gateway_limits,
     gateway_options,
     log_options,
     setup_logs,
@@ -228,6 +229,7 @@ def up(
                 access_log=access_log,
                 otlp_endpoint=otlp_endpoint,
                 trace_sample_ratio=trace_sample_ratio,
+                limits=gateway_limits(),
             )
         run_up_netns(
             options=PlaneOptions(
@@ -256,7 +258,12 @@ def up(
         from mesh.components import make_gateway
 
         gateway = make_gateway(
-            gateway_listen, gateway_tls_listen, access_log, otlp_endpoint, trace_sample_ratio
+            gateway_listen,
+            gateway_tls_listen,
+            access_log,
+            otlp_endpoint,
+            trace_sample_ratio,
+            limits=gateway_limits(),
         )
     run_up(
         options=PlaneOptions(

@@ -133,6 +133,22 @@ def upstreams_of(upstreams: Sequence[Address], no_forward: bool) -> list[Address
     return list(upstreams) or None
 
 
+def _store_gateway(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """The gateway's proxy-header settings travel in the context, as the forwarding ones."""
+    ctx.meta.setdefault("mesh.gateway.limits", {})[param.name] = value
+
+
+def gateway_limits() -> Any:
+    """The engine ``Limits`` the gateway flags of the running command describe."""
+    from mesh.http.server import Limits
+
+    given = click.get_current_context().meta.get("mesh.gateway.limits", {})
+    return Limits(
+        trust_downstream=given.get("trust_downstream", "drop") == "trust",
+        forwarded=bool(given.get("forwarded", False)),
+    )
+
+
 def gateway_options(f: Any) -> Any:
     """The ingress gateway's flags, shared by ``mesh ingress`` and ``mesh up``."""
     for option in reversed(
@@ -150,6 +166,29 @@ def gateway_options(f: Any) -> Any:
                 show_default=True,
                 type=ADDRESS,
                 help="Where the gateway serves Ingress over TLS (certificates by SNI).",
+            ),
+            click.option(
+                "--client-forwarded-headers",
+                "trust_downstream",
+                default="drop",
+                show_default=True,
+                type=click.Choice(["drop", "trust"]),
+                expose_value=False,
+                callback=_store_gateway,
+                help="What the gateway does with X-Forwarded-* and Forwarded sent by a client. "
+                "drop (the edge): they are removed, X-Forwarded-For is the peer's address; "
+                "trust (behind a proxy you run): they are kept and the peer's address is "
+                "appended to X-Forwarded-For (ingress-nginx use-forwarded-headers with "
+                "compute-full-forwarded-for).",
+            ),
+            click.option(
+                "--forwarded-header/--no-forwarded-header",
+                "forwarded",
+                default=False,
+                show_default=True,
+                expose_value=False,
+                callback=_store_gateway,
+                help="Also send the upstream an RFC 7239 Forwarded field (for, proto, host).",
             ),
             click.option(
                 "--access-log",

@@ -24,6 +24,7 @@ from mesh.cliopts import (
     announce,
     check_source,
     forward_options,
+    gateway_limits,
     gateway_options,
     log_options,
     setup_logs,
@@ -268,6 +269,7 @@ def make_gateway(
     otlp_endpoint: str | None,
     trace_sample_ratio: float,
     netns: str | None = None,
+    limits: Any = None,
 ) -> Any:
     """The gateway component as the flags of ``mesh ingress`` and ``mesh up`` describe it;
     ``netns``: it runs in that network namespace (the cluster in a box's node)."""
@@ -280,7 +282,9 @@ def make_gateway(
         )
     except OSError as exc:
         raise click.ClickException(f"cannot open the access log {access_log}: {exc}") from None
-    return IngressGateway(gateway_listen, gateway_tls_listen, telemetry=telemetry, netns=netns)
+    return IngressGateway(
+        gateway_listen, gateway_tls_listen, telemetry=telemetry, netns=netns, limits=limits
+    )
 
 
 @click.command("ingress")
@@ -307,7 +311,12 @@ def ingress_command(
     check_source(control_url, config_file)
     setup_logs(log_level, log_format)
     gateway = make_gateway(
-        gateway_listen, gateway_tls_listen, access_log, otlp_endpoint, trace_sample_ratio
+        gateway_listen,
+        gateway_tls_listen,
+        access_log,
+        otlp_endpoint,
+        trace_sample_ratio,
+        limits=gateway_limits(),
     )
 
     def announce_all(what: str, address: Address) -> None:

@@ -36,12 +36,15 @@ STATUS: Final[dict[str, int]] = {
     "request-timeout": 408,
     "expectation-failed": 417,  # an Expect other than 100-continue (RFC 9110 section 10.1.1)
     "upstream-tls-failure": 502,  # the TLS handshake with the backend failed (re-encryption)
-    # CONNECT: a reverse proxy opens no tunnel to a place the client names (as nginx, 405)
+    # CONNECT: a reverse proxy opens no tunnel to a place the client names; TRACE: no echo
+    # of a request's credentials (cross-site tracing); nginx answers 405 to both
     "method-not-allowed": 405,
 }
 
-# RFC 9110 section 15.5.6: a 405 lists what is served. Every method is forwarded but CONNECT.
-ALLOW: Final = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"
+# Methods the engine answers 405 itself, never forwarded (mesh.http.server says why).
+REFUSED_METHODS: Final = frozenset({b"CONNECT", b"TRACE"})
+# RFC 9110 section 15.5.6: a 405 lists what is served: every method but those.
+ALLOW: Final = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
 
 
 class ProtocolError(Exception):

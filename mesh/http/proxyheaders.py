@@ -81,6 +81,7 @@ def request_fields(
     out: list[tuple[bytes, bytes]] = []
     connection: list[bytes] = []
     prior_for: list[bytes] = []
+    claimed: set[bytes] = set()  # forwarding fields a trusted downstream sent (kept as sent)
     orig_host = b""
     rid = b""
     for field in headers:
@@ -97,6 +98,7 @@ def request_fields(
                 if name == b"x-forwarded-for":
                     prior_for.append(field[1])
                     continue
+                claimed.add(name)
                 out.append(field)
             continue
         if name == b"host":
@@ -114,10 +116,12 @@ def request_fields(
         out.append((b"host", host))
     client = peer.address.encode()
     out.append((b"x-forwarded-for", b", ".join([*prior_for, client]) if prior_for else client))
-    if not trust_downstream:
+    # A trusted downstream's own values win (it saw the client); what it did not say, we do.
+    if b"x-forwarded-proto" not in claimed:
         out.append((b"x-forwarded-proto", peer.scheme))
-        if orig_host:
-            out.append((b"x-forwarded-host", orig_host))
+    if orig_host and b"x-forwarded-host" not in claimed:
+        out.append((b"x-forwarded-host", orig_host))
+    if b"x-forwarded-port" not in claimed:
         out.append((b"x-forwarded-port", b"%d" % peer.local_port))
     if forwarded:
         node = b'"[%s]"' % client if b":" in client else client

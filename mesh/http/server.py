@@ -12,8 +12,9 @@ Timeouts (``Limits``): an idle keep-alive connection is closed silently after
 ``header_timeout`` (else 408 ``request-timeout``); each read of a request body must come within
 ``body_timeout`` (else 408, and the upstream request is aborted).
 
-CONNECT is refused (405 ``method-not-allowed``, connection closed): a reverse proxy opens no
-tunnel to where a client says. Malformed requests get the codec's status (400, 431, 501, 505) with ``x-mesh-reason`` and a
+CONNECT and TRACE are refused (405 ``method-not-allowed``, connection closed): a reverse
+proxy opens no tunnel to where a client says, and echoes no request (cross-site tracing).
+Malformed requests get the codec's status (400, 431, 501, 505) with ``x-mesh-reason`` and a
 closed connection; as they fail while the head is parsed, before routing, none of their bytes
 reach an upstream. Every response the engine makes itself is counted by reason
 (``self.reasons``, the metric label).
@@ -35,7 +36,14 @@ import trio
 
 from mesh.http import reactor
 from mesh.http.decision import Peer, Respond, Router
-from mesh.http.errors import DownstreamError, HttpError, ProtocolError, error_response, phrase
+from mesh.http.errors import (
+    REFUSED_METHODS,
+    DownstreamError,
+    HttpError,
+    ProtocolError,
+    error_response,
+    phrase,
+)
 from mesh.http.events import CLOSED, NEED_DATA, Request
 from mesh.http.forward import Abort, HandedOff, forward
 from mesh.http.h1 import MAX_FIELDS, MAX_HEAD, Reader, response_head
@@ -174,11 +182,16 @@ class HttpServer:
                     req = await self._read_head(sock, reader)
                 if req is None:
                     return
-                if req.method == b"CONNECT":
-                    # A reverse proxy tunnels nowhere a client names (RFC 9110 section 9.3.6
-                    # lets a server refuse; nginx answers 405). Closed after: the client may
-                    # already be sending what it meant for the tunnel.
-                    err = DownstreamError("method-not-allowed", "CONNECT is not served here")
+                if req.method in REFUSED_METHODS:
+                    # CONNECT: a reverse proxy tunnels nowhere a client names (RFC 9110
+                    # section 9.3.6 lets a server refuse; nginx answers 405). TRACE: an
+                    # upstream's echo of the request would hand a page's script the cookies
+                    # and credentials it may not read (cross-site tracing; nginx answers 405).
+                    # Closed after: the client may already be sending what it meant for the
+                    # tunnel, and a TRACE has no content to wait for (section 9.3.8).
+                    err = DownstreamError(
+                        "method-not-allowed", f"{req.method.decode()} is not served here"
+                    )
                     await self._reject(sock, err)
                     return
                 if not await self._handle(sock, reader, req, peer):

@@ -128,6 +128,8 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("dns", "--config", "/nonexistent.json", "File '/nonexistent.json' does not exist."),
     ("proxy", "--config", "/", "File '/' is a directory."),
     ("ingress", "--config", "/nonexistent.yaml", "File '/nonexistent.yaml' does not exist."),
+    ("up", "--client-forwarded-headers", "yes", "'yes' is not one of 'drop', 'trust'."),
+    ("ingress", "--client-forwarded-headers", "append", "'append' is not one of 'drop', 'trust'."),
     ("up", "--access-log", "/", "File '/' is a directory."),
     ("ingress", "--access-log", "/", "File '/' is a directory."),
 ]  # fmt: skip

@@ -162,3 +162,17 @@ def test_header_edits() -> None:
     got = edits.apply([(b"x-a", b"old"), (b"x-a", b"old2"), (b"x-b", b"1"), (b"x-c", b"gone")])
     assert got == [(b"x-b", b"1"), (b"x-a", b"new"), (b"x-b", b"2")]
     assert not HeaderEdits()
+
+
+def test_request_fields_trusted_downstream_fills_in_what_it_did_not_say() -> None:
+    said = ((b"host", b"a"), (b"x-forwarded-proto", b"https"), (b"x-forwarded-port", b"443"))
+    out, _ = request_fields(said, PEER, trust_downstream=True)
+    assert [f for f in out if f[0].startswith(b"x-forwarded-")] == [
+        (b"x-forwarded-proto", b"https"),  # the trusted proxy's word, kept
+        (b"x-forwarded-port", b"443"),
+        (b"x-forwarded-for", b"192.0.2.7"),
+        (b"x-forwarded-host", b"a"),  # not said: ours
+    ]
+    silent, _ = request_fields(((b"host", b"a"),), PEER, trust_downstream=True)
+    names = [n for n, _ in silent]
+    assert names.count(b"x-forwarded-proto") == names.count(b"x-forwarded-port") == 1

@@ -1,10 +1,12 @@
-"""CONNECT at the gateway: a reverse proxy opens no tunnel to where a client says.
+"""CONNECT and TRACE at the gateway: a reverse proxy opens no tunnel to where a client says,
+and echoes no request back (TRACE would hand a page's script the cookies and credentials it may
+not read: cross-site tracing; nginx answers 405).
 
 RFC 9112 section 3.2.3: CONNECT takes the authority-form (``host:port``) and only CONNECT
 does, so ``CONNECT / HTTP/1.1`` is malformed (400). A well-formed CONNECT is refused with 405
 and an ``allow`` field (RFC 9110 section 15.5.6; nginx answers 405 too), the connection is
 closed (the client may already be sending what it meant for the tunnel), and no byte of it
-reaches an upstream, even one behind a catch-all route.
+reaches an upstream, even one behind a catch-all route. TRACE is refused the same way.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ CASES = [
     ("absolute-form", b"CONNECT http://a:80/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, b"bad-request"),
     ("authority without a port", b"CONNECT a HTTP/1.1\r\nHost: a\r\n\r\n", 400, b"bad-request"),
     ("asterisk", b"CONNECT * HTTP/1.1\r\nHost: a\r\n\r\n", 400, b"bad-request"),
+    ("trace", b"TRACE / HTTP/1.1\r\nHost: a\r\nCookie: session=1\r\n\r\n", 405,
+     b"method-not-allowed"),
+    ("trace absolute-form, HTTP/1.0", b"TRACE http://a/x HTTP/1.0\r\nAuthorization: Basic eDp5"
+     b"\r\n\r\n", 405, b"method-not-allowed"),
 ]  # fmt: skip
 
 
@@ -58,7 +64,8 @@ async def test_connect_is_refused_and_never_forwarded(
         assert closed
         if status == 405:
             allow = header_of(reply, b"allow")
-            assert allow is not None and b"GET" in allow and b"CONNECT" not in allow
+            assert allow is not None and b"GET" in allow
+            assert b"CONNECT" not in allow and b"TRACE" not in allow
     assert upstream.total_bytes == 0 and upstream.received == []
     # counted with its reason as a metric label, no route and no backend, and logged
     assert metrics.requests[("", "", status, reason.decode())] == 2
@@ -91,4 +98,39 @@ async def test_curl_proxytunnel_through_the_gateway_is_refused(nursery: trio.Nur
     )  # fmt: skip
     assert done.returncode == 56, done.stderr  # "failure in receiving network data"
     assert b"405" in done.stderr, done.stderr
+    assert upstream.received == []
+
+
+async def test_trace_pipelined_after_a_get_is_refused_alone(nursery: trio.Nursery) -> None:
+    """The GET before it is answered by the upstream; the TRACE gets its 405 in order, and
+    the upstream never sees it."""
+    upstream = RecordingUpstream()
+    address = await nursery.start(upstream.serve)
+    gw = await start_gateway(
+        nursery, served(backend("rec", address), ingress("all", None, path("/", "rec")))
+    )
+    data = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nTRACE /b HTTP/1.1\r\nHost: a\r\n\r\n"
+    reply, closed = await exchange(("127.0.0.1", gw.port), data)
+    first, _, second = reply.partition(b"HTTP/1.1 405")
+    assert status_of(first) == 200 and closed
+    assert header_of(b"HTTP/1.1 405" + second, b"x-mesh-reason") == b"method-not-allowed"
+    assert [r.target for r in upstream.complete] == [b"/a"]
+    assert b"TRACE" not in b"".join(upstream.received)
+
+
+async def test_curl_trace_is_refused(nursery: trio.Nursery) -> None:
+    require_tool("curl")
+    upstream = RecordingUpstream()
+    address = await nursery.start(upstream.serve)
+    gw = await start_gateway(
+        nursery, served(backend("rec", address), ingress("all", None, path("/", "rec")))
+    )
+    done = await trio.run_process(
+        ["curl", "-sS", "--max-time", "10", "-X", "TRACE", "-H", "cookie: session=1",
+         "-o", "/dev/null", "-w", "%{http_code} %header{allow}",
+         f"http://127.0.0.1:{gw.port}/"],
+        capture_stdout=True, capture_stderr=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == "405 GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
     assert upstream.received == []
