@@ -35,7 +35,6 @@ revision it was translated from, and it is serialised once per version
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import math
 import time
@@ -54,6 +53,7 @@ from mesh.control.reports import Reports
 from mesh.control.source_dir import DirSource
 from mesh.control.store import Gone, Snapshot, Store, WatchEvent
 from mesh.control.translate.conditions import carry_transitions
+from mesh.gcpause import paused_then_frozen
 from mesh.manifests import ManifestError
 from mesh.objects import KubeObject
 from mesh.registry import PlaneSettings, StatusWriter, registrations
@@ -474,14 +474,8 @@ class ControlPlane:
         if not self.tune_gc:
             yield
             return
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
+        with paused_then_frozen():
             yield
-        finally:
-            gc.freeze()
-            if was_enabled:
-                gc.enable()
 
     def reconcile_endpoints(self, services: set[tuple[str, str]] | None = None) -> int:
         """Bring EndpointSlices in line with the store once, for the given Services (None:

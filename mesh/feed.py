@@ -9,11 +9,10 @@ so does an unreadable or invalid config file. Nothing a source sends can crash t
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import yaml
 
 from mesh.component import Component, ConfigRejected
 from mesh.config.base import ComponentConfig
+from mesh.gcpause import paused_then_frozen
 from mesh.stream_client import Backoff, stream_configs
 
 log = logging.getLogger("mesh.feed")
@@ -69,28 +69,10 @@ async def feed(
         async for config in configs:
             if quiet_first:
                 quiet_first = False
-                with _no_collection():
+                with paused_then_frozen():
                     apply_config(component, config)
             else:
                 apply_config(component, config)
-
-
-@contextlib.contextmanager
-def _no_collection() -> Iterator[None]:
-    """The first config of 10,000 Services makes a few hundred thousand objects that all
-    live (a DNS server's indexes): the collector's passes over them while they are made
-    were a tenth of the time to apply it, and found nothing to free. They are then moved
-    out of its sight (``gc.freeze``, as the plane does with its store after its start):
-    else the next young collection would walk them all once more. Reference counting
-    frees them when a later config replaces them."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if was_enabled:
-            gc.enable()
 
 
 def config_type_for(component: Component[Any]) -> type[ComponentConfig]:

@@ -16,6 +16,7 @@ import yaml
 
 from mesh.ingress import echo
 from tests.conftest import require_tool
+from tests.ingress.up_manifests import ECHO_SHOP
 from tests.polling import wait_for
 from tests.test_cli_e2e import MESH, Proc, listen_anywhere
 
@@ -24,41 +25,9 @@ CLIENT_IP = "127.0.0.5"  # curl binds here: the peer the gateway sees
 CIDR = "127.11.203.0/30"
 CLAIMED = "203.0.113.9"  # what a client says in X-Forwarded-For
 
-MANIFESTS = """
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: shop}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: 80, targetPort: {echo_port}}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: echo-9, namespace: shop, labels: {{app: echo}}}}
-status: {{phase: Running, podIP: {echo_ip}}}
----
-apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata:
-  name: mesh
-  annotations: {{ingressclass.kubernetes.io/is-default-class: "true"}}
-spec: {{controller: mesh.dev/ingress}}
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: shop, namespace: shop}}
-spec:
-  rules:
-  - host: shop.example.com
-    http:
-      paths:
-      - {{path: /, pathType: Prefix, backend: {{service: {{name: echo, port: {{number: 80}}}}}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: mesh}}
-spec: {{controllerName: mesh.dev/gateway}}
----
+MANIFESTS = (
+    ECHO_SHOP.replace("{pod}", "echo-9")
+    + """
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: auto, namespace: shop}}
@@ -76,6 +45,7 @@ spec:
   rules:
   - backendRefs: [{{name: echo, port: 80}}]
 """
+)
 
 
 def curl(url: str, *headers: str) -> subprocess.CompletedProcess[str]:

@@ -12,46 +12,15 @@ import httpx
 import yaml
 
 from mesh.ingress import echo
+from tests.ingress.up_manifests import ECHO_SHOP
 from tests.polling import wait_for
 from tests.test_cli_e2e import MESH, Proc, listen_anywhere
 
 GATEWAY_IP = "127.11.77.7"
 
-MANIFESTS = """
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: shop}}
-spec:
-  selector: {{app: echo}}
-  ports: [{{name: http, port: 80, targetPort: {echo_port}}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: echo-1, namespace: shop, labels: {{app: echo}}}}
-status: {{phase: Running, podIP: {echo_ip}}}
----
-apiVersion: networking.k8s.io/v1
-kind: IngressClass
-metadata:
-  name: mesh
-  annotations: {{ingressclass.kubernetes.io/is-default-class: "true"}}
-spec: {{controller: mesh.dev/ingress}}
----
-apiVersion: networking.k8s.io/v1
-kind: Ingress
-metadata: {{name: shop, namespace: shop}}
-spec:
-  rules:
-  - host: shop.example.com
-    http:
-      paths:
-      - {{path: /, pathType: Prefix, backend: {{service: {{name: echo, port: {{number: 80}}}}}}}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: mesh}}
-spec: {{controllerName: mesh.dev/gateway}}
----
+MANIFESTS = (
+    ECHO_SHOP.replace("{pod}", "echo-1")
+    + """
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: web, namespace: shop}}
@@ -78,6 +47,7 @@ spec:
       requestHeaderModifier: {{add: [{{name: x-route, value: echo}}]}}
     backendRefs: [{{name: echo, port: 80}}]
 """
+)
 
 
 def mesh(*args: str) -> subprocess.CompletedProcess[str]:
