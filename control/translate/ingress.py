@@ -83,6 +83,17 @@ def ours(ing: Ingress, classes: list[IngressClass]) -> bool:
     )
 
 
+NO_CLASS = (
+    "no spec.ingressClassName, no kubernetes.io/ingress.class annotation and no IngressClass "
+    "marked default: not served (set spec.ingressClassName to an IngressClass of "
+    f"controller {CONTROLLER})"
+)
+
+
+def _classless(ing: Ingress) -> bool:
+    return ing.spec.ingress_class_name is None and LEGACY_CLASS not in ing.metadata.annotations
+
+
 def _age(ing: Ingress) -> tuple[str, str, str]:
     # RFC 3339 timestamps in UTC sort as strings; an object without one sorts last.
     return (ing.metadata.creation_timestamp or "~", ing.namespace, ing.name)
@@ -104,6 +115,11 @@ def translate_ingresses(snapshot: Snapshot) -> IngressResult:
         (i for i in snapshot.list(Ingress.KIND) if isinstance(i, Ingress) and ours(i, classes)),
         key=_age,
     )
+    if not any(c.metadata.annotations.get(DEFAULT_CLASS) == "true" for c in classes):
+        # ingress-nginx logs why it ignores such an Ingress; a silent 404 says nothing.
+        for ing in snapshot.list(Ingress.KIND):
+            if isinstance(ing, Ingress) and _classless(ing):
+                out.problems.append((f"{ing.namespace}/{ing.name}", NO_CLASS))
     mains: list[_Path] = []
     canaries: list[_Path] = []
     regex_hosts: set[str] = set()

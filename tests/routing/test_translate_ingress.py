@@ -19,6 +19,8 @@ from tests.routing.world import (
     snapshot,
 )
 
+DEFAULT = "ingressclass.kubernetes.io/is-default-class"
+
 SERVICES = [
     *service("web", "127.0.1.1"),
     *service("api", "127.0.1.2"),
@@ -128,6 +130,21 @@ def test_backend_port_by_name_and_number_and_endpoints() -> None:
     assert served_by(request(snap, "/bad")) == "503 no-healthy-upstream"
     problems = [p.message for p in translate_gateway(snap).problems]
     assert any("Service default/web has no port 81" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(("classes", "fields", "served"), CLASSES)
+def test_an_ingress_without_any_class_is_reported_only_when_no_class_is_default(
+    classes: list[KubeObject], fields: dict[str, Any], served: bool
+) -> None:
+    snap = snapshot(*classes, *SERVICES, ingress("i", "foo.com", path("/", "web"), **fields))
+    said = [p for p in translate_gateway(snap).problems if "no IngressClass" in p.message]
+    classless = fields["class_name"] is None and not fields.get("annotations")
+    default = any(c.metadata.annotations.get(DEFAULT) == "true" for c in classes)
+    assert len(said) == (1 if classless and not default else 0)
+    assert not (said and served)
+    if said:
+        assert (said[0].kind, said[0].object) == ("Ingress", "default/i")
+        assert "set spec.ingressClassName" in said[0].message
 
 
 def test_missing_service_answers_503_and_is_reported() -> None:
