@@ -368,13 +368,7 @@ class _Builder:
             if old is not None and (old.service is svc or old.service == svc):
                 parts[key] = old
                 continue
-            part = parts[key] = _service_part(svc, zone)
-            self.parts_built += 1
-            if old is not None:
-                self.unlink(key, old, owners, touched)
-            for name in part.names:
-                owners[name] = (*owners.get(name, ()), key)
-                touched.add(name)
+            self.rebuild(key, svc, old, parts, owners, touched)
         for key in old_parts.keys() - parts.keys():
             self.unlink(key, old_parts[key], owners, touched)
         self.unique = all(key[2] == 0 for key in order)
@@ -384,7 +378,6 @@ class _Builder:
         self, prev: ZoneIndex, window: _Window, namespaces: frozenset[str], pods: object
     ) -> ZoneIndex:
         """``build`` from the previous index and the Services of the window only."""
-        zone = self.zone
         gone, came = window
         old_parts = prev._parts
         parts = dict(old_parts)
@@ -404,13 +397,7 @@ class _Builder:
                 # shares with other Services are ordered again
                 touched.update(n for n in old.names if len(owners.get(n, ())) > 1)
                 continue
-            part = parts[key] = _service_part(svc, zone)
-            self.parts_built += 1
-            if old is not None:
-                self.unlink(key, old, owners, touched)
-            for name in part.names:
-                owners[name] = (*owners.get(name, ()), key)
-                touched.add(name)
+            self.rebuild(key, svc, old, parts, owners, touched)
         self.unique = True
         return self.finish(prev, nodes, owners, parts, touched, None, namespaces, pods)
 
@@ -453,6 +440,25 @@ class _Builder:
         while (svc.namespace, svc.name, n) in seen:  # the same Service twice: both count
             n += 1
         return (svc.namespace, svc.name, n)
+
+    def rebuild(
+        self,
+        key: _Key,
+        svc: DnsService,
+        old: _Part | None,
+        parts: dict[_Key, _Part],
+        owners: dict[str, tuple[_Key, ...]],
+        touched: set[str],
+    ) -> None:
+        """The part of a new or changed Service: built, its old names let go, its new
+        names owned."""
+        part = parts[key] = _service_part(svc, self.zone)
+        self.parts_built += 1
+        if old is not None:
+            self.unlink(key, old, owners, touched)
+        for name in part.names:
+            owners[name] = (*owners.get(name, ()), key)
+            touched.add(name)
 
     @staticmethod
     def unlink(
