@@ -70,7 +70,9 @@ def _standard(data: bytes) -> tuple[int, int, bool, int] | None:
         return None
     payload = max(CLASSIC_UDP_LIMIT, (data[pos + 3] << 8) | data[pos + 4])
     end = pos + 11 + ((data[pos + 9] << 8) | data[pos + 10])
+    if end != n:
+        return None  # the OPT record must end the packet, exactly
     pos += 11
     while pos + 4 <= end:
         pos += 4 + ((data[pos + 2] << 8) | data[pos + 3])
-    return (qend, qtype, True, payload) if pos == end == n else None
+    return (qend, qtype, True, payload) if pos == end else None

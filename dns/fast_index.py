@@ -228,10 +228,12 @@ class FastIndex:
                 return None  # not a root-owned OPT, or EDNS version above 0 (BADVERS)
             payload = max(CLASSIC_UDP_LIMIT, (data[pos + 3] << 8) | data[pos + 4])
             end = pos + 11 + ((data[pos + 9] << 8) | data[pos + 10])
+            if end != n:
+                return None  # the OPT record must end the packet, exactly
             pos += 11
             while pos + 4 <= end:  # the options must fill the record exactly
                 pos += 4 + ((data[pos + 2] << 8) | data[pos + 3])
-            if pos != end or end != n:
+            if pos != end:
                 return None
         # type and class in one lookup: class IN, a type this path answers
         kind = _TYPES.get(data[qend : qend + 4])

@@ -357,3 +357,24 @@ def test_forward_classified_from_bytes(name: str, rtype: str, edns: int, forward
 def test_random_forward_classification_agrees(data: bytes, junk: bytes) -> None:
     for packet in (data, data + junk, data[: len(junk)]):
         forward_agrees(packet)
+
+
+@pytest.mark.parametrize("qname", ["kubernetes.default.svc.cluster.local.", "example.org."])
+@pytest.mark.parametrize("declared", [4, 8, 300])
+def test_an_opt_record_longer_than_the_packet_takes_the_general_path(
+    qname: str, declared: int
+) -> None:
+    """An OPT record whose declared length runs past the end of the packet (a fuzzer found
+    the option walk reading past it): neither the answer nor the forwarding classification
+    takes it, and the general path answers it as the malformed query it is."""
+    wire = dns.message.make_query(qname, "A", use_edns=0).to_wire()
+    assert wire[-2:] == b"\x00\x00"  # the OPT record's RDLENGTH, no options
+    cut = wire[:-2] + declared.to_bytes(2, "big") + b"\x00\x0a"[: declared % 3]
+    general, fast = paths(CLUSTER)
+    # the same packet with the length it really has is taken (the cut one is the only change)
+    assert fast.answer(wire) is not None or fast.forward(wire) is not None
+    assert fast.answer(cut) is None
+    assert fast.forward(cut) is None
+    assert fast.reply(cut) is None or not isinstance(fast.reply(cut), Forward)
+    theirs = general.handle(cut)
+    assert isinstance(theirs, Reply)
