@@ -42,8 +42,14 @@ OURS = re.compile(rf'File "{re.escape(str(Path(__file__).resolve().parents[2]))}
 # What the interpreter prints when the interrupt lands in its own start. The interrupt does
 # not always surface as KeyboardInterrupt there: raised inside the frozen ``io`` module while
 # the site module loads, it comes out as "Fatal Python error: init_import_site" over an
-# unrelated TypeError.
-PYTHON_OWN = ("KeyboardInterrupt", "Fatal Python error", "Could not import runpy module")
+# unrelated TypeError; raised while site runs a .pth file's import line, it is reported as
+# "Error processing line ..." and the interpreter goes on, the interrupt lost.
+PYTHON_OWN = (
+    "KeyboardInterrupt",
+    "Fatal Python error",
+    "Could not import runpy module",
+    "Error processing line",
+)
 
 
 def _before_mesh(stderr: str) -> bool:
@@ -64,7 +70,15 @@ def _interrupt_at(args: list[str], delay: float) -> subprocess.CompletedProcess[
     time.sleep(delay)
     os.killpg(proc.pid, signal.SIGINT)
     try:
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        # Still running: the interrupt was lost. That is Python's own doing when it landed
+        # in the site module's .pth processing, which reports the error and goes on (the
+        # caller takes another sample); anything else is a hang of ours.
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        if not _before_mesh(err):  # pragma: no cover - only when the test fails
+            pytest.fail(f"still running 30 s after the interrupt: {err[-2000:]}")
     finally:
         if proc.poll() is None:  # pragma: no cover - only when the test fails
             os.killpg(proc.pid, signal.SIGKILL)
