@@ -398,7 +398,7 @@ class ControlPlane:
 
     def _hand_report(self, kind: str) -> None:
         take = getattr(self.status_writers.get(kind), "report", None)
-        if take is not None and take(self.reports.merged(kind)):
+        if take is not None and take(self.reports.merged(kind), live=self.reports.live(kind)):
             self._write_status(self.store.snapshot(), None, only=kind)
 
     async def _reports_loop(

@@ -99,6 +99,7 @@ class IngressGateway:
         self.on_failures: Callable[[Mapping[str, ListenerFailure]], None] | None = None
         # How that report is getting to a control plane in another process (``/config``).
         self.report_state: Callable[[], Any] | None = None
+        self._reported = False  # told on_failures since start (a config was taken)
         self.certificate_problems: list[str] = []
         self.config_problems: frozenset[tuple[str, str, str]] = frozenset()  # already logged
         self._running: dict[Key, _Running] = {}
@@ -269,13 +270,16 @@ class IngressGateway:
             else:
                 self.problems.pop(lis.name, None)
                 failures.pop(lis.name, None)
-        if failures != self.failures:
+        # The first report says the gateway has taken a config (its Gateways may be
+        # Programmed from then on); later ones, what changed.
+        if failures != self.failures or (config is not None and not self._reported):
             self.failures = failures
             self._report(failures)
 
     def _report(self, failures: Mapping[str, ListenerFailure]) -> None:
         if self.on_failures is None:
             return
+        self._reported = True
         try:
             self.on_failures(failures)
         except Exception:  # a broken report never stops the listeners

@@ -321,6 +321,9 @@ def run_up_netns(
         )
         pool.new_socket = socket_maker(cluster.node)
         components.append(gw)
+        # As in run_up: its listener failures (and that it took a config) go into status.
+        gw_name = gw.name
+        gw.on_failures = lambda failures: plane.report(gw_name, failures)
     control = ConfigServer(plane, control_listen)
     admin = AdminServer(admin_listen, components, plane=plane)
     node = BoxNode(plane, cluster)
