@@ -137,7 +137,7 @@ class IngressGateway:
         return "no config yet" if self.config is None else ""
 
     def apply(self, config: GatewayConfig) -> None:
-        routing = Routing(config, self.holder.routing, policy=self.policy)
+        routing = self._routing(config)
         stores = self._certificates(config)
         self.holder.routing = routing  # the swap: new requests from here on
         for name, store in stores.items():
@@ -150,6 +150,11 @@ class IngressGateway:
             "gateway config applied",
             extra={"version": config.version, "routes": len(config.routes)},
         )
+
+    def _routing(self, config: GatewayConfig) -> Routing:
+        # The bound ports of the Ingress listeners: an https redirect goes to the TLS one.
+        own = {INGRESS_HTTP: self.port, INGRESS_HTTPS: self.tls_port}
+        return Routing(config, self.holder.routing, policy=self.policy, own_ports=own)
 
     def _log_problems(self, config: GatewayConfig) -> None:
         """What the config refused or ignored (a bad annotation value, a missing Secret), each
@@ -197,6 +202,8 @@ class IngressGateway:
             # The Ingress listeners are the component's own: failing to open them fails start.
             self.port = await self._open(nursery, INGRESS_HTTP, self.listen, tls=False)
             self.tls_port = await self._open(nursery, INGRESS_HTTPS, self.tls_listen, tls=True)
+            if self.config is not None:  # taken before the ports were known (port 0)
+                self.holder.routing = self._routing(self.config)
             task_status.started()
             while True:
                 await self._reconcile(nursery)
