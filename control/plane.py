@@ -398,7 +398,7 @@ class ControlPlane:
 
     def _hand_report(self, kind: str) -> None:
         take = getattr(self.status_writers.get(kind), "report", None)
-        if take is not None and take(self.reports.merged(kind)):
+        if take is not None and take(self.reports.merged(kind), live=self.reports.live(kind)):
             self._write_status(self.store.snapshot(), None, only=kind)
 
     async def _reports_loop(
@@ -458,11 +458,20 @@ class ControlPlane:
                 await nursery.start(self._endpoints_loop)
                 await nursery.start(self._translate_loop)
                 await nursery.start(self._reports_loop)
-            log.info(
-                "control plane started",
-                extra={"revision": self.store.revision, "kinds": sorted(self._wanted)},
-            )
+            log.info("control plane started", extra=self._start_fields())
             task_status.started()
+
+    def _start_fields(self) -> dict[str, Any]:
+        """What the start line says of the config kinds: those translated from the start,
+        and those built once a component first asks (``mesh control`` alone: all of them;
+        never an empty list that reads as "nothing to serve")."""
+        fields: dict[str, Any] = {"revision": self.store.revision}
+        if self._wanted:
+            fields["translating"] = ",".join(sorted(self._wanted))
+        idle = sorted(set(self.translators) - self._wanted)
+        if idle:
+            fields["built_on_first_request"] = ",".join(idle)
+        return fields
 
     @contextlib.contextmanager
     def _gc_paused(self) -> Iterator[None]:

@@ -19,7 +19,8 @@ lease. The kind's status writer sees what the live reports agree on: an entry (a
 not served) stands only while every live instance reports it, because each gateway is fed
 every Gateway, one instance that binds a listener serves it, and the others then fail on
 the taken port; the first instance by name gives the sentence. An in-process report
-(``expires`` None) never expires.
+(``expires`` None) never expires. Whether any instance is live at all matters too: a gateway
+reports once it has applied a config, so until one does no Gateway is Programmed.
 """
 
 from __future__ import annotations
@@ -157,14 +158,15 @@ class Reports:
     def put(
         self, kind: str, instance: str, payload: Mapping[str, Any], expires: float | None
     ) -> bool:
-        """Record ``instance``'s latest report; True when what they agree on changed.
-        ReportError (429) for a new instance when MAX_INSTANCES are live."""
+        """Record ``instance``'s latest report; True when what they agree on changed (or
+        the first instance came). ReportError (429) for a new instance when MAX_INSTANCES
+        are live."""
         live = self._live.get(kind, {})
         if instance not in live and len(live) >= MAX_INSTANCES:
             raise ReportError(429, f"{MAX_INSTANCES} instances already report {kind[:40]!r}")
-        before = self.merged(kind)
+        before = self._seen(kind)
         self._live.setdefault(kind, {})[instance] = (expires, dict(payload))
-        return self.merged(kind) != before
+        return self._seen(kind) != before
 
     def expire(self, now: float) -> list[str]:
         """Drop the reports whose lease ended by ``now``; the kinds whose merged report
@@ -174,16 +176,23 @@ class Reports:
             gone = [i for i, (exp, _) in by_instance.items() if exp is not None and exp <= now]
             if not gone:
                 continue
-            before = self.merged(kind)
+            before = self._seen(kind)
             for instance in gone:
                 del by_instance[instance]
-            if self.merged(kind) != before:
+            if self._seen(kind) != before:
                 changed.append(kind)
         return changed
 
     def next_expiry(self) -> float | None:
         times = [exp for by in self._live.values() for exp, _ in by.values() if exp is not None]
         return min(times, default=None)
+
+    def live(self, kind: str) -> bool:
+        """Whether any instance of ``kind`` reports (a gateway that has taken a config)."""
+        return bool(self._live.get(kind))
+
+    def _seen(self, kind: str) -> tuple[bool, dict[str, Any]]:
+        return (self.live(kind), self.merged(kind))
 
     def merged(self, kind: str) -> dict[str, Any]:
         """The entries every live report of ``kind`` has (the first instance by name gives

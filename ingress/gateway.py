@@ -99,6 +99,7 @@ class IngressGateway:
         self.on_failures: Callable[[Mapping[str, ListenerFailure]], None] | None = None
         # How that report is getting to a control plane in another process (``/config``).
         self.report_state: Callable[[], Any] | None = None
+        self._reported = False  # told on_failures since start (a config was taken)
         self.certificate_problems: list[str] = []
         self.config_problems: frozenset[tuple[str, str, str]] = frozenset()  # already logged
         self._running: dict[Key, _Running] = {}
@@ -136,7 +137,7 @@ class IngressGateway:
         return "no config yet" if self.config is None else ""
 
     def apply(self, config: GatewayConfig) -> None:
-        routing = Routing(config, self.holder.routing, policy=self.policy)
+        routing = self._routing(config)
         stores = self._certificates(config)
         self.holder.routing = routing  # the swap: new requests from here on
         for name, store in stores.items():
@@ -149,6 +150,11 @@ class IngressGateway:
             "gateway config applied",
             extra={"version": config.version, "routes": len(config.routes)},
         )
+
+    def _routing(self, config: GatewayConfig) -> Routing:
+        # The bound ports of the Ingress listeners: an https redirect goes to the TLS one.
+        own = {INGRESS_HTTP: self.port, INGRESS_HTTPS: self.tls_port}
+        return Routing(config, self.holder.routing, policy=self.policy, own_ports=own)
 
     def _log_problems(self, config: GatewayConfig) -> None:
         """What the config refused or ignored (a bad annotation value, a missing Secret), each
@@ -196,6 +202,8 @@ class IngressGateway:
             # The Ingress listeners are the component's own: failing to open them fails start.
             self.port = await self._open(nursery, INGRESS_HTTP, self.listen, tls=False)
             self.tls_port = await self._open(nursery, INGRESS_HTTPS, self.tls_listen, tls=True)
+            if self.config is not None:  # taken before the ports were known (port 0)
+                self.holder.routing = self._routing(self.config)
             task_status.started()
             while True:
                 await self._reconcile(nursery)
@@ -269,13 +277,16 @@ class IngressGateway:
             else:
                 self.problems.pop(lis.name, None)
                 failures.pop(lis.name, None)
-        if failures != self.failures:
+        # The first report says the gateway has taken a config (its Gateways may be
+        # Programmed from then on); later ones, what changed.
+        if failures != self.failures or (config is not None and not self._reported):
             self.failures = failures
             self._report(failures)
 
     def _report(self, failures: Mapping[str, ListenerFailure]) -> None:
         if self.on_failures is None:
             return
+        self._reported = True
         try:
             self.on_failures(failures)
         except Exception:  # a broken report never stops the listeners

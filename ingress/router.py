@@ -128,9 +128,12 @@ class Routing:
         *,
         policy: str = "round-robin",
         rand: Callable[[], float] = random.random,
+        own_ports: Mapping[str, int] | None = None,
     ) -> None:
+        """``own_ports``: where the gateway's own listeners (the Ingress ones, with no port
+        in the config) are bound; https redirects go to its TLS port."""
         self.config = config
-        self.compiled: CompiledRoutes = compile_routes(config)
+        self.compiled: CompiledRoutes = compile_routes(config, own_ports)
         self.rand = rand
         self.state: planner.PlanState = (
             previous.state if previous is not None else planner.PlanState()

@@ -256,5 +256,5 @@ def setup_logs(level: str, fmt: str) -> None:
 
 
 def announce(what: str, address: Address) -> None:
-    click.echo(f"{what:<10} {format_address(address)}", err=False)
+    click.echo(f"{what:<11} {format_address(address)}", err=False)
     sys.stdout.flush()

@@ -167,14 +167,15 @@ def _list(control_url: str, kind: str, ns: str | None) -> tuple[list[Obj], str]:
     """The objects of ``kind``; for Endpoints, also those the EndpointSlices of Services
     without a legacy Endpoints object stand for (kubectl users look for both)."""
     from mesh.inspect import fetch_objects
-    from mesh.printing import endpoints_from_slices
+    from mesh.printing import endpoints_from_slices, portless_services
 
     items, version = fetch_objects(control_url, kind, ns)
     if kind != "Endpoints":
         return items, version
+    services, _ = fetch_objects(control_url, "Service", ns)
     slices, version = fetch_objects(control_url, "EndpointSlice", ns)
     have = {(o["metadata"].get("namespace"), o["metadata"].get("name")) for o in items}
-    for ep in endpoints_from_slices(slices):
+    for ep in endpoints_from_slices(slices, portless_services(services)):
         if (ep["metadata"]["namespace"], ep["metadata"]["name"]) not in have:
             items.append(ep)
     items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"].get("name", "")))
@@ -239,12 +240,15 @@ def _changes(
 ) -> Iterator[tuple[str, Obj]]:
     """(event type, object) from the watch. Endpoints follow the EndpointSlices (see _list):
     a slice event prints its Service's merged Endpoints."""
-    from mesh.printing import endpoints_from_slices
+    from mesh.inspect import fetch_objects
+    from mesh.printing import endpoints_from_slices, portless_services
 
     if kind != "Endpoints":
         for event in watch(control_url, kind, ns, version):
             yield event["type"], event["object"]
         return
+    # Which Services declare no port, as the watch starts (see endpoints_from_slices).
+    portless = portless_services(fetch_objects(control_url, "Service", ns)[0])
     slices: dict[tuple[str, str], Obj] = {}
     for event in watch(control_url, "EndpointSlice", ns, version):
         es = event["object"]
@@ -261,5 +265,5 @@ def _changes(
             if s["metadata"].get("namespace") == key[0]
             and s["metadata"].get("labels", {}).get("kubernetes.io/service-name") == service
         ]
-        for ep in endpoints_from_slices(same or [{**es, "endpoints": [], "ports": []}]):
+        for ep in endpoints_from_slices(same or [{**es, "endpoints": [], "ports": []}], portless):
             yield "MODIFIED", ep

@@ -14,7 +14,9 @@ The rules are k8s.io/apimachinery's (``pkg/api/validate/content/kube.go``,
 Pure. A big start-up meets the same few keys and values thousands of times, so the ones found
 valid are remembered (bounded sets): the common case is one set lookup per key and value.
 Errors are raised as ``ValueError`` whose text starts with the offending key or value quoted
-(``"app/x/y": ...``), so the manifest reader puts it under the field that holds it.
+(``"app/x/y": ...``), so the manifest reader puts it under the field that holds it; a map
+with several bad entries gets one message naming each (``"app/x/y": ...; "-web": ...``), as
+the API server lists every field error rather than the first.
 """
 
 from __future__ import annotations
@@ -113,13 +115,28 @@ def label_value_error(value: str) -> str | None:
 
 
 def check_labels(labels: Mapping[str, str]) -> None:
-    """Raise ValueError for the first invalid key or value of a label map (or selector)."""
+    """Raise ValueError naming every invalid key and value of a label map (or selector), as
+    the API server lists one field error per bad entry: ``"a/b/c": why; "-x": why``."""
     good_keys, good_values = _GOOD_KEYS, _GOOD_VALUES
+    errors: list[tuple[str, str]] = []  # (quoted key or value, why)
     for key, value in labels.items():
         if key not in good_keys and (error := label_key_error(key)) is not None:
-            raise ValueError(f"{_quote(key)}: {error}")
+            errors.append((_quote(key), error))
         if value not in good_values and (error := label_value_error(value)) is not None:
-            raise ValueError(f"{_quote(value)}: {error}")
+            errors.append((_quote(value), error))
+    if errors:
+        raise ValueError(_all(errors))
+
+
+def _all(errors: list[tuple[str, str]]) -> str:
+    """Every error of one map in one message, the entries with the same reason together
+    (``"a b", "c d": why; "-x": why``); the first bad entry leads."""
+    grouped: dict[str, list[str]] = {}
+    for what, why in errors:
+        grouped.setdefault(why, []).append(what)
+    return "; ".join(
+        f"{', '.join(whats)}: {why}" if whats[0] else why for why, whats in grouped.items()
+    )
 
 
 def check_annotations(annotations: Mapping[str, str]) -> None:
@@ -128,21 +145,27 @@ def check_annotations(annotations: Mapping[str, str]) -> None:
         return
     good = _GOOD_ANNOTATION_KEYS
     total = 0
+    errors: list[tuple[str, str]] = []
     for key, value in annotations.items():
         if key not in good:
             # The rule is the label key's with case ignored (the API server lower-cases).
             error = label_key_error(key.lower())
             if error is not None:
-                raise ValueError(f"{_quote(key)}: {error}")
-            if len(good) < _MEMO_MAX:
+                errors.append((_quote(key), error))
+            elif len(good) < _MEMO_MAX:
                 good.add(key)
         total += len(key) + len(value)
     if total > ANNOTATIONS_MAX // 4:  # characters are at most 4 bytes: count bytes only then
         total = sum(_utf8_len(k) + _utf8_len(v) for k, v in annotations.items())
         if total > ANNOTATIONS_MAX:
-            raise ValueError(
-                f"must have at most {ANNOTATIONS_MAX} bytes in all keys and values, not {total}"
+            errors.append(
+                (
+                    "",
+                    f"must have at most {ANNOTATIONS_MAX} bytes in all keys and values, not {total}",
+                )
             )
+    if errors:
+        raise ValueError(_all(errors))
 
 
 def requirement_error(key: str, operator: str, values: Sequence[str]) -> tuple[str, str] | None:

@@ -1111,10 +1111,13 @@ class LabelSelector(Model):
 
     @model_validator(mode="after")
     def _check(self) -> LabelSelector:
-        for i, expr in enumerate(self.match_expressions):
-            problem = requirement_error(expr.key, expr.operator, expr.values)
-            if problem is not None:
-                raise ValueError(f"matchExpressions[{i}].{problem[0]}: {problem[1]}")
+        problems = [  # every bad requirement, as the API server lists them
+            f"matchExpressions[{i}].{problem[0]}: {problem[1]}"
+            for i, expr in enumerate(self.match_expressions)
+            if (problem := requirement_error(expr.key, expr.operator, expr.values)) is not None
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def matches(self, labels: Mapping[str, str]) -> bool:

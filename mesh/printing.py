@@ -9,7 +9,7 @@ prints rows under the first table's header with the same column widths.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -323,9 +323,25 @@ def name_of(kind: str, obj: Obj) -> str:
     return f"{RESOURCE.get(kind, kind.lower())}/{obj.get('metadata', {}).get('name', '')}"
 
 
-def endpoints_from_slices(slices: Sequence[Obj]) -> list[Obj]:
-    """The core/v1 Endpoints view of EndpointSlices (what the API server's mirroring keeps
-    for kubectl): one object per Service, ready addresses and not-ready ones apart."""
+def portless_services(services: Sequence[Obj]) -> frozenset[tuple[str, str]]:
+    """The (namespace, name) of the Services that declare no port (headless ones may)."""
+    return frozenset(
+        (s.get("metadata", {}).get("namespace", ""), s.get("metadata", {}).get("name", ""))
+        for s in services
+        if not (s.get("spec") or {}).get("ports")
+    )
+
+
+def endpoints_from_slices(
+    slices: Sequence[Obj], portless: Container[tuple[str, str]] = frozenset()
+) -> list[Obj]:
+    """The core/v1 Endpoints view of EndpointSlices (what the endpoints controller would
+    keep for kubectl): one object per Service, ready addresses and not-ready ones apart.
+
+    A slice with no ports holds the Pods that resolve none of their Service's named
+    targetPorts: the endpoints controller lists such a Pod under no port, so it is left
+    out, unless the Service has no port at all (``portless``: a headless Service without
+    ports lists its addresses with none). Subsets with no address are left out, as there."""
     by_service: dict[tuple[str, str], Obj] = {}
     for es in slices:
         meta = es.get("metadata", {})
@@ -358,7 +374,12 @@ def endpoints_from_slices(slices: Sequence[Obj]) -> list[Obj]:
             if e.get("conditions", {}).get("ready", True) is False
             for a in e.get("addresses", [])
         ]
-        subset: Obj = {"addresses": ready, "ports": es.get("ports", [])}
+        ports = es.get("ports") or []
+        if not ports and key not in portless:
+            continue  # no port resolved: not an endpoint of this Service
+        if not ready and not not_ready:
+            continue
+        subset: Obj = {"addresses": ready, "ports": ports}
         if not_ready:
             subset["notReadyAddresses"] = not_ready
         ep["subsets"].append(subset)

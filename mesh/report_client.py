@@ -6,7 +6,9 @@ plane does with it).
 keeps the latest report and wakes the posting task, so the data path never waits on the
 control plane. The task posts
 
-- at start (an empty report clears what a predecessor of the same instance left),
+- once the component has taken its first config (its first :meth:`Reporter.update`:
+  the plane counts a reporting gateway as one that serves, so nothing is posted before;
+  that post also replaces what a predecessor of the same instance left),
 - on each change, only the latest (a burst of changes costs one post),
 - on each (re)connection of the config stream (:meth:`Reporter.reconnected`: a restarted
   plane has forgotten every report),
@@ -66,7 +68,7 @@ class Reporter:
         self.rng = rng or random.Random()
         self.posted = 0  # reports the plane took (tests and /config read it)
         self.last_error = ""  # why the last post failed ("" when it went through)
-        self._latest: dict[str, ListenerFailure] = {}
+        self._latest: dict[str, ListenerFailure] | None = None  # None: nothing to say yet
         self._wanted = 0  # generation of the latest report: a change while posting shows
         self._wake = trio.Event()
 
@@ -98,13 +100,16 @@ class Reporter:
         return {
             "instance": self.instance,
             "ttlSeconds": self.ttl,
-            "listeners": encode_failures(self._latest),
+            "listeners": encode_failures(self._latest or {}),
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         attempt = 0
         last_error = ""
+        while self._latest is None:  # no config taken yet (see the module's docstring)
+            self._wake = trio.Event()
+            await self._wake.wait()
         while True:
             wanted = self._wanted
             wait = self.refresh

@@ -27,6 +27,33 @@ log = logging.getLogger("mesh.run")
 Announce = Callable[[str, Address], None]
 
 
+class _Listening:
+    """The addresses a command listens on (the ``announce`` of the serving functions), printed
+    together once everything is up: after the start's log lines, under one title line, where
+    a reader of the terminal finds them rather than scattered among those lines. Each row
+    stays ``NAME HOST:PORT`` (scripts read them)."""
+
+    def __init__(self, announce: Announce) -> None:
+        self.announce = announce
+        self.rows: list[tuple[str, Address]] = []
+
+    def __call__(self, what: str, address: Address) -> None:
+        self.rows.append((what, address))
+
+    def ready(self, command: str, *, configured: bool = True) -> None:
+        """Print the table; ``configured``: every component has its first config (a
+        component fed from elsewhere is still waiting for it, so it only says it listens)."""
+        import sys
+
+        title = f"mesh {command} {'is ready, ' if configured else ''}listening on:"
+        if sys.stdout.isatty():
+            title = f"\033[1m{title}\033[0m"
+        sys.stdout.write(f"\n{title}\n")
+        for what, address in self.rows:
+            self.announce(what, address)
+        sys.stdout.flush()
+
+
 async def _until_signal(cancel: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -245,18 +272,21 @@ def run_up(
     control = ConfigServer(plane, control_listen)
     admin = AdminServer(admin_listen, components, plane=plane)
 
+    listening = _Listening(announce)
+
     async def main(nursery: trio.Nursery) -> None:
         await _start(nursery, "control plane", None, plane.run)
         await _start(nursery, "config stream server", control_listen, control.run)
-        announce("control", (control_listen[0], control.port))
+        listening("control", (control_listen[0], control.port))
         await _start_fed(nursery, plane, components)
-        announce("dns", (dns_listen[0], dns.port))
+        listening("dns", (dns_listen[0], dns.port))
         if gateway is not None:
             g: Any = gateway
-            announce("gateway", (g.listen[0], g.port))
-            announce("gateway-tls", (g.tls_listen[0], g.tls_port))
+            listening("gateway", (g.listen[0], g.port))
+            listening("gateway-tls", (g.tls_listen[0], g.tls_port))
         await _start(nursery, "admin server", admin_listen, admin.run)
-        announce("admin", (admin_listen[0], admin.port))
+        listening("admin", (admin_listen[0], admin.port))
+        listening.ready("up")
 
     _run(main)
 
@@ -321,6 +351,9 @@ def run_up_netns(
         )
         pool.new_socket = socket_maker(cluster.node)
         components.append(gw)
+        # As in run_up: its listener failures (and that it took a config) go into status.
+        gw_name = gw.name
+        gw.on_failures = lambda failures: plane.report(gw_name, failures)
     control = ConfigServer(plane, control_listen)
     admin = AdminServer(admin_listen, components, plane=plane)
     node = BoxNode(plane, cluster)
@@ -330,6 +363,8 @@ def run_up_netns(
     for obj in dns_objects(cluster.dns_ip, cluster.node_ip):
         plane.apply(obj)
 
+    listening = _Listening(announce)
+
     async def main(nursery: trio.Nursery) -> None:
         try:
             await trio.to_thread.run_sync(cluster.build)
@@ -338,14 +373,15 @@ def run_up_netns(
         await _start(nursery, "control plane", None, plane.run)
         await _start(nursery, "box node agent", None, node.run)
         await _start(nursery, "config stream server", control_listen, control.run)
-        announce("control", (control_listen[0], control.port))
+        listening("control", (control_listen[0], control.port))
         await _start_fed(nursery, plane, components)
-        announce("dns", (cluster.dns_ip, 53))
+        listening("dns", (cluster.dns_ip, 53))
         if gw is not None:
-            announce("gateway", (cluster.node_ip, gw.port))
-            announce("gateway-tls", (cluster.node_ip, gw.tls_port))
+            listening("gateway", (cluster.node_ip, gw.port))
+            listening("gateway-tls", (cluster.node_ip, gw.tls_port))
         await _start(nursery, "admin server", admin_listen, admin.run)
-        announce("admin", (admin_listen[0], admin.port))
+        listening("admin", (admin_listen[0], admin.port))
+        listening.ready("up --netns")
 
     _finish_teardown()
     try:
@@ -369,12 +405,15 @@ def run_control(
     control = ConfigServer(plane, control_listen)
     admin = AdminServer(admin_listen, [], plane=plane)
 
+    listening = _Listening(announce)
+
     async def main(nursery: trio.Nursery) -> None:
         await _start(nursery, "control plane", None, plane.run)
         await _start(nursery, "config stream server", control_listen, control.run)
-        announce("control", (control_listen[0], control.port))
+        listening("control", (control_listen[0], control.port))
         await _start(nursery, "admin server", admin_listen, admin.run)
-        announce("admin", (admin_listen[0], admin.port))
+        listening("admin", (admin_listen[0], admin.port))
+        listening.ready("control")
 
     _run(main)
 
@@ -405,6 +444,7 @@ def run_component(
     from mesh.feed import config_type_for, feed_from_control, feed_from_file
 
     admin = AdminServer(admin_listen, [component])
+    listening = _Listening(announce)
 
     async def main(nursery: trio.Nursery) -> None:
         if config_file is not None:
@@ -412,9 +452,10 @@ def run_component(
         await _start_component(nursery, component)
         if listen is not None:
             what, address = listen
-            announce(what, (address[0], getattr(component, "port", address[1])))
+            listening(what, (address[0], getattr(component, "port", address[1])))
         await _start(nursery, "admin server", admin_listen, admin.run)
-        announce("admin", (admin_listen[0], admin.port))
+        listening("admin", (admin_listen[0], admin.port))
+        listening.ready(component.name, configured=False)
         # The feed starts last and is not awaited for its first config: a component fed by a
         # control plane that is down serves (SERVFAIL for DNS, nothing for the proxy) until
         # the plane is back, and /ready tells the difference.

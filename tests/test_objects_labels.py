@@ -113,6 +113,49 @@ def test_check_labels_names_the_bad_key_or_value() -> None:
         check_labels({"app": "-web"})
 
 
+def test_every_bad_label_is_named_in_one_message() -> None:
+    """As the API server lists every field error: each bad key and value, in order, those
+    with the same reason together."""
+    with pytest.raises(ValueError) as caught:
+        check_labels({"app/x/y": "a", "ok": "-x", "b c": "fine", "d e": "also-fine"})
+    message = str(caught.value)
+    assert message.startswith('"app/x/y": a label key is a name')
+    assert '; "-x": a label value must be empty' in message
+    assert '; "b c", "d e": name part must consist of' in message
+    with pytest.raises(ValueError) as caught:
+        check_annotations({"a b": "", "fine": "x", "c/d/e": "y" * ANNOTATIONS_MAX})
+    message = str(caught.value)
+    assert message.startswith('"a b": name part must')
+    assert '; "c/d/e": a label key is a name' in message
+    assert message.endswith(
+        f"must have at most {ANNOTATIONS_MAX} bytes in all keys and values, not {ANNOTATIONS_MAX + 13}"
+    )
+
+
+def test_every_bad_label_of_a_manifest_is_reported() -> None:
+    text = _manifest(labels={"app/x/y": "a", "tier": "-web", "ok": "yes"})
+    (err,) = load_text(text, "svc.json").errors
+    assert err.field == "metadata.labels"
+    assert err.message.startswith('"app/x/y": a label key is a name')
+    assert '"-web": a label value must be empty' in err.message
+    assert '"ok"' not in err.message and '"yes"' not in err.message
+
+
+def test_every_bad_selector_requirement_is_reported() -> None:
+    with pytest.raises(ValidationError) as caught:
+        LabelSelector.model_validate(
+            {"matchExpressions": [
+                {"key": "a/b/c", "operator": "Exists"},
+                {"key": "app", "operator": "In", "values": ["ok"]},
+                {"key": "app", "operator": "Equals", "values": ["x"]},
+            ]}
+        )  # fmt: skip
+    message = str(caught.value)
+    assert "matchExpressions[0].key: " in message
+    assert "matchExpressions[2].operator: " in message
+    assert "matchExpressions[1]" not in message
+
+
 @pytest.mark.parametrize(
     ("annotations", "error"),
     [

@@ -92,13 +92,18 @@ class StatusWriter:
         # What the running gateway reported: listeners it could not open (route-model name
         # -> failure). Replaced whole by ``report``; the plane writes status again then.
         self.runtime: dict[str, ListenerFailure] = {}
+        # Whether a gateway has taken the config (it reports once it applied one): until
+        # then nothing is Programmed, whatever the config says.
+        self.live = False
 
-    def report(self, failures: Mapping[str, ListenerFailure]) -> bool:
-        """Take the gateway's latest report; True when it changed (status is to be rewritten)."""
+    def report(self, failures: Mapping[str, ListenerFailure], *, live: bool = True) -> bool:
+        """Take the gateway's latest report (``live``: some gateway reports at all); True
+        when it changed (status is to be rewritten)."""
         new = dict(failures)
-        if new == self.runtime:
+        if new == self.runtime and live == self.live:
             return False
         self.runtime = new
+        self.live = live
         return True
 
     def __call__(self, snapshot: Snapshot) -> list[KubeObject]:
@@ -108,6 +113,7 @@ class StatusWriter:
             gateway_cidr=self.gateway_cidr,
             privileged=self.privileged,
             runtime=self.runtime,
+            gateway_live=self.live,
         )
 
 
@@ -137,7 +143,10 @@ def status_updates(
     gateway_cidr: str,
     privileged: bool = False,
     runtime: Mapping[str, ListenerFailure] | None = None,
+    gateway_live: bool = True,
 ) -> list[KubeObject]:
+    """``gateway_live`` False: no gateway has taken the config yet, so what would be
+    Programmed is Programmed False, Pending (:func:`not_yet_programmed`)."""
     found = gateway_status(
         snapshot,
         ingress_addresses=ingress_addresses,
@@ -145,6 +154,8 @@ def status_updates(
         privileged=privileged,
         runtime=runtime,
     )
+    if not gateway_live:
+        found.gateways = {k: not_yet_programmed(v) for k, v in found.gateways.items()}
     out: list[KubeObject] = []
 
     def update(kind: str, ns: str, name: str, status: Any) -> None:
@@ -175,6 +186,31 @@ def status_updates(
     for (ns, name), policy_status in found.backend_tls.items():
         update(BackendTLSPolicy.KIND, ns, name, policy_status)
     return out
+
+
+WAITING_FOR_GATEWAY = "waiting for a gateway to take the config"
+
+
+def not_yet_programmed(status: GatewayStatus) -> GatewayStatus:
+    """``status`` as it stands while no gateway has taken the config: Accepted says the
+    config is valid, Programmed that a data plane has it (as Istio and Envoy Gateway mean
+    them), so each Programmed True (the Gateway's and its listeners') becomes False with
+    the specification's reason Pending."""
+
+    def hold(conds: tuple[Condition, ...]) -> tuple[Condition, ...]:
+        return tuple(
+            c.model_copy(
+                update={"status": "False", "reason": "Pending", "message": WAITING_FOR_GATEWAY}
+            )
+            if c.type == PROGRAMMED and c.status == "True"
+            else c
+            for c in conds
+        )
+
+    listeners = tuple(
+        lis.model_copy(update={"conditions": hold(lis.conditions)}) for lis in status.listeners
+    )
+    return status.model_copy(update={"conditions": hold(status.conditions), "listeners": listeners})
 
 
 # What the Gateway API's CRDs default a status to, and so what a Gateway or GatewayClass

@@ -113,14 +113,20 @@ def redirect_location(
     query: str,
     prefix: str,
     regex: re.Pattern[str] | None = None,
+    https_port: int | None = None,
 ) -> str:
-    """The Location of a RequestRedirect (Gateway API rules for the port)."""
+    """The Location of a RequestRedirect (Gateway API rules for the port). ``https_port``:
+    where this gateway serves HTTPS beside the listener when that is not 443; a redirect to
+    https with no port of its own goes there (as ingress-nginx's use-port-in-redirects
+    would), not to a port nothing on this gateway listens on."""
     if redirect.location is not None:
         return redirect.location
     new_scheme = redirect.scheme or (scheme if scheme in _DEFAULT_PORT else "http")
     new_host = redirect.hostname or host
     if redirect.port is not None:
         port: int | None = redirect.port
+    elif redirect.scheme == "https" and https_port is not None:
+        port = https_port
     elif redirect.scheme is not None:
         port = _DEFAULT_PORT[redirect.scheme]
     else:

@@ -382,5 +382,6 @@ def _redirect(
         query=query,
         prefix=prefix,
         regex=regex,
+        https_port=routes.https_ports.get(head.listener),
     )
     return Respond(redirect.status, "redirect", (("location", location),), route=name)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import parse_qsl
@@ -124,6 +124,9 @@ class CompiledRoutes:
     backends: dict[str, tuple[str, tuple[tuple[str, int], ...]]]  # name -> (protocol, eps)
     policies: tuple[CompiledPolicy, ...]  # by route index
     fast: tuple[FastPath, ...]  # by route index
+    # listener -> the port of the HTTPS listener beside it (same address), where a redirect
+    # to https without a port of its own goes; a listener not listed: the well-known 443.
+    https_ports: dict[str, int] = field(default_factory=dict)
 
 
 class FastPath(NamedTuple):
@@ -197,7 +200,30 @@ def _normalize_host(host: str) -> str:
     return host.rstrip(".").lower()
 
 
-def compile_routes(config: GatewayConfig) -> CompiledRoutes:
+def https_ports(
+    listeners: Iterable[GatewayListener], own_ports: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """For each listener, the port of an HTTPS listener on its address (443 if one is there,
+    else the lowest), when not 443: an https redirect to the well-known port would be a dead
+    end on this gateway (``mesh up`` serves TLS on 8443). ``own_ports``: where the listeners
+    without a port in the config (the component's own Ingress ones) are bound."""
+    own = own_ports or {}
+    tls: dict[str | None, set[int]] = {}
+    for lis in listeners:
+        port = lis.port if lis.port is not None else own.get(lis.name)
+        if lis.protocol == "HTTPS" and port:
+            tls.setdefault(lis.address, set()).add(port)
+    out = {}
+    for lis in listeners:
+        ports = tls.get(lis.address)
+        if ports and 443 not in ports:
+            out[lis.name] = min(ports)
+    return out
+
+
+def compile_routes(
+    config: GatewayConfig, own_ports: Mapping[str, int] | None = None
+) -> CompiledRoutes:
     tables: dict[str, HostTable] = {
         lis.name: HostTable(wildcard_many=lis.wildcard == "any-labels") for lis in config.listeners
     }
@@ -232,6 +258,7 @@ def compile_routes(config: GatewayConfig) -> CompiledRoutes:
         backends=backends,
         policies=tuple(CompiledPolicy.build(r.policy) for r in config.routes),
         fast=tuple(_fast(r, backends) for r in config.routes),
+        https_ports=https_ports(config.listeners, own_ports),
     )
 
 

@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 from mesh.objects import Secret
 from mesh.tls import names as hostnames
 from mesh.tls.contexts import load_chain, server_context
+from mesh.tls.pem_check import crt_problem, framing_problem, key_problem
 
 DEFAULT_CERT_CN = "Mesh Gateway Default Certificate"
 GENERATED = "generated default certificate"
@@ -136,10 +137,13 @@ def _load(entry: CertEntry, now: datetime.datetime) -> tuple[LoadedCert | None, 
     src = entry.source
     if b"-----BEGIN" not in entry.cert_pem:
         return None, [CertProblem(src, "tls.crt holds no PEM certificate")]
+    broken = framing_problem(entry.cert_pem, "tls.crt")
+    if broken is not None:
+        return None, [CertProblem(src, broken)]
     try:
         chain = x509.load_pem_x509_certificates(entry.cert_pem)
-    except ValueError as exc:
-        return None, [CertProblem(src, f"tls.crt is not a valid PEM certificate ({exc})")]
+    except ValueError:  # its message names the parser's internals: say it in our words
+        return None, [CertProblem(src, crt_problem(entry.cert_pem))]
     if entry.key_pem.strip() == REDACTED:
         return None, [
             CertProblem(src, "tls.key is <redacted>: dump the config with --show-secrets")
@@ -148,8 +152,8 @@ def _load(entry: CertEntry, now: datetime.datetime) -> tuple[LoadedCert | None, 
         key = serialization.load_pem_private_key(entry.key_pem, password=None)
     except TypeError:
         return None, [CertProblem(src, "tls.key is encrypted; a key without a password is needed")]
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        return None, [CertProblem(src, f"tls.key is not a valid PEM private key ({exc})")]
+    except (ValueError, UnsupportedAlgorithm):
+        return None, [CertProblem(src, key_problem(entry.key_pem))]
     leaf = chain[0]
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if leaf.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):

@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 
 from mesh.getcmd import parse_targets, select
-from mesh.printing import Table, endpoints_from_slices, human_duration, name_of
+from mesh.printing import (
+    Table,
+    endpoints_from_slices,
+    human_duration,
+    name_of,
+    portless_services,
+)
 from mesh.selectors import parse_selector
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -116,6 +122,39 @@ def test_endpoint_slices_and_endpoints() -> None:
         "db     <none>                                                  60m",
         "web    10.1.0.1:8080,10.1.0.2:8080,10.1.0.4:8080 + 1 more...   60m",
     ]
+
+
+def no_port(s: dict[str, Any]) -> dict[str, Any]:
+    return {**s, "ports": []}
+
+
+@pytest.mark.parametrize(
+    ("slices", "portless", "shown"),
+    [
+        # A Pod that resolves none of its Service's named targetPorts: in a slice of no
+        # port, and in no Endpoints subset (the endpoints controller lists it under no port).
+        ([slice_("web-1", "web", [("10.1.0.1", True)], 8080),
+          no_port(slice_("web-2", "web", [("10.1.0.9", True)], 0))], (),
+         {"web": "10.1.0.1:8080"}),
+        ([no_port(slice_("web-2", "web", [("10.1.0.9", True)], 0))], (), {"web": "<none>"}),
+        # A headless Service without ports lists its addresses with none.
+        ([no_port(slice_("db-1", "db", [("10.1.0.7", True)], 0))], {("default", "db")},
+         {"db": "10.1.0.7"}),
+    ],
+)  # fmt: skip
+def test_endpoints_leave_out_pods_that_resolve_no_port(
+    slices: list[dict[str, Any]], portless: set[tuple[str, str]], shown: dict[str, str]
+) -> None:
+    rows = Table("Endpoints", now=NOW).render(endpoints_from_slices(slices, portless))
+    assert {r.split()[0]: r.split()[1] for r in rows.splitlines()[1:]} == shown
+
+
+def test_portless_services() -> None:
+    services: list[dict[str, Any]] = [
+        {"metadata": {"name": "a", "namespace": "x"}, "spec": {"ports": [{"port": 80}]}},
+        {"metadata": {"name": "b", "namespace": "x"}, "spec": {"clusterIP": "None"}},
+    ]
+    assert portless_services(services) == {("x", "b")}
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import trio.testing
 from mesh.config.base import ComponentConfig
 from mesh.control.plane import ControlPlane, default_translators
 from mesh.control.store import Snapshot
+from mesh.log import TextFormatter
 from mesh.objects import EndpointSlice, Pod, Service
 
 
@@ -177,3 +179,30 @@ async def test_manifest_dir_services_get_ips_and_slices(tmp_path: Path) -> None:
 
 def test_default_translators_are_the_builtin_kinds() -> None:
     assert set(default_translators()) <= {"dns", "ingress", "proxy"}
+
+
+@pytest.mark.parametrize(
+    ("wanted", "fields"),
+    [
+        # mesh control alone: nothing is translated until a component asks
+        ((), {"built_on_first_request": "dns,ingress,proxy"}),
+        (
+            ("dns", "proxy"),
+            {"translating": "dns,proxy", "built_on_first_request": "ingress"},
+        ),
+        (("dns", "ingress", "proxy"), {"translating": "dns,ingress,proxy"}),
+    ],
+)
+async def test_the_start_line_says_which_kinds_are_built_and_when(
+    caplog: pytest.LogCaptureFixture, wanted: tuple[str, ...], fields: dict[str, str]
+) -> None:
+    plane = ControlPlane(wanted=wanted)
+    with caplog.at_level(logging.INFO, logger="mesh.control"):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(plane.run)
+            nursery.cancel_scope.cancel()
+    (record,) = [r for r in caplog.records if r.getMessage() == "control plane started"]
+    said = {k: getattr(record, k) for k in ("translating", "built_on_first_request", "kinds")
+            if hasattr(record, k)}  # fmt: skip
+    assert said == fields
+    assert "[]" not in TextFormatter().format(record)

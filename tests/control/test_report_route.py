@@ -17,6 +17,7 @@ import trio
 from mesh.config.gateway import ListenerFailure
 from mesh.control.plane import ControlPlane
 from mesh.control.stream import ConfigServer
+from mesh.control.translate.gateway_served import WAITING_FOR_GATEWAY
 from mesh.objects import Gateway
 from mesh.report_client import Reporter
 from mesh.stream_client import Backoff, fetch_json
@@ -65,7 +66,8 @@ async def test_a_report_is_written_into_status_until_its_lease_ends(
     nursery: trio.Nursery,
 ) -> None:
     plane, url = await start(nursery)
-    assert listener_programmed(plane) == ("True", "Programmed", "")
+    # No gateway has taken the config yet: nothing is Programmed.
+    assert listener_programmed(plane) == ("False", "Pending", WAITING_FOR_GATEWAY)
     status, answer = await fetch_json(url, "/v1/reports/ingress", report("gw-a/1", 60, {L: TAKEN}))
     assert status == 200, answer
     assert answer["instance"] == "gw-a/1" and answer["entries"] == 1
@@ -84,9 +86,10 @@ async def test_a_report_is_written_into_status_until_its_lease_ends(
     await until(lambda: listener_programmed(plane)[:2] == ("False", "Pending"))
     _, live = await fetch_json(url, "/v1/reports/ingress")
     assert sorted(live) == ["gw-a/1"]
-    # gw-a's last word has a one-second lease; when it ends, its failure goes too.
+    # gw-a's last word has a one-second lease; when it ends, its failure goes too, and with
+    # no gateway left nothing is Programmed.
     await fetch_json(url, "/v1/reports/ingress", report("gw-a/1", 1, {L: TAKEN}))
-    await until(lambda: listener_programmed(plane) == ("True", "Programmed", ""))
+    await until(lambda: listener_programmed(plane) == ("False", "Pending", WAITING_FOR_GATEWAY))
     _, live = await fetch_json(url, "/v1/reports/ingress")
     assert live == {}
 

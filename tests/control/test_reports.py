@@ -140,8 +140,20 @@ def test_two_instances_are_kept_apart_and_a_listener_one_serves_is_served() -> N
     assert reports.merged("ingress") == {}
     assert reports.put("ingress", "a/1", {}, 25.0) is False  # a refresh changes nothing
     assert reports.expire(20.0) == []  # a's lease runs to 25 now; b's ended: nothing changes
-    assert reports.expire(25.0) == []  # no instance left: nothing reported
+    assert reports.live("ingress")
+    # No instance left: nothing reported, and no gateway has the config any more (a change:
+    # its Gateways are Programmed no longer).
+    assert reports.expire(25.0) == ["ingress"]
+    assert not reports.live("ingress") and reports.merged("ingress") == {}
     assert reports.merged("dns") == {}
+
+
+def test_the_first_instance_is_a_change_even_with_nothing_to_report() -> None:
+    reports = Reports()
+    assert not reports.live("ingress")
+    assert reports.put("ingress", "gw/1", {}, 10.0) is True  # a gateway took the config
+    assert reports.put("ingress", "gw/2", {}, 10.0) is False  # a second one: no news
+    assert reports.live("ingress")
 
 
 def test_a_lease_that_ends_drops_its_report_and_only_that() -> None:

@@ -99,3 +99,56 @@ def test_a_separate_gateway_reports_a_held_port_into_the_gateway_status(tmp_path
         held.close()
         for proc in procs:
             proc.stop()
+
+
+def gateway_programmed(control: str) -> tuple[str, str, str] | None:
+    done = subprocess.run(
+        [*MESH, "get", "gateway", "web", "-o", "yaml", "--control", control],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    status = (yaml.safe_load(done.stdout) or {}).get("status", {})
+    for c in status.get("conditions", ()):
+        if c["type"] == "Programmed":
+            return (c["status"], c["reason"], c.get("message", ""))
+    return None
+
+
+def test_a_gateway_is_programmed_only_once_a_gateway_has_taken_its_config(
+    tmp_path: Path,
+) -> None:
+    """``mesh control`` alone accepts the Gateway (its config is valid) but does not call it
+    Programmed until a ``mesh ingress`` has connected and applied the config."""
+    ip = "127.11.78.12"
+    held = hold_port(ip)  # a port that was free a moment ago, for the gateway to bind
+    port = held.getsockname()[1]
+    held.close()
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "gw.yaml").write_text(MANIFESTS.format(ip=ip, port=port))
+    local = ["127.0.0.1:0"]
+    waiting = ("False", "Pending", "waiting for a gateway to take the config")
+    procs: list[Proc] = []
+    try:
+        plane = Proc(
+            ["control", "-f", str(manifests), "--control-listen", *local,
+             "--admin-listen", *local],
+            {"control"},
+        )  # fmt: skip
+        procs.append(plane)
+        control = plane.url("control")
+        wait_for(lambda: gateway_programmed(control) is not None, timeout=20)
+        assert gateway_programmed(control) == waiting
+        assert listener_programmed(control) == waiting
+        gateway = Proc(
+            ["ingress", "--control", control, "--gateway-listen", *local,
+             "--gateway-tls-listen", *local, "--admin-listen", *local],
+            {"gateway", "admin"},
+        )  # fmt: skip
+        procs.append(gateway)
+        wait_for(lambda: gateway_programmed(control) == ("True", "Programmed", ""), timeout=20)
+        assert listener_programmed(control) == ("True", "Programmed", "")
+        with socket.create_connection((ip, port), timeout=5):
+            pass  # Programmed, and served
+    finally:
+        for proc in procs:
+            proc.stop()

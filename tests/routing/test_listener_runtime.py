@@ -87,7 +87,14 @@ def test_the_config_keeps_a_failed_listener() -> None:
 def test_the_status_writer_follows_the_reports() -> None:
     snap = snapshot(gclass(), gateway("gw", listener("http", 8080), addresses=ADDRESS))
     writer = StatusWriter(ingress_addresses=(), gateway_cidr="127.11.0.0/16")
+    # Before any gateway reports, nothing is Programmed: the config is valid, not served.
+    (waiting,) = [u for u in writer(snap) if isinstance(u, Gateway)]
+    gw, lis = programmed(waiting.status)
+    assert gw == lis["http"] == ("False", "Pending", "waiting for a gateway to take the config")
+    assert [c.status for c in waiting.status.conditions if c.type == "Accepted"] == ["True"]
+    assert writer.report({}) is True  # a gateway took the config
     assert writer.report({}) is False  # nothing new
+    assert writer.report({}, live=False) is True  # it went away
     assert writer.report({"gateway/default/gw/8080": TAKEN}) is True
     assert writer.report({"gateway/default/gw/8080": TAKEN}) is False
     (written,) = [u for u in writer(snap) if isinstance(u, Gateway)]

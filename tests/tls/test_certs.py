@@ -77,7 +77,7 @@ def key_pem(encrypted: bool = False) -> bytes:
             SHOP.key_pem,
             "tls.crt is not a valid PEM certificate",
         ),
-        (SHOP.cert_pem, b"garbage", "tls.key is not a valid PEM private key"),
+        (SHOP.cert_pem, b"garbage", "tls.key holds no PEM block"),
         (SHOP.cert_pem, key_pem(encrypted=True), "tls.key is encrypted"),
         (SHOP.cert_pem, b"<redacted>", "tls.key is <redacted>: dump the config with --show-"),
         (SHOP.cert_pem, key_pem(), "tls.key does not belong to the certificate in tls.crt"),
@@ -92,6 +92,66 @@ def test_a_bad_entry_is_refused_with_a_reason(cert_pem: bytes, key: bytes, messa
     assert "\n" not in problem.message
     assert store.lookup("bad.example.com") is store.default
     assert store.lookup("shop.example.com").subject == "CN=shop.example.com"
+
+
+def _cut(pem: bytes, keep: int) -> bytes:
+    """``pem`` with only the first ``keep`` base64 lines of its block (a truncated paste)."""
+    lines = pem.strip().split(b"\n")
+    return b"\n".join([lines[0], *lines[1 : 1 + keep], lines[-1]]) + b"\n"
+
+
+def _flip(pem: bytes) -> bytes:
+    """``pem`` with four base64 characters of its block replaced (damaged in transit)."""
+    head, _, rest = pem.partition(b"\n")
+    return head + b"\n" + rest[:60] + b"AAAA" + rest[64:]
+
+
+PEM_CERT = "tls.crt is not a valid PEM certificate: "
+LEAF = SHOP.cert_pem.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+PEM_KEY = "tls.key is not a valid PEM private key: "
+
+
+@pytest.mark.parametrize(
+    ("cert_pem", "key", "message"),
+    [
+        (_cut(LEAF, 2), SHOP.key_pem,
+         PEM_CERT + "the certificate is damaged (its 96 bytes are truncated or corrupted "
+         "X.509 data)"),
+        (_flip(LEAF), SHOP.key_pem, None),  # damaged: the length is the cert's
+        (b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n", SHOP.key_pem,
+         PEM_CERT + "the certificate is not valid base64"),
+        (SHOP.cert_pem[:-30], SHOP.key_pem,
+         "tls.crt has a PEM block that is cut off (a -----BEGIN line with no matching -----END)"),
+        (LEAF + _cut(LEAF, 1), SHOP.key_pem,
+         PEM_CERT + "certificate 2 of 2 is damaged (its 48 bytes are truncated or corrupted "
+         "X.509 data)"),
+        (SHOP.key_pem, SHOP.cert_pem,
+         "tls.crt holds a private key, not a certificate (are tls.crt and tls.key swapped?)"),
+        (SHOP.cert_pem, SHOP.cert_pem,
+         "tls.key holds a certificate, not a private key (are tls.crt and tls.key swapped?)"),
+        (SHOP.cert_pem, b"just text", "tls.key holds no PEM block (no -----BEGIN line)"),
+        (SHOP.cert_pem, _cut(SHOP.key_pem, 1),
+         PEM_KEY + "its PRIVATE KEY block is damaged (its 48 bytes are truncated or corrupted)"),
+        (SHOP.cert_pem, b"-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+         PEM_KEY + "its EC PRIVATE KEY block is damaged (its 3 bytes are truncated or corrupted)"),
+    ],
+)  # fmt: skip
+def test_a_broken_pem_is_described_not_the_parser_error(
+    cert_pem: bytes, key: bytes, message: str | None
+) -> None:
+    """Which key of the Secret and what is wrong with it, in one sentence; never the ASN.1
+    parser's own words."""
+    store = CertStore.build([CertEntry("Secret shop/bad", cert_pem, key)])
+    (problem,) = store.problems
+    text = str(problem)
+    assert text.startswith("Secret shop/bad: tls.")
+    if message is not None:
+        assert problem.message == message
+    else:
+        assert "is damaged (its" in problem.message and problem.message.startswith(PEM_CERT)
+    for internal in ("asn1", "ParseError", "MalformedFraming", "cryptography.io", "Tag {"):
+        assert internal not in text
+    assert "\n" not in text
 
 
 def test_warnings_serve_the_certificate_anyway_or_fall_back() -> None:
