@@ -25,7 +25,7 @@ from mesh.control.chunks import split_documents as split_documents
 from mesh.control.chunks import texts_to_parse
 from mesh.manifests import LoadResult, load_parsed, load_text
 from mesh.objects import KubeObject
-from mesh.yaml_load import parse_documents
+from mesh.yaml_load import parse_checked
 
 Key = tuple[str, str, str]
 # One document's objects, their keys, and its warnings.
@@ -141,14 +141,18 @@ class DocumentCache:
             early.close()
             early = None
         if early is None:
-            early = Ahead(texts, parse_documents, min_items=self.parse_ahead)
+            early = Ahead(texts, parse_checked, min_items=self.parse_ahead)
         with early as ahead:
             for digest, chunk in zip(digests, chunks, strict=True):
                 part = seen.get(digest) or cached.get(digest)
                 if part is None:
                     self.parsed += 1
-                    docs = ahead.take(todo[digest])
-                    loaded = load_text(chunk, source) if docs is None else load_parsed(docs, source)
+                    # [documents, checked for unknown fields] (mesh/yaml_load.py)
+                    got = ahead.take(todo[digest])
+                    if got is None:
+                        loaded = load_text(chunk, source)
+                    else:
+                        loaded = load_parsed(got[0], source, checked=got[1])
                     if loaded.errors:
                         return None
                     found = tuple(loaded.objects)

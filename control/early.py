@@ -73,12 +73,12 @@ def _work(name: str, digest: bytes) -> tuple[Sequence[str], Any]:
     if it still has the content the parent's digest is of (else nothing to do)."""
     # Text work only (no models, no pydantic): the child starts parsing at once.
     from mesh.control.chunks import first_load_texts
-    from mesh.yaml_load import parse_documents
+    from mesh.yaml_load import parse_checked
 
     raw = read(name)
     if not isinstance(raw, bytes) or hashlib.sha256(raw).digest() != digest:
-        return [], parse_documents
-    return first_load_texts(raw.decode("utf-8")), parse_documents
+        return [], parse_checked
+    return first_load_texts(raw.decode("utf-8")), parse_checked
 
 
 def adopt(name: str, digest: bytes) -> Ahead[str] | None:

@@ -27,6 +27,7 @@ from mesh.yaml_load import _documents as _documents
 from mesh.yaml_load import _load_all as _load_all
 from mesh.yaml_load import _Loader as _Loader
 from mesh.yaml_load import _plain_scalar as _plain_scalar
+from mesh.yaml_load import parse_checked as parse_checked
 from mesh.yaml_load import parse_documents as parse_documents
 
 log = logging.getLogger("mesh.manifests")
@@ -236,16 +237,18 @@ def load_text(text: str, source: str = "<input>") -> LoadResult:
     return result
 
 
-def load_parsed(docs: list[Any], source: str = "<input>") -> LoadResult:
+def load_parsed(docs: list[Any], source: str = "<input>", *, checked: bool = False) -> LoadResult:
     """:func:`load_text` of a text whose documents :func:`parse_documents` gave: the same
-    objects, errors and warnings, without parsing again."""
+    objects, errors and warnings, without parsing again. ``checked``: the documents are
+    known to have no unknown fields (mesh/kube_fields.py's ``all_known`` said so, in the
+    process that parsed them), so that check is not made again."""
     result = LoadResult()
     for doc in docs:
-        _take(result, doc, source)
+        _take(result, doc, source, strict_fields=not checked)
     return result
 
 
-def _take(result: LoadResult, doc: Any, source: str) -> None:
+def _take(result: LoadResult, doc: Any, source: str, *, strict_fields: bool = True) -> None:
     """Validate one decoded document into ``result``."""
     if doc is None:
         return
@@ -253,7 +256,7 @@ def _take(result: LoadResult, doc: Any, source: str) -> None:
         if isinstance(item, ManifestError):
             result.errors.append(ManifestError(source, item.object, item.field, item.message))
             continue
-        parsed = parse_object(item, source, place)
+        parsed = parse_object(item, source, place, strict_fields=strict_fields)
         if parsed is None:
             kind = item.get("kind") if isinstance(item, dict) else "?"
             result.warnings.append(f"{source}: ignoring unknown kind {kind!r}")

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from mesh.kube_fields import all_known
 from mesh.yaml_plain import Decline, plain_documents
 
 try:  # the C loader is ten times faster; fall back where libyaml is missing
@@ -189,3 +190,15 @@ def parse_documents(text: str) -> list[Any] | None:
         return [list(d) if isinstance(d, _Array) else d for d in _documents(text, "<input>")]
     except ValueError:
         return None
+
+
+def parse_checked(text: str) -> list[Any] | None:
+    """:func:`parse_documents` for a process that parses for another (mesh/ahead.py), which
+    also does the unknown-field check there (mesh/kube_fields.py): ``[documents, checked]``
+    with ``checked`` true when no object of the text has a field its kind lacks (the loader
+    may skip its own check), or None (a syntax error, a JSON array: the loader loads the
+    text itself)."""
+    docs = parse_documents(text)
+    if docs is None or any(doc.__class__ is list for doc in docs):
+        return None
+    return [docs, all_known(docs)]
