@@ -18,6 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import Any
 
 from mesh.ahead import MIN_ITEMS, Ahead
 from mesh.control.chunks import digests as _digests
@@ -136,6 +137,9 @@ class DocumentCache:
         todo, texts = texts_to_parse(chunks, digests, cached)
         parts: list[_Part] = []
         seen: dict[bytes, _Part] = {}
+        # Sub-models validated in this load, by their text (the Pods of one template share
+        # their spec: mesh/manifests.py's load_parsed).
+        models: dict[tuple[str, bytes], Any] = {}
         early, self.early = self.early, None
         if early is not None and cached:  # its texts are those of a load from nothing
             early.close()
@@ -147,12 +151,15 @@ class DocumentCache:
                 part = seen.get(digest) or cached.get(digest)
                 if part is None:
                     self.parsed += 1
-                    # [documents, checked for unknown fields] (mesh/yaml_load.py)
+                    # [documents, checked, shared] (mesh/yaml_load.py's parse_checked)
                     got = ahead.take(todo[digest])
                     if got is None:
                         loaded = load_text(chunk, source)
                     else:
-                        loaded = load_parsed(got[0], source, checked=got[1])
+                        docs, checked, shared = got
+                        loaded = load_parsed(
+                            docs, source, checked=checked, shared=shared, models=models
+                        )
                     if loaded.errors:
                         return None
                     found = tuple(loaded.objects)

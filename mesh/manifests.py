@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import marshal
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from mesh.objects import KINDS, KubeObject
 
 # The text side (no models), re-exported: a parse-only process imports mesh.yaml_load alone.
 from mesh.yaml_load import _TYPED_FIRST as _TYPED_FIRST
+from mesh.yaml_load import SHARED_FIELDS
 from mesh.yaml_load import _Array as _Array
 from mesh.yaml_load import _documents as _documents
 from mesh.yaml_load import _load_all as _load_all
@@ -237,14 +239,37 @@ def load_text(text: str, source: str = "<input>") -> LoadResult:
     return result
 
 
-def load_parsed(docs: list[Any], source: str = "<input>", *, checked: bool = False) -> LoadResult:
+def load_parsed(
+    docs: list[Any],
+    source: str = "<input>",
+    *,
+    checked: bool = False,
+    shared: list[bytes | None] | None = None,
+    models: dict[tuple[str, bytes], Any] | None = None,
+) -> LoadResult:
     """:func:`load_text` of a text whose documents :func:`parse_documents` gave: the same
-    objects, errors and warnings, without parsing again. ``checked``: the documents are
-    known to have no unknown fields (mesh/kube_fields.py's ``all_known`` said so, in the
-    process that parsed them), so that check is not made again."""
+    objects, errors and warnings, without parsing again. ``checked``, ``shared``: as
+    :func:`parse_checked` gives them (no unknown fields, so that check is not made again;
+    sub-documents as marshal bytes). ``models``: the sub-models validated so far, by kind
+    and bytes (the caller keeps it across the texts of one load): an object whose
+    sub-document has the same bytes as one validated before is given that model, which
+    is frozen and equal to what validating those bytes again would give. Only valid ones
+    are kept, so an invalid sub-document is validated, and reported, every time."""
     result = LoadResult()
-    for doc in docs:
+    for i, doc in enumerate(docs):
+        raw = shared[i] if shared is not None else None
+        if raw is None:
+            _take(result, doc, source, strict_fields=not checked)
+            continue
+        kind = doc["kind"]
+        name = SHARED_FIELDS[kind]
+        key = (kind, raw)
+        model = models.get(key) if models is not None else None
+        doc[name] = marshal.loads(raw) if model is None else model
+        count = len(result.objects)
         _take(result, doc, source, strict_fields=not checked)
+        if model is None and models is not None and len(result.objects) > count:
+            models[key] = getattr(result.objects[-1], name)
     return result
 
 

@@ -5,10 +5,13 @@ a list or anything unusual is never called checked, so its errors are the parent
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from mesh.kube_fields import unknown_fields
-from mesh.manifests import load_parsed, load_text, parse_checked
+from mesh.manifests import LoadResult, load_parsed, load_text, parse_checked
+from mesh.objects import Pod
 
 from .test_ahead import BAD, pod
 
@@ -31,12 +34,18 @@ SEQUENCE = "---\n- a\n- b\n"
 TEXTS = [pod(1), pod(2) + pod(3), TYPO, LIST_TYPO, TYPED_LIST, JSON_ARRAY, NO_KIND, SEQUENCE]
 
 
+def load_checked(text: str, models: dict[tuple[str, bytes], Any] | None = None) -> LoadResult:
+    """What the document cache makes of a text the child parsed (or could not)."""
+    got = parse_checked(text)
+    if got is None:
+        return load_text(text, "f.yaml")
+    docs, checked, shared = got
+    return load_parsed(docs, "f.yaml", checked=checked, shared=shared, models=models)
+
+
 @pytest.mark.parametrize("text", TEXTS + BAD)
 def test_a_checked_load_is_the_serial_load(text: str) -> None:
-    got = parse_checked(text)
-    loaded = (
-        load_text(text, "f.yaml") if got is None else load_parsed(got[0], "f.yaml", checked=got[1])
-    )
+    loaded = load_checked(text, {})
     want = load_text(text, "f.yaml")
     assert (loaded.objects, loaded.errors, loaded.warnings) == (
         want.objects,
@@ -67,7 +76,8 @@ def test_checked_only_when_no_object_has_an_unknown_field(text: str, checked: bo
 def test_the_parent_reports_unknown_fields_exactly_as_before() -> None:
     got = parse_checked(TYPO)
     assert got is not None and got[1] is False
-    (err,) = load_parsed(got[0], "f.yaml", checked=got[1]).errors
+    assert got[2] == [None]  # the parent's check needs the document whole
+    (err,) = load_checked(TYPO, {}).errors
     assert unknown_fields(got[0][0], "Service") == ["spec.selecter", "spec.ports[0].nme"]
     assert err == load_text(TYPO, "f.yaml").errors[0]
     assert err.field == "spec.selecter"
@@ -76,3 +86,42 @@ def test_the_parent_reports_unknown_fields_exactly_as_before() -> None:
 def test_arrays_and_syntax_errors_are_left_to_the_parent() -> None:
     assert parse_checked(JSON_ARRAY) is None
     assert parse_checked(BAD[0]) is None
+
+
+def template_pod(i: int, image: str = "x", port: int = 8080) -> str:
+    return (
+        f"---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{app: a}}}}\n"
+        f"spec:\n  containers:\n  - {{name: c, image: {image}, ports: [{{containerPort: {port}}}]}}\n"
+        f"status: {{phase: Running, podIP: 10.0.0.{i + 1}}}\n"
+    )
+
+
+def test_pods_of_one_template_share_one_spec_equal_to_a_fresh_one() -> None:
+    models: dict[tuple[str, bytes], Any] = {}
+    texts = [template_pod(i) for i in range(4)] + [template_pod(4, image="y")]
+    loaded = [load_checked(t, models).objects[0] for t in texts]
+    fresh = [load_text(t, "f.yaml").objects[0] for t in texts]
+    assert loaded == fresh
+    assert all(isinstance(p, Pod) for p in loaded)
+    assert loaded[0].spec is loaded[3].spec  # validated once
+    assert loaded[4].spec is not loaded[0].spec and loaded[4].spec.containers[0].image == "y"
+    assert len(models) == 2
+    for got, want in zip(loaded, fresh, strict=True):
+        assert got.spec.model_fields_set == want.spec.model_fields_set
+        assert got.model_fields_set == want.model_fields_set
+        assert got.to_dict() == want.to_dict()
+
+
+def test_an_invalid_spec_is_reported_each_time_and_never_shared() -> None:
+    models: dict[tuple[str, bytes], Any] = {}
+    bad = [template_pod(i, port=70000) for i in range(3)]
+    for text in bad:
+        got = load_checked(text, models)
+        want = load_text(text, "f.yaml")
+        assert got.errors == want.errors
+        assert [e.field for e in got.errors] == ["spec.containers[0].ports[0].containerPort"]
+    assert models == {}
+    # A valid Pod with another field wrong is reported as before, its spec shared or not.
+    load_checked(template_pod(0), models)
+    broken = template_pod(1).replace("podIP: 10.0.0.2", "podIP: 10.0.0.999")
+    assert load_checked(broken, models).errors == load_text(broken, "f.yaml").errors
