@@ -277,15 +277,26 @@ def _take(result: LoadResult, doc: Any, source: str, *, strict_fields: bool = Tr
     """Validate one decoded document into ``result``."""
     if doc is None:
         return
+    if doc.__class__ is dict:
+        kind = doc.get("kind")
+        if kind.__class__ is str and not kind.endswith("List") and kind[:-4] not in KINDS:
+            # What _flatten gives for an object that is not a list: itself, placed "?"
+            # (the common case, without the generator).
+            _take_item(result, doc, source, "?", strict_fields)
+            return
     for item, place in _flatten(doc):
         if isinstance(item, ManifestError):
             result.errors.append(ManifestError(source, item.object, item.field, item.message))
             continue
-        parsed = parse_object(item, source, place, strict_fields=strict_fields)
-        if parsed is None:
-            kind = item.get("kind") if isinstance(item, dict) else "?"
-            result.warnings.append(f"{source}: ignoring unknown kind {kind!r}")
-        elif isinstance(parsed, ManifestError):
-            result.errors.append(parsed)
-        else:
-            result.objects.append(parsed)
+        _take_item(result, item, source, place, strict_fields)
+
+
+def _take_item(result: LoadResult, item: Any, source: str, place: str, strict_fields: bool) -> None:
+    parsed = parse_object(item, source, place, strict_fields=strict_fields)
+    if parsed is None:
+        kind = item.get("kind") if isinstance(item, dict) else "?"
+        result.warnings.append(f"{source}: ignoring unknown kind {kind!r}")
+    elif isinstance(parsed, ManifestError):
+        result.errors.append(parsed)
+    else:
+        result.objects.append(parsed)
