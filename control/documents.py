@@ -18,6 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import Any
 
 from mesh.ahead import MIN_ITEMS, Ahead
 from mesh.control.chunks import digests as _digests
@@ -25,7 +26,7 @@ from mesh.control.chunks import split_documents as split_documents
 from mesh.control.chunks import texts_to_parse
 from mesh.manifests import LoadResult, load_parsed, load_text
 from mesh.objects import KubeObject
-from mesh.yaml_load import parse_documents
+from mesh.yaml_load import parse_checked
 
 Key = tuple[str, str, str]
 # One document's objects, their keys, and its warnings.
@@ -136,19 +137,29 @@ class DocumentCache:
         todo, texts = texts_to_parse(chunks, digests, cached)
         parts: list[_Part] = []
         seen: dict[bytes, _Part] = {}
+        # Sub-models validated in this load, by their text (the Pods of one template share
+        # their spec: mesh/manifests.py's load_parsed).
+        models: dict[tuple[str, bytes], Any] = {}
         early, self.early = self.early, None
         if early is not None and cached:  # its texts are those of a load from nothing
             early.close()
             early = None
         if early is None:
-            early = Ahead(texts, parse_documents, min_items=self.parse_ahead)
+            early = Ahead(texts, parse_checked, min_items=self.parse_ahead)
         with early as ahead:
             for digest, chunk in zip(digests, chunks, strict=True):
                 part = seen.get(digest) or cached.get(digest)
                 if part is None:
                     self.parsed += 1
-                    docs = ahead.take(todo[digest])
-                    loaded = load_text(chunk, source) if docs is None else load_parsed(docs, source)
+                    # [documents, checked, shared] (mesh/yaml_load.py's parse_checked)
+                    got = ahead.take(todo[digest])
+                    if got is None:
+                        loaded = load_text(chunk, source)
+                    else:
+                        docs, checked, shared = got
+                        loaded = load_parsed(
+                            docs, source, checked=checked, shared=shared, models=models
+                        )
                     if loaded.errors:
                         return None
                     found = tuple(loaded.objects)

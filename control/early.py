@@ -6,7 +6,10 @@ the command has imported and built everything else (the plane, the components, t
 servers: most of a second), while the child would have nothing to wait for: :func:`start`
 forks it first thing, before those imports. The parent only takes each big file's digest;
 the child reads the file (and checks the digest), imports what parsing needs, cuts the
-text into documents exactly as the source will, and parses them from the back. When the source reads a file whose digest
+text into documents exactly as the source will, and parses them from the front for as long
+as it stays ahead of the parent (then from the back: mesh/ahead.py), checking each object
+for unknown fields as it goes (mesh/yaml_load.py's parse_checked), so that the parent only
+takes and validates. When the source reads a file whose digest
 is the one read here, its document cache adopts that child (:func:`adopt`) instead of
 forking its own; a file changed in between is parsed as if nothing had started, and
 :func:`drop` ends every child not adopted. Nothing here changes a result: only who parses.
@@ -73,12 +76,12 @@ def _work(name: str, digest: bytes) -> tuple[Sequence[str], Any]:
     if it still has the content the parent's digest is of (else nothing to do)."""
     # Text work only (no models, no pydantic): the child starts parsing at once.
     from mesh.control.chunks import first_load_texts
-    from mesh.yaml_load import parse_documents
+    from mesh.yaml_load import parse_checked
 
     raw = read(name)
     if not isinstance(raw, bytes) or hashlib.sha256(raw).digest() != digest:
-        return [], parse_documents
-    return first_load_texts(raw.decode("utf-8")), parse_documents
+        return [], parse_checked
+    return first_load_texts(raw.decode("utf-8")), parse_checked
 
 
 def adopt(name: str, digest: bytes) -> Ahead[str] | None:

@@ -16,6 +16,12 @@ take yet queues in the child (a child started before its parent reads, as
 control/early.py's, keeps computing), and the parent decodes a batch only when it takes one
 of its items.
 
+A child forked before its parent has anything to do (control/early.py: while the parent
+imports) starts from the first item instead, and goes on from the front for as long as it
+stays ahead of the parent; the parent then only takes results. Once the parent comes
+within :data:`LEAD` items of it, the child turns to the last item and works backwards as
+above, so on a machine whose other core is busy the two still meet in the middle.
+
 The parent never waits for the child, so the outcome never depends on it:
 
 - one core, a short list, or no ``fork``: no child at all, everything as before;
@@ -50,6 +56,10 @@ MIN_ITEMS = 1000
 # Items per message: large enough that the pipe's per-message cost vanishes, small
 # enough that the parent sees the child's progress often (some 30 KB of data each).
 BATCH = 128
+# A child working from the front (:meth:`Ahead.made_in_child`) goes on there only while
+# the parent is at least this many items behind it: a batch the parent reaches before it
+# arrives is computed twice.
+LEAD = 4 * BATCH
 _REACHED = struct.Struct("<q")  # the highest index the parent has asked for (-1: none)
 _HEADER = struct.Struct("<IIQ")  # first index of the batch, its items, payload length
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: fewer wake-ups of a child that writes ahead
@@ -112,13 +122,14 @@ class Ahead(Generic[T]):
         fork: a process can start one before it has imported or read what the work needs
         (the child imports it on its own core). The caller must know that its own items
         will be those ``make`` gives, index for index (the same pure function of the same
-        input); ``make`` raising means no results, as a child that died."""
+        input); ``make`` raising means no results, as a child that died. The child starts
+        from the first item (the parent is busy elsewhere meanwhile) while it is ahead."""
         ahead: Ahead[T] = cls((), lambda item: None, cores=1)
         if (usable_cores() if cores is None else cores) >= 2 and hasattr(os, "fork"):
-            ahead._start(make)
+            ahead._start(make, front=True)
         return ahead
 
-    def _start(self, make: Callable[[], tuple[Sequence[T], Func[T]]]) -> None:
+    def _start(self, make: Callable[[], tuple[Sequence[T], Func[T]]], front: bool = False) -> None:
         # Where the parent has got to, shared with the child (an anonymous shared map):
         # the child stops at the first batch the parent has reached, instead of computing
         # what the parent did itself (on a busy machine, CPU taken from the parent).
@@ -140,7 +151,7 @@ class Ahead(Generic[T]):
             status = 1
             try:
                 os.close(read_fd)
-                _child(make, write_fd, blocked, self._reached)
+                _child(make, write_fd, blocked, self._reached, front)
                 status = 0
             finally:
                 os._exit(status)
@@ -258,8 +269,10 @@ def _child(
     fd: int,
     mask: Iterable[int],
     reached: mmap.mmap,
+    front: bool,
 ) -> None:
-    """Compute from the last item backwards, a batch per message, until done or orphaned."""
+    """Compute from the last item backwards, a batch per message, until done or orphaned
+    (``front``: first from the first item forwards, while ahead of the parent)."""
     # Signals are the default ones (Ctrl-C ends the child too), not the parent's handlers,
     # which would write to the parent's wake-up descriptor.
     signal.set_wakeup_fd(-1)
@@ -276,20 +289,39 @@ def _child(
     # keeps computing instead of stopping once the pipe is full.
     os.set_blocking(fd, False)
     pending: collections.deque[memoryview] = collections.deque()
+    done = 0  # items below this were computed from the front
     hi = len(items)
-    while hi > 0:
-        lo = max(0, hi - BATCH)
+    while front and done < hi:
+        at = _REACHED.unpack_from(reached, 0)[0]
+        if at >= 0 and at + LEAD > done:
+            break  # the parent has (nearly) caught up: from the back now
+        _send(fd, pending, func, items, done, min(hi, done + BATCH))
+        done = min(hi, done + BATCH)
+    while hi > done:
+        lo = max(done, hi - BATCH)
         if _REACHED.unpack_from(reached, 0)[0] >= lo:
             break  # the parent is in this batch already: it does the rest itself
-        results = [_safe(func, items[i]) for i in range(lo, hi)]
-        try:
-            payload = marshal.dumps(results)
-        except Exception:  # an unmarshallable value somewhere: look at them one by one
-            payload = marshal.dumps([_marshallable(r) for r in results])
-        pending.append(memoryview(_HEADER.pack(lo, hi - lo, len(payload)) + payload))
-        _flush(fd, pending, block=False)
+        _send(fd, pending, func, items, lo, hi)
         hi = lo
     _flush(fd, pending, block=True)
+
+
+def _send(
+    fd: int,
+    pending: collections.deque[memoryview],
+    func: Func[T],
+    items: Sequence[T],
+    lo: int,
+    hi: int,
+) -> None:
+    """Compute items ``lo`` to ``hi`` (excluded) and send them as one message."""
+    results = [_safe(func, items[i]) for i in range(lo, hi)]
+    try:
+        payload = marshal.dumps(results)
+    except Exception:  # an unmarshallable value somewhere: look at them one by one
+        payload = marshal.dumps([_marshallable(r) for r in results])
+    pending.append(memoryview(_HEADER.pack(lo, hi - lo, len(payload)) + payload))
+    _flush(fd, pending, block=False)
 
 
 def _safe(func: Func[T], item: T) -> Any:

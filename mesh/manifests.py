@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import marshal
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,11 +23,13 @@ from mesh.objects import KINDS, KubeObject
 
 # The text side (no models), re-exported: a parse-only process imports mesh.yaml_load alone.
 from mesh.yaml_load import _TYPED_FIRST as _TYPED_FIRST
+from mesh.yaml_load import SHARED_FIELDS
 from mesh.yaml_load import _Array as _Array
 from mesh.yaml_load import _documents as _documents
 from mesh.yaml_load import _load_all as _load_all
 from mesh.yaml_load import _Loader as _Loader
 from mesh.yaml_load import _plain_scalar as _plain_scalar
+from mesh.yaml_load import parse_checked as parse_checked
 from mesh.yaml_load import parse_documents as parse_documents
 
 log = logging.getLogger("mesh.manifests")
@@ -236,28 +239,64 @@ def load_text(text: str, source: str = "<input>") -> LoadResult:
     return result
 
 
-def load_parsed(docs: list[Any], source: str = "<input>") -> LoadResult:
+def load_parsed(
+    docs: list[Any],
+    source: str = "<input>",
+    *,
+    checked: bool = False,
+    shared: list[bytes | None] | None = None,
+    models: dict[tuple[str, bytes], Any] | None = None,
+) -> LoadResult:
     """:func:`load_text` of a text whose documents :func:`parse_documents` gave: the same
-    objects, errors and warnings, without parsing again."""
+    objects, errors and warnings, without parsing again. ``checked``, ``shared``: as
+    :func:`parse_checked` gives them (no unknown fields, so that check is not made again;
+    sub-documents as marshal bytes). ``models``: the sub-models validated so far, by kind
+    and bytes (the caller keeps it across the texts of one load): an object whose
+    sub-document has the same bytes as one validated before is given that model, which
+    is frozen and equal to what validating those bytes again would give. Only valid ones
+    are kept, so an invalid sub-document is validated, and reported, every time."""
     result = LoadResult()
-    for doc in docs:
-        _take(result, doc, source)
+    for i, doc in enumerate(docs):
+        raw = shared[i] if shared is not None else None
+        if raw is None:
+            _take(result, doc, source, strict_fields=not checked)
+            continue
+        kind = doc["kind"]
+        name = SHARED_FIELDS[kind]
+        key = (kind, raw)
+        model = models.get(key) if models is not None else None
+        doc[name] = marshal.loads(raw) if model is None else model
+        count = len(result.objects)
+        _take(result, doc, source, strict_fields=not checked)
+        if model is None and models is not None and len(result.objects) > count:
+            models[key] = getattr(result.objects[-1], name)
     return result
 
 
-def _take(result: LoadResult, doc: Any, source: str) -> None:
+def _take(result: LoadResult, doc: Any, source: str, *, strict_fields: bool = True) -> None:
     """Validate one decoded document into ``result``."""
     if doc is None:
         return
+    if doc.__class__ is dict:
+        kind = doc.get("kind")
+        if kind.__class__ is str and not kind.endswith("List") and kind[:-4] not in KINDS:
+            # What _flatten gives for an object that is not a list: itself, placed "?"
+            # (the common case, without the generator).
+            _take_item(result, doc, source, "?", strict_fields)
+            return
     for item, place in _flatten(doc):
         if isinstance(item, ManifestError):
             result.errors.append(ManifestError(source, item.object, item.field, item.message))
             continue
-        parsed = parse_object(item, source, place)
-        if parsed is None:
-            kind = item.get("kind") if isinstance(item, dict) else "?"
-            result.warnings.append(f"{source}: ignoring unknown kind {kind!r}")
-        elif isinstance(parsed, ManifestError):
-            result.errors.append(parsed)
-        else:
-            result.objects.append(parsed)
+        _take_item(result, item, source, place, strict_fields)
+
+
+def _take_item(result: LoadResult, item: Any, source: str, place: str, strict_fields: bool) -> None:
+    parsed = parse_object(item, source, place, strict_fields=strict_fields)
+    if parsed is None:
+        kind = item.get("kind") if isinstance(item, dict) else "?"
+        result.warnings.append(f"{source}: ignoring unknown kind {kind!r}")
+    elif isinstance(parsed, ManifestError):
+        result.errors.append(parsed)
+    else:
+        result.objects.append(parsed)

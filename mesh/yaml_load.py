@@ -9,6 +9,7 @@ mesh/manifests.py validates what this gives.
 from __future__ import annotations
 
 import json
+import marshal
 import re
 import sys
 import types
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from mesh.kube_fields import all_known
 from mesh.yaml_plain import Decline, plain_documents
 
 try:  # the C loader is ten times faster; fall back where libyaml is missing
@@ -189,3 +191,35 @@ def parse_documents(text: str) -> list[Any] | None:
         return [list(d) if isinstance(d, _Array) else d for d in _documents(text, "<input>")]
     except ValueError:
         return None
+
+
+# Kinds whose objects often hold one and the same sub-document, and that field: the Pods
+# of one template have the same spec. mesh/manifests.py validates each distinct one once.
+SHARED_FIELDS = {"Pod": "spec"}
+
+
+def parse_checked(text: str) -> list[Any] | None:
+    """:func:`parse_documents` for a process that parses for another (mesh/ahead.py), which
+    also does the unknown-field check there (mesh/kube_fields.py): ``[documents, checked,
+    shared]`` with ``checked`` true when no object of the text has a field its kind lacks
+    (the loader may skip its own check), or None (a syntax error, a JSON array: the loader
+    loads the text itself). ``shared`` (only when checked): per document, None or its
+    :data:`SHARED_FIELDS` value as marshal bytes, the value itself left as None in the
+    document, so that the loader decodes and validates each distinct one once."""
+    docs = parse_documents(text)
+    if docs is None or any(doc.__class__ is list for doc in docs):
+        return None
+    checked = all_known(docs)
+    shared: list[bytes | None] = [None] * len(docs)
+    if checked:
+        for i, doc in enumerate(docs):
+            kind = doc.get("kind") if doc.__class__ is dict else None
+            name = SHARED_FIELDS.get(kind) if isinstance(kind, str) else None
+            value = doc.get(name) if name is not None else None
+            if value.__class__ is dict:
+                try:
+                    shared[i] = marshal.dumps(value)
+                except Exception:  # a recursive alias: sent as it is (or not at all)
+                    continue
+                doc[name] = None  # the key kept in its place
+    return [docs, checked, shared]

@@ -260,3 +260,33 @@ def test_the_child_stops_where_the_parent_has_got_to(tmp_path: Path) -> None:
                     break
             time.sleep(0.01)
     assert log.stat().st_size <= 3 * ahead_module.BATCH  # not the 2,000 items
+
+
+def _made(texts: list[str], func: Any) -> Ahead[str]:
+    return Ahead.made_in_child(lambda: (texts, func), cores=2)
+
+
+def slowish_parse(text: str) -> list[Any] | None:
+    time.sleep(0.002)
+    return parse_documents(text)
+
+
+def test_a_child_started_early_works_from_the_front() -> None:
+    texts = [pod(i) for i in range(3 * ahead_module.BATCH)]
+    with _made(texts, slowish_parse) as ahead:
+        first = ahead.take(0, wait=True)  # the parent busy elsewhere until now
+        assert first == parse_documents(texts[0])
+        assert len(texts) - 1 not in ahead._where  # the first batch came first
+        got = [ahead.take(i, wait=True) for i in range(1, len(texts))]
+    assert got == [parse_documents(t) for t in texts[1:]]
+    assert ahead.taken == len(texts)
+
+
+def test_an_early_child_the_parent_catches_up_with_turns_to_the_back() -> None:
+    texts = [pod(i) for i in range(6 * ahead_module.BATCH)]
+    with _made(texts, slowish_parse) as ahead:
+        ahead.take(0, wait=True)
+        # The parent goes on faster than the child: what it does not get, it parses itself.
+        got = [ahead.take(i) or parse_documents(t) for i, t in enumerate(texts[1:], start=1)]
+    assert got == [parse_documents(t) for t in texts[1:]]
+    assert 0 < ahead.taken < len(texts)

@@ -35,11 +35,10 @@ def write(root: Path, name: str, docs: list[str]) -> Path:
 
 
 def wait_for_first_batch(name: str) -> None:
-    """Until the child has sent its first results (it starts with the file's last texts)."""
+    """Until the child has sent its first results (it starts with the file's first texts,
+    the parent being busy elsewhere meanwhile)."""
     _, ahead = early._started[name]
-    raw = Path(name).read_bytes()
-    last = len(first_load_texts(raw.decode())) - 1
-    ahead._receive(wait=True, until=last)
+    ahead._receive(wait=True, until=0)
 
 
 def source_of(root: Path) -> DirSource:
@@ -112,3 +111,20 @@ def test_the_childs_texts_are_those_the_cache_parses() -> None:
     assert len(texts) == 20
     assert [parse_documents(t) for t in texts] == [parse_documents(d) for d in docs[:7] + docs[8:]]
     assert first_load_texts("%YAML 1.2\n---\na: 1\n") == []  # the whole-file path
+
+
+def test_an_unknown_field_in_the_childs_texts_is_reported_as_the_serial_load(
+    tmp_path: Path,
+) -> None:
+    from ..test_parse_checked import TYPO
+
+    docs = [pod(i) for i in range(1500)]
+    docs[900] = TYPO  # found by the child's check, reported by the parent's
+    path = write(tmp_path, "all.yaml", docs)
+    assert early.start(tmp_path, min_bytes=0, cores=2) == 1
+    wait_for_first_batch(str(path))
+    got = source_of(tmp_path)._read_changes()[str(path)]
+    want = load_text(path.read_text(), str(path))
+    assert got is not None
+    assert (got.objects, got.errors, got.warnings) == (want.objects, want.errors, want.warnings)
+    assert [e.field for e in got.errors] == ["spec.selecter"]
