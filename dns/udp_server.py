@@ -10,8 +10,10 @@ after ``batch`` packets (one ``_drain``) it reads the upstreams' replies, times 
 exchanges whose upstream is late, and yields to other tasks. A miss is answered from the
 FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes out).
 An NXDOMAIN under a name the zone has (a random-subdomain flood, a single label under a
-search domain) is made again each time (one dict lookup of its parent, no walk) and kept in
-no cache, so a flood of made-up names neither grows nor churns any; the NXDOMAIN of a dotted name under a
+search domain) is made again each time and kept in no cache, so a flood of made-up names
+neither grows nor churns any: inline, with no call, once the FastIndex made one of its shape
+(its ``flood`` keys: the query without its first label's bytes), else by the FastIndex (one
+dict lookup of its parent, no walk); the NXDOMAIN of a dotted name under a
 search domain (the FastIndex walked its labels), asked again at every lookup of that name, is
 kept in a negative cache of its own that admits while it has room and never evicts
 (dns/wire_cache.py). The rest goes through the pure Responder synchronously (cluster
@@ -109,6 +111,8 @@ class UdpServing:
         negative = live.negative.entries
         fast = live.fast.reply if live.fast is not None else None
         zone = live.fast.zone_wire if live.fast is not None else None
+        flood = live.fast.flood if live.fast is not None else {}
+        nodes = live.fast.nodes if live.fast is not None else {}
         pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
         n = hits = forwarded = answered = 0
         start = time.perf_counter()
@@ -135,8 +139,43 @@ class UdpServing:
                 queries[hit[1]] += 1
                 hits += 1
                 continue
-            # A name in the zone is never in the answer cache: skip its two lookups.
-            if zone is None or zone not in data:
+            if zone is not None and zone in data:
+                # A name in the zone is never in the answer cache: skip its two lookups. A
+                # made-up name under a known parent (a flood, a search-path step) is answered
+                # here when the FastIndex made an NXDOMAIN of its shape before (``flood``: the
+                # key fixes every byte but the first label's; those and the name are checked
+                # as ``FastIndex.flood_reply`` does), with no call.
+                if flood:
+                    try:
+                        first = data[12]
+                    except IndexError:  # shorter than a header: the general path says so
+                        first = 64  # (no key has a first label this long)
+                    parts = flood.get(data[2:13] + data[13 + first :])
+                    if parts is not None:
+                        plain = data[13 : 13 + first]
+                        name = data[12 : 13 + first + parts[2]]
+                        if (
+                            0 not in plain
+                            and 46 not in plain  # a dot inside a label: the general path
+                            and plain.isascii()
+                            and name not in nodes
+                            and (name.islower() or name.lower() not in nodes)
+                            and not (pods and addr[0] in pods)
+                        ):
+                            try:
+                                sendto(
+                                    data[:2]
+                                    + parts[0]
+                                    + data[12 : 17 + first + parts[2]]
+                                    + parts[1],
+                                    addr,
+                                )
+                            except OSError:
+                                metrics.dropped["send"] += 1
+                            queries[parts[3]] += 1
+                            answered += 1
+                            continue
+            else:
                 entry = memo(tail)  # a lower-case question whose memo is current: inline
                 if entry is not None and now < entry.refresh:
                     try:
