@@ -137,7 +137,9 @@ def ours_forward(rounds: int, counting: bool = False) -> Any:
     dns.apply(make_config(300))
     forwarder = Forwarder([up.getsockname()], metrics=dns.metrics, cache=dns._forward_cache)
     dns._forwarder = dns._path.forwarder = forwarder
-    outbound = Outbound(forwarder, server.fileno(), dns._relay.spawn_tcp)
+    outbound = Outbound(
+        forwarder, server.fileno(), dns._relay.spawn_tcp, answer_udp=dns._relay.udp_answered
+    )
     dns._relay.outbound = forwarder.outbound = outbound
     qs = queries(rounds * BURST)
     samples, k = [], 0
@@ -225,7 +227,9 @@ def ours_loop(workload: str, rounds: int, counting: bool = False) -> Any:
     dns.apply(make_config(300))
     forwarder = Forwarder([up.getsockname()], metrics=dns.metrics, cache=dns._forward_cache)
     dns._forwarder = dns._path.forwarder = forwarder
-    outbound = Outbound(forwarder, server.fileno(), dns._relay.spawn_tcp)
+    outbound = Outbound(
+        forwarder, server.fileno(), dns._relay.spawn_tcp, answer_udp=dns._relay.udp_answered
+    )
     dns._relay.outbound = forwarder.outbound = outbound
     # a first pass over the whole file (as dnsperf makes over and over) unless every name
     # must be new; forwarded names until the answer cache holds each

@@ -3,7 +3,7 @@
 The server's trio shell calls these for queries it forwards. ``relay`` copies the upstream's
 answer into a reply to the client's bytes (``layout.relay``: no decoding) and, over UDP, keeps
 that reply in the answer cache the UDP loop answers from, for as long as the upstream's answer
-may be kept. Reverse names are never kept there: a config can make one the cluster's, and the
+may be kept, once the question was asked before (its answer came from the question cache). Reverse names are never kept there: a config can make one the cluster's, and the
 UDP loop consults the answer cache before the zone. ``chase`` follows an ExternalName's
 target outside the zone (``chase.chase``) and encodes the whole chain.
 """
@@ -85,7 +85,10 @@ class ForwardPath:
         self, fwd: Forward, data: bytes, qend: int, got: Answer | None, responder: Responder
     ) -> tuple[bytes, Label]:
         """``reply`` over UDP as a plain pair (wire, label), no Reply object (one per
-        forwarded query); the reply goes into the answer cache while the answer may be kept."""
+        forwarded query); the reply goes into the answer cache while the answer may be kept,
+        from the second time its question is asked (``got`` from the question cache): most
+        forwarded names are asked once, and an entry for each would cost them a put, an
+        eviction and an object to track, for nothing."""
         if got is None:
             failure = responder.failure(fwd.query, SERVFAIL, tcp=False)
             return failure.wire, failure.label
@@ -107,7 +110,11 @@ class ForwardPath:
         self.metrics.cache_misses["answer"] += 1
         name = fwd.wire_name  # known (lower case, plain labels) when classified from bytes
         remaining = got.remaining
-        if remaining <= 0 or (name.endswith(REVERSE_WIRE_SUFFIXES) if name else fwd.reverse):
+        if (
+            not got.cached
+            or remaining <= 0
+            or (name.endswith(REVERSE_WIRE_SUFFIXES) if name else fwd.reverse)
+        ):
             return wire, label
         if name:
             end = qend - 4

@@ -64,7 +64,12 @@ class UdpServing:
     _relay: Relay
 
     async def _serve_udp(self, sock: socket.socket) -> None:
-        outbound = Outbound(self._forwarder, sock.fileno(), self._relay.spawn_tcp)
+        outbound = Outbound(
+            self._forwarder,
+            sock.fileno(),
+            self._relay.spawn_tcp,
+            answer_udp=self._relay.udp_answered,
+        )
         self._relay.outbound = outbound
         self._forwarder.outbound = outbound
         self._forwarder.wake = self._relay.wake
@@ -114,7 +119,9 @@ class UdpServing:
         flood = live.fast.flood if live.fast is not None else {}
         nodes = live.fast.nodes if live.fast is not None else {}
         pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
-        n = hits = forwarded = answered = 0
+        forward = self._relay.forward_udp
+        responder = live.responder
+        n = hits = forwarded = answered = relayed = 0
         start = time.perf_counter()
         now = self._clock()
         room = live.negative.room(now)  # NXDOMAIN replies it may take this batch
@@ -222,6 +229,10 @@ class UdpServing:
                 elif kind is False and room:  # an NXDOMAIN of a walked name: kept apart
                     negative[tail] = (wire[2:], label)  # (see NegativeCache)
                     room -= 1
+            elif type(reply) is Forward and not (pods and addr[0] in pods):
+                # a name outside the zone, classified: to the upstreams, without ``_udp_miss``
+                relayed += 1
+                forward(sock, data, addr, reply, responder, time.perf_counter())
             else:  # a name outside the zone (its Forward), or one the general path answers
                 self._udp_miss(
                     sock, data, addr, live, reply if isinstance(reply, Forward) else None
@@ -232,7 +243,8 @@ class UdpServing:
             metrics.cache_hits["answer"] += forwarded
         if answered:
             metrics.latency["cluster"].observe((time.perf_counter() - start) / n, answered)
-            metrics.cache_misses["wire"] += answered
+        if answered or relayed:
+            metrics.cache_misses["wire"] += answered + relayed
         return n
 
     def _udp_miss(

@@ -48,13 +48,15 @@ class UpstreamError(Exception):
 @dataclass(slots=True)  # not frozen: see Layout (one per forwarded query)
 class Answer:
     """An upstream's answer: the message, where things are in it, its TTLs as they stand now,
-    and how long it may still be cached (0: not at all)."""
+    how long it may still be cached (0: not at all), and whether it came from the question
+    cache (asked before: the UDP relay keeps the client's reply only then)."""
 
     wire: bytes
     layout: Layout
     ttls: Ttls
     remaining: float
     stale: bool = False
+    cached: bool = False
 
 
 def lower_name(question: bytes) -> bytes:
@@ -115,6 +117,18 @@ def matches(reply: bytes, sent: bytes, qend: int) -> Layout | None:
             return None
     # The question is ours up to case (its length bytes, below 0x40, are not letters, so
     # the same labels): scan need not walk it again.
+    return scan(reply, qend)
+
+
+def scan_reply(reply: bytes, question: bytes, qend: int, sent: bytes) -> Layout | None:
+    """``matches`` for a reply found by its ID on the socket the query went out on (so the ID
+    is ours): the QR bit and the question (``question``: the one in ``sent``, up to
+    ``qend``), then the layout; the usual reply, which echoes the question byte for byte,
+    costs one compare and no slice of ``sent``."""
+    if len(reply) < qend or not reply[2] & 0x80:
+        return None
+    if reply[HEADER:qend] != question:
+        return matches(reply, sent, qend)  # another case (0x20 upstream), or not ours
     return scan(reply, qend)
 
 
@@ -246,7 +260,7 @@ class Forwarder:
         age = int(now - entry.stored)
         ttls = tuple((o, max(0, t - age)) for o, t in entry.ttls)
         wire = bytes(with_ttls(entry.wire, entry.ttls, age)) if age else entry.wire
-        return Answer(wire, layout, ttls, entry.remaining(now))
+        return Answer(wire, layout, ttls, entry.remaining(now), False, True)
 
     def succeeded(self, i: int) -> None:
         if self.pool.succeeded(i):
