@@ -77,7 +77,7 @@ class ForwardPath:
             data, qend, got.wire, got.layout, edns=fwd.edns, limit=limit, advertise=self.max_udp
         )
         if relayed is None:  # a shape we do not copy (an OPT in the middle): decode, encode
-            return responder.relay(fwd.query, DNSRecord.parse(got.wire), 0, tcp=tcp)
+            return self._decoded(fwd, got, responder, tcp=tcp)
         # the answer cache holds UDP replies: the UDP loop answers from it
         return Reply(relayed[0], self._label(fwd.qtype, got.layout.rcode))
 
@@ -102,7 +102,7 @@ class ForwardPath:
             advertise=self.max_udp,
         )
         if relayed is None:  # a shape we do not copy (an OPT in the middle): decode, encode
-            failure = responder.relay(fwd.query, DNSRecord.parse(got.wire), 0, tcp=False)
+            failure = self._decoded(fwd, got, responder, tcp=False)
             return failure.wire, failure.label
         wire, cut = relayed
         qtype, rcode = fwd.qtype, got.layout.rcode
@@ -128,6 +128,18 @@ class ForwardPath:
                 ttls = tuple(t for t in ttls if t[0] < cut)
             self.answers.put(key, stored, ttls, qend, ttl=remaining, now=self.clock(), label=label)
         return wire, label
+
+    def _decoded(self, fwd: Forward, got: Answer, responder: Responder, *, tcp: bool) -> Reply:
+        """The reply re-encoded from the upstream's decoded answer; SERVFAIL, counted as
+        ``malformed``, when dnslib cannot decode it (a label that is no text, say: ``scan``
+        checks the shape of a message, not what its labels hold). The upstream's fault, not
+        ours: never an internal error."""
+        try:
+            record = DNSRecord.parse(got.wire)
+        except Exception:  # dnslib's errors on hostile bytes are of several classes
+            self.metrics.forward_errors["malformed"] += 1
+            return responder.failure(fwd.query, SERVFAIL, tcp=tcp)
+        return responder.relay(fwd.query, record, 0, tcp=tcp)
 
     def _label(self, qtype: int, rcode: int) -> Label:
         """The query counter's label, made once per (qtype, rcode): no two lookups and no
