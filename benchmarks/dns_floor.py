@@ -33,6 +33,7 @@ import select
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dnslib import RR, A, DNSRecord
@@ -276,6 +277,80 @@ def ours_loop(workload: str, rounds: int, counting: bool = False) -> Any:
     return p10(samples)
 
 
+def steps(n: int = 20000) -> list[tuple[str, float]]:
+    """The CPU of each step of a forwarded query, alone, on the same data each time (the
+    pure parts: no socket; warm caches, so the least each step costs). In the order the
+    server runs them: the query's classification, the exchange's creation, the reply's
+    check and layout, the question cache's put, the client's reply."""
+    from mesh.dns.forward_cache import ForwardCache
+    from mesh.dns.layout import Layout, relay
+    from mesh.dns.outbound import Exchange
+    from mesh.dns.pool import ONE
+    from mesh.dns.responder import Forward
+    from mesh.dns.upstream import Answer, new_id, scan_reply
+
+    dns = DnsServer((HOST, 0), upstreams=[])
+    dns.apply(make_config(300))
+    fast = dns._live.fast
+    assert fast is not None
+    qs = queries(n)
+    replies = [answer(q) for q in qs]
+    fwds: list[Forward] = []
+    for q in qs:
+        fwd = fast.reply(q)
+        assert isinstance(fwd, Forward)
+        fwds.append(fwd)
+    keys = [f.wire_name + b"\x00\x01\x00\x01\x00" for f in fwds]
+    exchanges = [Exchange(k, k[:-1], False, ONE) for k in keys]
+    for ex in exchanges:
+        ex.wire = new_id() + ex.body
+    layouts: list[Layout] = []
+    for r, ex in zip(replies, exchanges, strict=True):
+        found = scan_reply(r, ex.question, ex.qend, ex.wire)
+        assert found is not None
+        layouts.append(found)
+    cache = ForwardCache(10_000)
+    out: list[tuple[str, float]] = []
+
+    def timed(name: str, run: Callable[[], object]) -> None:
+        start = time.thread_time()
+        run()
+        out.append((name, (time.thread_time() - start) / n * 1e6))
+
+    both = list(zip(fwds, qs, strict=True))
+    pairs = list(zip(replies, exchanges, strict=True))
+    fours = list(zip(keys, replies, layouts, exchanges, strict=True))
+    timed("classify (FastIndex.reply -> Forward)", lambda: [fast.reply(q) for q in qs])
+    timed(
+        "key + Exchange",
+        lambda: [
+            Exchange(f.wire_name + q[-4:] + b"\x00", f.wire_name + q[-4:], False, ONE)
+            for f, q in both
+        ],
+    )
+    timed("new_id + wire", lambda: [new_id() + ex.body for ex in exchanges])
+    timed(
+        "scan_reply (checks, layout)",
+        lambda: [scan_reply(r, ex.question, ex.qend, ex.wire) for r, ex in pairs],
+    )
+    timed(
+        "keep_for + question cache put",
+        lambda: [
+            cache.put(k, r, lay.ttls, ex.qend, ttl=cache.keep_for(lay), now=0.0)
+            for k, r, lay, ex in fours
+        ],
+    )
+    timed("Answer", lambda: [Answer(r, lay, lay.ttls, 300) for _, r, lay, _ in fours])
+    timed(
+        "relay (client's reply)",
+        lambda: [
+            relay(q, ex.qend, r, lay, edns=False, limit=512, advertise=1232)
+            for q, (_, r, lay, ex) in zip(qs, fours, strict=True)
+        ],
+    )
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rounds", type=int, default=1500)
@@ -287,8 +362,16 @@ def main() -> int:
         action="store_true",
         help="the loop's Python calls, C calls and bytecodes per query, instead of times",
     )
+    p.add_argument(
+        "--steps", action="store_true", help="the CPU of each step of a forwarded query, alone"
+    )
     opts = p.parse_args()
     rounds = max(20, opts.rounds)
+    if opts.steps:
+        print("per forwarded query, each step alone (thread CPU, warm):")
+        for name, t in steps():
+            print(f"  {name:40s} {t:6.2f} us")
+        return 0
     if opts.calls:
         print("per query in the server loop (one burst of 64 after the warm-up):")
         for w in ("repeated", "nxdomain", "mixed", "forward-cached"):

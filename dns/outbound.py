@@ -404,8 +404,15 @@ class Outbound:
     def _finish(self, ex: Exchange, answer: Answer | None) -> None:
         ex.done = True
         self.inflight.pop(ex.key, None)
+        answer_udp = self._answer_udp
         for waiter in ex.waiters:
-            self._deliver(waiter, answer)
+            if type(waiter) is tuple and answer_udp is not None:  # ``_deliver``, no call
+                try:
+                    answer_udp(answer, waiter)
+                except Exception:  # one client's bug must not cost the others their answer
+                    log.exception("answering a forwarded query failed")
+            else:
+                self._deliver(waiter, answer)
 
     def _deliver(self, waiter: Waiter | UdpWaiter, answer: Answer | None) -> None:
         try:

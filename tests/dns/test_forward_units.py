@@ -232,7 +232,9 @@ def test_an_upstream_answer_dnslib_cannot_decode_is_a_servfail_counted_as_malfor
     )
     responder = Responder(ZoneIndex.build(CLUSTER))
     qend = 12 + 16 + 4
-    fwd = Forward(parse_query(query))
+    parsed = parse_query(query)
+    assert isinstance(parsed, Query)
+    fwd = Forward(parsed)
     got = Answer(wire, layout, layout.ttls, 0)
     reply, label = path.reply_udp(fwd, query, qend, got, responder)
     assert reply[:2] == query[:2] and reply[3] & 0xF == 2  # SERVFAIL
