@@ -28,6 +28,7 @@ Usage: python benchmarks/dns_floor.py [--rounds 1500]
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import select
 import socket
@@ -278,10 +279,11 @@ def ours_loop(workload: str, rounds: int, counting: bool = False) -> Any:
 
 
 def steps(n: int = 20000) -> list[tuple[str, float]]:
-    """The CPU of each step of a forwarded query, alone, on the same data each time (the
-    pure parts: no socket; warm caches, so the least each step costs). In the order the
-    server runs them: the query's classification, the exchange's creation, the reply's
-    check and layout, the question cache's put, the client's reply."""
+    """The CPU of each step of a forwarded query, alone, over ``n`` distinct names (the
+    pure parts: no socket, no metrics; the collector off, as its share depends on what else
+    lives: ``ours forward`` has it). In the order the server runs them: the query's
+    classification, the exchange's creation, the reply's check and layout, the question
+    cache's put, the client's reply."""
     from mesh.dns.forward_cache import ForwardCache
     from mesh.dns.layout import Layout, relay
     from mesh.dns.outbound import Exchange
@@ -313,9 +315,12 @@ def steps(n: int = 20000) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
 
     def timed(name: str, run: Callable[[], object]) -> None:
+        gc.collect()
+        gc.disable()
         start = time.thread_time()
         run()
         out.append((name, (time.thread_time() - start) / n * 1e6))
+        gc.enable()
 
     both = list(zip(fwds, qs, strict=True))
     pairs = list(zip(replies, exchanges, strict=True))

@@ -1,13 +1,14 @@
 """Forwarded questions over kept-open UDP sockets, driven by the server's receive loop.
 
-Theory of operation. ``ask`` takes a question and a callback; the answer (or None: SERVFAIL)
-comes back through the callback, at once from the question cache, or later from ``poll``
+Theory of operation. ``ask`` takes a question and a callback (the UDP relay: ``ask_key`` and
+a ``UdpWaiter`` tuple, which ``answer_udp`` answers); the answer (or None: SERVFAIL) comes
+back through it, at once from the question cache, or later from ``poll``
 (a reply arrived) or ``sweep`` (a timeout moved the exchange to the next upstream, or gave
 up). Nothing here waits: the server's UDP loop waits on ``fileno()`` (an epoll set holding the
 listening socket, every upstream socket and the eventfd ``wake`` writes to) and calls ``poll``
 and ``sweep``; no task, no socket and no epoll registration per forwarded query.
 
-- Identical questions in flight share one exchange: later askers add their callback.
+- Identical questions in flight share one exchange: later askers add their waiter.
 - Upstreams are tried in the ``Pool``'s order (policy, health), each within ``timeout``;
   a SERVFAIL or REFUSED makes the next one try, a truncated reply is asked again over TCP
   (a task: rare), and when every upstream fails an entry in its ``serve_stale`` window, or

@@ -17,9 +17,9 @@ dict lookup of its parent, no walk); the NXDOMAIN of a dotted name under a
 search domain (the FastIndex walked its labels), asked again at every lookup of that name, is
 kept in a negative cache of its own that admits while it has room and never evicts
 (dns/wire_cache.py). The rest goes through the pure Responder synchronously (cluster
-names), or is handed to ``Outbound`` with a callback that sends the reply (names outside the
-zone, classified from their bytes by the FastIndex when standard): no task per forwarded
-query. ExternalName targets outside the zone, autopath walks and TCP clients use tasks that
+names), or is handed to ``Outbound`` with a waiter tuple the relay answers (names outside the
+zone, classified from their bytes by the FastIndex when standard, go there straight from the
+batch): no task and no closure per forwarded query. ExternalName targets outside the zone, autopath walks and TCP clients use tasks that
 await ``Forwarder.resolve`` (the same exchanges). Config swaps replace the responder and the
 wire cache in one assignment, so the next packet already sees the new config; forwarded
 answers do not depend on the config and stay (reverse names, whose owner a config can change,
