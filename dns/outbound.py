@@ -53,9 +53,9 @@ from mesh.dns.upstream import (
     UPSTREAM_PAYLOAD,
     Answer,
     Forwarder,
+    matches,
     new_id,
     question_key,
-    scan_reply,
 )
 
 log = logging.getLogger("mesh.dns.outbound")
@@ -318,7 +318,13 @@ class Outbound:
                 self._port_failed(port, str(exc), now)
                 return
             ex = port.pending.get(data[:2])  # our ID on this socket
-            layout = scan_reply(data, ex.question, ex.qend, ex.wire) if ex is not None else None
+            layout = None
+            if ex is not None and len(data) > HEADER and data[2] & 0x80:  # a response (QR)
+                qend = ex.qend
+                if data[HEADER:qend] == ex.question:  # echoed byte for byte: the usual reply
+                    layout = scan(data, qend)
+                else:
+                    layout = matches(data, ex.wire, qend)  # another case (0x20), or not ours
             if ex is None or layout is None or source[:2] != port.peer:
                 metrics.forward_errors["stray"] += 1  # forged, late or broken: never used
                 continue

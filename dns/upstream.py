@@ -120,18 +120,6 @@ def matches(reply: bytes, sent: bytes, qend: int) -> Layout | None:
     return scan(reply, qend)
 
 
-def scan_reply(reply: bytes, question: bytes, qend: int, sent: bytes) -> Layout | None:
-    """``matches`` for a reply found by its ID on the socket the query went out on (so the ID
-    is ours): the QR bit and the question (``question``: the one in ``sent``, up to
-    ``qend``), then the layout; the usual reply, which echoes the question byte for byte,
-    costs one compare and no slice of ``sent``."""
-    if len(reply) < qend or not reply[2] & 0x80:
-        return None
-    if reply[HEADER:qend] != question:
-        return matches(reply, sent, qend)  # another case (0x20 upstream), or not ours
-    return scan(reply, qend)
-
-
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
