@@ -406,9 +406,7 @@ def main() -> int:
     repeated = repeated_floor(rounds)
     relay = relay_floor(rounds)
     ours = ours_forward(rounds)
-    print(
-        f"per query, 10th percentile of {rounds} rounds of {BURST} (server side, thread CPU: what others take of the core is not counted):"
-    )
+    print(f"per query, 10th percentile of {rounds} rounds of {BURST} (server side, thread CPU):")
     print(f"  floor repeated  {repeated:6.2f} us")
     print(f"  floor relay     {relay:6.2f} us  ({relay / repeated:.1f}x the repeated floor)")
     print(f"  ours forward    {ours:6.2f} us  ({ours / repeated:.1f}x the repeated floor)")

@@ -331,7 +331,8 @@ class FastIndex:
                 if parts is None:
                     parts = self._negative_parts(key, apex, edns)
                 if parts is not None:
-                    if not walked and len(self.flood) < FLOOD_KEYS:
+                    # (not when the OPT carries option data: a cookie differs in every query)
+                    if not walked and len(self.flood) < FLOOD_KEYS and n - qend < 20:
                         self.flood[flood_key(data)] = (*parts, qend - 13 - first, kind[1])
                     wire = data[:2] + parts[0] + data[12 : qend + 4] + parts[1]
                     # kept by the negative cache only when the labels were walked (a

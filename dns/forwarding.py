@@ -3,9 +3,10 @@
 The server's trio shell calls these for queries it forwards. ``relay`` copies the upstream's
 answer into a reply to the client's bytes (``layout.relay``: no decoding) and, over UDP, keeps
 that reply in the answer cache the UDP loop answers from, for as long as the upstream's answer
-may be kept, once the question was asked before (its answer came from the question cache). Reverse names are never kept there: a config can make one the cluster's, and the
-UDP loop consults the answer cache before the zone. ``chase`` follows an ExternalName's
-target outside the zone (``chase.chase``) and encodes the whole chain.
+may be kept, once the question was asked before (its answer came from the question cache).
+Reverse names are never kept there: a config can make one the cluster's, and the UDP loop
+consults the answer cache before the zone. ``chase`` follows an ExternalName's target outside
+the zone (``chase.chase``) and encodes the whole chain.
 """
 
 from __future__ import annotations

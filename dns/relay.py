@@ -1,11 +1,12 @@
-"""The server's forwarding side (trio shell): queries handed to the upstreams, and the tasks
-that wait for them.
+"""The server's forwarding side (trio shell): queries handed to the upstreams, and the tasks that
+wait for them.
 
 A UDP query of a name outside the zone is handed to ``Outbound`` with a waiter tuple
-(``forward_udp``), and ``udp_answered`` sends the reply: no task, no closure. The rarer kinds wait in tasks: an ExternalName target
-outside the zone (``chase``), an autopath walk (``walk``), a TCP client (``forward``), and the
-TCP retry of a truncated upstream reply (``spawn_tcp``). All count against ``max_forwards``
-(beyond it: SERVFAIL at once, counted as ``overload``), and a bug costs one SERVFAIL.
+(``forward_udp``), and ``udp_answered`` sends the reply: no task, no closure. The rarer kinds
+wait in tasks: an ExternalName target outside the zone (``chase``), an autopath walk
+(``walk``), a TCP client (``forward``), and the TCP retry of a truncated upstream reply
+(``spawn_tcp``). All count against ``max_forwards`` (beyond it: SERVFAIL at once, counted as
+``overload``), and a bug costs one SERVFAIL.
 """
 
 from __future__ import annotations

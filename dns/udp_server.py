@@ -13,17 +13,17 @@ An NXDOMAIN under a name the zone has (a random-subdomain flood, a single label 
 search domain) is made again each time and kept in no cache, so a flood of made-up names
 neither grows nor churns any: inline, with no call, once the FastIndex made one of its shape
 (its ``flood`` keys: the query without its first label's bytes), else by the FastIndex (one
-dict lookup of its parent, no walk); the NXDOMAIN of a dotted name under a
-search domain (the FastIndex walked its labels), asked again at every lookup of that name, is
-kept in a negative cache of its own that admits while it has room and never evicts
-(dns/wire_cache.py). The rest goes through the pure Responder synchronously (cluster
-names), or is handed to ``Outbound`` with a waiter tuple the relay answers (names outside the
-zone, classified from their bytes by the FastIndex when standard, go there straight from the
-batch): no task and no closure per forwarded query. ExternalName targets outside the zone, autopath walks and TCP clients use tasks that
-await ``Forwarder.resolve`` (the same exchanges). Config swaps replace the responder and the
-wire cache in one assignment, so the next packet already sees the new config; forwarded
-answers do not depend on the config and stay (reverse names, whose owner a config can change,
-are never put in the answer cache).
+dict lookup of its parent, no walk); the NXDOMAIN of a dotted name under a search domain (the
+FastIndex walked its labels), asked again at every lookup of that name, is kept in a negative
+cache of its own that admits while it has room and never evicts (dns/wire_cache.py). The rest
+goes through the pure Responder synchronously (cluster names), or is handed to ``Outbound``
+with a waiter tuple the relay answers (names outside the zone, classified from their bytes by
+the FastIndex when standard, go there straight from the batch): no task and no closure per
+forwarded query. ExternalName targets outside the zone, autopath walks and TCP clients use
+tasks that await ``Forwarder.resolve`` (the same exchanges). Config swaps replace the
+responder and the wire cache in one assignment, so the next packet already sees the new
+config; forwarded answers do not depend on the config and stay (reverse names, whose owner a
+config can change, are never put in the answer cache).
 """
 
 from __future__ import annotations
