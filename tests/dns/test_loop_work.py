@@ -289,3 +289,14 @@ def test_flood_keys_are_bounded_and_empty_in_a_new_index(monkeypatch: pytest.Mon
         got = again.reply(raw_query(bytes((n,)) + b"q" * n + _TAIL))
         assert isinstance(got, tuple) and got[1][1] == "NXDOMAIN"  # answered all the same
     assert len(again.flood) == 5
+
+
+def test_a_query_whose_opt_carries_option_data_makes_no_flood_key() -> None:
+    """A cookie differs in every query: its key would be used once."""
+    fast = FastIndex(ZoneIndex.build(CLUSTER))
+    cookie = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x0c\x00\x0a\x00\x08" + b"c" * 8
+    got = fast.reply(raw_query(b"\x03r00" + _TAIL, opt=cookie))
+    assert isinstance(got, tuple) and got[1][1] == "NXDOMAIN"
+    assert fast.flood == {}
+    fast.reply(raw_query(b"\x03r00" + _TAIL, opt=_OPT))  # no option data: a key
+    assert len(fast.flood) == 1
