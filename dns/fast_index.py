@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Mapping
 
 from mesh.dns import classify, names
 from mesh.dns.answer import MAX_CHAIN
@@ -50,6 +51,13 @@ GENERAL_TYPES = frozenset((0, 41, 251, 252, 255))
 # False the negative cache (an NXDOMAIN whose labels were walked), None neither (a mixed-case
 # question, or an NXDOMAIN under a known parent: cheap to make again, mostly asked once)
 FastReply = tuple[bytes, tuple[str, str], bool | None]
+# An NXDOMAIN under a known parent, by ``flood_key``: (reply flags and counts, the SOA and OPT
+# after the question, the parent's wire length, the label). The reply to a query ``data``
+# whose first label is ``n = data[12]`` bytes long is ``data[:2] + head +
+# data[12 : 17 + n + parent] + tail`` when that label is plain (ASCII, no dot, no zero byte)
+# and the whole name, lower-cased, is none of the index (``flood_reply``).
+Flood = tuple[bytes, bytes, int, tuple[str, str]]
+FLOOD_KEYS = 4096
 
 _COUNTS = struct.Struct(">HHHH")
 # Bytes 4..12 of a standard query: one question, no answer or authority records, and no
@@ -86,6 +94,7 @@ class FastIndex:
         "_ttl",
         "_zone_name",
         "_zone_wire",
+        "flood",
     )
 
     def __init__(
@@ -114,6 +123,11 @@ class FastIndex:
         self._opt = b"\x00\x00\x29" + max_udp.to_bytes(2, "big") + bytes(6)
         self._tails: dict[int, bytes] = {}
         self._negative: dict[int, tuple[bytes, bytes]] = {}  # see reply(): NXDOMAIN parts
+        # The NXDOMAIN parts of names under a known parent, keyed by the query with its first
+        # label's bytes cut out (see ``flood_key``): what the UDP loop answers a flood from
+        # inline. Filled by ``reply``, bounded (a new key is a new parent, label length, type,
+        # flags or OPT: a flood of one shape makes one), empty in each new index.
+        self.flood: dict[bytes, Flood] = {}
         self._labels: dict[tuple[int, int], tuple[str, str]] = {}
         self._index_id = index.build_id
         self._zone_name = index.zone
@@ -184,6 +198,27 @@ class FastIndex:
 
     def __len__(self) -> int:
         return len(self._nodes)
+
+    @property
+    def nodes(self) -> Mapping[bytes, object]:
+        """The owner names (wire form, lower case) with data or children: what a name under
+        a known parent must not be, for its NXDOMAIN (the UDP loop's inline flood check)."""
+        return self._nodes
+
+    def flood_reply(self, data: bytes) -> tuple[bytes, tuple[str, str]] | None:
+        """The NXDOMAIN of ``data`` from ``flood`` (what the UDP loop inlines), or None when
+        ``reply`` must decide. The key fixes every byte but the first label's: those are
+        checked here, and the name looked up."""
+        first = data[12]
+        got = self.flood.get(flood_key(data))
+        if got is None:
+            return None
+        head, tail, parent, label = got
+        plain = data[13 : 13 + first]
+        name = data[12 : 13 + first + parent]
+        if 0 in plain or 46 in plain or not plain.isascii() or name.lower() in self._nodes:
+            return None
+        return data[:2] + head + data[12 : 17 + first + parent] + tail, label
 
     @property
     def zone_wire(self) -> bytes:
@@ -296,6 +331,9 @@ class FastIndex:
                 if parts is None:
                     parts = self._negative_parts(key, apex, edns)
                 if parts is not None:
+                    # (not when the OPT carries option data: a cookie differs in every query)
+                    if not walked and len(self.flood) < FLOOD_KEYS and n - qend < 20:
+                        self.flood[flood_key(data)] = (*parts, qend - 13 - first, kind[1])
                     wire = data[:2] + parts[0] + data[12 : qend + 4] + parts[1]
                     # kept by the negative cache only when the labels were walked (a
                     # dotted name under a search domain, asked again at each lookup): one
@@ -411,6 +449,12 @@ def _question_type(tail: bytes) -> tuple[int, tuple[str, str]] | None:
         return None
     kind = _TYPES[tail] = (qtype, (qtype_label(qtype), "NXDOMAIN"))
     return kind
+
+
+def flood_key(data: bytes) -> bytes:
+    """A query's bytes after its ID with the bytes of its first label cut out (its length
+    byte kept): what an NXDOMAIN under a known parent depends on, besides that label."""
+    return data[2:13] + data[13 + data[12] :]
 
 
 def _new_serial(entry: Entry, serial: bytes) -> Entry:

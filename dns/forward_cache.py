@@ -203,11 +203,15 @@ class ForwardCache:
 
     def keep_for(self, layout: Layout) -> int:
         """How long to keep an answer of this layout, capped (0: do not keep)."""
-        ttl = layout.cache_ttl()
-        if ttl is None:
+        # ``layout.cache_ttl()`` inlined: once per forwarded query
+        rcode = layout.rcode
+        if layout.tc or layout.opt_ttl >> 24 or rcode not in (0, 3):
             return 0
-        positive = layout.rcode == 0 and layout.counts[0] > 0
-        return min(ttl, self.max_ttl if positive else self.max_negative_ttl)
+        if rcode == 0 and layout.counts[0]:
+            ttl = layout.answer_ttl
+            return 0 if ttl is None else min(ttl, self.max_ttl)
+        ttl = layout.negative_ttl
+        return 0 if ttl is None else min(ttl, self.max_negative_ttl)
 
     def put(
         self,

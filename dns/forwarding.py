@@ -3,9 +3,10 @@
 The server's trio shell calls these for queries it forwards. ``relay`` copies the upstream's
 answer into a reply to the client's bytes (``layout.relay``: no decoding) and, over UDP, keeps
 that reply in the answer cache the UDP loop answers from, for as long as the upstream's answer
-may be kept. Reverse names are never kept there: a config can make one the cluster's, and the
-UDP loop consults the answer cache before the zone. ``chase`` follows an ExternalName's
-target outside the zone (``chase.chase``) and encodes the whole chain.
+may be kept, once the question was asked before (its answer came from the question cache).
+Reverse names are never kept there: a config can make one the cluster's, and the UDP loop
+consults the answer cache before the zone. ``chase`` follows an ExternalName's target outside
+the zone (``chase.chase``) and encodes the whole chain.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class ForwardPath:
             data, qend, got.wire, got.layout, edns=fwd.edns, limit=limit, advertise=self.max_udp
         )
         if relayed is None:  # a shape we do not copy (an OPT in the middle): decode, encode
-            return responder.relay(fwd.query, DNSRecord.parse(got.wire), 0, tcp=tcp)
+            return self._decoded(fwd, got, responder, tcp=tcp)
         # the answer cache holds UDP replies: the UDP loop answers from it
         return Reply(relayed[0], self._label(fwd.qtype, got.layout.rcode))
 
@@ -85,7 +86,10 @@ class ForwardPath:
         self, fwd: Forward, data: bytes, qend: int, got: Answer | None, responder: Responder
     ) -> tuple[bytes, Label]:
         """``reply`` over UDP as a plain pair (wire, label), no Reply object (one per
-        forwarded query); the reply goes into the answer cache while the answer may be kept."""
+        forwarded query); the reply goes into the answer cache while the answer may be kept,
+        from the second time its question is asked (``got`` from the question cache): most
+        forwarded names are asked once, and an entry for each would cost them a put, an
+        eviction and an object to track, for nothing."""
         if got is None:
             failure = responder.failure(fwd.query, SERVFAIL, tcp=False)
             return failure.wire, failure.label
@@ -99,7 +103,7 @@ class ForwardPath:
             advertise=self.max_udp,
         )
         if relayed is None:  # a shape we do not copy (an OPT in the middle): decode, encode
-            failure = responder.relay(fwd.query, DNSRecord.parse(got.wire), 0, tcp=False)
+            failure = self._decoded(fwd, got, responder, tcp=False)
             return failure.wire, failure.label
         wire, cut = relayed
         qtype, rcode = fwd.qtype, got.layout.rcode
@@ -107,7 +111,11 @@ class ForwardPath:
         self.metrics.cache_misses["answer"] += 1
         name = fwd.wire_name  # known (lower case, plain labels) when classified from bytes
         remaining = got.remaining
-        if remaining <= 0 or (name.endswith(REVERSE_WIRE_SUFFIXES) if name else fwd.reverse):
+        if (
+            not got.cached
+            or remaining <= 0
+            or (name.endswith(REVERSE_WIRE_SUFFIXES) if name else fwd.reverse)
+        ):
             return wire, label
         if name:
             end = qend - 4
@@ -121,6 +129,18 @@ class ForwardPath:
                 ttls = tuple(t for t in ttls if t[0] < cut)
             self.answers.put(key, stored, ttls, qend, ttl=remaining, now=self.clock(), label=label)
         return wire, label
+
+    def _decoded(self, fwd: Forward, got: Answer, responder: Responder, *, tcp: bool) -> Reply:
+        """The reply re-encoded from the upstream's decoded answer; SERVFAIL, counted as
+        ``malformed``, when dnslib cannot decode it (a label that is no text, say: ``scan``
+        checks the shape of a message, not what its labels hold). The upstream's fault, not
+        ours: never an internal error."""
+        try:
+            record = DNSRecord.parse(got.wire)
+        except Exception:  # dnslib's errors on hostile bytes are of several classes
+            self.metrics.forward_errors["malformed"] += 1
+            return responder.failure(fwd.query, SERVFAIL, tcp=tcp)
+        return responder.relay(fwd.query, record, 0, tcp=tcp)
 
     def _label(self, qtype: int, rcode: int) -> Label:
         """The query counter's label, made once per (qtype, rcode): no two lookups and no

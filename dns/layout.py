@@ -24,6 +24,7 @@ MAX_TTL = 0x7FFFFFFF  # RFC 2181 8: a TTL with the top bit set is read as zero
 _U16 = struct.Struct(">H")
 _RR = struct.Struct(">HHIH")  # type, class, ttl, rdlength
 _COUNTS = struct.Struct(">HHH")
+_TTL = struct.Struct(">I")
 
 
 # Not frozen, though nothing changes one: a frozen dataclass sets each field through
@@ -124,10 +125,45 @@ def _rdata_ok(data: bytes, rtype: int, start: int, stop: int) -> bool:
     return pos + after == stop
 
 
+_ONE_RECORD = b"\x00\x01\x00\x01\x00\x00"  # bytes 4..10: one question, one answer, no authority
+_ADDRESS_SIZES = {b"\x00\x01": 4, b"\x00\x1c": 16}  # A, AAAA by their type bytes
+
+
 def scan(data: bytes, question_end: int = 0) -> Layout | None:
     """The layout of a message with exactly one question, or None when it is malformed.
     ``question_end``: the caller checked that the question is one it made (a valid name)
-    and ends there, so it is not walked again."""
+    and ends there, so it is not walked again.
+
+    The most common upstream answer (one A or AAAA record owned by the question's name,
+    no authority, at most a root-owned OPT after it) is read at fixed offsets; it gives the
+    same Layout as the walk (``_walk``, which takes every other shape)."""
+    q = question_end
+    if q and data[4:10] == _ONE_RECORD and data[q : q + 2] == b"\xc0\x0c":
+        size = _ADDRESS_SIZES.get(data[q + 2 : q + 4])
+        stop = q + 12 + (size or 0)
+        if size and stop <= len(data) and data[q + 10] == 0 and data[q + 11] == size:
+            ar = (data[10] << 8) | data[11]
+            ttl = _TTL.unpack_from(data, q + 6)[0]
+            if ttl > MAX_TTL:
+                ttl = 0
+            if ar == 0:
+                return Layout(
+                    data[3] & 0xF, bool(data[2] & 0x02), q, q, stop, stop, stop,
+                    (1, 0, 0), ((q + 6, ttl),), ttl, None, None, 0,
+                )  # fmt: skip
+            if ar == 1 and stop + 11 <= len(data) and data[stop : stop + 3] == b"\x00\x00\x29":
+                opt_end = stop + 11 + ((data[stop + 9] << 8) | data[stop + 10])
+                if opt_end <= len(data):
+                    return Layout(
+                        data[3] & 0xF, bool(data[2] & 0x02), q, q, stop, stop, opt_end,
+                        (1, 0, 1), ((q + 6, ttl),), ttl, None, (stop, opt_end),
+                        _TTL.unpack_from(data, stop + 5)[0],
+                    )  # fmt: skip
+    return _walk(data, question_end)
+
+
+def _walk(data: bytes, question_end: int) -> Layout | None:
+    """``scan`` of any shape: every record walked."""
     end = len(data)
     if end < HEADER or _U16.unpack_from(data, 4)[0] != 1:
         return None

@@ -1,13 +1,14 @@
 """Forwarded questions over kept-open UDP sockets, driven by the server's receive loop.
 
-Theory of operation. ``ask`` takes a question and a callback; the answer (or None: SERVFAIL)
-comes back through the callback, at once from the question cache, or later from ``poll``
+Theory of operation. ``ask`` takes a question and a callback (the UDP relay: ``ask_key`` and
+a ``UdpWaiter`` tuple, which ``answer_udp`` answers); the answer (or None: SERVFAIL) comes
+back through it, at once from the question cache, or later from ``poll``
 (a reply arrived) or ``sweep`` (a timeout moved the exchange to the next upstream, or gave
 up). Nothing here waits: the server's UDP loop waits on ``fileno()`` (an epoll set holding the
 listening socket, every upstream socket and the eventfd ``wake`` writes to) and calls ``poll``
 and ``sweep``; no task, no socket and no epoll registration per forwarded query.
 
-- Identical questions in flight share one exchange: later askers add their callback.
+- Identical questions in flight share one exchange: later askers add their waiter.
 - Upstreams are tried in the ``Pool``'s order (policy, health), each within ``timeout``;
   a SERVFAIL or REFUSED makes the next one try, a truncated reply is asked again over TCP
   (a task: rare), and when every upstream fails an entry in its ``serve_stale`` window, or
@@ -41,10 +42,11 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from mesh.dns.forward_cache import STALE_TTL, with_ttls
 from mesh.dns.layout import HEADER, Layout, opt_record, scan
-from mesh.dns.pool import Address
+from mesh.dns.pool import ONE, Address
 from mesh.dns.upstream import (
     RCODE_REASONS,
     RETRY_RCODES,
@@ -66,6 +68,10 @@ DRAIN = 256  # replies read from one socket per poll: the loop must get back to 
 _OPT = opt_record(UPSTREAM_PAYLOAD)
 
 Waiter = Callable[[Answer | None], None]
+# A UDP client's query waiting (the relay's ``udp_answered`` reads it): a tuple, not a closure
+# per forwarded query (a closure is a function and a cell per variable, each one more object
+# for the collector to track)
+UdpWaiter = tuple[Any, ...]
 # what the TCP fallback is handed: the exchange and the upstream's index
 SpawnTcp = Callable[["Exchange", int], None]
 
@@ -119,6 +125,7 @@ class Exchange:
         "order",
         "port",
         "qend",
+        "question",
         "tcp",
         "waiters",
         "wire",
@@ -126,6 +133,7 @@ class Exchange:
 
     def __init__(self, key: bytes, question: bytes, cd: bool, order: list[int]) -> None:
         self.key = key
+        self.question = question  # the name in lower case, type, class
         flags = b"\x01\x10" if cd else b"\x01\x00"
         # everything after the ID: a new random ID goes in front for every attempt
         self.body = flags + b"\x00\x01\x00\x00\x00\x00\x00\x01" + question + _OPT
@@ -138,7 +146,7 @@ class Exchange:
         self.tcp = False  # the truncated reply is being asked again over TCP
         self.done = False
         self.fallback: Answer | None = None
-        self.waiters: list[Waiter] = []
+        self.waiters: list[Waiter | UdpWaiter] = []
 
 
 class Outbound:
@@ -148,8 +156,13 @@ class Outbound:
         listen_fd: int,
         spawn_tcp: SpawnTcp,
         timer: Callable[[], float] = time.monotonic,
+        answer_udp: Callable[[Answer | None, UdpWaiter], None] | None = None,
     ) -> None:
         self.forwarder = forwarder
+        # what answers a ``UdpWaiter`` (the relay's ``udp_answered``)
+        self._answer_udp = answer_udp
+        self._single = len(forwarder.pool.addresses) == 1  # its order: no call per query
+        self._questions = forwarder.cache.entries  # the question cache's dict
         self._timer = timer  # deadlines (the loop's clock); the caches use forwarder.clock
         self.epoll = select.epoll()
         self.epoll.register(listen_fd, select.EPOLLIN)
@@ -186,19 +199,25 @@ class Outbound:
 
     def ask(self, question: bytes, cd: bool, waiter: Waiter, now: float) -> None:
         """Answer ``question`` through ``waiter``: now from the cache, or when it is known."""
+        self.ask_key(question_key(question, cd), cd, waiter, now)
+
+    def ask_key(self, key: bytes, cd: bool, waiter: Waiter | UdpWaiter, now: float) -> None:
+        """``ask`` by the question's key (``question_key``: the UDP relay makes it from the
+        name it already holds in lower case); ``waiter`` a callable or a ``UdpWaiter``."""
         f = self.forwarder
-        key = question_key(question, cd)
-        cached = f.cached(key, now)
-        if cached is not None:
-            waiter(cached)
-            return
+        if key in self._questions:  # else a miss without a call (usual: a name asked once)
+            cached = f.cached(key, now)
+            if cached is not None:
+                self._deliver(waiter, cached)
+                return
         ex = self.inflight.get(key)
         if ex is not None:
             f.metrics.forward_shared += 1
             ex.waiters.append(waiter)
             return
         f.metrics.cache_misses["forward"] += 1
-        ex = self.inflight[key] = Exchange(key, key[:-1], cd, f.pool.order())  # lower case
+        order = ONE if self._single else f.pool.order()
+        ex = self.inflight[key] = Exchange(key, key[:-1], cd, order)  # lower case
         ex.waiters.append(waiter)
         self._send(ex, now)
 
@@ -217,7 +236,15 @@ class Outbound:
         while ex.attempt < len(ex.order):
             i = ex.order[ex.attempt]
             try:
-                port = self._port(i, now)
+                live = self._open[i]
+                if len(live) < PORTS_PER_UPSTREAM:
+                    port = self._port(i, now)
+                else:  # ``_port``'s usual case, without the call
+                    self._next += 1
+                    port = live[self._next % len(live)]
+                    if port.sent >= PORT_QUERIES or now - port.born >= PORT_SECONDS:
+                        self._retire(port)
+                        port = self._new_port(i, now)
                 qid = new_id()
                 while qid in port.pending:  # unique per socket: a reply names one exchange
                     qid = new_id()
@@ -290,8 +317,14 @@ class Outbound:
             except OSError as exc:  # e.g. ICMP port unreachable: this upstream is not there
                 self._port_failed(port, str(exc), now)
                 return
-            ex = port.pending.get(data[:2])
-            layout = matches(data, ex.wire, ex.qend) if ex is not None else None
+            ex = port.pending.get(data[:2])  # our ID on this socket
+            layout = None
+            if ex is not None and len(data) > HEADER and data[2] & 0x80:  # a response (QR)
+                qend = ex.qend
+                if data[HEADER:qend] == ex.question:  # echoed byte for byte: the usual reply
+                    layout = scan(data, qend)
+                else:
+                    layout = matches(data, ex.wire, qend)  # another case (0x20), or not ours
             if ex is None or layout is None or source[:2] != port.peer:
                 metrics.forward_errors["stray"] += 1  # forged, late or broken: never used
                 continue
@@ -378,8 +411,22 @@ class Outbound:
     def _finish(self, ex: Exchange, answer: Answer | None) -> None:
         ex.done = True
         self.inflight.pop(ex.key, None)
+        answer_udp = self._answer_udp
         for waiter in ex.waiters:
-            try:
-                waiter(answer)
-            except Exception:  # one client's bug must not cost the others their answer
-                log.exception("answering a forwarded query failed")
+            if type(waiter) is tuple and answer_udp is not None:  # ``_deliver``, no call
+                try:
+                    answer_udp(answer, waiter)
+                except Exception:  # one client's bug must not cost the others their answer
+                    log.exception("answering a forwarded query failed")
+            else:
+                self._deliver(waiter, answer)
+
+    def _deliver(self, waiter: Waiter | UdpWaiter, answer: Answer | None) -> None:
+        try:
+            if type(waiter) is tuple:
+                assert self._answer_udp is not None  # who asked with one set it
+                self._answer_udp(answer, waiter)
+            else:
+                waiter(answer)  # type: ignore[operator]
+        except Exception:  # one client's bug must not cost the others their answer
+            log.exception("answering a forwarded query failed")

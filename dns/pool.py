@@ -17,7 +17,7 @@ Address = tuple[str, int]
 POLICIES = ("random", "round_robin", "sequential")
 
 
-_ONE = [0]  # shared: callers never change an order
+ONE = [0]  # the order of a single upstream, shared: callers never change an order
 
 
 class Pool:
@@ -49,7 +49,7 @@ class Pool:
     def order(self) -> list[int]:
         n = len(self.addresses)
         if n == 1:  # the common case, on the path of every forwarded query
-            return _ONE
+            return ONE
         indices = list(range(n))
         if self.policy == "random":
             self._rng.shuffle(indices)

@@ -1,11 +1,12 @@
-"""The server's forwarding side (trio shell): queries handed to the upstreams, and the tasks
-that wait for them.
+"""The server's forwarding side (trio shell): queries handed to the upstreams, and the tasks that
+wait for them.
 
-A UDP query of a name outside the zone is handed to ``Outbound`` with a callback that sends
-the reply (``forward_udp``): no task. The rarer kinds wait in tasks: an ExternalName target
-outside the zone (``chase``), an autopath walk (``walk``), a TCP client (``forward``), and the
-TCP retry of a truncated upstream reply (``spawn_tcp``). All count against ``max_forwards``
-(beyond it: SERVFAIL at once, counted as ``overload``), and a bug costs one SERVFAIL.
+A UDP query of a name outside the zone is handed to ``Outbound`` with a waiter tuple
+(``forward_udp``), and ``udp_answered`` sends the reply: no task, no closure. The rarer kinds
+wait in tasks: an ExternalName target outside the zone (``chase``), an autopath walk
+(``walk``), a TCP client (``forward``), and the TCP retry of a truncated upstream reply
+(``spawn_tcp``). All count against ``max_forwards`` (beyond it: SERVFAIL at once, counted as
+``overload``), and a bug costs one SERVFAIL.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import trio
 from mesh.dns.autopath import AutopathWalk
 from mesh.dns.forwarding import ForwardPath
 from mesh.dns.metrics import DnsMetrics
-from mesh.dns.outbound import Exchange, Outbound
+from mesh.dns.outbound import Exchange, Outbound, UdpWaiter
 from mesh.dns.packet import FORMERR, REFUSED, SERVFAIL, header_reply
 from mesh.dns.responder import Forward, Reply, Responder
-from mesh.dns.upstream import Answer, Forwarder, UpstreamError, exchange_tcp
+from mesh.dns.upstream import Answer, Forwarder, UpstreamError, exchange_tcp, question_key
 
 log = logging.getLogger("mesh.dns.server")
 
@@ -77,9 +78,9 @@ class Relay:
         start: float,
     ) -> None:
         """Hand ``fwd`` to the upstream exchanges; the reply is sent when the answer is known
-        (at once from the question cache), by a callback: no task."""
+        (at once from the question cache) by ``udp_answered``: no task, no closure."""
         outbound = self.outbound
-        if not self.forwarder.pool.addresses or outbound is None:
+        if outbound is None or not self.path.forwarder.pool.addresses:
             self._reply_now(sock, addr, responder.failure(fwd.query, REFUSED, tcp=False), start)
             return
         qend = fwd.qend or self.path.question_end(data)
@@ -92,28 +93,35 @@ class Relay:
             self._reply_now(sock, addr, responder.failure(fwd.query, SERVFAIL, tcp=False), start)
             return
         self.in_flight += 1
+        self.metrics.forwards_in_flight = self.in_flight
+        cd = data[3] & 0x10
+        name = fwd.wire_name  # lower case when classified from bytes: the key without a call
+        if name:
+            key = name + data[qend - 4 : qend] + (b"\x01" if cd else b"\x00")
+        else:
+            key = question_key(data[12:qend], bool(cd))
+        waiter = (sock, data, addr, fwd, qend, responder, start)
+        outbound.ask_key(key, bool(cd), waiter, self.clock())
+
+    def udp_answered(self, got: Answer | None, waiter: UdpWaiter) -> None:
+        """The reply to a ``forward_udp`` query from the upstream's answer (None: SERVFAIL),
+        sent: ``_relayed`` and ``send`` inlined, a pair instead of a Reply, once per query."""
+        sock, data, addr, fwd, qend, responder, start = waiter
+        self.in_flight -= 1
         metrics = self.metrics
         metrics.forwards_in_flight = self.in_flight
-        path = self.path
-
-        def answered(got: Answer | None) -> None:
-            # ``_relayed`` and ``send`` inlined, a pair instead of a Reply: once per query
-            self.in_flight -= 1
-            metrics.forwards_in_flight = self.in_flight
-            try:
-                wire, label = path.reply_udp(fwd, data, qend, got, responder)
-            except Exception:
-                log.exception("forwarding failed")
-                failure = self._internal_error(fwd, data, responder, tcp=False)
-                wire, label = failure.wire, failure.label
-            metrics.queries[label] += 1
-            try:
-                sock.sendto(wire, addr)
-            except OSError:
-                metrics.dropped["send"] += 1
-            metrics.latency["forward"].observe(time.perf_counter() - start)
-
-        outbound.ask(data[12:qend], bool(data[3] & 0x10), answered, self.clock())
+        try:
+            wire, label = self.path.reply_udp(fwd, data, qend, got, responder)
+        except Exception:
+            log.exception("forwarding failed")
+            failure = self._internal_error(fwd, data, responder, tcp=False)
+            wire, label = failure.wire, failure.label
+        metrics.queries[label] += 1
+        try:
+            sock.sendto(wire, addr)
+        except OSError:
+            metrics.dropped["send"] += 1
+        metrics.latency["forward"].observe(time.perf_counter() - start)
 
     def _reply_now(self, sock: socket.socket, addr: Any, reply: Reply, start: float) -> None:
         self.send(sock, reply.wire, addr)

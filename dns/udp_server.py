@@ -10,18 +10,20 @@ after ``batch`` packets (one ``_drain``) it reads the upstreams' replies, times 
 exchanges whose upstream is late, and yields to other tasks. A miss is answered from the
 FastIndex when it is a standard question of a cluster name (wire bytes in, wire bytes out).
 An NXDOMAIN under a name the zone has (a random-subdomain flood, a single label under a
-search domain) is made again each time (one dict lookup of its parent, no walk) and kept in
-no cache, so a flood of made-up names neither grows nor churns any; the NXDOMAIN of a dotted name under a
-search domain (the FastIndex walked its labels), asked again at every lookup of that name, is
-kept in a negative cache of its own that admits while it has room and never evicts
-(dns/wire_cache.py). The rest goes through the pure Responder synchronously (cluster
-names), or is handed to ``Outbound`` with a callback that sends the reply (names outside the
-zone, classified from their bytes by the FastIndex when standard): no task per forwarded
-query. ExternalName targets outside the zone, autopath walks and TCP clients use tasks that
-await ``Forwarder.resolve`` (the same exchanges). Config swaps replace the responder and the
-wire cache in one assignment, so the next packet already sees the new config; forwarded
-answers do not depend on the config and stay (reverse names, whose owner a config can change,
-are never put in the answer cache).
+search domain) is made again each time and kept in no cache, so a flood of made-up names
+neither grows nor churns any: inline, with no call, once the FastIndex made one of its shape
+(its ``flood`` keys: the query without its first label's bytes), else by the FastIndex (one
+dict lookup of its parent, no walk); the NXDOMAIN of a dotted name under a search domain (the
+FastIndex walked its labels), asked again at every lookup of that name, is kept in a negative
+cache of its own that admits while it has room and never evicts (dns/wire_cache.py). The rest
+goes through the pure Responder synchronously (cluster names), or is handed to ``Outbound``
+with a waiter tuple the relay answers (names outside the zone, classified from their bytes by
+the FastIndex when standard, go there straight from the batch): no task and no closure per
+forwarded query. ExternalName targets outside the zone, autopath walks and TCP clients use
+tasks that await ``Forwarder.resolve`` (the same exchanges). Config swaps replace the
+responder and the wire cache in one assignment, so the next packet already sees the new
+config; forwarded answers do not depend on the config and stay (reverse names, whose owner a
+config can change, are never put in the answer cache).
 """
 
 from __future__ import annotations
@@ -62,7 +64,12 @@ class UdpServing:
     _relay: Relay
 
     async def _serve_udp(self, sock: socket.socket) -> None:
-        outbound = Outbound(self._forwarder, sock.fileno(), self._relay.spawn_tcp)
+        outbound = Outbound(
+            self._forwarder,
+            sock.fileno(),
+            self._relay.spawn_tcp,
+            answer_udp=self._relay.udp_answered,
+        )
         self._relay.outbound = outbound
         self._forwarder.outbound = outbound
         self._forwarder.wake = self._relay.wake
@@ -109,8 +116,12 @@ class UdpServing:
         negative = live.negative.entries
         fast = live.fast.reply if live.fast is not None else None
         zone = live.fast.zone_wire if live.fast is not None else None
+        flood = live.fast.flood if live.fast is not None else {}
+        nodes = live.fast.nodes if live.fast is not None else {}
         pods = live.pods  # empty unless autopath: a known pod's NXDOMAIN may be walked
-        n = hits = forwarded = answered = 0
+        forward = self._relay.forward_udp
+        responder = live.responder
+        n = hits = forwarded = answered = relayed = 0
         start = time.perf_counter()
         now = self._clock()
         room = live.negative.room(now)  # NXDOMAIN replies it may take this batch
@@ -135,8 +146,43 @@ class UdpServing:
                 queries[hit[1]] += 1
                 hits += 1
                 continue
-            # A name in the zone is never in the answer cache: skip its two lookups.
-            if zone is None or zone not in data:
+            if zone is not None and zone in data:
+                # A name in the zone is never in the answer cache: skip its two lookups. A
+                # made-up name under a known parent (a flood, a search-path step) is answered
+                # here when the FastIndex made an NXDOMAIN of its shape before (``flood``: the
+                # key fixes every byte but the first label's; those and the name are checked
+                # as ``FastIndex.flood_reply`` does), with no call.
+                if flood:
+                    try:
+                        first = data[12]
+                    except IndexError:  # shorter than a header: the general path says so
+                        first = 64  # (no key has a first label this long)
+                    parts = flood.get(data[2:13] + data[13 + first :])
+                    if parts is not None:
+                        plain = data[13 : 13 + first]
+                        name = data[12 : 13 + first + parts[2]]
+                        if (
+                            0 not in plain
+                            and 46 not in plain  # a dot inside a label: the general path
+                            and plain.isascii()
+                            and name not in nodes
+                            and (name.islower() or name.lower() not in nodes)
+                            and not (pods and addr[0] in pods)
+                        ):
+                            try:
+                                sendto(
+                                    data[:2]
+                                    + parts[0]
+                                    + data[12 : 17 + first + parts[2]]
+                                    + parts[1],
+                                    addr,
+                                )
+                            except OSError:
+                                metrics.dropped["send"] += 1
+                            queries[parts[3]] += 1
+                            answered += 1
+                            continue
+            else:
                 entry = memo(tail)  # a lower-case question whose memo is current: inline
                 if entry is not None and now < entry.refresh:
                     try:
@@ -183,6 +229,10 @@ class UdpServing:
                 elif kind is False and room:  # an NXDOMAIN of a walked name: kept apart
                     negative[tail] = (wire[2:], label)  # (see NegativeCache)
                     room -= 1
+            elif type(reply) is Forward and not (pods and addr[0] in pods):
+                # a name outside the zone, classified: to the upstreams, without ``_udp_miss``
+                relayed += 1
+                forward(sock, data, addr, reply, responder, time.perf_counter())
             else:  # a name outside the zone (its Forward), or one the general path answers
                 self._udp_miss(
                     sock, data, addr, live, reply if isinstance(reply, Forward) else None
@@ -193,7 +243,8 @@ class UdpServing:
             metrics.cache_hits["answer"] += forwarded
         if answered:
             metrics.latency["cluster"].observe((time.perf_counter() - start) / n, answered)
-            metrics.cache_misses["wire"] += answered
+        if answered or relayed:
+            metrics.cache_misses["wire"] += answered + relayed
         return n
 
     def _udp_miss(

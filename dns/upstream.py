@@ -48,13 +48,15 @@ class UpstreamError(Exception):
 @dataclass(slots=True)  # not frozen: see Layout (one per forwarded query)
 class Answer:
     """An upstream's answer: the message, where things are in it, its TTLs as they stand now,
-    and how long it may still be cached (0: not at all)."""
+    how long it may still be cached (0: not at all), and whether it came from the question
+    cache (asked before: the UDP relay keeps the client's reply only then)."""
 
     wire: bytes
     layout: Layout
     ttls: Ttls
     remaining: float
     stale: bool = False
+    cached: bool = False
 
 
 def lower_name(question: bytes) -> bytes:
@@ -246,7 +248,7 @@ class Forwarder:
         age = int(now - entry.stored)
         ttls = tuple((o, max(0, t - age)) for o, t in entry.ttls)
         wire = bytes(with_ttls(entry.wire, entry.ttls, age)) if age else entry.wire
-        return Answer(wire, layout, ttls, entry.remaining(now))
+        return Answer(wire, layout, ttls, entry.remaining(now), False, True)
 
     def succeeded(self, i: int) -> None:
         if self.pool.succeeded(i):

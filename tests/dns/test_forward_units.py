@@ -203,3 +203,42 @@ def test_hot_path_answer_copies_id_and_case_and_ages_ttls() -> None:
     junk = b"\x01" * 30  # no name end: a miss, not an error
     assert cache.answer(junk, junk[2:], 1.0) is None
     assert dns.rdatatype.A == msg.answer[0].rdtype
+
+
+def test_an_upstream_answer_dnslib_cannot_decode_is_a_servfail_counted_as_malformed() -> None:
+    """An extended rcode (no wire copy: decoded and encoded again) in a message whose CNAME
+    target has a label that is no text: the upstream's fault, a SERVFAIL, never an internal
+    error."""
+    from mesh.dns.forwarding import ForwardPath
+    from mesh.dns.metrics import DnsMetrics
+    from mesh.dns.responder import Forward, Responder
+    from mesh.dns.upstream import Answer, Forwarder
+    from mesh.dns.zone import ZoneIndex
+    from tests.dns.cases import CLUSTER
+
+    wire = bytes.fromhex(
+        "ea9981000001000200010001026e30076578616d706c65036f72670000010001c00c0005000100"
+        "00003c000b0180076578616d706c6500c02c000100010000003c0004c0000207c02e0002000100"
+        "00003c0005026e73c02e00002900002000000000000000"
+    )
+    query = bytes.fromhex(
+        "d3b701000001000000000001026e30074578616d706c65036f7267000001000100002904d0000000000000"
+    )
+    layout = scan(wire)
+    assert layout is not None and layout.opt_ttl >> 24  # the shape is valid; the rcode is not
+    metrics = DnsMetrics()
+    path = ForwardPath(
+        Forwarder([], metrics=metrics), ForwardCache(), metrics, max_udp=1232, clock=lambda: 0.0
+    )
+    responder = Responder(ZoneIndex.build(CLUSTER))
+    qend = 12 + 16 + 4
+    parsed = parse_query(query)
+    assert isinstance(parsed, Query)
+    fwd = Forward(parsed)
+    got = Answer(wire, layout, layout.ttls, 0)
+    reply, label = path.reply_udp(fwd, query, qend, got, responder)
+    assert reply[:2] == query[:2] and reply[3] & 0xF == 2  # SERVFAIL
+    assert label[1] == "SERVFAIL"
+    assert metrics.forward_errors == {"malformed": 1}
+    tcp = path.reply(fwd, query, qend, got, responder, tcp=True)
+    assert tcp.wire[3] & 0xF == 2 and metrics.forward_errors == {"malformed": 2}

@@ -257,3 +257,62 @@ def test_names_in_records_are_checked(wire: bytes, valid: bool) -> None:
     assert (scan(wire) is not None) == valid
     if valid:
         dns.message.from_wire(wire)  # what we accept, a resolver library accepts
+
+
+def _address_reply(rtype: str, text: str, *, edns: bool, options: bool = False) -> bytes:
+    query = dns.message.make_query("example.com.", rtype, use_edns=0 if edns else False)
+    msg = dns.message.make_response(query)
+    if options:
+        msg.use_edns(0, options=[dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"12345678")])
+    msg.answer.append(dns.rrset.from_text("example.com.", 300, "IN", rtype, text))
+    return msg.to_wire()
+
+
+ONE_ADDRESS = [
+    _address_reply("A", "192.0.2.1", edns=True),
+    _address_reply("A", "192.0.2.1", edns=False),
+    _address_reply("AAAA", "2001:db8::1", edns=True),
+    _address_reply("AAAA", "2001:db8::1", edns=True, options=True),
+]
+QEND = 12 + len(b"\x07example\x03com\x00") + 4
+
+
+@pytest.mark.parametrize("wire", ONE_ADDRESS)
+def test_one_address_is_read_at_fixed_offsets_as_the_walk_reads_it(
+    wire: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mesh.dns import layout as module
+
+    walk = module._walk
+    walked: list[bytes] = []
+
+    def counted(data: bytes, question_end: int) -> module.Layout | None:
+        walked.append(data)
+        return walk(data, question_end)
+
+    monkeypatch.setattr(module, "_walk", counted)
+    layout = scan(wire, QEND)
+    assert walked == []  # read at fixed offsets
+    assert layout is not None and layout == walk(wire, QEND) == scan(wire)
+    assert layout.counts[0] == 1 and layout.ttls == ((QEND + 6, 300),)
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    st.sampled_from(ONE_ADDRESS),
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=3),
+    st.integers(0, 12),
+    st.binary(max_size=4),
+)
+def test_the_fixed_offset_read_agrees_with_the_walk(
+    wire: bytes, flips: list[tuple[int, int]], cut: int, extra: bytes
+) -> None:
+    """Any byte changed, the end cut or bytes added: the same Layout, or None, both ways."""
+    from mesh.dns.layout import _walk
+
+    data = bytearray(wire)
+    for i, value in flips:
+        if QEND <= i < len(data) or 2 <= i < 12:  # the question is the caller's (matched)
+            data[i] = value
+    mutated = bytes(data[: len(data) - cut]) + extra
+    assert scan(mutated, QEND) == _walk(mutated, QEND)

@@ -15,6 +15,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from mesh.dns import fast_index
 from mesh.dns.fast_index import FastIndex
 from mesh.dns.server import DnsServer
 from mesh.dns.wire_cache import REFRESH, NegativeCache
@@ -193,3 +194,109 @@ def test_which_cache_may_keep_a_fast_reply(name: str, kept: bool | None) -> None
     assert isinstance(got, tuple)
     assert got[2] is kept
     assert got[0][:2] == b"\x12\x34"  # the whole reply, the query's ID in front
+
+
+class _Counted:
+    """A FastIndex whose ``reply`` calls are counted (the loop reads these four names)."""
+
+    def __init__(self, fast: FastIndex) -> None:
+        self.fast = fast
+        self.flood = fast.flood
+        self.nodes = fast.nodes
+        self.zone_wire = fast.zone_wire
+        self.calls = 0
+
+    def reply(self, data: bytes, tcp: bool = False) -> Any:
+        self.calls += 1
+        return self.fast.reply(data, tcp)
+
+
+def raw_query(name: bytes, qtype: int = 1, qid: int = 0x4242, opt: bytes = b"") -> bytes:
+    """A query of the wire name ``name`` as given (labels a text form would escape)."""
+    counts = b"\x00\x01\x00\x00\x00\x00\x00\x01" if opt else b"\x00\x01\x00\x00\x00\x00\x00\x00"
+    return qid.to_bytes(2, "big") + b"\x01\x00" + counts + name + bytes((0, qtype, 0, 1)) + opt
+
+
+_TAIL = b"\x04shop\x03svc\x07cluster\x05local\x00"
+_OPT = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x00"
+
+
+# Queries of the shape the flood below primes (a three-byte first label under shop.svc), each
+# answered by the loop exactly as the FastIndex's ``reply`` (or the general path) answers it.
+SAME_SHAPE = [
+    raw_query(b"\x03zzz" + _TAIL),  # made up: NXDOMAIN
+    raw_query(b"\x03web" + _TAIL),  # a Service of that label length: its answer
+    raw_query(b"\x03WeB" + _TAIL),  # the same in 0x20 case
+    raw_query(b"\x03a.b" + _TAIL),  # a dot inside the label: the general path
+    raw_query(b"\x03a\x00b" + _TAIL),  # a zero byte inside it
+    raw_query(b"\x03\xe9ab" + _TAIL),  # not ASCII
+    raw_query(b"\x03q-9" + _TAIL, qtype=28),  # another type: its own shape
+    raw_query(b"\x03q_9" + _TAIL, opt=_OPT),  # EDNS: its own shape
+    raw_query(b"\x03zzz" + _TAIL.upper()),  # the parent in upper case
+]
+
+
+def test_a_flood_of_one_shape_is_answered_inline_after_its_first_query() -> None:
+    with loop() as lp:
+        live = lp.server._live
+        assert live.fast is not None
+        counted = _Counted(live.fast)
+        object.__setattr__(live, "fast", counted)  # the loop reads it once per batch
+        packets = [raw_query(b"\x03r%02d" % i + _TAIL, qid=i) for i in range(60)]
+        replies = lp.ask(packets)
+        check_nxdomain(packets, replies)
+        assert counted.calls == 1  # the first made the shape's key; the rest: no call
+        assert len(counted.flood) == 1
+        assert lp.general == []
+        assert len(live.cache) == 0 and len(live.negative) == 0
+        assert lp.counter("misses", "wire") == len(packets)
+
+
+@pytest.mark.parametrize("packet", SAME_SHAPE)
+def test_the_inline_flood_answer_is_the_fast_index_answer(packet: bytes) -> None:
+    with loop() as lp:
+        lp.ask([raw_query(b"\x03r00" + _TAIL), raw_query(b"\x03r00" + _TAIL.upper())])
+        for qtype, opt in ((28, b""), (1, _OPT)):
+            lp.ask([raw_query(b"\x03r00" + _TAIL, qtype=qtype, opt=opt)])
+        live = lp.server._live
+        assert live.fast is not None and len(live.fast.flood) == 4
+        (got,) = lp.ask([packet])
+        fresh = FastIndex(ZoneIndex.build(CLUSTER))  # no flood keys: ``reply`` decides
+        expected = fresh.reply(packet)
+        if isinstance(expected, tuple):
+            assert got == expected[0]
+            assert live.fast.flood_reply(packet) in (None, expected[:2])
+        else:  # the general path's answer, not an NXDOMAIN made inline
+            assert live.fast.flood_reply(packet) is None
+            assert lp.general == [packet]
+            assert got == live.responder.handle(packet, tcp=False).wire  # type: ignore[union-attr]
+
+
+def test_flood_keys_are_bounded_and_empty_in_a_new_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = FastIndex(ZoneIndex.build(CLUSTER))
+    made = 0
+    for n in range(1, 64):  # one key per first-label length, type and parent
+        for qtype in (1, 28, 16):
+            got = fast.reply(raw_query(bytes((n,)) + b"q" * n + _TAIL, qtype=qtype))
+            # a length byte of 46 reads as a dot: the general path answers those
+            assert isinstance(got, tuple) or n == 46
+            made += isinstance(got, tuple) and got[1][1] == "NXDOMAIN"
+    assert made > 150 and len(fast.flood) == made
+    again = FastIndex(ZoneIndex.build(CLUSTER), previous=fast)
+    assert again.flood == {}
+    monkeypatch.setattr(fast_index, "FLOOD_KEYS", 5)
+    for n in range(1, 20):
+        got = again.reply(raw_query(bytes((n,)) + b"q" * n + _TAIL))
+        assert isinstance(got, tuple) and got[1][1] == "NXDOMAIN"  # answered all the same
+    assert len(again.flood) == 5
+
+
+def test_a_query_whose_opt_carries_option_data_makes_no_flood_key() -> None:
+    """A cookie differs in every query: its key would be used once."""
+    fast = FastIndex(ZoneIndex.build(CLUSTER))
+    cookie = b"\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x0c\x00\x0a\x00\x08" + b"c" * 8
+    got = fast.reply(raw_query(b"\x03r00" + _TAIL, opt=cookie))
+    assert isinstance(got, tuple) and got[1][1] == "NXDOMAIN"
+    assert fast.flood == {}
+    fast.reply(raw_query(b"\x03r00" + _TAIL, opt=_OPT))  # no option data: a key
+    assert len(fast.flood) == 1
