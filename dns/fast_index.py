@@ -148,8 +148,15 @@ class FastIndex:
         ):
             self._update(index, previous, changed)
         else:
-            for name, node in index.items():
+            # The plain Services' names come encoded with their parts (dns/part_wire.py):
+            # one dict update per Service. The rest is encoded here, after them.
+            nodes, reverse = self._nodes, self._reverse
+            for part in index.encoded_parts():
+                nodes.update(part.wire)  # type: ignore[arg-type]
+                reverse.update(part.reverse)
+            for name, node in index.unencoded():
                 self._put(index, name, node)
+            self._rebuilt = len(nodes)
 
     def _put(self, index: ZoneIndex, name: str, node: Node) -> None:
         # One encode and one split of the whole name, not one per label (40,000 names at start).
