@@ -34,6 +34,7 @@ TYPE_A, TYPE_PTR, TYPE_SRV = 1, 12, 33
 _PLAIN = re.compile(r"[a-z0-9_-]{1,63}")
 _OCTETS = {str(i): bytes((len(str(i)),)) + str(i).encode() for i in range(256)}
 _IN_ADDR = b"\x07in-addr\x04arpa\x00"
+_LENGTHS = [bytes((n,)) for n in range(256)]  # a label's (or a name's) length byte
 _PROTOS = {"TCP": b"\x04_tcp", "UDP": b"\x04_udp", "SCTP": b"\x05_sctp"}  # wire labels
 
 Made = tuple[tuple[str, ...], dict[bytes, Entries], tuple[bytes, ...]]
@@ -52,13 +53,14 @@ class Templates:
 
     __slots__ = (
         "_layouts",
-        "_namespaces",
         "_svc_text",
         "_svc_wire",
         "_ttl",
         "a_answer",
+        "by_tuple",
         "ptr_head",
         "srv_head",
+        "suffixes",
         "usable",
     )
 
@@ -72,19 +74,18 @@ class Templates:
         self.a_answer = b"\xc0\x0c" + struct.pack(">HHIH", TYPE_A, 1, ttl, 4)
         self.ptr_head = b"\xc0\x0c" + struct.pack(">HHI", TYPE_PTR, 1, ttl)
         self.srv_head = b"\xc0\x0c" + struct.pack(">HHI", TYPE_SRV, 1, ttl)
-        self._namespaces: dict[str, tuple[str, bytes] | None] = {}
+        # namespace -> ``namespace``'s; the ports' layouts by value, and by the tuple's identity
+        self.suffixes: dict[str, tuple[str, bytes] | tuple[()]] = {}
         self._layouts: dict[object, tuple[_Srv, ...] | None] = {}
+        self.by_tuple: dict[int, tuple[object, tuple[_Srv, ...] | None]] = {}
 
-    def namespace(self, ns: str) -> tuple[str, bytes] | None:
-        """``.<ns>.svc.<zone>`` as text and wire form; None for a namespace not plain."""
-        try:
-            return self._namespaces[ns]
-        except KeyError:
-            pass
-        made = None
+    def namespace(self, ns: str) -> tuple[str, bytes] | tuple[()]:
+        """``.<ns>.svc.<zone>`` as text and wire form, kept in ``suffixes``; empty for a
+        namespace not plain."""
+        made: tuple[str, bytes] | tuple[()] = ()
         if _PLAIN.fullmatch(ns) is not None:
-            made = ("." + ns + self._svc_text, bytes((len(ns),)) + ns.encode() + self._svc_wire)
-        self._namespaces[ns] = made
+            made = ("." + ns + self._svc_text, _LENGTHS[len(ns)] + ns.encode() + self._svc_wire)
+        self.suffixes[ns] = made
         return made
 
     def layout(self, ports: tuple[DnsPort, ...]) -> tuple[_Srv, ...] | None:
@@ -139,17 +140,26 @@ def clusterip_wire(svc: DnsService, t: Templates) -> Made | None:
     if svc.kind != "ClusterIP" or not t.usable:
         return None
     name = svc.name
-    suffix = t.namespace(svc.namespace)
-    if suffix is None or _PLAIN.fullmatch(name) is None:
+    suffix = t.suffixes.get(svc.namespace)
+    if suffix is None:
+        suffix = t.namespace(svc.namespace)
+    if not suffix or _PLAIN.fullmatch(name) is None:
         return None
-    ips = svc.cluster_ips
+    ips, ports = svc.cluster_ips, svc.ports
     if len(ips) > 1:
         ips = tuple(dict.fromkeys(ips))  # a repeated address is one record
-    layout = t.layout(svc.ports) if ips and svc.ports else ()
-    if layout is None:
-        return None
+    layout: tuple[_Srv, ...] | None = ()
+    if ips and ports:
+        hit = t.by_tuple.get(id(ports))  # the translator shares a port's tuple: by identity
+        if hit is not None and hit[0] is ports:
+            layout = hit[1]
+        else:
+            layout = t.layout(ports)
+            t.by_tuple[id(ports)] = (ports, layout)
+        if layout is None:
+            return None
     base = name + suffix[0]
-    bw = bytes((len(name),)) + name.encode() + suffix[1]
+    bw = _LENGTHS[len(name)] + name.encode() + suffix[1]
     if not ips:  # no address allocated yet: the name exists with no data, and no SRV
         return (base,), {bw: NO_ENTRIES}, ()
     owned = [base]
@@ -166,9 +176,12 @@ def clusterip_wire(svc: DnsService, t: Templates) -> Made | None:
         raw.append(socket.inet_aton(ip))
         reverse.append(wd + wc + wb + wa + _IN_ADDR)
         owned.append(f"{d}.{c}.{b}.{a}.in-addr.arpa.")
-    a_answer = t.a_answer
-    main = a_answer + raw[0] if len(raw) == 1 else b"".join([a_answer + r for r in raw])
-    wire: dict[bytes, Entries] = {bw: {TYPE_A: (0, len(raw), 0, 0, main, b"", len(main))}}
+    if len(raw) == 1:
+        main = t.a_answer + raw[0]
+        wire: dict[bytes, Entries] = {bw: {TYPE_A: (0, 1, 0, 0, main, b"", 16)}}
+    else:
+        main = b"".join([t.a_answer + r for r in raw])
+        wire = {bw: {TYPE_A: (0, len(raw), 0, 0, main, b"", len(main))}}
     ptr = t.ptr_head + len(bw).to_bytes(2, "big") + bw
     ptr_entries = {TYPE_PTR: (0, 1, 0, 0, ptr, b"", len(ptr))}
     for rw in reverse:
@@ -178,7 +191,11 @@ def clusterip_wire(svc: DnsService, t: Templates) -> Made | None:
         ents = []
         for prefix, srv_head, ent, proto, tails, add in layout:
             owned.append(prefix + base)
-            main = b"".join([head + tail + bw for tail in tails])
+            main = (
+                head + tails[0] + bw
+                if len(tails) == 1
+                else b"".join([head + x + bw for x in tails])
+            )
             extra = add + raw[0] if len(raw) == 1 else b"".join([add + r for r in raw])
             wire[srv_head + bw] = {TYPE_SRV: (0, len(tails), 0, len(raw), main, extra, len(main))}
             if ent is not None:
