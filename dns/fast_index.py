@@ -151,11 +151,14 @@ class FastIndex:
             # The plain Services' names come encoded with their parts (dns/part_wire.py):
             # one dict update per Service. The rest is encoded here, after them.
             nodes, reverse = self._nodes, self._reverse
-            for part in index.encoded_parts():
+            encoded, rest = index.wire_sources()
+            for part in encoded:
                 nodes.update(part.wire)  # type: ignore[arg-type]
                 reverse.update(part.reverse)
-            for name, node in index.unencoded():
-                self._put(index, name, node)
+            for name in rest:
+                node = index.stored(name)
+                if node is not None:
+                    self._put(index, name, node)
             self._rebuilt = len(nodes)
 
     def _put(self, index: ZoneIndex, name: str, node: Node) -> None:

@@ -22,7 +22,7 @@ PTR names there, not the reverse zones, so any other reverse name is forwarded.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from types import MappingProxyType
 
 from mesh.config.dns import DnsConfig
@@ -133,25 +133,22 @@ class ZoneIndex:
 
     # --- for the FastIndex ---------------------------------------------------------------
 
-    def encoded_parts(self) -> Iterator[Part]:
-        """The parts that hold their names' answers in wire form."""
-        return (part for part in self._parts.values() if part.wire is not None)
-
-    def unencoded(self) -> Iterator[tuple[str, Node]]:
-        """(name, node) of every name whose answers no part holds in wire form: the names of
-        the other parts, the names several Services share, and the index's own. A FastIndex
-        puts these after the ``encoded_parts``' (a name of both is answered from its node,
-        as the general path answers it)."""
-        parts = self._parts
-        for name, keys in self._owners.items():
-            if len(keys) > 1 or parts[keys[0]].wire is None:
-                node = self.stored(name)
-                assert node is not None
-                yield name, node
-        for name in self._built.extra_names:
-            node = self._nodes.get(name)
-            if node is not None:
-                yield name, node
+    def wire_sources(self) -> tuple[list[Part], list[str]]:
+        """The parts that hold their names' answers in wire form, and the names whose
+        answers are to be encoded from their nodes: the other parts' names, the names
+        several Services share and the index's own. A FastIndex puts the latter after the
+        former (a name of both is answered from its node, as the general path answers it)."""
+        encoded: list[Part] = []
+        rest: list[str] = []
+        for part in self._parts.values():
+            if part.wire is None:
+                rest.extend(part.owned)
+            else:
+                encoded.append(part)
+        owners, nodes = self._owners, self._nodes
+        rest.extend(n for n in self._built.shared if len(owners.get(n, ())) > 1)
+        rest.extend(n for n in self._built.extra_names if n in nodes)
+        return encoded, list(dict.fromkeys(rest))
 
 
 _BUILD_IDS = itertools.count()

@@ -47,6 +47,7 @@ class Built:
     pods: object  # the verified mode's pods, else ()
     nodes: dict[str, Node]  # the index's own names' nodes, and the part names' made so far
     owners: dict[str, tuple[Key, ...]]  # part name -> the Services that own it, config order
+    shared: set[str]  # the names owned by several Services
     parts: dict[Key, Part]
     extra_names: frozenset[str]  # the index's own names
     services: tuple[DnsService, ...]  # in config order
@@ -64,6 +65,8 @@ class Builder:
         self.zone = names.absolute(config.zone)
         self.templates = Templates(self.zone, config.ttl)
         self.previous = previous
+        # names owned by several Services: the previous build's set, copied when one is added
+        self.shared: set[str] = previous.shared if previous is not None else set()
         self.parts_built = 0  # Services whose records were computed (tests pin the work)
         self.unique = False  # each (namespace, name) once: the next build may use a window
         self.ns_counts: dict[str, int] = {}
@@ -201,9 +204,15 @@ class Builder:
                         (s.namespace, s.name, 0): i for i, s in enumerate(self.config.services)
                     }
                 owners[name] = tuple(sorted(keys, key=order.__getitem__))
+        if not self.shared.isdisjoint(touched):  # names no longer shared leave the set
+            alone = {n for n in touched if len(owners.get(n, ())) < 2}
+            if not alone.isdisjoint(self.shared):
+                self.shared = self.shared - alone
         nodes[zone] = self.apex()
         touched.add(zone)
-        return self.made(nodes, namespaces, parts, owners, pods, prev.extra_names, touched)
+        return self.made(
+            nodes, namespaces, parts, owners, self.shared, pods, prev.extra_names, touched
+        )
 
     @staticmethod
     def key(svc: DnsService, seen: Mapping[Key, object]) -> Key:
@@ -228,7 +237,13 @@ class Builder:
         if old is not None:
             self.unlink(key, old, owners, touched)
         for name in part.owned:
-            owners[name] = (*owners.get(name, ()), key)
+            had = owners.get(name)
+            if had:
+                owners[name] = (*had, key)
+                if name not in self.shared:
+                    self.shared = {*self.shared, name}  # a copy: the previous build's stays
+            else:
+                owners[name] = (key,)
             touched.add(name)
 
     @staticmethod
@@ -255,6 +270,7 @@ class Builder:
         parts: dict[Key, Part] = {}
         owners: dict[str, tuple[Key, ...]] = {}
         walk: list[str] = []  # names whose ancestors the index looks for (see below)
+        shared: set[str] = set()
         for svc in config.services:
             key = (svc.namespace, svc.name, 0)
             if key in parts:
@@ -266,11 +282,19 @@ class Builder:
                 part = make(svc, zone, templates)
                 self.parts_built += 1
             parts[key] = part
-            for name in part.owned:
-                had = owners.get(name)
-                owners[name] = (key,) if had is None else (*had, key)
+            owned = part.owned
+            if owners.keys().isdisjoint(owned):  # names of its own (the usual): one tuple
+                owners.update(dict.fromkeys(owned, (key,)))
+            else:
+                for name in owned:
+                    had = owners.get(name)
+                    if had is None:
+                        owners[name] = (key,)
+                    else:
+                        owners[name] = (*had, key)
+                        shared.add(name)
             if part.wire is None:
-                walk.extend(part.owned)
+                walk.extend(owned)
         nodes = self.own_nodes(namespaces)
         # Empty non-terminals up to the zone. A template part's names reach up to its base
         # name (its own empty non-terminals), whose parent ``<ns>.svc.<zone>`` is one of the
@@ -285,7 +309,7 @@ class Builder:
                     break
                 nodes[parent] = _EMPTY_NODE
         self.unique = all(key[2] == 0 for key in parts)
-        return self.made(nodes, namespaces, parts, owners, pods, frozenset(nodes), None)
+        return self.made(nodes, namespaces, parts, owners, shared, pods, frozenset(nodes), None)
 
     def own_nodes(self, namespaces: frozenset[str]) -> dict[str, Node]:
         """The nodes of the names the index owns itself: the schema version's, the
@@ -314,6 +338,7 @@ class Builder:
         namespaces: frozenset[str],
         parts: dict[Key, Part],
         owners: dict[str, tuple[Key, ...]],
+        shared: set[str],
         pods: object,
         extra_names: frozenset[str],
         touched: set[str] | None,
@@ -327,6 +352,7 @@ class Builder:
             pods=pods,
             nodes=nodes,
             owners=owners,
+            shared=shared,
             parts=parts,
             extra_names=extra_names,
             services=config.services,

@@ -49,18 +49,17 @@ class Part:
         self,
         service: DnsService,
         owned: tuple[str, ...],
-        *,
-        ops: dict[str, list[Op]] | None = None,
-        zone: str = "",
-        wire: dict[bytes, Entries] | None = None,
-        reverse: tuple[bytes, ...] = (),
+        ops: dict[str, list[Op]] | None,
+        zone: str,
+        wire: dict[bytes, Entries] | None,
+        reverse: tuple[bytes, ...],
     ) -> None:
         self.service = service
         self.owned = owned
+        self._ops = ops
+        self._zone = zone  # for the template parts' ops, made when first needed
         self.wire = wire
         self.reverse = reverse
-        self._ops = ops
-        self._zone = zone
 
     def ops(self) -> dict[str, list[Op]]:
         """Owner name -> record operations; a template part makes them on first use."""
@@ -75,9 +74,9 @@ def service_part(svc: DnsService, zone: str, templates: Templates) -> Part:
     made = clusterip_wire(svc, templates)
     if made is not None:
         owned, wire, reverse = made
-        return Part(svc, owned, zone=zone, wire=wire, reverse=reverse)
+        return Part(svc, owned, None, zone, wire, reverse)
     ops = service_ops(svc, zone)
-    return Part(svc, tuple(ops), ops=ops)
+    return Part(svc, tuple(ops), ops, zone, None, ())
 
 
 def service_ops(svc: DnsService, zone: str) -> dict[str, list[Op]]:

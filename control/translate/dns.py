@@ -23,6 +23,7 @@ time; stored objects are immutable, so identity is change.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -172,9 +173,12 @@ def _build(svc: Service, inputs: Inputs, snapshot: Snapshot) -> DnsService:
 
 def _namespaces(snapshot: Snapshot) -> tuple[str, ...]:
     names = {o.name for o in snapshot.by_kind.get(Namespace.KIND, {}).values()}
-    names.update(ns for ns, _ in snapshot.by_kind.get(Service.KIND, {}))
-    names.update(ns for ns, _ in snapshot.by_kind.get(Pod.KIND, {}))
+    names.update(map(_namespace_of, snapshot.by_kind.get(Service.KIND, {})))  # the keys'
+    names.update(map(_namespace_of, snapshot.by_kind.get(Pod.KIND, {})))
     return tuple(sorted(names))
+
+
+_namespace_of = operator.itemgetter(0)  # of a (namespace, name) key
 
 
 def _ports(
