@@ -211,9 +211,9 @@ def _port(name: str | None, protocol: Literal["TCP", "UDP", "SCTP"], port: int) 
 
 
 def _service(svc: Service, slices: list[EndpointSlice], snapshot: Snapshot) -> DnsService:
-    spec = svc.spec
+    spec, meta = svc.spec, svc.metadata
     ports = _service_ports(spec.ports)
-    ns, name = svc.namespace, svc.name
+    ns, name = meta.namespace, meta.name
     if spec.type == "ExternalName":
         target = (spec.external_name or "").rstrip(".").lower()
         return DnsService(
@@ -264,17 +264,23 @@ def _pod_hostname(ref: ObjectReference | None, svc: Service, snapshot: Snapshot)
 def _addresses(pods: Iterable[KubeObject]) -> tuple[tuple[str, str], ...]:
     """(pod IP, namespace) of the live pods (``_live``'s), sorted: autopath knows a pod by
     its address. One pass over 30,000 pods at start: the fields read inline."""
-    out = []
+    out: list[tuple[str, str]] = []
+    add = out.append
     for pod in pods:
         if not isinstance(pod, Pod):
             continue
         status = pod.status
         pod_ips = status.pod_ips  # what Pod.ips reads
-        if not pod_ips or pod.metadata.deletion_timestamp is not None or status.phase in _DONE:
+        if not pod_ips or status.phase in _DONE:
             continue
-        namespace = pod.metadata.namespace
-        for p in pod_ips:
-            out.append((p.ip, namespace))
+        meta = pod.metadata
+        if meta.deletion_timestamp is not None:  # Pod.terminating
+            continue
+        if len(pod_ips) == 1:
+            add((pod_ips[0].ip, meta.namespace))
+        else:
+            namespace = meta.namespace
+            out.extend([(p.ip, namespace) for p in pod_ips])
     out.sort()
     return tuple(out)
 
