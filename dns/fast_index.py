@@ -4,6 +4,8 @@ Built once per config from the ZoneIndex. Every owner name is keyed by its wire 
 (length-prefixed lower-case labels), and every (name, type) with data holds its reply sections
 already encoded (dns/fast_encode.py): answer and authority in one string, additional in
 another (RFC 2181 9: the additional section is the first to go when a reply does not fit).
+The plain ClusterIP Services' names come encoded with their parts (dns/part_wire.py, the same
+bytes), taken with one dict update per Service: only the other names are encoded here.
 They are encoded as dnslib would encode them behind a lower-case question at offset 12, so
 both paths give the same bytes. Negative answers (NXDOMAIN, and NODATA for names with no data of
 the asked type) are one SOA record whose three names point at the zone apex inside the
