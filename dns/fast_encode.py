@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dnslib import RR, DNSBuffer, DNSLabel
 
 from mesh.dns.answer import MAX_CHAIN, Answer, resolve
+from mesh.dns.part_wire import NO_ENTRIES, Entry
 from mesh.dns.records import (
     TYPE_A,
     TYPE_AAAA,
@@ -30,9 +31,7 @@ from mesh.dns.zone import ZoneIndex
 # A type no record has: what a CNAME node answers for every type its chain does not hold.
 OTHER_TYPE = 65280
 
-# rcode, ancount, nscount, arcount, answer + authority bytes, additional bytes, and how many
-# of the first bytes are the answer section
-Entry = tuple[int, int, int, int, bytes, bytes, int]
+__all__ = ["OTHER_TYPE", "TO_GENERAL", "Entry", "encode_node", "reverse_nodata", "wire_name"]
 
 
 def wire_name(name: str) -> bytes:
@@ -92,7 +91,7 @@ def reverse_nodata(labels: tuple[bytes, ...], soa: RData, ttl: int) -> Entry:
     return (0, 0, 1, 0, bytes(buf.out), b"", 0)
 
 
-_NO_ENTRIES: dict[int, Entry] = {}  # shared, never written
+_NO_ENTRIES = NO_ENTRIES  # shared, never written
 TO_GENERAL: Entry = (-1, 0, 0, 0, b"", b"", 0)  # answered by the general path
 
 

@@ -4,6 +4,8 @@ Built once per config from the ZoneIndex. Every owner name is keyed by its wire 
 (length-prefixed lower-case labels), and every (name, type) with data holds its reply sections
 already encoded (dns/fast_encode.py): answer and authority in one string, additional in
 another (RFC 2181 9: the additional section is the first to go when a reply does not fit).
+The plain ClusterIP Services' names come encoded with their parts (dns/part_wire.py, the same
+bytes), taken with one dict update per Service: only the other names are encoded here.
 They are encoded as dnslib would encode them behind a lower-case question at offset 12, so
 both paths give the same bytes. Negative answers (NXDOMAIN, and NODATA for names with no data of
 the asked type) are one SOA record whose three names point at the zone apex inside the
@@ -148,8 +150,18 @@ class FastIndex:
         ):
             self._update(index, previous, changed)
         else:
-            for name, node in index.items():
-                self._put(index, name, node)
+            # The plain Services' names come encoded with their parts (dns/part_wire.py):
+            # one dict update per Service. The rest is encoded here, after them.
+            nodes, reverse = self._nodes, self._reverse
+            encoded, rest = index.wire_sources()
+            for part in encoded:
+                nodes.update(part.wire)  # type: ignore[arg-type]
+                reverse.update(part.reverse)
+            for name in rest:
+                node = index.stored(name)
+                if node is not None:
+                    self._put(index, name, node)
+            self._rebuilt = len(nodes)
 
     def _put(self, index: ZoneIndex, name: str, node: Node) -> None:
         # One encode and one split of the whole name, not one per label (40,000 names at start).

@@ -23,6 +23,7 @@ time; stored objects are immutable, so identity is change.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -36,6 +37,7 @@ from mesh.objects import (
     ObjectReference,
     Pod,
     Service,
+    ServicePort,
 )
 
 if TYPE_CHECKING:  # the store module runs on trio; the translator only reads a snapshot
@@ -73,10 +75,19 @@ class DnsTranslator:
         self._pod_readers = set()
         services = self._memo.full(snapshot)
         self._namespaces = _namespaces(snapshot)
-        live = _live(snapshot)
-        self._pods = _pods(live) if self.pod_mode == "verified" else ()
-        self._pod_namespaces = _addresses(live)
+        self._read_pods(snapshot)
         return self._config(snapshot, services)
+
+    def _read_pods(self, snapshot: Snapshot) -> None:
+        """The live pods' (address, namespace), and in verified mode the pods themselves
+        (in (namespace, name) order: the store's sorted list)."""
+        if self.pod_mode == "verified":
+            live = _live(snapshot.list(Pod.KIND))
+            self._pods = _pods(live)
+            self._pod_namespaces = tuple(sorted((ip, p.namespace) for p, ips in live for ip in ips))
+        else:  # any order: sorted by address below, no sorted list of 30,000 pods needed
+            self._pods = ()
+            self._pod_namespaces = _addresses(snapshot.by_kind.get(Pod.KIND, {}).values())
 
     def update(self, snapshot: Snapshot, events: Sequence[WatchEvent]) -> DnsConfig:
         if not self._memo.warm:
@@ -99,9 +110,7 @@ class DnsTranslator:
             if not added <= set(self._namespaces):
                 self._namespaces = tuple(sorted(added.union(self._namespaces)))
         if "Pod" in kinds:  # O(pods), as verified mode's list already was
-            live = _live(snapshot)
-            self._pods = _pods(live) if self.pod_mode == "verified" else ()
-            self._pod_namespaces = _addresses(live)
+            self._read_pods(snapshot)
         return self._config(snapshot, services)
 
     def _config(self, snapshot: Snapshot, services: tuple[DnsService, ...]) -> DnsConfig:
@@ -123,10 +132,12 @@ class DnsTranslator:
         """What one Service's record is built from: the Service, its slices by name and,
         when headless, the Pods its endpoints reference (their hostname may come from the
         Pod)."""
-        key = (svc.namespace, svc.name)
-        if not svc.spec.headless or svc.spec.type == "ExternalName":
-            self._pod_readers.discard(key)
+        spec = svc.spec
+        if not spec.headless or spec.type == "ExternalName":
+            if self._pod_readers:
+                self._pod_readers.discard((svc.namespace, svc.name))
             return (svc,)
+        key = (svc.namespace, svc.name)
         slices = sorted(
             (s for s in snapshot.by_index("service-slices", key) if isinstance(s, EndpointSlice)),
             key=lambda s: s.name,
@@ -155,20 +166,41 @@ def translate_dns(
 
 
 def _build(svc: Service, inputs: Inputs, snapshot: Snapshot) -> DnsService:
+    if len(inputs) == 1:  # the Service alone (most of them)
+        return _service(svc, [], snapshot)
     return _service(svc, [s for s in inputs[1:] if isinstance(s, EndpointSlice)], snapshot)
 
 
 def _namespaces(snapshot: Snapshot) -> tuple[str, ...]:
     names = {o.name for o in snapshot.by_kind.get(Namespace.KIND, {}).values()}
-    names.update(ns for ns, _ in snapshot.by_kind.get(Service.KIND, {}))
-    names.update(ns for ns, _ in snapshot.by_kind.get(Pod.KIND, {}))
+    names.update(map(_namespace_of, snapshot.by_kind.get(Service.KIND, {})))  # the keys'
+    names.update(map(_namespace_of, snapshot.by_kind.get(Pod.KIND, {})))
     return tuple(sorted(names))
+
+
+_namespace_of = operator.itemgetter(0)  # of a (namespace, name) key
 
 
 def _ports(
     ports: Iterable[tuple[str | None, Literal["TCP", "UDP", "SCTP"], int | None]],
 ) -> tuple[DnsPort, ...]:
     return tuple(_port(name, proto, port) for name, proto, port in ports if port is not None)
+
+
+def _service_ports(ports: Sequence[ServicePort]) -> tuple[DnsPort, ...]:
+    """``_ports`` of a Service's ports; a single port's tuple is shared (most Services have
+    one, and most of those one of a handful)."""
+    if len(ports) == 1:
+        p = ports[0]
+        return _one_port(p.name, p.protocol, p.port)
+    return _ports((p.name, p.protocol, p.port) for p in ports)
+
+
+@functools.lru_cache(maxsize=4096)
+def _one_port(
+    name: str | None, protocol: Literal["TCP", "UDP", "SCTP"], port: int
+) -> tuple[DnsPort, ...]:
+    return (_port(name, protocol, port),)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -179,9 +211,9 @@ def _port(name: str | None, protocol: Literal["TCP", "UDP", "SCTP"], port: int) 
 
 
 def _service(svc: Service, slices: list[EndpointSlice], snapshot: Snapshot) -> DnsService:
-    spec = svc.spec
-    ports = _ports((p.name, p.protocol, p.port) for p in spec.ports)
-    ns, name = svc.namespace, svc.name
+    spec, meta = svc.spec, svc.metadata
+    ports = _service_ports(spec.ports)
+    ns, name = meta.namespace, meta.name
     if spec.type == "ExternalName":
         target = (spec.external_name or "").rstrip(".").lower()
         return DnsService(
@@ -192,7 +224,9 @@ def _service(svc: Service, slices: list[EndpointSlice], snapshot: Snapshot) -> D
         return DnsService(
             namespace=ns, name=name, kind="Headless", endpoints=endpoints, ports=ports
         )
-    ips = tuple(ip for ip in spec.cluster_ips if ip and ip != "None")
+    ips = spec.cluster_ips
+    if len(ips) != 1 or not ips[0] or ips[0] == "None":
+        ips = tuple(ip for ip in ips if ip and ip != "None")
     return DnsService(namespace=ns, name=name, kind="ClusterIP", cluster_ips=ips, ports=ports)
 
 
@@ -227,19 +261,41 @@ def _pod_hostname(ref: ObjectReference | None, svc: Service, snapshot: Snapshot)
     return pod.spec.hostname
 
 
-def _addresses(live: list[tuple[Pod, tuple[str, ...]]]) -> tuple[tuple[str, str], ...]:
-    """(pod IP, namespace) of the live pods: autopath knows a pod by its address."""
-    return tuple(sorted((ip, pod.namespace) for pod, ips in live for ip in ips))
+def _addresses(pods: Iterable[KubeObject]) -> tuple[tuple[str, str], ...]:
+    """(pod IP, namespace) of the live pods (``_live``'s), sorted: autopath knows a pod by
+    its address. One pass over 30,000 pods at start: the fields read inline."""
+    out: list[tuple[str, str]] = []
+    add = out.append
+    for pod in pods:
+        if not isinstance(pod, Pod):
+            continue
+        status = pod.status
+        pod_ips = status.pod_ips  # what Pod.ips reads
+        if not pod_ips or status.phase in _DONE:
+            continue
+        meta = pod.metadata
+        if meta.deletion_timestamp is not None:  # Pod.terminating
+            continue
+        if len(pod_ips) == 1:
+            add((pod_ips[0].ip, meta.namespace))
+        else:
+            namespace = meta.namespace
+            out.extend([(p.ip, namespace) for p in pod_ips])
+    out.sort()
+    return tuple(out)
 
 
-def _live(snapshot: Snapshot) -> list[tuple[Pod, tuple[str, ...]]]:
+_DONE = ("Succeeded", "Failed")
+
+
+def _live(pods: Iterable[KubeObject]) -> list[tuple[Pod, tuple[str, ...]]]:
     """The pods that have addresses and are not finished or going away, with those."""
     out = []
-    for pod in snapshot.list(Pod.KIND):
+    for pod in pods:
         if not isinstance(pod, Pod):
             continue
         ips = pod.ips
-        if pod.terminating or pod.status.phase in ("Succeeded", "Failed") or not ips:
+        if pod.terminating or pod.status.phase in _DONE or not ips:
             continue
         out.append((pod, ips))
     return out

@@ -15,7 +15,7 @@ import dns.rcode
 import pytest
 
 from mesh.config.dns import DnsConfig, DnsEndpoint, DnsPod, DnsPort, DnsService
-from mesh.dns import names, zone
+from mesh.dns import names, zone_parts
 from mesh.dns.fast_encode import encode_node
 from mesh.dns.fast_index import FastIndex
 from mesh.dns.responder import Reply, Responder
@@ -159,17 +159,17 @@ def test_one_edit_among_a_thousand_encodes_that_service_only(
     fast = FastIndex(first)
     built: list[str] = []
     encoded: list[str] = []
-    part, encode = zone._service_part, encode_node
+    part, encode = zone_parts.service_part, encode_node
 
-    def counting_part(svc: DnsService, zone_: str) -> object:
+    def counting_part(svc: DnsService, *args: object) -> object:
         built.append(svc.name)
-        return part(svc, zone_)
+        return part(svc, *args)  # type: ignore[arg-type]
 
     def counting_encode(index: ZoneIndex, name: str, *args: object) -> object:
         encoded.append(name)
         return encode(index, name, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(zone, "_service_part", counting_part)
+    monkeypatch.setattr(zone_parts, "service_part", counting_part)
     monkeypatch.setattr("mesh.dns.fast_index.encode_node", counting_encode)
     changed = list(services)
     changed[500] = changed[500].model_copy(update={"cluster_ips": ("10.97.0.1",)})

@@ -315,6 +315,39 @@ def test_pods_listed_in_verified_mode_only() -> None:
     assert verified.pod_namespaces == want
 
 
+def test_pod_addresses_sorted_by_address_without_the_gone_ones() -> None:
+    manifests = """
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: b, namespace: zz}
+        status: {phase: Running, podIP: 10.2.0.10}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: a, namespace: zz}
+        status: {phase: Running, podIPs: [{ip: 10.2.0.2}, {ip: "fd00::2"}]}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: c, namespace: aa}
+        status: {phase: Unknown, podIP: 10.2.0.10}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: leaving, namespace: aa, deletionTimestamp: "2024-01-01T00:00:00Z"}
+        status: {phase: Running, podIP: 10.2.0.1}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: failed, namespace: aa}
+        status: {phase: Failed, podIP: 10.2.0.3}
+        """
+    # (the same address in two namespaces: a pod that left one and one that came, both listed)
+    want = (("10.2.0.10", "aa"), ("10.2.0.10", "zz"), ("10.2.0.2", "zz"), ("fd00::2", "zz"))
+    assert translate(manifests).pod_namespaces == want
+    assert translate(manifests, pod_mode="verified").pod_namespaces == want
+
+
 def test_translation_is_pure() -> None:
     manifests = SERVICE_TABLE[-4][1]
     assert translate(manifests).model_dump() == translate(manifests).model_dump()
