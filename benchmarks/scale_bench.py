@@ -102,6 +102,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of a process (``mesh dns`` runs its workers as children)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """utime + stime of a process (steadier than wall time on a shared machine), and of its
     reaped children (those that work ahead at start, mesh/ahead.py)."""
@@ -267,12 +276,17 @@ def run_split(n: int, edits: int, workdir: Path) -> None:
             ready_d = wait_ready(dproc, admin_d, timeout=60 + n / 50)
             objects = n * (1 + PODS_PER_SERVICE)
             budget = 2 * (objects / 1000 + 54)
-            rss_c, rss_d = rss_mb(cproc.pid), rss_mb(dproc.pid)
+            # Each worker of ``mesh dns`` holds the whole index: the rule is per worker (the
+            # supervisor, which holds none, is shown beside it).
+            rss_c, rss_s = rss_mb(cproc.pid), rss_mb(dproc.pid)
+            workers = [rss_mb(pid) for pid in children(dproc.pid)]
+            rss_d = max(workers, default=rss_s)
             lat = [edit_latency(path, n, e, dns) for e in range(edits)]
             print(
                 f"N={n:>6}  mesh control: ready {ready_c:6.2f} s, rss {rss_c:6.0f} MB"
-                f"  |  mesh dns: ready {ready_d:5.2f} s after, rss {rss_d:5.0f} MB"
-                f" (budget 2x CoreDNS rule {budget:.0f} MB)  |  edit->DNS (split) median "
+                f"  |  mesh dns: ready {ready_d:5.2f} s after, rss {rss_d:5.0f} MB a worker"
+                f" ({len(workers)} workers, supervisor {rss_s:.0f} MB;"
+                f" budget 2x CoreDNS rule {budget:.0f} MB)  |  edit->DNS (split) median "
                 f"{statistics.median(lat) * 1000:.0f} ms (min {min(lat) * 1000:.0f}, "
                 f"max {max(lat) * 1000:.0f})",
                 flush=True,
