@@ -57,6 +57,7 @@ from mesh.objects import (
     Pod,
     Service,
     ServicePort,
+    set_slots,
 )
 
 CONTROLLER_NAME = "mesh-controller"
@@ -423,12 +424,12 @@ def _made(cls: type[_Model], fields: dict[str, Any], fields_set: set[str]) -> _M
     Endpoint per Pod address and one slice per Service at start, and validating again what
     the Pods' and Services' own validation checked was a third of the plan. The models are
     frozen and hold no extras or private attributes; tests compare these with validated ones."""
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", fields)
-    object.__setattr__(obj, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    obj = _new_object(cls)
+    set_slots(obj, fields, fields_set)
     return obj
+
+
+_new_object = object.__new__
 
 
 def is_relevant(obj: KubeObject) -> bool:

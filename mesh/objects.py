@@ -137,7 +137,7 @@ def _replaced(model: _M, updates: dict[str, Any]) -> _M:
     attributes: the fields dict copied once; the fields-set kept when no name is new, and a
     shared one (see :func:`share_fields_sets`) grown into a shared one."""
     cls = model.__class__
-    new = cls.__new__(cls)
+    new = _new_object(cls)  # BaseModel has no __new__ of its own
     fields = model.__dict__.copy()
     fields.update(updates)
     fields_set = model.__pydantic_fields_set__
@@ -145,11 +145,26 @@ def _replaced(model: _M, updates: dict[str, Any]) -> _M:
         if name not in fields_set:
             fields_set = _grown(cls, fields_set, tuple(updates))
             break
-    object.__setattr__(new, "__dict__", fields)
-    object.__setattr__(new, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(new, "__pydantic_extra__", None)
-    object.__setattr__(new, "__pydantic_private__", None)
+    set_slots(new, fields, fields_set)
     return new
+
+
+# The slot setters of a model's instance state, looked up once (``object.__setattr__``
+# finds them by name on every call): each store write and admission copies a few models.
+_new_object = object.__new__
+_SET_DICT = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
+def set_slots(model: BaseModel, fields: dict[str, Any], fields_set: set[str]) -> None:
+    """Give a new model (``object.__new__(cls)``) of a class without extras or private
+    attributes its fields dict and fields-set, as validation would."""
+    _SET_DICT(model, fields)
+    _SET_FIELDS_SET(model, fields_set)
+    _SET_EXTRA(model, None)
+    _SET_PRIVATE(model, None)
 
 
 # The shared fields-sets: the first one met per class, then one per other combination of
@@ -220,10 +235,8 @@ def _nested_fields(cls: type[BaseModel]) -> tuple[str, ...]:
     return found
 
 
-# The slot setter of ``__pydantic_fields_set__`` (no attribute-name lookup per model) and,
-# per class met inside a model, whether it is a model (a dict hit instead of an isinstance
+# Per class met inside a model, whether it is a model (a dict hit instead of an isinstance
 # through pydantic's metaclass): the walk below runs for some ten models per store write.
-_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
 _IS_MODEL: dict[type, bool] = {}
 
 
