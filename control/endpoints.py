@@ -36,7 +36,9 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
 
 from mesh.control.store import Snapshot, WatchEvent
 from mesh.objects import (
@@ -54,6 +56,8 @@ from mesh.objects import (
     OwnerReference,
     Pod,
     Service,
+    ServicePort,
+    set_slots,
 )
 
 CONTROLLER_NAME = "mesh-controller"
@@ -136,6 +140,9 @@ def selected_pods(snap: Snapshot, svc: Service) -> list[Pod]:
             best = found
         if not best:
             break
+    if len(selector) == 1:
+        # The index holds exactly the Pods with that one pair: each one matches.
+        return [p for p in best or () if isinstance(p, Pod)]
     return [p for p in best or () if isinstance(p, Pod) and selects(svc, p)]
 
 
@@ -219,20 +226,24 @@ def _conditions(serving: bool, terminating: bool) -> EndpointConditions:
 
 
 def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
-    serving = pod.ready
-    terminating = pod.terminating
     spec = pod.spec
+    meta = pod.metadata
     hostname = spec.hostname if spec.hostname and spec.subdomain == svc.name else None
-    return Endpoint(
-        addresses=(ip,),
-        conditions=_conditions(serving, terminating),
-        hostname=hostname,
-        node_name=spec.node_name,
-        zone=None,
-        target_ref=ObjectReference(
-            kind="Pod", namespace=pod.namespace, name=pod.name, uid=pod.metadata.uid
-        ),
+    # Made from values the Pod's own validation checked (see _made).
+    ref = _made(
+        ObjectReference,
+        {"kind": "Pod", "namespace": meta.namespace, "name": meta.name, "uid": meta.uid},
+        _REF_FIELDS,
     )
+    fields = {
+        "addresses": (ip,),
+        "conditions": _conditions(pod.ready, meta.deletion_timestamp is not None),
+        "hostname": hostname,
+        "node_name": spec.node_name,
+        "zone": None,
+        "target_ref": ref,
+    }
+    return _made(Endpoint, fields, _ENDPOINT_FIELDS)
 
 
 def slices_for_pods(svc: Service, pods: Iterable[Pod]) -> list[EndpointSlice]:
@@ -242,10 +253,17 @@ def slices_for_pods(svc: Service, pods: Iterable[Pod]) -> list[EndpointSlice]:
 def _service_ports(svc: Service) -> Ports | None:
     """The slice ports of a Service that names no target port: the same for every Pod, so
     made once per Service rather than once per Pod (None: some Pod must resolve a name)."""
-    if any(isinstance(sp.target_port, str) for sp in svc.spec.ports):
+    return _ports_of(svc.spec.ports)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ports_of(service_ports: tuple[ServicePort, ...]) -> Ports | None:
+    """:func:`_service_ports` by the Service's ports (frozen, hashable): Services with equal
+    ports share one tuple of (frozen) slice ports."""
+    if any(isinstance(sp.target_port, str) for sp in service_ports):
         return None
     out: list[EndpointPort] = []
-    for sp in svc.spec.ports:
+    for sp in service_ports:
         number = sp.target_port
         if isinstance(number, int):
             out.append(
@@ -351,22 +369,67 @@ def _slice(
     all_labels = {**labels, SERVICE_NAME_LABEL: svc.name, MANAGED_BY_LABEL: CONTROLLER_NAME}
     if svc.spec.headless:
         all_labels[HEADLESS_LABEL] = ""
-    meta = ObjectMeta(
-        name=f"{svc.name}-{digest}",
-        namespace=svc.namespace,
-        labels=all_labels,
-        owner_references=(
-            OwnerReference(api_version="v1", kind="Service", name=svc.name, uid=svc.metadata.uid),
-        ),
+    # Made from checked values (see _made): the Service's name is a DNS label, so the slice's
+    # name is a valid subdomain and the service-name label a valid label value; the
+    # addresses are Pod or Endpoints IPs (validated) grouped by their family.
+    svc_meta = svc.metadata
+    owner = _made(
+        OwnerReference,
+        {"kind": "Service", "name": svc_meta.name, "api_version": "v1", "uid": svc_meta.uid},
+        _OWNER_FIELDS,
     )
-    return EndpointSlice(
-        api_version=EndpointSlice.API_VERSIONS[0],
-        kind=EndpointSlice.KIND,
-        metadata=meta,
-        address_type=family,
-        endpoints=tuple(endpoints),
-        ports=ports,
+    meta = _made(
+        ObjectMeta,
+        {
+            "name": f"{svc_meta.name}-{digest}",
+            "namespace": svc_meta.namespace,
+            "labels": all_labels,
+            "annotations": {},
+            "resource_version": "",
+            "uid": "",
+            "generation": 0,
+            "deletion_timestamp": None,
+            "creation_timestamp": None,
+            "owner_references": (owner,),
+        },
+        _META_FIELDS,
     )
+    fields = {
+        "api_version": EndpointSlice.API_VERSIONS[0],
+        "kind": EndpointSlice.KIND,
+        "metadata": meta,
+        "address_type": family,
+        "endpoints": tuple(endpoints),
+        "ports": ports,
+    }
+    return _made(EndpointSlice, fields, _SLICE_FIELDS)
+
+
+# --- owned objects from checked values --------------------------------------------------
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+# The fields-set each model below gets from its validation with the arguments the former
+# constructor calls gave (every field named): one set per class, as the store shares them.
+_REF_FIELDS = {"kind", "namespace", "name", "uid"}
+_ENDPOINT_FIELDS = {"addresses", "conditions", "hostname", "node_name", "zone", "target_ref"}
+_OWNER_FIELDS = {"api_version", "kind", "name", "uid"}
+_META_FIELDS = {"name", "namespace", "labels", "owner_references"}
+_SLICE_FIELDS = {"api_version", "kind", "metadata", "address_type", "endpoints", "ports"}
+
+
+def _made(cls: type[_Model], fields: dict[str, Any], fields_set: set[str]) -> _Model:
+    """A model of ``cls`` holding ``fields`` (every field, in declaration order), as its
+    validation would make it from values that are valid already: the controller builds one
+    Endpoint per Pod address and one slice per Service at start, and validating again what
+    the Pods' and Services' own validation checked was a third of the plan. The models are
+    frozen and hold no extras or private attributes; tests compare these with validated ones."""
+    obj = _new_object(cls)
+    set_slots(obj, fields, fields_set)
+    return obj
+
+
+_new_object = object.__new__
 
 
 def is_relevant(obj: KubeObject) -> bool:

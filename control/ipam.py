@@ -26,7 +26,7 @@ from mesh.cidrs import IPNetwork
 from mesh.cidrs import parse_cidrs as _parse_cidrs
 from mesh.control.ipfamilies import Families, Family, decide
 from mesh.control.store import Key, Rejected
-from mesh.objects import KubeObject, Service
+from mesh.objects import KubeObject, Service, _replaced
 
 Lookup = Callable[[str, str, str], KubeObject | None]
 
@@ -37,6 +37,15 @@ _MAX_PROBES = 1 << 16  # bounds the search in very large (IPv6) ranges
 
 def _hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def _ipv4_text(value: int) -> str:
+    # What str(ipaddress.IPv4Address(value)) gives, without the object (one per Service).
+    return ".".join(map(str, value.to_bytes(4, "big")))
+
+
+def _ipv6_text(value: int) -> str:
+    return str(ipaddress.IPv6Address(value))
 
 
 def parse_cidrs(cidrs: str | Iterable[str]) -> dict[int, IPNetwork]:
@@ -141,11 +150,12 @@ class ServiceAllocator:
     def _allocate_ip(self, key: Key, version: int) -> str:
         net = self.ranges[version]
         # Skip the network address and (IPv4) the broadcast address.
-        first = 1
+        base = int(net.network_address) + 1
         size = net.num_addresses - (2 if version == 4 else 1)
         start = _hash(f"{key[1]}/{key[2]}") % size
+        text = _ipv4_text if version == 4 else _ipv6_text
         for i in range(min(size, _MAX_PROBES)):
-            ip = str(net.network_address + first + (start + i) % size)
+            ip = text(base + (start + i) % size)
             if self._ip_free(ip, key):
                 return ip
         raise Rejected(f"spec.clusterIP: no free address left in service range {net}")
@@ -225,13 +235,17 @@ def _with_allocations(
     ):
         return svc
     # A copy, not a re-validation: the values are checked already, and re-validating every
-    # Service on admission was most of the cost of loading a big manifest.
-    ports = tuple(
-        p.model_copy(update={"node_port": node_ports[p.port]})
-        if p.node_port is None and p.port in node_ports
-        else p
-        for p in spec.ports
-    )
+    # Service on admission was most of the cost of loading a big manifest. The copies are
+    # model_copy's (a shallow copy, the updated names added to the fields-set) made for
+    # frozen models without its generic machinery: every Service at start makes two.
+    ports = spec.ports
+    if node_ports:
+        ports = tuple(
+            _replaced(p, {"node_port": node_ports[p.port]})
+            if p.node_port is None and p.port in node_ports
+            else p
+            for p in ports
+        )
     update: dict[str, Any] = {
         "cluster_ip": ips[0],
         "cluster_ips": tuple(ips),
@@ -241,4 +255,4 @@ def _with_allocations(
     }
     if spec.type in ("NodePort", "LoadBalancer") and spec.external_traffic_policy is None:
         update["external_traffic_policy"] = "Cluster"
-    return svc.model_copy(update={"spec": spec.model_copy(update=update)})
+    return _replaced(svc, {"spec": _replaced(spec, update)})

@@ -59,6 +59,22 @@ def decide(svc: Service, prev: Service | None, cluster: Sequence[Family]) -> Fam
     """The families of ``svc`` (being written over ``prev``) on a cluster whose service
     ranges are of ``cluster`` (primary first). Raises Rejected with the API server's reason."""
     spec = svc.spec
+    if (
+        prev is None
+        and not spec.cluster_ips
+        and not spec.ip_families
+        and spec.ip_family_policy is None
+        and spec.cluster_ip != "None"
+    ):
+        # A create that asks for nothing (every Service of a big manifest): the rules of
+        # _decide come to single-stack in the primary family with an address to allocate.
+        return Families("SingleStack", (cluster[0],), ("",))
+    return _decide(svc, prev, cluster)
+
+
+def _decide(svc: Service, prev: Service | None, cluster: Sequence[Family]) -> Families:
+    """:func:`decide` by the rules, for any Service."""
+    spec = svc.spec
     old = prev.spec if prev is not None and prev.spec.type != "ExternalName" else None
     headless = spec.headless
     ips = list(spec.cluster_ips)

@@ -43,12 +43,16 @@ IndexFunc = Callable[[KubeObject], Sequence[Hashable]]
 
 
 def _by_namespace(obj: KubeObject) -> Sequence[Hashable]:
-    return ((obj.KIND, obj.namespace),)
+    return ((obj.KIND, obj.metadata.namespace),)
 
 
 def _by_label(obj: KubeObject) -> Sequence[Hashable]:
-    kind, ns = obj.KIND, obj.namespace
-    return [(kind, ns, k, v) for k, v in obj.metadata.labels.items()]
+    meta = obj.metadata
+    labels = meta.labels
+    if not labels:
+        return ()
+    kind, ns = obj.KIND, meta.namespace
+    return [(kind, ns, k, v) for k, v in labels.items()]
 
 
 def _pod_ips(obj: KubeObject) -> Sequence[Hashable]:
@@ -105,8 +109,11 @@ class _Indexer:
             ]
         return found
 
-    def update(self, old: KubeObject | None, new: KubeObject | None) -> None:
-        key = (old or new).key  # type: ignore[union-attr]
+    def update(
+        self, old: KubeObject | None, new: KubeObject | None, key: Key | None = None
+    ) -> None:
+        if key is None:
+            key = (old or new).key  # type: ignore[union-attr]
         if old is None:
             # A create (every object at start): nothing to take out, no set differences.
             entries = self.entries
@@ -288,8 +295,11 @@ class Store:
         """Create or replace an object; returns the stored copy with its resourceVersion.
 
         Raises :class:`Rejected` when admission refuses the object."""
-        kind, ns, name = obj.key
-        objs = self._objects.setdefault(kind, {})
+        key = obj.key
+        kind, ns, name = key
+        objs = self._objects.get(kind)
+        if objs is None:
+            objs = self._objects[kind] = {}
         old = objs.get((ns, name))
         if self.admit is not None:
             obj = self.admit(obj, old)
@@ -303,8 +313,8 @@ class Store:
         share_fields_sets(obj)
         stored = obj.with_resource_version(str(self._revision + 1), generation)
         objs[(ns, name)] = stored
-        self._index.update(old, stored)
-        self._record("ADDED" if old is None else "MODIFIED", stored, old)
+        self._index.update(old, stored, key)
+        self._record("ADDED" if old is None else "MODIFIED", stored, old, key)
         return stored
 
     def delete(self, kind: str, namespace: str, name: str) -> KubeObject | None:
@@ -326,14 +336,18 @@ class Store:
         for obj in wanted.values():
             self.apply(obj)
 
-    def _record(self, type_: EventType, obj: KubeObject, old: KubeObject | None) -> None:
+    def _record(
+        self, type_: EventType, obj: KubeObject, old: KubeObject | None, key: Key | None = None
+    ) -> None:
         self._revision += 1
+        if key is None:
+            key = obj.key
         if type_ == "ADDED":
-            self._created[obj.key] = self.clock()
-            self._born[obj.key] = self._revision
+            self._created[key] = self.clock()
+            self._born[key] = self._revision
         elif type_ == "DELETED":
-            self._created.pop(obj.key, None)
-            self._born.pop(obj.key, None)
+            self._created.pop(key, None)
+            self._born.pop(key, None)
         if len(self._events) == self._events.maxlen:
             self._compacted = self._events[0].revision
         self._events.append(WatchEvent(type_, obj, self._revision, old))

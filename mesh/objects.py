@@ -132,25 +132,89 @@ class Model(BaseModel):
 _M = TypeVar("_M", bound=Model)
 
 
-def _replaced(model: _M, name: str, value: Any) -> _M:
-    """``model.model_copy(update={name: value})`` for a frozen model without extras or
-    private attributes: the fields dict copied once, the fields-set shared when unchanged."""
-    new = model.__class__.__new__(model.__class__)
+def _replaced(model: _M, updates: dict[str, Any]) -> _M:
+    """``model.model_copy(update=updates)`` for a frozen model without extras or private
+    attributes: the fields dict copied once; the fields-set kept when no name is new, and a
+    shared one (see :func:`share_fields_sets`) grown into a shared one."""
+    cls = model.__class__
+    new = _new_object(cls)  # BaseModel has no __new__ of its own
     fields = model.__dict__.copy()
-    fields[name] = value
+    fields.update(updates)
     fields_set = model.__pydantic_fields_set__
-    if name not in fields_set:
-        fields_set = fields_set | {name}
-    object.__setattr__(new, "__dict__", fields)
-    object.__setattr__(new, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(new, "__pydantic_extra__", None)
-    object.__setattr__(new, "__pydantic_private__", None)
+    for name in updates:
+        if name not in fields_set:
+            fields_set = _grown(cls, fields_set, tuple(updates))
+            break
+    set_slots(new, fields, fields_set)
     return new
 
 
+# The slot setters of a model's instance state, looked up once (``object.__setattr__``
+# finds them by name on every call): each store write and admission copies a few models.
+_new_object = object.__new__
+_SET_DICT = BaseModel.__dict__["__dict__"].__set__
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
+def set_slots(model: BaseModel, fields: dict[str, Any], fields_set: set[str]) -> None:
+    """Give a new model (``object.__new__(cls)``) of a class without extras or private
+    attributes its fields dict and fields-set, as validation would."""
+    _SET_DICT(model, fields)
+    _SET_FIELDS_SET(model, fields_set)
+    _SET_EXTRA(model, None)
+    _SET_PRIVATE(model, None)
+
+
+# The shared fields-sets: the first one met per class, then one per other combination of
+# names (_VARIANTS). _SHARED lists them per class, the first one first: a scan with == over
+# a few small sets finds a variant without building a frozenset per model. _SHARED_IDS
+# tells a shared set from a model's own by identity (shared sets live as long as the
+# process, so their ids are never reused).
 _FIELDS_SETS: dict[type[BaseModel], set[str]] = {}
 _VARIANTS: dict[tuple[type[BaseModel], frozenset[str]], set[str]] = {}
+_SHARED: dict[type[BaseModel], list[set[str]]] = {}
+_SHARED_IDS: dict[int, set[str]] = {}
+_MAX_SCANNED = 16  # variants per class in the scanned list; any more are found by frozenset
+# A shared set with some names added, by (the shared set's id, the names).
+_GROWN: dict[tuple[int, tuple[str, ...]], set[str]] = {}
 _NESTED: dict[type[BaseModel], tuple[str, ...]] = {}
+
+
+def _variant(cls: type[BaseModel], fields_set: set[str]) -> set[str]:
+    """The shared set of ``cls`` equal to ``fields_set`` (which becomes it if none is), once
+    the class has its first one."""
+    known = _SHARED.get(cls)
+    if known is None:
+        primary = _FIELDS_SETS[cls]
+        known = _SHARED[cls] = [primary]
+        _SHARED_IDS[id(primary)] = primary
+    for shared in known:
+        if shared == fields_set:
+            return shared
+    shared = _VARIANTS.setdefault((cls, frozenset(fields_set)), fields_set)
+    _SHARED_IDS[id(shared)] = shared
+    if len(known) < _MAX_SCANNED:
+        known.append(shared)
+    return shared
+
+
+def _grown(cls: type[BaseModel], fields_set: set[str], names: tuple[str, ...]) -> set[str]:
+    """``fields_set | set(names)``: a shared set when ``fields_set`` is one (a store write
+    stamps resourceVersion into every ObjectMeta: one set for all of them, not one each)."""
+    shared = _GROWN.get((id(fields_set), names))
+    if shared is not None:
+        return shared
+    grown = fields_set.union(names)
+    if _SHARED_IDS.get(id(fields_set)) is not fields_set:
+        primary = _FIELDS_SETS.get(cls)
+        if primary is not fields_set:
+            return grown  # not a shared set: a set of its own, as model_copy makes
+        _SHARED_IDS[id(primary)] = primary
+    shared = _FIELDS_SETS[cls] if _FIELDS_SETS[cls] == grown else _variant(cls, grown)
+    _GROWN[(id(fields_set), names)] = shared
+    return shared
 
 
 def _may_hold_model(annotation: Any) -> bool:
@@ -171,10 +235,8 @@ def _nested_fields(cls: type[BaseModel]) -> tuple[str, ...]:
     return found
 
 
-# The slot setter of ``__pydantic_fields_set__`` (no attribute-name lookup per model) and,
-# per class met inside a model, whether it is a model (a dict hit instead of an isinstance
+# Per class met inside a model, whether it is a model (a dict hit instead of an isinstance
 # through pydantic's metaclass): the walk below runs for some ten models per store write.
-_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
 _IS_MODEL: dict[type, bool] = {}
 
 
@@ -200,7 +262,7 @@ def share_fields_sets(model: BaseModel) -> None:
         shared = shared_sets.setdefault(cls, fields_set)
         if shared is not fields_set:
             if shared != fields_set:  # a less common combination: one shared set per variant
-                shared = _VARIANTS.setdefault((cls, frozenset(fields_set)), fields_set)
+                shared = _variant(cls, fields_set)
             set_fields_set(item, shared)
         nested = nested_fields.get(cls)
         if nested is None:
@@ -294,12 +356,15 @@ class KubeObject(Model):
         ``model_copy`` makes, without its generic deep machinery: every store write makes one."""
         meta = self.metadata
         if generation is not None and meta.generation != generation:
-            meta = _replaced(meta, "generation", generation)
+            if meta.resource_version != version:
+                meta = _replaced(meta, {"resource_version": version, "generation": generation})
+            else:
+                meta = _replaced(meta, {"generation": generation})
         elif meta.resource_version == version:
             return self
-        if meta.resource_version != version:
-            meta = _replaced(meta, "resource_version", version)
-        return _replaced(self, "metadata", meta)
+        else:
+            meta = _replaced(meta, {"resource_version": version})
+        return _replaced(self, {"metadata": meta})
 
 
 # --- Namespace ---------------------------------------------------------------------------
@@ -648,7 +713,10 @@ class Pod(KubeObject):
 
     @property
     def ips(self) -> tuple[str, ...]:
-        return tuple(p.ip for p in self.status.pod_ips)
+        pod_ips = self.status.pod_ips
+        if len(pod_ips) == 1:  # the common case, without a generator (read per index write)
+            return (pod_ips[0].ip,)
+        return tuple(p.ip for p in pod_ips)
 
     def container_port(self, name: str, protocol: str) -> int | None:
         """Resolve a named port (a Service targetPort) through this pod's containers."""
