@@ -4,6 +4,7 @@ route-model listeners they become (one per address and port), and the Gateway's 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Mapping
@@ -135,7 +136,25 @@ def _certificates_ok(
                 "InvalidCertificateRef",
                 f"Secret {ns}/{ref.name} is not a TLS Secret (its type is {secret.type})",
             )
+        try:
+            problem = _pair_problem(secret.value("tls.crt") or b"", secret.value("tls.key") or b"")
+        except ValueError:
+            problem = "its data is not base64"
+        if problem is not None:  # the gateway would serve its default certificate instead
+            return (False, "InvalidCertificateRef", f"Secret {ns}/{ref.name}: {problem}")
     return (True, "ResolvedRefs", "")
+
+
+@functools.lru_cache(maxsize=256)
+def _pair_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
+    """Why a Secret's certificate and key cannot be served (Gateway API: a malformed
+    Secret is an InvalidCertificateRef); remembered by content, as every translation of
+    the Gateway asks again. cryptography is imported only once a listener needs it."""
+    from mesh.tls.certs import pair_problem
+
+    if not cert_pem or not key_pem:
+        return "needs both tls.crt and tls.key"
+    return pair_problem(cert_pem, key_pem)
 
 
 def config_listeners(

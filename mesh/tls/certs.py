@@ -132,32 +132,47 @@ def _cert_names(leaf: x509.Certificate) -> list[str]:
         return [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
 
 
-def _load(entry: CertEntry, now: datetime.datetime) -> tuple[LoadedCert | None, list[CertProblem]]:
-    """Validate one entry; the certificate to serve (or None) and what is wrong with it."""
-    src = entry.source
-    if b"-----BEGIN" not in entry.cert_pem:
-        return None, [CertProblem(src, "tls.crt holds no PEM certificate")]
-    broken = framing_problem(entry.cert_pem, "tls.crt")
+def pair_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
+    """Why a tls.crt and tls.key cannot be served together, in one sentence; None when they
+    can. The control plane asks this of a Gateway listener's Secret (its ResolvedRefs
+    condition), the gateway of every certificate it loads."""
+    parsed = _parse(cert_pem, key_pem)
+    return parsed if isinstance(parsed, str) else None
+
+
+def _parse(cert_pem: bytes, key_pem: bytes) -> x509.Certificate | str:
+    """The leaf certificate of a chain whose key belongs to it, or why there is none."""
+    if b"-----BEGIN" not in cert_pem:
+        return "tls.crt holds no PEM certificate"
+    broken = framing_problem(cert_pem, "tls.crt")
     if broken is not None:
-        return None, [CertProblem(src, broken)]
+        return broken
     try:
-        chain = x509.load_pem_x509_certificates(entry.cert_pem)
+        chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError:  # its message names the parser's internals: say it in our words
-        return None, [CertProblem(src, crt_problem(entry.cert_pem))]
-    if entry.key_pem.strip() == REDACTED:
-        return None, [
-            CertProblem(src, "tls.key is <redacted>: dump the config with --show-secrets")
-        ]
+        return crt_problem(cert_pem)
+    if key_pem.strip() == REDACTED:
+        return "tls.key is <redacted>: dump the config with --show-secrets"
     try:
-        key = serialization.load_pem_private_key(entry.key_pem, password=None)
+        key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:
-        return None, [CertProblem(src, "tls.key is encrypted; a key without a password is needed")]
+        return "tls.key is encrypted; a key without a password is needed"
     except (ValueError, UnsupportedAlgorithm):
-        return None, [CertProblem(src, key_problem(entry.key_pem))]
+        return key_problem(key_pem)
     leaf = chain[0]
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if leaf.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
-        return None, [CertProblem(src, "tls.key does not belong to the certificate in tls.crt")]
+        return "tls.key does not belong to the certificate in tls.crt"
+    return leaf
+
+
+def _load(entry: CertEntry, now: datetime.datetime) -> tuple[LoadedCert | None, list[CertProblem]]:
+    """Validate one entry; the certificate to serve (or None) and what is wrong with it."""
+    src = entry.source
+    parsed = _parse(entry.cert_pem, entry.key_pem)
+    if isinstance(parsed, str):
+        return None, [CertProblem(src, parsed)]
+    leaf = parsed
     ctx = server_context()
     try:
         load_chain(ctx, entry.cert_pem, entry.key_pem)

@@ -8,7 +8,16 @@ from hypothesis import strategies as st
 from mesh.control.translate.gateway import gateway_status, translate_gateway
 from mesh.control.translate.nginx import KNOWN, RAW_CONFIG
 from mesh.http.routes import compile_routes
-from tests.routing.world import NGINX, ingress, ingress_class, obj, path, service, snapshot
+from tests.routing.world import (
+    NGINX,
+    TLS_DATA,
+    ingress,
+    ingress_class,
+    obj,
+    path,
+    service,
+    snapshot,
+)
 
 values = st.one_of(
     st.sampled_from(["true", "false", "0", "1", "-1", "10k", "1m", "/", "/$1", "cookie", "basic",
@@ -106,9 +115,7 @@ def test_any_gateway_and_route_translate(
     snap = snapshot(
         obj("GatewayClass", "mesh", "", spec={"controllerName": "mesh.dev/gateway"}),
         *service("web"),
-        obj(
-            "Secret", "cert", type="kubernetes.io/tls", data={"tls.crt": "eA==", "tls.key": "eA=="}
-        ),
+        obj("Secret", "cert", type="kubernetes.io/tls", data=TLS_DATA),
         obj(
             "Gateway",
             "gw",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from typing import Any
 
@@ -12,10 +13,10 @@ from mesh.control.translate.gateway import gateway_status, translate_gateway
 from mesh.http.plan import Forward, Head, plan
 from mesh.http.routes import compile_routes
 from mesh.objects import Condition, KubeObject
-from tests.routing.world import obj, served_by, service, snapshot
+from tests.routing.world import TLS_DATA, obj, served_by, service, snapshot
+from tests.tls.pki import CA
 
 G = "gateway.networking.k8s.io"
-TLS_DATA = {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}
 
 
 def gclass(name: str = "mesh", controller: str = "mesh.dev/gateway") -> KubeObject:
@@ -192,6 +193,45 @@ def test_a_certificate_ref_that_does_not_resolve_says_why(
     status = gateway_status(snap, ingress_addresses=()).gateways[("default", "gw")]
     (refs,) = [c for c in status.listeners[0].conditions if c.type == "ResolvedRefs"]
     assert (refs.status, refs.reason, refs.message) == ("False", "InvalidCertificateRef", message)
+
+
+def _tls(name: str, crt: bytes, key: bytes) -> KubeObject:
+    data = {"tls.crt": base64.b64encode(crt).decode(), "tls.key": base64.b64encode(key).decode()}
+    return obj("Secret", name, "default", type="kubernetes.io/tls", data=data)
+
+
+_CRT = base64.b64decode(TLS_DATA["tls.crt"])
+_KEY = base64.b64decode(TLS_DATA["tls.key"])
+
+
+@pytest.mark.parametrize(
+    ("crt", "key", "says"),
+    [
+        (_CRT[: len(_CRT) // 2], _KEY, "tls.crt has a PEM block that is cut off"),
+        (_KEY, _CRT, "tls.crt holds a private key, not a certificate"),
+        (_CRT, CA().issue("other.example").key_pem, "tls.key does not belong to the certificate"),
+        (b"", _KEY, "needs both tls.crt and tls.key"),
+    ],
+)
+def test_a_secret_whose_certificate_cannot_be_served_is_an_invalid_ref(
+    crt: bytes, key: bytes, says: str
+) -> None:
+    """A malformed TLS Secret is an InvalidCertificateRef (Gateway API), with the reason in
+    one sentence, and the listener is not Programmed: the gateway would serve its default
+    certificate for it, which no client of the host accepts."""
+    snap = snapshot(*BASE, _tls("bad", crt, key), gateway("gw", https("tls", {"name": "bad"})))
+    status = gateway_status(snap, ingress_addresses=()).gateways[("default", "gw")]
+    got = {c.type: c for c in status.listeners[0].conditions}
+    refs = got["ResolvedRefs"]
+    assert (refs.status, refs.reason) == ("False", "InvalidCertificateRef")
+    assert refs.message.startswith("Secret default/bad: ") and says in refs.message, refs.message
+    assert "asn1" not in refs.message.lower()
+    assert (got["Programmed"].status, got["Programmed"].reason) == ("False", "Invalid")
+    # the same Secret made whole resolves
+    snap = snapshot(*BASE, _tls("bad", _CRT, _KEY), gateway("gw", https("tls", {"name": "bad"})))
+    status = gateway_status(snap, ingress_addresses=()).gateways[("default", "gw")]
+    got = {c.type: c for c in status.listeners[0].conditions}
+    assert got["ResolvedRefs"].status == "True"
 
 
 def test_gateway_conditions_follow_its_listeners() -> None:

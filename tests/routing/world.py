@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from mesh.control.store import Snapshot, Store
@@ -9,8 +10,18 @@ from mesh.control.translate.gateway import translate_gateway
 from mesh.http.plan import Forward, Head, Respond, plan
 from mesh.http.routes import compile_routes
 from mesh.objects import KINDS, KubeObject
+from tests.tls.pki import CA
 
 NGINX = "nginx.ingress.kubernetes.io/"
+
+
+_ISSUED = CA().issue("example.com", ["example.com", "*.example.com"])
+# A kubernetes.io/tls Secret's data that the control plane accepts (a real certificate and
+# its key: a Gateway listener's ResolvedRefs checks that they parse and belong together).
+TLS_DATA = {
+    "tls.crt": base64.b64encode(_ISSUED.cert_pem).decode(),
+    "tls.key": base64.b64encode(_ISSUED.key_pem).decode(),
+}
 
 
 def obj(kind: str, name: str, namespace: str = "default", **body: Any) -> KubeObject:
