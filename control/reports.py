@@ -15,7 +15,8 @@ anything else is a :class:`ReportError` with an HTTP status and one sentence.
 Each report is a lease. It names its ``instance`` (two gateways' reports never overwrite
 each other) and lives ``ttlSeconds`` (default 30) unless posted again: the reporter re-posts
 every third of that, so a gateway that went away without a word stops counting within one
-lease. The kind's status writer sees what the live reports agree on: an entry (a listener
+lease, and one that stops cleanly posts a last report with ``ttlSeconds`` 0 (it ends at
+once). The kind's status writer sees what the live reports agree on: an entry (a listener
 not served) stands only while every live instance reports it, because each gateway is fed
 every Gateway, one instance that binds a listener serves it, and the others then fail on
 the taken port; the first instance by name gives the sentence. An in-process report
@@ -39,7 +40,7 @@ MAX_NAME = 253
 MAX_MESSAGE = 1024
 MAX_INSTANCES = 256  # live reporters of one kind: the table stays bounded whoever posts
 DEFAULT_TTL = 30
-MIN_TTL, MAX_TTL = 1, 600
+MIN_TTL, MAX_TTL = 0, 600  # 0: the instance is leaving, its report ends now
 _INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/\[\]_-]*")
 _FIELDS = {"instance", "ttlSeconds", "listeners"}
 _FAILURE_FIELDS = {"message", "addressUnusable"}

@@ -13,7 +13,9 @@ control plane. The task posts
 - on each (re)connection of the config stream (:meth:`Reporter.reconnected`: a restarted
   plane has forgotten every report),
 - every ``refresh`` seconds (a third of the lease, ``ttl``): the plane drops a report whose
-  lease ends, so a gateway that went away stops counting within ``ttl`` seconds.
+  lease ends, so a gateway that went away stops counting within ``ttl`` seconds;
+- once more as it stops (cancelled: SIGTERM, Ctrl-C), with a lease of 0 seconds, so a gateway
+  that stops cleanly stops counting at once (one short try; the lease covers a failure).
 
 A post that fails (the plane is down, a timeout, a 5xx) is tried again after a backoff that
 doubles up to ``backoff.maximum``; each try is bounded by ``timeout``. A refusal (4xx) is a
@@ -37,6 +39,7 @@ from mesh.stream_client import Backoff, StreamError, fetch_json
 log = logging.getLogger("mesh.report")
 
 _FAILED = (OSError, trio.BrokenResourceError, trio.TooSlowError, StreamError)
+WITHDRAW_S = 1.0  # how long a stopping component gives its last post
 
 
 def instance_name(host: str, port: int) -> str:
@@ -105,6 +108,23 @@ class Reporter:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        try:
+            await self._post_loop()
+        finally:
+            if self.posted:
+                await self._withdraw()
+
+    async def _withdraw(self) -> None:
+        """Say this instance is leaving: its report with a lease of 0 seconds."""
+        with trio.CancelScope(shield=True), trio.move_on_after(min(self.timeout, WITHDRAW_S)):
+            try:
+                await fetch_json(
+                    self.url, f"/v1/reports/{self.kind}", post={**self.body(), "ttlSeconds": 0}
+                )
+            except _FAILED as exc:
+                log.debug("report not withdrawn", extra={"url": self.url, "error": str(exc)})
+
+    async def _post_loop(self) -> None:
         attempt = 0
         last_error = ""
         while self._latest is None:  # no config taken yet (see the module's docstring)

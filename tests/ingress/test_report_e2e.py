@@ -149,6 +149,14 @@ def test_a_gateway_is_programmed_only_once_a_gateway_has_taken_its_config(
         assert listener_programmed(control) == ("True", "Programmed", "")
         with socket.create_connection((ip, port), timeout=5):
             pass  # Programmed, and served
+        # The gateway stops cleanly: it withdraws its report as it goes, so the Gateway is
+        # Pending again at once, not when the report's 30-second lease would have ended.
+        gateway.stop()
+        procs.remove(gateway)
+        wait_for(lambda: httpx.get(f"{control}/v1/reports/ingress", timeout=5).json() == {},
+                 timeout=5)  # fmt: skip
+        wait_for(lambda: gateway_programmed(control) == waiting, timeout=5)
+        assert listener_programmed(control) == waiting
     finally:
         for proc in procs:
             proc.stop()
