@@ -238,8 +238,8 @@ class Outbound:
             try:
                 live = self._open[i]
                 if len(live) < PORTS_PER_UPSTREAM:
-                    port = self._port(i, now)
-                else:  # ``_port``'s usual case, without the call
+                    port = self._new_port(i, now)
+                else:  # take the open ports in turn; a worn one is replaced
                     self._next += 1
                     port = live[self._next % len(live)]
                     if port.sent >= PORT_QUERIES or now - port.born >= PORT_SECONDS:
@@ -260,17 +260,6 @@ class Outbound:
             self._timeouts.append((self._timer() + f.timeout, ex, ex.attempt))
             return
         self._give_up(ex, now)
-
-    def _port(self, i: int, now: float) -> _Port:
-        live = self._open[i]
-        if len(live) < PORTS_PER_UPSTREAM:
-            return self._new_port(i, now)
-        self._next += 1
-        port = live[self._next % len(live)]
-        if port.sent >= PORT_QUERIES or now - port.born >= PORT_SECONDS:
-            self._retire(port)
-            return self._new_port(i, now)
-        return port
 
     def _new_port(self, i: int, now: float) -> _Port:
         port = _Port(i, self.forwarder.pool.addresses[i], now)
