@@ -80,7 +80,6 @@ class _Port:
     """One UDP socket connected to one upstream, and the exchanges waiting on it by ID."""
 
     __slots__ = (
-        "address",
         "born",
         "fd",
         "peer",
@@ -105,7 +104,6 @@ class _Port:
         self.sock = sock
         self.fd = sock.fileno()
         self.upstream = upstream
-        self.address = address
         self.born = now
         self.sent = 0
         self.retired = False
