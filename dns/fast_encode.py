@@ -52,7 +52,7 @@ def encode_node(
     other type when it is not the plain NODATA the zone tail gives."""
     if node.cname is None:
         if not node.rrsets and labels[-len(index.zone.split(".")) + 1 :] == _zone_labels(index):
-            return _NO_ENTRIES  # an empty non-terminal: NODATA from the zone tail
+            return NO_ENTRIES  # an empty non-terminal: NODATA from the zone tail
         out = {}
         for t in node.rrsets:
             entry = _direct(index.ttl, labels, t, node)
@@ -91,7 +91,6 @@ def reverse_nodata(labels: tuple[bytes, ...], soa: RData, ttl: int) -> Entry:
     return (0, 0, 1, 0, bytes(buf.out), b"", 0)
 
 
-_NO_ENTRIES = NO_ENTRIES  # shared, never written
 TO_GENERAL: Entry = (-1, 0, 0, 0, b"", b"", 0)  # answered by the general path
 
 

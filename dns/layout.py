@@ -46,10 +46,6 @@ class Layout:
     opt: tuple[int, int] | None  # (start, end) of the OPT record
     opt_ttl: int  # the OPT's TTL field: extended rcode, version, flags
 
-    @property
-    def extended_rcode(self) -> int:
-        return ((self.opt_ttl >> 24) << 4) | self.rcode
-
     def cache_ttl(self) -> int | None:
         """RFC 2308: how long the answer may be kept, None when never (errors, truncated)."""
         if self.tc or self.opt_ttl >> 24 or self.rcode not in (0, 3):

@@ -80,7 +80,6 @@ class _Port:
     """One UDP socket connected to one upstream, and the exchanges waiting on it by ID."""
 
     __slots__ = (
-        "address",
         "born",
         "fd",
         "peer",
@@ -105,7 +104,6 @@ class _Port:
         self.sock = sock
         self.fd = sock.fileno()
         self.upstream = upstream
-        self.address = address
         self.born = now
         self.sent = 0
         self.retired = False
@@ -238,8 +236,8 @@ class Outbound:
             try:
                 live = self._open[i]
                 if len(live) < PORTS_PER_UPSTREAM:
-                    port = self._port(i, now)
-                else:  # ``_port``'s usual case, without the call
+                    port = self._new_port(i, now)
+                else:  # take the open ports in turn; a worn one is replaced
                     self._next += 1
                     port = live[self._next % len(live)]
                     if port.sent >= PORT_QUERIES or now - port.born >= PORT_SECONDS:
@@ -260,17 +258,6 @@ class Outbound:
             self._timeouts.append((self._timer() + f.timeout, ex, ex.attempt))
             return
         self._give_up(ex, now)
-
-    def _port(self, i: int, now: float) -> _Port:
-        live = self._open[i]
-        if len(live) < PORTS_PER_UPSTREAM:
-            return self._new_port(i, now)
-        self._next += 1
-        port = live[self._next % len(live)]
-        if port.sent >= PORT_QUERIES or now - port.born >= PORT_SECONDS:
-            self._retire(port)
-            return self._new_port(i, now)
-        return port
 
     def _new_port(self, i: int, now: float) -> _Port:
         port = _Port(i, self.forwarder.pool.addresses[i], now)

@@ -29,9 +29,7 @@ from mesh.config.dns import DnsConfig
 from mesh.dns import names
 from mesh.dns.records import Node, RData, address, soa
 from mesh.dns.zone_build import Builder, Built
-from mesh.dns.zone_parts import Key, Part, _name, merge
-
-__all__ = ["Key", "Part", "ZoneIndex", "_name"]
+from mesh.dns.zone_parts import Part, merge
 
 
 class ZoneIndex:

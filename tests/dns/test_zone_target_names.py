@@ -1,12 +1,12 @@
 """The index builder makes the PTR and SRV targets' labels from the names' bytes
-(dns/zone.py ``_name``): each must be the label dnslib makes from the text itself."""
+(dns/zone_parts.py ``_name``): each must be the label dnslib makes from the text itself."""
 
 from __future__ import annotations
 
 import pytest
 from dnslib import PTR, SRV, DNSLabel
 
-from mesh.dns.zone import _name
+from mesh.dns.zone_parts import _name
 
 NAMES = [
     "web.default.svc.cluster.local.",
