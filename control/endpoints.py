@@ -36,9 +36,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
-
-from pydantic import BaseModel
+from typing import Literal
 
 from mesh.control.store import Snapshot, WatchEvent
 from mesh.objects import (
@@ -57,7 +55,7 @@ from mesh.objects import (
     Pod,
     Service,
     ServicePort,
-    set_slots,
+    built,
 )
 
 CONTROLLER_NAME = "mesh-controller"
@@ -229,8 +227,8 @@ def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
     spec = pod.spec
     meta = pod.metadata
     hostname = spec.hostname if spec.hostname and spec.subdomain == svc.name else None
-    # Made from values the Pod's own validation checked (see _made).
-    ref = _made(
+    # Made from values the Pod's own validation checked (see the note above _REF_FIELDS).
+    ref = built(
         ObjectReference,
         {"kind": "Pod", "namespace": meta.namespace, "name": meta.name, "uid": meta.uid},
         _REF_FIELDS,
@@ -243,7 +241,7 @@ def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
         "zone": None,
         "target_ref": ref,
     }
-    return _made(Endpoint, fields, _ENDPOINT_FIELDS)
+    return built(Endpoint, fields, _ENDPOINT_FIELDS)
 
 
 def slices_for_pods(svc: Service, pods: Iterable[Pod]) -> list[EndpointSlice]:
@@ -369,16 +367,16 @@ def _slice(
     all_labels = {**labels, SERVICE_NAME_LABEL: svc.name, MANAGED_BY_LABEL: CONTROLLER_NAME}
     if svc.spec.headless:
         all_labels[HEADLESS_LABEL] = ""
-    # Made from checked values (see _made): the Service's name is a DNS label, so the slice's
-    # name is a valid subdomain and the service-name label a valid label value; the
+    # Made from checked values (see the note above _REF_FIELDS): the Service's name is a
+    # DNS label, so the slice's name is a valid subdomain and the service-name label a valid label value; the
     # addresses are Pod or Endpoints IPs (validated) grouped by their family.
     svc_meta = svc.metadata
-    owner = _made(
+    owner = built(
         OwnerReference,
         {"kind": "Service", "name": svc_meta.name, "api_version": "v1", "uid": svc_meta.uid},
         _OWNER_FIELDS,
     )
-    meta = _made(
+    meta = built(
         ObjectMeta,
         {
             "name": f"{svc_meta.name}-{digest}",
@@ -402,34 +400,20 @@ def _slice(
         "endpoints": tuple(endpoints),
         "ports": ports,
     }
-    return _made(EndpointSlice, fields, _SLICE_FIELDS)
+    return built(EndpointSlice, fields, _SLICE_FIELDS)
 
 
-# --- owned objects from checked values --------------------------------------------------
-
-_Model = TypeVar("_Model", bound=BaseModel)
-
-# The fields-set each model below gets from its validation with the arguments the former
-# constructor calls gave (every field named): one set per class, as the store shares them.
+# Endpoints and slices are made with mesh.objects.built, not validated: one Endpoint per Pod
+# address and one slice per Service at start, and validating again what the Pods' and
+# Services' own validation checked was a third of the plan (tests compare them with
+# validated ones). The fields-set each model gets from its validation with the arguments
+# the former constructor calls gave (every field named): one set per class, as the store
+# shares them.
 _REF_FIELDS = {"kind", "namespace", "name", "uid"}
 _ENDPOINT_FIELDS = {"addresses", "conditions", "hostname", "node_name", "zone", "target_ref"}
 _OWNER_FIELDS = {"api_version", "kind", "name", "uid"}
 _META_FIELDS = {"name", "namespace", "labels", "owner_references"}
 _SLICE_FIELDS = {"api_version", "kind", "metadata", "address_type", "endpoints", "ports"}
-
-
-def _made(cls: type[_Model], fields: dict[str, Any], fields_set: set[str]) -> _Model:
-    """A model of ``cls`` holding ``fields`` (every field, in declaration order), as its
-    validation would make it from values that are valid already: the controller builds one
-    Endpoint per Pod address and one slice per Service at start, and validating again what
-    the Pods' and Services' own validation checked was a third of the plan. The models are
-    frozen and hold no extras or private attributes; tests compare these with validated ones."""
-    obj = _new_object(cls)
-    set_slots(obj, fields, fields_set)
-    return obj
-
-
-_new_object = object.__new__
 
 
 def is_relevant(obj: KubeObject) -> bool:
