@@ -248,16 +248,12 @@ def slices_for_pods(svc: Service, pods: Iterable[Pod]) -> list[EndpointSlice]:
     return _slices_for_pods(svc, pods, matched=False)
 
 
-def _service_ports(svc: Service) -> Ports | None:
-    """The slice ports of a Service that names no target port: the same for every Pod, so
-    made once per Service rather than once per Pod (None: some Pod must resolve a name)."""
-    return _ports_of(svc.spec.ports)
-
-
 @functools.lru_cache(maxsize=1024)
-def _ports_of(service_ports: tuple[ServicePort, ...]) -> Ports | None:
-    """:func:`_service_ports` by the Service's ports (frozen, hashable): Services with equal
-    ports share one tuple of (frozen) slice ports."""
+def _service_ports(service_ports: tuple[ServicePort, ...]) -> Ports | None:
+    """The slice ports of a Service's ports when none names its target port: the same for
+    every Pod, so made once per Service rather than once per Pod (None: some Pod must
+    resolve a name). By the ports (frozen, hashable): Services with equal ports share one
+    tuple of (frozen) slice ports."""
     if any(isinstance(sp.target_port, str) for sp in service_ports):
         return None
     out: list[EndpointPort] = []
@@ -279,7 +275,7 @@ def _slices_for_pods(svc: Service, pods: Iterable[Pod], *, matched: bool) -> lis
     """``matched``: the Pods are known to match the selector (``selected_pods`` checked)."""
     families = set(svc.spec.ip_families)
     groups: dict[tuple[Family, Ports], list[Endpoint]] = defaultdict(list)
-    shared_ports = _service_ports(svc)
+    shared_ports = _service_ports(svc.spec.ports)
     for pod in pods:
         ips = pod.ips
         if not ips or pod.status.phase in ("Succeeded", "Failed"):
