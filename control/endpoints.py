@@ -36,9 +36,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
-
-from pydantic import BaseModel
+from typing import Literal
 
 from mesh.control.store import Snapshot, WatchEvent
 from mesh.objects import (
@@ -57,7 +55,7 @@ from mesh.objects import (
     Pod,
     Service,
     ServicePort,
-    set_slots,
+    built,
 )
 
 CONTROLLER_NAME = "mesh-controller"
@@ -229,8 +227,8 @@ def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
     spec = pod.spec
     meta = pod.metadata
     hostname = spec.hostname if spec.hostname and spec.subdomain == svc.name else None
-    # Made from values the Pod's own validation checked (see _made).
-    ref = _made(
+    # Made from values the Pod's own validation checked (see the note above _REF_FIELDS).
+    ref = built(
         ObjectReference,
         {"kind": "Pod", "namespace": meta.namespace, "name": meta.name, "uid": meta.uid},
         _REF_FIELDS,
@@ -243,23 +241,19 @@ def pod_endpoint(svc: Service, pod: Pod, ip: str) -> Endpoint:
         "zone": None,
         "target_ref": ref,
     }
-    return _made(Endpoint, fields, _ENDPOINT_FIELDS)
+    return built(Endpoint, fields, _ENDPOINT_FIELDS)
 
 
 def slices_for_pods(svc: Service, pods: Iterable[Pod]) -> list[EndpointSlice]:
     return _slices_for_pods(svc, pods, matched=False)
 
 
-def _service_ports(svc: Service) -> Ports | None:
-    """The slice ports of a Service that names no target port: the same for every Pod, so
-    made once per Service rather than once per Pod (None: some Pod must resolve a name)."""
-    return _ports_of(svc.spec.ports)
-
-
 @functools.lru_cache(maxsize=1024)
-def _ports_of(service_ports: tuple[ServicePort, ...]) -> Ports | None:
-    """:func:`_service_ports` by the Service's ports (frozen, hashable): Services with equal
-    ports share one tuple of (frozen) slice ports."""
+def _service_ports(service_ports: tuple[ServicePort, ...]) -> Ports | None:
+    """The slice ports of a Service's ports when none names its target port: the same for
+    every Pod, so made once per Service rather than once per Pod (None: some Pod must
+    resolve a name). By the ports (frozen, hashable): Services with equal ports share one
+    tuple of (frozen) slice ports."""
     if any(isinstance(sp.target_port, str) for sp in service_ports):
         return None
     out: list[EndpointPort] = []
@@ -281,7 +275,7 @@ def _slices_for_pods(svc: Service, pods: Iterable[Pod], *, matched: bool) -> lis
     """``matched``: the Pods are known to match the selector (``selected_pods`` checked)."""
     families = set(svc.spec.ip_families)
     groups: dict[tuple[Family, Ports], list[Endpoint]] = defaultdict(list)
-    shared_ports = _service_ports(svc)
+    shared_ports = _service_ports(svc.spec.ports)
     for pod in pods:
         ips = pod.ips
         if not ips or pod.status.phase in ("Succeeded", "Failed"):
@@ -369,16 +363,16 @@ def _slice(
     all_labels = {**labels, SERVICE_NAME_LABEL: svc.name, MANAGED_BY_LABEL: CONTROLLER_NAME}
     if svc.spec.headless:
         all_labels[HEADLESS_LABEL] = ""
-    # Made from checked values (see _made): the Service's name is a DNS label, so the slice's
-    # name is a valid subdomain and the service-name label a valid label value; the
+    # Made from checked values (see the note above _REF_FIELDS): the Service's name is a
+    # DNS label, so the slice's name is a valid subdomain and the service-name label a valid label value; the
     # addresses are Pod or Endpoints IPs (validated) grouped by their family.
     svc_meta = svc.metadata
-    owner = _made(
+    owner = built(
         OwnerReference,
         {"kind": "Service", "name": svc_meta.name, "api_version": "v1", "uid": svc_meta.uid},
         _OWNER_FIELDS,
     )
-    meta = _made(
+    meta = built(
         ObjectMeta,
         {
             "name": f"{svc_meta.name}-{digest}",
@@ -402,34 +396,20 @@ def _slice(
         "endpoints": tuple(endpoints),
         "ports": ports,
     }
-    return _made(EndpointSlice, fields, _SLICE_FIELDS)
+    return built(EndpointSlice, fields, _SLICE_FIELDS)
 
 
-# --- owned objects from checked values --------------------------------------------------
-
-_Model = TypeVar("_Model", bound=BaseModel)
-
-# The fields-set each model below gets from its validation with the arguments the former
-# constructor calls gave (every field named): one set per class, as the store shares them.
+# Endpoints and slices are made with mesh.objects.built, not validated: one Endpoint per Pod
+# address and one slice per Service at start, and validating again what the Pods' and
+# Services' own validation checked was a third of the plan (tests compare them with
+# validated ones). The fields-set each model gets from its validation with the arguments
+# the former constructor calls gave (every field named): one set per class, as the store
+# shares them.
 _REF_FIELDS = {"kind", "namespace", "name", "uid"}
 _ENDPOINT_FIELDS = {"addresses", "conditions", "hostname", "node_name", "zone", "target_ref"}
 _OWNER_FIELDS = {"api_version", "kind", "name", "uid"}
 _META_FIELDS = {"name", "namespace", "labels", "owner_references"}
 _SLICE_FIELDS = {"api_version", "kind", "metadata", "address_type", "endpoints", "ports"}
-
-
-def _made(cls: type[_Model], fields: dict[str, Any], fields_set: set[str]) -> _Model:
-    """A model of ``cls`` holding ``fields`` (every field, in declaration order), as its
-    validation would make it from values that are valid already: the controller builds one
-    Endpoint per Pod address and one slice per Service at start, and validating again what
-    the Pods' and Services' own validation checked was a third of the plan. The models are
-    frozen and hold no extras or private attributes; tests compare these with validated ones."""
-    obj = _new_object(cls)
-    set_slots(obj, fields, fields_set)
-    return obj
-
-
-_new_object = object.__new__
 
 
 def is_relevant(obj: KubeObject) -> bool:

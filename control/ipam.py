@@ -26,7 +26,7 @@ from mesh.cidrs import IPNetwork
 from mesh.cidrs import parse_cidrs as _parse_cidrs
 from mesh.control.ipfamilies import Families, Family, decide
 from mesh.control.store import Key, Rejected
-from mesh.objects import KubeObject, Service, _replaced
+from mesh.objects import KubeObject, Service, replaced
 
 Lookup = Callable[[str, str, str], KubeObject | None]
 
@@ -241,7 +241,7 @@ def _with_allocations(
     ports = spec.ports
     if node_ports:
         ports = tuple(
-            _replaced(p, {"node_port": node_ports[p.port]})
+            replaced(p, {"node_port": node_ports[p.port]})
             if p.node_port is None and p.port in node_ports
             else p
             for p in ports
@@ -255,4 +255,4 @@ def _with_allocations(
     }
     if spec.type in ("NodePort", "LoadBalancer") and spec.external_traffic_policy is None:
         update["external_traffic_policy"] = "Cluster"
-    return _replaced(svc, {"spec": _replaced(spec, update)})
+    return replaced(svc, {"spec": replaced(spec, update)})

@@ -109,11 +109,7 @@ class _Indexer:
             ]
         return found
 
-    def update(
-        self, old: KubeObject | None, new: KubeObject | None, key: Key | None = None
-    ) -> None:
-        if key is None:
-            key = (old or new).key  # type: ignore[union-attr]
+    def update(self, old: KubeObject | None, new: KubeObject | None, key: Key) -> None:
         if old is None:
             # A create (every object at start): nothing to take out, no set differences.
             entries = self.entries
@@ -323,8 +319,9 @@ class Store:
         if old is None:
             return None
         gone = old.with_resource_version(str(self._revision + 1))
-        self._index.update(old, None)
-        self._record("DELETED", gone, old)
+        key = (kind, namespace, name)
+        self._index.update(old, None, key)
+        self._record("DELETED", gone, old, key)
         return gone
 
     def replace_all(self, kind: str, objects: Iterable[KubeObject]) -> None:
@@ -336,12 +333,8 @@ class Store:
         for obj in wanted.values():
             self.apply(obj)
 
-    def _record(
-        self, type_: EventType, obj: KubeObject, old: KubeObject | None, key: Key | None = None
-    ) -> None:
+    def _record(self, type_: EventType, obj: KubeObject, old: KubeObject | None, key: Key) -> None:
         self._revision += 1
-        if key is None:
-            key = obj.key
         if type_ == "ADDED":
             self._created[key] = self.clock()
             self._born[key] = self._revision

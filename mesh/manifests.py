@@ -21,14 +21,9 @@ from mesh.kube_fields import describe as describe_unknown
 from mesh.kube_fields import unknown_field, unknown_fields
 from mesh.objects import KINDS, KubeObject
 
-# The text side (no models), re-exported: a parse-only process imports mesh.yaml_load alone.
-from mesh.yaml_load import _TYPED_FIRST as _TYPED_FIRST
-from mesh.yaml_load import SHARED_FIELDS
-from mesh.yaml_load import _Array as _Array
-from mesh.yaml_load import _documents as _documents
-from mesh.yaml_load import _load_all as _load_all
-from mesh.yaml_load import _Loader as _Loader
-from mesh.yaml_load import _plain_scalar as _plain_scalar
+# The text side (no models) is mesh.yaml_load, which a parse-only process imports alone;
+# its two parse functions are re-exported as this module's.
+from mesh.yaml_load import SHARED_FIELDS, _Array, _documents
 from mesh.yaml_load import parse_checked as parse_checked
 from mesh.yaml_load import parse_documents as parse_documents
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from mesh.manifests import _load_all, _Loader
+from mesh.yaml_load import _load_all, _Loader
 
 DOCUMENTS = [
     "a: 1\nb: [x, 2, 3.5, true, null, ~, 0x1f, 010, yes, 'yes']\n",

@@ -15,7 +15,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.manifests import _TYPED_FIRST, _Loader, _plain_scalar, load_text
+from mesh.manifests import load_text
+from mesh.yaml_load import _TYPED_FIRST, _Loader, _plain_scalar
 from mesh.yaml_plain import plain_documents
 
 
