@@ -152,8 +152,6 @@ def _pair_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
     the Gateway asks again. cryptography is imported only once a listener needs it."""
     from mesh.tls.certs import pair_problem
 
-    if not cert_pem or not key_pem:
-        return "needs both tls.crt and tls.key"
     return pair_problem(cert_pem, key_pem)
 
 

@@ -40,6 +40,7 @@ from mesh.tls.pem_check import crt_problem, framing_problem, key_problem
 
 DEFAULT_CERT_CN = "Mesh Gateway Default Certificate"
 GENERATED = "generated default certificate"
+NEEDS_BOTH = "needs both tls.crt and tls.key"
 
 
 # what `mesh config dump` prints for a private key without --show-secrets
@@ -85,7 +86,7 @@ def entry_from_secret(secret: Secret, names: Sequence[str] = ()) -> CertEntry | 
         return CertProblem(source, f"has type {secret.type!r}, not kubernetes.io/tls")
     cert, key = secret.value("tls.crt"), secret.value("tls.key")
     if not cert or not key:
-        return CertProblem(source, "needs both tls.crt and tls.key")
+        return CertProblem(source, NEEDS_BOTH)
     return CertEntry(source, cert, key, tuple(names))
 
 
@@ -136,6 +137,8 @@ def pair_problem(cert_pem: bytes, key_pem: bytes) -> str | None:
     """Why a tls.crt and tls.key cannot be served together, in one sentence; None when they
     can. The control plane asks this of a Gateway listener's Secret (its ResolvedRefs
     condition), the gateway of every certificate it loads."""
+    if not cert_pem or not key_pem:
+        return NEEDS_BOTH
     parsed = _parse(cert_pem, key_pem)
     return parsed if isinstance(parsed, str) else None
 
