@@ -41,7 +41,7 @@ from typing import Any
 import trio
 
 from mesh.http.pool import DEADLINES, Timeout, close
-from mesh.http.upstream_tls import TlsSocket
+from mesh.http.upstream_tls import TlsSocket, drive_handshake
 from mesh.tls.session import TlsError, TlsSession
 
 _RECV = 65536
@@ -124,31 +124,17 @@ async def handshake(
         sock.close()
         raise
     conn = TlsSocket(sock, session)
-    early = b""
     said = False  # the alert was written and the socket closed in order
     try:
-        while True:
-            conn._out += session.data_to_send()
-            while conn._out:
-                conn._flush()
-                if conn._out:
-                    await DEADLINES.wait(conn, math.inf, deadline, True)
-            if session.handshake_complete:
-                return conn, early
-            try:
-                data = socket.socket.recv(conn, _RECV)
-            except BlockingIOError:
-                await DEADLINES.wait(conn, math.inf, deadline, False)
-                continue
-            if not data:
+        try:
+            if not await drive_handshake(conn, deadline):
                 raise ConnectionResetError(errno.ECONNRESET, "closed during the TLS handshake")
-            try:
-                early = session.receive_data(data)
-            except TlsError as exc:
-                conn._out += session.data_to_send()  # the alert that tells the client why
-                said = True
-                await _tell_and_close(conn, deadline)
-                raise ConnectionResetError(errno.EPROTO, str(exc)) from None
+        except TlsError as exc:
+            said = True
+            await _tell_and_close(conn, deadline)  # the alert that tells the client why
+            raise ConnectionResetError(errno.EPROTO, str(exc)) from None
+        early, conn._plain = conn._plain, b""
+        return conn, early
     except BaseException:
         if not said:
             close(conn, reset=True)

@@ -259,7 +259,7 @@ async def handshake(
 ) -> TlsSocket:
     """Run the client handshake on a connected socket (within ``seconds`` and ``deadline``)
     and check the certificate's names; the socket is closed on any failure."""
-    from mesh.http.pool import DEADLINES, close
+    from mesh.http.pool import close
 
     if seconds != math.inf:
         deadline = min(deadline, trio.current_time() + seconds)
@@ -276,29 +276,14 @@ async def handshake(
         sock_name = "?"
     conn = TlsSocket(sock, session)
     try:
-        while True:
-            conn._out += session.data_to_send()
-            while conn._out:
-                conn._flush()
-                if conn._out:
-                    await DEADLINES.wait(conn, math.inf, deadline, True)
-            if session.handshake_complete:
-                break
-            try:
-                data = socket.socket.recv(conn, _RECV)
-            except BlockingIOError:
-                await DEADLINES.wait(conn, math.inf, deadline, False)
-                continue
-            if not data:
+        try:
+            if not await drive_handshake(conn, deadline):
                 raise TlsHandshakeError(
                     errno.ECONNRESET, "the backend closed the connection during the TLS handshake"
                 )
-            try:
-                conn._plain = session.receive_data(data)
-            except TlsError as exc:
-                conn._out += session.data_to_send()  # the alert that tells the backend why
-                conn._flush()
-                raise TlsHandshakeError(errno.EPROTO, str(exc)) from None
+        except TlsError as exc:
+            conn._flush()  # the alert that tells the backend why
+            raise TlsHandshakeError(errno.EPROTO, str(exc)) from None
         problem = tls.check(session.peer_certificate())
         if problem is not None:
             raise TlsHandshakeError(errno.EPROTO, problem)
@@ -308,6 +293,36 @@ async def handshake(
             _log_once(sock_name, exc.strerror or str(exc))
         raise
     return conn
+
+
+async def drive_handshake(conn: TlsSocket, deadline: float) -> bool:
+    """Run ``conn``'s handshake (either side) by ``deadline``: True once complete, with the
+    plaintext that came with the peer's last flight in ``conn._plain``; False if the peer
+    closed first. A TlsError propagates with the alert that says why queued in ``conn._out``;
+    a Timeout propagates as it is."""
+    from mesh.http.pool import DEADLINES
+
+    session = conn.session
+    while True:
+        conn._out += session.data_to_send()
+        while conn._out:
+            conn._flush()
+            if conn._out:
+                await DEADLINES.wait(conn, math.inf, deadline, True)
+        if session.handshake_complete:
+            return True
+        try:
+            data = socket.socket.recv(conn, _RECV)
+        except BlockingIOError:
+            await DEADLINES.wait(conn, math.inf, deadline, False)
+            continue
+        if not data:
+            return False
+        try:
+            conn._plain = session.receive_data(data)
+        except TlsError:
+            conn._out += session.data_to_send()
+            raise
 
 
 def _log_once(address: str, why: str) -> None:

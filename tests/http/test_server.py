@@ -23,6 +23,7 @@ from tests.http.upstreams import (
     RecordingUpstream,
     exchange,
     header_of,
+    read_head,
     status_of,
 )
 from tests.polling import until
@@ -384,12 +385,8 @@ class _ResetAfterHead(AcceptLoop):
         import socket
 
         with conn:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                chunk = await conn.recv(65536)
-                if not chunk:
-                    return
-                buf += chunk
+            if await read_head(conn) is None:
+                return
             conn.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
             )

@@ -42,6 +42,18 @@ class AcceptLoop:
         raise NotImplementedError
 
 
+async def read_head(conn: trio.socket.SocketType) -> bytes | None:
+    """Read until a request head has arrived (and what came with it); None if the peer
+    closed first."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = await conn.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
 @dataclass
 class RecordingUpstream(AcceptLoop):
     behaviour: str = OK

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import trio
 
-from tests.http.upstreams import AcceptLoop, header_of, status_of
+from tests.http.upstreams import AcceptLoop, header_of, read_head, status_of
 from tests.ingress.harness import backend, echo_servers, ingress, path, served, start_gateway
 from tests.polling import until
 
@@ -21,12 +21,8 @@ class HeldUpstream(AcceptLoop):
 
     async def _connection(self, conn: trio.socket.SocketType) -> None:
         with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                chunk = await conn.recv(65536)
-                if not chunk:
-                    return
-                head += chunk
+            if await read_head(conn) is None:
+                return
             self.arrived += 1
             await self.release.wait()
             await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")

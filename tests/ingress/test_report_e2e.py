@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -17,42 +18,72 @@ from tests.ingress.test_listener_failures import MANIFESTS, hold_port
 from tests.polling import wait_for
 from tests.test_cli_e2e import MESH, Proc
 
+LOCAL = ["127.0.0.1:0"]
 
-def listener_programmed(control: str) -> tuple[str, str, str] | None:
+
+def gateway_status(control: str) -> dict[str, Any]:
+    """The status of Gateway ``web`` as ``mesh get gateway -o yaml`` shows it."""
     done = subprocess.run(
         [*MESH, "get", "gateway", "web", "-o", "yaml", "--control", control],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
-    status = (yaml.safe_load(done.stdout) or {}).get("status", {})
-    for item in status.get("listeners", ()):
-        for c in item.get("conditions", ()):
-            if c["type"] == "Programmed":
-                return (c["status"], c["reason"], c.get("message", ""))
+    status: dict[str, Any] = (yaml.safe_load(done.stdout) or {}).get("status", {})
+    return status
+
+
+def _programmed(conditions: list[dict[str, str]]) -> tuple[str, str, str] | None:
+    for c in conditions:
+        if c["type"] == "Programmed":
+            return (c["status"], c["reason"], c.get("message", ""))
     return None
+
+
+def listener_programmed(control: str) -> tuple[str, str, str] | None:
+    for item in gateway_status(control).get("listeners", ()):
+        found = _programmed(item.get("conditions", ()))
+        if found is not None:
+            return found
+    return None
+
+
+def gateway_programmed(control: str) -> tuple[str, str, str] | None:
+    return _programmed(gateway_status(control).get("conditions", ()))
+
+
+def write_manifests(tmp_path: Path, ip: str, port: int) -> Path:
+    """A directory with the Gateway listening on ``ip:port``."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "gw.yaml").write_text(MANIFESTS.format(ip=ip, port=port))
+    return manifests
+
+
+def start_control(manifests: Path, listen: str = LOCAL[0]) -> Proc:
+    return Proc(
+        ["control", "-f", str(manifests), "--control-listen", listen, "--admin-listen", *LOCAL],
+        {"control"},
+    )
+
+
+def start_ingress(control: str) -> Proc:
+    return Proc(
+        ["ingress", "--control", control, "--gateway-listen", *LOCAL,
+         "--gateway-tls-listen", *LOCAL, "--admin-listen", *LOCAL],
+        {"gateway", "admin"},
+    )  # fmt: skip
 
 
 def test_a_separate_gateway_reports_a_held_port_into_the_gateway_status(tmp_path: Path) -> None:
     ip = "127.11.78.11"
     held = hold_port(ip)
     port = held.getsockname()[1]
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    (manifests / "gw.yaml").write_text(MANIFESTS.format(ip=ip, port=port))
-    local = ["127.0.0.1:0"]
+    manifests = write_manifests(tmp_path, ip, port)
     procs: list[Proc] = []
     try:
-        plane = Proc(
-            ["control", "-f", str(manifests), "--control-listen", *local,
-             "--admin-listen", *local],
-            {"control"},
-        )  # fmt: skip
+        plane = start_control(manifests)
         procs.append(plane)
         control = plane.url("control")
-        gateway = Proc(
-            ["ingress", "--control", control, "--gateway-listen", *local,
-             "--gateway-tls-listen", *local, "--admin-listen", *local],
-            {"gateway", "admin"},
-        )  # fmt: skip
+        gateway = start_ingress(control)
         procs.append(gateway)
 
         def pending() -> bool:
@@ -77,11 +108,7 @@ def test_a_separate_gateway_reports_a_held_port_into_the_gateway_status(tmp_path
         # config stream reconnects, and the gateway posts its report again.
         plane.stop()
         procs.remove(plane)
-        plane = Proc(
-            ["control", "-f", str(manifests), "--control-listen", control.removeprefix("http://"),
-             "--admin-listen", *local],
-            {"control"},
-        )  # fmt: skip
+        plane = start_control(manifests, control.removeprefix("http://"))
         procs.append(plane)
         wait_for(pending, timeout=20)
 
@@ -101,18 +128,6 @@ def test_a_separate_gateway_reports_a_held_port_into_the_gateway_status(tmp_path
             proc.stop()
 
 
-def gateway_programmed(control: str) -> tuple[str, str, str] | None:
-    done = subprocess.run(
-        [*MESH, "get", "gateway", "web", "-o", "yaml", "--control", control],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    status = (yaml.safe_load(done.stdout) or {}).get("status", {})
-    for c in status.get("conditions", ()):
-        if c["type"] == "Programmed":
-            return (c["status"], c["reason"], c.get("message", ""))
-    return None
-
-
 def test_a_gateway_is_programmed_only_once_a_gateway_has_taken_its_config(
     tmp_path: Path,
 ) -> None:
@@ -122,28 +137,17 @@ def test_a_gateway_is_programmed_only_once_a_gateway_has_taken_its_config(
     held = hold_port(ip)  # a port that was free a moment ago, for the gateway to bind
     port = held.getsockname()[1]
     held.close()
-    manifests = tmp_path / "manifests"
-    manifests.mkdir()
-    (manifests / "gw.yaml").write_text(MANIFESTS.format(ip=ip, port=port))
-    local = ["127.0.0.1:0"]
+    manifests = write_manifests(tmp_path, ip, port)
     waiting = ("False", "Pending", "waiting for a gateway to take the config")
     procs: list[Proc] = []
     try:
-        plane = Proc(
-            ["control", "-f", str(manifests), "--control-listen", *local,
-             "--admin-listen", *local],
-            {"control"},
-        )  # fmt: skip
+        plane = start_control(manifests)
         procs.append(plane)
         control = plane.url("control")
         wait_for(lambda: gateway_programmed(control) is not None, timeout=20)
         assert gateway_programmed(control) == waiting
         assert listener_programmed(control) == waiting
-        gateway = Proc(
-            ["ingress", "--control", control, "--gateway-listen", *local,
-             "--gateway-tls-listen", *local, "--admin-listen", *local],
-            {"gateway", "admin"},
-        )  # fmt: skip
+        gateway = start_ingress(control)
         procs.append(gateway)
         wait_for(lambda: gateway_programmed(control) == ("True", "Programmed", ""), timeout=20)
         assert listener_programmed(control) == ("True", "Programmed", "")
